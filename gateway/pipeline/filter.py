@@ -1,0 +1,35 @@
+"""The Filter interface (Envoy/Kong style phases).
+
+access   in chain order, before the proxy step. Returns None to continue, a LocalReply to answer
+         locally (the chain stops), or an awaitable resolving to either when it must wait on I/O.
+         A filter that answers from memory must stay synchronous: a request whose filters are all
+         synchronous creates no task or coroutine.
+response in reverse order, only for filters whose access phase ran, when the response head is
+         known (upstream or local). May append to `headers` (downstream response headers).
+log      always, after the downstream has the last byte (or the exchange failed). Must not raise.
+
+A subclass overrides only the phases it needs; FilterChain calls only overridden phases.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .context import RequestContext
+    from .reply import LocalReply
+
+AccessResult = "LocalReply | None | Awaitable[LocalReply | None]"
+
+
+class Filter:
+    name = "filter"
+
+    def access(self, ctx: RequestContext) -> LocalReply | None | Awaitable[LocalReply | None]:
+        return None
+
+    def response(self, ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        return None
+
+    def log(self, ctx: RequestContext) -> None:
+        return None
