@@ -56,12 +56,11 @@ class FilterChain:
         if result is not None:
             return result
         for i, access in self._access[pos + 1:]:
-            result = access(ctx)
+            step = access(ctx)
             ctx.filters_ran = i + 1
-            if result is not None and inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                return result
+            reply = await step if inspect.isawaitable(step) else step
+            if reply is not None:
+                return reply
         ctx.filters_ran = len(self.filters)
         return None
 

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from .context import RequestContext
     from .reply import LocalReply
 
-AccessResult = "LocalReply | None | Awaitable[LocalReply | None]"
-
 
 class Filter:
     name = "filter"

@@ -1,0 +1,1 @@
+"""Test support: real peer processes (upstream servers, redis-server, the gateway itself)."""
