@@ -1,0 +1,231 @@
+"""Run the real `gateway` command as a subprocess for integration tests.
+
+    with GatewayProcess(config_text, env={"GATEWAY_WORKERS": "2"}) as gw:
+        conn = socket.create_connection(("127.0.0.1", gw.port))
+        ...
+        assert gw.stop() == 0          # SIGTERM, wait, exit code
+
+or with the `gateway` pytest fixture (a factory; every process it started is killed at teardown):
+
+    def test_x(gateway):
+        gw = gateway(config_text)
+
+The process gets GATEWAY_HOST/GATEWAY_ADMIN_HOST = 127.0.0.1 and free ports for GATEWAY_PORT and
+GATEWAY_ADMIN_PORT; the TOML text (if any) is written to a temporary file named by GATEWAY_CONFIG
+(`write_config()` replaces it, `reload()` sends SIGHUP). stdout and stderr go to files, never pipes:
+a chatty gateway can then never block on a full pipe while a test waits on it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bind to 0, read it, close: racy, but fine for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class GatewayError(RuntimeError):
+    """The gateway exited or did not come up; the message carries its stderr."""
+
+
+class GatewayProcess:
+    def __init__(
+        self,
+        config_text: str | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        args: Sequence[str] = ("run",),
+        wait: bool = True,
+        wait_admin: bool = True,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="gw-test-"))
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config_path: Path | None = None
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        full_env.update(
+            GATEWAY_HOST=self.host,
+            GATEWAY_PORT=str(self.port),
+            GATEWAY_ADMIN_HOST=self.host,
+            GATEWAY_ADMIN_PORT=str(self.admin_port),
+            PYTHONPATH=str(REPO) + os.pathsep + full_env.get("PYTHONPATH", ""),
+            PYTHONUNBUFFERED="1",
+        )
+        if config_text is not None:
+            self.config_path = self.tmpdir / "gateway.toml"
+            self.config_path.write_text(config_text)
+            full_env["GATEWAY_CONFIG"] = str(self.config_path)
+        if env:
+            full_env.update(env)
+        # The caller's env may override the ports (e.g. the demo on a chosen port): follow it.
+        self.port = int(full_env.get("GATEWAY_PORT", self.port))
+        self.admin_port = int(full_env.get("GATEWAY_ADMIN_PORT", self.admin_port))
+        self.env = full_env
+        self._stdout_path = self.tmpdir / "stdout"
+        self._stderr_path = self.tmpdir / "stderr"
+        self._out = open(self._stdout_path, "wb")  # noqa: SIM115 - closed in _cleanup
+        self._err = open(self._stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            env=full_env,
+            cwd=str(REPO),
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=self._err,
+        )
+        self.returncode: int | None = None
+        if wait:
+            self.wait_ready(start_timeout, admin=wait_admin)
+
+    # --- observation ---
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self._stdout_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 15.0, *, admin: bool = True) -> None:
+        """Wait until the data port (and the admin port) accept connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GatewayError(
+                    f"gateway exited with {self.proc.returncode} before listening; stderr:\n{self.stderr}"
+                )
+            if port_accepts(self.host, self.port) and (
+                not admin or port_accepts(self.host, self.admin_port)
+            ):
+                return
+            time.sleep(0.05)
+        raise GatewayError(f"gateway did not listen within {timeout}s; stderr:\n{self.stderr}")
+
+    def wait_stderr(self, text: str, timeout: float = 10.0) -> str:
+        """Wait until `text` appears on stderr; return the whole stderr."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            err = self.stderr
+            if text in err:
+                return err
+            time.sleep(0.05)
+        raise GatewayError(f"{text!r} not on stderr within {timeout}s; stderr:\n{self.stderr}")
+
+    # --- control ---
+    def write_config(self, text: str) -> None:
+        assert self.config_path is not None, "started without a config file"
+        # Write-then-rename: the gateway never reads a half-written file.
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def reload(self) -> None:
+        self.signal(signal.SIGHUP)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        self.returncode = self.proc.wait(timeout)
+        return self.returncode
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` (SIGTERM: drain), wait for the exit, return the exit code."""
+        self.signal(sig)
+        try:
+            return self.wait(timeout)
+        finally:
+            self._cleanup()
+
+    def kill(self) -> None:
+        """Hard stop (test teardown): SIGKILL the process and, with workers, its process group."""
+        if self.proc.poll() is None:
+            # Workers re-exec'd by the supervisor are its children; kill them too so a failed test
+            # leaves nothing listening. They are found by parent pid (no broad name matching).
+            for child in child_pids(self.proc.pid):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.kill()
+            self.proc.wait(10)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        for f in (self._out, self._err):
+            if not f.closed:
+                f.close()
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of `pid`, from /proc (Linux)."""
+    out: list[int] = []
+    try:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # Field 4 is the ppid; the command name (field 2) may hold spaces, so split after ')'.
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    except OSError:
+        pass
+    return out
+
+
+@pytest.fixture
+def gateway() -> Iterator[type[GatewayProcess]]:
+    """Factory fixture: `gateway(config_text, env=..., ...)`; kills every process at teardown."""
+    started: list[GatewayProcess] = []
+
+    class _Tracked(GatewayProcess):
+        def __init__(self, *a: object, **kw: object) -> None:
+            started.append(self)
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+
+    yield _Tracked
+    for gw in started:
+        gw.kill()
