@@ -1,1 +1,4 @@
-"""discovery"""
+"""Service discovery: services, targets and (later) health and balancer strategies."""
+from .service import Service, Target
+
+__all__ = ["Service", "Target"]

@@ -1,0 +1,359 @@
+"""Environment variables (SPEC §2) → one immutable, typed `Settings`.
+
+Rules, the same for every variable:
+- an unset or empty (whitespace-only) variable takes its default: `GATEWAY_ADMIN_TOKEN=` must never
+  become an empty bearer token that anybody can present;
+- a bad value is reported as "GATEWAY_X: expected <accepted form>, got '<value>'", and every bad
+  variable is reported, not just the first (EnvError.errors);
+- a variable whose feature is not built yet is parsed and validated, and then refused with
+  "not supported yet" when its value would turn that feature on: accepting and silently ignoring
+  it would leave an operator believing, say, that a Redis store or JWKS check is in force.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import EnvError
+
+PREFIX = "GATEWAY_"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_JWT_ALGORITHMS = frozenset(
+    "HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA".split()
+)
+
+
+class _Bad(ValueError):
+    """A value refused by a parser; the message is the part after "GATEWAY_X: "."""
+
+
+class _Unsupported(ValueError):
+    """A valid value that would turn on a feature that is not built yet."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings:
+    """Every SPEC §2 variable; field name = variable name without GATEWAY_, lowercased."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    config: str | None = None
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    admin_token: str | None = None
+    metrics_allow: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: tuple[str, ...] | None = None
+    jwt_leeway: float = 30.0
+    jwt_org_claim: str = "org"
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    upstream_connect_timeout: float = 5.0
+    upstream_timeout: float = 30.0
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_uri_bytes: int = 8192
+    max_body_bytes: int = 10485760
+    max_connections: int = 10000
+    drain_timeout: float = 30.0
+    access_log: str = "off"
+    audit_log: str = "stderr"
+    alert_webhooks: tuple[str, ...] = ()
+    alert_secret: str | None = None
+    tracing: bool = False
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings for `gateway check`: env name → display value, secrets hidden.
+
+        Secrets (admin token, JWT secret, alert secret, the password of a Redis URL) show only
+        whether they are set, never a fingerprint short enough to brute-force a weak secret.
+        """
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            name = PREFIX + f.name.upper()
+            if f.name in SECRET_FIELDS:
+                out[name] = "<unset>" if value is None else "<set, hidden>"
+            elif f.name == "redis_url" and value is not None:
+                out[name] = mask_url_password(value)
+            else:
+                out[name] = _display(value)
+        return out
+
+    def __repr__(self) -> str:
+        # The default dataclass repr would print secrets into any log line that shows settings.
+        body = ", ".join(f"{k[len(PREFIX):].lower()}={v}" for k, v in self.masked().items())
+        return f"Settings({body})"
+
+
+SECRET_FIELDS = frozenset({"admin_token", "jwt_secret", "alert_secret"})
+DEFAULT_METRICS_ALLOW = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return "<unset>"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        if not value:
+            return "<none>"
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def mask_url_password(url: str) -> str:
+    """redis://user:secret@host:6379/0 → redis://user:***@host:6379/0 (anything else unchanged)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+# --- value parsers: raw string (stripped, non-empty) → typed value, or _Bad("expected ...") -------
+
+def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    form = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+
+    def parse(raw: str) -> int:
+        # int() also takes "1_000" and " 12"; operators write plain decimal, so accept only that.
+        if not re.fullmatch(r"[+-]?[0-9]+", raw):
+            raise _Bad(f"expected {form}, got {raw!r}")
+        value = int(raw)
+        if value < lo or (hi is not None and value > hi):
+            raise _Bad(f"expected {form}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _seconds(allow_zero: bool = False) -> Callable[[str], float]:
+    form = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise _Bad(f"expected {form}, got {raw!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise _Bad(f"expected {form}, got {raw!r}")
+        return value
+
+    return parse
+
+
+_port = _int_range(1, 65535)
+
+
+def _listen_host(raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    if _HOSTNAME.match(raw):
+        return raw
+    raise _Bad(f"expected an IP address or hostname, got {raw!r}")
+
+
+def _workers(raw: str) -> int:
+    if raw.lower() == "auto":
+        return os.cpu_count() or 1
+    try:
+        return _int_range(1, 1024)(raw)
+    except _Bad:
+        raise _Bad(f"expected an integer 1-1024 or 'auto', got {raw!r}") from None
+
+
+def _cidrs(raw: str) -> tuple[Network, ...]:
+    nets: list[Network] = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            # strict=False: "10.1.2.3/8" means the network containing it, as nginx's allow does.
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise _Bad(f"expected comma-separated IPs or CIDRs (10.0.0.0/8,::1), got {item!r}") from None
+    return tuple(nets)
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
+    form = " or ".join(f"{s}://..." for s in schemes)
+
+    def parse(raw: str) -> str:
+        try:
+            parts = urlsplit(raw)
+            ok = parts.scheme in schemes and (bool(parts.hostname) or parts.scheme == "unix")
+            if parts.scheme == "unix":
+                ok = ok and bool(parts.path)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _Bad(f"expected a URL {form}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _urls(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    one = _url(schemes)
+
+    def parse(raw: str) -> tuple[str, ...]:
+        return tuple(one(u.strip()) for u in raw.split(",") if u.strip())
+
+    return parse
+
+
+def _log_dest(raw: str) -> str:
+    if raw in ("off", "stdout", "stderr"):
+        return raw
+    # A bare word ("stdrr") is far more likely a typo than a file name: a path must contain "/" or
+    # an extension ("access.log", "./audit", "/var/log/gateway.jsonl").
+    if "/" in raw or "." in raw:
+        return raw
+    raise _Bad(f"expected off, stdout, stderr or a file path, got {raw!r}")
+
+
+def _switch(on: str, off: str) -> Callable[[str], bool]:
+    def parse(raw: str) -> bool:
+        low = raw.lower()
+        if low in (on, "true", "yes"):
+            return True
+        if low in (off, "false", "no"):
+            return False
+        raise _Bad(f"expected {on} or {off}, got {raw!r}")
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _algorithms(raw: str) -> tuple[str, ...]:
+    algs = tuple(a.strip() for a in raw.split(",") if a.strip())
+    bad = [a for a in algs if a not in _JWT_ALGORITHMS]
+    if bad or not algs:
+        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {raw!r}")
+    return algs
+
+
+# --- "not supported yet" gates: called with the parsed value; raise _Unsupported to refuse ----------
+
+def _refuse_any(_value: Any) -> None:
+    raise _Unsupported("not supported yet")
+
+
+def _refuse_true(value: bool) -> None:
+    if value:
+        raise _Unsupported("not supported yet")
+
+
+def _refuse_not_off(value: str) -> None:
+    if value != "off":
+        raise _Unsupported("not supported yet (only 'off')")
+
+
+def _audit_gate(value: str) -> None:
+    # Nothing is audited yet, so off/stderr are both honest; a file or stdout would promise lines.
+    if value not in ("off", "stderr"):
+        raise _Unsupported("not supported yet (only 'off' or 'stderr')")
+
+
+# field name → (parser, gate or None). Defaults come from the Settings dataclass, except
+# metrics_allow whose default is a string the parser turns into networks.
+_VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
+    "host": (_listen_host, None),
+    "port": (_port, None),
+    "workers": (_workers, None),
+    "config": (_text, None),
+    "redis_url": (_url(("redis", "rediss", "unix")), _refuse_any),
+    "redis_cluster": (_switch("1", "0"), _refuse_true),
+    "admin_host": (_listen_host, None),
+    "admin_port": (_port, None),
+    "admin_token": (_text, None),
+    "metrics_allow": (_cidrs, None),
+    "trusted_proxies": (_cidrs, None),
+    "jwt_secret": (_text, None),
+    "jwt_public_key": (_text, _refuse_any),
+    "jwt_jwks_url": (_url(("https", "http")), _refuse_any),
+    "jwt_issuer": (_text, _refuse_any),
+    "jwt_audience": (_text, _refuse_any),
+    "jwt_algorithms": (_algorithms, _refuse_any),
+    "jwt_leeway": (_seconds(allow_zero=True), _refuse_any),
+    "jwt_org_claim": (_text, _refuse_any),
+    "header_timeout": (_seconds(), None),
+    "body_timeout": (_seconds(), None),
+    "keepalive_timeout": (_seconds(), None),
+    "upstream_connect_timeout": (_seconds(), None),
+    "upstream_timeout": (_seconds(), None),
+    "max_header_bytes": (_int_range(1), None),
+    "max_headers": (_int_range(1), None),
+    "max_uri_bytes": (_int_range(1), None),
+    "max_body_bytes": (_int_range(1), None),
+    "max_connections": (_int_range(1), None),
+    "drain_timeout": (_seconds(allow_zero=True), None),
+    "access_log": (_log_dest, _refuse_not_off),
+    "audit_log": (_log_dest, _audit_gate),
+    "alert_webhooks": (_urls(("https", "http")), _refuse_any),
+    "alert_secret": (_text, None),
+    "tracing": (_switch("on", "off"), _refuse_true),
+}
+
+VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in _VARS)
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Parse every SPEC §2 variable; raise one EnvError listing every bad one."""
+    values: dict[str, Any] = {"metrics_allow": _cidrs(DEFAULT_METRICS_ALLOW)}
+    errors: list[EnvError] = []
+    for name, (parse, gate) in _VARS.items():
+        var = PREFIX + name.upper()
+        raw = environ.get(var)
+        if raw is None or not raw.strip():
+            continue
+        raw = raw.strip()
+        try:
+            value = parse(raw)
+            if gate is not None:
+                gate(value)
+        except (_Bad, _Unsupported) as exc:
+            errors.append(EnvError(var, str(exc)))
+            continue
+        values[name] = value
+    if errors:
+        raise EnvError(errors[0].var, errors[0].message, errors[1:])
+    return Settings(**values)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """GATEWAY_* names that are not SPEC §2 variables (likely typos), for a warning in `check`.
+
+    Not an error: build and test tooling uses the same prefix (GATEWAY_BUILD_ONLY, ...).
+    """
+    known = set(VARIABLES)
+    return sorted(k for k in environ if k.startswith(PREFIX) and k not in known)

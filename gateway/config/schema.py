@@ -1,0 +1,387 @@
+"""TOML (SPEC §3) → validated GatewayConfig.
+
+Every problem is collected with its path (`routes[2].limt: unknown key`,
+`services[0].targets[1].url: expected http://host:port, got 'ftp://x'`) and raised together as one
+ConfigErrors, so `gateway check` shows the whole list and SIGHUP refuses a bad file with its reasons.
+
+Keys of SPEC §3 whose feature is not built yet are refused with "<path>: not supported yet" when
+their value asks for the feature. An explicitly empty value that asks for nothing (`auth = []`,
+`retries = 0`, `websocket = false`, `rate_limits = []`) is accepted: it means what the gateway does
+today. Silently ignoring `auth = ["jwt"]` would publish a route its author believed protected.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from typing import Any
+
+from .errors import ConfigErrors
+from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+
+NOT_YET = "not supported yet"
+BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
+
+# Names end up in metric labels, admin URLs and log lines: keep them to one URL-safe token.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")          # RFC 9110 token (methods)
+_HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
+# RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %XX escapes. Anything else
+# (space, "?", "#", quotes, controls) could never equal a normalized request path.
+_PATH = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
+
+_TOP_KEYS = {"services", "routes", "quotas"}
+_SERVICE_KEYS = {"name", "balancer", "hash_key", "targets", "health", "breaker"}
+_TARGET_KEYS = {"url", "weight", "version"}
+_ROUTE_KEYS = {
+    "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
+    "retries", "canary", "fallback", "rate_limits", "websocket",
+}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+class _Collector:
+    """Accumulates "path: message" lines; the parse functions return None for a bad value."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def unknown_keys(self, path: str, table: dict[str, Any], allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                self.error(f"{path}.{key}" if path else key, "unknown key")
+
+    def string(self, path: str, value: Any, required: bool = False) -> str | None:
+        if value is None:
+            if required:
+                self.error(path, "required")
+            return None
+        if not isinstance(value, str):
+            self.error(path, f"expected a string, got {_kind(value)}")
+            return None
+        return value
+
+    def name(self, path: str, value: Any) -> str | None:
+        s = self.string(path, value, required=True)
+        if s is not None and not _NAME.match(s):
+            self.error(path, f"expected a name of letters, digits, '.', '_' or '-' (max 128), got {s!r}")
+            return None
+        return s
+
+    def boolean(self, path: str, value: Any, default: bool) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.error(path, f"expected true or false, got {_kind(value)}")
+            return default
+        return value
+
+    def seconds(self, path: str, value: Any) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(path, f"expected a positive number of seconds, got {_kind(value)}")
+            return None
+        if not math.isfinite(value) or value <= 0:
+            self.error(path, f"expected a positive number of seconds, got {value!r}")
+            return None
+        return float(value)
+
+    def integer(self, path: str, value: Any, minimum: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(path, f"expected an integer >= {minimum}, got {_kind(value)}")
+            return None
+        if value < minimum:
+            self.error(path, f"expected an integer >= {minimum}, got {value}")
+            return None
+        return value
+
+    def table_list(self, path: str, value: Any) -> list[dict[str, Any]]:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.error(path, f"expected an array of tables ([[{path}]]), got {_kind(value)}")
+            return []
+        return value
+
+    def not_yet_unless_empty(self, path: str, value: Any, empty: Any) -> None:
+        """Refuse a key of a feature not built yet unless its value asks for nothing."""
+        if value is None:
+            return
+        if value == empty and type(value) is type(empty):
+            return
+        self.error(path, NOT_YET)
+
+
+# --- parts -------------------------------------------------------------------------------------
+
+def _parse_target_url(c: _Collector, path: str, url: Any) -> tuple[str, int] | None:
+    """http://host[:port][/] → (host, port). TLS, paths and credentials upstream are not built."""
+    expected = "expected http://host:port"
+    if not isinstance(url, str):
+        c.error(path, f"{expected}, got {_kind(url)}")
+        return None
+    m = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[^/:@\[\]?#\s]+)(?::([0-9]{1,5}))?/?", url)
+    if m is None:
+        c.error(path, f"{expected}, got {url!r}")
+        return None
+    raw_host, raw_port = m.group(1), m.group(2)
+    port = int(raw_port) if raw_port else 80
+    if not 1 <= port <= 65535:
+        c.error(path, f"{expected} with a port 1-65535, got {url!r}")
+        return None
+    host = raw_host.lower()
+    if host.startswith("["):
+        try:
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        except ValueError:
+            c.error(path, f"{expected}, got {url!r} (bad IPv6 address)")
+            return None
+    elif not _HOSTNAME.match(host.rstrip(".")) and not _is_ipv4(host):
+        c.error(path, f"{expected}, got {url!r} (bad host)")
+        return None
+    return host.rstrip("."), port
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
+    if isinstance(raw, str):  # shorthand: targets = ["http://127.0.0.1:9001"]
+        raw = {"url": raw}
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ url = \"http://host:port\" }} or a URL string, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _TARGET_KEYS)
+    if "url" not in raw:
+        c.error(f"{path}.url", "required")
+        return None
+    hp = _parse_target_url(c, f"{path}.url", raw["url"])
+    weight = 1
+    if "weight" in raw:
+        w = c.integer(f"{path}.weight", raw["weight"], 1)
+        if w is not None and w != 1:
+            # round_robin here is plain rotation: a weight would be silently ignored.
+            c.error(f"{path}.weight", f"{NOT_YET} (weights other than 1 need the weighted balancer)")
+        weight = w or 1
+    version = c.string(f"{path}.version", raw.get("version"))
+    if hp is None:
+        return None
+    return TargetConfig(url=raw["url"], host=hp[0], port=hp[1], weight=weight, version=version)
+
+
+def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConfig | None:
+    c.unknown_keys(path, raw, _SERVICE_KEYS)
+    name = c.name(f"{path}.name", raw.get("name"))
+    balancer = c.string(f"{path}.balancer", raw.get("balancer")) or "round_robin"
+    if balancer in BALANCERS_LATER:
+        c.error(f"{path}.balancer", f"{NOT_YET} (only round_robin)")
+    elif balancer != "round_robin":
+        c.error(f"{path}.balancer", f"expected one of round_robin, {', '.join(BALANCERS_LATER)}; got {balancer!r}")
+    for key in ("hash_key", "health", "breaker"):
+        if key in raw:
+            c.error(f"{path}.{key}", NOT_YET)
+    targets: list[TargetConfig] = []
+    raw_targets = raw.get("targets")
+    if raw_targets is None:
+        c.error(f"{path}.targets", "required (at least one target)")
+    elif not isinstance(raw_targets, list):
+        c.error(f"{path}.targets", f"expected an array of targets, got {_kind(raw_targets)}")
+    elif not raw_targets:
+        c.error(f"{path}.targets", "expected at least one target")
+    else:
+        seen: dict[str, int] = {}
+        for i, rt in enumerate(raw_targets):
+            t = _parse_target(c, f"{path}.targets[{i}]", rt)
+            if t is None:
+                continue
+            if t.id in seen:
+                c.error(f"{path}.targets[{i}].url", f"duplicate target {t.id} (also targets[{seen[t.id]}])")
+                continue
+            seen[t.id] = i
+            targets.append(t)
+    if name is None:
+        return None
+    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer)
+
+
+def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
+    s = c.string(path, value, required=True)
+    if s is None:
+        return None
+    exact = s.startswith("=")
+    p = s[1:] if exact else s
+    if not p.startswith("/"):
+        c.error(path, f"expected a path starting with '/' (or '=/' for an exact match), got {s!r}")
+        return None
+    if not _PATH.match(p):
+        c.error(path, f"expected URL path characters only (no spaces, '?' or '#'), got {s!r}")
+        return None
+    if any(seg in (".", "..") for seg in p.split("/")):
+        # Request paths reach the router with dot-segments resolved: such a route could never match.
+        c.error(path, f"expected a path without '.' or '..' segments, got {s!r}")
+        return None
+    return p, exact
+
+
+def _parse_methods(c: _Collector, path: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        c.error(path, "expected a non-empty array of methods (omit the key for every method)")
+        return None
+    out: list[str] = []
+    for i, m in enumerate(value):
+        if not isinstance(m, str) or not _TOKEN.match(m):
+            c.error(f"{path}[{i}]", f"expected an HTTP method token, got {m!r}")
+            continue
+        up = m.upper()
+        if up not in out:
+            out.append(up)
+    return tuple(out)
+
+
+def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
+    s = c.string(path, value)
+    if s is None:
+        return None
+    h = s.lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        try:
+            return f"[{ipaddress.IPv6Address(h[1:-1])}]"
+        except ValueError:
+            pass
+    elif _HOSTNAME.match(h) or _is_ipv4(h):
+        return h
+    c.error(path, f"expected a hostname without port (api.example.com), got {s!r}")
+    return None
+
+
+def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int) -> RouteConfig | None:
+    c.unknown_keys(path, raw, _ROUTE_KEYS)
+    name = c.name(f"{path}.name", raw.get("name"))
+    service = c.string(f"{path}.service", raw.get("service"), required=True)
+    p = _parse_path(c, f"{path}.path", raw.get("path"))
+    methods = _parse_methods(c, f"{path}.methods", raw.get("methods"))
+    host = _parse_host(c, f"{path}.host", raw.get("host"))
+    strip = c.boolean(f"{path}.strip_prefix", raw.get("strip_prefix"), False)
+    timeout = c.seconds(f"{path}.timeout", raw.get("timeout"))
+    if "retries" in raw:
+        r = c.integer(f"{path}.retries", raw["retries"], 0)
+        if r:
+            c.error(f"{path}.retries", NOT_YET)
+    if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
+        c.error(f"{path}.websocket", NOT_YET)
+    c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
+    c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
+    c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
+    for key in ("canary", "fallback"):
+        if key in raw:
+            c.error(f"{path}.{key}", NOT_YET)
+    if name is None or service is None or p is None:
+        return None
+    return RouteConfig(
+        name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
+        strip_prefix=strip, timeout=timeout, index=index,
+    )
+
+
+def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],
+                 routes: list[tuple[int, RouteConfig]]) -> None:
+    first_service: dict[str, int] = {}
+    for i, s in services:
+        if s.name in first_service:
+            c.error(f"services[{i}].name", f"duplicate service name {s.name!r} (also services[{first_service[s.name]}])")
+        else:
+            first_service[s.name] = i
+    first_route: dict[str, int] = {}
+    for i, r in routes:
+        if r.name in first_route:
+            c.error(f"routes[{i}].name", f"duplicate route name {r.name!r} (also routes[{first_route[r.name]}])")
+        else:
+            first_route[r.name] = i
+        if r.service not in first_service:
+            c.error(f"routes[{i}].service", f"unknown service {r.service!r}")
+    # A route that an earlier one with the same host and path fully covers can never be matched:
+    # almost always a copy-paste mistake, so say so instead of serving the first one silently.
+    for k, (i, r) in enumerate(routes):
+        for j, e in routes[:k]:
+            if (e.host, e.path, e.exact) != (r.host, r.path, r.exact):
+                continue
+            if e.methods is None or (r.methods is not None and set(r.methods) <= set(e.methods)):
+                c.error(f"routes[{i}]", f"never matched: routes[{j}] has the same host and path and takes all its methods")
+                break
+
+
+def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfig:
+    """Validate a decoded TOML document; raise ConfigErrors listing every problem."""
+    c = _Collector()
+    c.unknown_keys("", doc, _TOP_KEYS)
+    if "quotas" in doc:
+        c.error("quotas", NOT_YET)
+    services: list[tuple[int, ServiceConfig]] = []
+    for i, raw in enumerate(c.table_list("services", doc.get("services", []))):
+        s = _parse_service(c, f"services[{i}]", raw)
+        if s is not None:
+            services.append((i, s))
+    routes: list[tuple[int, RouteConfig]] = []
+    for i, raw in enumerate(c.table_list("routes", doc.get("routes", []))):
+        r = _parse_route(c, f"routes[{i}]", raw, i)
+        if r is not None:
+            routes.append((i, r))
+    _cross_check(c, services, routes)
+    if c.problems:
+        raise ConfigErrors(c.problems, source)
+    svc = tuple(s for _, s in services)
+    return GatewayConfig(
+        services=svc, routes=tuple(r for _, r in routes), source=source,
+        service_map={s.name: s for s in svc},
+    )
+
+
+def loads_config(text: str, source: str | None = None) -> GatewayConfig:
+    """Parse TOML text (tests, the bundled demo config)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: {exc}"], source) from None
+    return parse_config(doc, source)
+
+
+def load_config(path: str | None) -> GatewayConfig:
+    """Load and validate the TOML file; None → an empty config (no routes: every request is 404)."""
+    if path is None:
+        return GatewayConfig()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigErrors([f"{path}: cannot read: {exc.strerror or exc}"], path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigErrors([f"{path}: not UTF-8: {exc}"], path) from None
+    return loads_config(text, path)

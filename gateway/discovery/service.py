@@ -1,0 +1,83 @@
+"""Services and their targets; the round-robin pick.
+
+A Target is one upstream address. Its `id` ("host:port") is stable across reloads, so anything
+keyed by it (pools today; breaker and health state later) carries over when a reload names the same
+upstream again. Issue 3's balancers plug in behind the same `Service.pick(ctx)`.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config.model import TargetConfig
+    from ..pipeline.context import RequestContext
+
+
+class Target:
+    __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available")
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        pool: Any = None,
+        url: str | None = None,
+        weight: int = 1,
+        version: str | None = None,
+    ) -> None:
+        bracketed = f"[{host}]" if ":" in host else host   # IPv6 literals need brackets in ids/Host
+        self.id = f"{bracketed}:{port}"
+        self.url = url if url is not None else f"http://{self.id}"
+        self.host = host
+        self.port = port
+        self.weight = weight
+        self.version = version
+        # The Host sent upstream (nginx/Kong default, preserve_host off). Port 80 is left out, as
+        # nginx's $proxy_host does: "host" and "host:80" are the same authority (RFC 9110 §4.2.1).
+        self.host_header = (bracketed if port == 80 else self.id).encode("ascii")
+        self.pool = pool           # gateway.http.pool.UpstreamPool, shared by every target of this (host, port)
+        self.available = True      # health checks and breakers (later) clear it; pick() skips it
+
+    @classmethod
+    def from_config(cls, tc: TargetConfig, pool: Any) -> Target:
+        return cls(tc.host, tc.port, pool, url=tc.url, weight=tc.weight, version=tc.version)
+
+    def __repr__(self) -> str:
+        return f"Target({self.id}{'' if self.available else ', unavailable'})"
+
+
+class Service:
+    """A named group of targets; `pick` rotates over the available ones."""
+
+    __slots__ = ("name", "targets", "_next")
+
+    def __init__(self, name: str, targets: list[Target]) -> None:
+        self.name = name
+        self.targets = targets
+        self._next = 0
+
+    def pick(self, ctx: RequestContext | None = None) -> Target | None:
+        """Next available target in rotation, or None when none is available (→ 503).
+
+        One index per service per worker: plain rotation with no lock, because a worker is one
+        thread. The common case (the next target is available) is one list index and one compare.
+        """
+        targets = self.targets
+        n = len(targets)
+        if n == 0:
+            return None
+        i = self._next
+        if i >= n:          # targets may shrink (dynamic registration, later)
+            i = 0
+        for _ in range(n):
+            t = targets[i]
+            i += 1
+            if i == n:
+                i = 0
+            if t.available:
+                self._next = i
+                return t
+        return None
+
+    def __repr__(self) -> str:
+        return f"Service({self.name!r}, {self.targets!r})"
