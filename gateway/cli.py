@@ -1,0 +1,177 @@
+"""The `gateway` command (SPEC §1): run (default), demo, check.
+
+Exit codes: 0 success (including a drained shutdown), 2 bad configuration (one line per problem on
+stderr, each naming the variable or the TOML path), 1 a run-time failure such as a port in use (one
+line naming the variable to change).
+
+`gateway _worker N` is internal: the supervisor re-executes the command with it to start worker N
+(see gateway/supervisor.py for why re-exec rather than fork).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+USAGE = """usage: gateway [run | demo | check]
+
+  run     serve with the environment and GATEWAY_CONFIG (the default)
+  demo    serve a bundled demo config with an in-process demo upstream; prints curl lines
+  check   validate the configuration and print the effective settings (secrets masked)
+
+Configuration: GATEWAY_* environment variables (see the README) and the optional TOML file named
+by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level (default info).
+"""
+
+LATER = {"jwt", "apikey"}  # commands SPEC §1 names whose features come in later issues
+
+
+def err(line: str) -> None:
+    print(f"gateway: {line}", file=sys.stderr, flush=True)
+
+
+def _config_problem_lines(exc: Any) -> list[str]:
+    source = getattr(exc, "source", None)
+    out = []
+    for p in exc.problems:
+        out.append(p if source is None or p.startswith(str(source)) else f"{source}: {p}")
+    return out
+
+
+def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = True) -> tuple[Any, Any, int]:
+    """Settings and config; on errors print one line per problem and return exit code 2."""
+    from gateway.config import ConfigurationError, load_config, load_settings
+
+    try:
+        settings = load_settings(environ)
+    except ConfigurationError as exc:
+        for line in exc.problems:
+            err(line)
+        return None, None, 2
+    if not with_config:
+        return settings, None, 0
+    try:
+        config = load_config(settings.config)
+    except ConfigurationError as exc:
+        for line in _config_problem_lines(exc):
+            err(line)
+        return settings, None, 2
+    return settings, config, 0
+
+
+def run_loop(coro: Any) -> int:
+    """Run a coroutine on a fresh uvloop loop (the data plane is written for uvloop)."""
+    import uvloop
+
+    from gateway.worker import raise_nofile_limit
+
+    raise_nofile_limit()
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return int(loop.run_until_complete(coro))
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+def cmd_check() -> int:
+    from gateway.config import unknown_variables
+
+    settings, config, code = load_all(os.environ)
+    if code:
+        return code
+    for name, value in settings.masked().items():
+        print(f"{name}={value}")
+    for name in unknown_variables(os.environ):
+        err(f"warning: {name} is not a gateway variable (typo?)")
+    src = settings.config or "(none: no routes, every request answers 404)"
+    print(f"# config {src}: {len(config.services)} services, {len(config.routes)} routes: OK")
+    return 0
+
+
+def cmd_run() -> int:
+    settings, config, code = load_all(os.environ)
+    if code:
+        return code
+    if settings.workers > 1:
+        from gateway.supervisor import Supervisor
+
+        return Supervisor(settings).run()
+    return _serve_single(settings, config, settings.config, admin=True, reuse_port=False)
+
+
+def cmd_worker(args: Sequence[str]) -> int:
+    """Internal: one supervised worker (no admin listener; SO_REUSEPORT shares the port)."""
+    settings, config, code = load_all(os.environ)
+    if code:
+        return code
+    return _serve_single(settings, config, settings.config, admin=False, reuse_port=True)
+
+
+def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin: bool, reuse_port: bool) -> int:
+    from gateway.worker import run_worker
+
+    try:
+        return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port))
+    except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
+        err(exc.strerror or str(exc))
+        return 1
+
+
+def cmd_demo() -> int:
+    settings, _, code = load_all(os.environ, with_config=False)
+    if code:
+        return code
+    from gateway.demo import run_demo
+
+    try:
+        return run_loop(run_demo(settings))
+    except OSError as exc:
+        err(exc.strerror or str(exc))
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    from gateway.logs import LogLevelError, setup_logging
+
+    try:
+        setup_logging(os.environ)
+    except LogLevelError as exc:
+        err(str(exc))
+        return 2
+    cmd = args[0] if args else "run"
+    rest = args[1:]
+    if cmd in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if cmd in LATER:
+        err(f"{cmd}: not supported yet (it comes with authentication in a later release)")
+        return 2
+    if cmd == "_worker":
+        return cmd_worker(rest)
+    if cmd not in ("run", "demo", "check"):
+        err(f"unknown command {cmd!r}")
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    if rest:
+        err(f"{cmd}: unexpected arguments {' '.join(rest)!r} (configuration is by GATEWAY_* variables)")
+        return 2
+    if cmd == "check":
+        return cmd_check()
+    if cmd == "demo":
+        return cmd_demo()
+    return cmd_run()
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

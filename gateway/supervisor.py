@@ -1,0 +1,214 @@
+"""Supervisor: N worker processes on one port, crashed ones replaced, signals forwarded.
+
+Spawn, not fork. Each worker is a fresh `python -m gateway _worker N` (the same interpreter, the
+same environment). A fork of a process that has imported uvloop, or has a loop, threads or open
+sockets, inherits state that is unsafe to reuse (the loop's epoll fd, signal wakeup fds, locks held
+by other threads at fork time); a re-exec starts clean and costs ~100 ms once per worker. Each
+worker binds the port itself with SO_REUSEPORT, so no listening socket is passed around, and a
+replaced worker simply binds again. Shared-memory segments of later issues (node-wide counters,
+limiter tables) are created by the supervisor under a name derived from its pid and opened by name
+in the workers, which works the same with spawn.
+
+The admin listener runs here, in the supervisor, not in a worker: one admin port for the node
+that stays up while workers crash and are replaced, and the natural place to aggregate node totals
+(metrics) from every worker later. With GATEWAY_WORKERS=1 there is no supervisor: the single worker
+runs in the main process and serves the admin listener itself.
+
+Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
+exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
+timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome.
+
+Crash handling: a worker that exits while the supervisor is not stopping is replaced. One that dies
+within CRASH_WINDOW seconds of its start counts as crash-looping and its replacement waits
+0.1 s x 2^(consecutive fast crashes), capped at MAX_BACKOFF, so a broken worker cannot spin the CPU.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+log = logging.getLogger("gateway.supervisor")
+
+CRASH_WINDOW = 5.0
+MAX_BACKOFF = 30.0
+POLL_INTERVAL = 0.1
+KILL_GRACE = 5.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the supervisor dies (even by SIGKILL).
+
+    Without it a killed supervisor would leave orphan workers holding the port.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+class Slot:
+    """One worker position: its current process and its crash history."""
+
+    __slots__ = ("index", "proc", "started", "fast_crashes", "restart_handle")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.fast_crashes = 0
+        self.restart_handle: asyncio.TimerHandle | None = None
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.slots = [Slot(i) for i in range(settings.workers)]
+        self.stopping = False
+        self.restarts = 0
+        self._done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- public ---------------------------------------------------------------------------------
+    def run(self) -> int:
+        from gateway.cli import err, run_loop
+        from gateway.worker import ListenError, bind_listener
+
+        # Probe the port once without SO_REUSEPORT: a port held by another program is reported
+        # here, instead of every worker silently joining that program's SO_REUSEPORT group.
+        try:
+            bind_listener(self.settings.host, self.settings.port, reuse_port=False, backlog=1).close()
+        except ListenError as exc:
+            err(exc.strerror or str(exc))
+            return 1
+        try:
+            return run_loop(self._main())
+        except OSError as exc:  # the admin listener could not bind
+            err(exc.strerror or str(exc))
+            self._kill_all(signal.SIGKILL)
+            return 1
+
+    def worker_pids(self) -> list[int]:
+        return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
+
+    # --- internals ------------------------------------------------------------------------------
+    async def _main(self) -> int:
+        from gateway.admin.server import AdminServer
+
+        loop = self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
+        await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
+        for slot in self.slots:
+            self._spawn(slot)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
+        poller = loop.create_task(self._poll())
+        await self._done.wait()
+        poller.cancel()
+        admin.close()
+        log.info("supervisor: all workers stopped")
+        return 0
+
+    def _spawn(self, slot: Slot) -> None:
+        slot.restart_handle = None
+        if self.stopping:
+            return
+        env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded supervisor
+        )
+        slot.started = time.monotonic()
+        log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+
+    async def _poll(self) -> None:
+        """Reap exited workers. Polling (every 0.1 s) rather than SIGCHLD keeps the reaping in one
+        place with no signal-handler races against Popen's own bookkeeping."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            self._reap()
+
+    def _reap(self) -> None:
+        assert self._loop is not None and self._done is not None
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None or proc.poll() is None:
+                continue
+            slot.proc = None
+            code = proc.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if self.stopping:
+                log.info("worker %d (pid %d) %s", slot.index, proc.pid, how)
+                continue
+            lived = time.monotonic() - slot.started
+            slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW else 0
+            delay = min(0.1 * 2 ** slot.fast_crashes, MAX_BACKOFF) if slot.fast_crashes else 0.0
+            self.restarts += 1
+            log.error("worker %d (pid %d) %s; replacing it in %.1fs", slot.index, proc.pid, how, delay)
+            slot.restart_handle = self._loop.call_later(delay, self._spawn, slot)
+        if self.stopping and all(s.proc is None for s in self.slots):
+            self._done.set()
+
+    def _forward(self, sig: int) -> None:
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGHUP:
+            log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
+
+    def _stop(self) -> None:
+        assert self._loop is not None
+        if self.stopping:
+            return
+        self.stopping = True
+        for slot in self.slots:
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+                slot.restart_handle = None
+        log.info("supervisor: stopping, draining %d workers", len(self.worker_pids()))
+        self._forward(signal.SIGTERM)
+        # Workers stop on their own within the drain timeout; this is only the backstop.
+        self._loop.call_later(float(self.settings.drain_timeout) + KILL_GRACE, self._kill_all, signal.SIGKILL)
+        self._reap()
+
+    def _kill_all(self, sig: int) -> None:
+        pids = self.worker_pids()
+        if pids and sig == signal.SIGKILL:
+            log.warning("supervisor: %d workers still alive after the drain timeout: killing", len(pids))
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _admin_routes(self) -> Any:
+        from gateway.admin.server import base_routes
+
+        def ready() -> tuple[bool, dict[str, Any]]:
+            alive = len(self.worker_pids())
+            ok = not self.stopping and alive > 0
+            return ok, {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
+
+        def health() -> dict[str, Any]:
+            return {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
+                    "restarts": self.restarts}
+
+        return base_routes(ready, health)

@@ -1,0 +1,329 @@
+"""Worker: one process's event loop, data-plane listener, connection cap, drain and reload.
+
+A Worker owns the listening socket and the set of live downstream connections. The downstream
+protocol (gateway/http/downstream.py) reads `worker.runtime` once per request, so a reload is a
+single attribute swap: requests already routed keep their Route (and its service, targets and
+pools) and finish on the config they started with; the next request on any connection, including
+established keep-alive ones, sees the new config. Nothing is closed by a reload.
+
+Connection cap. asyncio has no "pause accepting", so the worker keeps the bound, listening socket
+for its whole life and serves it through a dup()'d file descriptor. At the cap it closes the
+asyncio Server: only the dup is closed, the socket stays in LISTEN state and the kernel keeps
+queueing new connections in its backlog (they wait; they are not refused). Below the cap again, a
+new Server is created on a fresh dup and the queued connections are accepted. The cap is counted in
+connection_made, which uvloop calls one loop iteration after accept(); a burst accepted in the same
+iteration can therefore overshoot the cap by the size of that burst, never more.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.worker")
+
+DEFAULT_BACKLOG = 4096
+
+
+class ListenError(OSError):
+    """The data-plane address cannot be bound; the message is one line naming GATEWAY_PORT/HOST."""
+
+
+def somaxconn() -> int:
+    """The kernel's accept-queue cap: a larger listen() backlog would be silently truncated."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(int(f.read().strip()), 128)
+    except (OSError, ValueError):
+        return DEFAULT_BACKLOG
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard limit (10k connections need >10k fds)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:  # a container may forbid it: run with what we have
+            log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool, backlog: int | None = None) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket.
+
+    reuse_port=True (supervised workers) sets SO_REUSEPORT so N processes bind the same port and
+    the kernel spreads connections over their accept queues. A lone process does not set it: then
+    a port already served by another program is reported instead of silently shared with it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog or somaxconn())
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                exc.errno,
+                f"cannot listen on {host}:{port}: address already in use "
+                f"(set GATEWAY_PORT to a free port, or GATEWAY_HOST)",
+            ) from None
+        raise ListenError(
+            exc.errno or 0, f"cannot listen on {host}:{port}: {exc.strerror or exc} (check GATEWAY_HOST/GATEWAY_PORT)"
+        ) from None
+    return sock
+
+
+class Worker:
+    """One process's data plane: listener, live connections, drain, reload (see module doc)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        settings: Settings,
+        runtime: Runtime,
+        *,
+        config_path: str | None,
+        protocol_factory: Callable[[Worker], asyncio.Protocol] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.runtime = runtime
+        self.config_path = config_path
+        self.draining = False
+        self.connections: set[Any] = set()
+        self.max_connections: int = settings.max_connections
+        self.reloads = 0
+        if protocol_factory is None:
+            # Imported here, not at module import: `gateway check` never needs the data plane.
+            from gateway.http.downstream import DownstreamProtocol
+
+            protocol_factory = DownstreamProtocol
+        self._protocol_factory = protocol_factory
+        self._sock: socket.socket | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._backlog = somaxconn()
+        self._resuming = False
+        self._idle = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
+
+    # --- listener -------------------------------------------------------------------------------
+    async def start(self, sock: socket.socket) -> None:
+        """Serve `sock` (bound and listening); the worker owns it from now on."""
+        self._sock = sock
+        self._backlog = somaxconn()
+        await self._serve()
+
+    @property
+    def accepting(self) -> bool:
+        return self._server is not None
+
+    async def _serve(self) -> None:
+        assert self._sock is not None
+        dup = socket.socket(fileno=os.dup(self._sock.fileno()))
+        dup.setblocking(False)
+        # backlog is passed again: create_server calls listen() on the socket, and the default
+        # (100) would shrink the accept queue shared with the bound socket.
+        self._server = await self.loop.create_server(
+            self._make_protocol, sock=dup, backlog=self._backlog
+        )
+
+    def _make_protocol(self) -> asyncio.Protocol:
+        return self._protocol_factory(self)
+
+    def _pause_accepting(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            # Closes only the dup'd fd: the bound socket keeps listening, new connections queue.
+            server.close()
+            log.debug("connection cap %d reached: accepting paused", self.max_connections)
+
+    def _resume_accepting(self) -> None:
+        if self._resuming or self._server is not None or self.draining or self._sock is None:
+            return
+        self._resuming = True
+
+        async def resume() -> None:
+            try:
+                if not self.draining and self._server is None and len(self.connections) < self.max_connections:
+                    await self._serve()
+                    log.debug("below the connection cap: accepting resumed")
+            except Exception:  # noqa: BLE001 - never lose the loop over a failed resume
+                log.exception("could not resume accepting")
+            finally:
+                self._resuming = False
+
+        self.loop.create_task(resume())
+
+    # --- called by DownstreamProtocol (keep O(1): they run per connection) -----------------------
+    def connection_made(self, proto: Any) -> None:
+        self.connections.add(proto)
+        if len(self.connections) >= self.max_connections:
+            self._pause_accepting()
+        if self.draining:
+            # Accepted just before the listener closed: it gets the same treatment as the others.
+            proto.shutdown()
+
+    def connection_lost(self, proto: Any) -> None:
+        self.connections.discard(proto)
+        if not self.connections:
+            self._idle.set()
+        if self._server is None and len(self.connections) < self.max_connections:
+            self._resume_accepting()
+
+    # --- reload (SIGHUP) -------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Load the TOML again and swap the runtime; on any error keep the old one.
+
+        Pools of upstreams the new config no longer names are handed to Runtime.close_unused():
+        UpstreamPool.close() closes idle connections now and makes busy ones close when their
+        exchange ends instead of returning to the pool, so in-flight requests on removed
+        upstreams complete and nothing lingers (no timer or request tracking needed).
+        """
+        from gateway.config import ConfigurationError, load_config
+        from gateway.runtime import build_runtime
+
+        path = self.config_path
+        try:
+            config = load_config(path)
+        except ConfigurationError as exc:
+            log.error("reload refused, keeping the previous config: %s", "; ".join(exc.problems))
+            return False
+        except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the worker
+            log.error("reload refused, keeping the previous config: %s: %s", path, exc)
+            return False
+        old = self.runtime
+        try:
+            new = build_runtime(config, self.settings, self.loop, previous=old)
+        except Exception as exc:  # noqa: BLE001
+            log.error("reload refused, keeping the previous config: %s", exc)
+            return False
+        self.runtime = new
+        self.reloads += 1
+        try:
+            new.close_unused(old)
+        except Exception:  # noqa: BLE001 - the swap is done; a failed close only leaks idle sockets
+            log.exception("closing pools of removed upstreams failed")
+        log.info("reloaded %s: %d routes", path or "(no config file)", len(getattr(config, "routes", ())))
+        return True
+
+    # --- drain (SIGTERM/SIGINT) ------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin draining (idempotent); `wait_stopped()` returns when it is over."""
+        if self._stop_task is None:
+            self._stop_task = self.loop.create_task(self.drain())
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight responses finish, close idle connections, then stop.
+
+        The bound socket is closed too, so new connections are refused at once (with SO_REUSEPORT
+        the kernel sends them to the other workers' sockets while those still listen).
+        """
+        self.draining = True
+        timeout = float(self.settings.drain_timeout)
+        live = len(self.connections)
+        log.info("draining: %d connections, up to %.1fs", live, timeout)
+        self._pause_accepting()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        for proto in list(self.connections):
+            try:
+                proto.shutdown()
+            except Exception:  # noqa: BLE001 - one broken connection must not stop the drain
+                log.exception("shutdown of a connection failed")
+        if self.connections:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("drain timeout: closing %d connections", len(self.connections))
+                for proto in list(self.connections):
+                    transport = getattr(proto, "transport", None)
+                    if transport is not None:
+                        transport.abort()
+        try:
+            self.runtime.close()  # every upstream pool: idle upstream connections close now
+        except Exception:  # noqa: BLE001
+            log.exception("closing the upstream pools failed")
+        log.info("drained")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+# --- one worker process ----------------------------------------------------------------------------
+def worker_admin_routes(worker: Worker) -> Any:
+    """/health and /ready of a single-process gateway (admin served by the worker itself)."""
+    from gateway.admin.server import base_routes
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        # Draining: tell load balancers to stop sending before the listener goes away.
+        routes = len(getattr(worker.runtime.config, "routes", ()))
+        return (not worker.draining, {"routes": routes, "draining": worker.draining, "reloads": worker.reloads})
+
+    def health() -> dict[str, Any]:
+        return {"pid": os.getpid(), "role": "worker", "workers": [os.getpid()],
+                "connections": len(worker.connections)}
+
+    return base_routes(ready, health)
+
+
+async def run_worker(
+    settings: Settings,
+    config: Any,
+    *,
+    config_path: str | None,
+    admin: bool,
+    reuse_port: bool,
+    on_listening: Callable[[Worker], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT has drained the worker; return the exit code (0).
+
+    Raises ListenError (one line naming GATEWAY_PORT) when the address cannot be bound.
+    """
+    import signal
+
+    from gateway.runtime import build_runtime
+
+    loop = asyncio.get_running_loop()
+    runtime = build_runtime(config, settings, loop, previous=None)
+    sock = bind_listener(settings.host, settings.port, reuse_port=reuse_port)
+    worker = Worker(loop, settings, runtime, config_path=config_path)
+    await worker.start(sock)
+    admin_server = None
+    if admin:
+        from gateway.admin.server import AdminServer
+
+        admin_server = AdminServer(worker_admin_routes(worker), settings.admin_token)
+        await admin_server.start(loop, settings.admin_host, settings.admin_port)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    log.info("listening on %s:%d (max %d connections, backlog %d)", settings.host, settings.port,
+             worker.max_connections, worker._backlog)
+    if on_listening is not None:
+        on_listening(worker)
+    await worker.wait_stopped()
+    if admin_server is not None:
+        admin_server.close()
+    return 0
