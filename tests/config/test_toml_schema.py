@@ -1,0 +1,205 @@
+"""TOML (SPEC §3) → GatewayConfig: good configs, every error with its exact path, unbuilt features."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigErrors, GatewayConfig, load_config, loads_config
+
+SVC = '[[services]]\nname = "users"\ntargets = [{ url = "http://127.0.0.1:9001" }]\n'
+ROUTE = '[[routes]]\nname = "r"\npath = "/api"\nservice = "users"\n'
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text)
+    return info.value.problems
+
+
+def test_full_supported_config() -> None:
+    cfg = loads_config('''
+[[services]]
+name = "users"
+balancer = "round_robin"
+targets = [
+  { url = "http://127.0.0.1:9001", weight = 1, version = "v1" },
+  { url = "http://Users.Internal:9002/", version = "v2" },
+  "http://[::1]:9003",
+  "http://backend",
+]
+[[routes]]
+name = "users-api"
+path = "/api/users"
+methods = ["get", "POST", "GET"]
+host = "API.Example.com."
+service = "users"
+strip_prefix = true
+auth = []
+scopes = []
+rate_limits = []
+retries = 0
+websocket = false
+timeout = 5
+[[routes]]
+name = "health"
+path = "=/health"
+service = "users"
+''')
+    (svc,) = cfg.services
+    assert [(t.host, t.port, t.version, t.id) for t in svc.targets] == [
+        ("127.0.0.1", 9001, "v1", "127.0.0.1:9001"),
+        ("users.internal", 9002, "v2", "users.internal:9002"),
+        ("::1", 9003, None, "[::1]:9003"),
+        ("backend", 80, None, "backend:80"),
+    ]
+    r0, r1 = cfg.routes
+    assert (r0.path, r0.exact, r0.methods, r0.host, r0.strip_prefix, r0.timeout) == (
+        "/api/users", False, ("GET", "POST"), "api.example.com", True, 5.0)
+    assert (r1.path, r1.exact, r1.methods, r1.host, r1.index) == ("/health", True, None, None, 1)
+    assert cfg.service("users") is svc
+
+
+def test_none_and_empty_are_empty_configs(tmp_path: Path) -> None:
+    assert load_config(None) == GatewayConfig()
+    f = tmp_path / "empty.toml"
+    f.write_text("")
+    cfg = load_config(str(f))
+    assert cfg.routes == () and cfg.services == () and cfg.source == str(f)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(missing))
+    assert info.value.problems[0].startswith(f"{missing}: cannot read")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[routes]\n")
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(bad))
+    assert info.value.problems[0].startswith(f"{bad}: invalid TOML")
+
+
+ERRORS = [
+    # unknown keys, at every level
+    ("limit = 3\n", "limit: unknown key"),
+    (SVC + ROUTE + "limt = 5\n", "routes[0].limt: unknown key"),
+    (SVC + "colour = 1\n" + ROUTE, "services[0].colour: unknown key"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://h:1", wieght = 2 }]\n', "services[0].targets[0].wieght: unknown key"),
+    # bad values
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1" }, { url = "ftp://x" }]\n',
+     "services[0].targets[1].url: expected http://host:port, got 'ftp://x'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "https://a:1" }]\n', "services[0].targets[0].url: expected http://host:port, got 'https://a:1'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1/base" }]\n', "services[0].targets[0].url: expected http://host:port, got 'http://a:1/base'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:70000" }]\n', "services[0].targets[0].url: expected http://host:port with a port 1-65535, got 'http://a:70000'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://user:pw@a:1" }]\n', "services[0].targets[0].url: expected http://host:port, got 'http://user:pw@a:1'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = 5 }]\n', "services[0].targets[0].url: expected http://host:port, got an integer"),
+    ('[[services]]\nname = "s"\ntargets = [{ weight = 1 }]\n', "services[0].targets[0].url: required"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = 0 }]\n', "services[0].targets[0].weight: expected an integer >= 1, got 0"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = true }]\n', "services[0].targets[0].weight: expected an integer >= 1, got a boolean"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", version = 2 }]\n', "services[0].targets[0].version: expected a string, got an integer"),
+    ('[[services]]\nname = "s"\ntargets = []\n', "services[0].targets: expected at least one target"),
+    ('[[services]]\nname = "s"\n', "services[0].targets: required (at least one target)"),
+    ('[[services]]\ntargets = ["http://a:1"]\n', "services[0].name: required"),
+    ('[[services]]\nname = "has space"\ntargets = ["http://a:1"]\n', "services[0].name: expected a name of letters, digits, '.', '_' or '-' (max 128), got 'has space'"),
+    ('[[services]]\nname = "s"\nbalancer = "random"\ntargets = ["http://a:1"]\n', "services[0].balancer: expected one of round_robin, weighted, least_conn, ip_hash, consistent_hash, p2c_ewma; got 'random'"),
+    ('services = 3\n', "services: expected an array of tables ([[services]]), got an integer"),
+    (SVC + '[[routes]]\nname = "r"\npath = "api"\nservice = "users"\n', "routes[0].path: expected a path starting with '/' (or '=/' for an exact match), got 'api'"),
+    (SVC + '[[routes]]\nname = "r"\npath = "/a b"\nservice = "users"\n', "routes[0].path: expected URL path characters only (no spaces, '?' or '#'), got '/a b'"),
+    (SVC + '[[routes]]\nname = "r"\npath = "/a?x=1"\nservice = "users"\n', "routes[0].path: expected URL path characters only (no spaces, '?' or '#'), got '/a?x=1'"),
+    (SVC + '[[routes]]\nname = "r"\npath = "/a/../b"\nservice = "users"\n', "routes[0].path: expected a path without '.' or '..' segments, got '/a/../b'"),
+    (SVC + '[[routes]]\nname = "r"\nservice = "users"\n', "routes[0].path: required"),
+    (SVC + '[[routes]]\nname = "r"\npath = 1\nservice = "users"\n', "routes[0].path: expected a string, got an integer"),
+    (SVC + ROUTE + 'methods = []\n', "routes[0].methods: expected a non-empty array of methods (omit the key for every method)"),
+    (SVC + ROUTE + 'methods = "GET"\n', "routes[0].methods: expected a non-empty array of methods (omit the key for every method)"),
+    (SVC + ROUTE + 'methods = ["GET", "BAD METHOD"]\n', "routes[0].methods[1]: expected an HTTP method token, got 'BAD METHOD'"),
+    (SVC + ROUTE + 'host = "api.example.com:8080"\n', "routes[0].host: expected a hostname without port (api.example.com), got 'api.example.com:8080'"),
+    (SVC + ROUTE + 'host = "bad_host!"\n', "routes[0].host: expected a hostname without port (api.example.com), got 'bad_host!'"),
+    (SVC + ROUTE + 'strip_prefix = "yes"\n', "routes[0].strip_prefix: expected true or false, got a string"),
+    (SVC + ROUTE + 'timeout = 0\n', "routes[0].timeout: expected a positive number of seconds, got 0"),
+    (SVC + ROUTE + 'timeout = "5s"\n', "routes[0].timeout: expected a positive number of seconds, got a string"),
+    (SVC + ROUTE + 'retries = -1\n', "routes[0].retries: expected an integer >= 0, got -1"),
+    # cross-checks
+    (SVC + '[[routes]]\nname = "r"\npath = "/"\nservice = "orders"\n', "routes[0].service: unknown service 'orders'"),
+    (SVC + '[[routes]]\nname = "r"\npath = "/"\n', "routes[0].service: required"),
+    (SVC + SVC, "services[1].name: duplicate service name 'users' (also services[0])"),
+    (SVC + ROUTE + '[[routes]]\nname = "r"\npath = "/b"\nservice = "users"\n', "routes[1].name: duplicate route name 'r' (also routes[0])"),
+    ('[[services]]\nname = "s"\ntargets = ["http://a:1", "http://A:1/"]\n', "services[0].targets[1].url: duplicate target a:1 (also targets[0])"),
+    (SVC + ROUTE + '[[routes]]\nname = "r2"\npath = "/api"\nmethods = ["GET"]\nservice = "users"\n',
+     "routes[1]: never matched: routes[0] has the same host and path and takes all its methods"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), ERRORS)
+def test_each_error_has_its_path(text: str, problem: str) -> None:
+    assert problem in problems(text)
+
+
+NOT_YET = [
+    ('[[services]]\nname = "s"\nbalancer = "least_conn"\ntargets = ["http://a:1"]\n', "services[0].balancer: not supported yet (only round_robin)"),
+    ('[[services]]\nname = "s"\nhash_key = "ip"\ntargets = ["http://a:1"]\n', "services[0].hash_key: not supported yet"),
+    ('[[services]]\nname = "s"\ntargets = ["http://a:1"]\n[services.health]\npath = "/h"\n', "services[0].health: not supported yet"),
+    ('[[services]]\nname = "s"\ntargets = ["http://a:1"]\n[services.breaker]\nfailure_threshold = 5\n', "services[0].breaker: not supported yet"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = 3 }]\n',
+     "services[0].targets[0].weight: not supported yet (weights other than 1 need the weighted balancer)"),
+    (SVC + ROUTE + 'auth = ["jwt"]\n', "routes[0].auth: not supported yet"),
+    (SVC + ROUTE + 'scopes = ["users:read"]\n', "routes[0].scopes: not supported yet"),
+    (SVC + ROUTE + 'retries = 1\n', "routes[0].retries: not supported yet"),
+    (SVC + ROUTE + 'websocket = true\n', "routes[0].websocket: not supported yet"),
+    (SVC + ROUTE + 'canary = { version = "v2", weight = 10 }\n', "routes[0].canary: not supported yet"),
+    (SVC + ROUTE + 'fallback = { status = 503 }\n', "routes[0].fallback: not supported yet"),
+    (SVC + ROUTE + '[[routes.rate_limits]]\nkey = "ip"\nlimit = 1\nwindow = 1.0\n', "routes[0].rate_limits: not supported yet"),
+    (SVC + '[quotas]\ndefault_user = { limit = 1, window = 1.0 }\n', "quotas: not supported yet"),
+]
+
+
+@pytest.mark.parametrize(("text", "problem"), NOT_YET)
+def test_unbuilt_features_are_refused(text: str, problem: str) -> None:
+    assert problem in problems(text)
+
+
+def test_auth_that_is_not_a_list_is_still_refused() -> None:
+    # `auth = "jwt"` (a string instead of a list) must not slip through as "not the empty list"
+    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + 'auth = "jwt"\n')
+    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + 'auth = false\n')
+
+
+def test_all_problems_are_collected() -> None:
+    text = '''
+bogus = 1
+[[services]]
+name = "s"
+targets = [{ url = "ftp://x" }, { url = "http://a:1", weight = 2 }]
+[[routes]]
+name = "r"
+path = "nope"
+service = "missing"
+limt = 3
+auth = ["jwt"]
+'''
+    assert problems(text) == [
+        "bogus: unknown key",
+        "services[0].targets[0].url: expected http://host:port, got 'ftp://x'",
+        "services[0].targets[1].weight: not supported yet (weights other than 1 need the weighted balancer)",
+        "routes[0].limt: unknown key",
+        "routes[0].path: expected a path starting with '/' (or '=/' for an exact match), got 'nope'",
+        "routes[0].auth: not supported yet",
+    ]
+
+
+def test_partial_method_overlap_is_allowed() -> None:
+    cfg = loads_config(SVC + ROUTE + 'methods = ["GET"]\n'
+                       '[[routes]]\nname = "r2"\npath = "/api"\nmethods = ["GET", "POST"]\nservice = "users"\n')
+    assert [r.methods for r in cfg.routes] == [("GET",), ("GET", "POST")]
+
+
+def test_same_path_on_different_hosts_is_allowed() -> None:
+    cfg = loads_config(SVC + ROUTE + 'host = "a.example"\n'
+                       '[[routes]]\nname = "r2"\npath = "/api"\nservice = "users"\n')
+    assert [r.host for r in cfg.routes] == ["a.example", None]
+
+
+def test_str_of_errors_is_one_line_per_problem() -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loads_config("a = 1\nb = 2\n")
+    assert str(info.value) == "a: unknown key\nb: unknown key"
