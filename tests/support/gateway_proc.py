@@ -151,12 +151,12 @@ class GatewayProcess:
         tmp.write_text(text)
         os.replace(tmp, self.config_path)
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
 
     def reload(self) -> None:
-        self.signal(signal.SIGHUP)
+        self.send_signal(signal.SIGHUP)
 
     def wait(self, timeout: float = 30.0) -> int:
         self.returncode = self.proc.wait(timeout)
@@ -164,7 +164,7 @@ class GatewayProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send `sig` (SIGTERM: drain), wait for the exit, return the exit code."""
-        self.signal(sig)
+        self.send_signal(sig)
         try:
             return self.wait(timeout)
         finally:
