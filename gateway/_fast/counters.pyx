@@ -1,0 +1,271 @@
+"""Lock-free counters and fixed-bucket latency histograms for the metrics exporter.
+
+Memory: by default each object allocates its own zeroed cells (one worker's private counts).
+Give `buffer` (any writable buffer: a MAP_SHARED mmap, a bytearray) and an 8-aligned `offset` to
+place the cells there instead; then every update is an atomic add, so N worker processes can share
+one set of counts. The cells of a buffer are NOT zeroed (other workers may already have counted):
+a fresh anonymous mmap is zero-filled, which is how a segment should start. `nbytes(...)` says how
+many bytes an object needs. The object holds a buffer export while it lives (an mmap cannot be
+closed under it).
+
+Layouts (8-byte little-endian cells, host order):
+  Counter         [value u64]
+  CounterArray    [value u64] * n
+  Histogram       [bucket u64] * (len(bounds) + 1)   per-bucket counts, the last one is +Inf
+                  [sum i64]                           fixed point: sum of round(v / resolution)
+
+Histogram sum: an integer, not a double, because a double cannot be added atomically without a
+CAS loop and two workers' float sums would round differently. With the default resolution of
+1e-6 (microseconds for latencies in seconds) the sum overflows only past ~9.2e12 seconds in total.
+`count` is the sum of the bucket cells (no separate cell: one atomic add per observation fewer).
+A scrape reads cells one by one, so it may see an observation's bucket but not yet its sum:
+harmless for Prometheus, which tolerates that skew.
+"""
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.math cimport floor, isfinite
+from libc.stdint cimport int64_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc
+
+from gateway._fast.atomic cimport gw_atomic_add_i64, gw_atomic_add_u64, gw_atomic_load_u64
+
+# |round(v / resolution)| must stay well inside int64 so one observation cannot wrap the sum.
+cdef double _MAX_SCALED = 4611686018427387904.0   # 2**62
+
+
+cdef class _Cells:
+    """Owns or borrows the 8-aligned memory of a counter-like object (not for direct use)."""
+
+    cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes) except -1:
+        if buffer is None:
+            if offset != 0:
+                raise ValueError("offset is only meaningful with a buffer")
+            # calloc: private counts start at zero.
+            self._mem = <char*>calloc(1, nbytes if nbytes > 0 else 1)
+            if self._mem == NULL:
+                raise MemoryError()
+            self._shared = False
+        else:
+            if offset < 0 or offset % 8 != 0:
+                raise ValueError(f"offset must be a multiple of 8 and >= 0, got {offset}")
+            PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+            self._has_view = True
+            if offset + nbytes > self._view.len:
+                raise ValueError(f"buffer too small: need {offset + nbytes} bytes, "
+                                 f"have {self._view.len}")
+            self._mem = <char*>self._view.buf + offset
+            # Atomics on a cell that straddles cache lines are slow (split locks) or undefined.
+            if (<uintptr_t>self._mem) % 8 != 0:
+                raise ValueError("buffer address + offset is not 8-byte aligned")
+            self._shared = True
+        self._nbytes = nbytes
+        return 0
+
+    def __dealloc__(self):
+        if self._has_view:
+            PyBuffer_Release(&self._view)
+        elif self._mem != NULL:
+            free(self._mem)
+        self._mem = NULL
+
+    @property
+    def shared(self) -> bool:
+        """True when the cells live in a caller's buffer (updates are atomic)."""
+        return self._shared
+
+
+cdef inline long long _check_n(long long n) except -1:
+    # Counters only go up (Prometheus semantics); a negative increment is a caller bug.
+    if n < 0:
+        raise ValueError(f"increment must be >= 0, got {n}")
+    return n
+
+
+cdef class Counter(_Cells):
+    """One monotonically increasing uint64 counter."""
+
+    NBYTES = 8
+
+    def __cinit__(self, object buffer=None, Py_ssize_t offset=0):
+        self._attach(buffer, offset, 8)
+        self._p = <uint64_t*>self._mem
+
+    cdef void add(self, uint64_t n) noexcept:
+        if self._shared:
+            gw_atomic_add_u64(self._p, n)
+        else:
+            self._p[0] += n
+
+    cdef uint64_t get(self) noexcept:
+        return gw_atomic_load_u64(self._p) if self._shared else self._p[0]
+
+    def inc(self, long long n=1) -> None:
+        """Add n (>= 0)."""
+        _check_n(n)
+        self.add(<uint64_t>n)
+
+    @property
+    def value(self) -> int:
+        return self.get()
+
+    def __repr__(self) -> str:
+        return f"Counter(value={self.get()}, shared={self._shared})"
+
+
+cdef class CounterArray(_Cells):
+    """n counters in one flat array, indexed by an int the caller computed at config load.
+
+    This is how the metrics layer keeps label children: each (route, status class, ...)
+    combination gets its index once, so a request does an indexed add, no dict lookup.
+    """
+
+    @staticmethod
+    def nbytes(Py_ssize_t n) -> int:
+        return 8 * n
+
+    def __cinit__(self, Py_ssize_t n, object buffer=None, Py_ssize_t offset=0):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self._attach(buffer, offset, 8 * n)
+        self._p = <uint64_t*>self._mem
+        self.size = n
+
+    cdef void add(self, Py_ssize_t i, uint64_t n) noexcept:
+        if self._shared:
+            gw_atomic_add_u64(&self._p[i], n)
+        else:
+            self._p[i] += n
+
+    cdef uint64_t get(self, Py_ssize_t i) noexcept:
+        return gw_atomic_load_u64(&self._p[i]) if self._shared else self._p[i]
+
+    cdef Py_ssize_t _index(self, Py_ssize_t i) except -1:
+        if i < 0 or i >= self.size:
+            raise IndexError(f"counter index {i} out of range 0..{self.size - 1}")
+        return i
+
+    def inc(self, Py_ssize_t i, long long n=1) -> None:
+        """Add n (>= 0) to counter i."""
+        _check_n(n)
+        self.add(self._index(i), <uint64_t>n)
+
+    def __getitem__(self, Py_ssize_t i) -> int:
+        return self.get(self._index(i))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def values(self) -> list:
+        """All counts, in index order (what a scrape reads)."""
+        cdef Py_ssize_t i
+        return [self.get(i) for i in range(self.size)]
+
+
+cdef class Histogram(_Cells):
+    """Fixed-bucket histogram: `observe(v)` counts v in the first bucket whose bound is >= v.
+
+    `bounds` are the finite upper bounds, strictly increasing (Prometheus `le`, inclusive); a
+    final +Inf bucket is implied. `resolution` is the unit of the fixed-point sum.
+    """
+
+    @staticmethod
+    def nbytes(Py_ssize_t nbounds) -> int:
+        return 8 * (nbounds + 2)
+
+    def __cinit__(self, object bounds, object buffer=None, Py_ssize_t offset=0,
+                  double resolution=1e-6):
+        cdef Py_ssize_t i, n
+        cdef double b
+        values = [float(x) for x in bounds]
+        n = len(values)
+        if n < 1:
+            raise ValueError("bounds must hold at least one finite upper bound")
+        for i in range(n):
+            b = values[i]
+            if not isfinite(b):
+                raise ValueError(f"bounds must be finite (+Inf is implied), got {b!r}")
+            if i and not (b > values[i - 1]):
+                raise ValueError(f"bounds must be strictly increasing, got {values!r}")
+        if not (resolution > 0.0) or not isfinite(resolution):
+            raise ValueError(f"resolution must be a finite number > 0, got {resolution!r}")
+        self._bounds = <double*>malloc(n * sizeof(double))
+        if self._bounds == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self._bounds[i] = values[i]
+        self._n = n
+        self.resolution = resolution
+        self._scale = 1.0 / resolution
+        self._attach(buffer, offset, 8 * (n + 2))
+        self._counts = <uint64_t*>self._mem
+        self._sum = <int64_t*>(self._mem + 8 * (n + 1))
+
+    def __dealloc__(self):
+        # The base class's __dealloc__ releases the cells; only the bounds are ours.
+        free(self._bounds)
+
+    cdef Py_ssize_t _bucket(self, double v) noexcept:
+        # Binary search (lower bound): the first i with bounds[i] >= v; _n = the +Inf bucket.
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._bounds[mid] < v:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef void c_observe(self, double v) noexcept:
+        cdef double scaled = floor(v * self._scale + 0.5)   # round half up, as the model does
+        if not (scaled < _MAX_SCALED and scaled > -_MAX_SCALED):
+            return   # NaN, inf or absurd: dropped rather than poisoning the sum
+        cdef Py_ssize_t i = self._bucket(v)
+        if self._shared:
+            gw_atomic_add_u64(&self._counts[i], 1)
+            gw_atomic_add_i64(self._sum, <int64_t>scaled)
+        else:
+            self._counts[i] += 1
+            self._sum[0] += <int64_t>scaled
+
+    def observe(self, double v) -> None:
+        """Count one observation of v (finite; |v| / resolution below 2**62)."""
+        cdef double scaled = floor(v * self._scale + 0.5)
+        if not (scaled < _MAX_SCALED and scaled > -_MAX_SCALED):
+            raise ValueError(f"observation must be finite and |v|/resolution < 2**62, got {v!r}")
+        self.c_observe(v)
+
+    cdef uint64_t _load(self, Py_ssize_t i) noexcept:
+        return gw_atomic_load_u64(&self._counts[i]) if self._shared else self._counts[i]
+
+    @property
+    def bounds(self) -> tuple:
+        return tuple([self._bounds[i] for i in range(self._n)])
+
+    def buckets(self) -> list:
+        """Cumulative [(upper_bound, count <= bound), ..., (inf, count)] for the exporter."""
+        cdef Py_ssize_t i
+        cdef uint64_t acc = 0
+        out = []
+        for i in range(self._n + 1):
+            acc += self._load(i)
+            out.append((self._bounds[i] if i < self._n else float("inf"), acc))
+        return out
+
+    @property
+    def count(self) -> int:
+        cdef Py_ssize_t i
+        cdef uint64_t acc = 0
+        for i in range(self._n + 1):
+            acc += self._load(i)
+        return acc
+
+    @property
+    def sum(self) -> float:
+        """Sum of observations, to `resolution` (each one rounded half up to it)."""
+        cdef int64_t raw = <int64_t>gw_atomic_load_u64(<uint64_t*>self._sum) if self._shared \
+            else self._sum[0]
+        return raw * self.resolution
+
+    @property
+    def sum_raw(self) -> int:
+        """The fixed-point sum cell itself (units of `resolution`)."""
+        return <int64_t>gw_atomic_load_u64(<uint64_t*>self._sum) if self._shared else self._sum[0]

@@ -1,0 +1,192 @@
+"""SlidingWindow and SlidingLog: documented behaviour, validation, compiled-vs-model properties."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._fast.sliding_window import MAX_LOG_LIMIT, MAX_WINDOW_LIMIT, SlidingLog, SlidingWindow
+from tests.fast.reference import timeline
+from tests.fast.reference.sliding_window import SlidingLogModel, SlidingWindowModel
+
+# ---------------------------------------------------------------- SlidingWindow, by example
+
+
+def test_window_counts_and_reset_rule() -> None:
+    sw = SlidingWindow(3, 1.0)
+    # Allowed: reset = when remaining grows by one. One hit at 0.5 in [0, 1): it becomes the
+    # previous window at 1.0 and has decayed to nothing at 2.0.
+    assert sw.check(0.5) == (True, 2, 1.5)
+    assert sw.check(0.5) == (True, 1, 1.0)    # estimate 2 -> 1 at 1.5 (2 * (1 - 0.5))
+    assert sw.check(0.5)[:2] == (True, 0)
+    allowed, remaining, retry = sw.check(0.5)
+    assert (allowed, remaining) == (False, 0)
+    assert retry == pytest.approx(1 / 3 + 0.5)  # estimate 3 -> 2 once 1/3 of prev has decayed
+    assert sw.check(0.5 + retry + 1e-9)[0] is True
+
+
+def test_previous_window_is_weighted_by_overlap() -> None:
+    sw = SlidingWindow(10, 10.0)
+    for _ in range(10):
+        sw.check(5.0)
+    # At 12.5: 75 % of the previous window still overlaps -> estimate 7.5, room for 2.
+    assert [sw.check(12.5)[0] for _ in range(3)] == [True, True, False]
+    assert (sw.prev_count, sw.curr_count, sw.window_start) == (10.0, 2.0, 10.0)
+
+
+def test_gap_of_two_windows_forgets_everything() -> None:
+    sw = SlidingWindow(2, 1.0)
+    sw.check(0.1)
+    sw.check(0.1)
+    assert sw.check(2.0) == (True, 1, 2.0)   # the new hit fully decays at 4.0
+    assert sw.prev_count == 0.0
+
+
+def test_time_going_backwards_never_rotates_or_forgets() -> None:
+    sw = SlidingWindow(2, 1.0)
+    sw.check(5.5)
+    sw.check(5.5)
+    assert sw.check(4.0)[0] is False          # same counts, no rotation back
+    assert sw.window_start == 5.0
+    assert sw.check(5.9)[0] is False
+    assert sw.check(6.0 + 0.5)[0] is True     # forward again: normal decay
+
+
+def test_cost_above_limit_is_never_satisfiable_and_costs_count() -> None:
+    sw = SlidingWindow(5, 1.0)
+    assert sw.check(0.0, 6) == (False, 5, math.inf)
+    assert sw.check(0.0, 4)[:2] == (True, 1)
+    assert sw.check(0.0, 2)[:2] == (False, 1)
+
+
+def test_huge_timestamps_and_gaps() -> None:
+    sw = SlidingWindow(1, 0.001)
+    assert sw.check(1e12)[0] is True
+    assert sw.check(1e12)[0] is False
+    assert sw.check(1e12 + 1e9)[0] is True
+
+
+@pytest.mark.parametrize("limit,window", [(0, 1), (-1, 1), (math.nan, 1), (math.inf, 1),
+                                          (MAX_WINDOW_LIMIT + 1, 1), (1, 0), (1, -1), (1, math.nan)])
+def test_window_bad_construction(limit: float, window: float) -> None:
+    with pytest.raises(ValueError, match="limit|window"):
+        SlidingWindow(limit, window)
+
+
+@pytest.mark.parametrize("now,cost", [(-0.5, 1), (math.nan, 1), (math.inf, 1), (1, 0), (1, -1),
+                                      (1, math.nan)])
+def test_window_bad_call(now: float, cost: float) -> None:
+    sw = SlidingWindow(3, 1.0)
+    with pytest.raises(ValueError, match="now|cost"):
+        sw.check(now, cost)
+    assert sw.curr_count == 0.0
+
+
+# ---------------------------------------------------------------- SlidingLog, by example
+
+
+def test_log_is_exact_at_the_window_edge() -> None:
+    log = SlidingLog(2, 1.0)
+    assert log.check(10.0) == (True, 1, 1.0)
+    assert log.check(10.4) == (True, 0, pytest.approx(0.6))
+    assert log.check(10.9) == (False, 0, pytest.approx(0.1))
+    assert log.check(11.0) == (True, 0, pytest.approx(0.4))    # the 10.0 hit left exactly at 11.0
+    assert len(log) == 2
+
+
+def test_log_retry_after_for_costly_request() -> None:
+    log = SlidingLog(4, 10.0)
+    for t in (0.0, 1.0, 2.0):
+        log.check(t)
+    # 3 stored, cost 3 needs 2 of them gone: the second-oldest leaves at 11.0.
+    assert log.check(5.0, 3) == (False, 1, 6.0)
+    assert log.check(5.0, 5) == (False, 1, math.inf)
+
+
+def test_log_clamps_backwards_time() -> None:
+    log = SlidingLog(1, 1.0)
+    log.check(10.0)
+    assert log.check(3.0) == (False, 0, 1.0)      # measured from the clamped now (10.0)
+    assert log.check(11.0)[0] is True
+
+
+@pytest.mark.parametrize("limit,window", [(0, 1.0), (-3, 1.0), (MAX_LOG_LIMIT + 1, 1.0),
+                                          (5, 0.0), (5, math.nan)])
+def test_log_bad_construction(limit: int, window: float) -> None:
+    with pytest.raises(ValueError, match="limit|window"):
+        SlidingLog(limit, window)
+
+
+def test_log_bad_call() -> None:
+    log = SlidingLog(3, 1.0)
+    for now, cost in ((-1.0, 1), (math.nan, 1), (1.0, 0)):
+        with pytest.raises(ValueError, match="now|cost"):
+            log.check(now, cost)
+    assert len(log) == 0
+
+
+# ---------------------------------------------------------------- compiled == model
+
+
+@st.composite
+def window_case(draw: st.DrawFn) -> tuple[float, float, list[tuple[float, float]]]:
+    limit = draw(st.one_of(st.integers(1, 200).map(float), st.floats(0.5, 1e5)))
+    window = draw(st.floats(1e-3, 3600.0))
+    n = draw(st.integers(1, 80))
+    times = draw(timeline(n, scale=window / draw(st.sampled_from([1.0, 4.0, limit]))))
+    costs = draw(st.lists(st.one_of(st.just(1.0), st.just(1.0), st.floats(0.1, 5.0),
+                                    st.integers(1, int(limit) + 2).map(float)),
+                          min_size=n, max_size=n))
+    return limit, window, list(zip(times, costs, strict=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(window_case())
+def test_window_matches_model_exactly(case: tuple[float, float, list[tuple[float, float]]]) -> None:
+    limit, window, ops = case
+    sw, model = SlidingWindow(limit, window), SlidingWindowModel(limit, window)
+    for now, cost in ops:
+        # Exact: same double operations; the model rounds counts to float32 like the C struct.
+        assert sw.check(now, cost) == model.check(now, cost)
+        assert (sw.window_start, sw.prev_count, sw.curr_count) == \
+            (model.window_start, model.prev, model.curr)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.floats(1e-2, 100.0), st.data())
+def test_log_matches_definition_model(limit: int, window: float, data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 120))
+    times = data.draw(timeline(n, scale=window / limit))
+    costs = data.draw(st.lists(st.one_of(st.just(1), st.integers(1, limit + 2)),
+                               min_size=n, max_size=n))
+    log, model = SlidingLog(limit, window), SlidingLogModel(limit, window)
+    for now, cost in zip(times, costs, strict=True):
+        assert log.check(now, cost) == model.check(now, cost)
+        assert len(log) == len(model.hits)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), st.floats(0.1, 10.0), timeline(150, scale=0.01))
+def test_log_never_admits_more_than_limit_per_window(limit: int, window: float,
+                                                     times: list[float]) -> None:
+    """The exactness contract itself: any `window`-long interval holds at most `limit` hits."""
+    log = SlidingLog(limit, window)
+    admitted: list[float] = []
+    last = -math.inf
+    for now in times:
+        last = max(last, now)
+        if log.check(now)[0]:
+            admitted.append(last)
+            assert sum(1 for t in admitted if t > last - window) <= limit
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 100).map(float), st.floats(0.01, 10.0), timeline(150, scale=0.01))
+def test_window_never_exceeds_limit_within_a_fixed_window(limit: float, window: float,
+                                                          times: list[float]) -> None:
+    sw = SlidingWindow(limit, window)
+    for now in times:
+        sw.check(now)
+        assert sw.curr_count <= limit
