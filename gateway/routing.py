@@ -144,7 +144,8 @@ class _Table:
                 m = r.methods
                 if m is None or method in m:
                     return r
-        b = self.buckets.get(_first_segment(path))
+        i = path.find(b"/", 1)    # inlined _first_segment: a call costs as much as the lookup
+        b = self.buckets.get(path[:i] if i > 0 else path)
         if b is not None:
             n = len(path)
             for prefix, plen, slash, rs in b:
@@ -192,7 +193,12 @@ def normalize_host(host: bytes) -> bytes:
 class Router:
     """Compiled matcher over a route list (declaration order matters for ties)."""
 
-    __slots__ = ("routes", "_hosts", "_default")
+    __slots__ = ("routes", "_hosts", "_default", "_host_cache")
+
+    # Raw Host header → its tier table (or None). Normalizing costs more than the rest of a match,
+    # and real traffic repeats a handful of Host values. Bounded: once full, new values are
+    # normalized per request instead of growing memory under random Host headers.
+    HOST_CACHE_SIZE = 256
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
@@ -202,11 +208,22 @@ class Router:
                 by_host.setdefault(r.host, []).append(r)
         self._hosts = {h: _Table(rs) for h, rs in by_host.items()}
         self._default = _Table([r for r in self.routes if r.host is None])
+        self._host_cache: dict[bytes, _Table | None] = {}
+
+    def _host_table(self, host: bytes) -> _Table | None:
+        try:
+            return self._host_cache[host]
+        except KeyError:
+            pass
+        t = self._hosts.get(normalize_host(host))
+        if len(self._host_cache) < self.HOST_CACHE_SIZE:
+            self._host_cache[host] = t
+        return t
 
     def match(self, method: bytes, host: bytes, path: bytes) -> Route | LocalReply:
         """Route for the request, or LocalReply 404 / 405 (with Allow)."""
         if self._hosts:
-            t = self._hosts.get(normalize_host(host))
+            t = self._host_table(host)
             if t is not None:
                 r = t.find(method, path)
                 if r is not None:
@@ -219,7 +236,7 @@ class Router:
     def _miss(self, method: bytes, host: bytes, path: bytes) -> LocalReply:
         matched: list[Route] = []
         if self._hosts:
-            t = self._hosts.get(normalize_host(host))
+            t = self._host_table(host)
             if t is not None:
                 matched.extend(t.path_matches(path))
         matched.extend(self._default.path_matches(path))

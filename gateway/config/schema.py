@@ -280,7 +280,8 @@ def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
     return None
 
 
-def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int) -> RouteConfig | None:
+def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
+                 known_services: set[str]) -> RouteConfig | None:
     c.unknown_keys(path, raw, _ROUTE_KEYS)
     name = c.name(f"{path}.name", raw.get("name"))
     service = c.string(f"{path}.service", raw.get("service"), required=True)
@@ -301,6 +302,10 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int) -> R
     for key in ("canary", "fallback"):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
+    if service is not None and service not in known_services:
+        # Checked here, not in _cross_check, so it is reported even when another key of this
+        # route is bad (the route is then dropped before the cross-checks).
+        c.error(f"{path}.service", f"unknown service {service!r}")
     if name is None or service is None or p is None:
         return None
     return RouteConfig(
@@ -323,8 +328,6 @@ def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],
             c.error(f"routes[{i}].name", f"duplicate route name {r.name!r} (also routes[{first_route[r.name]}])")
         else:
             first_route[r.name] = i
-        if r.service not in first_service:
-            c.error(f"routes[{i}].service", f"unknown service {r.service!r}")
     # A route that an earlier one with the same host and path fully covers can never be matched:
     # almost always a copy-paste mistake, so say so instead of serving the first one silently.
     for k, (i, r) in enumerate(routes):
@@ -347,9 +350,15 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
         s = _parse_service(c, f"services[{i}]", raw)
         if s is not None:
             services.append((i, s))
+    # Names of every [[services]] table, even one with other problems: a route naming it is right.
+    raw_services = doc.get("services")
+    known = {
+        raw["name"] for raw in (raw_services if isinstance(raw_services, list) else [])
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str)
+    }
     routes: list[tuple[int, RouteConfig]] = []
     for i, raw in enumerate(c.table_list("routes", doc.get("routes", []))):
-        r = _parse_route(c, f"routes[{i}]", raw, i)
+        r = _parse_route(c, f"routes[{i}]", raw, i, known)
         if r is not None:
             routes.append((i, r))
     _cross_check(c, services, routes)

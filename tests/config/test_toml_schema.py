@@ -184,7 +184,13 @@ auth = ["jwt"]
         "routes[0].limt: unknown key",
         "routes[0].path: expected a path starting with '/' (or '=/' for an exact match), got 'nope'",
         "routes[0].auth: not supported yet",
+        "routes[0].service: unknown service 'missing'",
     ]
+
+
+def test_route_naming_a_service_with_problems_is_not_also_blamed() -> None:
+    text = '[[services]]\nname = "s"\ntargets = []\n[[routes]]\nname = "r"\npath = "/"\nservice = "s"\n'
+    assert problems(text) == ["services[0].targets: expected at least one target"]
 
 
 def test_partial_method_overlap_is_allowed() -> None:
