@@ -1,0 +1,510 @@
+"""DownstreamProtocol: one client connection, parsed with httptools.HttpRequestParser.
+
+Attributes come in three groups (the uvicorn layout):
+- per worker (shared, read-only): worker, loop, settings, ticker;
+- per connection: transport, parser, gate (read flow control), peer, the pipelining queue;
+- per request, in two halves, because with pipelining the request being *parsed* (p_*) is not
+  necessarily the one being *answered* (a_*). Exactly one exchange is active per connection;
+  later requests wait in `queue` (bounded: reading pauses when it is full), with their body bytes
+  buffered up to a bound, and are answered in order.
+
+The common path creates no task, future or closure: on_headers_complete builds the
+RequestContext, matches the route and hands the request to a pooled UpstreamProtocol, whose
+callbacks write the response here (`write_response`) and call `exchange_done`. Tasks exist only
+for a new upstream connection (pool.connect) and for an access filter that must wait on I/O.
+
+Timeouts are deadlines stored on the connection and checked by the per-loop Ticker (flow.py):
+the header deadline is absolute from the first byte of a head, the body deadline moves with each
+body chunk, the keep-alive deadline starts when the connection becomes idle.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+import httptools
+
+from gateway.pipeline.chain import FilterChain
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.reply import LocalReply
+
+from . import replies
+from .errors import RequestRejected
+from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate, ticker_for
+from .request import RequestBuilder, new_request_id
+from .upstream import UpstreamProtocol
+from .wire import CONTINUE_100, LAST_CHUNK
+
+log = logging.getLogger("gateway.http")
+INF = float("inf")
+
+MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
+MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
+
+# parse-side deadline kinds
+K_NONE = 0
+K_HEADER = 1
+K_BODY = 2
+K_IDLE = 3
+
+
+class _Queued:
+    """A pipelined request waiting for the active exchange to finish (uncommon path)."""
+
+    __slots__ = ("ctx", "body", "size", "done", "expect")
+
+    def __init__(self, ctx: RequestContext, expect: bool, done: bool) -> None:
+        self.ctx = ctx
+        self.body: list[bytes] = []
+        self.size = 0
+        self.done = done
+        self.expect = expect
+
+
+class DownstreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "worker", "loop", "settings", "ticker", "builder",
+        "transport", "parser", "gate", "peer", "queue", "closing", "w_deadline", "reject_after",
+        "in_head", "p_url", "p_headers", "p_hbytes", "p_raw", "p_body", "p_ctx", "p_entry",
+        "p_kind", "p_deadline", "p_has_body", "p_expect",
+        "a_ctx", "a_up", "a_pending", "a_pending_size", "a_body_done", "a_task", "a_expect",
+    )
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.loop = worker.loop
+        self.settings = worker.settings
+        self.ticker = ticker_for(worker.loop)
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.gate: ReadGate = None  # type: ignore[assignment]  # set in connection_made
+        self.builder: RequestBuilder = None  # type: ignore[assignment]
+        self.peer = ""
+        self.queue: deque[_Queued] = deque()
+        self.closing = False
+        self.w_deadline = INF
+        self.reject_after: LocalReply | None = None
+        self._reset_parse()
+        self.p_kind = K_NONE
+        self.p_deadline = INF
+        self.a_ctx: RequestContext | None = None
+        self.a_up: UpstreamProtocol | None = None
+        self.a_pending: list[bytes] = []
+        self.a_pending_size = 0
+        self.a_body_done = True
+        self.a_task: asyncio.Task[Any] | None = None
+        self.a_expect = False
+
+    def _reset_parse(self) -> None:
+        self.in_head = False
+        self.p_url = b""
+        self.p_headers: list[tuple[bytes, bytes]] = []
+        self.p_hbytes = 0
+        self.p_raw = 0
+        self.p_body = 0
+        self.p_ctx: RequestContext | None = None
+        self.p_entry: _Queued | None = None
+        self.p_has_body = False
+        self.p_expect = False
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.gate = ReadGate(self.transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.builder = RequestBuilder(self.settings, self.peer)
+        self.p_kind = K_IDLE
+        self.p_deadline = self.ticker.now + self.settings.keepalive_timeout
+        self.ticker.add(self)
+        self.worker.connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.ticker.discard(self)
+        if self.a_up is not None:
+            self.a_up.abort()  # the response has nowhere to go: never reuse a half-read connection
+            self.a_up = None
+        if self.a_task is not None:
+            self.a_task.cancel()
+            self.a_task = None
+        ctx = self.a_ctx
+        if ctx is not None:
+            self.a_ctx = None
+            self._log(ctx)
+        self.queue.clear()
+        try:
+            self.worker.connection_lost(self)
+        except Exception:  # noqa: BLE001
+            log.exception("worker.connection_lost failed")
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading the upstream (bounded memory);
+        # a client that stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
+        self.w_deadline = self.ticker.now + self.settings.body_timeout
+        if self.a_up is not None:
+            self.a_up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.w_deadline = INF
+        if self.a_up is not None:
+            self.a_up.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.in_head or self.p_kind == K_IDLE:
+            self.p_raw += len(data)
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except RequestRejected as exc:
+                self._reject(exc.reply)
+            except httptools.HttpParserUpgrade as exc:
+                # llhttp stops after the head of an `Connection: upgrade` request. We never switch
+                # protocols (Upgrade is stripped, see request.py), so the request was proxied as a
+                # plain one (it has no body: on_headers_complete refused those); parsing continues
+                # with a fresh parser at the next byte.
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                self.parser = httptools.HttpRequestParser(self)
+                self.on_message_complete()
+                data = data[offset:]
+                if data and not self.closing:
+                    continue
+            except httptools.HttpParserError as exc:
+                reply = replies.BAD_TARGET if isinstance(exc, httptools.HttpParserInvalidURLError) \
+                    else replies.BAD_REQUEST
+                self._reject(reply)
+            except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
+                log.exception("request handling failed")
+                self._reject(replies.INTERNAL_ERROR)
+            break
+        # Bytes of a head still incomplete after this read: the head limit is decided here, as
+        # soon as it is crossed, even if llhttp is still inside one huge header line.
+        if self.in_head and not self.closing and self.p_raw > self.settings.max_header_bytes + self.settings.max_uri_bytes:
+            self._reject(replies.HEADERS_TOO_LARGE)
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self._reset_parse()
+        self.in_head = True
+        # Absolute deadline from the first byte of the head; never moved while the head trickles in.
+        self.p_kind = K_HEADER
+        self.p_deadline = self.ticker.now + self.settings.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.p_url += url
+        if len(self.p_url) > self.settings.max_uri_bytes:
+            raise RequestRejected(replies.URI_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.p_headers.append((name, value))
+        self.p_hbytes += len(name) + len(value) + 4
+        s = self.settings
+        if self.p_hbytes > s.max_header_bytes or len(self.p_headers) > s.max_headers:
+            raise RequestRejected(replies.HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        ctx, has_body, expect = self.builder.build(
+            parser.get_method(), parser.get_http_version(), self.p_url, self.p_headers,
+            parser.should_keep_alive() and not self.worker.draining,
+        )
+        if parser.should_upgrade() and has_body:
+            raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
+        ctx.start = self.loop.time()
+        self.p_ctx = ctx
+        self.p_has_body = has_body
+        self.p_expect = expect
+        if has_body:
+            self.p_kind = K_BODY
+            self.p_deadline = self.ticker.now + self.settings.body_timeout
+        else:
+            self.p_kind = K_NONE
+        if self.a_ctx is None and not self.queue:
+            self._activate(ctx, None, not has_body, expect)
+        else:
+            entry = _Queued(ctx, expect, not has_body)
+            self.p_entry = entry
+            self.queue.append(entry)
+            if len(self.queue) >= MAX_PIPELINE:
+                self.gate.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        n = len(body)
+        self.p_body += n
+        if self.p_body > self.settings.max_body_bytes:
+            raise RequestRejected(replies.BODY_TOO_LARGE)
+        self.p_deadline = self.ticker.now + self.settings.body_timeout
+        ctx = self.p_ctx
+        assert ctx is not None
+        # Chunk extensions never survive: we re-frame each piece llhttp hands us.
+        data = b"%x\r\n%s\r\n" % (n, body) if ctx.chunked else body
+        entry = self.p_entry
+        if entry is None:
+            self._body_out(data)
+        else:
+            entry.body.append(data)
+            entry.size += len(data)
+            if entry.size > MAX_BUFFERED_BODY:
+                self.gate.pause(PAUSE_BUFFER)
+
+    def on_message_complete(self) -> None:
+        ctx = self.p_ctx
+        self.p_kind = K_NONE
+        if ctx is None:
+            return
+        ctx.bytes_in = self.p_body
+        entry = self.p_entry
+        if entry is None:
+            if ctx is self.a_ctx and not self.a_body_done:
+                if ctx.chunked:
+                    self._body_out(LAST_CHUNK)  # trailers are dropped with the upstream's framing
+                self.a_body_done = True
+        else:
+            if ctx.chunked:
+                entry.body.append(LAST_CHUNK)
+            entry.done = True
+        self.p_ctx = None
+        self.p_entry = None
+
+    # ------------------------------------------------------------------ the active exchange
+    def _activate(self, ctx: RequestContext, body: list[bytes] | None, done: bool, expect: bool) -> None:
+        self.a_ctx = ctx
+        self.a_up = None
+        self.a_pending = body if body is not None else []
+        self.a_pending_size = 0
+        self.a_body_done = done
+        self.a_expect = expect and not done and not self.a_pending
+        runtime = self.worker.runtime
+        route = runtime.router.match(ctx.method, ctx.host, ctx.path)
+        if type(route) is LocalReply:
+            self._local(route)
+            return
+        ctx.route = route
+        ctx.service = route.service
+        chain: FilterChain = route.chain
+        if not chain.empty:
+            result = chain.run_access(ctx)
+            if result is not None:
+                if type(result) is LocalReply:
+                    self._local(result)
+                else:
+                    # The only per-request task: a filter waiting on I/O (Redis, JWKS...).
+                    self.a_task = self.loop.create_task(self._access_wait(ctx, result))
+                return
+        self._proxy(ctx)
+
+    async def _access_wait(self, ctx: RequestContext, pending: Any) -> None:
+        try:
+            result = await pending
+        except Exception:  # noqa: BLE001
+            log.exception("access filter failed")
+            result = replies.INTERNAL_ERROR
+        self.a_task = None
+        if self.closing or ctx is not self.a_ctx:
+            return
+        if result is not None:
+            self._local(result)
+        else:
+            self._proxy(ctx)
+
+    def _proxy(self, ctx: RequestContext) -> None:
+        target = ctx.route.service.pick(ctx)
+        if target is None:
+            self._local(replies.NO_TARGET)
+            return
+        ctx.upstream_target = target
+        if self.a_expect:
+            # We answer the client's Expect ourselves (nginx does too) and never forward it: the
+            # body then streams to whatever upstream connection we pick.
+            self.a_expect = False
+            assert self.transport is not None
+            self.transport.write(CONTINUE_100)
+        up = target.pool.acquire()
+        if up is not None:
+            self._send(up)
+        else:
+            target.pool.connect(self)
+
+    def upstream_ready(self, up: UpstreamProtocol) -> None:
+        """A new connection from pool.connect (called from its task)."""
+        if self.closing or self.a_ctx is None or self.a_up is not None:
+            up.pool.release(up)
+            return
+        self._send(up)
+
+    def _send(self, up: UpstreamProtocol) -> None:
+        ctx = self.a_ctx
+        assert ctx is not None
+        self.a_up = up
+        head = self.builder.upstream_head(ctx)
+        if self.a_pending:
+            head = b"".join([head, *self.a_pending])
+            self.a_pending = []
+            self.a_pending_size = 0
+        ctx.upstream_start = self.loop.time()
+        timeout = ctx.route.timeout or self.settings.upstream_timeout
+        up.start(self, ctx, head, timeout)
+        self.gate.resume(PAUSE_BUFFER)
+        if self.w_deadline != INF:
+            up.pause_reading()  # the client is already backed up
+
+    def _body_out(self, data: bytes) -> None:
+        if self.closing:
+            return
+        up = self.a_up
+        if up is not None:
+            up.send(data)
+        elif self.a_ctx is not None:
+            self.a_pending.append(data)
+            self.a_pending_size += len(data)
+            if self.a_pending_size > MAX_BUFFERED_BODY:
+                self.gate.pause(PAUSE_BUFFER)
+
+    def write_response(self, data: bytes) -> None:
+        """Response bytes from the UpstreamProtocol (one call per upstream read)."""
+        ctx = self.a_ctx
+        if ctx is not None:
+            ctx.bytes_out += len(data)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_failed(self, kind: str) -> None:
+        ctx = self.a_ctx
+        self.a_up = None
+        if ctx is None or self.closing:
+            return
+        ctx.upstream_error = kind
+        if ctx.status == 0:
+            self._local(replies.UPSTREAM_REPLIES[kind])
+        else:
+            # Part of the response already went out: a second response is impossible, closing is
+            # the only way to tell the client the body is incomplete.
+            self._close()
+
+    def _local(self, reply: LocalReply) -> None:
+        """Answer the active request ourselves."""
+        ctx = self.a_ctx
+        assert ctx is not None and self.transport is not None
+        ctx.local_reply = reply
+        ctx.status = reply.status
+        if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
+            self.a_up.abort()
+            self.a_up = None
+        # Unread request body bytes could be parsed as a next request: close instead.
+        keep = ctx.keep_alive and not reply.close and self.a_body_done
+        ctx.keep_alive = keep
+        headers = reply.headers
+        route = ctx.route
+        if route is not None and not route.chain.empty:
+            headers = list(headers)
+            route.chain.run_response(ctx, reply.status, headers)
+        if ctx.response_headers:
+            headers = headers + ctx.response_headers
+        data = replies.render(reply, ctx.request_id, keep, headers, ctx.method == b"HEAD")
+        ctx.bytes_out += len(data)
+        self.transport.write(data)
+        self.exchange_done()
+
+    def exchange_done(self) -> None:
+        """The active exchange sent its last byte: log it, then the next request or idle or close."""
+        ctx = self.a_ctx
+        if ctx is None:
+            return
+        self.a_ctx = None
+        self.a_up = None
+        self._log(ctx)
+        if self.closing:
+            return
+        if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
+            self._close()
+            return
+        if self.queue:
+            entry = self.queue.popleft()
+            if len(self.queue) < MAX_PIPELINE:
+                self.gate.resume(PAUSE_PIPELINE)
+            if entry is self.p_entry:
+                self.p_entry = None  # its remaining body now streams straight to the exchange
+            self.gate.resume(PAUSE_BUFFER)
+            self._activate(entry.ctx, entry.body, entry.done, entry.expect)
+        elif self.reject_after is not None:
+            self._reject(self.reject_after)
+        elif self.p_kind == K_NONE and not self.in_head:
+            self.p_kind = K_IDLE
+            self.p_raw = 0
+            self.p_deadline = self.ticker.now + self.settings.keepalive_timeout
+
+    def _log(self, ctx: RequestContext) -> None:
+        route = ctx.route
+        if route is not None and not route.chain.empty:
+            route.chain.run_log(ctx)
+
+    # ------------------------------------------------------------------ rejection, close, timers
+    def _reject(self, reply: LocalReply) -> None:
+        """The request being parsed is refused: nothing more is read from this connection."""
+        if self.closing:
+            return
+        self.gate.pause(PAUSE_CLOSING)
+        self.p_kind = K_NONE
+        self.in_head = False
+        ctx = self.p_ctx
+        if ctx is not None and ctx is self.a_ctx:
+            # The active request itself failed mid-body (413 crossed, bad chunk, body stall).
+            if ctx.status == 0:
+                self._local(reply if reply.close else _closing(reply))
+            else:
+                self._close()
+            return
+        if self.a_ctx is not None or self.queue:
+            # Earlier pipelined requests are answered first; the rejection comes last, in order.
+            for entry in list(self.queue):
+                if entry is self.p_entry:
+                    self.queue.remove(entry)
+            self.reject_after = reply
+            return
+        self.reject_after = None
+        rid = ctx.request_id if ctx is not None else new_request_id()
+        assert self.transport is not None
+        self.transport.write(replies.render(reply, rid, False))
+        self._close()
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def shutdown(self) -> None:
+        """Drain: close now if idle, else after the in-flight response (which says Connection: close)."""
+        if self.a_ctx is None and not self.queue and not self.in_head:
+            self._close()
+        elif self.a_ctx is not None and self.a_ctx.status == 0:
+            self.a_ctx.keep_alive = False
+
+    def on_tick(self, now: float) -> None:
+        if now >= self.w_deadline:
+            # The client stopped reading our response.
+            self.closing = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if now < self.p_deadline or self.closing:
+            return
+        kind = self.p_kind
+        if kind == K_IDLE:
+            self._close()
+        elif kind == K_HEADER:
+            # The head's deadline is absolute; while an earlier exchange is still answering, the
+            # 408 waits for its turn (reject_after), so responses stay in order.
+            self._reject(replies.HEADER_TIMEOUT)
+        elif kind == K_BODY and not self.gate.reasons:
+            self._reject(replies.BODY_TIMEOUT)
+
+
+def _closing(reply: LocalReply) -> LocalReply:
+    return LocalReply(reply.status, reply.code, reply.message, reply.headers, reply.body,
+                      reply.content_type, close=True)

@@ -1,0 +1,265 @@
+"""From a parsed request head to a RequestContext, and from a RequestContext to the upstream head.
+
+`RequestBuilder.build` applies every wire-hygiene rule of issue 2 that llhttp leaves to us (framing
+verdicts, Host, target normalization, header classification) and raises RequestRejected with the
+reply to send. `upstream_head` writes the canonical request head in one buffer: origin-form target,
+Host = the target's host:port, the end-to-end headers, exactly one framing header, then the
+gateway's own X-Forwarded-*, X-Request-Id and traceparent.
+
+One builder per connection: it holds what is constant for the connection (peer address, whether
+the peer is a trusted proxy, the precomputed X-Forwarded-For value).
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import random
+from typing import Any
+
+from gateway.pipeline.context import RequestContext
+
+from . import replies
+from .errors import RequestRejected
+from .wire import (
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_EXPECT,
+    H_FORWARD,
+    H_HOST,
+    H_REQUEST_ID,
+    H_TRACEPARENT,
+    H_TRACESTATE,
+    H_TRANSFER_ENCODING,
+    H_XFF,
+    H_XFWD,
+    REQUEST_CLASSES,
+    TE_BAD,
+    TE_UNSUPPORTED,
+    TargetError,
+    classify_slow,
+    classify_te,
+    normalize_target,
+    parse_traceparent,
+    sane_request_id,
+    valid_host,
+)
+
+# Request ids: a random per-process prefix and a counter. Unique across workers and restarts with
+# overwhelming probability, and ~10x cheaper than os.urandom per request (measured: 0.15 vs 1.4 µs).
+_ID_PREFIX = os.urandom(6).hex().encode()
+_id_counter = itertools.count(1)
+_getrandbits = random.getrandbits
+# Class cache for header names not in REQUEST_CLASSES (bounded: names are client-controlled).
+_class_cache: dict[bytes, int] = dict(REQUEST_CLASSES)
+_CACHE_MAX = 4096
+
+
+def new_request_id() -> bytes:
+    return b"%s%010x" % (_ID_PREFIX, next(_id_counter))
+
+
+_V11 = b"1.1"
+_V10 = b"1.0"
+_EMPTY: list[tuple[bytes, bytes]] = []
+
+
+class RequestBuilder:
+    __slots__ = ("settings", "peer", "peer_b", "trusted", "xff_line")
+
+    def __init__(self, settings: Any, peer: str) -> None:
+        self.settings = settings
+        self.peer = peer
+        self.peer_b = peer.encode()
+        self.trusted = _is_trusted(peer, settings.trusted_proxies)
+        self.xff_line = b"X-Forwarded-For: " + self.peer_b + b"\r\n"
+
+    def build(
+        self, method: bytes, version: str, url: bytes, raw_headers: list[tuple[bytes, bytes]], keep_alive: bool
+    ) -> tuple[RequestContext, bool, bool]:
+        """(ctx, has_body, expects_100) for a complete head; raises RequestRejected."""
+        if version == "1.1":
+            http_version = _V11
+        elif version == "1.0":
+            http_version = _V10
+        else:
+            raise RequestRejected(replies.VERSION_NOT_SUPPORTED)
+        try:
+            path, query, target, authority = normalize_target(url)
+        except TargetError:
+            raise RequestRejected(replies.BAD_TARGET) from None
+
+        headers: list[tuple[bytes, bytes]] = []
+        host: bytes | None = None
+        hosts = 0
+        cl: bytes | None = None
+        cls_count = 0
+        te: list[bytes] | None = None
+        conn: bytes | None = None
+        expect = False
+        rid: bytes | None = None
+        tp: bytes | None = None
+        ts: bytes | None = None
+        xff: bytes | None = None
+        xfwd: list[tuple[bytes, bytes]] | None = None
+        cache = _class_cache
+        for name, value in raw_headers:
+            lname = name.lower()
+            cls = cache.get(lname)
+            if cls is None:
+                cls = classify_slow(lname)
+                if len(cache) < _CACHE_MAX:
+                    cache[lname] = cls
+            if cls == H_FORWARD:
+                headers.append((lname, value))
+            elif cls == H_HOST:
+                host = value
+                hosts += 1
+            elif cls == H_CONTENT_LENGTH:
+                cl = value
+                cls_count += 1
+            elif cls == H_TRANSFER_ENCODING:
+                te = [value] if te is None else [*te, value]
+            elif cls == H_CONNECTION:
+                conn = value if conn is None else conn + b"," + value
+            elif cls == H_EXPECT:
+                expect = value.strip().lower() == b"100-continue"
+            elif cls == H_REQUEST_ID:
+                rid = value
+            elif cls == H_TRACEPARENT:
+                tp = value
+            elif cls == H_TRACESTATE:
+                ts = value
+            elif cls == H_XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif cls == H_XFWD:
+                if self.trusted:
+                    xfwd = [(lname, value)] if xfwd is None else [*xfwd, (lname, value)]
+            # H_DROP, H_OWNED: hop-by-hop, look-alikes and gateway-owned fields are never forwarded
+
+        # --- framing (llhttp already refused CL+TE, duplicate CL and malformed CL) ---
+        chunked = False
+        content_length: int | None = None
+        if te is not None:
+            if http_version == _V10 or cl is not None:
+                raise RequestRejected(replies.AMBIGUOUS_FRAMING)
+            verdict = classify_te(te)
+            if verdict == TE_BAD:
+                raise RequestRejected(replies.AMBIGUOUS_FRAMING)
+            if verdict == TE_UNSUPPORTED:
+                raise RequestRejected(replies.TE_NOT_IMPLEMENTED)
+            chunked = True
+        elif cl is not None:
+            if cls_count > 1:
+                raise RequestRejected(replies.AMBIGUOUS_FRAMING)
+            content_length = int(cl)
+            if content_length > self.settings.max_body_bytes:
+                raise RequestRejected(replies.BODY_TOO_LARGE)
+        has_body = chunked or bool(content_length)
+
+        # --- Host: the absolute-form authority wins (RFC 9112 §3.2.2) ---
+        if hosts > 1:
+            raise RequestRejected(replies.BAD_HOST)
+        if authority is not None:
+            host = authority
+        elif host is None:
+            if http_version == _V11:
+                raise RequestRejected(replies.BAD_HOST)
+            host = b""
+        else:
+            host = host.lower()
+            if not valid_host(host):
+                raise RequestRejected(replies.BAD_HOST)
+
+        if conn is not None:
+            # Every field the client names in Connection is hop-by-hop for this hop.
+            named = {t.strip().lower() for t in conn.split(b",")}
+            headers = [h for h in headers if h[0] not in named]
+            if b"close" in named:
+                keep_alive = False
+
+        ctx = RequestContext()
+        ctx.method = method
+        ctx.target = target
+        ctx.path = path
+        ctx.query = query
+        ctx.http_version = http_version
+        ctx.host = host
+        ctx.headers = headers
+        ctx.content_length = content_length
+        ctx.chunked = chunked
+        ctx.keep_alive = keep_alive
+        ctx.request_id = rid if rid is not None and sane_request_id(rid) else new_request_id()
+        parsed = parse_traceparent(tp) if tp is not None else None
+        if parsed is not None:
+            # Continue the caller's trace: same trace id and flags, our own span as the parent.
+            ctx.traceparent = b"00-%s-%016x-%s" % (parsed[0], _getrandbits(64) or 1, parsed[1])
+            ctx.tracestate = ts
+        else:
+            ctx.traceparent = b"00-%032x-%016x-01" % (_getrandbits(128) or 1, _getrandbits(64) or 1)
+        if self.trusted:
+            ctx.client_ip = _client_ip(xff, self.peer, self.settings.trusted_proxies)
+            if xff is not None:
+                ctx.upstream_headers = [(b"x-forwarded-for", xff + b", " + self.peer_b)]
+            if xfwd is not None:
+                ctx.upstream_headers = ctx.upstream_headers + xfwd
+        else:
+            ctx.client_ip = self.peer
+        ctx.scheme = b"http"
+        return ctx, has_body, expect
+
+    def upstream_head(self, ctx: RequestContext) -> bytes:
+        """The canonical request head, one buffer."""
+        route = ctx.route
+        target = route.upstream_path(ctx.target) if route.strip_prefix else ctx.target
+        parts = [ctx.method, b" ", target, b" HTTP/1.1\r\nHost: ", ctx.upstream_target.host_header, b"\r\n"]
+        for name, value in ctx.headers:
+            parts += (name, b": ", value, b"\r\n")
+        if ctx.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif ctx.content_length is not None:
+            parts.append(b"Content-Length: %d\r\n" % ctx.content_length)
+        extra = ctx.upstream_headers
+        own = _EMPTY
+        names: set[bytes] = set()
+        if extra:
+            own = extra
+            names = {n.lower() for n, _ in extra}
+            for name, value in extra:
+                parts += (name, b": ", value, b"\r\n")
+        if not own:
+            parts += (self.xff_line, b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: ", ctx.host, b"\r\n")
+        else:
+            if b"x-forwarded-for" not in names:
+                parts.append(self.xff_line)
+            if b"x-forwarded-proto" not in names:
+                parts.append(b"X-Forwarded-Proto: http\r\n")
+            if b"x-forwarded-host" not in names:
+                parts += (b"X-Forwarded-Host: ", ctx.host, b"\r\n")
+        parts += (b"X-Request-Id: ", ctx.request_id, b"\r\ntraceparent: ", ctx.traceparent, b"\r\n")
+        if ctx.tracestate is not None:
+            parts += (b"tracestate: ", ctx.tracestate, b"\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+
+def _is_trusted(peer: str, networks: Any) -> bool:
+    if not networks or not peer:
+        return False
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
+def _client_ip(xff: bytes | None, peer: str, networks: Any) -> str:
+    """The right-most address of X-Forwarded-For that is not a trusted proxy (the real client)."""
+    if xff is None:
+        return peer
+    for item in reversed(xff.split(b",")):
+        candidate = item.strip().decode("latin-1")
+        if not _is_trusted(candidate, networks):
+            return candidate
+    return peer
+

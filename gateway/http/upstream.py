@@ -1,0 +1,331 @@
+"""UpstreamProtocol: one keep-alive connection to an upstream, driven by parser callbacks.
+
+During an exchange the response is parsed with httptools.HttpResponseParser and re-framed
+straight into the downstream transport: callbacks append to `out`, and `data_received` flushes
+it with one `write` per upstream read (head and first body bytes usually leave in one segment).
+No task or future is involved; `on_message_complete` only sets a flag and the exchange is finished
+after `feed_data` returns, so the next pipelined request never starts from inside a parser callback.
+
+Flow control is coupled both ways: the downstream protocol pauses our reading when its own write
+buffer is full (a slow client never makes us buffer a whole response), and our pause_writing pauses
+the downstream's reading (a slow upstream never makes us buffer a whole request body).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from .flow import PAUSE_UPSTREAM, ticker_for
+from .wire import (
+    CRLF,
+    LAST_CHUNK,
+    R_CONNECTION,
+    R_CONTENT_LENGTH,
+    R_TRANSFER_ENCODING,
+    RESPONSE_CLASSES,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from gateway.pipeline.context import RequestContext
+
+    from .downstream import DownstreamProtocol
+    from .pool import UpstreamPool
+
+INF = float("inf")
+
+# Exchange states
+S_IDLE = 0          # in the pool (or fresh, not yet used)
+S_WAIT_HEAD = 1     # request sent, response head not complete: GATEWAY_UPSTREAM_TIMEOUT applies
+S_BODY = 2          # response head sent downstream: GATEWAY_BODY_TIMEOUT applies to each stall
+
+# Downstream framing of the response body
+M_RAW = 0           # bytes as they come (Content-Length, or close-delimited to an HTTP/1.0 client)
+M_CHUNK = 1         # re-chunked (chunk extensions and trailers of the upstream are never forwarded)
+M_NONE = 2          # no body (HEAD, 204, 304)
+
+_CLOSE = b"Connection: close\r\n"
+_KEEP = b"Connection: keep-alive\r\n"
+_TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+class _HeadDone(Exception):
+    """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    __slots__ = ("pool", "settings", "ticker", "transport", "parser", "down", "ctx", "headers", "out",
+                 "state", "mode", "status", "head_request", "done", "broken", "until_close",
+                 "deadline", "paused")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.settings: Any = pool.settings
+        self.ticker = ticker_for(pool.loop)
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.down: DownstreamProtocol | None = None
+        self.ctx: RequestContext | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.out: list[bytes] = []
+        self.state = S_IDLE
+        self.mode = M_RAW
+        self.status = 0
+        self.head_request = False
+        self.done = False
+        self.broken = False      # never reused once set (error, incomplete exchange, Connection: close)
+        self.until_close = False  # response body delimited by EOF
+        self.deadline = INF
+        self.paused = False
+
+    # --- used by the pool and the downstream protocol ---
+    def reusable(self) -> bool:
+        t = self.transport
+        return self.down is None and not self.broken and t is not None and not t.is_closing()
+
+    def start(self, down: DownstreamProtocol, ctx: RequestContext, data: bytes, timeout: float) -> None:
+        """Send a request head (and any body bytes already received) and wait for the response."""
+        self.down = down
+        self.ctx = ctx
+        self.head_request = ctx.method == b"HEAD"
+        self.state = S_WAIT_HEAD
+        self.done = False
+        self.deadline = self.ticker.now + timeout
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        """Drop this connection now (errors, downstream gone, pool closed): never reused."""
+        self.broken = True
+        self.down = None
+        self.ctx = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        # The downstream's write buffer is full: stop reading so the response waits in the kernel
+        # and in the upstream, not in our memory. The body deadline is suspended meanwhile: the
+        # stall is the client's, and the downstream protocol's send deadline covers it.
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.deadline = INF
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            if self.state == S_BODY:
+                self.deadline = self.ticker.now + self.settings.body_timeout
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.deadline = self.ticker.now + self.pool.idle_timeout
+        self.ticker.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ticker.discard(self)
+        self.broken = True
+        if self.down is None:
+            self.pool.forget(self)
+            return
+        if self.until_close and self.state == S_BODY and not self.done:
+            # A response without Content-Length or chunking ends at EOF: that is its complete end.
+            if self.mode == M_CHUNK:
+                self.out.append(LAST_CHUNK)
+            self.done = True
+            self._flush()
+            self._finish()
+        else:
+            self._flush()
+            self._fail("reset")
+
+    def pause_writing(self) -> None:
+        if self.down is not None:
+            self.down.gate.pause(PAUSE_UPSTREAM)
+
+    def resume_writing(self) -> None:
+        if self.down is not None:
+            self.down.gate.resume(PAUSE_UPSTREAM)
+
+    def data_received(self, data: bytes) -> None:
+        if self.down is None:
+            # Bytes on an idle connection are never a response to anything: discard the connection.
+            self.pool.forget(self)
+            self.abort()
+            return
+        error = None
+        try:
+            self.parser.feed_data(data)
+        except _HeadDone:
+            # httptools cannot tell llhttp to skip the body of a response to HEAD, so the parser
+            # would wait for Content-Length bytes that never come. We stop it after the head and
+            # retire the connection rather than guess where the next response starts.
+            self.broken = True
+            self.done = True
+        except httptools.HttpParserError:
+            error = "protocol"
+        self._flush()
+        if error is not None:
+            self._fail(error)
+        elif self.done:
+            self._finish()
+
+    # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.broken = True  # bytes after the complete response: never trust this connection again
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
+            # 1xx are dropped like nginx does: our own 100 Continue was already sent downstream
+            # when the request asked for it, and the final response follows on this connection.
+            self.headers = []
+            return
+        self.status = status
+        self.state = S_BODY
+        self.deadline = self.ticker.now + self.settings.body_timeout
+        self.out.append(self._response_head(status))
+        self.headers = []
+        if self.head_request:
+            raise _HeadDone()
+
+    def on_body(self, body: bytes) -> None:
+        if self.mode == M_CHUNK:
+            self.out += (b"%x\r\n" % len(body), body, CRLF)
+        else:
+            self.out.append(body)
+        if not self.paused:
+            self.deadline = self.ticker.now + self.settings.body_timeout
+
+    def on_message_complete(self) -> None:
+        if self.state != S_BODY:
+            return  # the end of a 1xx: the final response follows
+        if self.mode == M_CHUNK:
+            self.out.append(LAST_CHUNK)
+        if not self.parser.should_keep_alive():
+            self.broken = True
+        self.done = True
+
+    # --- response head ---
+    def _response_head(self, status: int) -> bytes:
+        ctx = self.ctx
+        assert ctx is not None
+        cl: bytes | None = None
+        te: bytes | None = None
+        conn: bytes | None = None
+        fwd: list[tuple[bytes, bytes]] = []
+        classes = RESPONSE_CLASSES
+        for name, value in self.headers:
+            cls = classes.get(name.lower())
+            if cls is None:
+                fwd.append((name, value))
+            elif cls == R_CONTENT_LENGTH:
+                cl = value
+            elif cls == R_TRANSFER_ENCODING:
+                te = value
+            elif cls == R_CONNECTION:
+                conn = value if conn is None else conn + b"," + value
+            # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
+        if conn is not None:
+            named = {t.strip().lower() for t in conn.split(b",")}
+            fwd = [(n, v) for n, v in fwd if n.lower() not in named]
+
+        keep = ctx.keep_alive
+        self.until_close = False
+        if self.head_request or status == 204 or status == 304:
+            self.mode = M_NONE
+            # A 304 or a response to HEAD may describe the length of the representation.
+            framing = b"Content-Length: %d\r\n" % int(cl) if cl is not None and status != 204 else b""
+        elif cl is not None:
+            self.mode = M_RAW
+            framing = b"Content-Length: %d\r\n" % int(cl)  # canonical decimal (llhttp checked digits)
+        else:
+            self.until_close = te is None
+            if ctx.http_version == b"1.1":
+                self.mode = M_CHUNK
+                framing = _TE_CHUNKED
+            else:
+                # HTTP/1.0 has no chunking: the body ends when we close the connection.
+                self.mode = M_RAW
+                framing = b""
+                keep = False
+        if self.until_close:
+            self.broken = True
+        ctx.keep_alive = keep
+        ctx.status = status
+
+        route = ctx.route
+        chain = route.chain if route is not None else None
+        if chain is not None and not chain.empty:
+            chain.run_response(ctx, status, fwd)
+        if ctx.response_headers:
+            fwd += ctx.response_headers
+        parts = [status_line(status)]
+        for name, value in fwd:
+            parts += (name, b": ", value, CRLF)
+        parts += (framing, b"X-Request-Id: ", ctx.request_id,
+                  b"\r\nX-Content-Type-Options: nosniff\r\n")
+        if not keep:
+            parts.append(_CLOSE)
+        elif ctx.http_version == b"1.0":
+            parts.append(_KEEP)
+        parts.append(CRLF)
+        return b"".join(parts)
+
+    # --- end of an exchange ---
+    def _flush(self) -> None:
+        out = self.out
+        if out and self.down is not None:
+            data = b"".join(out) if len(out) > 1 else out[0]
+            self.out = []
+            self.down.write_response(data)
+        elif out:
+            self.out = []
+
+    def _finish(self) -> None:
+        down = self.down
+        self.down = None
+        self.ctx = None
+        self.state = S_IDLE
+        self.status = 0
+        if self.paused:
+            self.resume_reading()
+        assert down is not None
+        # Reuse only after a complete exchange: the whole request went out (the downstream body
+        # is done) and the whole response came back; anything else leaves unknown bytes in flight.
+        if self.broken or not down.a_body_done:
+            self.abort()
+        else:
+            self.deadline = self.ticker.now + self.pool.idle_timeout
+            self.pool.release(self)
+        down.exchange_done()
+
+    def _fail(self, kind: str) -> None:
+        down = self.down
+        self.abort()
+        if down is not None:
+            down.upstream_failed(kind)
+
+    def on_tick(self, now: float) -> None:
+        if now < self.deadline:
+            return
+        if self.down is None:
+            self.pool.forget(self)  # idle too long in the pool
+            self.abort()
+        else:
+            self._fail("timeout")
