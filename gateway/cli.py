@@ -107,17 +107,23 @@ def cmd_run() -> int:
 
 def cmd_worker(args: Sequence[str]) -> int:
     """Internal: one supervised worker (no admin listener; SO_REUSEPORT shares the port)."""
+    from gateway.worker import _mtime
+
+    # Taken before loading, so a change racing with the load is seen as a change (reload).
+    mtime = _mtime(os.environ["GATEWAY_CONFIG"]) if os.environ.get("GATEWAY_CONFIG") else None
     settings, config, code = load_all(os.environ)
     if code:
         return code
-    return _serve_single(settings, config, settings.config, admin=False, reuse_port=True)
+    return _serve_single(settings, config, settings.config, admin=False, reuse_port=True, config_mtime=mtime)
 
 
-def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin: bool, reuse_port: bool) -> int:
+def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin: bool, reuse_port: bool,
+                  config_mtime: int | None = None) -> int:
     from gateway.worker import run_worker
 
     try:
-        return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port))
+        return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port,
+                                   config_mtime=config_mtime))
     except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
         err(exc.strerror or str(exc))
         return 1

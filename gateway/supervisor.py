@@ -46,10 +46,15 @@ KILL_GRACE = 5.0
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the supervisor dies (even by SIGKILL).
+    """In the child before exec: get SIGTERM if the supervisor dies (even by SIGKILL), and
+    ignore SIGHUP until the worker installs its reload handler.
 
-    Without it a killed supervisor would leave orphan workers holding the port.
+    Without the first a killed supervisor would leave orphan workers holding the port. Without the
+    second a SIGHUP forwarded while a worker is still starting would kill it (the default action);
+    an ignored disposition survives exec, and the worker re-checks the file's mtime once its
+    handler is installed, so a reload asked for during start-up is not lost.
     """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1

@@ -17,6 +17,7 @@ a chatty gateway can then never block on a full pipe while a test waits on it.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,114 @@ def gateway() -> Iterator[type[GatewayProcess]]:
     yield _Tracked
     for gw in started:
         gw.kill()
+
+
+# --- a real upstream and small HTTP helpers for the process-level tests ----------------------------
+class UpstreamProcess:
+    """`python tests/support/upstream.py --port 0` (the echo upstream), port read from its stdout."""
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "support" / "upstream.py"), "--port", "0"],
+            cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "listening 127.0.0.1:PORT"
+        if not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"upstream did not start: {line!r}")
+        self.host, port = line.split()[1].rsplit(":", 1)
+        self.port = int(port)
+        self.url = f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamProcess]:
+    up = UpstreamProcess()
+    yield up
+    up.stop()
+
+
+def routes_toml(upstream_url: str, routes: Sequence[str]) -> str:
+    """One service "up" on `upstream_url` and a prefix route per path, named after it."""
+    out = [f'[[services]]\nname = "up"\ntargets = [{{ url = "{upstream_url}" }}]\n']
+    for path in routes:
+        name = path.strip("/").replace("/", "-") or "root"
+        out.append(f'[[routes]]\nname = "{name}"\npath = "{path}"\nservice = "up"\n')
+    return "\n".join(out)
+
+
+def http_get(
+    port: int, path: str, *, conn: http.client.HTTPConnection | None = None, timeout: float = 10.0,
+    method: str = "GET",
+) -> tuple[int, dict[str, str], bytes]:
+    """One request (on `conn` when given, keeping it open); returns status, headers, body."""
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        if conn is None:
+            c.close()
+
+
+def socket_owner(server_port: int, client_port: int, pids: Sequence[int]) -> int | None:
+    """Which of `pids` holds the server side of the TCP connection from `client_port` (Linux /proc)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote = f[1], f[2]
+            if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
+                inode = f[9]
+                break
+        if inode:
+            break
+    if not inode:
+        return None
+    want = f"socket:[{inode}]"
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == want:
+                        return pid
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return None
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def data_plane_landed() -> bool:
+    """True once gateway/http/downstream.py exists (tests through the proxy need it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("gateway.http.downstream") is not None
+
+
+needs_data_plane = pytest.mark.skipif(not data_plane_landed(), reason="gateway/http/downstream.py has not landed yet")

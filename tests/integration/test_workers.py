@@ -1,0 +1,77 @@
+"""GATEWAY_WORKERS=N: N processes serve one port (SO_REUSEPORT); a killed worker is replaced."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    gateway,
+    http_get,
+    needs_data_plane,
+    routes_toml,
+    socket_owner,
+    upstream,
+    wait_until,
+)
+
+pytestmark = needs_data_plane
+
+
+def worker_pids(admin_port: int) -> list[int]:
+    status, _, body = http_get(admin_port, "/health")
+    assert status == 200
+    return list(json.loads(body)["workers"])
+
+
+def test_two_workers_both_serve_one_port(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    assert isinstance(pids, list)
+    # Both workers must be listening before connections can spread over them.
+    wait_until(lambda: "listening on" in gw.stderr and gw.stderr.count("worker: listening on") >= 2)
+    seen: set[int] = set()
+    for _ in range(40):
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        status, _, body = http_get(gw.port, "/hello", conn=conn)
+        assert status == 200, body
+        owner = socket_owner(gw.port, conn.sock.getsockname()[1], pids)
+        conn.close()
+        assert owner in pids
+        seen.add(owner)
+        if len(seen) == 2:
+            break
+    # With 40 connections hashed over two reuseport sockets, missing one worker has p = 2^-39.
+    assert seen == set(pids)
+    assert gw.stop() == 0
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+
+
+def test_a_killed_worker_is_replaced(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    assert isinstance(pids, list)
+    victim = pids[0]
+    os.kill(victim, signal.SIGKILL)
+    new = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and victim not in p and p)
+    assert isinstance(new, list) and pids[1] in new
+    gw.wait_stderr("killed by signal 9; replacing it")
+    # The replacement serves: every one of a few connections gets an answer.
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 3)
+    for _ in range(10):
+        status, _, _ = http_get(gw.port, "/after-crash")
+        assert status == 200
+    status, _, body = http_get(gw.admin_port, "/health")
+    assert json.loads(body)["restarts"] == 1
+    assert gw.stop() == 0
+
+
+def test_sigint_to_the_supervisor_drains_workers_and_exits_0(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    assert isinstance(pids, list)
+    assert gw.stop(signal.SIGINT, timeout=20) == 0
+    assert "all workers stopped" in gw.stderr
+    assert "replacing" not in gw.stderr
