@@ -5,6 +5,9 @@ import http.client
 import json
 import os
 import signal
+import socket
+
+import pytest
 
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     gateway,
@@ -75,3 +78,25 @@ def test_sigint_to_the_supervisor_drains_workers_and_exits_0(gateway, upstream) 
     assert gw.stop(signal.SIGINT, timeout=20) == 0
     assert "all workers stopped" in gw.stderr
     assert "replacing" not in gw.stderr
+
+
+def test_connection_cap_through_the_data_plane(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_MAX_CONNECTIONS": "2"})
+    c1 = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    c2 = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    assert http_get(gw.port, "/one", conn=c1)[0] == 200
+    assert http_get(gw.port, "/two", conn=c2)[0] == 200
+    # The third connection is not refused (it waits in the kernel backlog) ...
+    c3 = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    c3.sendall(b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n")
+    c3.settimeout(0.7)
+    # ... but it is not served while two connections are open.
+    with pytest.raises(TimeoutError):
+        c3.recv(1)
+    assert http_get(gw.port, "/two-again", conn=c2)[0] == 200
+    c1.close()
+    c3.settimeout(5)
+    assert c3.recv(12) == b"HTTP/1.1 200"
+    c3.close()
+    c2.close()
+    assert gw.stop() == 0
