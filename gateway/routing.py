@@ -30,6 +30,7 @@ from .pipeline.reply import LocalReply
 if TYPE_CHECKING:
     from .config.model import RouteConfig
 
+_MISSING: Any = object()
 _SLASH = 47  # ord("/"): indexing bytes yields ints, so the boundary check allocates nothing
 
 
@@ -223,7 +224,9 @@ class Router:
     def match(self, method: bytes, host: bytes, path: bytes) -> Route | LocalReply:
         """Route for the request, or LocalReply 404 / 405 (with Allow)."""
         if self._hosts:
-            t = self._host_table(host)
+            t = self._host_cache.get(host, _MISSING)
+            if t is _MISSING:
+                t = self._host_table(host)
             if t is not None:
                 r = t.find(method, path)
                 if r is not None:
