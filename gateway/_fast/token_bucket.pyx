@@ -15,16 +15,18 @@ GitHub-style "100 per second" operator expects.
 from libc.math cimport INFINITY, isfinite
 
 
-cdef inline void _check_positive(str name, double v) except *:
+cdef inline int _check_positive(str name, double v) except -1:
     # `not (v > 0)` also catches NaN, which compares false with everything.
     if not (v > 0.0) or not isfinite(v):
         raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return 0
 
 
-cdef inline void _check_now(double now) except *:
+cdef inline int _check_now(double now) except -1:
     # 0 is a legitimate clock reading; negative or non-finite is a caller bug.
     if not (now >= 0.0) or not isfinite(now):
         raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
+    return 0
 
 
 cdef class TokenBucket:
