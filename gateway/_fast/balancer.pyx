@@ -43,6 +43,7 @@ cdef class _Picker:
         self._avail = NULL
 
     def __dealloc__(self):
+        # Subclass __dealloc__ runs first and frees its own arrays; the base frees its own.
         PyMem_Free(self._avail)
 
     cdef int _init_avail(self, Py_ssize_t n) except -1:
@@ -109,6 +110,9 @@ cdef class SmoothWeightedRR(_Picker):
         PyMem_Free(self._current)
 
     cdef int32_t _pick(self) noexcept nogil:
+        # A straight copy of nginx's ngx_http_upstream_get_peer() minus the per-request "tried"
+        # bitmap (retries here go through the service layer, which can mark targets down).
+        # O(n) per pick, but n is a service's target list: tens, all in one cache line or two.
         cdef int32_t i, best = -1
         cdef int64_t total = 0
         for i in range(self._n):
@@ -116,11 +120,16 @@ cdef class SmoothWeightedRR(_Picker):
                 continue
             self._current[i] += self._effective[i]
             total += self._effective[i]
+            # Recovery after report_failure(): one unit per pick, so a target that failed is
+            # eased back in over about `weight` picks instead of at full weight at once.
             if self._effective[i] < self._weight[i]:
                 self._effective[i] += 1
+            # Strict >: on ties the lowest index wins, as in nginx; that is what makes the
+            # 5,1,1 sequence come out as a,a,b,a,c,a,a.
             if best < 0 or self._current[i] > self._current[best]:
                 best = i
         if best >= 0:
+            # Paying back the total keeps the sum of current weights at 0: state never grows.
             self._current[best] -= total
         return best
 
@@ -179,6 +188,8 @@ cdef class LeastConnections(_Picker):
         PyMem_Free(self._active)
 
     cdef int32_t _pick(self) noexcept nogil:
+        # Full scan instead of a heap: n is small, a pick must see availability flips at once,
+        # and acquire/release stay O(1) without heap maintenance.
         cdef int32_t k, i, best = -1
         for k in range(self._n):
             i = self._cursor + k
@@ -187,6 +198,7 @@ cdef class LeastConnections(_Picker):
             if not self._avail[i] or self._weight[i] == 0:
                 continue
             # Strict < keeps the first target met in scan order on ties: round-robin.
+            # active <= 2^63 / 10^6 in practice, so the cross products cannot overflow.
             if best < 0 or self._active[i] * self._weight[best] < self._active[best] * self._weight[i]:
                 best = i
         if best >= 0:
@@ -255,6 +267,8 @@ cdef class P2CEwma(_Picker):
         if self._tau <= 0 or self._initial < 0:
             raise ValueError("decay_seconds must be > 0 and initial_latency >= 0")
         # xorshift state must be non-zero or it stays zero forever.
+        if not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
         self._rng = <uint64_t>seed or 0x2545F4914F6CDD1D
         self._init_avail(n)
         self._cost = <double *>_alloc(n, sizeof(double))
@@ -292,6 +306,9 @@ cdef class P2CEwma(_Picker):
         return x * 0x2545F4914F6CDD1DULL
 
     cdef double _score(self, int32_t i, double now) noexcept nogil:
+        # Reading never writes: the decay is applied on the fly (exp composes, so this equals
+        # Finagle's decay-on-read), and a pick leaves no trace that could make two workers'
+        # or the reference model's answers diverge.
         cdef double c = self._cost[i], dt
         if self._observed[i]:
             dt = now - self._stamp[i]
@@ -312,6 +329,8 @@ cdef class P2CEwma(_Picker):
         b = rb % (k - 1)
         if b >= a:
             b += 1
+        # Comparing two random targets instead of all n: O(1), and it avoids the herd effect
+        # of every worker sending to the single best-scored target (Mitzenmacher 2001).
         x = self._live[a]
         y = self._live[b]
         sx = self._score(x, now)
@@ -346,6 +365,8 @@ cdef class P2CEwma(_Picker):
             dt = 0                  # clock went backwards: no decay, stamp stays
         else:
             self._stamp[i] = t
+        # Peak: a slower sample replaces the estimate outright, so one slow target is avoided at
+        # once; faster samples only pull it down at the pace of the decay constant.
         if lat > self._cost[i]:
             self._cost[i] = lat
         else:

@@ -77,6 +77,13 @@ cdef int _cmp_points(const void *a, const void *b) noexcept nogil:
     return (x.owner > y.owner) - (x.owner < y.owner)
 
 
+cdef uint64_t _seed_of(object seed) except? 0:
+    # Explicit range check: a negative seed would otherwise surface as OverflowError.
+    if not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be in 0..2**64-1, got {seed}")
+    return <uint64_t>seed
+
+
 def _is_prime(uint64_t m):
     cdef uint64_t d = 3
     if m < 2 or m % 2 == 0:
@@ -144,6 +151,7 @@ cdef class _TargetSet:
         return 0
 
     cdef int _rebuild(self) except -1:
+        # Overridden: each table decides how to lay out its targets.
         return 0
 
     cdef void _count_live(self) noexcept nogil:
@@ -232,7 +240,7 @@ cdef class HashRing(_TargetSet):
         if vnodes < 1 or vnodes > 65536:
             raise ValueError("vnodes must be in 1..65536")
         self._vnodes = vnodes
-        self._seed = <uint64_t>seed
+        self._seed = _seed_of(seed)
         _init_targets(self, weights, names)
 
     def __dealloc__(self):
@@ -289,6 +297,7 @@ cdef class HashRing(_TargetSet):
         if self._n_live == 0:
             return -1
         # lower_bound: first point >= h; past the last point wraps to the first.
+        # Branchy binary search is fine here: 1.6k points = 11 probes, the top levels stay in L1.
         while lo < hi:
             mid = (lo + hi) >> 1
             if self._points[mid] < h:
@@ -346,7 +355,7 @@ cdef class Maglev(_TargetSet):
         if not _is_prime(m):
             raise ValueError(f"table_size must be prime, got {m} (see maglev_table_size)")
         self._m = m
-        self._seed = <uint64_t>seed
+        self._seed = _seed_of(seed)
         self._table = <int32_t *>PyMem_Malloc(m * sizeof(int32_t))
         if self._table == NULL:
             raise MemoryError()
@@ -387,6 +396,9 @@ cdef class Maglev(_TargetSet):
             if self._weights[i] > maxw:
                 maxw = self._weights[i]
         if maxw:
+            # r counts rounds; every round the heaviest target claims exactly one slot, so the
+            # loop ends after at most M rounds. Targets take turns in index order, as in the
+            # paper, which makes the table a pure function of (names, weights, seed, M).
             r = 1
             while filled < m:
                 for i in range(n):
@@ -413,6 +425,7 @@ cdef class Maglev(_TargetSet):
         cdef int32_t owner
         if self._n_live == 0:
             return -1
+        # One modulo and one load: this is why Maglev exists (O(1) lookup, 256 KiB table).
         slot = h % self._m
         owner = self._table[slot]
         if self._avail[owner]:

@@ -152,7 +152,7 @@ def test_p2c_time_backwards_is_clamped_and_bad_inputs_rejected() -> None:
     with pytest.raises(ValueError):
         p.observe(0, -0.001, 1.0)
     for kwargs in ({"decay_seconds": 0.0}, {"decay_seconds": math.nan},
-                   {"initial_latency": -1.0}):
+                   {"initial_latency": -1.0}, {"seed": -1}, {"seed": 2**64}):
         with pytest.raises(ValueError):
             fast.P2CEwma(2, **kwargs)
     with pytest.raises(IndexError):

@@ -125,6 +125,11 @@ def test_ring_edges_and_validation() -> None:
         ring.add(1, name="1")  # collides with target 1's default name
     with pytest.raises(ValueError):
         fast.HashRing([1_000_000], vnodes=160)  # 160M points: refused, not allocated
+    for bad_seed in (-1, 2**64):
+        with pytest.raises(ValueError):
+            fast.HashRing([1], seed=bad_seed)
+        with pytest.raises(ValueError):
+            fast.Maglev([1], seed=bad_seed)
     with pytest.raises(IndexError):
         ring.set_available(5, False)
     with pytest.raises(IndexError):

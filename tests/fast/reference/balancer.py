@@ -128,7 +128,9 @@ class P2CEwma(_Picker):
         if self.tau <= 0 or self.initial < 0:
             raise ValueError("bad decay or prior")
         super().__init__(n)
-        self.rng = (seed & MASK64) or 0x2545F4914F6CDD1D
+        if not 0 <= seed <= MASK64:
+            raise ValueError("seed out of range")
+        self.rng = seed or 0x2545F4914F6CDD1D
         self.cost = [self.initial] * n
         self.stamp = [0.0] * n
         self.observed = [False] * n

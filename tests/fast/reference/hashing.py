@@ -45,7 +45,9 @@ class _Targets:
     """Weights, identity hashes and availability per target index."""
 
     def __init__(self, weights: Sequence[int], names: Sequence[Key] | None, seed: int) -> None:
-        self.seed = seed & MASK64
+        if not 0 <= seed <= MASK64:
+            raise ValueError("seed out of range")
+        self.seed = seed
         self.weights: list[int] = []
         self.idents: list[int] = []
         self.avail: list[bool] = []
