@@ -1,0 +1,82 @@
+# Keyed limiter table: millions of limiter keys (user, org, ip ...) in one flat, fixed-capacity
+# open-addressing table (linear probing, bounded probe window). The same bytes work in private
+# memory and in a MAP_SHARED segment (shm.pyx), so N workers of a node share exact limits.
+#
+# The per-key arithmetic is not here: each slot embeds token_bucket.pxd's tb_state or
+# sliding_window.pxd's sw_state and calls their inline functions, so there is one copy of it.
+cimport cython
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from cpython.buffer cimport Py_buffer
+
+from gateway._fast.sliding_window cimport sw_state
+from gateway._fast.token_bucket cimport tb_state
+
+
+ctypedef union kt_limiter:
+    tb_state tb
+    sw_state sw
+
+# 40 bytes per slot. No padding to a cache line: 64-byte slots would make bytes-per-key exceed
+# 64 at any sane load factor, and two workers rarely touch neighbouring keys at once.
+ctypedef struct kt_slot:
+    uint64_t hash        # XXH64(key, seed 0); 0 = empty, 1 = tombstone (hashes 0/1 map to 2/3)
+    uint32_t check       # low 32 bits of XXH64(key, second seed): 96-bit identity per key
+    uint32_t lock        # owner pid while locked (shm_lock), 0 when free; unused when private
+    double last_seen     # max `now` this key was checked at; idle after idle_ttl without checks
+    kt_limiter st        # the limiter state (one algorithm per table)
+
+# At the start of the table's memory. In a shared segment, the first process to attach fills it
+# (CAS on `ready`); later attachers check every field against their own parameters.
+ctypedef struct kt_header:
+    uint64_t magic
+    uint32_t version
+    uint32_t ready       # 0 fresh, 1 being initialized, 2 ready
+    uint64_t capacity
+    uint64_t nstripes
+    uint32_t algorithm
+    uint32_t max_probe
+    uint32_t slot_size
+    uint32_t reserved0
+    double p1            # token bucket: rate;     sliding window: limit
+    double p2            # token bucket: capacity; sliding window: window
+    double idle_ttl
+    int64_t count        # slots holding a key (idle ones included until reclaimed)
+    uint64_t sweep_cursor
+    uint64_t evictions   # live keys pushed out because their probe window was full
+    uint64_t reclaimed   # idle keys whose slot was reused or swept
+    uint64_t reserved[3]
+
+cdef enum:
+    KT_TOKEN_BUCKET = 1
+    KT_SLIDING_WINDOW = 2
+
+
+# final: no subclass can override the cdef methods, so calls to them are direct (inlinable).
+@cython.final
+cdef class KeyedLimiterTable:
+    cdef kt_header* _hdr
+    cdef uint32_t* _stripes     # insert locks, one per 64 home slots (shared mode only)
+    cdef kt_slot* _slots
+    cdef uint64_t _cap
+    cdef uint32_t _max_probe
+    cdef int _algo
+    cdef double _p1, _p2, _ttl
+    cdef bint _shared           # lock slots (the memory is a caller's buffer, maybe MAP_SHARED)
+    cdef uint32_t* _pid         # shm.pyx's per-process pid, refreshed after fork
+    cdef void* _own             # private allocation, or NULL
+    cdef Py_buffer _view        # held on the caller's buffer for the table's lifetime
+    cdef bint _has_view
+    cdef size_t _bytes
+    cdef readonly object buffer
+
+    # Fast entry for Cython callers (filters): key bytes, validated now/cost. Returns 1 allowed /
+    # 0 denied; out1 = tokens left (token bucket) or remaining (sliding window); out2 =
+    # retry-after (token bucket) or reset (sliding window), both in seconds.
+    cdef int c_check(self, const char* key, size_t n, double now, double cost,
+                     double* out1, double* out2) noexcept nogil
+
+    cdef _init_or_check(self)
+    cdef int _apply(self, kt_slot* s, double now, double cost, double* o1, double* o2) noexcept nogil
+    cdef void _fresh(self, kt_slot* s, double now) noexcept nogil
+    cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,
+                     double* out1, double* out2) noexcept nogil

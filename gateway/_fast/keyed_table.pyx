@@ -1,0 +1,503 @@
+"""Keyed limiter table: one limiter per key (user, org, ip ...) for millions of keys in bounded
+memory, private to a process or shared by the workers of a node through a SharedSegment.
+
+Layout: [header 128 B][insert-stripe locks, 4 B per 64 slots][slots, 40 B each]. Slot = 64-bit key
+hash + 32-bit check hash + lock word + last-seen + the limiter state of token_bucket.pxd or
+sliding_window.pxd (one algorithm per table).
+
+Probing: linear, within a window of ``max_probe`` slots from the key's home slot. Keys never move;
+a freed slot becomes a tombstone (it keeps later keys reachable and is reused by inserts).
+
+Idle keys: a key not checked for more than ``idle_ttl`` seconds is forgotten: its next check starts
+from a fresh limiter, whether or not its slot was reclaimed yet. ``idle_ttl`` may not be shorter
+than the time a limiter takes to recover fully (token bucket: capacity/rate; sliding window:
+2*window), so forgetting never changes an answer; it only frees the slot. Reclaiming happens on
+the insert path (an idle slot in the probe window is reused) and in bulk with ``sweep(now)``.
+
+Full probe window (no empty, tombstone or idle slot among the ``max_probe`` slots): the live key
+with the oldest last-seen in that window is evicted (ties: the first in probe order) and its
+limiter restarts fresh if it comes back. This bounds memory and never answers "unlimited"; it can
+forgive an evicted key's debt, which `evictions` counts. Size the table for the live key count
+with headroom: filling 1M random keys into 1.25M slots (load 0.8) evicted 6549 live keys with
+max_probe=32, 1252 with 64 and 92 with 128 (the default; a window is 5 KB, walked in full only on
+the insert path of a crowded window).
+
+Collisions: a key is its 64-bit hash plus a 32-bit check hash from a second seed (96 bits). Two
+distinct live keys sharing both: about n^2 / 2^97 for n keys, ~1e-17 at a million keys. Accepted.
+
+Shared mode (``buffer=`` given): every slot update runs under the slot's lock word (owner pid,
+see shm.pyx for what happens when a worker dies holding one); inserts also hold the stripe lock
+of the key's home slot, so two workers inserting the same new key cannot put it in two slots.
+Lookups walk unlocked and re-check the slot's identity once they hold its lock.
+"""
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.math cimport INFINITY, isfinite, isnan
+from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+from gateway._fast.atomic cimport (gw_atomic_add_i64, gw_atomic_add_u64, gw_atomic_load_u32,
+                                   gw_atomic_load_u64, gw_atomic_store_u64, gw_cas_u32)
+from gateway._fast.shm cimport shm_lock, shm_pid_ptr, shm_unlock
+from gateway._fast.sliding_window cimport sw_check, sw_init
+from gateway._fast.token_bucket cimport tb_init, tb_try_acquire
+from gateway._fast.xxh64 cimport gw_xxh64
+
+import time
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+cdef extern from * nogil:
+    """
+    /* Lemire's multiply-shift range reduction: maps a 64-bit hash onto [0, n) without a division,
+       using the hash's high bits (XXH64's are well mixed). */
+    static inline uint64_t gw_kt_home(uint64_t h, uint64_t n) {
+        return (uint64_t)(((unsigned __int128)h * n) >> 64);
+    }
+    """
+    uint64_t gw_kt_home(uint64_t h, uint64_t n)
+
+cdef uint64_t KT_MAGIC = 0x4C42544445594B47ULL      # b"GKYEDTBL"
+cdef uint32_t KT_VERSION = 1
+cdef uint64_t SEED_CHECK = 0x9E3779B97F4A7C15ULL
+cdef uint64_t EMPTY = 0
+cdef uint64_t TOMBSTONE = 1
+cdef int STRIPE_SHIFT = 6
+cdef size_t HEADER_BYTES = 128
+MAX_SW_LIMIT = 16_777_216.0     # sliding-window counts are float32: exact integers up to 2**24
+
+SLOT_BYTES = sizeof(kt_slot)
+ALGORITHMS = {"token_bucket": KT_TOKEN_BUCKET, "sliding_window": KT_SLIDING_WINDOW}
+assert sizeof(kt_header) == HEADER_BYTES
+
+
+cdef size_t _stripes_for(uint64_t capacity) noexcept:
+    return <size_t>((capacity + (1 << STRIPE_SHIFT) - 1) >> STRIPE_SHIFT)
+
+
+cdef size_t _slots_offset(uint64_t capacity) noexcept:
+    # Slots start on a 64-byte boundary (relative to a 64-aligned base: mmap and SharedSegment).
+    return (HEADER_BYTES + 4 * _stripes_for(capacity) + 63) & ~(<size_t>63)
+
+
+def layout_bytes(capacity: int) -> int:
+    """Bytes a table of `capacity` slots needs (header + stripe locks + slots)."""
+    if capacity < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}")
+    return _slots_offset(capacity) + <size_t>capacity * sizeof(kt_slot)
+
+
+cdef double _positive(str name, object v) except -1.0:
+    cdef double d
+    if v is None:
+        raise ValueError(f"{name} is required for this algorithm")
+    d = v
+    if not (d > 0.0) or not isfinite(d):
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return d
+
+
+cdef inline bint _kt_lookup(kt_slot* slots, uint64_t cap, uint32_t max_probe, uint64_t home,
+                            uint64_t h, uint32_t chk, kt_slot** found) noexcept nogil:
+    # Unlocked walk over the probe window. An empty slot ends it: keys are only ever placed at
+    # the first free slot of their window and slots never become empty again, so no key of this
+    # home lies beyond an empty slot.
+    cdef uint64_t i = home
+    cdef uint32_t p
+    cdef uint64_t hv
+    cdef kt_slot* s
+    for p in range(max_probe):
+        s = &slots[i]
+        hv = gw_atomic_load_u64(&s.hash)
+        if hv == h and s.check == chk:
+            found[0] = s
+            return True
+        if hv == EMPTY:
+            return False
+        i += 1
+        if i == cap:
+            i = 0
+    return False
+
+
+cdef class KeyedLimiterTable:
+    """A fixed-capacity table of per-key limiters; see the module docstring for the rules.
+
+    ``KeyedLimiterTable(capacity, "token_bucket", rate=..., bucket=...)`` or
+    ``KeyedLimiterTable(capacity, "sliding_window", limit=..., window=...)``; optional
+    ``idle_ttl`` (default: the full-recovery time), ``max_probe`` (default 128), and ``buffer``:
+    a writable, 8-byte aligned buffer of at least ``layout_bytes(capacity)`` bytes, normally a
+    ``SharedSegment``; the table is then shared by every process that maps the same memory.
+    """
+
+    def __cinit__(self):
+        self._own = NULL
+        self._has_view = False
+
+    def __init__(self, capacity: int, algorithm: str = "token_bucket", *, rate=None, bucket=None,
+                 limit=None, window=None, idle_ttl=None, int max_probe=128, buffer=None):
+        if capacity < 1 or capacity > (1 << 40):
+            raise ValueError(f"capacity must be in [1, 2**40], got {capacity}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+        if max_probe < 1 or max_probe > 1024:
+            raise ValueError(f"max_probe must be in [1, 1024], got {max_probe}")
+        self._algo = ALGORITHMS[algorithm]
+        cdef double recovery
+        if self._algo == KT_TOKEN_BUCKET:
+            self._p1 = _positive("rate", rate)
+            self._p2 = _positive("bucket", bucket)
+            recovery = self._p2 / self._p1
+        else:
+            self._p1 = _positive("limit", limit)
+            self._p2 = _positive("window", window)
+            if self._p1 > MAX_SW_LIMIT:
+                raise ValueError(f"limit must be <= {MAX_SW_LIMIT:.0f} (float32 counts), got {limit!r}")
+            recovery = 2.0 * self._p2
+        if idle_ttl is None:
+            self._ttl = recovery
+        else:
+            self._ttl = idle_ttl
+            if isnan(self._ttl) or self._ttl < recovery:
+                raise ValueError(f"idle_ttl must be >= {recovery!r} s (time to recover a full "
+                                 f"limiter, so forgetting an idle key changes no answer), got {idle_ttl!r}")
+        self._cap = capacity
+        self._max_probe = <uint32_t>min(max_probe, capacity)
+        self._bytes = layout_bytes(capacity)
+        self._pid = shm_pid_ptr()
+        cdef unsigned char* base
+        if buffer is None:
+            # calloc: zeroed pages, committed lazily by the OS as keys arrive.
+            self._own = calloc(self._bytes, 1)
+            if self._own == NULL:
+                raise MemoryError(f"cannot allocate {self._bytes} bytes for {capacity} slots")
+            base = <unsigned char*>self._own
+            self._shared = False
+        else:
+            PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+            self._has_view = True
+            if <size_t>self._view.len < self._bytes:
+                raise ValueError(f"buffer holds {self._view.len} bytes, a table of {capacity} "
+                                 f"slots needs {self._bytes} (layout_bytes)")
+            if (<uintptr_t>self._view.buf) % 8:
+                raise ValueError("buffer must be 8-byte aligned (atomics on its words)")
+            base = <unsigned char*>self._view.buf
+            self._shared = True
+            self.buffer = buffer
+        self._hdr = <kt_header*>base
+        self._stripes = <uint32_t*>(base + HEADER_BYTES)
+        self._slots = <kt_slot*>(base + _slots_offset(capacity))
+        self._init_or_check()
+
+    cdef _init_or_check(self):
+        cdef kt_header* h = self._hdr
+        if gw_cas_u32(&h.ready, 0, 1):
+            # First user of this memory: clear it (a reused buffer may hold anything) and publish.
+            if self._own == NULL:
+                memset(<void*>h, 0, self._bytes)
+                h.ready = 1
+            h.version = KT_VERSION
+            h.capacity = self._cap
+            h.nstripes = _stripes_for(self._cap)
+            h.algorithm = self._algo
+            h.max_probe = self._max_probe
+            h.slot_size = sizeof(kt_slot)
+            h.p1 = self._p1
+            h.p2 = self._p2
+            h.idle_ttl = self._ttl
+            gw_atomic_store_u64(&h.magic, KT_MAGIC)
+            gw_cas_u32(&h.ready, 1, 2)
+            return
+        deadline = time.monotonic() + 2.0
+        while gw_atomic_load_u32(&h.ready) != 2:
+            if time.monotonic() > deadline:
+                raise ValueError("table in buffer is still being initialized after 2 s "
+                                 "(its creator died?)")
+            time.sleep(0.0005)
+        mine = (KT_VERSION, self._cap, self._algo, self._max_probe, sizeof(kt_slot),
+                self._p1, self._p2, self._ttl)
+        theirs = (h.version, h.capacity, h.algorithm, h.max_probe, h.slot_size,
+                  h.p1, h.p2, h.idle_ttl)
+        if h.magic != KT_MAGIC or mine != theirs:
+            names = ("version", "capacity", "algorithm", "max_probe", "slot_size", "p1", "p2",
+                     "idle_ttl")
+            diff = {n: (a, b) for n, a, b in zip(names, mine, theirs) if a != b}
+            raise ValueError(f"buffer holds a different keyed table (mine vs theirs): {diff}")
+
+    def __dealloc__(self):
+        if self._own != NULL:
+            free(self._own)
+            self._own = NULL
+        if self._has_view:
+            PyBuffer_Release(&self._view)
+            self._has_view = False
+
+    @staticmethod
+    def from_policy(capacity: int, algorithm: str, double limit, double window, double burst=0.0,
+                    **kwargs) -> KeyedLimiterTable:
+        """A table for a SPEC §3 policy, mapped as TokenBucket.from_policy does: token bucket
+        rate = limit/window, bucket = limit + burst; sliding window limit/window as given."""
+        if algorithm == "token_bucket":
+            if not (burst >= 0.0) or not isfinite(burst):
+                raise ValueError(f"burst must be a finite number >= 0, got {burst!r}")
+            _positive("limit", limit)
+            _positive("window", window)
+            return KeyedLimiterTable(capacity, algorithm, rate=limit / window, bucket=limit + burst,
+                                     **kwargs)
+        return KeyedLimiterTable(capacity, algorithm, limit=limit, window=window, **kwargs)
+
+    # ---- the hot path -------------------------------------------------------------------------
+
+    cdef int _apply(self, kt_slot* s, double now, double cost, double* o1,
+                           double* o2) noexcept nogil:
+        # Caller holds the slot (lock, or private table). Idle past the TTL: forget the key.
+        if now - s.last_seen > self._ttl:
+            self._fresh(s, now)
+        if now > s.last_seen:
+            s.last_seen = now
+        cdef int r
+        if self._algo == KT_TOKEN_BUCKET:
+            r = tb_try_acquire(&s.st.tb, self._p1, self._p2, now, cost, o2)
+            o1[0] = s.st.tb.tokens
+        else:
+            r = sw_check(&s.st.sw, self._p1, self._p2, now, cost, o1, o2)
+        return r
+
+    cdef void _fresh(self, kt_slot* s, double now) noexcept nogil:
+        if self._algo == KT_TOKEN_BUCKET:
+            tb_init(&s.st.tb, self._p2, now)
+        else:
+            sw_init(&s.st.sw, now, self._p2)
+        s.last_seen = now
+
+    cdef int c_check(self, const char* key, size_t n, double now, double cost,
+                     double* out1, double* out2) noexcept nogil:
+        cdef uint64_t h = gw_xxh64(key, n, 0)
+        cdef uint32_t chk = <uint32_t>gw_xxh64(key, n, SEED_CHECK)
+        cdef kt_slot* s = NULL
+        cdef int r
+        if h < 2:
+            h += 2
+        cdef uint64_t home = gw_kt_home(h, self._cap)
+        if not self._shared:
+            if _kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
+                return self._apply(s, now, cost, out1, out2)
+            return self._insert(home, h, chk, now, cost, out1, out2)
+        while _kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
+            shm_lock(&s.lock, self._pid[0])
+            if s.hash == h and s.check == chk:
+                r = self._apply(s, now, cost, out1, out2)
+                shm_unlock(&s.lock)
+                return r
+            # Reassigned to another key between the unlocked walk and the lock: walk again.
+            shm_unlock(&s.lock)
+        cdef uint32_t* stripe = &self._stripes[home >> STRIPE_SHIFT]
+        shm_lock(stripe, self._pid[0])
+        r = self._insert(home, h, chk, now, cost, out1, out2)
+        shm_unlock(stripe)
+        return r
+
+    cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,
+                     double* out1, double* out2) noexcept nogil:
+        # Miss path. Shared mode: the caller holds this home's stripe lock, so no other process
+        # inserts this key meanwhile; other keys may still take or free slots of the window, so
+        # every choice is re-checked under the chosen slot's lock and the walk redone if stale.
+        cdef kt_slot* s
+        cdef kt_slot* cand
+        cdef kt_slot* oldest
+        cdef uint64_t i, hv, cand_hash, oldest_hash
+        cdef uint32_t p
+        cdef bint shared = self._shared, evict, ok
+        cdef int r
+        while True:
+            cand = NULL
+            oldest = NULL
+            cand_hash = 0
+            oldest_hash = 0
+            i = home
+            for p in range(self._max_probe):
+                s = &self._slots[i]
+                hv = gw_atomic_load_u64(&s.hash)
+                if hv == EMPTY:
+                    if cand == NULL:
+                        cand = s
+                        cand_hash = EMPTY
+                    break
+                if hv == h and s.check == chk:
+                    # Inserted by another process after our unlocked walk (shared mode only).
+                    shm_lock(&s.lock, self._pid[0])
+                    if s.hash == h and s.check == chk:
+                        r = self._apply(s, now, cost, out1, out2)
+                        shm_unlock(&s.lock)
+                        return r
+                    shm_unlock(&s.lock)
+                elif hv == TOMBSTONE:
+                    if cand == NULL:
+                        cand = s
+                        cand_hash = TOMBSTONE
+                elif now - s.last_seen > self._ttl:
+                    if cand == NULL:
+                        cand = s
+                        cand_hash = hv
+                elif oldest == NULL or s.last_seen < oldest.last_seen:
+                    oldest = s
+                    oldest_hash = hv
+                i += 1
+                if i == self._cap:
+                    i = 0
+            evict = cand == NULL
+            if evict:
+                cand = oldest          # every slot of the window holds a live key
+                cand_hash = oldest_hash
+                if cand == NULL:       # window full of keys racing in/out: look again
+                    continue
+            if shared:
+                shm_lock(&cand.lock, self._pid[0])
+                ok = cand.hash == cand_hash
+                if ok and not evict and cand_hash >= 2:
+                    ok = now - cand.last_seen > self._ttl
+                if not ok:
+                    shm_unlock(&cand.lock)
+                    continue
+            # Claim. Bookkeeping first, then state, then the hash (readers lock before trusting
+            # the state, and the hash is what makes the slot findable).
+            if cand_hash < 2:
+                gw_atomic_add_i64(&self._hdr.count, 1)
+            elif evict:
+                gw_atomic_add_u64(&self._hdr.evictions, 1)
+            else:
+                gw_atomic_add_u64(&self._hdr.reclaimed, 1)
+            self._fresh(cand, now)
+            cand.check = chk
+            gw_atomic_store_u64(&cand.hash, h)
+            r = self._apply(cand, now, cost, out1, out2)
+            if shared:
+                shm_unlock(&cand.lock)
+            return r
+
+    def check(self, key, double now, double cost=1.0):
+        """Check (and count) a hit of `cost` for `key` at time `now`.
+
+        Token bucket -> (allowed, tokens_left, retry_after); sliding window -> (allowed,
+        remaining, reset): the same answers as TokenBucket.try_acquire / SlidingWindow.check.
+        `key`: str (hashed as UTF-8) or bytes.
+        """
+        cdef const char* data
+        cdef Py_ssize_t n
+        cdef double a, b
+        cdef int r
+        if not (now >= 0.0) or not isfinite(now):
+            raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
+        if not (cost > 0.0) or not isfinite(cost):
+            raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
+        if type(key) is str:
+            data = PyUnicode_AsUTF8AndSize(key, &n)
+        elif type(key) is bytes:
+            data = PyBytes_AS_STRING(key)
+            n = PyBytes_GET_SIZE(key)
+        else:
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        r = self.c_check(data, <size_t>n, now, cost, &a, &b)
+        if self._algo == KT_SLIDING_WINDOW:
+            # SlidingWindow.check's shape: remaining is a whole number of hits.
+            return r == 1, <long long>a, b
+        return r == 1, a, b
+
+    # ---- maintenance --------------------------------------------------------------------------
+
+    def sweep(self, double now, Py_ssize_t max_slots=4096) -> int:
+        """Reclaim idle keys in up to `max_slots` slots from a rotating cursor; returns how many.
+
+        Bounded work per call, so a worker can run it from a periodic timer without a pause.
+        Answers never change: an idle key is forgotten by `check` anyway.
+        """
+        if not (now >= 0.0) or not isfinite(now):
+            raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
+        if max_slots < 1:
+            raise ValueError(f"max_slots must be >= 1, got {max_slots}")
+        cdef uint64_t i = self._hdr.sweep_cursor % self._cap
+        cdef uint64_t k
+        cdef Py_ssize_t done = 0
+        cdef kt_slot* s
+        cdef uint64_t hv
+        with nogil:
+            for k in range(min(<uint64_t>max_slots, self._cap)):
+                s = &self._slots[i]
+                hv = gw_atomic_load_u64(&s.hash)
+                if hv >= 2 and now - s.last_seen > self._ttl:
+                    if self._shared:
+                        shm_lock(&s.lock, self._pid[0])
+                    if s.hash == hv and now - s.last_seen > self._ttl:
+                        # Tombstone, not empty: later keys of the same window stay reachable.
+                        gw_atomic_store_u64(&s.hash, TOMBSTONE)
+                        gw_atomic_add_i64(&self._hdr.count, -1)
+                        gw_atomic_add_u64(&self._hdr.reclaimed, 1)
+                        done += 1
+                    if self._shared:
+                        shm_unlock(&s.lock)
+                i += 1
+                if i == self._cap:
+                    i = 0
+            self._hdr.sweep_cursor = i
+        return done
+
+    def __contains__(self, key) -> bool:
+        """Whether a slot holds `key` (idle keys count until reclaimed)."""
+        cdef const char* data
+        cdef Py_ssize_t n
+        cdef kt_slot* s = NULL
+        if type(key) is str:
+            data = PyUnicode_AsUTF8AndSize(key, &n)
+        elif type(key) is bytes:
+            data = PyBytes_AS_STRING(key)
+            n = PyBytes_GET_SIZE(key)
+        else:
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        cdef uint64_t h = gw_xxh64(data, <size_t>n, 0)
+        if h < 2:
+            h += 2
+        cdef uint32_t chk = <uint32_t>gw_xxh64(data, <size_t>n, SEED_CHECK)
+        return _kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h,
+                          chk, &s)
+
+    def __len__(self) -> int:
+        return <Py_ssize_t>gw_atomic_load_u64(<uint64_t*>&self._hdr.count)
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the table's memory: header, stripe locks and slots (fixed at construction)."""
+        return self._bytes
+
+    @property
+    def algorithm(self) -> str:
+        return "token_bucket" if self._algo == KT_TOKEN_BUCKET else "sliding_window"
+
+    @property
+    def idle_ttl(self) -> float:
+        return self._ttl
+
+    @property
+    def max_probe(self) -> int:
+        return self._max_probe
+
+    @property
+    def shared(self) -> bool:
+        return self._shared
+
+    @property
+    def evictions(self) -> int:
+        return self._hdr.evictions
+
+    @property
+    def reclaimed(self) -> int:
+        return self._hdr.reclaimed
+
+    def __repr__(self) -> str:
+        return (f"<KeyedLimiterTable {self.algorithm} {len(self)}/{self._cap} keys "
+                f"{'shared' if self._shared else 'private'}>")

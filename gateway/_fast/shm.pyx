@@ -1,0 +1,301 @@
+"""Shared-memory segments: one MAP_SHARED mapping that N worker processes see at the same address
+range of physical memory, so keyed limiter tables and breakers hold exact per-node state without
+Redis.
+
+Two kinds:
+- anonymous (``SharedSegment(size)``): made by the supervisor before it forks; every fork()ed
+  worker inherits the same pages. Nothing on disk; it disappears with the last process.
+- named (``SharedSegment(size, name="gw-limits")`` / ``SharedSegment.attach(name)`` /
+  ``SharedSegment.open(name, size)``): a file under /dev/shm, for processes that are not forked
+  from one parent. The creator unlinks it (``unlink()``) when the node's workers are done.
+
+Every mapping starts with a 64-byte header (magic, version, header size, payload size). Attaching
+to a file whose header does not match raises ValueError: a layout change can never be silently
+reinterpreted by a worker running older code.
+
+Dead lock owners. Slot locks in shared state (``shm_lock`` in shm.pxd) store the owner's pid, not
+just 1. A waiter that has spun for a while (about 8k tries with 64 sched_yield() calls: a few ms
+on a loaded box, far above any real critical section of tens of ns) checks whether the owner pid
+still exists (``kill(pid, 0)``); if the owner is gone (ESRCH), the waiter takes the lock over with
+a CAS, so exactly one waiter inherits it. Consequences, documented rather than hidden:
+- a worker killed inside a critical section costs the others a few ms once, never a wedge;
+- the one slot it was updating may hold a half-applied update (e.g. a new key's hash with the
+  previous key's limiter state): bounded, never "unlimited", and the key heals on its next window;
+- pid reuse: if the dead owner's pid is recycled before anyone probes, the lock waits until that
+  new process exits. Workers of one node share a pid namespace (the supervisor's), so this needs
+  pid wrap-around within milliseconds: accepted.
+"""
+import os
+import time
+
+from cpython.buffer cimport PyBuffer_FillInfo
+from libc.errno cimport ESRCH, errno
+from libc.stdint cimport uint32_t, uint64_t
+from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
+from posix.signal cimport kill
+from posix.unistd cimport getpid
+
+from gateway._fast.atomic cimport gw_atomic_load_u32, gw_atomic_load_u64, gw_atomic_store_u64
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+cdef extern from * nogil:
+    # atomic.pxd's 64-bit store is relaxed; the header publish needs release ordering so the
+    # compiler cannot move the header fields' stores after the magic.
+    """
+    static inline void gw_shm_release_fence(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    """
+    void gw_shm_release_fence()
+
+# b"GWSHMSEG" read as a little-endian uint64.
+cdef uint64_t SHM_MAGIC = 0x4745534D48535747ULL
+SHM_DIR = "/dev/shm"
+HEADER_SIZE = SHM_HEADER_SIZE
+
+# Spin budget of shm_lock_slow: spins between yields, and yields between owner-liveness probes.
+cdef enum:
+    SPINS_PER_YIELD = 128
+    YIELDS_PER_PROBE = 64
+
+cdef uint32_t _self_pid = <uint32_t>getpid()
+
+
+def _refresh_pid() -> None:
+    # Runs in every fork()ed child (os.register_at_fork): the child's locks must carry its own
+    # pid, or a parent's death would let a waiter break a lock the child really holds.
+    global _self_pid
+    _self_pid = <uint32_t>getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+cdef uint32_t* shm_pid_ptr() noexcept nogil:
+    return &_self_pid
+
+
+cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil:
+    cdef uint32_t owner
+    cdef unsigned long spins = 0
+    while True:
+        owner = gw_atomic_load_u32(word)
+        if owner == 0:
+            if gw_cas_u32(word, 0, me):
+                return
+            continue
+        spins += 1
+        if spins % SPINS_PER_YIELD != 0:
+            continue
+        # On 2 shared cores the owner may be descheduled: give it the CPU instead of burning ours.
+        sched_yield()
+        if spins % (SPINS_PER_YIELD * YIELDS_PER_PROBE) == 0 and owner != me:
+            if kill(<int>owner, 0) != 0 and errno == ESRCH:
+                # Owner is dead. CAS from *that* owner: among several waiters exactly one wins;
+                # the others keep waiting on the new (live) owner.
+                if gw_cas_u32(word, owner, me):
+                    return
+
+
+def _valid_name(name: str) -> str:
+    # A plain file name under /dev/shm: no separators, no hidden files, nothing to traverse.
+    if not isinstance(name, str) or not name or len(name) > 200 or name[0] == ".":
+        raise ValueError(f"invalid shared segment name {name!r}")
+    for ch in name:
+        if not (ch.isascii() and (ch.isalnum() or ch in "._-")):
+            raise ValueError(f"invalid shared segment name {name!r}: use [A-Za-z0-9._-]")
+    return name
+
+
+cdef class SharedSegment:
+    """A MAP_SHARED memory segment with a checked header; exposes its payload as a writable buffer.
+
+    ``SharedSegment(size)``: anonymous, inherited by fork()ed children.
+    ``SharedSegment(size, name=...)``: creates /dev/shm/<name> (FileExistsError if it exists).
+    ``SharedSegment.attach(name, size=None)``: maps an existing named segment, checking its header.
+    ``SharedSegment.open(name, size)``: create, or attach if another process created it first.
+    """
+
+    def __cinit__(self):
+        self._map = NULL
+        self._map_size = 0
+        self.base = NULL
+        self.size = 0
+        self.name = None
+        self.path = None
+        self._exports = 0
+
+    def __init__(self, Py_ssize_t size, name=None):
+        if size <= 0:
+            raise ValueError(f"segment size must be > 0, got {size}")
+        cdef size_t total = SHM_HEADER_SIZE + <size_t>size
+        cdef int fd = -1
+        cdef void* p
+        if name is None:
+            p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+            if p == MAP_FAILED:
+                raise OSError(errno, f"mmap of {total} anonymous shared bytes failed")
+        else:
+            path = os.path.join(SHM_DIR, _valid_name(name))
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, total)
+                p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                if p == MAP_FAILED:
+                    raise OSError(errno, f"mmap of {path} failed")
+            except BaseException:
+                os.unlink(path)
+                raise
+            finally:
+                os.close(fd)
+            self.name = name
+            self.path = path
+        self._map = <unsigned char*>p
+        self._map_size = total
+        self.base = self._map + SHM_HEADER_SIZE
+        self.size = size
+        cdef shm_header* h = <shm_header*>self._map
+        h.version = SHM_VERSION
+        h.header_size = SHM_HEADER_SIZE
+        h.payload_size = <uint64_t>size
+        h.creator_pid = _self_pid
+        # Magic last, after a release fence: an attacher that sees it sees the whole header.
+        gw_shm_release_fence()
+        gw_atomic_store_u64(&h.magic, SHM_MAGIC)
+
+    @classmethod
+    def attach(cls, name: str, size: int | None = None, timeout: float = 1.0) -> SharedSegment:
+        """Map an existing named segment. ValueError if its header or size does not match."""
+        path = os.path.join(SHM_DIR, _valid_name(name))
+        cdef SharedSegment seg = SharedSegment.__new__(SharedSegment)
+        cdef int fd = os.open(path, os.O_RDWR)
+        cdef void* p
+        cdef size_t total
+        try:
+            total = <size_t>os.fstat(fd).st_size
+            if total < SHM_HEADER_SIZE:
+                raise ValueError(f"{path}: {total} bytes is too small to be a gateway shared segment")
+            p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if p == MAP_FAILED:
+                raise OSError(errno, f"mmap of {path} failed")
+        finally:
+            os.close(fd)
+        seg._map = <unsigned char*>p
+        seg._map_size = total
+        seg.name = name
+        seg.path = path
+        cdef shm_header* h = <shm_header*>p
+        # The creator may still be between ftruncate and writing the magic: wait for it briefly.
+        deadline = time.monotonic() + timeout
+        while gw_atomic_load_u64(&h.magic) == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        if gw_atomic_load_u64(&h.magic) != SHM_MAGIC:
+            seg.close()
+            raise ValueError(f"{path} is not a gateway shared segment (bad magic)")
+        if h.version != SHM_VERSION or h.header_size != SHM_HEADER_SIZE:
+            v, hs = h.version, h.header_size
+            seg.close()
+            raise ValueError(f"{path}: segment version {v}/header {hs}, this code expects "
+                             f"{SHM_VERSION}/{SHM_HEADER_SIZE}")
+        if h.payload_size + SHM_HEADER_SIZE != total:
+            ps = h.payload_size
+            seg.close()
+            raise ValueError(f"{path}: header says {ps} payload bytes but the file holds {total}")
+        if size is not None and <uint64_t>size != h.payload_size:
+            ps = h.payload_size
+            seg.close()
+            raise ValueError(f"{path}: segment holds {ps} bytes, expected {size}")
+        seg.base = seg._map + SHM_HEADER_SIZE
+        seg.size = <Py_ssize_t>h.payload_size
+        return seg
+
+    @classmethod
+    def open(cls, name: str, size: int) -> SharedSegment:
+        """Create the named segment, or attach to it (same size required) if it already exists."""
+        try:
+            return SharedSegment(size, name)
+        except FileExistsError:
+            return SharedSegment.attach(name, size)
+
+    cdef int _check_open(self) except -1:
+        if self._map == NULL:
+            raise ValueError("shared segment is closed")
+        return 0
+
+    @property
+    def closed(self) -> bool:
+        return self._map == NULL
+
+    @property
+    def creator_pid(self) -> int:
+        self._check_open()
+        return (<shm_header*>self._map).creator_pid
+
+    def close(self) -> None:
+        """Unmap (this process only). BufferError while a table or memoryview still uses it."""
+        if self._exports > 0:
+            raise BufferError(f"shared segment has {self._exports} live buffer export(s)")
+        if self._map != NULL:
+            munmap(self._map, self._map_size)
+            self._map = NULL
+            self.base = NULL
+
+    def unlink(self) -> None:
+        """Remove the /dev/shm file (mappings stay valid until closed). No-op when anonymous."""
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> SharedSegment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.size if self._map != NULL else 0
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        self._check_open()
+        PyBuffer_FillInfo(view, self, self.base, self.size, 0, flags)
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer* view):
+        self._exports -= 1
+
+    def __dealloc__(self):
+        # Exports hold a reference to self, so none can be live here.
+        if self._map != NULL:
+            munmap(self._map, self._map_size)
+            self._map = NULL
+
+    def __repr__(self) -> str:
+        where = "anonymous" if self.name is None else self.path
+        state = "closed" if self._map == NULL else f"{self.size} bytes"
+        return f"<SharedSegment {where} {state}>"
+
+
+# Test and diagnostics hooks for the owner-aware lock: operate on a uint32 word at `offset` in a
+# segment's payload (tests kill a process holding one and check that a waiter breaks it).
+def _lock_word(SharedSegment seg, Py_ssize_t offset) -> None:
+    seg._check_open()
+    if offset < 0 or offset % 4 or offset + 4 > seg.size:
+        raise ValueError("offset must be 4-byte aligned and inside the segment")
+    with nogil:
+        shm_lock(<uint32_t*>(seg.base + offset), _self_pid)
+
+
+def _unlock_word(SharedSegment seg, Py_ssize_t offset) -> None:
+    seg._check_open()
+    if offset < 0 or offset % 4 or offset + 4 > seg.size:
+        raise ValueError("offset must be 4-byte aligned and inside the segment")
+    shm_unlock(<uint32_t*>(seg.base + offset))
+
+
+def _word_owner(SharedSegment seg, Py_ssize_t offset) -> int:
+    seg._check_open()
+    if offset < 0 or offset % 4 or offset + 4 > seg.size:
+        raise ValueError("offset must be 4-byte aligned and inside the segment")
+    return gw_atomic_load_u32(<uint32_t*>(seg.base + offset))

@@ -1,0 +1,310 @@
+"""KeyedLimiterTable: model-vs-compiled property tests, validation, expiry, full-table behaviour.
+
+Shared-memory behaviour across processes lives in test_shm.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway._fast.keyed_table import SLOT_BYTES, KeyedLimiterTable, layout_bytes
+from gateway._fast.shm import SharedSegment
+from gateway._fast.sliding_window import SlidingWindow
+from gateway._fast.token_bucket import TokenBucket
+from tests.fast.reference import timeline
+from tests.fast.reference.keyed_table import KeyedTableModel, key_bytes
+
+# A small alphabet, so keys share home slots and probe past each other in small tables.
+ALPHABET = ["a", "b", b"c", "user:42", "org:acme", "ip:10.0.0.1", "é", b"\x00\xff"]
+
+TB = {"algorithm": "token_bucket", "rate": 2.0, "bucket": 5.0}
+SW = {"algorithm": "sliding_window", "limit": 5.0, "window": 1.0}
+
+
+def _table(capacity: int, params: dict, **kw: object) -> KeyedLimiterTable:
+    p = dict(params)
+    return KeyedLimiterTable(capacity, p.pop("algorithm"), **p, **kw)
+
+
+# ---------------------------------------------------------------- property tests vs the model
+
+
+@st.composite
+def scenario(draw: st.DrawFn) -> tuple[dict, int, int, list]:
+    algo = draw(st.sampled_from(["token_bucket", "sliding_window"]))
+    if algo == "token_bucket":
+        params = {"algorithm": algo, "rate": draw(st.sampled_from([0.5, 3.0, 100.0])),
+                  "bucket": draw(st.sampled_from([1.0, 4.0, 10.0]))}
+        recovery = params["bucket"] / params["rate"]
+    else:
+        params = {"algorithm": algo, "limit": draw(st.sampled_from([1.0, 3.0, 10.0])),
+                  "window": draw(st.sampled_from([0.5, 2.0]))}
+        recovery = 2.0 * params["window"]
+    params["idle_ttl"] = recovery * draw(st.sampled_from([1.0, 1.0, 3.0]))
+    capacity = draw(st.integers(1, 10))
+    max_probe = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 80))
+    times = draw(timeline(n, scale=recovery / 4))
+    ops = []
+    for now in times:
+        if draw(st.integers(0, 9)) == 0:
+            ops.append(("sweep", now, draw(st.integers(1, 12))))
+        else:
+            ops.append(("check", now, draw(st.sampled_from(ALPHABET)),
+                        draw(st.sampled_from([1.0, 1.0, 2.0, 0.5, 7.0]))))
+    return params, capacity, max_probe, ops
+
+
+def _run(params: dict, capacity: int, max_probe: int, ops: list) -> tuple[int, int]:
+    table = _table(capacity, params, max_probe=max_probe)
+    p = dict(params)
+    model = KeyedTableModel(capacity, p.pop("algorithm"), **p, max_probe=max_probe)
+    # Evictions are judged against the oldest-live rule when one probe window spans the table.
+    whole_window = max_probe >= capacity
+    drops = {"idle": 0, "evicted": 0}
+    for op in ops:
+        before = table.evictions
+        inserted = None
+        if op[0] == "check":
+            _, now, key, cost = op
+            k = key_bytes(key)
+            if k not in model.entries or model.idle(k, now):
+                inserted = k
+            got = table.check(key, now, cost)
+            want = model.check(key, now, cost)
+            assert got == want, (op, got, want)
+            assert type(got[1]) is type(want[1])
+        else:
+            _, now, max_slots = op
+            table.sweep(now, max_slots)
+        for k in [k for k in model.entries if k not in table]:
+            drops[model.judge_drop(k, now, inserted, whole_window)] += 1
+        assert table.evictions - before <= 1        # one insert evicts at most one key
+        assert len(table) == len(model.entries)
+    assert table.evictions == drops["evicted"]
+    return drops["idle"], drops["evicted"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenario())
+def test_every_answer_matches_the_model(s: tuple) -> None:
+    params, capacity, max_probe, ops = s
+    _run(params, capacity, max_probe, ops)
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenario())
+def test_full_tables_evict_only_the_oldest_live_key(s: tuple) -> None:
+    params, _, _, ops = s
+    # One window over the whole (tiny) table: every eviction is judged against the model's rule.
+    _run(params, 3, 3, ops)
+
+
+def test_both_drop_kinds_happen_in_the_property_runs() -> None:
+    # Guard against a vacuous property test: a crowded table must both evict and reclaim.
+    ops = [("check", t * 0.1, ALPHABET[t % 5], 1.0) for t in range(40)]
+    ops += [("check", 1e6 + t, ALPHABET[t % 2], 1.0) for t in range(5)]
+    idle, evicted = _run(dict(SW, idle_ttl=2.0), 3, 3, ops)
+    assert idle > 0 and evicted > 0
+
+
+# ---------------------------------------------------------------- answers and key handling
+
+
+def test_answers_are_those_of_standalone_limiters() -> None:
+    t = _table(100, TB)
+    tb = TokenBucket(2.0, 5.0)
+    for now in [0.0, 0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 5.0, 4.0]:
+        assert t.check("k", now) == tb.try_acquire(now)
+    s = _table(100, SW)
+    sw = SlidingWindow(5.0, 1.0)
+    for now in [0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 1.1, 1.5, 3.0]:
+        assert s.check("k", now, 1.0) == sw.check(now, 1.0)
+
+
+def test_str_keys_are_their_utf8_bytes_and_keys_are_independent() -> None:
+    t = _table(100, TB)
+    assert t.check("é", 0.0, 5.0)[0]
+    assert not t.check("é".encode(), 0.0)[0]       # same key: bucket already empty
+    assert t.check("e", 0.0, 5.0)[0]                # another key: its own bucket
+    assert len(t) == 2 and "é" in t and b"e" in t and "x" not in t
+    with pytest.raises(TypeError):
+        t.check(42, 0.0)                            # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        t.check(bytearray(b"k"), 0.0)               # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, math.inf, -math.inf])
+def test_bad_now_is_rejected(bad: float) -> None:
+    t = _table(10, TB)
+    with pytest.raises(ValueError, match="now"):
+        t.check("k", bad)
+    with pytest.raises(ValueError, match="now"):
+        t.sweep(bad)
+    assert len(t) == 0
+
+
+@pytest.mark.parametrize("bad", [math.nan, 0.0, -1.0, math.inf])
+def test_bad_cost_is_rejected(bad: float) -> None:
+    t = _table(10, SW)
+    with pytest.raises(ValueError, match="cost"):
+        t.check("k", 1.0, bad)
+    assert len(t) == 0
+
+
+@pytest.mark.parametrize("kw", [
+    {"rate": 0.0, "bucket": 1.0}, {"rate": math.nan, "bucket": 1.0}, {"rate": 1.0, "bucket": -1.0},
+    {"rate": math.inf, "bucket": 1.0}, {"bucket": 1.0},
+])
+def test_bad_token_bucket_params(kw: dict) -> None:
+    with pytest.raises(ValueError):
+        KeyedLimiterTable(10, "token_bucket", **kw)
+
+
+@pytest.mark.parametrize("kw", [
+    {"limit": 0.0, "window": 1.0}, {"limit": 5.0, "window": math.nan}, {"limit": 2.0 ** 25, "window": 1.0},
+    {"limit": 5.0},
+])
+def test_bad_sliding_window_params(kw: dict) -> None:
+    with pytest.raises(ValueError):
+        KeyedLimiterTable(10, "sliding_window", **kw)
+
+
+def test_bad_table_params() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        _table(0, TB)
+    with pytest.raises(ValueError, match="algorithm"):
+        KeyedLimiterTable(10, "leaky", rate=1.0, bucket=1.0)
+    with pytest.raises(ValueError, match="max_probe"):
+        _table(10, TB, max_probe=0)
+    # idle_ttl shorter than the recovery time would forget debts: refused.
+    with pytest.raises(ValueError, match="idle_ttl"):
+        _table(10, TB, idle_ttl=2.0)               # bucket/rate = 2.5 s
+    with pytest.raises(ValueError, match="idle_ttl"):
+        _table(10, SW, idle_ttl=math.nan)
+    assert _table(10, TB).idle_ttl == 2.5
+    assert _table(10, SW).idle_ttl == 2.0
+    assert _table(10, SW, idle_ttl=math.inf).idle_ttl == math.inf
+
+
+def test_from_policy_maps_like_token_bucket_from_policy() -> None:
+    t = KeyedLimiterTable.from_policy(10, "token_bucket", 100, 10.0, burst=20)
+    tb = TokenBucket.from_policy(100, 10.0, 20)
+    for now in [0.0] * 130 + [1.0] * 15:
+        assert t.check("k", now) == tb.try_acquire(now)
+    s = KeyedLimiterTable.from_policy(10, "sliding_window", 3, 1.0)
+    assert [s.check("k", 0.5)[0] for _ in range(4)] == [True, True, True, False]
+    with pytest.raises(ValueError, match="burst"):
+        KeyedLimiterTable.from_policy(10, "token_bucket", 100, 10.0, burst=-1)
+
+
+# ---------------------------------------------------------------- expiry and bounded memory
+
+
+def test_idle_key_starts_fresh_and_sweep_reclaims_it() -> None:
+    t = _table(16, TB)                              # idle_ttl = 2.5 s
+    assert t.check("k", 100.0, 5.0) == (True, 0.0, 0.0)
+    assert t.check("k", 100.25) == (False, 0.5, 0.25)
+    assert t.sweep(102.75, 16) == 0 and len(t) == 1  # idle for exactly idle_ttl: not yet
+    assert t.sweep(102.875, 16) == 1 and len(t) == 0 and "k" not in t
+    assert t.reclaimed == 1
+    assert t.check("k", 102.875) == (True, 4.0, 0.0)  # fresh bucket
+    # Forgetting without a sweep gives the same answer: the key is idle, so it starts fresh.
+    u = _table(16, TB)
+    u.check("k", 100.0, 5.0)
+    u.check("k", 100.25)
+    assert u.check("k", 102.875) == (True, 4.0, 0.0) and len(u) == 1
+
+
+def test_sweep_work_is_bounded_and_rotates() -> None:
+    t = _table(64, SW)
+    keys = [f"k{i}" for i in range(40)]
+    for k in keys:
+        t.check(k, 0.0)
+    seen = 0
+    for _ in range(8):                              # 8 calls x 8 slots = the whole table
+        n = t.sweep(10.0, 8)
+        assert n <= 8
+        seen += n
+    assert seen == 40 and len(t) == 0
+
+
+def test_idle_slots_are_reused_by_inserts_without_eviction() -> None:
+    t = _table(4, SW, max_probe=4)
+    for i, k in enumerate("abcd"):
+        t.check(k, i * 0.5)
+    assert len(t) == 4
+    for i, k in enumerate("efgh"):                  # all of a..d idle by now (ttl 2 s)
+        t.check(k, 100.0 + i * 0.5)
+    assert t.evictions == 0 and t.reclaimed == 4 and len(t) == 4
+    assert all(k in t for k in "efgh")
+
+
+def test_full_table_evicts_the_oldest_and_never_allows_unlimited() -> None:
+    t = _table(3, TB, max_probe=3)                  # bucket 5, rate 2/s, idle_ttl 2.5 s
+    for k in "abc":
+        t.check(k, 0.0)
+    t.check("b", 0.1)
+    t.check("c", 0.2)
+    t.check("a", 0.3, 4.0)                          # a: bucket drained, newest
+    t.check("d", 0.4)                               # table full of live keys: b is oldest
+    assert t.evictions == 1 and "b" not in t and all(k in t for k in "acd")
+    a = TokenBucket(2.0, 5.0)                       # what a's own bucket says
+    a.try_acquire(0.0)
+    a.try_acquire(0.3, 4.0)
+    assert t.check("a", 0.4) == a.try_acquire(0.4)  # a kept its state
+    assert t.check("b", 0.4) == (True, 4.0, 0.0)    # b was forgotten: fresh bucket
+    # A hot key is still limited while other keys churn through the full table.
+    allowed = 0
+    for i in range(200):
+        allowed += t.check("hot", 0.5 + i * 1e-4)[0]
+        t.check(f"churn{i}", 0.5 + i * 1e-4)
+    assert allowed <= 5 + 1                         # bucket + refill over 20 ms, never unlimited
+
+
+def test_memory_is_fixed_and_per_key_bytes() -> None:
+    assert SLOT_BYTES == 40
+    t = _table(1000, SW)
+    assert t.memory_bytes == layout_bytes(1000) < 1000 * 41 + 256
+    for i in range(800):
+        t.check(f"user:{i}", 1.0)
+    assert len(t) == 800 and t.evictions == 0
+    assert t.memory_bytes / len(t) <= 64
+
+
+# ---------------------------------------------------------------- caller-provided memory
+
+
+def test_table_in_a_buffer_is_shared_by_every_view_of_it() -> None:
+    seg = SharedSegment(layout_bytes(64))
+    a = _table(64, TB, buffer=seg)
+    b = _table(64, TB, buffer=seg)                  # attaches: header checked, state shared
+    assert a.shared and b.shared
+    assert a.check("k", 0.0, 5.0)[0]
+    assert b.check("k", 0.0) == (False, 0.0, 0.5)
+    assert len(a) == len(b) == 1
+    with pytest.raises(BufferError):
+        seg.close()                                 # the tables hold the memory
+    del a, b
+    seg.close()
+
+
+def test_mismatched_or_small_buffers_fail_loudly() -> None:
+    seg = SharedSegment(layout_bytes(64))
+    _table(64, TB, buffer=seg)
+    with pytest.raises(ValueError, match="different keyed table"):
+        _table(64, dict(TB, rate=3.0), buffer=seg)
+    with pytest.raises(ValueError, match="different keyed table"):
+        _table(64, SW, buffer=seg)
+    with pytest.raises(ValueError, match="needs"):
+        _table(65, TB, buffer=seg)
+    with pytest.raises(BufferError):
+        _table(4, TB, buffer=bytes(layout_bytes(4)))   # read-only
+    # A reused buffer full of garbage is cleared by the first table made in it.
+    junk = bytearray(b"\xff" * layout_bytes(8))
+    junk[:16] = bytes(16)
+    t = _table(8, SW, buffer=junk)
+    assert len(t) == 0 and t.check("k", 0.0) == SlidingWindow(5.0, 1.0).check(0.0)
