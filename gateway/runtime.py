@@ -70,7 +70,11 @@ class Runtime:
         for pool in previous.pools.values():
             if id(pool) not in keep:
                 pool.close()
-        previous.pools = {k: p for k, p in previous.pools.items() if id(p) in keep}
+        # `previous` owns nothing any more: its dropped pools are closed and the others now belong
+        # to this runtime, so a later previous.close() (or a second call) closes nothing twice and
+        # never a pool this runtime still serves from. In-flight requests hold their pools through
+        # their Route's targets, not through runtime.pools.
+        previous.pools = {}
 
     def close(self) -> None:
         """Close every pool (worker shutdown). Idempotent."""

@@ -52,7 +52,9 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     admin_token: str | None = None
-    metrics_allow: tuple[Network, ...] = ()
+    metrics_allow: tuple[Network, ...] = tuple(
+        ipaddress.ip_network(n) for n in "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16".split(",")
+    )
     trusted_proxies: tuple[Network, ...] = ()
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -104,7 +106,6 @@ class Settings:
 
 
 SECRET_FIELDS = frozenset({"admin_token", "jwt_secret", "alert_secret"})
-DEFAULT_METRICS_ALLOW = "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
 
 
 def _display(value: Any) -> str:
@@ -284,8 +285,8 @@ def _audit_gate(value: str) -> None:
         raise _Unsupported("not supported yet (only 'off' or 'stderr')")
 
 
-# field name → (parser, gate or None). Defaults come from the Settings dataclass, except
-# metrics_allow whose default is a string the parser turns into networks.
+# field name → (parser, gate or None). Defaults come from the Settings dataclass, so Settings()
+# built directly (tests) and load_settings({}) are the same object.
 _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "host": (_listen_host, None),
     "port": (_port, None),
@@ -329,7 +330,7 @@ VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in _VARS)
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Parse every SPEC §2 variable; raise one EnvError listing every bad one."""
-    values: dict[str, Any] = {"metrics_allow": _cidrs(DEFAULT_METRICS_ALLOW)}
+    values: dict[str, Any] = {}
     errors: list[EnvError] = []
     for name, (parse, gate) in _VARS.items():
         var = PREFIX + name.upper()

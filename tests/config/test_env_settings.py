@@ -27,6 +27,10 @@ def test_defaults_match_spec() -> None:
     assert (s.access_log, s.audit_log, s.alert_webhooks, s.tracing) == ("off", "stderr", (), False)
 
 
+def test_direct_construction_has_the_same_defaults() -> None:
+    assert Settings() == load_settings({})
+
+
 def test_every_spec_variable_is_a_field() -> None:
     names = {f.name for f in dataclasses.fields(Settings)}
     assert {v[len("GATEWAY_"):].lower() for v in VARIABLES} == names

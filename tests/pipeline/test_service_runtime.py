@@ -123,6 +123,11 @@ def test_reload_reuses_pools_and_closes_the_dropped_ones() -> None:
     new.close_unused(None)
     new.close_unused(new)
     assert sum(p.closed for p in FakePool.created) == 1
+    # closing the old runtime later (worker shutdown) must not close the pools the new one took over
+    old.close()
+    assert sum(p.closed for p in FakePool.created) == 1
+    new.close()
+    assert all(p.closed == 1 for p in FakePool.created)
 
 
 def test_reload_to_empty_config_closes_all_and_close_is_idempotent() -> None:
