@@ -112,7 +112,7 @@ class DownstreamProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.gate = ReadGate(self.transport)
+        self.gate = ReadGate(transport)  # type: ignore[arg-type]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         self.builder = RequestBuilder(self.settings, self.peer)
@@ -174,8 +174,18 @@ class DownstreamProtocol(asyncio.Protocol):
                 if data and not self.closing:
                     continue
             except httptools.HttpParserError as exc:
-                reply = replies.BAD_TARGET if isinstance(exc, httptools.HttpParserInvalidURLError) \
-                    else replies.BAD_REQUEST
+                # httptools wraps an exception raised by a callback in HttpParserCallbackError and
+                # chains the original (__context__): our RequestRejected carries the reply to send.
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, RequestRejected):
+                    reply = cause.reply
+                elif isinstance(cause, Exception):
+                    log.error("request handling failed", exc_info=cause)
+                    reply = replies.INTERNAL_ERROR
+                elif isinstance(exc, httptools.HttpParserInvalidURLError):
+                    reply = replies.BAD_TARGET
+                else:
+                    reply = replies.BAD_REQUEST
                 self._reject(reply)
             except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
                 log.exception("request handling failed")
@@ -390,7 +400,7 @@ class DownstreamProtocol(asyncio.Protocol):
         """Answer the active request ourselves."""
         ctx = self.a_ctx
         assert ctx is not None and self.transport is not None
-        ctx.local_reply = reply
+        ctx.local_reply = reply  # type: ignore[assignment]  # (RequestContext declares it None-only)
         ctx.status = reply.status
         if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
             self.a_up.abort()

@@ -171,8 +171,13 @@ class UpstreamProtocol(asyncio.Protocol):
             # retire the connection rather than guess where the next response starts.
             self.broken = True
             self.done = True
-        except httptools.HttpParserError:
-            error = "protocol"
+        except httptools.HttpParserError as exc:
+            # A callback's own exception arrives chained as __context__ (httptools wraps it).
+            if isinstance(exc.__cause__ or exc.__context__, _HeadDone):
+                self.broken = True
+                self.done = True
+            else:
+                error = "protocol"
         self._flush()
         if error is not None:
             self._fail(error)

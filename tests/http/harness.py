@@ -104,7 +104,7 @@ def settings(**kw: Any) -> Settings:
 
 class Harness:
     def __init__(self, chain: FilterChain = EMPTY_CHAIN, fail: str | None = None, peer: str = "10.0.0.7",
-                 routes: list[Route] | None = None, **settings_kw: Any) -> None:
+                 routes: list[Route] | None = None, root: bool = True, **settings_kw: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.settings = settings(**settings_kw)
         self.pool = FakePool(self.loop, self.settings, fail)
@@ -114,8 +114,9 @@ class Harness:
             routes = [
                 Route("api", self.service, "/api", strip_prefix=True, chain=chain),
                 Route("post-only", self.service, "/submit", exact=True, methods=["POST"], chain=chain),
-                Route("root", self.service, "/", chain=chain),
             ]
+            if root:
+                routes.append(Route("root", self.service, "/", chain=chain))
         self.router = Router(routes)
         self.worker = FakeWorker(self.loop, self.settings, self.router)
         self.ticker = ticker_for(self.loop)
