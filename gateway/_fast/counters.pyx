@@ -91,11 +91,15 @@ cdef class Counter(_Cells):
 
     cdef void add(self, uint64_t n) noexcept:
         if self._shared:
+            # Other processes add to the same cell: a plain += would lose their updates.
             gw_atomic_add_u64(self._p, n)
         else:
+            # Private: only this worker (holding the GIL) writes, a plain add is enough and
+            # avoids the locked instruction.
             self._p[0] += n
 
     cdef uint64_t get(self) noexcept:
+        # Atomic load in shared memory: never a torn read of a cell another process is updating.
         return gw_atomic_load_u64(self._p) if self._shared else self._p[0]
 
     def inc(self, long long n=1) -> None:
@@ -125,6 +129,7 @@ cdef class CounterArray(_Cells):
     def __cinit__(self, Py_ssize_t n, object buffer=None, Py_ssize_t offset=0):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        # One flat block: label children sit next to each other, so a scrape walks one array.
         self._attach(buffer, offset, 8 * n)
         self._p = <uint64_t*>self._mem
         self.size = n
@@ -175,6 +180,7 @@ cdef class Histogram(_Cells):
                   double resolution=1e-6):
         cdef Py_ssize_t i, n
         cdef double b
+        # Validated once here so observe() can binary-search without any check.
         values = [float(x) for x in bounds]
         n = len(values)
         if n < 1:
@@ -187,6 +193,7 @@ cdef class Histogram(_Cells):
                 raise ValueError(f"bounds must be strictly increasing, got {values!r}")
         if not (resolution > 0.0) or not isfinite(resolution):
             raise ValueError(f"resolution must be a finite number > 0, got {resolution!r}")
+        # Bounds are configuration, identical in every worker: a private copy, not in `buffer`.
         self._bounds = <double*>malloc(n * sizeof(double))
         if self._bounds == NULL:
             raise MemoryError()
@@ -228,6 +235,7 @@ cdef class Histogram(_Cells):
 
     def observe(self, double v) -> None:
         """Count one observation of v (finite; |v| / resolution below 2**62)."""
+        # Same test as c_observe, but a Python caller gets an error instead of a silent drop.
         cdef double scaled = floor(v * self._scale + 0.5)
         if not (scaled < _MAX_SCALED and scaled > -_MAX_SCALED):
             raise ValueError(f"observation must be finite and |v|/resolution < 2**62, got {v!r}")
@@ -245,6 +253,8 @@ cdef class Histogram(_Cells):
         cdef Py_ssize_t i
         cdef uint64_t acc = 0
         out = []
+        # Cells are per bucket; Prometheus wants cumulative `le` counts, summed at scrape time
+        # so that an observation costs one add, not one per larger bucket.
         for i in range(self._n + 1):
             acc += self._load(i)
             out.append((self._bounds[i] if i < self._n else float("inf"), acc))

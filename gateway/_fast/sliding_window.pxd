@@ -47,8 +47,8 @@ cdef inline int sw_check(sw_state* s, double limit, double window, double now, d
 
     *remaining = floor(max(0, limit - estimate after the decision)).
     *reset (the rule behind RateLimit-Reset and Retry-After), assuming no further traffic:
-      allowed: seconds until *remaining grows by one (0.0 when it already is floor(limit)-ish,
-               i.e. the estimate would have to go below zero);
+      allowed: seconds until *remaining grows by one (0.0 when it cannot: remaining + 1 would
+               exceed `limit`, i.e. the estimate would have to fall below zero);
       denied:  seconds until a hit of the same `cost` would be allowed (Retry-After);
                INFINITY when cost > limit (it never will).
     Measured from max(now, window_start): a clock step back is clamped, not added.

@@ -63,6 +63,7 @@ cdef class SlidingWindow:
         _check_now(now)
         _check_positive("cost", cost)
         ok = sw_check(&self._s, self.limit, self.window, now, cost, &remaining, &reset)
+        # remaining is already floored in C; as an int it goes straight into RateLimit-Remaining.
         return ok == 1, <long long>remaining, reset
 
     @property
@@ -97,6 +98,7 @@ cdef class SlidingLog:
                 f"limit must be an integer in 1..{MAX_LOG_LIMIT} for SlidingLog, got {limit!r}"
                 " (use SlidingWindow for large limits)")
         _check_positive("window", window)
+        # Allocated once at its bound: checks never allocate, and memory per log is known.
         self._ts = <double*>malloc(limit * sizeof(double))
         if self._ts == NULL:
             raise MemoryError()
@@ -157,6 +159,7 @@ cdef class SlidingLog:
         cdef int ok
         _check_now(now)
         if cost < 1:
+            # A log stores whole hits; fractional costs belong to SlidingWindow / TokenBucket.
             raise ValueError(f"cost must be an integer >= 1 for SlidingLog, got {cost!r}")
         ok = self.c_check(now, cost, &remaining, &reset)
         return ok == 1, <long long>remaining, reset

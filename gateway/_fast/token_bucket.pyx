@@ -57,6 +57,7 @@ cdef class TokenBucket:
         return TokenBucket(limit / window, limit + burst)
 
     cdef int c_try_acquire(self, double now, double cost, double* retry_after) noexcept:
+        # No checks: Cython filters validate `now`/`cost` once where they come from.
         return tb_try_acquire(&self._s, self.rate, self.capacity, now, cost, retry_after)
 
     def try_acquire(self, double now, double cost=1.0):
@@ -69,6 +70,7 @@ cdef class TokenBucket:
         _check_now(now)
         _check_positive("cost", cost)
         ok = tb_try_acquire(&self._s, self.rate, self.capacity, now, cost, &retry_after)
+        # tokens_left after the decision: what a RateLimit-Remaining header would show (floored).
         return ok == 1, self._s.tokens, retry_after
 
     @property
