@@ -36,11 +36,14 @@ from gateway._fast.atomic cimport gw_cas_u32, gw_spin_lock, gw_spin_unlock, gw_a
 
 _log = logging.getLogger("gateway.breaker")
 
+cdef enum:
+    _ALIGN = 8
+
 # Python-level names of the BreakerState values (the enum itself is C-only).
 globals().update(CLOSED=CLOSED, HALF_OPEN=HALF_OPEN, OPEN=OPEN)
 STATE_NAMES = ("closed", "half_open", "open")   # the metric's `to` label values, by code
 SHM_SIZE = sizeof(gw_breaker_shm)               # bytes a shared breaker needs in a buffer
-SHM_ALIGN = 8                                   # offset alignment (8-byte atomics and doubles)
+SHM_ALIGN = _ALIGN                              # offset alignment (8-byte atomics and doubles)
 
 # Legal moves, indexed [old][new]. Everything else (self-moves, CLOSED -> HALF_OPEN) is refused:
 # a closed breaker only reaches the probing state by way of OPEN and its timeout.
@@ -267,8 +270,8 @@ cdef class CircuitBreaker:
         # first breaker to claim the bytes initialises them; later ones attach, provided their
         # policy is identical: two policies over one state would disagree on every answer.
         cdef unsigned char[::1] view = buffer        # raises for read-only buffers
-        if offset < 0 or offset % SHM_ALIGN or offset + <Py_ssize_t>sizeof(gw_breaker_shm) > view.shape[0]:
-            raise ValueError(f"offset {offset} must be a multiple of {SHM_ALIGN} with {SHM_SIZE} "
+        if offset < 0 or offset % _ALIGN or offset + <Py_ssize_t>sizeof(gw_breaker_shm) > view.shape[0]:
+            raise ValueError(f"offset {offset} must be a multiple of {_ALIGN} with {SHM_SIZE} "
                              f"bytes after it in a buffer of {view.shape[0]}")
         cdef gw_breaker_shm *s = <gw_breaker_shm *>&view[offset]
         if gw_cas_u32(&s.magic, 0, 1):    # claimed: 1 = being initialised
