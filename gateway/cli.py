@@ -25,7 +25,9 @@ Configuration: GATEWAY_* environment variables (see the README) and the optional
 by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level (default info).
 """
 
-LATER = {"jwt", "apikey"}  # commands SPEC §1 names whose features come in later issues
+LATER = {"jwt", "apikey"}
+# Internal (no GATEWAY_ prefix: not a user setting): the supervisor's last-valid-config snapshot.
+BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"  # commands SPEC §1 names whose features come in later issues
 
 
 def err(line: str) -> None:
@@ -106,24 +108,41 @@ def cmd_run() -> int:
 
 
 def cmd_worker(args: Sequence[str]) -> int:
-    """Internal: one supervised worker (no admin listener; SO_REUSEPORT shares the port)."""
-    from gateway.worker import _mtime
+    """Internal: one supervised worker (no admin listener; SO_REUSEPORT shares the port).
 
-    # Taken before loading, so a change racing with the load is seen as a change (reload).
-    mtime = _mtime(os.environ["GATEWAY_CONFIG"]) if os.environ.get("GATEWAY_CONFIG") else None
-    settings, config, code = load_all(os.environ)
+    It boots from the supervisor's snapshot of the last valid config (BOOT_CONFIG_ENV), not from
+    GATEWAY_CONFIG: a worker replaced while the file on disk is broken still starts with the config
+    the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual.
+    """
+    from gateway.config import ConfigurationError, load_config
+    from gateway.worker import mtime
+
+    settings, _, code = load_all(os.environ, with_config=False)
     if code:
         return code
-    return _serve_single(settings, config, settings.config, admin=False, reuse_port=True, config_mtime=mtime)
+    boot = os.environ.get(BOOT_CONFIG_ENV) or settings.config
+    # Taken before loading, so a change racing with the load is seen as a change (then reload).
+    before = mtime(boot) if boot else None
+    try:
+        config = load_config(boot)
+    except ConfigurationError as exc:
+        for line in _config_problem_lines(exc):
+            err(line)
+        return 2
+
+    def changed() -> bool:
+        return boot is not None and mtime(boot) != before
+
+    return _serve_single(settings, config, settings.config, admin=False, reuse_port=True, reload_if=changed)
 
 
 def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin: bool, reuse_port: bool,
-                  config_mtime: int | None = None) -> int:
+                  reload_if: Any = None) -> int:
     from gateway.worker import run_worker
 
     try:
         return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port,
-                                   config_mtime=config_mtime))
+                                   reload_if=reload_if))
     except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
         err(exc.strerror or str(exc))
         return 1

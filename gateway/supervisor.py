@@ -18,6 +18,10 @@ Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DR
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
 timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome.
 
+Workers boot from the supervisor's private snapshot of the last valid config file (taken at start
+and on each SIGHUP whose file is valid), so a worker replaced while the file on disk is broken
+starts with the config its siblings serve instead of crash-looping.
+
 Crash handling: a worker that exits while the supervisor is not stopping is replaced. One that dies
 within CRASH_WINDOW seconds of its start counts as crash-looping and its replacement waits
 0.1 s x 2^(consecutive fast crashes), capped at MAX_BACKOFF, so a broken worker cannot spin the CPU.
@@ -28,9 +32,11 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +86,8 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.slots = [Slot(i) for i in range(settings.workers)]
+        self._snapshot_dir: str | None = None
+        self._snapshot: str | None = None
         self.stopping = False
         self.restarts = 0
         self._done: asyncio.Event | None = None
@@ -97,12 +105,49 @@ class Supervisor:
         except ListenError as exc:
             err(exc.strerror or str(exc))
             return 1
+        problems = self._take_snapshot()
+        if problems:
+            for line in problems:
+                err(line)
+            return 2
         try:
             return run_loop(self._main())
         except OSError as exc:  # the admin listener could not bind
             err(exc.strerror or str(exc))
             self._kill_all(signal.SIGKILL)
             return 1
+        finally:
+            if self._snapshot_dir is not None:
+                shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+
+    def _take_snapshot(self) -> list[str]:
+        """Copy the config file, if valid, to the private snapshot new workers boot from.
+
+        Returns the problems when it is not valid (the previous snapshot then stays). Replacement
+        workers thus start with the last config that was valid, never with a broken file.
+        """
+        from gateway.config import ConfigurationError, loads_config
+
+        path = self.settings.config
+        if path is None:
+            return []
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            loads_config(data.decode("utf-8"), path)
+        except ConfigurationError as exc:
+            return list(exc.problems)
+        except (OSError, UnicodeDecodeError) as exc:
+            return [f"{path}: cannot read: {exc}"]
+        if self._snapshot_dir is None:
+            self._snapshot_dir = tempfile.mkdtemp(prefix="gateway-supervisor-")
+        snap = os.path.join(self._snapshot_dir, "config.toml")
+        tmp = snap + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, snap)  # atomic: a worker starting now reads the old or the new, whole
+        self._snapshot = snap
+        return []
 
     def worker_pids(self) -> list[int]:
         return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
@@ -119,7 +164,7 @@ class Supervisor:
             self._spawn(slot)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
         log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
         poller = loop.create_task(self._poll())
         await self._done.wait()
@@ -132,7 +177,11 @@ class Supervisor:
         slot.restart_handle = None
         if self.stopping:
             return
+        from gateway.cli import BOOT_CONFIG_ENV
+
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
+        if self._snapshot is not None:
+            env[BOOT_CONFIG_ENV] = self._snapshot
         slot.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
             env=env,
@@ -178,6 +227,14 @@ class Supervisor:
                 pass
         if sig == signal.SIGHUP:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
+
+    def _reload(self) -> None:
+        # Snapshot first, so a worker replaced from now on boots with the new config; each worker
+        # then reloads (or refuses, with its own logged reason) from GATEWAY_CONFIG.
+        problems = self._take_snapshot()
+        if problems:
+            log.info("reload: config invalid, replacement workers keep booting from the last valid one")
+        self._forward(signal.SIGHUP)
 
     def _stop(self) -> None:
         assert self._loop is not None

@@ -271,7 +271,7 @@ class Worker:
         await self._stopped.wait()
 
 
-def _mtime(path: str) -> int | None:
+def mtime(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
@@ -303,7 +303,7 @@ async def run_worker(
     admin: bool,
     reuse_port: bool,
     on_listening: Callable[[Worker], None] | None = None,
-    config_mtime: int | None = None,
+    reload_if: Callable[[], bool] | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT has drained the worker; return the exit code (0).
 
@@ -327,8 +327,8 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
-    if config_path is not None and config_mtime is not None and _mtime(config_path) != config_mtime:
-        # The file changed after it was loaded and before the SIGHUP handler existed (a reload
+    if reload_if is not None and reload_if():
+        # The config changed after it was loaded and before the SIGHUP handler existed (a reload
         # forwarded to a worker still starting is ignored, see supervisor._die_with_parent).
         worker.reload()
     log.info("listening on %s:%d (max %d connections, backlog %d)", settings.host, settings.port,

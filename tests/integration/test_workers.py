@@ -100,3 +100,22 @@ def test_connection_cap_through_the_data_plane(gateway, upstream) -> None:  # no
     c3.close()
     c2.close()
     assert gw.stop() == 0
+
+
+def test_a_worker_replaced_while_the_file_is_broken_boots_the_last_valid_config(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/a"]), env={"GATEWAY_WORKERS": "2"})
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    assert isinstance(pids, list)
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    gw.write_config("[[routes]\nbroken = ")
+    gw.reload()
+    wait_until(lambda: gw.stderr.count("reload refused") >= 2)
+    os.kill(pids[0], signal.SIGKILL)
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 3)
+    new = worker_pids(gw.admin_port)
+    assert len(new) == 2 and pids[0] not in new
+    # Every connection (whichever worker takes it) still serves the last valid config.
+    for _ in range(20):
+        assert http_get(gw.port, "/a")[0] == 200
+    assert gw.stderr.count("replacing it") == 1, "the replacement must not crash-loop"
+    assert gw.stop() == 0
