@@ -6,6 +6,8 @@ import ipaddress
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import VARIABLES, EnvError, Settings, load_settings, unknown_variables
 from gateway.config.env import mask_url_password
@@ -208,3 +210,21 @@ def test_unknown_gateway_variables_are_listed_for_a_warning() -> None:
     env = {"GATEWAY_PROT": "1", "GATEWAY_PORT": "1", "PATH": "/bin"}
     assert unknown_variables(env) == ["GATEWAY_PROT"]
     load_settings(env)  # not an error: build tooling shares the prefix
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(VARIABLES), st.text(max_size=30), max_size=6))
+def test_any_environment_gives_settings_or_env_error(env: dict[str, str]) -> None:
+    # Whatever an operator types, the result is Settings or an EnvError naming the variable: never
+    # a traceback from a parser (urlsplit, ipaddress, float ...).
+    try:
+        load_settings(env)
+    except EnvError as exc:
+        assert all(e.var in env for e in exc.errors)
+
+
+def test_loader_sees_odd_urls_as_bad_values() -> None:
+    with pytest.raises(EnvError) as info:
+        load_settings({"GATEWAY_JWT_JWKS_URL": "http://[", "GATEWAY_REDIS_URL": "redis://h:99999"})
+    assert [e.var for e in info.value.errors] == ["GATEWAY_REDIS_URL", "GATEWAY_JWT_JWKS_URL"]
+    assert all("expected a URL" in e.message for e in info.value.errors)

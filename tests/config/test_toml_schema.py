@@ -4,8 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.config import ConfigErrors, GatewayConfig, load_config, loads_config
+from gateway.config import ConfigErrors, GatewayConfig, load_config, loads_config, parse_config
 
 SVC = '[[services]]\nname = "users"\ntargets = [{ url = "http://127.0.0.1:9001" }]\n'
 ROUTE = '[[routes]]\nname = "r"\npath = "/api"\nservice = "users"\n'
@@ -275,3 +277,29 @@ def test_every_spec_key_is_known_and_each_unbuilt_one_is_refused() -> None:
         "routes[0].canary: not supported yet",
         "routes[0].fallback: not supported yet",
     ])
+
+
+_KEYS = st.sampled_from(sorted({
+    "name", "url", "weight", "version", "targets", "balancer", "path", "methods", "host", "service",
+    "strip_prefix", "timeout", "retries", "auth", "websocket", "health", "x",
+}))
+_SCALARS = st.one_of(
+    st.booleans(), st.integers(-3, 70000), st.floats(allow_nan=True), st.text(max_size=12),
+    st.sampled_from(["/", "=/", "/api", "users", "http://a:1", "http://[::1]:2", "GET", "round_robin"]),
+)
+_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "services": st.lists(st.dictionaries(_KEYS, _VALUES, max_size=5), max_size=3),
+    "routes": st.lists(st.dictionaries(_KEYS, _VALUES, max_size=6), max_size=3),
+}))
+def test_any_document_gives_a_config_or_config_errors(doc: dict) -> None:  # type: ignore[type-arg]
+    # Whatever shape the TOML has, the loader answers with a config or with path-carrying problems,
+    # never a traceback (a KeyError or TypeError would crash SIGHUP reload handling).
+    try:
+        parse_config(doc)
+    except ConfigErrors as exc:
+        assert exc.problems and all(": " in p for p in exc.problems)
