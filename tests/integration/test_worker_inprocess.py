@@ -156,3 +156,40 @@ def test_drain_timeout_aborts_stuck_connections() -> None:
         assert await asyncio.wait_for(r.read(), 1.0) == b""
 
     run(main())
+
+
+def test_supervisor_backs_off_a_crash_looping_worker() -> None:
+    import time
+
+    from gateway.supervisor import MAX_BACKOFF, Supervisor
+
+    class FakeProc:
+        def __init__(self, code: int) -> None:
+            self.returncode = code
+            self.pid = 4242
+
+        def poll(self) -> int:
+            return self.returncode
+
+    class FakeLoop:
+        def __init__(self) -> None:
+            self.delays: list[float] = []
+
+        def call_later(self, delay: float, *a: Any) -> None:
+            self.delays.append(delay)
+
+    sup = Supervisor(load_settings({"GATEWAY_WORKERS": "1"}))
+    loop = FakeLoop()
+    sup._loop = loop  # type: ignore[assignment]
+    sup._done = asyncio.Event()
+    slot = sup.slots[0]
+    for _ in range(12):  # dies right after each start: crash loop
+        slot.proc, slot.started = FakeProc(1), time.monotonic()  # type: ignore[assignment]
+        sup._reap()
+    assert loop.delays[:4] == [0.2, 0.4, 0.8, 1.6]
+    assert loop.delays[-1] == MAX_BACKOFF
+    # A worker that ran for a while before dying is replaced at once, and the history resets.
+    slot.proc, slot.started = FakeProc(-9), time.monotonic() - 60  # type: ignore[assignment]
+    sup._reap()
+    assert loop.delays[-1] == 0.0 and slot.fast_crashes == 0
+    assert sup.restarts == 13
