@@ -190,3 +190,41 @@ def test_window_never_exceeds_limit_within_a_fixed_window(limit: float, window: 
     for now in times:
         sw.check(now)
         assert sw.curr_count <= limit
+
+
+# ---------------------------------------------------------------- the reset rule, by probing
+
+
+def _replay(cls: type, limit: float, window: float, ops: list[tuple[float, float]]) -> object:
+    lim = cls(int(limit) if cls is SlidingLog else limit, window)
+    for now, cost in ops:
+        lim.check(now, cost)
+    return lim
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([SlidingWindow, SlidingLog]), st.integers(1, 20), st.floats(0.01, 100.0),
+       st.data())
+def test_reset_is_when_the_probe_turns(cls: type, limit: int, window: float,
+                                       data: st.DataObject) -> None:
+    """The documented rule, checked against the limiter itself: replaying the same history, a
+    probe just after `now + reset` succeeds and one just before fails. The probe is the request
+    itself when denied (Retry-After), or a request of remaining + 1 when allowed (remaining
+    grows by one). `eps` is far above float rounding at these magnitudes."""
+    steps = data.draw(st.lists(st.floats(0.0, window / 2), min_size=1, max_size=30))
+    costs = data.draw(st.lists(st.integers(1, limit), min_size=len(steps), max_size=len(steps)))
+    ops, now = [], 1000.0
+    for dt, cost in zip(steps, costs, strict=True):
+        now += dt
+        ops.append((now, float(cost) if cls is SlidingWindow else cost))
+    allowed, remaining, reset = _replay(cls, limit, window, ops[:-1]).check(*ops[-1])
+    probe = ops[-1][1] if not allowed else remaining + 1
+    if allowed and remaining + 1 > limit:
+        assert reset == 0.0
+        return
+    eps = 1e-6 * window
+    after = _replay(cls, limit, window, ops).check(now + reset + eps, probe)
+    assert after[0] is True
+    if reset > 2 * eps:
+        before = _replay(cls, limit, window, ops).check(now + reset - eps, probe)
+        assert before[0] is False
