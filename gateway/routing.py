@@ -197,8 +197,8 @@ class Router:
     __slots__ = ("routes", "_hosts", "_default", "_host_cache")
 
     # Raw Host header → its tier table (or None). Normalizing costs more than the rest of a match,
-    # and real traffic repeats a handful of Host values. Bounded: once full, new values are
-    # normalized per request instead of growing memory under random Host headers.
+    # and real traffic repeats a handful of Host values. Bounded, so random Host headers cannot
+    # grow it: when full it is emptied and refills with what traffic actually sends.
     HOST_CACHE_SIZE = 256
 
     def __init__(self, routes: Sequence[Route]) -> None:
@@ -217,8 +217,11 @@ class Router:
         except KeyError:
             pass
         t = self._hosts.get(normalize_host(host))
-        if len(self._host_cache) < self.HOST_CACHE_SIZE:
-            self._host_cache[host] = t
+        if len(self._host_cache) >= self.HOST_CACHE_SIZE:
+            # Start over rather than stop caching: a burst of junk Host values early on must not
+            # leave the real ones uncached for the life of the config.
+            self._host_cache.clear()
+        self._host_cache[host] = t
         return t
 
     def match(self, method: bytes, host: bytes, path: bytes) -> Route | LocalReply:

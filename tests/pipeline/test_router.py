@@ -212,3 +212,12 @@ def test_match_speed_with_fifty_routes(benchmark) -> None:  # type: ignore[no-un
     r = _fifty_routes()
     result = benchmark(r.match, b"GET", b"api.example.com", b"/svc37/v1/items/12345")
     assert name_of(result) == "svc37"
+
+
+def test_host_cache_stays_bounded_and_correct() -> None:
+    r = router(R("vhost", "/", host="a.example"), R("any", "/"))
+    for i in range(Router.HOST_CACHE_SIZE * 3):
+        assert name_of(r.match(b"GET", f"junk{i}.example".encode(), b"/")) == "any"
+        assert len(r._host_cache) <= Router.HOST_CACHE_SIZE
+    assert name_of(r.match(b"GET", b"A.example:80", b"/")) == "vhost"
+    assert name_of(r.match(b"GET", b"A.example:80", b"/")) == "vhost"   # now from the cache
