@@ -95,7 +95,8 @@ def test_drain_timeout_bounds_the_shutdown(gateway, upstream) -> None:  # noqa: 
 
 
 def test_sigterm_when_idle_exits_at_once(gateway) -> None:  # noqa: F811
-    gw = gateway(None)
+    gw = gateway(None, args=())  # no subcommand: `run` is the default
+    gw.wait_stderr("worker: listening on")
     t0 = time.monotonic()
     assert gw.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 3
