@@ -7,6 +7,7 @@ Figures and load averages: bench/results/fast-counters.md.
 from __future__ import annotations
 
 import mmap
+import os
 from typing import Any
 
 import pytest
@@ -55,3 +56,38 @@ def test_histogram_scrape(benchmark: Any) -> None:
     h = Histogram(LATENCY)
     h.observe(0.042)
     assert run(benchmark, h.buckets)[-1][1] == 1
+
+
+@pytest.mark.parametrize("layout", ["same_cell", "own_cache_line"])
+def test_counter_inc_contended(benchmark: Any, layout: str) -> None:
+    """A second process increments at the same time: one cell for all workers (the cache line
+    bounces between cores) vs one cell per worker 64 bytes apart (the exporter sums them)."""
+    m = mmap.mmap(-1, 4096)
+    mine = Counter(m, 0)
+    theirs_offset = 0 if layout == "same_cell" else 64
+    stop = Counter(m, 128)   # the parent bumps it to tell the child to stop
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            theirs = Counter(m, theirs_offset)
+            while stop.value == 0:
+                for _ in range(1000):
+                    theirs.inc()
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        theirs = Counter(m, theirs_offset)
+        while theirs.value == 0:   # the child is running before the clock starts
+            pass
+        before = theirs.value
+        run(benchmark, mine.inc)
+        # Share of the run during which the child was actually incrementing (2 cores, shared
+        # with other work): reported so the figure can be read honestly.
+        benchmark.extra_info["child_incs_during_run"] = theirs.value - before
+    finally:
+        stop.inc()
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Counter(m, theirs_offset).value > 0
