@@ -8,11 +8,8 @@ import subprocess
 
 from tests.support.gateway_proc import (  # noqa: F401 - gateway is a fixture
     gateway,
-    needs_data_plane,
     wait_until,
 )
-
-pytestmark = needs_data_plane
 
 
 def printed_curl_lines(stdout: str) -> list[str]:

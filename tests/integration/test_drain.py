@@ -14,13 +14,10 @@ import pytest
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     gateway,
     http_get,
-    needs_data_plane,
     routes_toml,
     upstream,
     wait_until,
 )
-
-pytestmark = needs_data_plane
 
 
 def slow_request(port: int, ms: int, out: dict[str, Any]) -> threading.Thread:

@@ -13,13 +13,10 @@ import pytest
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     gateway,
     http_get,
-    needs_data_plane,
     routes_toml,
     upstream,
     wait_until,
 )
-
-pytestmark = needs_data_plane
 
 
 def test_reload_adds_a_route_without_dropping_anything(gateway, upstream) -> None:  # noqa: F811

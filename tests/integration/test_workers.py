@@ -12,14 +12,11 @@ import pytest
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     gateway,
     http_get,
-    needs_data_plane,
     routes_toml,
     socket_owner,
     upstream,
     wait_until,
 )
-
-pytestmark = needs_data_plane
 
 
 def worker_pids(admin_port: int) -> list[int]:

@@ -332,12 +332,3 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
 
-
-def data_plane_landed() -> bool:
-    """True once gateway/http/downstream.py exists (tests through the proxy need it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("gateway.http.downstream") is not None
-
-
-needs_data_plane = pytest.mark.skipif(not data_plane_landed(), reason="gateway/http/downstream.py has not landed yet")
