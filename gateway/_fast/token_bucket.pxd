@@ -6,7 +6,7 @@
 # The reference model in tests/fast/reference/token_bucket.py mirrors every operation below in the
 # same order, so compiled and reference answers compare exactly (IEEE doubles, no fast-math).
 
-from libc.math cimport INFINITY
+from libc.math cimport INFINITY, floor
 
 ctypedef struct tb_state:
     double tokens        # tokens in the bucket at time `last`
@@ -45,6 +45,16 @@ cdef inline int tb_try_acquire(tb_state* s, double rate, double capacity, double
     else:
         retry_after[0] = (cost - s.tokens) / rate
     return 0
+
+
+cdef inline double tb_reset(tb_state* s, double rate, double capacity) noexcept nogil:
+    """Seconds after s.last until floor(tokens) grows by one: the RateLimit-Reset of a bucket,
+    the same rule as the sliding windows' "seconds until remaining grows by one". 0.0 when it
+    cannot grow (one more whole token would not fit under capacity)."""
+    cdef double nxt = floor(s.tokens) + 1.0
+    if nxt > capacity:
+        return 0.0
+    return (nxt - s.tokens) / rate
 
 
 cdef class TokenBucket:

@@ -17,3 +17,5 @@ class TokenBucket:
         """rate = limit / window, capacity = limit + burst (SPEC §3)."""
     def try_acquire(self, now: float, cost: float = 1.0) -> tuple[bool, float, float]:
         """-> (allowed, tokens_left, retry_after seconds; 0.0 if allowed, inf if cost > capacity)."""
+    def reset_after(self) -> float:
+        """Seconds after `last` until floor(tokens) grows by one (0.0 if it cannot)."""

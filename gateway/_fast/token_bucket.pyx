@@ -73,6 +73,11 @@ cdef class TokenBucket:
         # tokens_left after the decision: what a RateLimit-Remaining header would show (floored).
         return ok == 1, self._s.tokens, retry_after
 
+    def reset_after(self) -> float:
+        """Seconds after `last` until floor(tokens) grows by one (0.0 if it cannot): the
+        RateLimit-Reset for this bucket, same rule as the sliding windows' reset."""
+        return tb_reset(&self._s, self.rate, self.capacity)
+
     @property
     def tokens(self) -> float:
         """Tokens in the bucket as of the last call (not refilled to any later time)."""

@@ -61,6 +61,21 @@ def test_huge_gap_and_first_call_at_any_clock_origin() -> None:
     assert tb2.try_acquire(1e300)[0] is True               # rate * gap = inf, capped
 
 
+def test_reset_after_is_when_a_whole_token_returns() -> None:
+    tb = TokenBucket(4.0, 10.0)
+    assert tb.try_acquire(0.0, 2.5)[1] == 7.5
+    assert tb.reset_after() == 0.125            # 7.5 -> 8 at 4 tokens/s
+    tb.try_acquire(0.0, 7.5)
+    assert tb.reset_after() == 0.25
+    part = TokenBucket(1.0, 3.0)
+    part.try_acquire(0.0, 0.5)
+    assert part.reset_after() == 0.5            # 2.5 -> 3
+    odd = TokenBucket(1.0, 2.5)
+    odd.try_acquire(0.0, 0.25)
+    assert odd.reset_after() == 0.0             # floor(tokens) is already floor(capacity)
+    assert TokenBucket(1.0, 3.0).reset_after() == 0.0   # full
+
+
 def test_from_policy_maps_limit_window_burst() -> None:
     tb = TokenBucket.from_policy(100, 1.0, burst=20)
     assert (tb.rate, tb.capacity) == (100.0, 120.0)
@@ -118,6 +133,7 @@ def test_compiled_matches_model_exactly(case: tuple[float, float, list[tuple[flo
         # Exact: both are IEEE doubles doing the same operations in the same order.
         assert tb.try_acquire(now, cost) == model.try_acquire(now, cost)
         assert (tb.tokens, tb.last) == (model.tokens, model.last)
+        assert tb.reset_after() == model.reset_after()
 
 
 @settings(max_examples=200, deadline=None)

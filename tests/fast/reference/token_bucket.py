@@ -39,3 +39,9 @@ class TokenBucketModel:
         if cost > self.capacity:
             return False, self.tokens, math.inf
         return False, self.tokens, (cost - self.tokens) / self.rate
+
+    def reset_after(self) -> float:
+        nxt = math.floor(self.tokens) + 1.0
+        if nxt > self.capacity:
+            return 0.0
+        return (nxt - self.tokens) / self.rate
