@@ -10,6 +10,10 @@ and Retry-After headers (assuming no further traffic):
 SlidingWindow is O(1) and 16 bytes of state (the arithmetic is in sliding_window.pxd and shared
 with keyed tables); it estimates. SlidingLog is exact but keeps one timestamp per admitted hit,
 so it is meant for small limits (at most MAX_LOG_LIMIT).
+
+Precision: `window` must be far above the spacing of doubles around `now` (about 2.4e-7 s for a
+time.time() reading, 1e-10 s for a monotonic one); any window of a millisecond or more is fine.
+A window below that spacing could not tell `now - window` from `now`.
 """
 from libc.math cimport INFINITY, isfinite
 from libc.stdlib cimport free, malloc
