@@ -1,0 +1,247 @@
+"""SharedSegment and the keyed table shared by fork()ed processes: header checks, exact limits
+across processes, and locks whose owner died."""
+from __future__ import annotations
+
+import os
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
+from gateway._fast.shm import HEADER_SIZE, SHM_DIR, SharedSegment, _lock_word, _unlock_word, _word_owner
+
+
+@pytest.fixture
+def seg_name() -> Iterator[str]:
+    name = f"gw-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        pass
+
+
+def _fork(fn: Callable[[], int]) -> int:
+    """Run fn in a fork()ed child; the child exits with fn's result, never returns here."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = fn()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int, timeout: float = 20.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} still running after {timeout} s (deadlock?)")
+
+
+# ---------------------------------------------------------------- segments
+
+
+def test_anonymous_segment_is_shared_with_forked_children() -> None:
+    seg = SharedSegment(4096)
+    view = memoryview(seg)
+    assert len(view) == 4096 and not view.readonly and seg.name is None
+
+    def child() -> int:
+        view[0:5] = b"hello"
+        return 0
+
+    assert _wait(_fork(child)) == 0
+    assert bytes(view[0:5]) == b"hello"
+    view.release()
+    seg.close()
+    assert seg.closed and len(seg) == 0
+    with pytest.raises(ValueError, match="closed"):
+        memoryview(seg)
+
+
+def test_close_refuses_while_exported() -> None:
+    seg = SharedSegment(64)
+    view = memoryview(seg)
+    with pytest.raises(BufferError):
+        seg.close()
+    view.release()
+    seg.close()
+    seg.close()                                     # idempotent
+
+
+def test_named_segment_create_attach_open(seg_name: str) -> None:
+    a = SharedSegment(1000, seg_name)
+    assert a.path == os.path.join(SHM_DIR, seg_name) and a.creator_pid == os.getpid()
+    assert os.path.getsize(a.path) == HEADER_SIZE + 1000
+    with pytest.raises(FileExistsError):
+        SharedSegment(1000, seg_name)
+    b = SharedSegment.attach(seg_name)
+    c = SharedSegment.open(seg_name, 1000)          # exists: attaches
+    memoryview(a)[999] = 42
+    assert memoryview(b)[999] == 42 and memoryview(c)[999] == 42
+    with pytest.raises(ValueError, match="expected 999"):
+        SharedSegment.attach(seg_name, 999)
+    a.unlink()
+    assert not os.path.exists(a.path)
+    assert memoryview(b)[999] == 42                 # mappings outlive the name
+    for s in (a, b, c):
+        s.close()
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "../x", ".hidden", "sp ace", "x" * 201])
+def test_bad_names_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="name"):
+        SharedSegment(64, bad)
+
+
+def test_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        SharedSegment(0)
+
+
+def _write_file(name: str, data: bytes) -> None:
+    with open(os.path.join(SHM_DIR, name), "wb") as f:
+        f.write(data)
+
+
+def test_attach_refuses_a_foreign_file(seg_name: str) -> None:
+    _write_file(seg_name, b"not a segment" + bytes(200))
+    with pytest.raises(ValueError, match="bad magic"):
+        SharedSegment.attach(seg_name, timeout=0.01)
+    _write_file(seg_name, b"tiny")
+    with pytest.raises(ValueError, match="too small"):
+        SharedSegment.attach(seg_name)
+
+
+def test_attach_refuses_other_versions_and_truncated_files(seg_name: str) -> None:
+    seg = SharedSegment(128, seg_name)
+    path = seg.path
+    seg.close()
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", 99))              # version
+    with pytest.raises(ValueError, match="version 99"):
+        SharedSegment.attach(seg_name)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", 1))
+        f.truncate(HEADER_SIZE + 64)
+    with pytest.raises(ValueError, match="header says 128"):
+        SharedSegment.attach(seg_name)
+
+
+# ---------------------------------------------------------------- owner-aware locks
+
+
+def test_lock_held_by_a_dead_process_is_broken() -> None:
+    seg = SharedSegment(64)
+
+    def holder() -> int:
+        _lock_word(seg, 8)
+        return 0                                    # exits holding the lock
+
+    holder_pid = _fork(holder)
+    assert _wait(holder_pid) == 0
+    assert _word_owner(seg, 8) == holder_pid
+    t0 = time.monotonic()
+    _lock_word(seg, 8)                              # must not hang: the owner is gone
+    assert time.monotonic() - t0 < 5.0
+    assert _word_owner(seg, 8) == os.getpid()
+    _unlock_word(seg, 8)
+    assert _word_owner(seg, 8) == 0
+
+
+def test_lock_held_by_a_live_process_is_waited_for() -> None:
+    seg = SharedSegment(64)
+    view = memoryview(seg)
+    _lock_word(seg, 0)
+
+    def waiter() -> int:
+        _lock_word(seg, 0)                          # spins until the parent unlocks
+        view[8] = 1
+        _unlock_word(seg, 0)
+        return 0
+
+    pid = _fork(waiter)
+    time.sleep(0.5)                                 # well past the stale-owner probe interval
+    assert view[8] == 0, "a live owner's lock was broken"
+    _unlock_word(seg, 0)
+    assert _wait(pid) == 0 and view[8] == 1
+
+
+def test_forked_child_locks_with_its_own_pid() -> None:
+    seg = SharedSegment(64)
+
+    def child() -> int:
+        _lock_word(seg, 4)
+        ok = _word_owner(seg, 4) == os.getpid()
+        _unlock_word(seg, 4)
+        return 0 if ok else 3
+
+    assert _wait(_fork(child)) == 0
+
+
+# ---------------------------------------------------------------- the table across processes
+
+
+def _hammer(table: KeyedLimiterTable, keys: list[str], rounds: int, now: float, go: int,
+            out: int) -> int:
+    os.read(go, 1)                                  # start barrier: both processes at once
+    allowed = [0] * len(keys)
+    for _ in range(rounds):
+        for i, k in enumerate(keys):
+            allowed[i] += table.check(k, now)[0]
+    os.write(out, (",".join(map(str, allowed)) + "\n").encode())
+    return 0
+
+
+def _two_processes(table: KeyedLimiterTable, keys: list[str], rounds: int,
+                   now: float) -> list[int]:
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pids = [_fork(lambda: _hammer(table, keys, rounds, now, go_r, w)) for _ in range(2)]
+    os.close(w)
+    os.write(go_w, b"xx")
+    os.close(go_w)
+    os.close(go_r)
+    with os.fdopen(r) as f:
+        lines = f.read().split()
+    assert [_wait(p) for p in pids] == [0, 0]
+    counts = [list(map(int, line.split(","))) for line in lines]
+    assert len(counts) == 2
+    return [a + b for a, b in zip(*counts, strict=True)]
+
+
+@pytest.mark.parametrize("algorithm", ["sliding_window", "token_bucket"])
+def test_two_processes_share_one_exact_limit(algorithm: str) -> None:
+    # Large n: the admission phase (where a lost update would over-admit) lasts tens of ms, so
+    # the two processes really overlap in it even on a busy 2-core machine.
+    n = 400_000
+    kw = ({"limit": float(n), "window": 3600.0} if algorithm == "sliding_window"
+          else {"rate": 1e-6, "bucket": float(n)})
+    seg = SharedSegment(layout_bytes(1024))
+    table = KeyedLimiterTable(1024, algorithm, buffer=seg, **kw)
+    # Both hammer one key 1.5n times in one window: exactly n allowed in total, not n each.
+    assert _two_processes(table, ["hot"], 3 * n // 2, 10.0) == [n]
+    assert len(table) == 1
+
+
+def test_concurrent_inserts_of_many_new_keys_stay_exact() -> None:
+    # Both processes insert the same new keys at once, in the same order (into a crowded table,
+    # so probe windows overlap): no key may end up in two slots, which would double its limit.
+    n = 5
+    seg = SharedSegment(layout_bytes(6000))
+    table = KeyedLimiterTable(6000, "sliding_window", limit=float(n), window=3600.0, buffer=seg)
+    keys = [f"user:{i}" for i in range(5000)]
+    assert _two_processes(table, keys, 2 * n, 10.0) == [n] * len(keys)
+    assert len(table) == 5000 and table.evictions == 0
