@@ -243,6 +243,12 @@ def test_ring_matches_reference(weights: list[int], vnodes: int, seed: int, ops:
     model = ref.HashRing(weights, vnodes=vnodes, seed=seed)
     drive(ring, model, ops)
     assert ring.points() == model.points
+    # Exactly on, just below and just past a point: the lower_bound boundary and the wrap-around
+    # are where an off-by-one would hide, and random 64-bit hashes never land there.
+    for h, _ in ring.points()[:: max(1, ring.n_points // 40)] + ring.points()[-1:]:
+        for probe in (h - 1, h, h + 1):
+            if 0 <= probe < 2**64:
+                assert ring.lookup_hash(probe) == model.lookup_hash(probe), probe
 
 
 @settings(max_examples=100, deadline=None)
