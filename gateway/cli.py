@@ -27,7 +27,9 @@ by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level
 
 LATER = {"jwt", "apikey"}
 # Internal (no GATEWAY_ prefix: not a user setting): the supervisor's last-valid-config snapshot.
-BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"  # commands SPEC §1 names whose features come in later issues
+BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
+# Variables read here rather than by Settings (logging is set up before Settings can fail).
+OWN_VARIABLES = {"GATEWAY_LOG_LEVEL", "GATEWAY_WORKER_INDEX"}  # commands SPEC §1 names whose features come in later issues
 
 
 def err(line: str) -> None:
@@ -89,8 +91,10 @@ def cmd_check() -> int:
         return code
     for name, value in settings.masked().items():
         print(f"{name}={value}")
+    print(f"GATEWAY_LOG_LEVEL={os.environ.get('GATEWAY_LOG_LEVEL', 'info').strip().lower()}")
     for name in unknown_variables(os.environ):
-        err(f"warning: {name} is not a gateway variable (typo?)")
+        if name not in OWN_VARIABLES:
+            err(f"warning: {name} is not a gateway variable (typo?)")
     src = settings.config or "(none: no routes, every request answers 404)"
     print(f"# config {src}: {len(config.services)} services, {len(config.routes)} routes: OK")
     return 0

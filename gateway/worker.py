@@ -235,7 +235,9 @@ class Worker:
         """Stop accepting, let in-flight responses finish, close idle connections, then stop.
 
         The bound socket is closed too, so new connections are refused at once (with SO_REUSEPORT
-        the kernel sends them to the other workers' sockets while those still listen).
+        the kernel sends them to the other workers' sockets while those still listen; connections
+        already queued in this socket's backlog but never accepted are reset by the kernel, which
+        is why the supervisor drains all workers together rather than one at a time).
         """
         self.draining = True
         timeout = float(self.settings.drain_timeout)

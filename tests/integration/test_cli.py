@@ -32,8 +32,10 @@ def gw(*args: str, env: dict[str, str] | None = None, timeout: float = 20) -> su
 
 
 def test_check_defaults_is_valid() -> None:
-    p = gw("check")
+    p = gw("check", env={"GATEWAY_LOG_LEVEL": "debug"})
     assert p.returncode == 0, p.stderr
+    assert "GATEWAY_LOG_LEVEL=debug" in p.stdout
+    assert "warning" not in p.stderr
     assert "GATEWAY_PORT=8080" in p.stdout
     assert "GATEWAY_WORKERS=1" in p.stdout
     assert "0 routes: OK" in p.stdout
@@ -119,6 +121,12 @@ def test_help_exits_0() -> None:
     p = gw("--help")
     assert p.returncode == 0
     assert "gateway [run | demo | check]" in p.stdout
+
+
+def test_check_warns_about_an_unknown_gateway_variable() -> None:
+    p = gw("check", env={"GATEWAY_MAX_CONECTIONS": "5"})
+    assert p.returncode == 0
+    assert "GATEWAY_MAX_CONECTIONS is not a gateway variable" in p.stderr
 
 
 def test_bad_log_level_exits_2_naming_it() -> None:
