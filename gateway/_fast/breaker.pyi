@@ -59,4 +59,9 @@ class CircuitBreaker:
     def state(self) -> int: ...
     @property
     def shared(self) -> bool: ...
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> dict[str, Any]:
+        """Admin view: state, code, epoch, changed_at, consecutive_failures, window_requests,
+        window_failures, forced_open, open_until (OPEN: first probe time; HALF_OPEN: probe
+        deadline; None when closed or forced), open_timeout, trips, probes_admitted,
+        probe_successes, ramp_until, transitions {open, half_open, closed} (node-wide when
+        shared), stale, slow_calls."""

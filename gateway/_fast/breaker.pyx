@@ -24,6 +24,14 @@ Rules (tests/fast/reference/breaker.py is the executable spec; docs in breaker.p
   recovered breaker. Ticket 0 means "count against the current state".
 - force_open holds the breaker OPEN until force_close; force_close closes at once, without ramp,
   and resets the timeout backoff.
+- State moves only on calls: an OPEN breaker whose timeout has passed reports OPEN until the next
+  allow() (the metric shows 2 until then).
+
+Shared memory: all state is one gw_breaker_shm struct, malloc'd or in a caller's buffer, guarded by
+a gw_spin_lock word inside it. Critical sections are straight-line C (no Python, no allocation), so
+a worker killed inside one needs a SIGKILL landing in those few ns; that worker would leave the lock
+held and the breaker's other users spinning (atomic.pxd's lock has no owner; shm.pxd's owner-pid
+lock would turn it into a one-off delay, see the report in bench/results/fast-breaker.md).
 """
 import logging
 

@@ -208,11 +208,13 @@ def test_a_failing_callback_leaves_the_breaker_consistent(caplog: pytest.LogCapt
     assert b.allow(1.0) and b.state == HALF_OPEN and b.callback_errors == 2
 
 
-def test_callback_sees_the_completed_state() -> None:
-    seen: list[int] = []
-    b = fast.CircuitBreaker(failure_threshold=1, on_transition=lambda o, n, t: seen.append(b.state))
+def test_callback_runs_outside_the_lock_and_sees_the_completed_state() -> None:
+    seen: list[Any] = []
+    # snapshot() takes the breaker's lock: called from inside a locked section it would spin forever.
+    b = fast.CircuitBreaker(failure_threshold=1,
+                            on_transition=lambda o, n, t: seen.append((b.state, b.snapshot()["epoch"])))
     fail(b, 0.0)
-    assert seen == [OPEN]
+    assert seen == [(OPEN, 2)]
 
 
 def test_time_going_backwards_is_clamped() -> None:
@@ -348,6 +350,24 @@ def test_two_processes_contending_lose_no_updates() -> None:
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     snap = b.snapshot()
     assert snap["window_requests"] == 2 * n and snap["window_failures"] == n
+
+
+def test_lives_in_a_gateway_shared_segment() -> None:
+    # The node's SharedSegment (gateway/_fast/shm) is the buffer the supervisor will hand out;
+    # the breaker pins it, so the segment cannot be unmapped under a live breaker.
+    from gateway._fast.shm import SharedSegment
+
+    seg = SharedSegment(2 * fast.SHM_SIZE)
+    b = fast.CircuitBreaker(failure_threshold=2, buffer=seg, offset=fast.SHM_SIZE)
+
+    def child() -> int:
+        fail(fast.CircuitBreaker(failure_threshold=2, buffer=seg, offset=fast.SHM_SIZE), 1.0, 2)
+        return 0
+
+    assert run_child(child) == 0
+    assert b.state == OPEN
+    with pytest.raises(BufferError):
+        seg.close()
 
 
 def test_attach_checks_policy_alignment_and_writability() -> None:
