@@ -16,13 +16,14 @@ ctypedef union kt_limiter:
     tb_state tb
     sw_state sw
 
-# 40 bytes per slot. No padding to a cache line: 64-byte slots would make bytes-per-key exceed
-# 64 at any sane load factor, and two workers rarely touch neighbouring keys at once.
+# 32 bytes per slot: two slots per cache line and never one split across two lines, so a lookup
+# costs one memory miss. There is no separate last-seen field: the limiter state already holds
+# the key's recency (token bucket `last` = the latest `now` it saw; sliding window
+# `window_start` = the start of the window of the latest `now`), see _recency in the .pyx.
 ctypedef struct kt_slot:
     uint64_t hash        # XXH64(key, seed 0); 0 = empty, 1 = tombstone (hashes 0/1 map to 2/3)
     uint32_t check       # low 32 bits of XXH64(key, second seed): 96-bit identity per key
     uint32_t lock        # owner pid while locked (shm_lock), 0 when free; unused when private
-    double last_seen     # max `now` this key was checked at; idle after idle_ttl without checks
     kt_limiter st        # the limiter state (one algorithm per table)
 
 # At the start of the table's memory. In a shared segment, the first process to attach fills it
@@ -78,5 +79,6 @@ cdef class KeyedLimiterTable:
     cdef _init_or_check(self)
     cdef int _apply(self, kt_slot* s, double now, double cost, double* o1, double* o2) noexcept nogil
     cdef void _fresh(self, kt_slot* s, double now) noexcept nogil
+    cdef double _recency(self, kt_slot* s) noexcept nogil
     cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,
                      double* out1, double* out2) noexcept nogil

@@ -266,9 +266,9 @@ def test_full_table_evicts_the_oldest_and_never_allows_unlimited() -> None:
 
 
 def test_memory_is_fixed_and_per_key_bytes() -> None:
-    assert SLOT_BYTES == 40
+    assert SLOT_BYTES == 32
     t = _table(1000, SW)
-    assert t.memory_bytes == layout_bytes(1000) < 1000 * 41 + 256
+    assert t.memory_bytes == layout_bytes(1000) < 1000 * 33 + 256
     for i in range(800):
         t.check(f"user:{i}", 1.0)
     assert len(t) == 800 and t.evictions == 0

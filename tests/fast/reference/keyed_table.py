@@ -3,12 +3,14 @@
 What the model decides on its own (and the property tests compare exactly):
 - per-key answers: each key owns a TokenBucketModel / SlidingWindowModel, created fresh at its
   first check, so a key's answers are those of a standalone limiter fed only that key's calls;
-- idle forgetting: a key whose last check is more than idle_ttl before `now` starts fresh.
+- idle forgetting: a key whose recency is more than idle_ttl before `now` starts fresh. Recency
+  is what the table reads from the limiter state: the token bucket's `last` (latest `now` seen)
+  or the sliding window's `window_start` (start of the latest `now`'s window).
 
 What depends on the slot layout (which idle slot an insert reuses, which live key a full probe
 window evicts) is not predicted; the model instead *judges* each key the table dropped
 (`judge_drop`): legal only if the key was idle at that operation's `now`, or, for an eviction,
-if every slot of the table held a live key and the dropped key had the oldest last-seen (tests
+if every slot of the table held a live key and the dropped key had the oldest recency (tests
 use max_probe >= capacity for that, so one probe window is the whole table).
 """
 from __future__ import annotations
@@ -25,7 +27,12 @@ Answer = tuple[bool, float, float]
 @dataclass
 class Entry:
     limiter: TokenBucketModel | SlidingWindowModel
-    last_seen: float
+
+    @property
+    def recency(self) -> float:
+        if isinstance(self.limiter, TokenBucketModel):
+            return self.limiter.last
+        return self.limiter.window_start
 
 
 def _positive(name: str, v: float | None) -> float:
@@ -78,7 +85,7 @@ class KeyedTableModel:
         return SlidingWindowModel(self.p1, self.p2)
 
     def idle(self, k: bytes, now: float) -> bool:
-        return now - self.entries[k].last_seen > self.idle_ttl
+        return now - self.entries[k].recency > self.idle_ttl
 
     def check(self, key: str | bytes, now: float, cost: float = 1.0) -> Answer:
         if not (now >= 0 and math.isfinite(now)):
@@ -87,9 +94,8 @@ class KeyedTableModel:
             raise ValueError("cost")
         k = key_bytes(key)
         e = self.entries.get(k)
-        if e is None or now - e.last_seen > self.idle_ttl:
-            e = self.entries[k] = Entry(self._fresh(), now)
-        e.last_seen = max(e.last_seen, now)
+        if e is None or now - e.recency > self.idle_ttl:
+            e = self.entries[k] = Entry(self._fresh())
         if isinstance(e.limiter, TokenBucketModel):
             return e.limiter.try_acquire(now, cost)
         return e.limiter.check(now, cost)
@@ -103,16 +109,16 @@ class KeyedTableModel:
         window's contents depend on hashes; only "a live key leaves only for an insert" holds.
         """
         e = self.entries[k]
-        if now - e.last_seen > self.idle_ttl:
+        if now - e.recency > self.idle_ttl:
             del self.entries[k]
             return "idle"
         assert inserted is not None and inserted != k, f"live key {k!r} dropped without an insert"
         if not whole_window:
             del self.entries[k]
             return "evicted"
-        live = [o for kk, o in self.entries.items() if kk != inserted and now - o.last_seen <= self.idle_ttl]
+        live = [o for kk, o in self.entries.items() if kk != inserted and now - o.recency <= self.idle_ttl]
         assert len(live) == self.capacity, (
             f"live key {k!r} evicted while only {len(live)}/{self.capacity} slots held live keys")
-        assert e.last_seen == min(o.last_seen for o in live), f"evicted {k!r} is not the oldest"
+        assert e.recency == min(o.recency for o in live), f"evicted {k!r} is not the oldest"
         del self.entries[k]
         return "evicted"
