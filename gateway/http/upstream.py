@@ -190,7 +190,10 @@ class UpstreamProtocol(asyncio.Protocol):
             self.broken = True  # bytes after the complete response: never trust this connection again
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # llhttp reports trailer fields through the same callback: they are never forwarded
+        # (chunked bodies are re-framed without trailers), so only head fields are kept.
+        if self.state != S_BODY:
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

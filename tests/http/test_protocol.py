@@ -295,6 +295,9 @@ def test_chunked_response_rechunked_without_extensions_or_trailers() -> None:
     assert out.endswith(b"Transfer-Encoding: chunked\r\nX-Request-Id: " + h.proto.builder.peer_b[:0] + out.split(b"X-Request-Id: ")[1].split(b"\r\n")[0]
                         + b"\r\nX-Content-Type-Options: nosniff\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     assert b"ext" not in out and b"X-T" not in out
+    h.feed(GET)  # trailers never leak into the next response's head
+    h.respond(OK)
+    assert b"X-T" not in h.down.take()
     h.close()
 
 
