@@ -53,9 +53,9 @@ STATE_NAMES = ("closed", "half_open", "open")   # the metric's `to` label values
 SHM_SIZE = sizeof(gw_breaker_shm)               # bytes a shared breaker needs in a buffer
 SHM_ALIGN = _ALIGN                              # offset alignment (8-byte atomics and doubles)
 
-# Legal moves, indexed [old][new]. Everything else (self-moves, CLOSED -> HALF_OPEN) is refused:
-# a closed breaker only reaches the probing state by way of OPEN and its timeout.
-# One bit per (old, new) pair, bit index old * 3 + new: the transition table as data.
+# Legal moves as data: one bit per (old, new) pair, bit index old * 3 + new. Everything else
+# (self-moves, CLOSED -> HALF_OPEN) is refused: a closed breaker only reaches the probing state by
+# way of OPEN and its timeout.
 cdef enum:
     _LEGAL = ((1 << (CLOSED * 3 + OPEN))
               | (1 << (HALF_OPEN * 3 + OPEN)) | (1 << (HALF_OPEN * 3 + CLOSED))
@@ -257,8 +257,8 @@ cdef class CircuitBreaker:
         c.half_open_requests = half_open_requests
         c.success_threshold = success_threshold
         c.slow_call_duration = slow_call_duration
-        c.ramp = ramp
-        c.settle = max(window, ramp) if settle is None else float(settle)
+        c.ramp = ramp + 0.0         # + 0.0 turns -0.0 into 0.0: attach compares the bytes
+        c.settle = (max(window, ramp) if settle is None else float(settle)) + 0.0
         if not (c.settle >= 0.0):
             raise ValueError("settle must be >= 0")
         self.on_transition = on_transition
@@ -278,7 +278,9 @@ cdef class CircuitBreaker:
         # first breaker to claim the bytes initialises them; later ones attach, provided their
         # policy is identical: two policies over one state would disagree on every answer.
         cdef unsigned char[::1] view = buffer        # raises for read-only buffers
-        if offset < 0 or offset % _ALIGN or offset + <Py_ssize_t>sizeof(gw_breaker_shm) > view.shape[0]:
+        # The address, not just the offset, must be aligned: a buffer may start anywhere.
+        if (offset < 0 or offset + <Py_ssize_t>sizeof(gw_breaker_shm) > view.shape[0]
+                or (<size_t>&view[0] + <size_t>offset) % _ALIGN):
             raise ValueError(f"offset {offset} must be a multiple of {_ALIGN} with {SHM_SIZE} "
                              f"bytes after it in a buffer of {view.shape[0]}")
         cdef gw_breaker_shm *s = <gw_breaker_shm *>&view[offset]

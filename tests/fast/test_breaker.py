@@ -377,6 +377,10 @@ def test_attach_checks_policy_alignment_and_writability() -> None:
         fast.CircuitBreaker(failure_threshold=4, buffer=buf, offset=fast.SHM_SIZE)
     with pytest.raises(ValueError, match="multiple of 8"):
         fast.CircuitBreaker(buffer=buf, offset=4)
+    with pytest.raises(ValueError, match="multiple of 8"):           # aligned offset, odd base
+        fast.CircuitBreaker(buffer=memoryview(buf)[4:], offset=0)
+    fast.CircuitBreaker(ramp=-0.0, buffer=buf)                        # -0.0 is the same policy as 0.0
+    fast.CircuitBreaker(ramp=0.0, buffer=buf)
     with pytest.raises(ValueError):
         fast.CircuitBreaker(buffer=buf, offset=fast.SHM_SIZE + 8)   # runs past the end
     with pytest.raises((ValueError, BufferError, TypeError)):
