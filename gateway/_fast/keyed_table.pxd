@@ -8,8 +8,19 @@ cimport cython
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 from cpython.buffer cimport Py_buffer
 
+from gateway._fast.atomic cimport gw_atomic_load_u64
 from gateway._fast.sliding_window cimport sw_state
 from gateway._fast.token_bucket cimport tb_state
+
+cdef extern from * nogil:
+    """
+    /* Lemire's multiply-shift range reduction: maps a 64-bit hash onto [0, n) without a division,
+       using the hash's high bits (XXH64's are well mixed). */
+    static inline uint64_t gw_kt_home(uint64_t h, uint64_t n) {
+        return (uint64_t)(((unsigned __int128)h * n) >> 64);
+    }
+    """
+    uint64_t gw_kt_home(uint64_t h, uint64_t n)
 
 
 ctypedef union kt_limiter:
@@ -50,6 +61,44 @@ ctypedef struct kt_header:
 cdef enum:
     KT_TOKEN_BUCKET = 1
     KT_SLIDING_WINDOW = 2
+    KT_EMPTY = 0            # slot hash values with a meaning; real hashes are >= 2
+    KT_TOMBSTONE = 1
+    KT_STRIPE_SHIFT = 6     # one insert lock per 64 home slots
+    KT_HEADER_BYTES = 128
+
+
+cdef inline size_t kt_stripes_for(uint64_t capacity) noexcept nogil:
+    return <size_t>((capacity + (1 << KT_STRIPE_SHIFT) - 1) >> KT_STRIPE_SHIFT)
+
+
+cdef inline size_t kt_slots_offset(uint64_t capacity) noexcept nogil:
+    # Slots start on a 64-byte boundary (relative to a 64-aligned base: mmap, SharedSegment),
+    # so 32-byte slots never straddle two cache lines.
+    return (KT_HEADER_BYTES + 4 * kt_stripes_for(capacity) + 63) & ~(<size_t>63)
+
+
+cdef inline bint kt_lookup(kt_slot* slots, uint64_t cap, uint32_t max_probe, uint64_t home,
+                           uint64_t h, uint32_t chk, kt_slot** found) noexcept nogil:
+    # Unlocked walk over the probe window. An empty slot ends it: keys are only ever placed at
+    # the first free slot of their window and slots never become empty again, so no key of this
+    # home lies beyond an empty slot. A hit must still be re-checked under the slot's lock in
+    # shared memory (the slot may be reassigned in between).
+    cdef uint64_t i = home
+    cdef uint32_t p
+    cdef uint64_t hv
+    cdef kt_slot* s
+    for p in range(max_probe):
+        s = &slots[i]
+        hv = gw_atomic_load_u64(&s.hash)
+        if hv == h and s.check == chk:
+            found[0] = s
+            return True
+        if hv == KT_EMPTY:
+            return False
+        i += 1
+        if i == cap:
+            i = 0
+    return False
 
 
 # final: no subclass can override the cdef methods, so calls to them are direct (inlinable).

@@ -11,13 +11,13 @@ Probing: linear, within a window of ``max_probe`` slots from the key's home slot
 a freed slot becomes a tombstone (it keeps later keys reachable and is reused by inserts).
 
 Idle keys: a key whose recency is more than ``idle_ttl`` seconds before `now` is forgotten: its
-next check starts from a fresh limiter, whether or not its slot was reclaimed yet. ``idle_ttl`` may not be shorter
-than the time a limiter takes to recover fully (token bucket: capacity/rate; sliding window:
-2*window), so forgetting never changes an answer; it only frees the slot. Reclaiming happens on
+next check starts from a fresh limiter, whether or not its slot was reclaimed yet. ``idle_ttl``
+may not be shorter than the time a limiter takes to recover fully (token bucket: capacity/rate;
+sliding window: 2*window), so forgetting never changes an answer; it only frees the slot. Reclaiming happens on
 the insert path (an idle slot in the probe window is reused) and in bulk with ``sweep(now)``.
 
 Full probe window (no empty, tombstone or idle slot among the ``max_probe`` slots): the live key
-with the oldest last-seen in that window is evicted (ties: the first in probe order) and its
+with the oldest recency in that window is evicted (ties: the first in probe order) and its
 limiter restarts fresh if it comes back. This bounds memory and never answers "unlimited"; it can
 forgive an evicted key's debt, which `evictions` counts. Size the table for the live key count
 with headroom: filling 1M random keys into 1.25M slots (load 0.8) evicted 6549 live keys with
@@ -34,11 +34,11 @@ Lookups walk unlocked and re-check the slot's identity once they hold its lock.
 """
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.math cimport INFINITY, isfinite, isnan
-from libc.stdint cimport int64_t, uint32_t, uint64_t, uintptr_t
+from libc.math cimport isfinite, isnan
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.string cimport memset
 from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ,
                          PROT_WRITE, madvise, mmap, munmap)
-from libc.string cimport memset
 
 from gateway._fast.atomic cimport (gw_atomic_add_i64, gw_atomic_add_u64, gw_atomic_load_u32,
                                    gw_atomic_load_u64, gw_atomic_store_u64, gw_cas_u32)
@@ -52,44 +52,22 @@ import time
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
-cdef extern from * nogil:
-    """
-    /* Lemire's multiply-shift range reduction: maps a 64-bit hash onto [0, n) without a division,
-       using the hash's high bits (XXH64's are well mixed). */
-    static inline uint64_t gw_kt_home(uint64_t h, uint64_t n) {
-        return (uint64_t)(((unsigned __int128)h * n) >> 64);
-    }
-    """
-    uint64_t gw_kt_home(uint64_t h, uint64_t n)
-
 cdef uint64_t KT_MAGIC = 0x4C42544445594B47ULL      # b"GKYEDTBL"
 cdef uint32_t KT_VERSION = 1
 cdef uint64_t SEED_CHECK = 0x9E3779B97F4A7C15ULL
-cdef uint64_t EMPTY = 0
-cdef uint64_t TOMBSTONE = 1
-cdef int STRIPE_SHIFT = 6
-cdef size_t HEADER_BYTES = 128
 MAX_SW_LIMIT = 16_777_216.0     # sliding-window counts are float32: exact integers up to 2**24
 
 SLOT_BYTES = sizeof(kt_slot)
 ALGORITHMS = {"token_bucket": KT_TOKEN_BUCKET, "sliding_window": KT_SLIDING_WINDOW}
-assert sizeof(kt_header) == HEADER_BYTES
-
-
-cdef size_t _stripes_for(uint64_t capacity) noexcept:
-    return <size_t>((capacity + (1 << STRIPE_SHIFT) - 1) >> STRIPE_SHIFT)
-
-
-cdef size_t _slots_offset(uint64_t capacity) noexcept:
-    # Slots start on a 64-byte boundary (relative to a 64-aligned base: mmap and SharedSegment).
-    return (HEADER_BYTES + 4 * _stripes_for(capacity) + 63) & ~(<size_t>63)
+assert sizeof(kt_header) == KT_HEADER_BYTES
+assert <size_t>&(<kt_header*>NULL).ready == 12     # _init_or_check clears from byte 16 on
 
 
 def layout_bytes(capacity: int) -> int:
     """Bytes a table of `capacity` slots needs (header + stripe locks + slots)."""
     if capacity < 1:
         raise ValueError(f"capacity must be >= 1, got {capacity}")
-    return _slots_offset(capacity) + <size_t>capacity * sizeof(kt_slot)
+    return kt_slots_offset(capacity) + <size_t>capacity * sizeof(kt_slot)
 
 
 cdef double _positive(str name, object v) except -1.0:
@@ -100,29 +78,6 @@ cdef double _positive(str name, object v) except -1.0:
     if not (d > 0.0) or not isfinite(d):
         raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return d
-
-
-cdef inline bint _kt_lookup(kt_slot* slots, uint64_t cap, uint32_t max_probe, uint64_t home,
-                            uint64_t h, uint32_t chk, kt_slot** found) noexcept nogil:
-    # Unlocked walk over the probe window. An empty slot ends it: keys are only ever placed at
-    # the first free slot of their window and slots never become empty again, so no key of this
-    # home lies beyond an empty slot.
-    cdef uint64_t i = home
-    cdef uint32_t p
-    cdef uint64_t hv
-    cdef kt_slot* s
-    for p in range(max_probe):
-        s = &slots[i]
-        hv = gw_atomic_load_u64(&s.hash)
-        if hv == h and s.check == chk:
-            found[0] = s
-            return True
-        if hv == EMPTY:
-            return False
-        i += 1
-        if i == cap:
-            i = 0
-    return False
 
 
 cdef class KeyedLimiterTable:
@@ -194,20 +149,22 @@ cdef class KeyedLimiterTable:
             self._shared = True
             self.buffer = buffer
         self._hdr = <kt_header*>base
-        self._stripes = <uint32_t*>(base + HEADER_BYTES)
-        self._slots = <kt_slot*>(base + _slots_offset(capacity))
+        self._stripes = <uint32_t*>(base + KT_HEADER_BYTES)
+        self._slots = <kt_slot*>(base + kt_slots_offset(capacity))
         self._init_or_check()
 
     cdef _init_or_check(self):
         cdef kt_header* h = self._hdr
         if gw_cas_u32(&h.ready, 0, 1):
             # First user of this memory: clear it (a reused buffer may hold anything) and publish.
+            # Everything but `ready` (16 bytes in): zeroing it would let a second process win
+            # the CAS above and initialize concurrently.
             if self._own == NULL:
-                memset(<void*>h, 0, self._bytes)
-                h.ready = 1
+                h.magic = 0
+                memset(<unsigned char*>h + 16, 0, self._bytes - 16)
             h.version = KT_VERSION
             h.capacity = self._cap
-            h.nstripes = _stripes_for(self._cap)
+            h.nstripes = kt_stripes_for(self._cap)
             h.algorithm = self._algo
             h.max_probe = self._max_probe
             h.slot_size = sizeof(kt_slot)
@@ -258,7 +215,7 @@ cdef class KeyedLimiterTable:
     # ---- the hot path -------------------------------------------------------------------------
 
     cdef int _apply(self, kt_slot* s, double now, double cost, double* o1,
-                           double* o2) noexcept nogil:
+                    double* o2) noexcept nogil:
         # Caller holds the slot (lock, or private table). Idle past the TTL: forget the key.
         # (The limiter itself then advances the recency: tb `last`, sw `window_start`.)
         if now - self._recency(s) > self._ttl:
@@ -293,10 +250,10 @@ cdef class KeyedLimiterTable:
             h += 2
         cdef uint64_t home = gw_kt_home(h, self._cap)
         if not self._shared:
-            if _kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
+            if kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
                 return self._apply(s, now, cost, out1, out2)
             return self._insert(home, h, chk, now, cost, out1, out2)
-        while _kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
+        while kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
             shm_lock(&s.lock, self._pid[0])
             if s.hash == h and s.check == chk:
                 r = self._apply(s, now, cost, out1, out2)
@@ -304,7 +261,7 @@ cdef class KeyedLimiterTable:
                 return r
             # Reassigned to another key between the unlocked walk and the lock: walk again.
             shm_unlock(&s.lock)
-        cdef uint32_t* stripe = &self._stripes[home >> STRIPE_SHIFT]
+        cdef uint32_t* stripe = &self._stripes[home >> KT_STRIPE_SHIFT]
         shm_lock(stripe, self._pid[0])
         r = self._insert(home, h, chk, now, cost, out1, out2)
         shm_unlock(stripe)
@@ -331,23 +288,24 @@ cdef class KeyedLimiterTable:
             for p in range(self._max_probe):
                 s = &self._slots[i]
                 hv = gw_atomic_load_u64(&s.hash)
-                if hv == EMPTY:
+                if hv == KT_EMPTY:
                     if cand == NULL:
                         cand = s
-                        cand_hash = EMPTY
+                        cand_hash = KT_EMPTY
                     break
-                if hv == h and s.check == chk:
-                    # Inserted by another process after our unlocked walk (shared mode only).
+                if hv == h and s.check == chk and shared:
+                    # Inserted by another process after our unlocked walk (a private table
+                    # never gets here: its lookup walked the same slots a moment ago).
                     shm_lock(&s.lock, self._pid[0])
                     if s.hash == h and s.check == chk:
                         r = self._apply(s, now, cost, out1, out2)
                         shm_unlock(&s.lock)
                         return r
                     shm_unlock(&s.lock)
-                elif hv == TOMBSTONE:
+                elif hv == KT_TOMBSTONE:
                     if cand == NULL:
                         cand = s
-                        cand_hash = TOMBSTONE
+                        cand_hash = KT_TOMBSTONE
                 elif now - self._recency(s) > self._ttl:
                     if cand == NULL:
                         cand = s
@@ -442,7 +400,7 @@ cdef class KeyedLimiterTable:
                         shm_lock(&s.lock, self._pid[0])
                     if s.hash == hv and now - self._recency(s) > self._ttl:
                         # Tombstone, not empty: later keys of the same window stay reachable.
-                        gw_atomic_store_u64(&s.hash, TOMBSTONE)
+                        gw_atomic_store_u64(&s.hash, KT_TOMBSTONE)
                         gw_atomic_add_i64(&self._hdr.count, -1)
                         gw_atomic_add_u64(&self._hdr.reclaimed, 1)
                         done += 1
@@ -470,7 +428,7 @@ cdef class KeyedLimiterTable:
         if h < 2:
             h += 2
         cdef uint32_t chk = <uint32_t>gw_xxh64(data, <size_t>n, SEED_CHECK)
-        return _kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h,
+        return kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h,
                           chk, &s)
 
     def __len__(self) -> int:
