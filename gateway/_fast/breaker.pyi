@@ -1,7 +1,8 @@
 """Circuit breaker (compiled in breaker.pyx; rules in its module docstring).
 
 Time is always passed in (``now``: seconds on one monotonic clock, the same clock in every worker
-sharing a breaker); ``now`` going backwards is clamped to the latest seen. NaN, infinite or negative
+sharing a breaker); ``now`` going backwards is clamped to the latest seen (by calls that take the lock: an
+allow() answered by the lock-free CLOSED fast path only reads). NaN, infinite or negative
 ``now``/``duration`` raise ValueError.
 
 Shared memory: with ``buffer`` (a writable buffer such as ``mmap.mmap(-1, n)`` made before fork)
@@ -63,5 +64,6 @@ class CircuitBreaker:
         """Admin view: state, code, epoch, changed_at, consecutive_failures, window_requests,
         window_failures, forced_open, open_until (OPEN: first probe time; HALF_OPEN: probe
         deadline; None when closed or forced), open_timeout, trips, probes_admitted,
-        probe_successes, ramp_until, transitions {open, half_open, closed} (node-wide when
+        probe_successes, ramp_until (end of this closed period's recovery ramp, possibly past; None
+        without one), transitions {open, half_open, closed} (node-wide when
         shared), stale, slow_calls."""

@@ -156,9 +156,10 @@ cdef void _close(gw_breaker_shm *s, const gw_breaker_cfg *c, double now, bint re
 cdef int _allow_locked(gw_breaker_shm *s, const gw_breaker_cfg *c, double now,
                        gw_transition *tr) noexcept nogil:
     cdef double f
+    if s.state == CLOSED and _max(now, s.last_now) >= s.ramp_end:
+        return 1    # the fast path's answer: reads only, so the clock is not advanced either
+    now = _clamp(s, now)
     if s.state == CLOSED:
-        if now >= s.ramp_end:
-            return 1
         # Ramp: each call adds the admitted share to a credit; a whole credit admits one call.
         f = (now - s.closed_at) / c.ramp
         s.ramp_credit += f
@@ -210,6 +211,23 @@ cdef void _record_locked(gw_breaker_shm *s, const gw_breaker_cfg *c, double now,
                 _close(s, c, now, True, tr)
     else:
         s.stale += 1        # an un-ticketed result while OPEN: nothing to count it against
+
+
+cdef extern from *:
+    """
+    static inline double gw_load_f64(const double *p) {
+        /* One untorn 8-byte load of a double another process may be writing. */
+        double d; uint64_t bits = __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
+        __builtin_memcpy(&d, &bits, sizeof d); return d;
+    }
+    static inline void gw_acquire_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    """
+    double _load_f64 "gw_load_f64"(const double *p) noexcept nogil
+    void gw_acquire_fence() noexcept nogil
+
+
+cdef inline double _max(double a, double b) noexcept nogil:
+    return a if a > b else b
 
 
 cdef inline double _clamp(gw_breaker_shm *s, double now) noexcept nogil:
@@ -307,13 +325,26 @@ cdef class CircuitBreaker:
     cdef int c_allow(self, double now, uint32_t *epoch) except -1:
         cdef gw_transition tr
         cdef int ok
+        cdef gw_breaker_shm *s = self._s
+        cdef uint32_t seen
         _check_now(now)
+        # Lock-free fast path: CLOSED past any ramp only reads, so it must not take the lock
+        # and pull the cache line exclusive on every request of every worker. Validated like a
+        # seqlock: the lock was free before and after the reads and the epoch (bumped by every
+        # transition) did not move, so the reads saw one consistent state.
+        if gw_atomic_load_u32(&s.lock) == 0:
+            seen = gw_atomic_load_u32(&s.epoch)
+            if (gw_atomic_load_u32(&s.state) == CLOSED
+                    and _max(now, _load_f64(&s.last_now)) >= _load_f64(&s.ramp_end)):
+                gw_acquire_fence()
+                if gw_atomic_load_u32(&s.lock) == 0 and gw_atomic_load_u32(&s.epoch) == seen:
+                    epoch[0] = seen
+                    return 1
         tr.happened = 0
-        gw_spin_lock(&self._s.lock)
-        now = _clamp(self._s, now)
-        ok = _allow_locked(self._s, &self._cfg, now, &tr)
-        epoch[0] = self._s.epoch
-        gw_spin_unlock(&self._s.lock)
+        gw_spin_lock(&s.lock)
+        ok = _allow_locked(s, &self._cfg, now, &tr)
+        epoch[0] = s.epoch
+        gw_spin_unlock(&s.lock)
         if tr.happened:
             self._fire(&tr)
         return ok
@@ -386,8 +417,8 @@ cdef class CircuitBreaker:
             self._s.open_until = INFINITY
         elif self._s.state != CLOSED:
             _close(self._s, &self._cfg, now, False, &tr)
-        else:
-            self._s.ramp_end = now
+        elif self._s.ramp_end > now:
+            self._s.ramp_end = now      # already closed: cut a running ramp short
         gw_spin_unlock(&self._s.lock)
         if tr.happened:
             self._fire(&tr)
@@ -434,7 +465,7 @@ cdef class CircuitBreaker:
             "open_timeout": c.open_timeout, "trips": c.streak,
             "probes_admitted": c.probes_admitted if c.state == HALF_OPEN else 0,
             "probe_successes": c.probe_successes if c.state == HALF_OPEN else 0,
-            "ramp_until": c.ramp_end if c.state == CLOSED and c.ramp_end > c.last_now else None,
+            "ramp_until": c.ramp_end if c.state == CLOSED and c.ramp_end > c.closed_at else None,
             "transitions": {"open": c.to_open, "half_open": c.to_half_open, "closed": c.to_closed},
             "stale": c.stale, "slow_calls": c.slow_calls,
         }

@@ -168,7 +168,20 @@ def test_linear_ramp_admits_a_growing_share_after_recovery() -> None:
     for second, share in enumerate(shares):
         assert abs(share - (second + 0.5) / 10) < 0.01, shares   # mean of elapsed / ramp
     assert all(b.allow(11.0 + i) for i in range(100))
+    assert b.snapshot()["ramp_until"] == 11.0    # ended; the next close without a ramp clears it
+    b.force_open(20.0)
+    b.force_close(21.0)
     assert b.snapshot()["ramp_until"] is None
+
+
+def test_force_close_cuts_a_running_ramp_short() -> None:
+    b, _ = make(failure_threshold=1, open_timeout=1.0, half_open_requests=1, success_threshold=1,
+                ramp=10.0)
+    fail(b, 0.0)
+    b.record(1.0, True, 0.01, b.allow(1.0))
+    assert not all(b.allow(2.0) for _ in range(10))
+    assert b.force_close(2.0) is False           # no transition: it was closed
+    assert all(b.allow(2.0) for _ in range(10)) and b.snapshot()["ramp_until"] == 2.0
 
 
 def test_force_open_holds_until_force_close() -> None:
@@ -368,6 +381,32 @@ def test_lives_in_a_gateway_shared_segment() -> None:
     assert b.state == OPEN
     with pytest.raises(BufferError):
         seg.close()
+
+
+def test_lock_free_allow_never_admits_with_a_ticket_from_an_open_epoch() -> None:
+    # A peer flips the breaker open and closed as fast as it can while this process asks allow()
+    # (mostly on the lock-free fast path). Epochs go 1 closed, 2 open, 3 closed, ...: an admission
+    # with an even ticket would be a torn read of state against epoch.
+    buf = mmap.mmap(-1, fast.SHM_SIZE)
+    b = fast.CircuitBreaker(buffer=buf)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            peer = fast.CircuitBreaker(buffer=buf)
+            while not os.read(r, 1):
+                pass
+            for _ in range(100_000):
+                peer.force_open(1.0)
+                peer.force_close(1.0)
+        finally:
+            os._exit(0)
+    os.write(w, b"x")
+    tickets = [b.allow(1.0) for _ in range(300_000)]
+    os.waitpid(pid, 0)
+    admitted = [t for t in tickets if t]
+    assert admitted and all(t % 2 == 1 for t in admitted)
+    assert len(set(admitted)) > 1                # the flips really ran during the calls
 
 
 def test_attach_checks_policy_alignment_and_writability() -> None:

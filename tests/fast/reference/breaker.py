@@ -158,6 +158,12 @@ class ReferenceBreaker:
     # -- public API -----------------------------------------------------------------------------
 
     def allow(self, now: float) -> int:
+        if not (now >= 0.0) or not math.isfinite(now):
+            raise ValueError(f"now must be a finite number >= 0, got {now!r}")
+        # CLOSED past any ramp: a pure read (the compiled fast path takes no lock), so the clock
+        # high-water mark is not advanced either.
+        if self.state == CLOSED and max(now, self.last_now) >= self.ramp_end:
+            return self.epoch
         now = self._clamp(now)
         ok = self._allow(now)
         self._fire()
@@ -236,7 +242,7 @@ class ReferenceBreaker:
         now = self._clamp(now)
         if self.state != CLOSED:
             self._close(now, False)
-        else:
+        elif self.ramp_end > now:
             self.ramp_end = now
         changed = self._pending is not None
         self._fire()
@@ -253,7 +259,7 @@ class ReferenceBreaker:
             "open_timeout": self.open_timeout, "trips": self.streak,
             "probes_admitted": self.probes_admitted if s == HALF_OPEN else 0,
             "probe_successes": self.probe_successes if s == HALF_OPEN else 0,
-            "ramp_until": self.ramp_end if s == CLOSED and self.ramp_end > self.last_now else None,
+            "ramp_until": self.ramp_end if s == CLOSED and self.ramp_end > self.closed_at else None,
             "transitions": dict(self.transitions),
             "stale": self.stale, "slow_calls": self.slow_calls,
         }
