@@ -24,6 +24,9 @@ a CAS, so exactly one waiter inherits it. Consequences, documented rather than h
 - pid reuse: if the dead owner's pid is recycled before anyone probes, the lock waits until that
   new process exits. Workers of one node share a pid namespace (the supervisor's), so this needs
   pid wrap-around within milliseconds: accepted.
+- every process mapping one segment must live in the same pid namespace (a named segment shared
+  across containers would see foreign pids as dead), and must fork through Python's os.fork()
+  (which runs the at-fork hook refreshing the pid); exec'd workers import afresh and are fine.
 """
 import os
 import time
