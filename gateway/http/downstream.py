@@ -66,6 +66,7 @@ class _Queued:
 class DownstreamProtocol(asyncio.Protocol):
     __slots__ = (
         "worker", "loop", "settings", "ticker", "builder",
+        "lim_uri", "lim_hbytes", "lim_headers", "lim_body", "t_header", "t_body", "t_keepalive",
         "transport", "parser", "gate", "peer", "queue", "closing", "w_deadline", "reject_after",
         "in_head", "p_url", "p_headers", "p_hbytes", "p_raw", "p_body", "p_ctx", "p_entry",
         "p_kind", "p_deadline", "p_has_body", "p_expect",
@@ -75,8 +76,17 @@ class DownstreamProtocol(asyncio.Protocol):
     def __init__(self, worker: Any) -> None:
         self.worker = worker
         self.loop = worker.loop
-        self.settings = worker.settings
+        self.settings = s = worker.settings
         self.ticker = ticker_for(worker.loop)
+        # Limits copied onto the connection: one attribute load per check on the hot path instead
+        # of two (settings are immutable for the worker's life; a reload swaps only the runtime).
+        self.lim_uri = s.max_uri_bytes
+        self.lim_hbytes = s.max_header_bytes
+        self.lim_headers = s.max_headers
+        self.lim_body = s.max_body_bytes
+        self.t_header = s.header_timeout
+        self.t_body = s.body_timeout
+        self.t_keepalive = s.keepalive_timeout
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.gate: ReadGate = None  # type: ignore[assignment]  # set in connection_made
@@ -198,22 +208,26 @@ class DownstreamProtocol(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
-        self._reset_parse()
+        # (p_ctx/p_entry/p_has_body/p_expect are always set by on_headers_complete before use.)
         self.in_head = True
+        self.p_url = b""
+        self.p_headers = []
+        self.p_hbytes = 0
+        self.p_body = 0
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
-        self.p_deadline = self.ticker.now + self.settings.header_timeout
+        self.p_deadline = self.ticker.now + self.t_header
 
     def on_url(self, url: bytes) -> None:
         self.p_url += url
-        if len(self.p_url) > self.settings.max_uri_bytes:
+        if len(self.p_url) > self.lim_uri:
             raise RequestRejected(replies.URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.p_headers.append((name, value))
+        headers = self.p_headers
+        headers.append((name, value))
         self.p_hbytes += len(name) + len(value) + 4
-        s = self.settings
-        if self.p_hbytes > s.max_header_bytes or len(self.p_headers) > s.max_headers:
+        if self.p_hbytes > self.lim_hbytes or len(headers) > self.lim_headers:
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
@@ -227,11 +241,12 @@ class DownstreamProtocol(asyncio.Protocol):
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
         ctx.start = self.loop.time()
         self.p_ctx = ctx
+        self.p_entry = None
         self.p_has_body = has_body
         self.p_expect = expect
         if has_body:
             self.p_kind = K_BODY
-            self.p_deadline = self.ticker.now + self.settings.body_timeout
+            self.p_deadline = self.ticker.now + self.t_body
         else:
             self.p_kind = K_NONE
         if self.a_ctx is None and not self.queue:
@@ -246,9 +261,9 @@ class DownstreamProtocol(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         n = len(body)
         self.p_body += n
-        if self.p_body > self.settings.max_body_bytes:
+        if self.p_body > self.lim_body:
             raise RequestRejected(replies.BODY_TOO_LARGE)
-        self.p_deadline = self.ticker.now + self.settings.body_timeout
+        self.p_deadline = self.ticker.now + self.t_body
         ctx = self.p_ctx
         assert ctx is not None
         # Chunk extensions never survive: we re-frame each piece llhttp hands us.
@@ -297,7 +312,7 @@ class DownstreamProtocol(asyncio.Protocol):
         ctx.route = route
         ctx.service = route.service
         chain: FilterChain = route.chain
-        if not chain.empty:
+        if chain.filters:
             result = chain.run_access(ctx)
             if result is not None:
                 if type(result) is LocalReply:
@@ -306,7 +321,21 @@ class DownstreamProtocol(asyncio.Protocol):
                     # The only per-request task: a filter waiting on I/O (Redis, JWKS...).
                     self.a_task = self.loop.create_task(self._access_wait(ctx, result))
                 return
-        self._proxy(ctx)
+        # The proxy step, inlined for the common case (a pooled connection, no Expect): every
+        # Python call saved here is ~0.1 µs per request.
+        if self.a_expect:
+            self._proxy(ctx)
+            return
+        target = route.service.pick(ctx)
+        if target is None:
+            self._local(replies.NO_TARGET)
+            return
+        ctx.upstream_target = target
+        up = target.pool.acquire()
+        if up is not None:
+            self._send(up)
+        else:
+            target.pool.connect(self)
 
     async def _access_wait(self, ctx: RequestContext, pending: Any) -> None:
         try:
@@ -357,9 +386,9 @@ class DownstreamProtocol(asyncio.Protocol):
             self.a_pending = []
             self.a_pending_size = 0
         ctx.upstream_start = self.loop.time()
-        timeout = ctx.route.timeout or self.settings.upstream_timeout
-        up.start(self, ctx, head, timeout)
-        self.gate.resume(PAUSE_BUFFER)
+        up.start(self, ctx, head, ctx.route.timeout or self.settings.upstream_timeout)
+        if self.gate.reasons:
+            self.gate.resume(PAUSE_BUFFER)
         if self.w_deadline != INF:
             up.pause_reading()  # the client is already backed up
 
@@ -446,11 +475,11 @@ class DownstreamProtocol(asyncio.Protocol):
         elif self.p_kind == K_NONE and not self.in_head:
             self.p_kind = K_IDLE
             self.p_raw = 0
-            self.p_deadline = self.ticker.now + self.settings.keepalive_timeout
+            self.p_deadline = self.ticker.now + self.t_keepalive
 
     def _log(self, ctx: RequestContext) -> None:
         route = ctx.route
-        if route is not None and not route.chain.empty:
+        if route is not None and route.chain.filters:
             route.chain.run_log(ctx)
 
     # ------------------------------------------------------------------ rejection, close, timers

@@ -11,6 +11,7 @@ the peer is a trusted proxy, the precomputed X-Forwarded-For value).
 """
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import itertools
 import os
@@ -49,10 +50,26 @@ from .wire import (
 # overwhelming probability, and ~10x cheaper than os.urandom per request (measured: 0.15 vs 1.4 µs).
 _ID_PREFIX = os.urandom(6).hex().encode()
 _id_counter = itertools.count(1)
+# Mersenne Twister, not a CSPRNG: trace and span ids need uniqueness, not secrecy. Each worker is a
+# fresh interpreter (the supervisor re-executes), so each starts from its own os.urandom seed.
 _getrandbits = random.getrandbits
-# Class cache for header names not in REQUEST_CLASSES (bounded: names are client-controlled).
-_class_cache: dict[bytes, int] = dict(REQUEST_CLASSES)
+_randbytes = random.randbytes
+_hexlify = binascii.hexlify
+# Raw header name (as the client spelled it) → (class, lowercased name). One dict lookup per header
+# instead of lower() + lookup; bounded because names are client-controlled (then: the slow path).
+_name_cache: dict[bytes, tuple[int, bytes]] = {}
 _CACHE_MAX = 4096
+
+
+def _classify(name: bytes) -> tuple[int, bytes]:
+    lname = name.lower()
+    cls = REQUEST_CLASSES.get(lname)
+    if cls is None:
+        cls = classify_slow(lname)
+    entry = (cls, lname)
+    if len(_name_cache) < _CACHE_MAX:
+        _name_cache[name] = entry
+    return entry
 
 
 def new_request_id() -> bytes:
@@ -65,7 +82,7 @@ _EMPTY: list[tuple[bytes, bytes]] = []
 
 
 class RequestBuilder:
-    __slots__ = ("settings", "peer", "peer_b", "trusted", "xff_line")
+    __slots__ = ("settings", "peer", "peer_b", "trusted", "xff_line", "last_host", "last_host_ok")
 
     def __init__(self, settings: Any, peer: str) -> None:
         self.settings = settings
@@ -73,6 +90,9 @@ class RequestBuilder:
         self.peer_b = peer.encode()
         self.trusted = _is_trusted(peer, settings.trusted_proxies)
         self.xff_line = b"X-Forwarded-For: " + self.peer_b + b"\r\n"
+        # A keep-alive connection sends the same Host again and again: validate it once.
+        self.last_host = b""
+        self.last_host_ok = b""
 
     def build(
         self, method: bytes, version: str, url: bytes, raw_headers: list[tuple[bytes, bytes]], keep_alive: bool
@@ -84,10 +104,20 @@ class RequestBuilder:
             http_version = _V10
         else:
             raise RequestRejected(replies.VERSION_NOT_SUPPORTED)
-        try:
-            path, query, target, authority = normalize_target(url)
-        except TargetError:
-            raise RequestRejected(replies.BAD_TARGET) from None
+        if url[:1] == b"/" and b"/." not in url and b"#" not in url and b"%" not in url:
+            # Fast path (nearly every request): origin-form, nothing to resolve or refuse.
+            authority = None
+            target = url
+            q = url.find(b"?")
+            if q == -1:
+                path, query = url, b""
+            else:
+                path, query = url[:q], url[q + 1:]
+        else:
+            try:
+                path, query, target, authority = normalize_target(url)
+            except TargetError:
+                raise RequestRejected(replies.BAD_TARGET) from None
 
         headers: list[tuple[bytes, bytes]] = []
         host: bytes | None = None
@@ -102,14 +132,12 @@ class RequestBuilder:
         ts: bytes | None = None
         xff: bytes | None = None
         xfwd: list[tuple[bytes, bytes]] | None = None
-        cache = _class_cache
+        cache = _name_cache
         for name, value in raw_headers:
-            lname = name.lower()
-            cls = cache.get(lname)
-            if cls is None:
-                cls = classify_slow(lname)
-                if len(cache) < _CACHE_MAX:
-                    cache[lname] = cls
+            entry = cache.get(name)
+            if entry is None:
+                entry = _classify(name)
+            cls, lname = entry
             if cls == H_FORWARD:
                 headers.append((lname, value))
             elif cls == H_HOST:
@@ -166,10 +194,15 @@ class RequestBuilder:
             if http_version == _V11:
                 raise RequestRejected(replies.BAD_HOST)
             host = b""
+        elif host == self.last_host:
+            host = self.last_host_ok
         else:
+            raw_host = host
             host = host.lower()
             if not valid_host(host):
                 raise RequestRejected(replies.BAD_HOST)
+            self.last_host = raw_host
+            self.last_host_ok = host
 
         if conn is not None:
             # Every field the client names in Connection is hop-by-hop for this hop.
@@ -193,10 +226,13 @@ class RequestBuilder:
         parsed = parse_traceparent(tp) if tp is not None else None
         if parsed is not None:
             # Continue the caller's trace: same trace id and flags, our own span as the parent.
-            ctx.traceparent = b"00-%s-%016x-%s" % (parsed[0], _getrandbits(64) or 1, parsed[1])
+            ctx.traceparent = b"00-%s-%016x-%s" % (parsed[0], _getrandbits(64) | 1, parsed[1])
             ctx.tracestate = ts
         else:
-            ctx.traceparent = b"00-%032x-%016x-01" % (_getrandbits(128) or 1, _getrandbits(64) or 1)
+            # One random draw for both ids; hexlify(randbytes) is half the cost of formatting a
+            # 192-bit int (0.28 vs 0.55 µs). An all-zero id (invalid) has probability 2^-64.
+            ids = _hexlify(_randbytes(24))
+            ctx.traceparent = b"00-%s-%s-01" % (ids[:32], ids[32:])
         if self.trusted:
             ctx.client_ip = _client_ip(xff, self.peer, self.settings.trusted_proxies)
             if xff is not None:

@@ -23,8 +23,10 @@ from .wire import (
     LAST_CHUNK,
     R_CONNECTION,
     R_CONTENT_LENGTH,
+    R_FORWARD,
     R_TRANSFER_ENCODING,
     RESPONSE_CLASSES,
+    STATUS_LINES,
     status_line,
 )
 
@@ -47,8 +49,21 @@ M_CHUNK = 1         # re-chunked (chunk extensions and trailers of the upstream 
 M_NONE = 2          # no body (HEAD, 204, 304)
 
 _CLOSE = b"Connection: close\r\n"
+_PLAIN_CONNECTION = (b"keep-alive", b"close")
 _KEEP = b"Connection: keep-alive\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+# Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
+# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either.
+_name_cache: dict[bytes, int] = {}
+
+
+def _classify(name: bytes) -> int:
+    cls = RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
+    if len(_name_cache) < 4096:
+        _name_cache[name] = cls
+    return cls
 
 
 class _HeadDone(Exception):
@@ -90,6 +105,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.down = down
         self.ctx = ctx
         self.head_request = ctx.method == b"HEAD"
+        self.headers = []
         self.state = S_WAIT_HEAD
         self.done = False
         self.deadline = self.ticker.now + timeout
@@ -185,17 +201,18 @@ class UpstreamProtocol(asyncio.Protocol):
             self._finish()
 
     # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
-    def on_message_begin(self) -> None:
-        if self.done:
-            self.broken = True  # bytes after the complete response: never trust this connection again
-
+    # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
+    # complete response are caught in on_headers_complete (done already set) or, when they arrive
+    # later, by data_received on an idle connection.)
     def on_header(self, name: bytes, value: bytes) -> None:
-        # llhttp reports trailer fields through the same callback: they are never forwarded
-        # (chunked bodies are re-framed without trailers), so only head fields are kept.
-        if self.state != S_BODY:
-            self.headers.append((name, value))
+        # llhttp also reports trailer fields here; they land in the list after the head was built
+        # and are discarded with it when the next exchange starts (start() resets the list).
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            self.broken = True  # a second response to one request: never trust this connection again
+            raise httptools.HttpParserError("response after the complete response")
         status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
@@ -208,7 +225,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self.state = S_BODY
         self.deadline = self.ticker.now + self.settings.body_timeout
         self.out.append(self._response_head(status))
-        self.headers = []
         if self.head_request:
             raise _HeadDone()
 
@@ -237,10 +253,12 @@ class UpstreamProtocol(asyncio.Protocol):
         te: bytes | None = None
         conn: bytes | None = None
         fwd: list[tuple[bytes, bytes]] = []
-        classes = RESPONSE_CLASSES
+        cache = _name_cache
         for name, value in self.headers:
-            cls = classes.get(name.lower())
+            cls = cache.get(name)
             if cls is None:
+                cls = _classify(name)
+            if cls == R_FORWARD:
                 fwd.append((name, value))
             elif cls == R_CONTENT_LENGTH:
                 cl = value
@@ -249,7 +267,8 @@ class UpstreamProtocol(asyncio.Protocol):
             elif cls == R_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
-        if conn is not None:
+        if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
+            # Only a Connection header naming other fields costs a filtering pass.
             named = {t.strip().lower() for t in conn.split(b",")}
             fwd = [(n, v) for n, v in fwd if n.lower() not in named]
 
@@ -261,7 +280,8 @@ class UpstreamProtocol(asyncio.Protocol):
             framing = b"Content-Length: %d\r\n" % int(cl) if cl is not None and status != 204 else b""
         elif cl is not None:
             self.mode = M_RAW
-            framing = b"Content-Length: %d\r\n" % int(cl)  # canonical decimal (llhttp checked digits)
+            # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
+            framing = b"Content-Length: " + cl + CRLF if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
         else:
             self.until_close = te is None
             if ctx.http_version == b"1.1":
@@ -277,33 +297,34 @@ class UpstreamProtocol(asyncio.Protocol):
         ctx.keep_alive = keep
         ctx.status = status
 
-        route = ctx.route
-        chain = route.chain if route is not None else None
-        if chain is not None and not chain.empty:
+        chain = ctx.route.chain
+        if chain.filters:
             chain.run_response(ctx, status, fwd)
         if ctx.response_headers:
             fwd += ctx.response_headers
-        parts = [status_line(status)]
-        for name, value in fwd:
-            parts += (name, b": ", value, CRLF)
-        parts += (framing, b"X-Request-Id: ", ctx.request_id,
-                  b"\r\nX-Content-Type-Options: nosniff\r\n")
-        if not keep:
-            parts.append(_CLOSE)
-        elif ctx.http_version == b"1.0":
-            parts.append(_KEEP)
-        parts.append(CRLF)
-        return b"".join(parts)
+        line = STATUS_LINES.get(status) or status_line(status)
+        tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else CRLF[:0])
+        return b"".join([
+            line,
+            b"".join([b"%s: %s\r\n" % nv for nv in fwd]),
+            framing, b"X-Request-Id: ", ctx.request_id, b"\r\nX-Content-Type-Options: nosniff\r\n",
+            tail, CRLF,
+        ])
 
     # --- end of an exchange ---
     def _flush(self) -> None:
         out = self.out
-        if out and self.down is not None:
-            data = b"".join(out) if len(out) > 1 else out[0]
+        if out:
             self.out = []
-            self.down.write_response(data)
-        elif out:
-            self.out = []
+            down = self.down
+            if down is not None:
+                data = b"".join(out) if len(out) > 1 else out[0]
+                ctx = self.ctx
+                if ctx is not None:
+                    ctx.bytes_out += len(data)
+                transport = down.transport
+                if transport is not None:
+                    transport.write(data)
 
     def _finish(self) -> None:
         down = self.down
