@@ -28,7 +28,7 @@ Rules (tests/fast/reference/breaker.py is the executable spec; docs in breaker.p
   allow() (the metric shows 2 until then).
 
 Shared memory: all state is one gw_breaker_shm struct, malloc'd or in a caller's buffer, guarded by
-a gw_spin_lock word inside it. Critical sections are straight-line C (no Python, no allocation), so
+a gw_spin_lock word inside it (allow() in CLOSED past the ramp reads without it, see c_allow). Critical sections are straight-line C (no Python, no allocation), so
 a worker killed inside one needs a SIGKILL landing in those few ns; that worker would leave the lock
 held and the breaker's other users spinning (atomic.pxd's lock has no owner; shm.pxd's owner-pid
 lock would turn it into a one-off delay, see the report in bench/results/fast-breaker.md).
