@@ -214,6 +214,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.p_headers = []
         self.p_hbytes = 0
         self.p_body = 0
+        self.p_raw = 0  # (the bytes of this read are not counted: at most one read's worth lower)
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
         self.p_deadline = self.ticker.now + self.t_header

@@ -15,6 +15,7 @@ deadlines without calling loop.time().
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Protocol
 
 # ReadGate reasons
@@ -87,13 +88,14 @@ class Ticker:
                 logging.getLogger("gateway.http").exception("timer callback failed")
 
 
-_tickers: dict[asyncio.AbstractEventLoop, Ticker] = {}
+# Weak keys: a closed loop (tests create many) takes its ticker with it.
+_tickers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Ticker] = weakref.WeakKeyDictionary()
 # Tests shrink this to exercise timeouts in milliseconds instead of seconds.
 DEFAULT_INTERVAL = 0.5
 
 
 def ticker_for(loop: asyncio.AbstractEventLoop) -> Ticker:
     t = _tickers.get(loop)
-    if t is None or t.loop is not loop:
+    if t is None:
         t = _tickers[loop] = Ticker(loop, DEFAULT_INTERVAL)
     return t

@@ -83,6 +83,19 @@ def test_pipelining_queue_is_bounded() -> None:
     h.close()
 
 
+def test_long_pipelined_stream_in_small_reads_is_not_431() -> None:
+    """The raw head-bytes bound counts one head at a time, never a whole pipelined stream."""
+    h = Harness(max_header_bytes=512, max_uri_bytes=128)
+    req = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 100 + b"\r\n\r\n"
+    stream = req * 40
+    for i in range(0, len(stream), 50):
+        h.feed(stream[i:i + 50])
+        while h.proto.a_up is not None:
+            h.respond(OK)
+    assert statuses(h.down.take()) == [200] * 40 and not h.down.closed
+    h.close()
+
+
 def test_pipelined_local_replies_keep_order() -> None:
     h = Harness(root=False)
     h.feed(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n" + b"GET /submit HTTP/1.1\r\nHost: a\r\n\r\n" + b"GET /api/y HTTP/1.1\r\nHost: a\r\n\r\n")
