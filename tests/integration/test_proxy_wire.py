@@ -240,3 +240,29 @@ def test_keepalive_idle_close(conn: Conn) -> None:
     t0 = time.monotonic()
     assert conn.closed_by_peer(timeout=5)
     assert 1.5 < time.monotonic() - t0 < 4.0
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_slow_client_bounds_gateway_memory(gw: GatewayProcess) -> None:
+    """A 64 MiB response to a client that is not reading stays in the kernel and the upstream,
+    not in the gateway: upstream reading pauses while the client's socket is full."""
+    size = 64 * 1024 * 1024
+    c = Conn(gw.port)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    try:
+        before = rss_mib(gw.pid)
+        c.send(b"GET /large?bytes=%d HTTP/1.1\r\nHost: a\r\n\r\n" % size)
+        time.sleep(0.6)  # not reading (below GATEWAY_BODY_TIMEOUT=1, which would cut us off)
+        grown = rss_mib(gw.pid) - before
+        assert grown < 16, f"gateway RSS grew {grown:.1f} MiB while the client was not reading"
+        status, headers, body = c.response()
+        assert status == 200 and len(body) == size
+    finally:
+        c.close()
