@@ -27,6 +27,7 @@ from .wire import (
     R_TRANSFER_ENCODING,
     RESPONSE_CLASSES,
     STATUS_LINES,
+    response_head,
     status_line,
 )
 
@@ -303,13 +304,8 @@ class UpstreamProtocol(asyncio.Protocol):
         if ctx.response_headers:
             fwd += ctx.response_headers
         line = STATUS_LINES.get(status) or status_line(status)
-        tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else CRLF[:0])
-        return b"".join([
-            line,
-            b"".join([b"%s: %s\r\n" % nv for nv in fwd]),
-            framing, b"X-Request-Id: ", ctx.request_id, b"\r\nX-Content-Type-Options: nosniff\r\n",
-            tail, CRLF,
-        ])
+        tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
+        return response_head(line, fwd, framing, ctx.request_id, tail)
 
     # --- end of an exchange ---
     def _flush(self) -> None:
