@@ -58,8 +58,13 @@ def scenario(draw: st.DrawFn) -> tuple[dict, int, int, list]:
     return params, capacity, max_probe, ops
 
 
-def _run(params: dict, capacity: int, max_probe: int, ops: list) -> tuple[int, int]:
-    table = _table(capacity, params, max_probe=max_probe)
+def _run(params: dict, capacity: int, max_probe: int, ops: list,
+         shared: bool = False) -> tuple[int, int]:
+    # shared: the table in a SharedSegment, so the locked code paths (slot and stripe locks,
+    # re-checks under the lock) give the same answers as the private ones.
+    buffer = SharedSegment(layout_bytes(capacity)) if shared else None
+    table = _table(capacity, params, max_probe=max_probe, buffer=buffer)
+    assert table.shared is shared
     p = dict(params)
     model = KeyedTableModel(capacity, p.pop("algorithm"), **p, max_probe=max_probe)
     # Evictions are judged against the oldest-live rule when one probe window spans the table.
@@ -89,10 +94,10 @@ def _run(params: dict, capacity: int, max_probe: int, ops: list) -> tuple[int, i
 
 
 @settings(max_examples=300, deadline=None)
-@given(scenario())
-def test_every_answer_matches_the_model(s: tuple) -> None:
+@given(scenario(), st.booleans())
+def test_every_answer_matches_the_model(s: tuple, shared: bool) -> None:
     params, capacity, max_probe, ops = s
-    _run(params, capacity, max_probe, ops)
+    _run(params, capacity, max_probe, ops, shared)
 
 
 @settings(max_examples=150, deadline=None)
