@@ -77,6 +77,7 @@ def new_request_id() -> bytes:
     return b"%s%010x" % (_ID_PREFIX, next(_id_counter))
 
 
+_PLAIN_CONNECTION = (b"keep-alive", b"close")
 _V11 = b"1.1"
 _V10 = b"1.0"
 
@@ -154,14 +155,19 @@ class RequestBuilder:
             elif cls == H_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             elif cls == H_EXPECT:
+                # Answered by the gateway itself (downstream.py) and never forwarded: the upstream
+                # connection may be pooled and already past the point where 100 means anything.
+                # Other expectations are dropped (RFC 9110 allows ignoring them; nginx does).
                 expect = value.strip().lower() == b"100-continue"
             elif cls == H_REQUEST_ID:
-                rid = value
+                rid = value  # the last one wins; kept only if it is a sane token (below)
             elif cls == H_TRACEPARENT:
                 tp = value
             elif cls == H_TRACESTATE:
                 ts = value
             elif cls == H_XFF:
+                # Several X-Forwarded-For fields are one list (RFC 9110 §5.3); believed only from
+                # a trusted proxy, otherwise replaced by the peer address.
                 xff = value if xff is None else xff + b", " + value
             elif cls == H_XFWD:
                 if self.trusted:
@@ -172,6 +178,8 @@ class RequestBuilder:
         chunked = False
         content_length: int | None = None
         if te is not None:
+            # HTTP/1.0 has no Transfer-Encoding: a 1.0 message carrying one is the classic request
+            # smuggling vector (a 1.0 backend would read it by Content-Length or to EOF).
             if http_version == _V10 or cl is not None:
                 raise RequestRejected(replies.AMBIGUOUS_FRAMING)
             verdict = classify_te(te)
@@ -184,6 +192,7 @@ class RequestBuilder:
             if cls_count > 1:
                 raise RequestRejected(replies.AMBIGUOUS_FRAMING)
             content_length = int(cl)
+            # 413 from the declared length, before a byte of the body is read (SPEC §4).
             if content_length > self.settings.max_body_bytes:
                 raise RequestRejected(replies.BODY_TOO_LARGE)
         has_body = chunked or bool(content_length)
@@ -207,12 +216,12 @@ class RequestBuilder:
             self.last_host = raw_host
             self.last_host_ok = host
 
-        if conn is not None:
+        if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
             # Every field the client names in Connection is hop-by-hop for this hop.
             named = {t.strip().lower() for t in conn.split(b",")}
             headers = [h for h in headers if h[0] not in named]
             if b"close" in named:
-                keep_alive = False
+                keep_alive = False  # (llhttp already says so; kept explicit for mixed lists)
 
         ctx = RequestContext()
         ctx.method = method
@@ -237,6 +246,8 @@ class RequestBuilder:
             ids = _hexlify(_randbytes(24))
             ctx.traceparent = b"00-%s-%s-01" % (ids[:32], ids[32:])
         if self.trusted:
+            # Extend the proxy chain the trusted proxy sent; the client is the right-most address
+            # that is not itself a trusted proxy (what nginx's real_ip_recursive does).
             ctx.client_ip = _client_ip(xff, self.peer, self.settings.trusted_proxies)
             if xff is not None:
                 ctx.upstream_headers = [(b"x-forwarded-for", xff + b", " + self.peer_b)]

@@ -35,6 +35,8 @@ REJECTED = [
     ("encoded-dot-segment", b"GET /a/%2e%2E/etc HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("ftp-absolute", b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("userinfo-absolute", b"GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("connect-authority-form", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 400),
+    ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("http-2.0", b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
     ("uri-too-long", b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
     ("head-too-large", b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 600 + b"\r\n\r\n", 431),
