@@ -121,7 +121,9 @@ cdef class KeyedLimiterTable:
 
     # Fast entry for Cython callers (filters): key bytes, validated now/cost. Returns 1 allowed /
     # 0 denied; out1 = tokens left (token bucket) or remaining (sliding window); out2 =
-    # retry-after (token bucket) or reset (sliding window), both in seconds.
+    # retry-after (token bucket) or reset (sliding window), both in seconds. nogil-safe for
+    # shared tables (every update is under a slot lock); a private table takes no locks, so its
+    # callers must serialize (hold the GIL), as every Python caller does.
     cdef int c_check(self, const char* key, size_t n, double now, double cost,
                      double* out1, double* out2) noexcept nogil
 
