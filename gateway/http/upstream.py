@@ -182,17 +182,10 @@ class UpstreamProtocol(asyncio.Protocol):
         error = None
         try:
             self.parser.feed_data(data)
-        except _HeadDone:
-            # httptools cannot tell llhttp to skip the body of a response to HEAD, so the parser
-            # would wait for Content-Length bytes that never come. We stop it after the head and
-            # retire the connection rather than guess where the next response starts.
-            self.broken = True
-            self.done = True
         except httptools.HttpParserError as exc:
             # A callback's own exception arrives chained as __context__ (httptools wraps it).
             if isinstance(exc.__cause__ or exc.__context__, _HeadDone):
-                self.broken = True
-                self.done = True
+                self._head_done(data)
             else:
                 error = "protocol"
         self._flush()
@@ -200,6 +193,21 @@ class UpstreamProtocol(asyncio.Protocol):
             self._fail(error)
         elif self.done:
             self._finish()
+
+    def _head_done(self, data: bytes) -> None:
+        """The head of a response to HEAD is complete.
+
+        httptools cannot tell llhttp to skip the body of a response to HEAD, so the parser would
+        wait for Content-Length bytes that never come: on_headers_complete stopped it. The
+        connection stays reusable (with a fresh parser) only when this read ends exactly with the
+        head's blank line and holds no other head (no 1xx before it): then no byte can be pending.
+        Otherwise it is retired rather than guessing where the next response starts.
+        """
+        self.done = True
+        if data.find(b"\r\n\r\n") == len(data) - 4:
+            self.parser = httptools.HttpResponseParser(self)
+        else:
+            self.broken = True
 
     # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
     # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a

@@ -277,13 +277,32 @@ def test_1xx_dropped_final_response_forwarded() -> None:
     h.close()
 
 
-def test_head_response_has_no_body() -> None:
+def test_head_response_has_no_body_and_connection_is_reused() -> None:
     h = Harness()
     h.feed(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
     h.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n")
     out = h.down.take()
     assert out.endswith(b"\r\n\r\n") and b"Content-Length: 42\r\n" in out
     assert h.proto.a_ctx is None and not h.down.closed
+    assert h.pool.idle == [h.up()]  # the read ended with the head: nothing can be pending
+    h.feed(GET)
+    h.respond(OK)
+    assert status_of(h.down.take()) == 200 and len(h.pool.conns) == 1
+    h.close()
+
+
+@pytest.mark.parametrize("chunks", [
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\nstray"],                      # bytes after the head
+    [b"HTTP/1.1 103 Early\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"],  # two heads in one read
+], ids=["stray-bytes", "1xx-same-read"])
+def test_head_response_connection_retired_when_unsure(chunks: list[bytes]) -> None:
+    h = Harness()
+    h.feed(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    for c in chunks:
+        h.respond(c)
+    out = h.down.take()
+    assert statuses(out) == [200] and b"stray" not in out
+    assert h.pool.idle == [] and h.up().broken
     h.close()
 
 
