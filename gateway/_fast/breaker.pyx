@@ -28,10 +28,10 @@ Rules (tests/fast/reference/breaker.py is the executable spec; docs in breaker.p
   allow() (the metric shows 2 until then).
 
 Shared memory: all state is one gw_breaker_shm struct, malloc'd or in a caller's buffer, guarded by
-a gw_spin_lock word inside it (allow() in CLOSED past the ramp reads without it, see c_allow). Critical sections are straight-line C (no Python, no allocation), so
-a worker killed inside one needs a SIGKILL landing in those few ns; that worker would leave the lock
-held and the breaker's other users spinning (atomic.pxd's lock has no owner; shm.pxd's owner-pid
-lock would turn it into a one-off delay, see the report in bench/results/fast-breaker.md).
+an owner-pid lock word inside it (shm.pxd's shm_lock; allow() in CLOSED past the ramp reads without
+it, see c_allow). Critical sections are straight-line C (no Python, no allocation); a worker
+SIGKILLed inside one leaves its pid in the word, and the next waiter breaks the lock once that pid
+is gone, so a crashed worker costs the others a one-off delay of a few ms, never a wedged breaker.
 """
 import logging
 
@@ -40,7 +40,8 @@ from libc.math cimport INFINITY, floor, isfinite
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
-from gateway._fast.atomic cimport gw_cas_u32, gw_spin_lock, gw_spin_unlock, gw_atomic_load_u32
+from gateway._fast.atomic cimport gw_cas_u32, gw_atomic_load_u32
+from gateway._fast.shm cimport shm_lock, shm_pid_ptr, shm_unlock
 
 _log = logging.getLogger("gateway.breaker")
 
@@ -341,10 +342,10 @@ cdef class CircuitBreaker:
                     epoch[0] = seen
                     return 1
         tr.happened = 0
-        gw_spin_lock(&s.lock)
+        shm_lock(&s.lock, shm_pid_ptr()[0])
         ok = _allow_locked(s, &self._cfg, now, &tr)
         epoch[0] = s.epoch
-        gw_spin_unlock(&s.lock)
+        shm_unlock(&s.lock)
         if tr.happened:
             self._fire(&tr)
         return ok
@@ -356,13 +357,13 @@ cdef class CircuitBreaker:
         if not (duration >= 0.0) or not isfinite(duration):
             raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
         tr.happened = 0
-        gw_spin_lock(&self._s.lock)
+        shm_lock(&self._s.lock, shm_pid_ptr()[0])
         now = _clamp(self._s, now)
         if duration > self._cfg.slow_call_duration:
             self._s.slow_calls += 1
             failed = True
         _record_locked(self._s, &self._cfg, now, failed, epoch, &tr)
-        gw_spin_unlock(&self._s.lock)
+        shm_unlock(&self._s.lock)
         if tr.happened:
             self._fire(&tr)
         return 0
@@ -409,7 +410,7 @@ cdef class CircuitBreaker:
         cdef gw_transition tr
         _check_now(now)
         tr.happened = 0
-        gw_spin_lock(&self._s.lock)
+        shm_lock(&self._s.lock, shm_pid_ptr()[0])
         now = _clamp(self._s, now)
         if target == OPEN:
             if self._s.state != OPEN:
@@ -419,7 +420,7 @@ cdef class CircuitBreaker:
             _close(self._s, &self._cfg, now, False, &tr)
         elif self._s.ramp_end > now:
             self._s.ramp_end = now      # already closed: cut a running ramp short
-        gw_spin_unlock(&self._s.lock)
+        shm_unlock(&self._s.lock)
         if tr.happened:
             self._fire(&tr)
         return bool(tr.happened)
@@ -432,10 +433,10 @@ cdef class CircuitBreaker:
         if new < 0 or new > OPEN:
             raise ValueError(f"unknown state {new}")
         tr.happened = 0
-        gw_spin_lock(&self._s.lock)
+        shm_lock(&self._s.lock, shm_pid_ptr()[0])
         rc = _set_state(self._s, <uint32_t>new, _clamp(self._s, now), &tr)
         old = self._s.state
-        gw_spin_unlock(&self._s.lock)
+        shm_unlock(&self._s.lock)
         if rc < 0:
             raise ValueError(f"illegal transition {STATE_NAMES[old]} -> {STATE_NAMES[new]}")
         self._fire(&tr)
@@ -452,9 +453,9 @@ cdef class CircuitBreaker:
     def snapshot(self):
         """A consistent copy of the state for the admin API (not for the hot path)."""
         cdef gw_breaker_shm c
-        gw_spin_lock(&self._s.lock)
+        shm_lock(&self._s.lock, shm_pid_ptr()[0])
         c = self._s[0]
-        gw_spin_unlock(&self._s.lock)
+        shm_unlock(&self._s.lock)
         return {
             "state": STATE_NAMES[c.state], "code": c.state, "epoch": c.epoch,
             "changed_at": c.changed_at,

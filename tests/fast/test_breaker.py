@@ -427,3 +427,37 @@ def test_attach_checks_policy_alignment_and_writability() -> None:
     junk = bytearray(b"\xff" * fast.SHM_SIZE)
     with pytest.raises(ValueError, match="neither zero nor a breaker"):
         fast.CircuitBreaker(buffer=junk)
+
+
+def test_lock_left_by_a_dead_worker_is_broken() -> None:
+    """A worker SIGKILLed inside a locked section leaves its pid in the lock word; the others must
+    recover after a short delay instead of spinning forever (shm.pxd's owner-pid lock)."""
+    import struct
+    import subprocess
+    import sys
+    import time
+
+    buf = mmap.mmap(-1, 4096)
+    b = fast.CircuitBreaker(failure_threshold=2, buffer=buf, offset=0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    struct.pack_into("=I", buf, 4, dead.pid)   # gw_breaker_shm.lock is the second uint32
+    pid = os.fork()
+    if pid == 0:  # the call that must not hang runs in a child, so a regression fails, not hangs
+        try:
+            b.record(1.0, False, 0.01)
+            b.record(1.0, False, 0.01)
+            os._exit(0 if b.state == OPEN else 3)
+        except BaseException:
+            os._exit(4)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            assert struct.unpack_from("=I", buf, 4)[0] == 0   # released by the survivor
+            return
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("breaker lock held by a dead pid was never broken")
