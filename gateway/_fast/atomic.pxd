@@ -2,7 +2,8 @@
 # touched by several worker processes at once. Nothing here allocates or takes the GIL.
 #
 # Why GCC builtins and not a lock library: a slot's lock must be a plain word inside the slot
-# itself, so the same bytes work in private memory and in a MAP_SHARED segment.
+# itself, so the same bytes work in private memory and in a MAP_SHARED segment. The lock built on
+# these words is shm.pxd's shm_lock/shm_unlock (owner pid in the word, dead owners broken).
 from libc.stdint cimport uint32_t, uint64_t, int64_t
 
 cdef extern from *:
@@ -16,16 +17,8 @@ cdef extern from *:
     #define GW_CPU_RELAX() do {} while (0)
     #endif
 
-    /* Test-and-test-and-set spinlock: spin on a plain load so contending cores do not
-       bounce the cache line with writes. Critical sections here are tens of ns. */
-    static inline void gw_spin_lock(uint32_t *l) {
-        while (__atomic_exchange_n(l, 1u, __ATOMIC_ACQUIRE)) {
-            while (__atomic_load_n(l, __ATOMIC_RELAXED)) { GW_CPU_RELAX(); }
-        }
-    }
-    static inline int gw_spin_trylock(uint32_t *l) {
-        return __atomic_exchange_n(l, 1u, __ATOMIC_ACQUIRE) == 0u;
-    }
+    /* Release of a lock word. Taking one is shm.pxd's shm_lock: its word holds the owner's pid,
+       so a worker that dies holding it cannot wedge the others (an anonymous spinlock could). */
     static inline void gw_spin_unlock(uint32_t *l) {
         __atomic_store_n(l, 0u, __ATOMIC_RELEASE);
     }
@@ -49,8 +42,6 @@ cdef extern from *:
                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
     """
-    void gw_spin_lock(uint32_t *l) nogil
-    bint gw_spin_trylock(uint32_t *l) nogil
     void gw_spin_unlock(uint32_t *l) nogil
     uint64_t gw_atomic_add_u64(uint64_t *p, uint64_t v) nogil
     int64_t gw_atomic_add_i64(int64_t *p, int64_t v) nogil

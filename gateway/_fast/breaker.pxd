@@ -33,7 +33,7 @@ ctypedef struct gw_breaker_cfg:
 # mapping at a different address in each worker.
 ctypedef struct gw_breaker_shm:
     uint32_t magic
-    uint32_t lock             # gw_spin_lock word: guards every field below
+    uint32_t lock             # shm_lock word (owner pid): guards every field below
     uint32_t state            # BreakerState
     uint32_t epoch            # bumped by every transition; admission ticket
     uint32_t head             # ring index of the newest bucket
