@@ -6,11 +6,12 @@ each other's pause by accident. Reading resumes only when no reason is left.
 
 Ticker: one repeating timer per event loop instead of a `call_later` per request. Connections
 store absolute deadlines on themselves (plain floats: setting one costs an attribute store) and the
-ticker calls `on_tick(now)` on every registered connection every `interval` seconds. Measured
-trade-off: a call_later + cancel per request costs ~1.5 µs of CPU in uvloop; one tick over 10,000
-idle connections costs ~2 ms every 0.5 s (0.4 % of a core), and nothing per request. Deadlines are
-therefore late by at most one interval; `now` (refreshed each tick) lets the hot path compute
-deadlines without calling loop.time().
+ticker calls `on_tick(now)` on every registered connection every `interval` seconds. Measured on
+this machine (uvloop 0.23): a call_later + cancel costs 0.5 µs, and a request would need two or
+three of them (header, body or upstream, keep-alive); one tick over 10,000 idle connections costs
+0.46 ms every 0.5 s (0.1 % of a core) and nothing per request. Deadlines are therefore late by at
+most one interval; `now` (refreshed each tick) lets the hot path compute deadlines without calling
+loop.time().
 """
 from __future__ import annotations
 
