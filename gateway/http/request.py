@@ -48,7 +48,7 @@ from .wire import (
 )
 
 # Request ids: a random per-process prefix and a counter. Unique across workers and restarts with
-# overwhelming probability, and ~10x cheaper than os.urandom per request (measured: 0.15 vs 1.4 µs).
+# overwhelming probability, and 3x cheaper than os.urandom(16).hex() per request (0.12 vs 0.37 µs here).
 _ID_PREFIX = os.urandom(6).hex().encode()
 _id_counter = itertools.count(1)
 # Mersenne Twister, not a CSPRNG: trace and span ids need uniqueness, not secrecy. Each worker is a
