@@ -196,6 +196,8 @@ class RequestBuilder:
             if content_length > self.settings.max_body_bytes:
                 raise RequestRejected(replies.BODY_TOO_LARGE)
         has_body = chunked or bool(content_length)
+        if expect and (http_version != _V11 or not has_body):
+            expect = False  # RFC 9110 §10.1.1: never 100 to an HTTP/1.0 client, nor with no body
 
         # --- Host: the absolute-form authority wins (RFC 9112 §3.2.2) ---
         if hosts > 1:

@@ -163,6 +163,15 @@ def test_expect_100_continue() -> None:
     h.close()
 
 
+def test_expect_on_http10_gets_no_100() -> None:
+    h = Harness()
+    h.feed(b"POST /submit HTTP/1.0\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc")
+    assert h.down.take() == b""
+    h.respond(OK)
+    assert status_of(h.down.take()) == 200
+    h.close()
+
+
 def test_expect_refused_without_100_closes() -> None:
     h = Harness(root=False)
     h.feed(b"PUT /submit HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
