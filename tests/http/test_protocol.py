@@ -470,3 +470,36 @@ def test_no_route_404_json() -> None:
     out = h.down.take()
     assert status_of(out) == 404 and b'{"error":"not_found"' in out and not h.down.closed
     h.close()
+
+
+def test_queued_request_body_is_bounded_then_streams() -> None:
+    """A pipelined POST waiting for its turn buffers at most ~64 KiB before reading pauses."""
+    h = Harness()
+    body = b"z" * 200_000
+    h.feed(GET + b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body))
+    sent = 0
+    while h.down.reading and sent < len(body):
+        h.feed(body[sent:sent + 16384])
+        sent += 16384
+    assert not h.down.reading and sent < len(body)  # paused after ~64 KiB, long before 200 KB
+    h.respond(OK)  # the GET's response: the POST becomes active, its buffered body goes upstream
+    assert h.down.reading
+    h.feed(body[sent:])
+    assert h.upstream_bytes().endswith(body[-1000:])
+    h.respond(OK)
+    assert statuses(h.down.take()) == [200, 200]
+    h.close()
+
+
+def test_chunked_body_streams_with_backpressure() -> None:
+    h = Harness()
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    assert h.upstream_bytes().endswith(b"\r\n\r\n5\r\nhello\r\n")  # streamed before the end
+    h.up().pause_writing()
+    assert not h.down.reading
+    h.up().resume_writing()
+    h.feed(b"0\r\n\r\n")
+    assert h.upstream_bytes().endswith(b"5\r\nhello\r\n0\r\n\r\n")
+    h.respond(OK)
+    assert status_of(h.down.take()) == 200 and h.pool.idle == [h.up()]
+    h.close()
