@@ -238,7 +238,7 @@ class DownstreamProtocol(asyncio.Protocol):
             parser.get_method(), parser.get_http_version(), self.p_url, self.p_headers,
             parser.should_keep_alive() and not self.worker.draining,
         )
-        if parser.should_upgrade() and has_body:
+        if has_body and parser.should_upgrade():
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
         ctx.start = self.loop.time()
         self.p_ctx = ctx
@@ -457,7 +457,9 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         self.a_ctx = None
         self.a_up = None
-        self._log(ctx)
+        route = ctx.route
+        if route is not None and route.chain.filters:
+            route.chain.run_log(ctx)
         if self.closing:
             return
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:

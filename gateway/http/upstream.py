@@ -188,7 +188,17 @@ class UpstreamProtocol(asyncio.Protocol):
                 self._head_done(data)
             else:
                 error = "protocol"
-        self._flush()
+        out = self.out
+        if out:
+            # One write per upstream read (inlined _flush: this runs once per response).
+            self.out = []
+            chunk = b"".join(out) if len(out) > 1 else out[0]
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.bytes_out += len(chunk)
+            transport = self.down.transport
+            if transport is not None:
+                transport.write(chunk)
         if error is not None:
             self._fail(error)
         elif self.done:
