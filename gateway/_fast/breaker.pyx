@@ -238,11 +238,7 @@ cdef inline double _clamp(gw_breaker_shm *s, double now) noexcept nogil:
     return now
 
 
-cdef inline int _check_now(double now) except -1:
-    # `not (now >= 0)` is also true for NaN.
-    if not (now >= 0.0) or not isfinite(now):
-        raise ValueError(f"now must be a finite number >= 0, got {now!r}")
-    return 0
+from gateway._fast.checks cimport check_non_negative, check_now as _check_now
 
 
 cdef class CircuitBreaker:
@@ -354,8 +350,7 @@ cdef class CircuitBreaker:
         cdef gw_transition tr
         cdef bint failed = not success
         _check_now(now)
-        if not (duration >= 0.0) or not isfinite(duration):
-            raise ValueError(f"duration must be a finite number >= 0, got {duration!r}")
+        check_non_negative("duration", duration)
         tr.happened = 0
         shm_lock(&self._s.lock, shm_pid_ptr()[0])
         now = _clamp(self._s, now)

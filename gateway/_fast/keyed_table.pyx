@@ -43,6 +43,7 @@ from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, 
 from gateway._fast.atomic cimport (gw_atomic_add_i64, gw_atomic_add_u64, gw_atomic_load_u32,
                                    gw_atomic_load_u64, gw_atomic_store_u64, gw_cas_u32)
 from gateway._fast.shm cimport shm_lock, shm_pid_ptr, shm_unlock
+from gateway._fast.checks cimport check_non_negative, check_now, check_positive
 from gateway._fast.sliding_window cimport sw_check, sw_init
 from gateway._fast.token_bucket cimport tb_init, tb_try_acquire
 from gateway._fast.xxh64 cimport gw_xxh64
@@ -75,8 +76,7 @@ cdef double _positive(str name, object v) except -1.0:
     if v is None:
         raise ValueError(f"{name} is required for this algorithm")
     d = v
-    if not (d > 0.0) or not isfinite(d):
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    check_positive(name, d)
     return d
 
 
@@ -204,8 +204,7 @@ cdef class KeyedLimiterTable:
         """A table for a SPEC §3 policy, mapped as TokenBucket.from_policy does: token bucket
         rate = limit/window, bucket = limit + burst; sliding window limit/window as given."""
         if algorithm == "token_bucket":
-            if not (burst >= 0.0) or not isfinite(burst):
-                raise ValueError(f"burst must be a finite number >= 0, got {burst!r}")
+            check_non_negative("burst", burst)
             _positive("limit", limit)
             _positive("window", window)
             return KeyedLimiterTable(capacity, algorithm, rate=limit / window, bucket=limit + burst,
@@ -357,10 +356,8 @@ cdef class KeyedLimiterTable:
         cdef Py_ssize_t n
         cdef double a, b
         cdef int r
-        if not (now >= 0.0) or not isfinite(now):
-            raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
-        if not (cost > 0.0) or not isfinite(cost):
-            raise ValueError(f"cost must be a finite number > 0, got {cost!r}")
+        check_now(now)
+        check_positive("cost", cost)
         if type(key) is str:
             data = PyUnicode_AsUTF8AndSize(key, &n)
         elif type(key) is bytes:
@@ -382,8 +379,7 @@ cdef class KeyedLimiterTable:
         Bounded work per call, so a worker can run it from a periodic timer without a pause.
         Answers never change: an idle key is forgotten by `check` anyway.
         """
-        if not (now >= 0.0) or not isfinite(now):
-            raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
+        check_now(now)
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         cdef uint64_t i = self._hdr.sweep_cursor % self._cap

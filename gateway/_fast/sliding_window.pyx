@@ -24,18 +24,7 @@ MAX_WINDOW_LIMIT = 16_777_216
 MAX_LOG_LIMIT = 10_000
 
 
-cdef inline int _check_positive(str name, double v) except -1:
-    # `not (v > 0)` also catches NaN, which compares false with everything.
-    if not (v > 0.0) or not isfinite(v):
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return 0
-
-
-cdef inline int _check_now(double now) except -1:
-    # 0 is a legitimate clock reading; negative or non-finite is a caller bug.
-    if not (now >= 0.0) or not isfinite(now):
-        raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
-    return 0
+from gateway._fast.checks cimport check_now as _check_now, check_positive as _check_positive
 
 
 cdef class SlidingWindow:

@@ -15,18 +15,8 @@ GitHub-style "100 per second" operator expects.
 from libc.math cimport INFINITY, isfinite
 
 
-cdef inline int _check_positive(str name, double v) except -1:
-    # `not (v > 0)` also catches NaN, which compares false with everything.
-    if not (v > 0.0) or not isfinite(v):
-        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
-    return 0
-
-
-cdef inline int _check_now(double now) except -1:
-    # 0 is a legitimate clock reading; negative or non-finite is a caller bug.
-    if not (now >= 0.0) or not isfinite(now):
-        raise ValueError(f"now must be a finite number >= 0 (seconds), got {now!r}")
-    return 0
+from gateway._fast.checks cimport check_non_negative
+from gateway._fast.checks cimport check_now as _check_now, check_positive as _check_positive
 
 
 cdef class TokenBucket:
@@ -52,8 +42,7 @@ cdef class TokenBucket:
         """The bucket for a SPEC §3 policy: rate = limit/window, capacity = limit + burst."""
         _check_positive("limit", limit)
         _check_positive("window", window)
-        if not (burst >= 0.0) or not isfinite(burst):
-            raise ValueError(f"burst must be a finite number >= 0, got {burst!r}")
+        check_non_negative("burst", burst)
         return TokenBucket(limit / window, limit + burst)
 
     cdef int c_try_acquire(self, double now, double cost, double* retry_after) noexcept:
