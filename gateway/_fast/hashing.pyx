@@ -227,6 +227,20 @@ cdef class _TargetSet:
         return self._n
 
 
+cdef inline int32_t _next_available(const int32_t *owners, const uint8_t *avail, uint64_t n,
+                                    uint64_t start) noexcept nogil:
+    # Shared by the ring (owners = points in ring order) and Maglev (owners = table slots): the
+    # owner at `start` is down, so walk on to the first entry whose target is available. Callers
+    # check n_live > 0 first, which guarantees a hit within one lap.
+    cdef uint64_t k
+    cdef int32_t owner
+    for k in range(1, n):
+        owner = owners[(start + k) % n]
+        if avail[owner]:
+            return owner
+    return -1
+
+
 cdef class HashRing(_TargetSet):
     """Weighted ketama-style ring: ``vnodes × weight`` points per target on a sorted uint64 array;
     a key belongs to the first point at or after its hash (wrapping around)."""
@@ -292,7 +306,7 @@ cdef class HashRing(_TargetSet):
         return 0
 
     cdef int32_t _lookup_hash(self, uint64_t h) noexcept nogil:
-        cdef Py_ssize_t lo = 0, hi = self._npoints, mid, k
+        cdef Py_ssize_t lo = 0, hi = self._npoints, mid
         cdef int32_t owner
         if self._n_live == 0:
             return -1
@@ -310,13 +324,8 @@ cdef class HashRing(_TargetSet):
         if self._avail[owner]:
             return owner
         # The owner is down: its keys go to the next available point, i.e. spread over the other
-        # targets by their ring share, while every other key stays where it was. n_live > 0
-        # guarantees a hit within one lap.
-        for k in range(1, self._npoints):
-            owner = self._owners[(lo + k) % self._npoints]
-            if self._avail[owner]:
-                return owner
-        return -1
+        # targets by their ring share, while every other key stays where it was.
+        return _next_available(self._owners, self._avail, <uint64_t>self._npoints, <uint64_t>lo)
 
     def lookup(self, key):
         """Target index for a str/bytes key; -1 if no target is live."""
@@ -421,7 +430,7 @@ cdef class Maglev(_TargetSet):
         return 0
 
     cdef int32_t _lookup_hash(self, uint64_t h) noexcept nogil:
-        cdef uint64_t slot, k
+        cdef uint64_t slot
         cdef int32_t owner
         if self._n_live == 0:
             return -1
@@ -433,11 +442,7 @@ cdef class Maglev(_TargetSet):
         # Down target: walk the following slots. Slots are interleaved pseudo-randomly, so the
         # down target's keys spread over the others in proportion to their weight, and the
         # table is not rebuilt on every health flip.
-        for k in range(1, self._m):
-            owner = self._table[(slot + k) % self._m]
-            if self._avail[owner]:
-                return owner
-        return -1
+        return _next_available(self._table, self._avail, self._m, slot)
 
     def lookup(self, key):
         """Target index for a str/bytes key; -1 if no target is live."""
