@@ -1,10 +1,10 @@
-"""Build the compiled hot path in gateway/_fast.
+"""Build the compiled hot path: gateway/_fast (pure byte/number work) and the data-plane protocols.
 
 The extension list is explicit (as asyncpg does it): a new .pyx must be added here, so a module
 can never silently go missing from a build.
 
 Switches (environment variables):
-  GATEWAY_CYTHON_ANNOTATE=1   write gateway/_fast/*.html annotation reports (cython -a)
+  GATEWAY_CYTHON_ANNOTATE=1   write the *.html annotation reports next to each .pyx (cython -a)
   GATEWAY_CYTHON_DEBUG=1      -O0 -g, Cython line tracing, bounds/wraparound checks on
   GATEWAY_BUILD_ONLY=a,b      build only these modules (for working on one primitive)
 """
@@ -26,6 +26,17 @@ FAST_MODULES = [
     "wire",           # HTTP head work on the data path: header filtering and serialization
 ]
 
+# The data plane's protocols, compiled as cdef classes that cimport each other (asyncpg's layout).
+# They do I/O (transports, tasks), which DESIGN.md keeps out of gateway/_fast, so they stay in
+# gateway/http (and RequestContext in gateway/pipeline) under their original module names.
+# short name (for GATEWAY_BUILD_ONLY) -> dotted module name
+DATAPLANE_MODULES = {
+    "context": "gateway.pipeline.context",    # RequestContext: fields read as C struct members
+    "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
+    "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
+    "downstream": "gateway.http.downstream",  # DownstreamProtocol: client side, pipelining
+}
+
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"
 ANNOTATE = os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1"
 ONLY = {m for m in os.environ.get("GATEWAY_BUILD_ONLY", "").split(",") if m}
@@ -34,7 +45,7 @@ ONLY = {m for m in os.environ.get("GATEWAY_BUILD_ONLY", "").split(",") if m}
 def extensions() -> list:
     from Cython.Build import cythonize
 
-    unknown = ONLY - set(FAST_MODULES)
+    unknown = ONLY - set(FAST_MODULES) - set(DATAPLANE_MODULES)
     if unknown:
         raise SystemExit(f"GATEWAY_BUILD_ONLY names unknown modules: {sorted(unknown)}")
     names = [m for m in FAST_MODULES if not ONLY or m in ONLY]
@@ -46,6 +57,10 @@ def extensions() -> list:
         Extension(f"gateway._fast.{m}", [f"gateway/_fast/{m}.pyx"],
                   extra_compile_args=cflags, define_macros=macros)
         for m in names
+    ]
+    exts += [
+        Extension(mod, [mod.replace(".", "/") + ".pyx"], extra_compile_args=cflags, define_macros=macros)
+        for short, mod in DATAPLANE_MODULES.items() if not ONLY or short in ONLY
     ]
     directives = {
         "language_level": "3",

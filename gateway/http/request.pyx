@@ -9,8 +9,6 @@ gateway's own X-Forwarded-*, X-Request-Id and traceparent.
 One builder per connection: it holds what is constant for the connection (peer address, whether
 the peer is a trusted proxy, the precomputed X-Forwarded-For value).
 """
-from __future__ import annotations
-
 import binascii
 import ipaddress
 import itertools
@@ -18,7 +16,10 @@ import os
 import random
 from typing import Any
 
-from gateway.pipeline.context import RequestContext
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint64_t
+
+from gateway.pipeline.context cimport RequestContext
 
 from . import replies
 from .errors import RequestRejected
@@ -73,7 +74,7 @@ def _classify(name: bytes) -> tuple[int, bytes]:
     return entry
 
 
-def new_request_id() -> bytes:
+cpdef bytes new_request_id():
     return b"%s%010x" % (_ID_PREFIX, next(_id_counter))
 
 
@@ -82,9 +83,8 @@ _V11 = b"1.1"
 _V10 = b"1.0"
 
 
-class RequestBuilder:
-    __slots__ = ("settings", "peer", "peer_b", "trusted", "xff_line", "last_host", "last_host_ok",
-                 "fwd_host", "fwd_block")
+cdef class RequestBuilder:
+    # (attributes: request.pxd)
 
     def __init__(self, settings: Any, peer: str) -> None:
         self.settings = settings
@@ -92,16 +92,24 @@ class RequestBuilder:
         self.peer_b = peer.encode()
         self.trusted = _is_trusted(peer, settings.trusted_proxies)
         self.xff_line = b"X-Forwarded-For: " + self.peer_b + b"\r\n"
+        self.max_body = settings.max_body_bytes
         # A keep-alive connection sends the same Host again and again: validate it once.
         self.last_host = b""
         self.last_host_ok = b""
-        self.fwd_host: bytes | None = None
+        self.fwd_host = None
         self.fwd_block = b""
+        self.has_body = False
+        self.expect = False
 
-    def build(
-        self, method: bytes, version: str, url: bytes, raw_headers: list[tuple[bytes, bytes]], keep_alive: bool
-    ) -> tuple[RequestContext, bool, bool]:
-        """(ctx, has_body, expects_100) for a complete head; raises RequestRejected."""
+    cdef RequestContext build(self, bytes method, str version, bytes url, list raw_headers,
+                              bint keep_alive):
+        """The context of a complete head (self.has_body/self.expect set); raises RequestRejected."""
+        # C locals for the per-header loop: the class and the counters never box.
+        cdef int cls
+        cdef Py_ssize_t hosts = 0, cls_count = 0, q
+        cdef bint expect = False, chunked = False, has_body
+        cdef tuple entry
+        cdef RequestContext ctx
         if version == "1.1":
             http_version = _V11
         elif version == "1.0":
@@ -123,25 +131,23 @@ class RequestBuilder:
             except TargetError:
                 raise RequestRejected(replies.BAD_TARGET) from None
 
-        headers: list[tuple[bytes, bytes]] = []
-        host: bytes | None = None
-        hosts = 0
-        cl: bytes | None = None
-        cls_count = 0
-        te: list[bytes] | None = None
-        conn: bytes | None = None
-        expect = False
-        rid: bytes | None = None
-        tp: bytes | None = None
-        ts: bytes | None = None
-        xff: bytes | None = None
-        xfwd: list[tuple[bytes, bytes]] | None = None
-        cache = _name_cache
+        cdef list headers = []
+        host = None
+        cl = None
+        te = None
+        conn = None
+        rid = None
+        tp = None
+        ts = None
+        xff = None
+        xfwd = None
+        cdef dict cache = _name_cache
         for name, value in raw_headers:
             entry = cache.get(name)
             if entry is None:
                 entry = _classify(name)
-            cls, lname = entry
+            cls = entry[0]
+            lname = entry[1]
             if cls == H_FORWARD:
                 headers.append((lname, value))
             elif cls == H_HOST:
@@ -175,8 +181,7 @@ class RequestBuilder:
             # H_DROP, H_OWNED: hop-by-hop, look-alikes and gateway-owned fields are never forwarded
 
         # --- framing (llhttp already refused CL+TE, duplicate CL and malformed CL) ---
-        chunked = False
-        content_length: int | None = None
+        content_length = None
         if te is not None:
             # HTTP/1.0 has no Transfer-Encoding: a 1.0 message carrying one is the classic request
             # smuggling vector (a 1.0 backend would read it by Content-Length or to EOF).
@@ -193,7 +198,7 @@ class RequestBuilder:
                 raise RequestRejected(replies.AMBIGUOUS_FRAMING)
             content_length = int(cl)
             # 413 from the declared length, before a byte of the body is read (SPEC §4).
-            if content_length > self.settings.max_body_bytes:
+            if content_length > self.max_body:
                 raise RequestRejected(replies.BODY_TOO_LARGE)
         has_body = chunked or bool(content_length)
         if expect and (http_version != _V11 or not has_body):
@@ -258,9 +263,11 @@ class RequestBuilder:
         else:
             ctx.client_ip = self.peer
         ctx.scheme = b"http"
-        return ctx, has_body, expect
+        self.has_body = has_body
+        self.expect = expect
+        return ctx
 
-    def upstream_head(self, ctx: RequestContext) -> bytes:
+    cdef bytes upstream_head(self, RequestContext ctx):
         """The canonical request head, one buffer (gateway._fast.wire.request_head)."""
         route = ctx.route
         target = route.upstream_path(ctx.target) if route.strip_prefix else ctx.target

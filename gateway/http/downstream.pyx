@@ -17,8 +17,6 @@ Timeouts are deadlines stored on the connection and checked by the per-loop Tick
 the header deadline is absolute from the first byte of a head, the body deadline moves with each
 body chunk, the keep-alive deadline starts when the connection becomes idle.
 """
-from __future__ import annotations
-
 import asyncio
 import logging
 from collections import deque
@@ -26,15 +24,14 @@ from typing import Any
 
 import httptools
 
-from gateway.pipeline.chain import FilterChain
-from gateway.pipeline.context import RequestContext
+from gateway.pipeline.context cimport RequestContext
 from gateway.pipeline.reply import LocalReply
 
 from . import replies
 from .errors import RequestRejected
 from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate, ticker_for
-from .request import RequestBuilder, new_request_id
-from .upstream import UpstreamProtocol
+from gateway.http.request cimport RequestBuilder, new_request_id
+from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
@@ -44,34 +41,30 @@ MAX_PIPELINE = 16             # parsed requests waiting for their turn before re
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
 
 # parse-side deadline kinds
-K_NONE = 0
-K_HEADER = 1
-K_BODY = 2
-K_IDLE = 3
+cdef enum:
+    K_NONE = 0
+    K_HEADER = 1
+    K_BODY = 2
+    K_IDLE = 3
 
 
-class _Queued:
+cdef class _Queued:
     """A pipelined request waiting for the active exchange to finish (uncommon path)."""
 
-    __slots__ = ("ctx", "body", "size", "done", "expect")
-
-    def __init__(self, ctx: RequestContext, expect: bool, done: bool) -> None:
+    def __init__(self, RequestContext ctx, bint expect, bint done) -> None:
         self.ctx = ctx
-        self.body: list[bytes] = []
+        self.body = []
         self.size = 0
         self.done = done
         self.expect = expect
 
 
-class DownstreamProtocol(asyncio.Protocol):
-    __slots__ = (
-        "worker", "loop", "settings", "ticker", "builder",
-        "lim_uri", "lim_hbytes", "lim_headers", "lim_body", "t_header", "t_body", "t_keepalive",
-        "transport", "parser", "gate", "peer", "queue", "closing", "w_deadline", "reject_after",
-        "in_head", "p_url", "p_headers", "p_hbytes", "p_raw", "p_body", "p_ctx", "p_entry",
-        "p_kind", "p_deadline", "p_has_body", "p_expect",
-        "a_ctx", "a_up", "a_pending", "a_pending_size", "a_body_done", "a_task", "a_expect",
-    )
+cdef class _DownstreamBase:
+    """The protocol's state and logic; DownstreamProtocol (below) adds asyncio.Protocol as a base.
+
+    (Attributes: downstream.pxd. `def` methods are what asyncio/uvloop, httptools, the pool, the
+    worker, the ticker and tests call; `cdef` methods are the internal steps.)
+    """
 
     def __init__(self, worker: Any) -> None:
         self.worker = worker
@@ -87,42 +80,43 @@ class DownstreamProtocol(asyncio.Protocol):
         self.t_header = s.header_timeout
         self.t_body = s.body_timeout
         self.t_keepalive = s.keepalive_timeout
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.parser = httptools.HttpRequestParser(self)
-        self.gate: ReadGate = None  # type: ignore[assignment]  # set in connection_made
-        self.builder: RequestBuilder = None  # type: ignore[assignment]
+        self.gate = None  # set in connection_made
+        self.builder = None
         self.peer = ""
-        self.queue: deque[_Queued] = deque()
+        self.queue = deque()
         self.closing = False
         self.w_deadline = INF
         self.reject_after: LocalReply | None = None
         self._reset_parse()
         self.p_kind = K_NONE
         self.p_deadline = INF
-        self.a_ctx: RequestContext | None = None
-        self.a_up: UpstreamProtocol | None = None
-        self.a_pending: list[bytes] = []
+        self.a_ctx = None
+        self.a_up = None
+        self.a_pending = []
         self.a_pending_size = 0
         self.a_body_done = True
         self.a_task: asyncio.Task[Any] | None = None
         self.a_expect = False
 
-    def _reset_parse(self) -> None:
+    cdef int _reset_parse(self) except -1:
         self.in_head = False
         self.p_url = b""
-        self.p_headers: list[tuple[bytes, bytes]] = []
+        self.p_headers = []
         self.p_hbytes = 0
         self.p_raw = 0
         self.p_body = 0
-        self.p_ctx: RequestContext | None = None
-        self.p_entry: _Queued | None = None
+        self.p_ctx = None
+        self.p_entry = None
         self.p_has_body = False
         self.p_expect = False
+        return 0
 
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.gate = ReadGate(transport)  # type: ignore[arg-type]
+        self.transport = transport
+        self.gate = ReadGate(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         self.builder = RequestBuilder(self.settings, self.peer)
@@ -135,7 +129,7 @@ class DownstreamProtocol(asyncio.Protocol):
         self.closing = True
         self.ticker.discard(self)
         if self.a_up is not None:
-            self.a_up.abort()  # the response has nowhere to go: never reuse a half-read connection
+            self.a_up._abort()  # the response has nowhere to go: never reuse a half-read connection
             self.a_up = None
         if self.a_task is not None:
             self.a_task.cancel()
@@ -155,12 +149,12 @@ class DownstreamProtocol(asyncio.Protocol):
         # a client that stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
         self.w_deadline = self.ticker.now + self.settings.body_timeout
         if self.a_up is not None:
-            self.a_up.pause_reading()
+            self.a_up._pause_reading()
 
     def resume_writing(self) -> None:
         self.w_deadline = INF
         if self.a_up is not None:
-            self.a_up.resume_reading()
+            self.a_up._resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -179,7 +173,7 @@ class DownstreamProtocol(asyncio.Protocol):
                 # with a fresh parser at the next byte.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
                 self.parser = httptools.HttpRequestParser(self)
-                self.on_message_complete()
+                self._message_complete()
                 data = data[offset:]
                 if data and not self.closing:
                     continue
@@ -203,7 +197,7 @@ class DownstreamProtocol(asyncio.Protocol):
             break
         # Bytes of a head still incomplete after this read: the head limit is decided here, as
         # soon as it is crossed, even if llhttp is still inside one huge header line.
-        if self.in_head and not self.closing and self.p_raw > self.settings.max_header_bytes + self.settings.max_uri_bytes:
+        if self.in_head and not self.closing and self.p_raw > self.lim_hbytes + self.lim_uri:
             self._reject(replies.HEADERS_TOO_LARGE)
 
     # ------------------------------------------------------------------ parser callbacks
@@ -224,20 +218,26 @@ class DownstreamProtocol(asyncio.Protocol):
         if len(self.p_url) > self.lim_uri:
             raise RequestRejected(replies.URI_TOO_LONG)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.p_headers
+    def on_header(self, bytes name, bytes value) -> None:
+        cdef list headers = self.p_headers
         headers.append((name, value))
         self.p_hbytes += len(name) + len(value) + 4
         if self.p_hbytes > self.lim_hbytes or len(headers) > self.lim_headers:
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
+        cdef RequestContext ctx
+        cdef bint has_body, expect
+        cdef _Queued entry
         self.in_head = False
         parser = self.parser
-        ctx, has_body, expect = self.builder.build(
+        builder = self.builder
+        ctx = builder.build(
             parser.get_method(), parser.get_http_version(), self.p_url, self.p_headers,
             parser.should_keep_alive() and not self.worker.draining,
         )
+        has_body = builder.has_body
+        expect = builder.expect
         if has_body and parser.should_upgrade():
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
         ctx.start = self.loop.time()
@@ -259,8 +259,10 @@ class DownstreamProtocol(asyncio.Protocol):
             if len(self.queue) >= MAX_PIPELINE:
                 self.gate.pause(PAUSE_PIPELINE)
 
-    def on_body(self, body: bytes) -> None:
-        n = len(body)
+    def on_body(self, bytes body) -> None:
+        cdef Py_ssize_t n = len(body)
+        cdef RequestContext ctx
+        cdef _Queued entry
         self.p_body += n
         if self.p_body > self.lim_body:
             raise RequestRejected(replies.BODY_TOO_LARGE)
@@ -279,10 +281,14 @@ class DownstreamProtocol(asyncio.Protocol):
                 self.gate.pause(PAUSE_BUFFER)
 
     def on_message_complete(self) -> None:
-        ctx = self.p_ctx
+        self._message_complete()
+
+    cdef int _message_complete(self) except -1:
+        cdef RequestContext ctx = self.p_ctx
+        cdef _Queued entry
         self.p_kind = K_NONE
         if ctx is None:
-            return
+            return 0
         ctx.bytes_in = self.p_body
         entry = self.p_entry
         if entry is None:
@@ -296,9 +302,10 @@ class DownstreamProtocol(asyncio.Protocol):
             entry.done = True
         self.p_ctx = None
         self.p_entry = None
+        return 0
 
     # ------------------------------------------------------------------ the active exchange
-    def _activate(self, ctx: RequestContext, body: list[bytes] | None, done: bool, expect: bool) -> None:
+    cdef int _activate(self, RequestContext ctx, list body, bint done, bint expect) except -1:
         self.a_ctx = ctx
         self.a_up = None
         self.a_pending = body if body is not None else []
@@ -309,10 +316,10 @@ class DownstreamProtocol(asyncio.Protocol):
         route = runtime.router.match(ctx.method, ctx.host, ctx.path)
         if type(route) is LocalReply:
             self._local(route)
-            return
+            return 0
         ctx.route = route
         ctx.service = route.service
-        chain: FilterChain = route.chain
+        chain = route.chain
         if chain.filters:
             result = chain.run_access(ctx)
             if result is not None:
@@ -321,24 +328,24 @@ class DownstreamProtocol(asyncio.Protocol):
                 else:
                     # The only per-request task: a filter waiting on I/O (Redis, JWKS...).
                     self.a_task = self.loop.create_task(self._access_wait(ctx, result))
-                return
-        # The proxy step, inlined for the common case (a pooled connection, no Expect): every
-        # Python call saved here is ~0.1 µs per request.
+                return 0
+        # The proxy step, inlined for the common case (a pooled connection, no Expect).
         if self.a_expect:
             self._proxy(ctx)
-            return
+            return 0
         target = route.service.pick(ctx)
         if target is None:
             self._local(replies.NO_TARGET)
-            return
+            return 0
         ctx.upstream_target = target
         up = target.pool.acquire()
         if up is not None:
             self._send(up)
         else:
             target.pool.connect(self)
+        return 0
 
-    async def _access_wait(self, ctx: RequestContext, pending: Any) -> None:
+    async def _access_wait(self, RequestContext ctx, pending):
         try:
             result = await pending
         except Exception:  # noqa: BLE001
@@ -352,11 +359,11 @@ class DownstreamProtocol(asyncio.Protocol):
         else:
             self._proxy(ctx)
 
-    def _proxy(self, ctx: RequestContext) -> None:
+    cdef int _proxy(self, RequestContext ctx) except -1:
         target = ctx.route.service.pick(ctx)
         if target is None:
             self._local(replies.NO_TARGET)
-            return
+            return 0
         ctx.upstream_target = target
         if self.a_expect:
             # We answer the client's Expect ourselves (nginx does too) and never forward it: the
@@ -369,16 +376,17 @@ class DownstreamProtocol(asyncio.Protocol):
             self._send(up)
         else:
             target.pool.connect(self)
+        return 0
 
-    def upstream_ready(self, up: UpstreamProtocol) -> None:
+    def upstream_ready(self, _UpstreamBase up) -> None:
         """A new connection from pool.connect (called from its task)."""
         if self.closing or self.a_ctx is None or self.a_up is not None:
             up.pool.release(up)
             return
         self._send(up)
 
-    def _send(self, up: UpstreamProtocol) -> None:
-        ctx = self.a_ctx
+    cdef int _send(self, _UpstreamBase up) except -1:
+        cdef RequestContext ctx = self.a_ctx
         assert ctx is not None
         self.a_up = up
         head = self.builder.upstream_head(ctx)
@@ -387,23 +395,25 @@ class DownstreamProtocol(asyncio.Protocol):
             self.a_pending = []
             self.a_pending_size = 0
         ctx.upstream_start = self.loop.time()
-        up.start(self, ctx, head, ctx.route.timeout or self.settings.upstream_timeout)
+        up._start(self, ctx, head, ctx.route.timeout or self.settings.upstream_timeout)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
         if self.w_deadline != INF:
-            up.pause_reading()  # the client is already backed up
+            up._pause_reading()  # the client is already backed up
+        return 0
 
-    def _body_out(self, data: bytes) -> None:
+    cdef int _body_out(self, bytes data) except -1:
         if self.closing:
-            return
+            return 0
         up = self.a_up
         if up is not None:
-            up.send(data)
+            up._send(data)
         elif self.a_ctx is not None:
             self.a_pending.append(data)
             self.a_pending_size += len(data)
             if self.a_pending_size > MAX_BUFFERED_BODY:
                 self.gate.pause(PAUSE_BUFFER)
+        return 0
 
     def write_response(self, data: bytes) -> None:
         """Response bytes from the UpstreamProtocol (one call per upstream read)."""
@@ -414,10 +424,13 @@ class DownstreamProtocol(asyncio.Protocol):
             self.transport.write(data)
 
     def upstream_failed(self, kind: str) -> None:
-        ctx = self.a_ctx
+        self._upstream_failed(kind)
+
+    cdef int _upstream_failed(self, str kind) except -1:
+        cdef RequestContext ctx = self.a_ctx
         self.a_up = None
         if ctx is None or self.closing:
-            return
+            return 0
         ctx.upstream_error = kind
         if ctx.status == 0:
             self._local(replies.UPSTREAM_REPLIES[kind])
@@ -425,15 +438,16 @@ class DownstreamProtocol(asyncio.Protocol):
             # Part of the response already went out: a second response is impossible, closing is
             # the only way to tell the client the body is incomplete.
             self._close()
+        return 0
 
-    def _local(self, reply: LocalReply) -> None:
+    cdef int _local(self, object reply) except -1:
         """Answer the active request ourselves."""
-        ctx = self.a_ctx
+        cdef RequestContext ctx = self.a_ctx
         assert ctx is not None and self.transport is not None
-        ctx.local_reply = reply  # type: ignore[assignment]  # (RequestContext declares it None-only)
+        ctx.local_reply = reply
         ctx.status = reply.status
         if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
-            self.a_up.abort()
+            self.a_up._abort()
             self.a_up = None
         # Unread request body bytes could be parsed as a next request: close instead.
         keep = ctx.keep_alive and not reply.close and self.a_body_done
@@ -448,23 +462,28 @@ class DownstreamProtocol(asyncio.Protocol):
         data = replies.render(reply, ctx.request_id, keep, headers, ctx.method == b"HEAD")
         ctx.bytes_out += len(data)
         self.transport.write(data)
-        self.exchange_done()
+        self._exchange_done()
+        return 0
 
     def exchange_done(self) -> None:
+        self._exchange_done()
+
+    cdef int _exchange_done(self) except -1:
         """The active exchange sent its last byte: log it, then the next request or idle or close."""
-        ctx = self.a_ctx
+        cdef RequestContext ctx = self.a_ctx
+        cdef _Queued entry
         if ctx is None:
-            return
+            return 0
         self.a_ctx = None
         self.a_up = None
         route = ctx.route
         if route is not None and route.chain.filters:
             route.chain.run_log(ctx)
         if self.closing:
-            return
+            return 0
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
             self._close()
-            return
+            return 0
         if self.queue:
             entry = self.queue.popleft()
             if len(self.queue) < MAX_PIPELINE:
@@ -479,17 +498,21 @@ class DownstreamProtocol(asyncio.Protocol):
             self.p_kind = K_IDLE
             self.p_raw = 0
             self.p_deadline = self.ticker.now + self.t_keepalive
+        return 0
 
-    def _log(self, ctx: RequestContext) -> None:
+    cdef int _log(self, RequestContext ctx) except -1:
         route = ctx.route
         if route is not None and route.chain.filters:
             route.chain.run_log(ctx)
+        return 0
 
     # ------------------------------------------------------------------ rejection, close, timers
-    def _reject(self, reply: LocalReply) -> None:
+    cdef int _reject(self, object reply) except -1:
         """The request being parsed is refused: nothing more is read from this connection."""
+        cdef RequestContext ctx
+        cdef _Queued entry
         if self.closing:
-            return
+            return 0
         self.gate.pause(PAUSE_CLOSING)
         self.p_kind = K_NONE
         self.in_head = False
@@ -500,25 +523,27 @@ class DownstreamProtocol(asyncio.Protocol):
                 self._local(reply if reply.close else _closing(reply))
             else:
                 self._close()
-            return
+            return 0
         if self.a_ctx is not None or self.queue:
             # Earlier pipelined requests are answered first; the rejection comes last, in order.
             for entry in list(self.queue):
                 if entry is self.p_entry:
                     self.queue.remove(entry)
             self.reject_after = reply
-            return
+            return 0
         self.reject_after = None
         rid = ctx.request_id if ctx is not None else new_request_id()
         assert self.transport is not None
         self.transport.write(replies.render(reply, rid, False))
         self._close()
+        return 0
 
-    def _close(self) -> None:
+    cdef int _close(self) except -1:
         if not self.closing:
             self.closing = True
             if self.transport is not None:
                 self.transport.close()
+        return 0
 
     def shutdown(self) -> None:
         """Drain: close now if idle, else after the in-flight response (which says Connection: close)."""
@@ -527,7 +552,7 @@ class DownstreamProtocol(asyncio.Protocol):
         elif self.a_ctx is not None and self.a_ctx.status == 0:
             self.a_ctx.keep_alive = False
 
-    def on_tick(self, now: float) -> None:
+    def on_tick(self, double now) -> None:
         if now >= self.w_deadline:
             # The client stopped reading our response.
             self.closing = True
@@ -536,7 +561,7 @@ class DownstreamProtocol(asyncio.Protocol):
             return
         if now < self.p_deadline or self.closing:
             return
-        kind = self.p_kind
+        cdef int kind = self.p_kind
         if kind == K_IDLE:
             self._close()
         elif kind == K_HEADER:
@@ -550,3 +575,10 @@ class DownstreamProtocol(asyncio.Protocol):
 def _closing(reply: LocalReply) -> LocalReply:
     return LocalReply(reply.status, reply.code, reply.message, reply.headers, reply.body,
                       reply.content_type, close=True)
+
+
+class DownstreamProtocol(_DownstreamBase, asyncio.Protocol):
+    """The asyncio-facing class: a cdef class cannot inherit asyncio.Protocol, this thin subclass
+    keeps isinstance(p, asyncio.Protocol) true (asyncpg's layout). No instance dict."""
+
+    __slots__ = ()

@@ -10,10 +10,8 @@ Flow control is coupled both ways: the downstream protocol pauses our reading wh
 buffer is full (a slow client never makes us buffer a whole response), and our pause_writing pauses
 the downstream's reading (a slow upstream never makes us buffer a whole request body).
 """
-from __future__ import annotations
-
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 
@@ -31,23 +29,22 @@ from .wire import (
     status_line,
 )
 
-if TYPE_CHECKING:
-    from gateway.pipeline.context import RequestContext
-
-    from .downstream import DownstreamProtocol
-    from .pool import UpstreamPool
+from gateway.http.downstream cimport _DownstreamBase
+from gateway.pipeline.context cimport RequestContext
 
 INF = float("inf")
 
-# Exchange states
-S_IDLE = 0          # in the pool (or fresh, not yet used)
-S_WAIT_HEAD = 1     # request sent, response head not complete: GATEWAY_UPSTREAM_TIMEOUT applies
-S_BODY = 2          # response head sent downstream: GATEWAY_BODY_TIMEOUT applies to each stall
+# Exchange states (C constants: compared without boxing; also exported for tests)
+cdef enum:
+    S_IDLE = 0          # in the pool (or fresh, not yet used)
+    S_WAIT_HEAD = 1     # request sent, response head not complete: GATEWAY_UPSTREAM_TIMEOUT applies
+    S_BODY = 2          # response head sent downstream: GATEWAY_BODY_TIMEOUT applies to each stall
 
 # Downstream framing of the response body
-M_RAW = 0           # bytes as they come (Content-Length, or close-delimited to an HTTP/1.0 client)
-M_CHUNK = 1         # re-chunked (chunk extensions and trailers of the upstream are never forwarded)
-M_NONE = 2          # no body (HEAD, 204, 304)
+cdef enum:
+    M_RAW = 0           # bytes as they come (Content-Length, or close-delimited to an HTTP/1.0 client)
+    M_CHUNK = 1         # re-chunked (chunk extensions and trailers of the upstream are never forwarded)
+    M_NONE = 2          # no body (HEAD, 204, 304)
 
 _CLOSE = b"Connection: close\r\n"
 _PLAIN_CONNECTION = (b"keep-alive", b"close")
@@ -57,10 +54,10 @@ _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
 # Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
 # header, no lower(). Bounded: names come from upstreams, which are not fully trusted either.
-_name_cache: dict[bytes, int] = {}
+cdef dict _name_cache = {}
 
 
-def _classify(name: bytes) -> int:
+cdef object _classify(bytes name):
     cls = RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
     if len(_name_cache) < 4096:
         _name_cache[name] = cls
@@ -71,21 +68,20 @@ class _HeadDone(Exception):
     """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
 
 
-class UpstreamProtocol(asyncio.Protocol):
-    __slots__ = ("pool", "settings", "ticker", "transport", "parser", "down", "ctx", "headers", "out",
-                 "state", "mode", "status", "head_request", "done", "broken", "until_close",
-                 "deadline", "paused")
+cdef class _UpstreamBase:
+    """The protocol's state and logic; UpstreamProtocol (below) adds asyncio.Protocol as a base."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.settings: Any = pool.settings
+        self.settings = pool.settings
+        self.body_timeout = pool.settings.body_timeout
         self.ticker = ticker_for(pool.loop)
-        self.transport: asyncio.Transport | None = None
+        self.transport = None
         self.parser = httptools.HttpResponseParser(self)
-        self.down: DownstreamProtocol | None = None
-        self.ctx: RequestContext | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.out: list[bytes] = []
+        self.down = None
+        self.ctx = None
+        self.headers = []
+        self.out = []
         self.state = S_IDLE
         self.mode = M_RAW
         self.status = 0
@@ -96,12 +92,30 @@ class UpstreamProtocol(asyncio.Protocol):
         self.deadline = INF
         self.paused = False
 
-    # --- used by the pool and the downstream protocol ---
+    # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
+        return self._reusable()
+
+    cdef bint _reusable(self):
         t = self.transport
         return self.down is None and not self.broken and t is not None and not t.is_closing()
 
-    def start(self, down: DownstreamProtocol, ctx: RequestContext, data: bytes, timeout: float) -> None:
+    def start(self, down: _DownstreamBase, ctx: RequestContext, data: bytes, timeout: float) -> None:
+        self._start(down, ctx, data, timeout)
+
+    def send(self, data: bytes) -> None:
+        self._send(data)
+
+    def abort(self) -> None:
+        self._abort()
+
+    def pause_reading(self) -> None:
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        self._resume_reading()
+
+    cdef int _start(self, _DownstreamBase down, RequestContext ctx, bytes data, double timeout) except -1:
         """Send a request head (and any body bytes already received) and wait for the response."""
         self.down = down
         self.ctx = ctx
@@ -112,20 +126,23 @@ class UpstreamProtocol(asyncio.Protocol):
         self.deadline = self.ticker.now + timeout
         assert self.transport is not None
         self.transport.write(data)
+        return 0
 
-    def send(self, data: bytes) -> None:
+    cdef int _send(self, bytes data) except -1:
         assert self.transport is not None
         self.transport.write(data)
+        return 0
 
-    def abort(self) -> None:
+    cdef int _abort(self) except -1:
         """Drop this connection now (errors, downstream gone, pool closed): never reused."""
         self.broken = True
         self.down = None
         self.ctx = None
         if self.transport is not None:
             self.transport.abort()
+        return 0
 
-    def pause_reading(self) -> None:
+    cdef int _pause_reading(self) except -1:
         # The downstream's write buffer is full: stop reading so the response waits in the kernel
         # and in the upstream, not in our memory. The body deadline is suspended meanwhile: the
         # stall is the client's, and the downstream protocol's send deadline covers it.
@@ -133,18 +150,20 @@ class UpstreamProtocol(asyncio.Protocol):
             self.paused = True
             self.deadline = INF
             self.transport.pause_reading()
+        return 0
 
-    def resume_reading(self) -> None:
+    cdef int _resume_reading(self) except -1:
         if self.paused and self.transport is not None:
             self.paused = False
             if self.state == S_BODY:
-                self.deadline = self.ticker.now + self.settings.body_timeout
+                self.deadline = self.ticker.now + self.body_timeout
             if not self.transport.is_closing():
                 self.transport.resume_reading()
+        return 0
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self.deadline = self.ticker.now + self.pool.idle_timeout
         self.ticker.add(self)
 
@@ -177,8 +196,10 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.down is None:
             # Bytes on an idle connection are never a response to anything: discard the connection.
             self.pool.forget(self)
-            self.abort()
+            self._abort()
             return
+        cdef list out
+        cdef RequestContext ctx
         error = None
         try:
             self.parser.feed_data(data)
@@ -204,7 +225,7 @@ class UpstreamProtocol(asyncio.Protocol):
         elif self.done:
             self._finish()
 
-    def _head_done(self, data: bytes) -> None:
+    cdef int _head_done(self, bytes data) except -1:
         """The head of a response to HEAD is complete.
 
         httptools cannot tell llhttp to skip the body of a response to HEAD, so the parser would
@@ -218,6 +239,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
         else:
             self.broken = True
+        return 0
 
     # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
     # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
@@ -232,7 +254,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if self.done:
             self.broken = True  # a second response to one request: never trust this connection again
             raise httptools.HttpParserError("response after the complete response")
-        status = self.parser.get_status_code()
+        cdef int status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
@@ -242,7 +264,7 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         self.status = status
         self.state = S_BODY
-        self.deadline = self.ticker.now + self.settings.body_timeout
+        self.deadline = self.ticker.now + self.body_timeout
         self.out.append(self._response_head(status))
         if self.head_request:
             raise _HeadDone()
@@ -253,7 +275,7 @@ class UpstreamProtocol(asyncio.Protocol):
         else:
             self.out.append(body)
         if not self.paused:
-            self.deadline = self.ticker.now + self.settings.body_timeout
+            self.deadline = self.ticker.now + self.body_timeout
 
     def on_message_complete(self) -> None:
         if self.state != S_BODY:
@@ -265,18 +287,21 @@ class UpstreamProtocol(asyncio.Protocol):
         self.done = True
 
     # --- response head ---
-    def _response_head(self, status: int) -> bytes:
-        ctx = self.ctx
+    cdef bytes _response_head(self, int status):
+        cdef RequestContext ctx = self.ctx
         assert ctx is not None
-        cl: bytes | None = None
-        te: bytes | None = None
-        conn: bytes | None = None
-        fwd: list[tuple[bytes, bytes]] = []
-        cache = _name_cache
+        cdef int cls
+        cdef bint keep
+        cl = None
+        te = None
+        conn = None
+        cdef list fwd = []
+        cdef dict cache = _name_cache
         for name, value in self.headers:
-            cls = cache.get(name)
-            if cls is None:
-                cls = _classify(name)
+            c = cache.get(name)
+            if c is None:
+                c = _classify(name)
+            cls = c
             if cls == R_FORWARD:
                 fwd.append((name, value))
             elif cls == R_CONTENT_LENGTH:
@@ -326,7 +351,7 @@ class UpstreamProtocol(asyncio.Protocol):
         return response_head(line, fwd, framing, ctx.request_id, tail)
 
     # --- end of an exchange ---
-    def _flush(self) -> None:
+    cdef int _flush(self) except -1:
         out = self.out
         if out:
             self.out = []
@@ -339,36 +364,46 @@ class UpstreamProtocol(asyncio.Protocol):
                 transport = down.transport
                 if transport is not None:
                     transport.write(data)
+        return 0
 
-    def _finish(self) -> None:
+    cdef int _finish(self) except -1:
         down = self.down
         self.down = None
         self.ctx = None
         self.state = S_IDLE
         self.status = 0
         if self.paused:
-            self.resume_reading()
+            self._resume_reading()
         assert down is not None
         # Reuse only after a complete exchange: the whole request went out (the downstream body
         # is done) and the whole response came back; anything else leaves unknown bytes in flight.
         if self.broken or not down.a_body_done:
-            self.abort()
+            self._abort()
         else:
             self.deadline = self.ticker.now + self.pool.idle_timeout
             self.pool.release(self)
-        down.exchange_done()
+        down._exchange_done()
+        return 0
 
-    def _fail(self, kind: str) -> None:
+    cdef int _fail(self, str kind) except -1:
         down = self.down
-        self.abort()
+        self._abort()
         if down is not None:
-            down.upstream_failed(kind)
+            down._upstream_failed(kind)
+        return 0
 
     def on_tick(self, now: float) -> None:
         if now < self.deadline:
             return
         if self.down is None:
             self.pool.forget(self)  # idle too long in the pool
-            self.abort()
+            self._abort()
         else:
             self._fail("timeout")
+
+
+class UpstreamProtocol(_UpstreamBase, asyncio.Protocol):
+    """The asyncio-facing class: a cdef class cannot inherit asyncio.Protocol, this thin subclass
+    keeps isinstance(up, asyncio.Protocol) true (asyncpg's layout). No instance dict."""
+
+    __slots__ = ()

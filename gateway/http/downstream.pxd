@@ -1,0 +1,74 @@
+# The client side as a cdef class: per-connection and per-request state in C fields, the internal
+# steps as cdef methods (vtable calls), and typed references to the builder, the active upstream
+# connection and the contexts, so the hot path never looks an attribute up by name.
+from gateway.http.request cimport RequestBuilder
+from gateway.http.upstream cimport _UpstreamBase
+from gateway.pipeline.context cimport RequestContext
+
+
+cdef class _Queued:
+    cdef RequestContext ctx
+    cdef list body
+    cdef Py_ssize_t size
+    cdef bint done
+    cdef bint expect
+
+
+cdef class _DownstreamBase:
+    # per worker (shared, read-only)
+    cdef public object worker
+    cdef public object loop
+    cdef public object settings
+    cdef public object ticker
+    cdef public RequestBuilder builder
+    # limits copied from settings (immutable for the worker's life)
+    cdef Py_ssize_t lim_uri
+    cdef Py_ssize_t lim_hbytes
+    cdef Py_ssize_t lim_headers
+    cdef long long lim_body
+    cdef double t_header
+    cdef double t_body
+    cdef double t_keepalive
+    # per connection
+    cdef public object transport
+    cdef public object parser
+    cdef public object gate
+    cdef public str peer
+    cdef public object queue
+    cdef public bint closing
+    cdef public double w_deadline
+    cdef public object reject_after
+    # per request being parsed (p_*)
+    cdef public bint in_head
+    cdef bytes p_url
+    cdef list p_headers
+    cdef Py_ssize_t p_hbytes
+    cdef Py_ssize_t p_raw
+    cdef long long p_body
+    cdef RequestContext p_ctx
+    cdef _Queued p_entry
+    cdef public int p_kind
+    cdef public double p_deadline
+    cdef bint p_has_body
+    cdef bint p_expect
+    # the active exchange (a_*)
+    cdef public RequestContext a_ctx
+    cdef public _UpstreamBase a_up
+    cdef list a_pending
+    cdef Py_ssize_t a_pending_size
+    cdef public bint a_body_done
+    cdef public object a_task
+    cdef bint a_expect
+
+    cdef int _reset_parse(self) except -1
+    cdef int _message_complete(self) except -1
+    cdef int _activate(self, RequestContext ctx, list body, bint done, bint expect) except -1
+    cdef int _proxy(self, RequestContext ctx) except -1
+    cdef int _send(self, _UpstreamBase up) except -1
+    cdef int _body_out(self, bytes data) except -1
+    cdef int _upstream_failed(self, str kind) except -1
+    cdef int _local(self, object reply) except -1
+    cdef int _exchange_done(self) except -1
+    cdef int _log(self, RequestContext ctx) except -1
+    cdef int _reject(self, object reply) except -1
+    cdef int _close(self) except -1

@@ -1,0 +1,27 @@
+# RequestBuilder as a cdef class: downstream.pyx calls build/upstream_head as C methods (vtable
+# calls, typed arguments) and reads the per-request verdicts from C fields.
+from gateway.pipeline.context cimport RequestContext
+
+
+cdef class RequestBuilder:
+    cdef public object settings
+    cdef public str peer
+    cdef public bytes peer_b
+    cdef public bint trusted
+    cdef bytes xff_line
+    cdef long long max_body
+    # A keep-alive connection sends the same Host again and again: validated once.
+    cdef bytes last_host
+    cdef bytes last_host_ok
+    cdef object fwd_host
+    cdef bytes fwd_block
+    # Verdicts of the last build(), read by the downstream protocol right after it.
+    cdef public bint has_body
+    cdef public bint expect
+
+    cdef RequestContext build(self, bytes method, str version, bytes url, list raw_headers,
+                              bint keep_alive)
+    cdef bytes upstream_head(self, RequestContext ctx)
+
+
+cpdef bytes new_request_id()

@@ -1,0 +1,39 @@
+# The upstream side as a cdef class: the downstream protocol calls start/send/abort/pause_reading
+# as C methods and this class calls the downstream's exchange_done/upstream_failed the same way
+# (the two .pxd files cimport each other). Exchange state lives in C ints, bints and doubles.
+from gateway.http.downstream cimport _DownstreamBase
+from gateway.pipeline.context cimport RequestContext
+
+
+cdef class _UpstreamBase:
+    cdef public object pool
+    cdef object settings
+    cdef object ticker
+    cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)
+    cdef public object transport
+    cdef public object parser
+    cdef public _DownstreamBase down
+    cdef public RequestContext ctx
+    cdef list headers
+    cdef list out
+    cdef public int state
+    cdef public int mode
+    cdef public int status
+    cdef bint head_request
+    cdef public bint done
+    cdef public bint broken        # never reused once set (error, incomplete exchange, close)
+    cdef public bint until_close   # response body delimited by EOF
+    cdef public double deadline
+    cdef public bint paused
+
+    cdef bint _reusable(self)
+    cdef int _start(self, _DownstreamBase down, RequestContext ctx, bytes data, double timeout) except -1
+    cdef int _send(self, bytes data) except -1
+    cdef int _abort(self) except -1
+    cdef int _pause_reading(self) except -1
+    cdef int _resume_reading(self) except -1
+    cdef int _head_done(self, bytes data) except -1
+    cdef bytes _response_head(self, int status)
+    cdef int _flush(self) except -1
+    cdef int _finish(self) except -1
+    cdef int _fail(self, str kind) except -1

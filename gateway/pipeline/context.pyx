@@ -1,0 +1,83 @@
+"""RequestContext: everything one request carries through the pipeline.
+
+One instance per request, created by the downstream protocol when the request head is complete.
+A cdef class (context.pxd): the Cython data plane reads its fields as C struct members;
+filters add what they learn (identity, limits) to it, the proxy step and the log phase read it.
+"""
+cdef class RequestContext:
+    # Fields (declared in context.pxd, all public):
+    # --- the request as received (after wire hygiene) ---
+    # method            bytes, e.g. b"GET"
+    # target            bytes: origin-form target that will be sent upstream (path + ?query)
+    # path              bytes: normalized path (dot-segments resolved), no query, no fragment
+    # query             bytes: query string without '?', b"" when absent
+    # http_version      bytes: b"1.1" or b"1.0"
+    # host              bytes: Host (or absolute-form authority) as received, lowercased
+    # headers           list[tuple[bytes, bytes]]: end-to-end request headers, names lowercased;
+    # hop-by-hop, framing and gateway-owned headers already removed
+    # content_length    int | None: declared body length; None for chunked or no body
+    # chunked           bool: request body is chunked
+    # client_ip         str: downstream peer address (or trusted X-Forwarded-For origin)
+    # scheme            bytes: b"http" or b"https" as seen by the downstream
+    # keep_alive        bool: downstream connection may be reused after this exchange
+    # start             float: loop.time() when the head was complete
+    # --- identity and tracing ---
+    # request_id        bytes: sane client X-Request-Id or a generated one
+    # traceparent       bytes: W3C traceparent sent upstream (continued or started)
+    # tracestate        bytes | None
+    # consumer_id       str | None: authenticated user (JWT sub / API key user)
+    # consumer_org      str | None
+    # scopes            frozenset[str] | None
+    # auth_method       str | None: "jwt" | "api_key"
+    # --- routing and proxying ---
+    # route             gateway.routing.Route | None
+    # service           gateway.discovery.service.Service | None
+    # upstream_target   gateway.discovery.service.Target | None: the target picked
+    # upstream_headers  list[tuple[bytes, bytes]]: extra headers filters add for upstream
+    # response_headers  list[tuple[bytes, bytes]]: extra headers filters add downstream
+    # filters_ran       int: how many access filters ran (response phase runs those, reversed)
+    # --- outcome, for the log phase ---
+    # status            int: status sent downstream (0 until the head is sent)
+    # local_reply       LocalReply | None: when the gateway answered itself
+    # upstream_error    str | None: connect | timeout | reset | protocol
+    # upstream_start    float: loop.time() when the request was sent upstream (0.0 if never)
+    # upstream_end      float: loop.time() when the upstream response head arrived
+    # bytes_in          int: request body bytes received
+    # bytes_out         int: response bytes written downstream
+    # vars              dict[str, Any] | None: scratch space for filters, created lazily
+
+    def __init__(self):
+        self.method = b""
+        self.target = b""
+        self.path = b""
+        self.query = b""
+        self.http_version = b"1.1"
+        self.host = b""
+        self.headers = []
+        self.content_length = None
+        self.chunked = False
+        self.client_ip = ""
+        self.scheme = b"http"
+        self.keep_alive = True
+        self.start = 0.0
+        self.request_id = b""
+        self.traceparent = b""
+        self.tracestate = None
+        self.consumer_id = None
+        self.consumer_org = None
+        self.scopes = None
+        self.auth_method = None
+        self.route = None
+        self.service = None
+        self.upstream_target = None
+        self.upstream_headers = []
+        self.response_headers = []
+        self.filters_ran = 0
+        self.status = 0
+        self.local_reply = None
+        self.upstream_error = None
+        self.upstream_start = 0.0
+        self.upstream_end = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.vars = None
