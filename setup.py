@@ -71,7 +71,8 @@ def extensions() -> list:
         "linetrace": DEBUG,
         "embedsignature": True,
     }
-    return cythonize(exts, compiler_directives=directives, annotate=ANNOTATE,
+    # force=ANNOTATE: an annotation run regenerates the .html even when the .c is up to date.
+    return cythonize(exts, compiler_directives=directives, annotate=ANNOTATE, force=ANNOTATE,
                      include_path=["."])
 
 

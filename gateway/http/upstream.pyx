@@ -52,6 +52,12 @@ _KEEP = b"Connection: keep-alive\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 
 
+# wire.py's response header classes as C ints (an integer compare instead of a boxed one).
+cdef int cR_FORWARD = R_FORWARD
+cdef int cR_CONTENT_LENGTH = R_CONTENT_LENGTH
+cdef int cR_TRANSFER_ENCODING = R_TRANSFER_ENCODING
+cdef int cR_CONNECTION = R_CONNECTION
+
 # Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
 # header, no lower(). Bounded: names come from upstreams, which are not fully trusted either.
 cdef dict _name_cache = {}
@@ -297,18 +303,21 @@ cdef class _UpstreamBase:
         conn = None
         cdef list fwd = []
         cdef dict cache = _name_cache
-        for name, value in self.headers:
+        cdef tuple h
+        for h in self.headers:
+            name = h[0]
+            value = h[1]
             c = cache.get(name)
             if c is None:
                 c = _classify(name)
             cls = c
-            if cls == R_FORWARD:
-                fwd.append((name, value))
-            elif cls == R_CONTENT_LENGTH:
+            if cls == cR_FORWARD:
+                fwd.append(h)
+            elif cls == cR_CONTENT_LENGTH:
                 cl = value
-            elif cls == R_TRANSFER_ENCODING:
+            elif cls == cR_TRANSFER_ENCODING:
                 te = value
-            elif cls == R_CONNECTION:
+            elif cls == cR_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
         if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
