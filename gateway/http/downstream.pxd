@@ -1,6 +1,7 @@
 # The client side as a cdef class: per-connection and per-request state in C fields, the internal
 # steps as cdef methods (vtable calls), and typed references to the builder, the active upstream
 # connection and the contexts, so the hot path never looks an attribute up by name.
+from gateway.http.flow cimport ReadGate, Ticker
 from gateway.http.request cimport RequestBuilder
 from gateway.http.upstream cimport _UpstreamBase
 from gateway.pipeline.context cimport RequestContext
@@ -19,7 +20,7 @@ cdef class _DownstreamBase:
     cdef public object worker
     cdef public object loop
     cdef public object settings
-    cdef public object ticker
+    cdef public Ticker ticker
     cdef public RequestBuilder builder
     # limits copied from settings (immutable for the worker's life)
     cdef Py_ssize_t lim_uri
@@ -29,10 +30,11 @@ cdef class _DownstreamBase:
     cdef double t_header
     cdef double t_body
     cdef double t_keepalive
+    cdef double t_upstream
     # per connection
     cdef public object transport
     cdef public object parser
-    cdef public object gate
+    cdef public ReadGate gate
     cdef public str peer
     cdef public object queue
     cdef public bint closing

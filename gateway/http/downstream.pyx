@@ -29,13 +29,15 @@ from gateway.pipeline.reply import LocalReply
 
 from . import replies
 from .errors import RequestRejected
-from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate, ticker_for
+from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ticker_for
+
+from gateway.http.flow cimport ReadGate
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
-INF = float("inf")
+cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
@@ -80,6 +82,7 @@ cdef class _DownstreamBase:
         self.t_header = s.header_timeout
         self.t_body = s.body_timeout
         self.t_keepalive = s.keepalive_timeout
+        self.t_upstream = s.upstream_timeout
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.gate = None  # set in connection_made
@@ -395,7 +398,7 @@ cdef class _DownstreamBase:
             self.a_pending = []
             self.a_pending_size = 0
         ctx.upstream_start = self.loop.time()
-        up._start(self, ctx, head, ctx.route.timeout or self.settings.upstream_timeout)
+        up._start(self, ctx, head, ctx.route.timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
         if self.w_deadline != INF:

@@ -1,6 +1,7 @@
 # The upstream side as a cdef class: the downstream protocol calls start/send/abort/pause_reading
 # as C methods and this class calls the downstream's exchange_done/upstream_failed the same way
 # (the two .pxd files cimport each other). Exchange state lives in C ints, bints and doubles.
+from gateway.http.flow cimport Ticker
 from gateway.http.downstream cimport _DownstreamBase
 from gateway.pipeline.context cimport RequestContext
 
@@ -8,7 +9,7 @@ from gateway.pipeline.context cimport RequestContext
 cdef class _UpstreamBase:
     cdef public object pool
     cdef object settings
-    cdef object ticker
+    cdef Ticker ticker
     cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)
     cdef public object transport
     cdef public object parser

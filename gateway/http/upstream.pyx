@@ -32,7 +32,7 @@ from .wire import (
 from gateway.http.downstream cimport _DownstreamBase
 from gateway.pipeline.context cimport RequestContext
 
-INF = float("inf")
+cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
@@ -320,7 +320,8 @@ cdef class _UpstreamBase:
             elif cls == cR_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
-        if conn is not None and conn.lower() not in _PLAIN_CONNECTION:
+        # (the exact common spellings first: no lower() copy for nginx's "keep-alive")
+        if conn is not None and conn != b"keep-alive" and conn != b"close" and conn.lower() not in _PLAIN_CONNECTION:
             # Only a Connection header naming other fields costs a filtering pass.
             named = {t.strip().lower() for t in conn.split(b",")}
             fwd = [(n, v) for n, v in fwd if n.lower() not in named]

@@ -46,7 +46,9 @@ cdef class RequestContext:
     # bytes_out         int: response bytes written downstream
     # vars              dict[str, Any] | None: scratch space for filters, created lazily
 
-    def __init__(self):
+    def __cinit__(self):
+        # __cinit__, not __init__: the data plane creates contexts with RequestContext.__new__,
+        # a direct tp_new call that skips the __init__ lookup and argument parsing.
         self.method = b""
         self.target = b""
         self.path = b""
