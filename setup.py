@@ -32,6 +32,7 @@ FAST_MODULES = [
 # short name (for GATEWAY_BUILD_ONLY) -> dotted module name
 DATAPLANE_MODULES = {
     "context": "gateway.pipeline.context",    # RequestContext: fields read as C struct members
+    "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing

@@ -25,6 +25,7 @@ from typing import Any
 import httptools
 
 from gateway.pipeline.context cimport RequestContext
+from gateway.routing cimport Router
 from gateway.pipeline.reply import LocalReply
 
 from . import replies
@@ -315,8 +316,11 @@ cdef class _DownstreamBase:
         self.a_pending_size = 0
         self.a_body_done = done
         self.a_expect = expect and not done and not self.a_pending
-        runtime = self.worker.runtime
-        route = runtime.router.match(ctx.method, ctx.host, ctx.path)
+        router = self.worker.runtime.router
+        if type(router) is Router:
+            route = (<Router>router).match(ctx.method, ctx.host, ctx.path)  # a C call
+        else:
+            route = router.match(ctx.method, ctx.host, ctx.path)
         if type(route) is LocalReply:
             self._local(route)
             return 0

@@ -1,0 +1,265 @@
+"""Routes and the compiled Router: request (method, host, path) → Route, or a 404/405 LocalReply.
+
+Matching rules (what an nginx/Kong/Envoy operator expects; README documents the same):
+
+1. Host first, like nginx server blocks and Envoy virtual hosts: routes whose `host` equals the
+   request's host (case-insensitive, port and trailing dot ignored) are tried before routes without
+   a host. A request falls through to the host-less routes when none of its host's routes match.
+2. Within each of those two tiers: exact routes (`path = "=/x"`) first, then prefix routes, longest
+   prefix first. A prefix matches on a path-segment boundary: "/api/users" matches /api/users and
+   /api/users/42 but not /api/usersX. A prefix ending in "/" ("/api/") matches whatever starts with
+   it (so /api/x, but not /api). "/" matches every path.
+3. Methods take part in matching (as in Kong and Envoy): the first route in that order whose
+   `methods` include the request method (or that has no `methods`) wins; ties between routes with
+   the same host and path go by declaration order.
+4. When routes match the path but none allows the method → 405 with `Allow` listing the union of
+   their methods. When no route matches the path → 404.
+
+`match` runs on every request, so the tables are built once here: a dict lookup for exact paths, a
+dict keyed by the first path segment holding that segment's prefixes longest-first, and the "/"
+routes. A match costs two dict lookups, at most one slice (the first segment) and a short scan.
+"""
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from gateway.pipeline.chain import EMPTY_CHAIN, FilterChain
+from gateway.pipeline.reply import LocalReply
+
+_MISSING: Any = object()
+_SLASH = 47  # ord("/"): indexing bytes yields ints, so the boundary check allocates nothing
+cdef unsigned char _SLASH_C = 47  # the same, as a C byte for find()
+
+
+class Route:
+    """One compiled route. Immutable by convention; shared by every request it matches."""
+
+    __slots__ = (
+        "name", "service", "methods", "allow", "host", "path", "exact", "strip_prefix",
+        "timeout", "retries", "chain", "config", "_strip_len",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        service: Any,
+        path: bytes | str,
+        *,
+        exact: bool = False,
+        methods: Sequence[bytes | str] | None = None,
+        host: bytes | str | None = None,
+        strip_prefix: bool = False,
+        timeout: float | None = None,
+        retries: int = 0,
+        chain: FilterChain = EMPTY_CHAIN,
+        config: Any = None,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self.path = path.encode("ascii") if isinstance(path, str) else path
+        if not self.path.startswith(b"/"):
+            raise ValueError(f"route path must start with '/': {self.path!r}")
+        self.exact = exact
+        if methods is None:
+            self.methods: frozenset[bytes] | None = None
+            self.allow = b""
+        else:
+            ms = [m.encode("ascii") if isinstance(m, str) else m for m in methods]
+            ms = list(dict.fromkeys(m.upper() for m in ms))
+            self.methods = frozenset(ms)
+            self.allow = b", ".join(ms)
+        if isinstance(host, str):
+            host = host.encode("ascii")
+        self.host = host.lower() if host is not None else None
+        self.strip_prefix = strip_prefix
+        self.timeout = timeout
+        self.retries = retries
+        self.chain = chain
+        self.config = config
+        # How many leading bytes strip_prefix removes. A prefix ending in "/" keeps its slash so the
+        # upstream path still starts with "/"; "/" itself strips nothing.
+        if self.exact or not self.path.endswith(b"/"):
+            self._strip_len = len(self.path)
+        else:
+            self._strip_len = len(self.path) - 1
+
+    @classmethod
+    def from_config(cls, rc: Any, service: Any, chain: FilterChain = EMPTY_CHAIN) -> Route:
+        return cls(
+            rc.name, service, rc.path, exact=rc.exact, methods=rc.methods, host=rc.host,
+            strip_prefix=rc.strip_prefix, timeout=rc.timeout, retries=rc.retries, chain=chain,
+            config=rc,
+        )
+
+    def upstream_path(self, path: bytes) -> bytes:
+        """The path (or path?query target) to send upstream: strip_prefix applied, always "/…".
+
+        Route "/api/users" with strip_prefix: /api/users/42 → /42, /api/users → /,
+        /api/users?x=1 → /?x=1. Without strip_prefix the path is returned unchanged.
+        """
+        if not self.strip_prefix:
+            return path
+        rest = path[self._strip_len:]
+        if rest[:1] != b"/":
+            return b"/" + rest
+        return rest
+
+    def allows(self, method: bytes) -> bool:
+        return self.methods is None or method in self.methods
+
+    def __repr__(self) -> str:
+        where = (self.host or b"*").decode() + ("=" if self.exact else "") + self.path.decode()
+        return f"Route({self.name!r}, {where})"
+
+
+cdef inline tuple _with_methods(rs):
+    return tuple([(r.methods, r) for r in rs])
+
+
+cdef class _Table:
+    """The routes of one host tier, indexed for matching."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        exact = {}
+        by_prefix = {}
+        for r in routes:  # declaration order is kept inside every list
+            (exact if r.exact else by_prefix).setdefault(r.path, []).append(r)
+        self.exact = {p: _with_methods(rs) for p, rs in exact.items()}
+        self.root = tuple(by_prefix.pop(b"/", ()))
+        self._root_m = _with_methods(self.root)
+        buckets = {}
+        for prefix, rs in by_prefix.items():
+            # Every path a segment-boundary prefix matches shares the prefix's first segment, so
+            # a request only needs to look at the prefixes of its own first segment.
+            buckets.setdefault(_first_segment(prefix), []).append(
+                (prefix, len(prefix), prefix.endswith(b"/"), _with_methods(rs)))
+        self.buckets = {
+            k: tuple(sorted(v, key=lambda e: -e[1])) for k, v in buckets.items()
+        }
+
+    cdef object find(self, bytes method, bytes path):
+        """First route matching path and method, in priority order (the hot path)."""
+        cdef tuple rs, e, mr
+        cdef Py_ssize_t i, n, plen
+        cdef bytes prefix
+        rs = self.exact.get(path)
+        if rs is not None:
+            for mr in rs:
+                m = mr[0]
+                if m is None or method in m:
+                    return mr[1]
+        n = len(path)
+        i = path.find(b"/", 1)
+        b = self.buckets.get(path[:i] if i > 0 else path)
+        if b is not None:
+            for e in b:
+                prefix = e[0]
+                plen = e[1]
+                if path.startswith(prefix) and (e[2] or plen == n or path[plen] == _SLASH_C):
+                    for mr in <tuple>e[3]:
+                        m = mr[0]
+                        if m is None or method in m:
+                            return mr[1]
+        for mr in self._root_m:
+            m = mr[0]
+            if m is None or method in m:
+                return mr[1]
+        return None
+
+    def path_matches(self, path: bytes) -> Iterator[Route]:
+        """Every route matching the path, any method (only for the 405 answer: not hot)."""
+        for _, r in self.exact.get(path, ()):
+            yield r
+        n = len(path)
+        for prefix, plen, slash, rs in self.buckets.get(_first_segment(path), ()):
+            if path.startswith(prefix) and (slash or plen == n or path[plen] == _SLASH):
+                for _, r in rs:
+                    yield r
+        yield from self.root
+
+
+def _first_segment(path: bytes) -> bytes:
+    i = path.find(b"/", 1)
+    return path if i < 0 else path[:i]
+
+
+def normalize_host(host: bytes) -> bytes:
+    """Request Host → the form route hosts are stored in: lowercase, no port, no trailing dot."""
+    if host[:1] == b"[":                      # IPv6 literal: the port follows "]"
+        j = host.find(b"]")
+        if j > 0:
+            host = host[: j + 1]
+    else:
+        j = host.find(b":")
+        if j >= 0:
+            host = host[:j]
+    if host.endswith(b"."):
+        host = host[:len(host) - 1]  # (no negative index: wraparound is off in compiled code)
+    return host.lower()
+
+
+cdef class Router:
+    """Compiled matcher over a route list (declaration order matters for ties)."""
+
+    # Raw Host header → its tier table (or None). Normalizing costs more than the rest of a match,
+    # and real traffic repeats a handful of Host values. Bounded, so random Host headers cannot
+    # grow it: when full it is emptied and refills with what traffic actually sends.
+    HOST_CACHE_SIZE = 256
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        by_host: dict[bytes, list[Route]] = {}
+        for r in self.routes:
+            if r.host is not None:
+                by_host.setdefault(r.host, []).append(r)
+        self._hosts = {h: _Table(rs) for h, rs in by_host.items()}
+        self._default = _Table([r for r in self.routes if r.host is None])
+        self._host_cache = {}
+
+    def _host_table(self, host: bytes) -> _Table | None:
+        try:
+            return self._host_cache[host]
+        except KeyError:
+            pass
+        t = self._hosts.get(normalize_host(host))
+        if len(self._host_cache) >= self.HOST_CACHE_SIZE:
+            # Start over rather than stop caching: a burst of junk Host values early on must not
+            # leave the real ones uncached for the life of the config.
+            self._host_cache.clear()
+        self._host_cache[host] = t
+        return t
+
+    cpdef object match(self, bytes method, bytes host, bytes path):
+        """Route for the request, or LocalReply 404 / 405 (with Allow)."""
+        if self._hosts:
+            t = self._host_cache.get(host, _MISSING)
+            if t is _MISSING:
+                t = self._host_table(host)
+            if t is not None:
+                r = (<_Table>t).find(method, path)
+                if r is not None:
+                    return r
+        r = self._default.find(method, path)
+        if r is not None:
+            return r
+        return self._miss(method, host, path)
+
+    def _miss(self, method: bytes, host: bytes, path: bytes) -> LocalReply:
+        matched = []
+        if self._hosts:
+            t = self._host_table(host)
+            if t is not None:
+                matched.extend(t.path_matches(path))
+        matched.extend(self._default.path_matches(path))
+        if not matched:
+            return LocalReply(404, "not_found", "No route matches this request.")
+        allow = {}
+        for r in matched:
+            # A route without `methods` allows everything and would have matched; so every route
+            # here has a method list and the union is finite.
+            for m in r.allow.split(b", "):
+                allow[m] = None
+        return LocalReply(
+            405, "method_not_allowed",
+            f"Method {method.decode('latin-1')} is not allowed here.",
+            headers=[(b"Allow", b", ".join(allow))],
+        )
