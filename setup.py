@@ -34,6 +34,7 @@ DATAPLANE_MODULES = {
     "context": "gateway.pipeline.context",    # RequestContext: fields read as C struct members
     "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
+    "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: client side, pipelining

@@ -33,6 +33,7 @@ from .errors import RequestRejected
 from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ticker_for
 
 from gateway.http.flow cimport ReadGate
+from gateway.http.pool cimport UpstreamPool
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
@@ -345,11 +346,13 @@ cdef class _DownstreamBase:
             self._local(replies.NO_TARGET)
             return 0
         ctx.upstream_target = target
-        up = target.pool.acquire()
+        pool = target.pool
+        # (a C call for the real pool class and its subclasses; cpdef still honours overrides)
+        up = (<UpstreamPool>pool).acquire() if isinstance(pool, UpstreamPool) else pool.acquire()
         if up is not None:
             self._send(up)
         else:
-            target.pool.connect(self)
+            pool.connect(self)
         return 0
 
     async def _access_wait(self, RequestContext ctx, pending):

@@ -2,12 +2,13 @@
 # as C methods and this class calls the downstream's exchange_done/upstream_failed the same way
 # (the two .pxd files cimport each other). Exchange state lives in C ints, bints and doubles.
 from gateway.http.flow cimport Ticker
+from gateway.http.pool cimport UpstreamPool
 from gateway.http.downstream cimport _DownstreamBase
 from gateway.pipeline.context cimport RequestContext
 
 
 cdef class _UpstreamBase:
-    cdef public object pool
+    cdef public UpstreamPool pool
     cdef object settings
     cdef Ticker ticker
     cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)

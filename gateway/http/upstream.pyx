@@ -30,6 +30,7 @@ from .wire import (
 )
 
 from gateway.http.downstream cimport _DownstreamBase
+from gateway.http.pool cimport UpstreamPool
 from gateway.pipeline.context cimport RequestContext
 
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
@@ -77,7 +78,7 @@ class _HeadDone(Exception):
 cdef class _UpstreamBase:
     """The protocol's state and logic; UpstreamProtocol (below) adds asyncio.Protocol as a base."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, UpstreamPool pool) -> None:
         self.pool = pool
         self.settings = pool.settings
         self.body_timeout = pool.settings.body_timeout

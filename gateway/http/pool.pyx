@@ -9,16 +9,11 @@ A connection is pooled again only after a complete, error-free exchange (the Ups
 decides); an idle one that the peer closes or that receives unexpected bytes removes itself, and
 `acquire()` skips any whose transport is closing: that is the check before reuse.
 """
-from __future__ import annotations
-
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .upstream import UpstreamProtocol
-
-if TYPE_CHECKING:
-    from .downstream import DownstreamProtocol
+from gateway.http.upstream cimport _UpstreamBase
 
 log = logging.getLogger("gateway.http")
 
@@ -30,51 +25,54 @@ MAX_IDLE = 256
 IDLE_TIMEOUT = 4.0
 
 
-class UpstreamPool:
-    __slots__ = ("loop", "host", "port", "settings", "idle", "max_idle", "idle_timeout", "closed",
-                 "connecting", "__weakref__")
+cdef class UpstreamPool:
+    # (attributes: pool.pxd)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any) -> None:
         self.loop = loop
         self.host = host
         self.port = port
         self.settings = settings
-        self.idle: list[UpstreamProtocol] = []
+        self.idle = []
         self.max_idle = MAX_IDLE
         self.idle_timeout = IDLE_TIMEOUT
         self.closed = False
-        self.connecting: set[asyncio.Task[None]] = set()
+        self.connecting = set()
 
-    def acquire(self) -> UpstreamProtocol | None:
-        idle = self.idle
+    cpdef object acquire(self):
+        """The most recently used idle connection that is still usable, or None."""
+        cdef list idle = self.idle
+        cdef _UpstreamBase up
         while idle:
             up = idle.pop()
-            if up.reusable():
+            if up._reusable():
                 return up
-            up.abort()
+            up._abort()
         return None
 
-    def release(self, up: UpstreamProtocol) -> None:
+    cpdef release(self, _UpstreamBase up):
         """Take back a connection after a complete exchange (called by the UpstreamProtocol)."""
         if self.closed or len(self.idle) >= self.max_idle:
-            up.abort()
+            up._abort()
             return
         self.idle.append(up)
 
-    def forget(self, up: UpstreamProtocol) -> None:
+    cpdef forget(self, _UpstreamBase up):
         """An idle connection died (peer closed it, stray bytes, idle timeout)."""
         try:
             self.idle.remove(up)
         except ValueError:
             pass
 
-    def connect(self, down: DownstreamProtocol) -> None:
+    def connect(self, down: Any) -> None:
         """Open a new connection for `down`; it gets upstream_ready(up) or upstream_failed(kind)."""
         task = self.loop.create_task(self._connect(down))
         self.connecting.add(task)
         task.add_done_callback(self.connecting.discard)
 
-    async def _connect(self, down: DownstreamProtocol) -> None:
+    async def _connect(self, down):
+        from .upstream import UpstreamProtocol  # (the Python class; imported here, not at init)
+
         try:
             _, up = await asyncio.wait_for(
                 self.loop.create_connection(lambda: UpstreamProtocol(self), self.host, self.port),
