@@ -61,8 +61,18 @@ cdef class _DownstreamBase:
     cdef public bint a_body_done
     cdef public object a_task
     cdef bint a_expect
+    # The last matched route's fields, read once per route instead of per request (a Route is
+    # immutable by convention and a reload builds new ones, so identity says when to re-read).
+    cdef public object c_route
+    cdef object c_service
+    cdef object c_chain
+    cdef bint c_filtered
+    cdef object c_timeout
+    cdef bint c_strip
 
     cdef int _reset_parse(self) except -1
+    cdef int _route_plan(self, object route) except -1
+    cdef bint _filtered(self, RequestContext ctx) except -1
     cdef int _message_complete(self) except -1
     cdef int _activate(self, RequestContext ctx, list body, bint done, bint expect) except -1
     cdef int _proxy(self, RequestContext ctx) except -1

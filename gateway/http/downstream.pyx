@@ -325,11 +325,12 @@ cdef class _DownstreamBase:
         if type(route) is LocalReply:
             self._local(route)
             return 0
+        if route is not self.c_route:
+            self._route_plan(route)
         ctx.route = route
-        ctx.service = route.service
-        chain = route.chain
-        if chain.filters:
-            result = chain.run_access(ctx)
+        ctx.service = self.c_service
+        if self.c_filtered:
+            result = self.c_chain.run_access(ctx)
             if result is not None:
                 if type(result) is LocalReply:
                     self._local(result)
@@ -341,7 +342,7 @@ cdef class _DownstreamBase:
         if self.a_expect:
             self._proxy(ctx)
             return 0
-        target = route.service.pick(ctx)
+        target = self.c_service.pick(ctx)
         if target is None:
             self._local(replies.NO_TARGET)
             return 0
@@ -354,6 +355,26 @@ cdef class _DownstreamBase:
         else:
             pool.connect(self)
         return 0
+
+    cdef int _route_plan(self, object route) except -1:
+        """Read a newly matched route's fields once (see c_route in downstream.pxd)."""
+        chain = route.chain
+        self.c_route = route
+        self.c_service = route.service
+        self.c_chain = chain
+        self.c_filtered = bool(chain.filters)
+        self.c_timeout = route.timeout
+        self.c_strip = bool(route.strip_prefix)
+        return 0
+
+    cdef bint _filtered(self, RequestContext ctx) except -1:
+        """Whether ctx's route has filters (ctx.route is re-checked: a filter may have changed it)."""
+        route = ctx.route
+        if route is None:
+            return False
+        if route is self.c_route:
+            return self.c_filtered
+        return bool(route.chain.filters)
 
     async def _access_wait(self, RequestContext ctx, pending):
         try:
@@ -399,13 +420,16 @@ cdef class _DownstreamBase:
         cdef RequestContext ctx = self.a_ctx
         assert ctx is not None
         self.a_up = up
-        head = self.builder.upstream_head(ctx)
+        route = ctx.route
+        if route is not self.c_route:
+            self._route_plan(route)
+        head = self.builder.upstream_head(ctx, self.c_strip)
         if self.a_pending:
             head = b"".join([head, *self.a_pending])
             self.a_pending = []
             self.a_pending_size = 0
         ctx.upstream_start = self.loop.time()
-        up._start(self, ctx, head, ctx.route.timeout or self.t_upstream)
+        up._start(self, ctx, head, self.c_timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
         if self.w_deadline != INF:
@@ -486,9 +510,8 @@ cdef class _DownstreamBase:
             return 0
         self.a_ctx = None
         self.a_up = None
-        route = ctx.route
-        if route is not None and route.chain.filters:
-            route.chain.run_log(ctx)
+        if self._filtered(ctx):
+            ctx.route.chain.run_log(ctx)
         if self.closing:
             return 0
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
@@ -511,9 +534,8 @@ cdef class _DownstreamBase:
         return 0
 
     cdef int _log(self, RequestContext ctx) except -1:
-        route = ctx.route
-        if route is not None and route.chain.filters:
-            route.chain.run_log(ctx)
+        if self._filtered(ctx):
+            ctx.route.chain.run_log(ctx)
         return 0
 
     # ------------------------------------------------------------------ rejection, close, timers

@@ -21,7 +21,7 @@ cdef class RequestBuilder:
 
     cdef RequestContext build(self, bytes method, str version, bytes url, list raw_headers,
                               bint keep_alive)
-    cdef bytes upstream_head(self, RequestContext ctx)
+    cdef bytes upstream_head(self, RequestContext ctx, bint strip)
 
 
 cpdef bytes new_request_id()

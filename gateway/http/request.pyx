@@ -358,10 +358,10 @@ cdef class RequestBuilder:
         self.expect = expect
         return ctx
 
-    cdef bytes upstream_head(self, RequestContext ctx):
+    cdef bytes upstream_head(self, RequestContext ctx, bint strip):
         """The canonical request head, one buffer (gateway._fast.wire.request_head)."""
-        route = ctx.route
-        target = route.upstream_path(ctx.target) if route.strip_prefix else ctx.target
+        # (strip: ctx.route.strip_prefix, which the downstream protocol has already read)
+        target = ctx.route.upstream_path(ctx.target) if strip else ctx.target
         if ctx.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif ctx.content_length is not None:

@@ -352,9 +352,9 @@ cdef class _UpstreamBase:
         ctx.keep_alive = keep
         ctx.status = status
 
-        chain = ctx.route.chain
-        if chain.filters:
-            chain.run_response(ctx, status, fwd)
+        down = self.down
+        if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
+            ctx.route.chain.run_response(ctx, status, fwd)
         if ctx.response_headers:
             fwd += ctx.response_headers
         line = STATUS_LINES.get(status) or status_line(status)
