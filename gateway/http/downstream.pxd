@@ -33,7 +33,13 @@ cdef class _DownstreamBase:
     cdef double t_upstream
     # per connection
     cdef public object transport
-    cdef public object parser
+    cdef readonly object parser
+    # Bound methods taken once (a method lookup per call otherwise): the transport's write (set
+    # in connection_made), the parser's feed_data (re-taken whenever the parser is replaced) and
+    # loop.time.
+    cdef object t_write
+    cdef object p_feed
+    cdef object l_time
     cdef public ReadGate gate
     cdef public str peer
     cdef public object queue

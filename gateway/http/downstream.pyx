@@ -87,6 +87,9 @@ cdef class _DownstreamBase:
         self.t_upstream = s.upstream_timeout
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
+        self.p_feed = self.parser.feed_data
+        self.l_time = worker.loop.time
+        self.t_write = None
         self.gate = None  # set in connection_made
         self.builder = None
         self.peer = ""
@@ -121,6 +124,7 @@ cdef class _DownstreamBase:
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.t_write = transport.write
         self.gate = ReadGate(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
@@ -168,7 +172,7 @@ cdef class _DownstreamBase:
             self.p_raw += len(data)
         while True:
             try:
-                self.parser.feed_data(data)
+                self.p_feed(data)
             except RequestRejected as exc:
                 self._reject(exc.reply)
             except httptools.HttpParserUpgrade as exc:
@@ -178,6 +182,7 @@ cdef class _DownstreamBase:
                 # with a fresh parser at the next byte.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
                 self.parser = httptools.HttpRequestParser(self)
+                self.p_feed = self.parser.feed_data
                 self._message_complete()
                 data = data[offset:]
                 if data and not self.closing:
@@ -245,7 +250,7 @@ cdef class _DownstreamBase:
         expect = builder.expect
         if has_body and parser.should_upgrade():
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
-        ctx.start = self.loop.time()
+        ctx.start = self.l_time()
         self.p_ctx = ctx
         self.p_entry = None
         self.p_has_body = has_body
@@ -428,7 +433,7 @@ cdef class _DownstreamBase:
             head = b"".join([head, *self.a_pending])
             self.a_pending = []
             self.a_pending_size = 0
-        ctx.upstream_start = self.loop.time()
+        ctx.upstream_start = self.l_time()
         up._start(self, ctx, head, self.c_timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)

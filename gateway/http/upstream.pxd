@@ -13,7 +13,9 @@ cdef class _UpstreamBase:
     cdef Ticker ticker
     cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)
     cdef public object transport
-    cdef public object parser
+    cdef readonly object parser
+    cdef object p_feed             # parser.feed_data, bound once (re-taken with a new parser)
+    cdef object t_write            # transport.write, bound in connection_made
     cdef public _DownstreamBase down
     cdef public RequestContext ctx
     cdef list headers

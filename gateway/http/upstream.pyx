@@ -85,6 +85,8 @@ cdef class _UpstreamBase:
         self.ticker = ticker_for(pool.loop)
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
+        self.p_feed = self.parser.feed_data
+        self.t_write = None
         self.down = None
         self.ctx = None
         self.headers = []
@@ -132,7 +134,7 @@ cdef class _UpstreamBase:
         self.done = False
         self.deadline = self.ticker.now + timeout
         assert self.transport is not None
-        self.transport.write(data)
+        self.t_write(data)
         return 0
 
     cdef int _send(self, bytes data) except -1:
@@ -171,6 +173,7 @@ cdef class _UpstreamBase:
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.t_write = transport.write
         self.deadline = self.ticker.now + self.pool.idle_timeout
         self.ticker.add(self)
 
@@ -207,9 +210,10 @@ cdef class _UpstreamBase:
             return
         cdef list out
         cdef RequestContext ctx
+        cdef _DownstreamBase down
         error = None
         try:
-            self.parser.feed_data(data)
+            self.p_feed(data)
         except httptools.HttpParserError as exc:
             # A callback's own exception arrives chained as __context__ (httptools wraps it).
             if isinstance(exc.__cause__ or exc.__context__, _HeadDone):
@@ -224,9 +228,9 @@ cdef class _UpstreamBase:
             ctx = self.ctx
             if ctx is not None:
                 ctx.bytes_out += len(chunk)
-            transport = self.down.transport
-            if transport is not None:
-                transport.write(chunk)
+            down = self.down
+            if down.transport is not None:
+                down.t_write(chunk)
         if error is not None:
             self._fail(error)
         elif self.done:
@@ -244,6 +248,7 @@ cdef class _UpstreamBase:
         self.done = True
         if data.find(b"\r\n\r\n") == len(data) - 4:
             self.parser = httptools.HttpResponseParser(self)
+            self.p_feed = self.parser.feed_data
         else:
             self.broken = True
         return 0
