@@ -59,6 +59,7 @@ cdef class _DownstreamBase:
     cdef public double p_deadline
     cdef bint p_has_body
     cdef bint p_expect
+    cdef bint p_conn            # the head has a Connection or Proxy-Connection field
     # the active exchange (a_*)
     cdef public RequestContext a_ctx
     cdef public _UpstreamBase a_up

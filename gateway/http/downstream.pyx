@@ -119,6 +119,7 @@ cdef class _DownstreamBase:
         self.p_entry = None
         self.p_has_body = False
         self.p_expect = False
+        self.p_conn = False
         return 0
 
     # ------------------------------------------------------------------ connection
@@ -218,6 +219,7 @@ cdef class _DownstreamBase:
         self.p_headers = []
         self.p_hbytes = 0
         self.p_body = 0
+        self.p_conn = False
         self.p_raw = 0  # (the bytes of this read are not counted: at most one read's worth lower)
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
@@ -230,7 +232,12 @@ cdef class _DownstreamBase:
 
     def on_header(self, bytes name, bytes value) -> None:
         cdef list headers = self.p_headers
+        cdef Py_ssize_t n = len(name)
         headers.append((name, value))
+        if (n == 10 or n == 16) and not self.p_conn:
+            # (see on_headers_complete: only these two names set llhttp's keep-alive flags)
+            lname = name.lower()
+            self.p_conn = lname == b"connection" or lname == b"proxy-connection"
         self.p_hbytes += len(name) + len(value) + 4
         if self.p_hbytes > self.lim_hbytes or len(headers) > self.lim_headers:
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
@@ -242,10 +249,15 @@ cdef class _DownstreamBase:
         self.in_head = False
         parser = self.parser
         builder = self.builder
-        ctx = builder.build(
-            parser.get_method(), parser.get_http_version(), self.p_url, self.p_headers,
-            parser.should_keep_alive() and not self.worker.draining,
-        )
+        method = parser.get_method()
+        keep_alive = parser.should_keep_alive()
+        # get_http_version() formats a new str per call (the dearest getter, ~0.15 us). llhttp (strict:
+        # only 0.9, 1.0, 1.1 and 2.0 parse) says keep-alive for 1.1 unless "close", and for the
+        # others only with a keep-alive token in Connection/Proxy-Connection: so keep-alive with
+        # neither field present can only be HTTP/1.1.
+        version = "1.1" if keep_alive and not self.p_conn else parser.get_http_version()
+        ctx = builder.build(method, version, self.p_url, self.p_headers,
+                            keep_alive and not self.worker.draining)
         has_body = builder.has_body
         expect = builder.expect
         if has_body and parser.should_upgrade():

@@ -48,6 +48,33 @@ def test_http10_keep_alive_and_close() -> None:
     h.close()
 
 
+@pytest.mark.parametrize("head,version", [
+    (b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", b"1.1"),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"1.1"),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nCONNECTION: keep-alive\r\n\r\n", b"1.1"),
+    (b"GET /x HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n", b"1.1"),
+    (b"GET /x HTTP/1.0\r\n\r\n", b"1.0"),
+    (b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", b"1.0"),
+    (b"GET /x HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n", b"1.0"),
+    (b"GET /x HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n", b"1.0"),
+])
+@pytest.mark.parametrize("byte_at_a_time", [False, True])
+def test_http_version_is_exact_whatever_the_connection_fields(head: bytes, version: bytes, byte_at_a_time: bool) -> None:
+    # downstream.pyx infers "1.1" from llhttp's keep-alive verdict when no Connection or
+    # Proxy-Connection field is present (get_http_version is skipped): every other case asks.
+    h = Harness()
+    h.feed(head, byte_at_a_time)
+    assert h.proto.a_ctx is not None and h.proto.a_ctx.http_version == version
+    h.close()
+
+
+def test_http2_request_line_is_refused_even_with_keep_alive() -> None:
+    h = Harness()
+    h.feed(b"GET /x HTTP/2.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+    assert status_of(h.down.take()) == 505 and h.down.closed
+    h.close()
+
+
 def test_http10_chunked_upstream_is_close_delimited() -> None:
     h = Harness()
     h.feed(b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
