@@ -16,6 +16,11 @@ for a new upstream connection (pool.connect) and for an access filter that must 
 Timeouts are deadlines stored on the connection and checked by the per-loop Ticker (flow.py):
 the header deadline is absolute from the first byte of a head, the body deadline moves with each
 body chunk, the keep-alive deadline starts when the connection becomes idle.
+
+Compiled with Cython (asyncpg's layout): the state and the internal steps live in the cdef class
+_DownstreamBase (fields in downstream.pxd), DownstreamProtocol adds asyncio.Protocol as a base.
+It stays in gateway/http, not gateway/_fast, because it does I/O (DESIGN.md keeps _fast I/O-free);
+the same holds for upstream.pyx, pool.pyx and flow.pyx.
 """
 import asyncio
 import logging
