@@ -13,7 +13,7 @@ RequestContext, matches the route and hands the request to a pooled UpstreamProt
 callbacks write the response here (`write_response`) and call `exchange_done`. Tasks exist only
 for a new upstream connection (pool.connect) and for an access filter that must wait on I/O.
 
-Timeouts are deadlines stored on the connection and checked by the per-loop Ticker (flow.py):
+Timeouts are deadlines stored on the connection and checked by the per-loop Ticker (flow.pyx):
 the header deadline is absolute from the first byte of a head, the body deadline moves with each
 body chunk, the keep-alive deadline starts when the connection becomes idle.
 
@@ -183,7 +183,7 @@ cdef class _DownstreamBase:
                 self._reject(exc.reply)
             except httptools.HttpParserUpgrade as exc:
                 # llhttp stops after the head of an `Connection: upgrade` request. We never switch
-                # protocols (Upgrade is stripped, see request.py), so the request was proxied as a
+                # protocols (Upgrade is stripped, see request.pyx), so the request was proxied as a
                 # plain one (it has no body: on_headers_complete refused those); parsing continues
                 # with a fresh parser at the next byte.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)

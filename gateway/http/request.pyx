@@ -254,7 +254,7 @@ cdef class RequestBuilder:
             elif cls == cH_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             elif cls == cH_EXPECT:
-                # Answered by the gateway itself (downstream.py) and never forwarded: the upstream
+                # Answered by the gateway itself (downstream.pyx) and never forwarded: the upstream
                 # connection may be pooled and already past the point where 100 means anything.
                 # Other expectations are dropped (RFC 9110 allows ignoring them; nginx does).
                 expect = value.strip().lower() == b"100-continue"
