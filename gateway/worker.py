@@ -1,7 +1,7 @@
 """Worker: one process's event loop, data-plane listener, connection cap, drain and reload.
 
 A Worker owns the listening socket and the set of live downstream connections. The downstream
-protocol (gateway/http/downstream.py) reads `worker.runtime` once per request, so a reload is a
+protocol (gateway/http/downstream.pyx) reads `worker.runtime` once per request, so a reload is a
 single attribute swap: requests already routed keep their Route (and its service, targets and
 pools) and finish on the config they started with; the next request on any connection, including
 established keep-alive ones, sees the new config. Nothing is closed by a reload.
