@@ -53,6 +53,9 @@ def test_a_killed_worker_is_replaced(gateway, upstream) -> None:  # noqa: F811
     gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
     pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
     assert isinstance(pids, list)
+    # Both workers must have started listening before one is killed: the port opens with the first
+    # worker, and a victim killed before its own "listening" line would leave the count below short.
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
     victim = pids[0]
     os.kill(victim, signal.SIGKILL)
     new = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and victim not in p and p)
