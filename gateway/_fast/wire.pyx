@@ -1,7 +1,7 @@
 # cython: language_level=3
 """HTTP head serialization for the data path: one allocation and memcpy per head.
 
-The Python versions (gateway/http/wire.py: py_request_head, py_response_head) are the reference
+The Python versions (tests/fast/reference/wire.py: py_request_head, py_response_head) are the reference
 models; tests/fast/test_wire.py drives both with the same random inputs and compares the bytes.
 Why compiled: CPython's `b"".join` over a list of small pieces allocates the list, the per-field
 `b"%s: %s\\r\\n"` results and then the joined bytes; here the exact size is summed first and every
@@ -75,7 +75,7 @@ def response_head(bytes status_line, list fields, bytes framing, bytes request_i
 
 def request_head(bytes method, bytes target, bytes host_header, list fields, bytes framing,
                  list extra, bytes forwarded, bytes request_id, bytes traceparent, object tracestate):
-    """The canonical upstream request head as one bytes (see gateway.http.wire.py_request_head)."""
+    """The canonical upstream request head as one bytes (reference: tests/fast/reference/wire.py)."""
     cdef bytes v11 = b" HTTP/1.1\r\nHost: "
     cdef bytes rid_name = b"X-Request-Id: "
     cdef bytes tp_name = b"\r\ntraceparent: "

@@ -21,6 +21,8 @@ from gateway.pipeline.context cimport RequestContext
 
 from . import replies
 from .errors import RequestRejected
+from gateway._fast.wire import request_head
+
 from .wire import (
     H_CONNECTION,
     H_CONTENT_LENGTH,
@@ -41,7 +43,6 @@ from .wire import (
     classify_te,
     normalize_target,
     parse_traceparent,
-    request_head,
     sane_request_id,
     valid_host,
 )

@@ -16,6 +16,8 @@ from typing import Any
 import httptools
 
 from .flow import PAUSE_UPSTREAM, ticker_for
+from gateway._fast.wire import response_head
+
 from .wire import (
     CRLF,
     LAST_CHUNK,
@@ -25,7 +27,6 @@ from .wire import (
     R_TRANSFER_ENCODING,
     RESPONSE_CLASSES,
     STATUS_LINES,
-    response_head,
     status_line,
 )
 

@@ -244,32 +244,3 @@ def classify_te(values: list[bytes]) -> int:
 CRLF = b"\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
-
-
-# --- head serialization: reference versions of gateway/_fast/wire.pyx (same signatures, same bytes) ---
-def py_response_head(status_line: bytes, fields: list[tuple[bytes, bytes]], framing: bytes,
-                     request_id: bytes, tail: bytes) -> bytes:
-    return b"".join([
-        status_line, b"".join([b"%s: %s\r\n" % nv for nv in fields]), framing,
-        b"X-Request-Id: ", request_id, b"\r\nX-Content-Type-Options: nosniff\r\n", tail, CRLF,
-    ])
-
-
-def py_request_head(method: bytes, target: bytes, host_header: bytes, fields: list[tuple[bytes, bytes]],
-                    framing: bytes, extra: list[tuple[bytes, bytes]], forwarded: bytes, request_id: bytes,
-                    traceparent: bytes, tracestate: bytes | None) -> bytes:
-    parts = [method, b" ", target, b" HTTP/1.1\r\nHost: ", host_header, CRLF,
-             b"".join([b"%s: %s\r\n" % nv for nv in fields]), framing,
-             b"".join([b"%s: %s\r\n" % nv for nv in extra]), forwarded,
-             b"X-Request-Id: ", request_id, b"\r\ntraceparent: ", traceparent]
-    if tracestate is not None:
-        parts += (b"\r\ntracestate: ", tracestate)
-    parts.append(b"\r\n\r\n")
-    return b"".join(parts)
-
-
-try:  # the compiled versions (setup.py builds gateway/_fast/wire.pyx)
-    from gateway._fast.wire import request_head, response_head
-except ImportError:  # a source tree without build_ext: the reference versions, same bytes
-    request_head = py_request_head
-    response_head = py_response_head

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway._fast import wire as fast
-from gateway.http.wire import py_request_head, py_response_head
+from tests.fast.reference.wire import py_request_head, py_response_head
 
 token = st.binary(min_size=0, max_size=40)
 fields = st.lists(st.tuples(token, token), max_size=12)
@@ -41,6 +41,6 @@ def test_refuses_non_bytes_pairs(bad: list) -> None:
 
 
 def test_data_plane_uses_the_compiled_version() -> None:
-    from gateway.http import wire
+    from gateway.http import request, upstream
 
-    assert wire.response_head is fast.response_head and wire.request_head is fast.request_head
+    assert upstream.response_head is fast.response_head and request.request_head is fast.request_head
