@@ -43,7 +43,8 @@ ctypedef struct gw_breaker_shm:
     uint32_t streak           # trips since the last full close (drives the timeout doubling)
     uint32_t window_requests  # sums over the ring, kept incrementally
     uint32_t window_failures
-    uint32_t _pad
+    uint32_t seq              # seqlock sequence: odd while a locked section is writing (see
+                              # _write_begin in breaker.pyx); the lock-free allow() validates on it
     uint64_t to_open          # transition counters: exact node-wide, for the metrics exporter
     uint64_t to_half_open
     uint64_t to_closed

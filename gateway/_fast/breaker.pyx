@@ -29,8 +29,8 @@ Rules (tests/fast/reference/breaker.py is the executable spec; docs in breaker.p
 
 Shared memory: all state is one gw_breaker_shm struct, malloc'd or in a caller's buffer, guarded by
 an owner-pid lock word inside it (shm.pxd's shm_lock; allow() in CLOSED past the ramp reads without
-it, see c_allow). Critical sections are straight-line C (no Python, no allocation); a worker
-SIGKILLed inside one leaves its pid in the word, and the next waiter breaks the lock once that pid
+it, as a seqlock reader: see _read_closed). Critical sections are straight-line C (no Python, no
+allocation); a worker SIGKILLed inside one leaves its pid in the word, and the next waiter breaks the lock once that pid
 is gone, so a crashed worker costs the others a one-off delay of a few ms, never a wedged breaker.
 """
 import logging
@@ -222,9 +222,15 @@ cdef extern from *:
         __builtin_memcpy(&d, &bits, sizeof d); return d;
     }
     static inline void gw_acquire_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    static inline void gw_release_fence(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline void gw_seq_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+    static inline void gw_seq_store_release(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
     """
     double _load_f64 "gw_load_f64"(const double *p) noexcept nogil
     void gw_acquire_fence() noexcept nogil
+    void gw_release_fence() noexcept nogil
+    void _seq_store "gw_seq_store"(uint32_t *p, uint32_t v) noexcept nogil
+    void _seq_store_release "gw_seq_store_release"(uint32_t *p, uint32_t v) noexcept nogil
 
 
 cdef inline double _max(double a, double b) noexcept nogil:
@@ -239,6 +245,56 @@ cdef inline double _clamp(gw_breaker_shm *s, double now) noexcept nogil:
 
 
 from gateway._fast.checks cimport check_non_negative, check_now as _check_now
+
+
+# A test hook called between the lock-free reader's loads (NULL in production: the branches fold
+# away once _read_closed is inlined into c_allow).
+ctypedef void (*gw_probe_fn)(void *arg, int step) noexcept nogil
+
+
+cdef inline bint _read_closed(gw_breaker_shm *s, double now, uint32_t *epoch, gw_probe_fn probe,
+                              void *arg) noexcept nogil:
+    """The lock-free allow(): 1 with the ticket in *epoch when the breaker is CLOSED past any ramp,
+    0 to take the locked path. A seqlock read: every locked section makes ``seq`` odd before its
+    first store and even (and different) after its last (_write_begin/_write_end), so a reader
+    that saw the same even ``seq`` before and after its loads saw no store of any section, in
+    whatever order that section's stores became visible. Checking the lock word and the epoch
+    instead is not enough: a writer can take the lock after the first check, make its new epoch
+    visible before its new state, and release before the second check."""
+    cdef uint32_t seq, seen, state
+    cdef bint past
+    seq = gw_atomic_load_u32(&s.seq)        # acquire: the loads below cannot move above it
+    if seq & 1:
+        return 0
+    if probe != NULL:
+        probe(arg, 1)
+    seen = gw_atomic_load_u32(&s.epoch)
+    if probe != NULL:
+        probe(arg, 2)
+    state = gw_atomic_load_u32(&s.state)
+    if probe != NULL:
+        probe(arg, 3)
+    past = _max(now, _load_f64(&s.last_now)) >= _load_f64(&s.ramp_end)
+    if probe != NULL:
+        probe(arg, 4)
+    gw_acquire_fence()                      # the loads above complete before seq is read again
+    if gw_atomic_load_u32(&s.seq) != seq or state != CLOSED or not past:
+        return 0
+    epoch[0] = seen
+    return 1
+
+
+cdef inline void _write_begin(gw_breaker_shm *s) noexcept nogil:
+    """Every locked section that may store starts here. (seq + 1) | 1 is odd and new even when a
+    writer died mid-section and left seq odd (its lock is then broken by shm_lock)."""
+    shm_lock(&s.lock, shm_pid_ptr()[0])
+    _seq_store(&s.seq, (s.seq + 1) | 1)
+    gw_release_fence()                      # seq odd is visible before any store that follows
+
+
+cdef inline void _write_end(gw_breaker_shm *s) noexcept nogil:
+    _seq_store_release(&s.seq, s.seq + 1)   # every store above is visible before seq turns even
+    shm_unlock(&s.lock)
 
 
 cdef class CircuitBreaker:
@@ -325,23 +381,14 @@ cdef class CircuitBreaker:
         cdef gw_breaker_shm *s = self._s
         cdef uint32_t seen
         _check_now(now)
-        # Lock-free fast path: CLOSED past any ramp only reads, so it must not take the lock
-        # and pull the cache line exclusive on every request of every worker. Validated like a
-        # seqlock: the lock was free before and after the reads and the epoch (bumped by every
-        # transition) did not move, so the reads saw one consistent state.
-        if gw_atomic_load_u32(&s.lock) == 0:
-            seen = gw_atomic_load_u32(&s.epoch)
-            if (gw_atomic_load_u32(&s.state) == CLOSED
-                    and _max(now, _load_f64(&s.last_now)) >= _load_f64(&s.ramp_end)):
-                gw_acquire_fence()
-                if gw_atomic_load_u32(&s.lock) == 0 and gw_atomic_load_u32(&s.epoch) == seen:
-                    epoch[0] = seen
-                    return 1
+        # Lock-free fast path: CLOSED past any ramp only reads (see _read_closed).
+        if _read_closed(s, now, epoch, NULL, NULL):
+            return 1
         tr.happened = 0
-        shm_lock(&s.lock, shm_pid_ptr()[0])
+        _write_begin(s)
         ok = _allow_locked(s, &self._cfg, now, &tr)
         epoch[0] = s.epoch
-        shm_unlock(&s.lock)
+        _write_end(s)
         if tr.happened:
             self._fire(&tr)
         return ok
@@ -352,13 +399,13 @@ cdef class CircuitBreaker:
         _check_now(now)
         check_non_negative("duration", duration)
         tr.happened = 0
-        shm_lock(&self._s.lock, shm_pid_ptr()[0])
+        _write_begin(self._s)
         now = _clamp(self._s, now)
         if duration > self._cfg.slow_call_duration:
             self._s.slow_calls += 1
             failed = True
         _record_locked(self._s, &self._cfg, now, failed, epoch, &tr)
-        shm_unlock(&self._s.lock)
+        _write_end(self._s)
         if tr.happened:
             self._fire(&tr)
         return 0
@@ -405,7 +452,7 @@ cdef class CircuitBreaker:
         cdef gw_transition tr
         _check_now(now)
         tr.happened = 0
-        shm_lock(&self._s.lock, shm_pid_ptr()[0])
+        _write_begin(self._s)
         now = _clamp(self._s, now)
         if target == OPEN:
             if self._s.state != OPEN:
@@ -415,7 +462,7 @@ cdef class CircuitBreaker:
             _close(self._s, &self._cfg, now, False, &tr)
         elif self._s.ramp_end > now:
             self._s.ramp_end = now      # already closed: cut a running ramp short
-        shm_unlock(&self._s.lock)
+        _write_end(self._s)
         if tr.happened:
             self._fire(&tr)
         return bool(tr.happened)
@@ -428,10 +475,10 @@ cdef class CircuitBreaker:
         if new < 0 or new > OPEN:
             raise ValueError(f"unknown state {new}")
         tr.happened = 0
-        shm_lock(&self._s.lock, shm_pid_ptr()[0])
+        _write_begin(self._s)
         rc = _set_state(self._s, <uint32_t>new, _clamp(self._s, now), &tr)
         old = self._s.state
-        shm_unlock(&self._s.lock)
+        _write_end(self._s)
         if rc < 0:
             raise ValueError(f"illegal transition {STATE_NAMES[old]} -> {STATE_NAMES[new]}")
         self._fire(&tr)
@@ -504,3 +551,39 @@ cdef _validate(int failure_threshold, double error_rate, int min_requests, doubl
         raise ValueError("slow_call_duration must be > 0 (inf disables it)")
     if not (ramp >= 0.0) or not isfinite(ramp):
         raise ValueError("ramp must be a finite number >= 0")
+
+
+# -- test hooks: drive the lock-free reader with a "writer" interleaved between its loads ---------
+
+cdef void _py_probe(void *arg, int step) noexcept nogil:
+    with gil:
+        (<object>arg)(step)
+
+
+def _read_closed_interleaved(CircuitBreaker b, double now, step):
+    """Run the lock-free reader, calling ``step(i)`` between its loads (i = 1..4). Returns the
+    ticket it would hand out, or 0 when it defers to the locked path."""
+    cdef uint32_t epoch = 0
+    if _read_closed(b._s, now, &epoch, _py_probe, <void *>step):
+        return epoch
+    return 0
+
+
+def _write_section_begin(CircuitBreaker b):
+    """Start a writer's locked section, exactly as allow()/record()/force_*() do."""
+    _write_begin(b._s)
+
+
+def _write_section_end(CircuitBreaker b):
+    _write_end(b._s)
+
+
+def _store_raw(CircuitBreaker b, str field, uint32_t value):
+    """One plain store of a writer's section (``state`` or ``epoch``), in whatever order a test
+    (standing for the compiler and the CPU) chooses."""
+    if field == "state":
+        b._s.state = value
+    elif field == "epoch":
+        b._s.epoch = value
+    else:
+        raise ValueError(field)

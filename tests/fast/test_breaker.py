@@ -2,6 +2,7 @@
 shared between forked processes through an mmap."""
 from __future__ import annotations
 
+import itertools
 import math
 import mmap
 import os
@@ -383,10 +384,58 @@ def test_lives_in_a_gateway_shared_segment() -> None:
         seg.close()
 
 
-def test_lock_free_allow_never_admits_with_a_ticket_from_an_open_epoch() -> None:
-    # A peer flips the breaker open and closed as fast as it can while this process asks allow()
-    # (mostly on the lock-free fast path). Epochs go 1 closed, 2 open, 3 closed, ...: an admission
-    # with an even ticket would be a torn read of state against epoch.
+def _schedules(actions: int, points: int) -> list[tuple[int, ...]]:
+    # Every non-decreasing assignment of the writer's actions to the reader's interleaving points.
+    return list(itertools.combinations_with_replacement(range(points), actions))
+
+
+@pytest.mark.parametrize("order", [("epoch", "state"), ("state", "epoch")])
+def test_lock_free_allow_never_admits_with_a_ticket_from_an_open_epoch(order: tuple[str, str]) -> None:
+    """A writer opening the circuit (state CLOSED -> OPEN, epoch 1 -> 2: two plain stores, which
+    the compiler or the CPU may make visible in either order) is interleaved with the lock-free
+    reader at every point: before it, between each of its loads, after it. The writer's section is
+    begun and ended by the real code (_write_section_begin/_end), so whatever protocol those
+    implement is what is checked. An admission with ticket 2 pairs the open epoch with the closed
+    state: the race CI once hit by luck (reader saw the new epoch and the old state while the
+    writer took and released the lock between its two lock checks)."""
+    admitted_before = 0
+    for sched in _schedules(4, 6):        # begin, store, store, end; points 0..5
+        b, ticket = _open_while_reading(order, sched)
+        assert ticket in (0, 1), f"admitted with ticket {ticket} of an open epoch; schedule {sched}"
+        admitted_before += ticket == 1
+        assert b.state == fast.OPEN
+    assert admitted_before > 0           # a reader that finished before the writer began does admit
+
+
+def _open_while_reading(order: tuple[str, str], sched: tuple[int, ...]) -> tuple[Any, int]:
+    b = fast.CircuitBreaker()
+    assert b.allow(1.0) == 1
+    value = {"epoch": 2, "state": fast.OPEN}
+    actions = [
+        lambda: fast._write_section_begin(b),
+        lambda: fast._store_raw(b, order[0], value[order[0]]),
+        lambda: fast._store_raw(b, order[1], value[order[1]]),
+        lambda: fast._write_section_end(b),
+    ]
+    done = [False] * len(actions)
+
+    def run(point: int) -> None:
+        # A reader that bails out early skips later points: their actions run at the next one.
+        for i, (action, at) in enumerate(zip(actions, sched, strict=True)):
+            if at <= point and not done[i]:
+                done[i] = True
+                action()
+
+    run(0)
+    ticket = fast._read_closed_interleaved(b, 1.0, run)
+    run(5)
+    return b, ticket
+
+
+def test_lock_free_allow_under_a_flipping_peer_process() -> None:
+    # The same property with real concurrency: a peer flips the breaker open and closed as fast as
+    # it can while this process asks allow() (mostly on the lock-free fast path). Epochs go 1
+    # closed, 2 open, 3 closed, ...: an admission with an even ticket is a torn read.
     buf = mmap.mmap(-1, fast.SHM_SIZE)
     b = fast.CircuitBreaker(buffer=buf)
     r, w = os.pipe()
