@@ -49,6 +49,9 @@ class Settings:
     config: str | None = None
     redis_url: str | None = None
     redis_cluster: bool = False
+    redis_prefix: str = "gateway:"
+    redis_timeout: float = 0.05
+    shm_size: int = 64 << 20
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     admin_token: str | None = None
@@ -255,6 +258,43 @@ def _text(raw: str) -> str:
     return raw
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(lo: int, hi: int) -> Callable[[str], int]:
+    form = f"a size in bytes with an optional k/m/g suffix, {lo >> 20}m-{hi >> 30}g"
+
+    def parse(raw: str) -> int:
+        # nginx's size syntax (keys_zone=name:10m): plain bytes or k/m/g (binary multiples).
+        m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", raw)
+        if m is None:
+            raise _Bad(f"expected {form}, got {raw!r}")
+        value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+        if not lo <= value <= hi:
+            raise _Bad(f"expected {form}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _redis_prefix(raw: str) -> str:
+    # Braces would turn the prefix into (part of) a Redis Cluster hash tag and move our keys'
+    # slots; whitespace and control characters make keys nobody can type in redis-cli.
+    if len(raw) > 64 or any(c in "{}" or not c.isprintable() or c.isspace() for c in raw):
+        raise _Bad(f"expected up to 64 printable characters without spaces or braces, got {raw!r}")
+    return raw
+
+
+def _budget(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (0.001 <= value <= 10.0):
+        raise _Bad(f"expected a number of seconds 0.001-10, got {raw!r}")
+    return value
+
+
 def _algorithms(raw: str) -> tuple[str, ...]:
     algs = tuple(a.strip() for a in raw.split(",") if a.strip())
     bad = [a for a in algs if a not in _JWT_ALGORITHMS]
@@ -294,6 +334,9 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "config": (_text, None),
     "redis_url": (_url(("redis", "rediss", "unix")), _refuse_any),
     "redis_cluster": (_switch("1", "0"), _refuse_true),
+    "redis_prefix": (_redis_prefix, None),
+    "redis_timeout": (_budget, None),
+    "shm_size": (_size(1 << 20, 64 << 30), None),
     "admin_host": (_listen_host, None),
     "admin_port": (_port, None),
     "admin_token": (_text, None),
@@ -346,6 +389,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             errors.append(EnvError(var, str(exc)))
             continue
         values[name] = value
+    if values.get("redis_cluster") and "redis_url" not in values and not any(
+            e.var == "GATEWAY_REDIS_URL" for e in errors):
+        errors.append(EnvError("GATEWAY_REDIS_CLUSTER", "needs GATEWAY_REDIS_URL (a node of the cluster)"))
     if errors:
         raise EnvError(errors[0].var, errors[0].message, errors[1:])
     return Settings(**values)

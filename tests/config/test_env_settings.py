@@ -18,6 +18,7 @@ def test_defaults_match_spec() -> None:
     assert (s.host, s.port, s.workers, s.config) == ("0.0.0.0", 8080, 1, None)
     assert (s.admin_host, s.admin_port, s.admin_token) == ("127.0.0.1", 9901, None)
     assert s.redis_url is None and s.redis_cluster is False
+    assert (s.redis_prefix, s.redis_timeout, s.shm_size) == ("gateway:", 0.05, 64 << 20)
     assert [str(n) for n in s.metrics_allow] == [
         "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     assert s.trusted_proxies == ()
@@ -36,7 +37,7 @@ def test_direct_construction_has_the_same_defaults() -> None:
 def test_every_spec_variable_is_a_field() -> None:
     names = {f.name for f in dataclasses.fields(Settings)}
     assert {v[len("GATEWAY_"):].lower() for v in VARIABLES} == names
-    assert len(VARIABLES) == 35
+    assert len(VARIABLES) == 38   # SPEC §2 plus GATEWAY_SHM_SIZE (README)
 
 
 def test_settings_are_immutable_and_slotted() -> None:
@@ -57,6 +58,11 @@ GOOD = [
     ("GATEWAY_WORKERS", "AUTO", "workers", os.cpu_count() or 1),
     ("GATEWAY_CONFIG", "/etc/gateway.toml", "config", "/etc/gateway.toml"),
     ("GATEWAY_REDIS_CLUSTER", "0", "redis_cluster", False),
+    ("GATEWAY_REDIS_PREFIX", "gw-prod:", "redis_prefix", "gw-prod:"),
+    ("GATEWAY_REDIS_TIMEOUT", "0.2", "redis_timeout", 0.2),
+    ("GATEWAY_SHM_SIZE", "128m", "shm_size", 128 << 20),
+    ("GATEWAY_SHM_SIZE", "2G", "shm_size", 2 << 30),
+    ("GATEWAY_SHM_SIZE", "4194304", "shm_size", 4 << 20),
     ("GATEWAY_ADMIN_HOST", "0.0.0.0", "admin_host", "0.0.0.0"),
     ("GATEWAY_ADMIN_PORT", "9000", "admin_port", 9000),
     ("GATEWAY_ADMIN_TOKEN", "s3cret", "admin_token", "s3cret"),
@@ -107,6 +113,17 @@ BAD = [
     ("GATEWAY_WORKERS", "0", "GATEWAY_WORKERS: expected an integer 1-1024 or 'auto', got '0'"),
     ("GATEWAY_WORKERS", "many", "GATEWAY_WORKERS: expected an integer 1-1024 or 'auto', got 'many'"),
     ("GATEWAY_REDIS_CLUSTER", "yes please", "GATEWAY_REDIS_CLUSTER: expected 1 or 0, got 'yes please'"),
+    ("GATEWAY_REDIS_URL", "redis://", "GATEWAY_REDIS_URL: expected a URL redis://... or rediss://... or unix://..., got 'redis://'"),
+    ("GATEWAY_REDIS_URL", "redis://h:99999/0", "GATEWAY_REDIS_URL: expected a URL"),
+    ("GATEWAY_REDIS_URL", "unix://", "GATEWAY_REDIS_URL: expected a URL"),
+    ("GATEWAY_REDIS_PREFIX", "a{b}:", "GATEWAY_REDIS_PREFIX: expected up to 64 printable characters"),
+    ("GATEWAY_REDIS_PREFIX", "my prefix", "GATEWAY_REDIS_PREFIX: expected up to 64 printable characters"),
+    ("GATEWAY_REDIS_TIMEOUT", "0", "GATEWAY_REDIS_TIMEOUT: expected a number of seconds 0.001-10, got '0'"),
+    ("GATEWAY_REDIS_TIMEOUT", "nan", "GATEWAY_REDIS_TIMEOUT: expected a number of seconds 0.001-10, got 'nan'"),
+    ("GATEWAY_REDIS_TIMEOUT", "50ms", "GATEWAY_REDIS_TIMEOUT: expected a number of seconds 0.001-10, got '50ms'"),
+    ("GATEWAY_SHM_SIZE", "64x", "GATEWAY_SHM_SIZE: expected a size in bytes with an optional k/m/g suffix, 1m-64g, got '64x'"),
+    ("GATEWAY_SHM_SIZE", "1k", "GATEWAY_SHM_SIZE: expected a size in bytes"),
+    ("GATEWAY_SHM_SIZE", "65g", "GATEWAY_SHM_SIZE: expected a size in bytes"),
     ("GATEWAY_METRICS_ALLOW", "10.0.0.0/33", "GATEWAY_METRICS_ALLOW: expected comma-separated IPs or CIDRs (10.0.0.0/8,::1), got '10.0.0.0/33'"),
     ("GATEWAY_TRUSTED_PROXIES", "proxy.local", "GATEWAY_TRUSTED_PROXIES: expected comma-separated IPs or CIDRs (10.0.0.0/8,::1), got 'proxy.local'"),
     ("GATEWAY_HEADER_TIMEOUT", "0", "GATEWAY_HEADER_TIMEOUT: expected a positive number of seconds, got '0'"),
