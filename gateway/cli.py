@@ -9,11 +9,12 @@ line naming the variable to change).
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from gateway.process import BOOT_CONFIG_ENV, err, run_loop
 
 USAGE = """usage: gateway [run | demo | check]
 
@@ -26,14 +27,8 @@ by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level
 """
 
 LATER = {"jwt", "apikey"}
-# Internal (no GATEWAY_ prefix: not a user setting): the supervisor's last-valid-config snapshot.
-BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
 # Variables read here rather than by Settings (logging is set up before Settings can fail).
 OWN_VARIABLES = {"GATEWAY_LOG_LEVEL", "GATEWAY_WORKER_INDEX"}  # commands SPEC §1 names whose features come in later issues
-
-
-def err(line: str) -> None:
-    print(f"gateway: {line}", file=sys.stderr, flush=True)
 
 
 def _config_problem_lines(exc: Any) -> list[str]:
@@ -63,24 +58,6 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
             err(line)
         return settings, None, 2
     return settings, config, 0
-
-
-def run_loop(coro: Any) -> int:
-    """Run a coroutine on a fresh uvloop loop (the data plane is written for uvloop)."""
-    import uvloop
-
-    from gateway.worker import raise_nofile_limit
-
-    raise_nofile_limit()
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return int(loop.run_until_complete(coro))
-    finally:
-        try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
 
 
 def cmd_check() -> int:

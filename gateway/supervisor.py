@@ -95,7 +95,7 @@ class Supervisor:
 
     # --- public ---------------------------------------------------------------------------------
     def run(self) -> int:
-        from gateway.cli import err, run_loop
+        from gateway.process import err, run_loop
         from gateway.worker import ListenError, bind_listener
 
         # Probe the port once without SO_REUSEPORT: a port held by another program is reported
@@ -177,7 +177,7 @@ class Supervisor:
         slot.restart_handle = None
         if self.stopping:
             return
-        from gateway.cli import BOOT_CONFIG_ENV
+        from gateway.process import BOOT_CONFIG_ENV
 
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
         if self._snapshot is not None:

@@ -6,12 +6,11 @@ parameters, request body schema and the bearer-token requirement of writes.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from gateway.admin.server import AdminRequest, AdminResponse, AdminRoutes
+from gateway.admin.api import AdminRequest, AdminResponse, AdminRoutes
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -74,8 +73,6 @@ def _operation_id(method: str, pattern: str) -> str:
 
 def openapi_handler(routes: AdminRoutes) -> Any:
     """A handler serving the document, re-rendered only when the route table changed."""
-    from gateway.admin.server import AdminResponse
-
     cache: dict[str, Any] = {"version": -1, "body": b""}
 
     def handler(req: AdminRequest) -> AdminResponse:

@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
+from gateway.admin.api import AdminRequest, AdminResponse, json_response
 from gateway.admin.openapi import build_openapi
-from gateway.admin.server import AdminApp, AdminRequest, AdminResponse, base_routes, json_response
+from gateway.admin.server import AdminApp, base_routes
 from tests.support.gateway_proc import gateway, http_get  # noqa: F401 - `gateway` is a fixture
 
 
