@@ -14,6 +14,12 @@ that stays up while workers crash and are replaced, and the natural place to agg
 (metrics) from every worker later. With GATEWAY_WORKERS=1 there is no supervisor: the single worker
 runs in the main process and serves the admin listener itself.
 
+So does the node's ControlPlane (gateway/state/control.py): admin changes enter here and reach
+each worker over its own state channel, a socketpair whose child end the worker inherits
+(pass_fds); a replacement worker gets a fresh channel and starts from a snapshot of the current
+state. With GATEWAY_REDIS_URL the control plane also holds the node's Redis connection, the
+change bus to other instances and this instance's membership heartbeat.
+
 Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
 timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome.
@@ -42,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+    from gateway.state.control import ControlPlane
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -92,6 +99,7 @@ class Supervisor:
         self.restarts = 0
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.control: ControlPlane | None = None
 
     # --- public ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -111,7 +119,7 @@ class Supervisor:
                 err(line)
             return 2
         try:
-            return run_loop(self._main())
+            return run_loop(self.serve())
         except OSError as exc:  # the admin listener could not bind
             err(exc.strerror or str(exc))
             self._kill_all(signal.SIGKILL)
@@ -152,42 +160,62 @@ class Supervisor:
     def worker_pids(self) -> list[int]:
         return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
 
-    # --- internals ------------------------------------------------------------------------------
-    async def _main(self) -> int:
+    async def serve(self) -> int:
+        """The supervisor's life on the running loop: admin listener, control plane, workers;
+        returns 0 once a stop (SIGTERM/SIGINT or stop()) has drained every worker. run() calls
+        it on a fresh loop; tests may await it on theirs and drive `self.control`."""
         from gateway.admin.server import AdminServer
+        from gateway.state.node import make_control_plane, new_instance_id
 
         loop = self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
+        self.control = make_control_plane(loop, self.settings, new_instance_id())
         admin = AdminServer(self._admin_routes(), self.settings.admin_token)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
+        await self.control.start()
         for slot in self.slots:
             self._spawn(slot)
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop)
+            loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
         poller = loop.create_task(self._poll())
-        await self._done.wait()
-        poller.cancel()
-        admin.close()
+        try:
+            await self._done.wait()
+        finally:
+            poller.cancel()
+            admin.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.control.close()
         log.info("supervisor: all workers stopped")
         return 0
+
+    # --- internals ------------------------------------------------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
         slot.restart_handle = None
         if self.stopping:
             return
         from gateway.process import BOOT_CONFIG_ENV
+        from gateway.state.client import FD_ENV
 
+        assert self.control is not None
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
         if self._snapshot is not None:
             env[BOOT_CONFIG_ENV] = self._snapshot
-        slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded supervisor
-        )
+        channel = self.control.attach_worker(slot.index)
+        env[FD_ENV] = str(channel.fileno())
+        try:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(channel.fileno(),),
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded supervisor
+            )
+        finally:
+            channel.close()  # the worker has its copy; ours would keep the channel open after it dies
         slot.started = time.monotonic()
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 
@@ -205,6 +233,8 @@ class Supervisor:
             if proc is None or proc.poll() is None:
                 continue
             slot.proc = None
+            if self.control is not None:
+                self.control.detach_worker(slot.index)
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if self.stopping:
@@ -236,7 +266,8 @@ class Supervisor:
             log.info("reload: config invalid, replacement workers keep booting from the last valid one")
         self._forward(signal.SIGHUP)
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """Drain every worker, then let serve() return (what SIGTERM/SIGINT do)."""
         assert self._loop is not None
         if self.stopping:
             return
@@ -266,11 +297,18 @@ class Supervisor:
 
         def ready() -> tuple[bool, dict[str, Any]]:
             alive = len(self.worker_pids())
-            ok = not self.stopping and alive > 0
-            return ok, {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
+            redis_ok = self.control is None or self.control.ready
+            ok = not self.stopping and alive > 0 and redis_ok
+            details = {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
+            if self.control is not None:
+                details["redis"] = self.control.status["redis"]
+            return ok, details
 
         def health() -> dict[str, Any]:
-            return {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
-                    "restarts": self.restarts}
+            out = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
+                   "restarts": self.restarts}
+            if self.control is not None:
+                out["state"] = self.control.describe()
+            return out
 
         return base_routes(ready, health)

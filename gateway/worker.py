@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.runtime import Runtime
+    from gateway.state.node import NodeState
 
 log = logging.getLogger("gateway.worker")
 
@@ -102,10 +103,12 @@ class Worker:
         *,
         config_path: str | None,
         protocol_factory: Callable[[Worker], asyncio.Protocol] | None = None,
+        state: NodeState | None = None,
     ) -> None:
         self.loop = loop
         self.settings = settings
         self.runtime = runtime
+        self.state = state          # the node's shared state as this process sees it (gateway/state/)
         self.config_path = config_path
         self.draining = False
         self.connections: set[Any] = set()
@@ -285,14 +288,23 @@ def worker_admin_routes(worker: Worker) -> Any:
     """/health and /ready of a single-process gateway (admin served by the worker itself)."""
     from gateway.admin.server import base_routes
 
+    control = worker.state.control if worker.state is not None else None
+
     def ready() -> tuple[bool, dict[str, Any]]:
-        # Draining: tell load balancers to stop sending before the listener goes away.
+        # Draining: tell load balancers to stop sending before the listener goes away. A configured
+        # Redis that is unreachable also makes the node not ready (SPEC §8).
         routes = len(getattr(worker.runtime.config, "routes", ()))
-        return (not worker.draining, {"routes": routes, "draining": worker.draining, "reloads": worker.reloads})
+        details = {"routes": routes, "draining": worker.draining, "reloads": worker.reloads}
+        if control is not None:
+            details["redis"] = control.status["redis"]
+        return (not worker.draining and (control is None or control.ready), details)
 
     def health() -> dict[str, Any]:
-        return {"pid": os.getpid(), "role": "worker", "workers": [os.getpid()],
-                "connections": len(worker.connections)}
+        out = {"pid": os.getpid(), "role": "worker", "workers": [os.getpid()],
+               "connections": len(worker.connections)}
+        if worker.state is not None:
+            out["state"] = worker.state.describe()
+        return out
 
     return base_routes(ready, health)
 
@@ -314,11 +326,19 @@ async def run_worker(
     import signal
 
     from gateway.runtime import build_runtime
+    from gateway.state.node import NodeState
 
     loop = asyncio.get_running_loop()
+    # The state first: features built with the runtime subscribe to it. A lone process (admin here)
+    # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
+    state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop))
     runtime = build_runtime(config, settings, loop, previous=None)
-    sock = bind_listener(settings.host, settings.port, reuse_port=reuse_port)
-    worker = Worker(loop, settings, runtime, config_path=config_path)
+    try:
+        sock = bind_listener(settings.host, settings.port, reuse_port=reuse_port)
+    except BaseException:
+        await state.close()
+        raise
+    worker = Worker(loop, settings, runtime, config_path=config_path, state=state)
     await worker.start(sock)
     admin_server = None
     if admin:
@@ -340,4 +360,5 @@ async def run_worker(
     await worker.wait_stopped()
     if admin_server is not None:
         admin_server.close()
+    await state.close()
     return 0

@@ -1,0 +1,108 @@
+"""StateClient: a worker's end of its state channel (see control.py for the supervisor's).
+
+It applies the supervisor's snapshot and changes to the worker's StateView as they arrive, in the
+loop's reader callback: the hot path never looks at the channel and pays nothing while nothing
+changes. After each frame it acks the seq it has applied. It also carries the worker's events to
+the supervisor's EventHub, deduplicated locally with the same cooldown first and dropped (counted)
+when the channel is congested.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .channel import MAX_STATE_FRAME, FrameProtocol, open_channel
+from .events import COOLDOWN, Deduplicator, event_key, make_event
+from .view import StateView
+
+log = logging.getLogger("gateway.state")
+
+FD_ENV = "_GATEWAY_STATE_FD"       # the inherited channel fd, set by the supervisor for each worker
+SEND_BUFFER = 256 << 10            # acks and events queued towards the supervisor
+
+
+class StateClient:
+    def __init__(self, loop: asyncio.AbstractEventLoop, view: StateView | None = None, *,
+                 on_status: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.loop = loop
+        self.view = view if view is not None else StateView()
+        self.status: dict[str, Any] = {"redis": "off", "instances": 1}
+        self.on_status = on_status
+        self.synced = False                # a snapshot has been applied
+        self.events_dropped = 0
+        self._dedup = Deduplicator(COOLDOWN)
+        self._awaiting_snapshot = True
+        self._closing = False
+        self.proto = FrameProtocol(self._on_frame, max_frame=MAX_STATE_FRAME, max_buffer=SEND_BUFFER,
+                                   max_send=64 << 10,
+                                   on_close=self._on_close, on_drain=self._ack, name="state channel")
+
+    async def start(self, fd: int) -> None:
+        sock = socket.socket(fileno=fd)
+        await open_channel(self.loop, sock, self.proto)
+
+    def close(self) -> None:
+        self._closing = True
+        self.proto.close()
+
+    # --- from the supervisor -------------------------------------------------------------------------
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        t = frame.get("t")
+        seq = frame.get("seq")
+        if t == "snapshot" and isinstance(seq, int) and isinstance(frame.get("state"), dict):
+            self.view.replace(seq, frame["state"])
+            self._awaiting_snapshot = False
+            self.synced = True
+            self._set_status(frame.get("status"))
+        elif t == "set" and isinstance(seq, int) and isinstance(frame.get("k"), str):
+            if self._awaiting_snapshot:
+                return
+            if seq != self.view.seq + 1:
+                # Cannot happen on an ordered stream unless the supervisor dropped changes for us
+                # and its snapshot is on the way; ask anyway rather than apply out of order.
+                log.warning("state channel: change %d after %d; asking for the whole state", seq, self.view.seq)
+                self._awaiting_snapshot = True
+                self.proto.send({"t": "resync"}, force=True)
+                return
+            self.view.apply(seq, frame["k"], frame.get("v"))
+        elif t == "status":
+            self._set_status(frame.get("status"))
+            return
+        else:
+            log.warning("state channel: unknown or malformed frame %r", t)
+            return
+        self._ack()
+
+    def _ack(self) -> None:
+        # Not forced: a supervisor that does not read must not grow this worker. A skipped ack is
+        # not lost: the next one (or the one sent when the channel drains) carries the latest seq.
+        self.proto.send({"t": "ack", "seq": self.view.seq})
+
+    def _set_status(self, status: Any) -> None:
+        if isinstance(status, dict):
+            self.status = status
+            if self.on_status is not None:
+                self.on_status(status)
+
+    def _on_close(self, exc: Exception | None) -> None:
+        # The supervisor is gone or cut us off; PR_SET_PDEATHSIG stops this worker in the first
+        # case. Either way the worker keeps serving with the state it has.
+        if self._closing:
+            return
+        log.error("state channel closed%s: no further changes will arrive", f": {exc}" if exc else "")
+
+    # --- to the supervisor ---------------------------------------------------------------------------
+    def emit(self, event: str, *, service: str | None = None, target: str | None = None,
+             details: dict[str, Any] | None = None) -> bool:
+        """Send an event to the node's EventHub; False when deduplicated here or dropped."""
+        ev = make_event(event, service=service, target=target, details=details)
+        if not self._dedup.admit(event_key(ev), time.monotonic()):
+            return False
+        if not self.proto.send({"t": "event", "event": ev}):
+            self.events_dropped += 1
+            return False
+        return True
