@@ -38,7 +38,12 @@ cdef class SharedSegment:
 # address is stable across fork, so a caller may cache the pointer.
 cdef uint32_t* shm_pid_ptr() noexcept nogil
 
-# Slow path of shm_lock: spin, yield, and break the lock if its owner pid no longer exists.
+# Whether `pid` has stopped running: it does not exist, or it has exited and is not yet reaped
+# (a zombie). False when in doubt. A few syscalls and a /proc read: for slow paths (a lock or a
+# claim stuck on a peer), never per operation.
+cdef bint shm_pid_gone(uint32_t pid) noexcept nogil
+
+# Slow path of shm_lock: spin, yield, and break the lock once shm_pid_gone(owner).
 cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil
 
 

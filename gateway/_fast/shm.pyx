@@ -16,8 +16,9 @@ reinterpreted by a worker running older code.
 Dead lock owners. Slot locks in shared state (``shm_lock`` in shm.pxd) store the owner's pid, not
 just 1. A waiter that has spun for a while (about 8k tries with 64 sched_yield() calls: a few ms
 on a loaded box, far above any real critical section of tens of ns) checks whether the owner pid
-still exists (``kill(pid, 0)``); if the owner is gone (ESRCH), the waiter takes the lock over with
-a CAS, so exactly one waiter inherits it. Consequences, documented rather than hidden:
+is still alive (``shm_pid_gone``: ``kill(pid, 0)``, then /proc/<pid>/stat so that an exited but
+not yet reaped owner, a zombie, counts as dead); if the owner is gone, the waiter takes the lock
+over with a CAS, so exactly one waiter inherits it. Consequences, documented rather than hidden:
 - a worker killed inside a critical section costs the others a few ms once, never a wedge;
 - the one slot it was updating may hold a half-applied update (e.g. a new key's hash with the
   previous key's limiter state): bounded, never "unlimited", and the key heals on its next window;
@@ -32,16 +33,90 @@ import os
 import time
 
 from cpython.buffer cimport PyBuffer_FillInfo
-from libc.errno cimport ESRCH, errno
+from libc.errno cimport errno
 from libc.stdint cimport uint32_t, uint64_t
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from posix.signal cimport kill
 from posix.unistd cimport getpid
 
 from gateway._fast.atomic cimport gw_atomic_load_u32, gw_atomic_load_u64, gw_atomic_store_u64
 
 cdef extern from "<sched.h>" nogil:
     int sched_yield()
+
+cdef extern from * nogil:
+    # Owner liveness, in plain C: it runs without the GIL on the lock's slow path (once per ~8k
+    # spins), so no Python file objects, just open/read of one small /proc file.
+    """
+    #include <errno.h>
+    #include <fcntl.h>
+    #include <signal.h>
+    #include <stdio.h>
+    #include <stdlib.h>
+    #include <string.h>
+    #include <unistd.h>
+
+    /* Linux pids are below PID_MAX_LIMIT (2^22); a word above it is not a pid. */
+    #define GW_PID_LIMIT (1u << 22)
+
+    /* Whether /proc shows this process's pid namespace. After unshare(CLONE_NEWPID) without a
+       fresh /proc mount, /proc/<n> is pid n of *another* namespace: reading it would judge a
+       stranger, so the caller then trusts kill() alone. */
+    static int gw_proc_is_ours(void) {
+        char buf[32];
+        ssize_t n = readlink("/proc/self", buf, sizeof buf - 1);
+        if (n <= 0)
+            return 0;
+        buf[n] = 0;
+        return strtol(buf, NULL, 10) == (long)getpid();
+    }
+
+    /* 1 when `pid` no longer runs: it does not exist (ESRCH), or it has exited and waits to be
+       reaped (state Z or X). A zombie passes kill(pid, 0), yet it will never unlock anything, and
+       its parent may take its time (or be the very process that is waiting). A thread-group
+       leader that called pthread_exit() while its other threads run also shows Z, but with
+       num_threads > 1: that process is alive. Anything unreadable counts as alive: breaking a
+       live owner's lock is the one mistake this must never make. */
+    static int gw_pid_gone(uint32_t pid) {
+        char path[48], buf[1024];
+        const char *p;
+        ssize_t n;
+        int fd, i;
+        if (pid == 0 || pid >= GW_PID_LIMIT)
+            return 1;                       /* no process has this id: a corrupt word */
+        if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            return 1;
+        if (!gw_proc_is_ours())
+            return 0;
+        snprintf(path, sizeof path, "/proc/%u/stat", (unsigned)pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return errno == ENOENT;         /* reaped since kill() saw it */
+        n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n <= 0)
+            return 0;
+        buf[n] = 0;
+        /* "pid (comm) S ppid ...": comm may hold spaces and ')', so parse after the last ')'. */
+        p = strrchr(buf, ')');
+        if (p == NULL || p[1] != ' ')
+            return 0;
+        p += 2;
+        if (*p == 'X' || *p == 'x')
+            return 1;
+        if (*p != 'Z')
+            return 0;
+        /* num_threads is field 20, the 18th after the ')' (state is the 1st). */
+        for (i = 0; i < 17; i++) {
+            p = strchr(p, ' ');
+            if (p == NULL)
+                return 0;
+            p++;
+        }
+        return strtol(p, NULL, 10) <= 1;
+    }
+    """
+    bint gw_pid_gone(uint32_t pid)
+
 
 cdef extern from * nogil:
     # atomic.pxd's 64-bit store is relaxed; the header publish needs release ordering so the
@@ -78,6 +153,10 @@ cdef uint32_t* shm_pid_ptr() noexcept nogil:
     return &_self_pid
 
 
+cdef bint shm_pid_gone(uint32_t pid) noexcept nogil:
+    return gw_pid_gone(pid)
+
+
 cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil:
     cdef uint32_t owner
     cdef unsigned long spins = 0
@@ -93,8 +172,8 @@ cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil:
         # On 2 shared cores the owner may be descheduled: give it the CPU instead of burning ours.
         sched_yield()
         if spins % (SPINS_PER_YIELD * YIELDS_PER_PROBE) == 0 and owner != me:
-            if kill(<int>owner, 0) != 0 and errno == ESRCH:
-                # Owner is dead. CAS from *that* owner: among several waiters exactly one wins;
+            if gw_pid_gone(owner):
+                # Owner is dead (or a zombie). CAS from *that* owner: among several waiters exactly one wins;
                 # the others keep waiting on the new (live) owner.
                 if gw_cas_u32(word, owner, me):
                     return

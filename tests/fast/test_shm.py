@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -159,6 +160,90 @@ def test_lock_held_by_a_dead_process_is_broken() -> None:
     assert _word_owner(seg, 8) == os.getpid()
     _unlock_word(seg, 8)
     assert _word_owner(seg, 8) == 0
+
+
+def _proc_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (after the last ')': a comm may contain one)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rindex(")") + 2]
+
+
+def test_lock_held_by_an_unreaped_zombie_is_broken() -> None:
+    # The holder exits but this process (its parent) deliberately does not reap it yet: it stays
+    # a zombie, which kill(pid, 0) still reports as existing. The waiter must break the lock on
+    # its own, not when the parent gets round to waitpid().
+    seg = SharedSegment(64)
+
+    def holder() -> int:
+        _lock_word(seg, 8)
+        return 0                                    # exits holding the lock
+
+    pid = _fork(holder)
+    got = threading.Event()
+    try:
+        deadline = time.monotonic() + 20.0
+        while _proc_state(pid) != "Z":
+            assert time.monotonic() < deadline, "holder never exited"
+            time.sleep(0.002)
+        assert _word_owner(seg, 8) == pid
+
+        def waiter() -> None:
+            _lock_word(seg, 8)                      # nogil: the main thread keeps running
+            got.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        broken = got.wait(5.0)                      # one probe (a few ms) is enough
+    finally:
+        os.waitpid(pid, 0)                          # reaping lets a waiter of unfixed code through
+    assert broken, "the lock of a dead, unreaped owner was not broken"
+    assert got.wait(10.0) and _word_owner(seg, 8) == os.getpid()
+    _unlock_word(seg, 8)
+
+
+def test_lock_of_a_live_process_whose_leader_thread_exited_is_waited_for() -> None:
+    # A process whose main thread ended alone (the raw exit syscall, not exit_group) shows state
+    # Z in /proc while its other threads run: it is alive, and its lock must not be broken.
+    import ctypes
+    import platform
+
+    sys_exit = {"x86_64": 60, "aarch64": 93}[platform.machine()]
+    seg = SharedSegment(64)
+    view = memoryview(seg)
+    r, w = os.pipe()
+
+    def holder() -> int:
+        _lock_word(seg, 8)                          # the word holds the process id (its tgid)
+
+        def finish() -> None:
+            os.read(r, 1)
+            _unlock_word(seg, 8)
+            os._exit(0)
+
+        threading.Thread(target=finish).start()
+        ctypes.CDLL(None).syscall(sys_exit, 0)      # ends the main thread only
+        return 7
+
+    pid = _fork(holder)
+    got = threading.Event()
+    try:
+        deadline = time.monotonic() + 20.0
+        while _proc_state(pid) != "Z":
+            assert time.monotonic() < deadline, "holder's main thread never exited"
+            time.sleep(0.002)
+
+        def waiter() -> None:
+            _lock_word(seg, 8)
+            view[16] = 1
+            got.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        assert not got.wait(0.5), "the lock of a live process (leader thread gone) was broken"
+    finally:
+        os.write(w, b"x")
+    assert _wait(pid) == 0
+    assert got.wait(10.0) and view[16] == 1
+    _unlock_word(seg, 8)
 
 
 def test_lock_held_by_a_live_process_is_waited_for() -> None:
