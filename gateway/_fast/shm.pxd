@@ -31,6 +31,9 @@ cdef class SharedSegment:
     cdef readonly object path       # /dev/shm/<name> or None
     cdef Py_ssize_t _exports        # live buffer exports: close() refuses while > 0
     cdef int _check_open(self) except -1
+    cdef _adopt(self, void* p, size_t total, Py_ssize_t size)
+    cdef _create_named(self, str name, Py_ssize_t size)
+    cdef void _unmap(self) noexcept
 
 
 # The pid of this process, refreshed in every fork()ed child (os.register_at_fork). Lock words

@@ -30,6 +30,7 @@ over with a CAS, so exactly one waiter inherits it. Consequences, documented rat
   (which runs the at-fork hook refreshing the pid); exec'd workers import afresh and are fine.
 """
 import os
+import secrets
 import time
 
 from cpython.buffer cimport PyBuffer_FillInfo
@@ -193,7 +194,8 @@ cdef class SharedSegment:
     """A MAP_SHARED memory segment with a checked header; exposes its payload as a writable buffer.
 
     ``SharedSegment(size)``: anonymous, inherited by fork()ed children.
-    ``SharedSegment(size, name=...)``: creates /dev/shm/<name> (FileExistsError if it exists).
+    ``SharedSegment(size, name=...)``: creates /dev/shm/<name> (FileExistsError if it exists),
+    published only once sized and with its header written.
     ``SharedSegment.attach(name, size=None)``: maps an existing named segment, checking its header.
     ``SharedSegment.open(name, size)``: create, or attach if another process created it first.
     """
@@ -211,27 +213,17 @@ cdef class SharedSegment:
         if size <= 0:
             raise ValueError(f"segment size must be > 0, got {size}")
         cdef size_t total = SHM_HEADER_SIZE + <size_t>size
-        cdef int fd = -1
         cdef void* p
         if name is None:
             p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
             if p == MAP_FAILED:
                 raise OSError(errno, f"mmap of {total} anonymous shared bytes failed")
+            self._adopt(p, total, size)
         else:
-            path = os.path.join(SHM_DIR, _valid_name(name))
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.ftruncate(fd, total)
-                p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-                if p == MAP_FAILED:
-                    raise OSError(errno, f"mmap of {path} failed")
-            except BaseException:
-                os.unlink(path)
-                raise
-            finally:
-                os.close(fd)
-            self.name = name
-            self.path = path
+            self._create_named(_valid_name(name), size)
+
+    cdef _adopt(self, void* p, size_t total, Py_ssize_t size):
+        # Take a fresh mapping of `total` bytes and write its header.
         self._map = <unsigned char*>p
         self._map_size = total
         self.base = self._map + SHM_HEADER_SIZE
@@ -244,6 +236,41 @@ cdef class SharedSegment:
         # Magic last, after a release fence: an attacher that sees it sees the whole header.
         gw_shm_release_fence()
         gw_atomic_store_u64(&h.magic, SHM_MAGIC)
+
+    cdef _create_named(self, str name, Py_ssize_t size):
+        # The file is built under a temporary name and published complete: created, sized,
+        # mapped and given its header there, then hard-linked to /dev/shm/<name>. link() is
+        # atomic and fails with EEXIST when the name exists, so it is O_EXCL's "first creator
+        # wins" without O_EXCL's window (an empty file under the final name, which an attacher
+        # racing the creator's ftruncate refused as "too small"). The temporary name starts with
+        # '.', which _valid_name refuses, so no one can attach to a file that is not finished.
+        cdef size_t total = SHM_HEADER_SIZE + <size_t>size
+        cdef void* p
+        path = os.path.join(SHM_DIR, name)
+        tmp = os.path.join(SHM_DIR, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, total)
+            p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            if p == MAP_FAILED:
+                raise OSError(errno, f"mmap of {tmp} failed")
+            self._adopt(p, total, size)
+            try:
+                os.link(tmp, path)          # FileExistsError: another creator published first
+            except BaseException:
+                self._unmap()
+                raise
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+        self.name = name
+        self.path = path
+
+    cdef void _unmap(self) noexcept:
+        if self._map != NULL:
+            munmap(self._map, self._map_size)
+            self._map = NULL
+            self.base = NULL
 
     @classmethod
     def attach(cls, name: str, size: int | None = None, timeout: float = 1.0) -> SharedSegment:
@@ -317,10 +344,7 @@ cdef class SharedSegment:
         """Unmap (this process only). BufferError while a table or memoryview still uses it."""
         if self._exports > 0:
             raise BufferError(f"shared segment has {self._exports} live buffer export(s)")
-        if self._map != NULL:
-            munmap(self._map, self._map_size)
-            self._map = NULL
-            self.base = NULL
+        self._unmap()
 
     def unlink(self) -> None:
         """Remove the /dev/shm file (mappings stay valid until closed). No-op when anonymous."""
@@ -349,9 +373,7 @@ cdef class SharedSegment:
 
     def __dealloc__(self):
         # Exports hold a reference to self, so none can be live here.
-        if self._map != NULL:
-            munmap(self._map, self._map_size)
-            self._map = NULL
+        self._unmap()
 
     def __repr__(self) -> str:
         where = "anonymous" if self.name is None else self.path

@@ -3,6 +3,7 @@ across processes, and locks whose owner died."""
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import threading
 import time
@@ -97,6 +98,67 @@ def test_named_segment_create_attach_open(seg_name: str) -> None:
     assert memoryview(b)[999] == 42                 # mappings outlive the name
     for s in (a, b, c):
         s.close()
+
+
+def test_a_named_segment_is_never_visible_before_its_header(seg_name: str) -> None:
+    # Stop a creator on purpose at the worst point (about to size its file) and open the same
+    # name meanwhile: the name must not yet show a file (old code: an empty file, so open()
+    # raised "too small"); this open creates the segment and the stopped creator, resumed,
+    # finds it published and attaches instead.
+    r, w = os.pipe()
+
+    def creator() -> int:
+        real = os.ftruncate
+
+        def stop_first(fd: int, length: int) -> None:
+            os.write(w, b"s")
+            os.kill(os.getpid(), signal.SIGSTOP)
+            real(fd, length)
+
+        os.ftruncate = stop_first                   # this child only: the parent's os is its own
+        seg = SharedSegment.open(seg_name, 64)
+        return 0 if memoryview(seg)[0] == 42 else 8
+
+    pid = _fork(creator)
+    try:
+        assert os.read(r, 1) == b"s"
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        seg = SharedSegment.open(seg_name, 64)      # must not raise
+        memoryview(seg)[0] = 42
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert _wait(pid) == 0                          # the resumed creator attached to ours
+    assert sorted(f for f in os.listdir(SHM_DIR) if seg_name in f) == [seg_name]   # no temp left
+    seg.close()
+
+
+def test_processes_racing_to_open_fresh_names_never_fail() -> None:
+    # Workers starting together all call open(name, size) on the same new name. Measured on the
+    # old code (O_CREAT|O_EXCL, then ftruncate): 8-50 of 16,000 opens failed with "too small" on
+    # this 2-core box, so 32,000 opens catch it for certain; the fixed code has no window at all.
+    nproc, rounds = 8, 4000
+    prefix = f"gw-test-{uuid.uuid4().hex[:12]}-race-"
+    fails = SharedSegment(8 * nproc)
+    counts = memoryview(fails).cast("Q")
+
+    def opener(i: int) -> int:
+        for r in range(rounds):
+            try:
+                SharedSegment.open(f"{prefix}{r}", 64).close()
+            except (OSError, ValueError):
+                counts[i] += 1
+        return 0
+
+    try:
+        pids = [_fork(lambda i=i: opener(i)) for i in range(nproc)]
+        assert [_wait(p, timeout=60.0) for p in pids] == [0] * nproc
+        assert list(counts) == [0] * nproc, f"{sum(counts)} of {nproc * rounds} opens failed"
+    finally:
+        for f in os.listdir(SHM_DIR):
+            if prefix in f:
+                os.unlink(os.path.join(SHM_DIR, f))
+    counts.release()
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "../x", ".hidden", "sp ace", "x" * 201])
