@@ -13,6 +13,10 @@ Every mapping starts with a 64-byte header (magic, version, header size, payload
 to a file whose header does not match raises ValueError: a layout change can never be silently
 reinterpreted by a worker running older code.
 
+A named segment appears under its name only complete (built under a temporary name, then linked).
+A file that stays too small or without magic (its creator died part-way, or older code made it)
+is replaced by ``open()``; one with another magic or version is someone else's and is left alone.
+
 Dead lock owners. Slot locks in shared state (``shm_lock`` in shm.pxd) store the owner's pid, not
 just 1. A waiter that has spun for a while (about 8k tries with 64 sched_yield() calls: a few ms
 on a loaded box, far above any real critical section of tens of ns) checks whether the owner pid
@@ -29,6 +33,7 @@ over with a CAS, so exactly one waiter inherits it. Consequences, documented rat
   across containers would see foreign pids as dead), and must fork through Python's os.fork()
   (which runs the at-fork hook refreshing the pid); exec'd workers import afresh and are fine.
 """
+import fcntl
 import os
 import secrets
 import time
@@ -120,12 +125,15 @@ cdef extern from * nogil:
 
 
 cdef extern from * nogil:
-    # atomic.pxd's 64-bit store is relaxed; the header publish needs release ordering so the
-    # compiler cannot move the header fields' stores after the magic.
+    # atomic.pxd's 64-bit store and load are relaxed; the header publish needs release ordering so
+    # the header fields' stores cannot move after the magic, and the attacher a matching acquire
+    # after it reads the magic so its reads of those fields cannot move before it.
     """
     static inline void gw_shm_release_fence(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline void gw_shm_acquire_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
     """
     void gw_shm_release_fence()
+    void gw_shm_acquire_fence()
 
 # b"GWSHMSEG" read as a little-endian uint64.
 cdef uint64_t SHM_MAGIC = 0x4745534D48535747ULL
@@ -180,6 +188,80 @@ cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil:
                     return
 
 
+# open(): create/attach/recover rounds before giving up. One round normally suffices; more are
+# needed only while other processes are replacing the same unfinished file at the same moment.
+_OPEN_ATTEMPTS = 8
+
+
+class _Unfinished(ValueError):
+    """The named file is still too small or has no magic after attach's deadline: its creator
+    died part-way (older code published the file before writing its header). open() replaces
+    it; the file is identified by inode, so only that very file is ever removed."""
+
+    def __init__(self, message: str, st: os.stat_result) -> None:
+        super().__init__(message)
+        self.dev = st.st_dev
+        self.ino = st.st_ino
+
+
+cdef size_t _wait_finished(int fd, str path, double timeout) except 0:
+    # Returns the file's size once it is at least a header long and its magic is non-zero. The
+    # published file of a live creator always is (it is linked only when complete); files of
+    # older code or of a creator that died part-way may not be. A short file with non-zero bytes
+    # was never ours (our creators only ftruncate, which zero-fills): refused at once.
+    deadline = time.monotonic() + timeout
+    while True:
+        st = os.fstat(fd)
+        head = os.pread(fd, SHM_HEADER_SIZE, 0)
+        if head.count(0) != len(head) and len(head) < SHM_HEADER_SIZE:
+            raise ValueError(f"{path}: {st.st_size} bytes is too small to be a gateway shared segment")
+        if len(head) == SHM_HEADER_SIZE and head[:8] != _NO_MAGIC:
+            return <size_t>st.st_size
+        if time.monotonic() >= deadline:
+            if len(head) < SHM_HEADER_SIZE:
+                raise _Unfinished(f"{path}: {st.st_size} bytes is too small to be a gateway "
+                                  f"shared segment", st)
+            raise _Unfinished(f"{path}: no magic after {timeout} s (its creator died before "
+                              f"finishing it?)", st)
+        time.sleep(0.001)
+
+
+_NO_MAGIC = bytes(8)
+
+
+def _remove_stale(path: str, dev: int, ino: int) -> bool:
+    """Unlink ``path`` if it still names the file (dev, ino) and no one holds that file's flock;
+    True when removed.
+
+    POSIX has no "unlink if this inode", so the name is checked, then unlinked. What makes that
+    safe: the remover first takes the file's flock itself (LOCK_EX|LOCK_NB), and every remover
+    does, so while it holds it no other remover can delete this file and let a new segment be
+    published under the name between the check and the unlink. A segment published since (a
+    new inode) is never touched, nor a file whose creator still holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False        # a live creator (or another remover) holds it
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if (st.st_dev, st.st_ino) != (dev, ino):
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(fd)            # releases the lock
+
+
 def _valid_name(name: str) -> str:
     # A plain file name under /dev/shm: no separators, no hidden files, nothing to traverse.
     if not isinstance(name, str) or not name or len(name) > 200 or name[0] == ".":
@@ -197,7 +279,8 @@ cdef class SharedSegment:
     ``SharedSegment(size, name=...)``: creates /dev/shm/<name> (FileExistsError if it exists),
     published only once sized and with its header written.
     ``SharedSegment.attach(name, size=None)``: maps an existing named segment, checking its header.
-    ``SharedSegment.open(name, size)``: create, or attach if another process created it first.
+    ``SharedSegment.open(name, size)``: create, or attach if another process created it first;
+    replaces a file its creator left unfinished.
     """
 
     def __cinit__(self):
@@ -274,16 +357,15 @@ cdef class SharedSegment:
 
     @classmethod
     def attach(cls, name: str, size: int | None = None, timeout: float = 1.0) -> SharedSegment:
-        """Map an existing named segment. ValueError if its header or size does not match."""
+        """Map an existing named segment. ValueError if its header or size does not match, or if
+        it is still unfinished (too small, or no magic) after ``timeout`` seconds."""
         path = os.path.join(SHM_DIR, _valid_name(name))
         cdef SharedSegment seg = SharedSegment.__new__(SharedSegment)
         cdef int fd = os.open(path, os.O_RDWR)
         cdef void* p
         cdef size_t total
         try:
-            total = <size_t>os.fstat(fd).st_size
-            if total < SHM_HEADER_SIZE:
-                raise ValueError(f"{path}: {total} bytes is too small to be a gateway shared segment")
+            total = _wait_finished(fd, path, timeout)
             p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             if p == MAP_FAILED:
                 raise OSError(errno, f"mmap of {path} failed")
@@ -294,13 +376,10 @@ cdef class SharedSegment:
         seg.name = name
         seg.path = path
         cdef shm_header* h = <shm_header*>p
-        # The creator may still be between ftruncate and writing the magic: wait for it briefly.
-        deadline = time.monotonic() + timeout
-        while gw_atomic_load_u64(&h.magic) == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)
         if gw_atomic_load_u64(&h.magic) != SHM_MAGIC:
             seg.close()
             raise ValueError(f"{path} is not a gateway shared segment (bad magic)")
+        gw_shm_acquire_fence()      # pairs with the creator's release: the fields below are whole
         if h.version != SHM_VERSION or h.header_size != SHM_HEADER_SIZE:
             v, hs = h.version, h.header_size
             seg.close()
@@ -319,12 +398,31 @@ cdef class SharedSegment:
         return seg
 
     @classmethod
-    def open(cls, name: str, size: int) -> SharedSegment:
-        """Create the named segment, or attach to it (same size required) if it already exists."""
-        try:
-            return SharedSegment(size, name)
-        except FileExistsError:
-            return SharedSegment.attach(name, size)
+    def open(cls, name: str, size: int, timeout: float = 1.0) -> SharedSegment:
+        """Create the named segment, or attach to it (same size required) if it already exists.
+
+        A file left unfinished by a creator that died (still too small, or without magic, after
+        ``timeout`` seconds) is removed and a fresh segment made in its place; a file with
+        another magic or version is someone else's: ValueError, and it is left alone.
+        """
+        path = os.path.join(SHM_DIR, _valid_name(name))
+        last = None
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                return SharedSegment(size, name)
+            except FileExistsError:
+                pass
+            try:
+                return SharedSegment.attach(name, size, timeout)
+            except FileNotFoundError:
+                continue        # removed since our create failed: create it ourselves
+            except _Unfinished as e:
+                # Deletes only the very file inspected, and only when no creator holds it;
+                # otherwise someone else recovered it meanwhile: look again either way.
+                _remove_stale(path, e.dev, e.ino)
+                last = e
+        raise ValueError(f"{path}: no usable segment after {_OPEN_ATTEMPTS} attempts "
+                         f"(other processes keep replacing it?)") from last
 
     cdef int _check_open(self) except -1:
         if self._map == NULL:

@@ -2,6 +2,7 @@
 across processes, and locks whose owner died."""
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import struct
@@ -201,6 +202,104 @@ def test_attach_refuses_other_versions_and_truncated_files(seg_name: str) -> Non
         f.truncate(HEADER_SIZE + 64)
     with pytest.raises(ValueError, match="header says 128"):
         SharedSegment.attach(seg_name)
+
+
+def _header(magic: int, version: int = 1, payload: int = 64) -> bytes:
+    """A segment header as shm.pxd lays it out: magic u64, version u32, header size u32,
+    payload size u64, creator pid u32, padding to HEADER_SIZE."""
+    return struct.pack("<QIIQI", magic, version, HEADER_SIZE, payload, 4242).ljust(HEADER_SIZE, b"\0")
+
+
+SHM_MAGIC = int.from_bytes(b"GWSHMSEG", "little")
+
+# What a creator that died part-way leaves (old code published before writing the header).
+HALF_MADE = {
+    "empty": b"",
+    "short-zeros": bytes(HEADER_SIZE // 2),
+    "zero-filled": bytes(HEADER_SIZE + 64),
+    "header-without-magic": _header(0) + bytes(64),
+}
+
+
+@pytest.mark.parametrize("content", HALF_MADE.values(), ids=HALF_MADE.keys())
+def test_open_replaces_a_half_made_segment(seg_name: str, content: bytes) -> None:
+    _write_file(seg_name, content)
+    path = os.path.join(SHM_DIR, seg_name)
+    before = os.stat(path).st_ino
+    with pytest.raises(ValueError, match="too small|no magic"):
+        SharedSegment.attach(seg_name, 64, timeout=0.01)   # attach alone still refuses it
+    seg = SharedSegment.open(seg_name, 64, timeout=0.01)
+    assert os.stat(path).st_ino != before and seg.creator_pid == os.getpid()
+    memoryview(seg)[63] = 7
+    again = SharedSegment.open(seg_name, 64, timeout=0.01)   # the fresh one is attached as usual
+    assert memoryview(again)[63] == 7
+    seg.close()
+    again.close()
+
+
+FOREIGN = {
+    "other-magic": b"NOTGWSHM" + bytes(HEADER_SIZE + 56),
+    "other-version": _header(SHM_MAGIC, version=99) + bytes(64),
+    "short-non-zero": b"tiny",
+}
+
+
+@pytest.mark.parametrize("content", FOREIGN.values(), ids=FOREIGN.keys())
+def test_open_refuses_and_keeps_a_foreign_file(seg_name: str, content: bytes) -> None:
+    _write_file(seg_name, content)
+    path = os.path.join(SHM_DIR, seg_name)
+    before = os.stat(path).st_ino
+    with pytest.raises(ValueError, match="bad magic|version 99|too small"):
+        SharedSegment.open(seg_name, 64, timeout=0.01)
+    assert os.stat(path).st_ino == before
+    with open(path, "rb") as f:
+        assert f.read() == content
+
+
+def test_processes_recovering_one_half_made_segment_end_up_sharing_one(seg_name: str) -> None:
+    # Several workers find the same dead creator's file at once: exactly one replaces it, and
+    # every open() returns the one fresh segment (no worker left on a file nobody else maps).
+    nproc = 4
+    _write_file(seg_name, bytes(HEADER_SIZE + 64))
+    go_r, go_w = os.pipe()
+
+    def worker(i: int) -> int:
+        os.read(go_r, 1)
+        seg = SharedSegment.open(seg_name, 64, timeout=0.05)
+        memoryview(seg)[i] = 1
+        return 0
+
+    pids = [_fork(lambda i=i: worker(i)) for i in range(nproc)]
+    os.write(go_w, b"x" * nproc)
+    assert [_wait(p) for p in pids] == [0] * nproc
+    seg = SharedSegment.attach(seg_name, 64)
+    assert bytes(memoryview(seg)[:nproc]) == b"\1" * nproc
+    seg.close()
+
+
+def test_stale_file_removal_checks_the_inode_and_the_creator_lock(seg_name: str) -> None:
+    # The remover of open() (and of remove_orphans) deletes the file it inspected, never a file
+    # published under the same name since, nor one whose creator still holds its lock.
+    from gateway._fast.shm import _remove_stale
+
+    path = os.path.join(SHM_DIR, seg_name)
+    _write_file(seg_name, bytes(HEADER_SIZE))
+    st = os.stat(path)
+    os.unlink(path)
+    seg = SharedSegment(64, seg_name)               # a live segment now holds the name
+    assert not _remove_stale(path, st.st_dev, st.st_ino)
+    assert os.path.exists(path)
+    seg.close()
+    os.unlink(path)
+    _write_file(seg_name, bytes(HEADER_SIZE))
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)               # as a live creator holds it
+        assert not _remove_stale(path, st.st_dev, st.st_ino)
+    assert os.path.exists(path)
+    assert _remove_stale(path, st.st_dev, st.st_ino)
+    assert not os.path.exists(path)
+    assert not _remove_stale(path, st.st_dev, st.st_ino)   # gone already: nothing to do
 
 
 # ---------------------------------------------------------------- owner-aware locks
