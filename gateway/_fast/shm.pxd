@@ -30,10 +30,14 @@ cdef class SharedSegment:
     cdef readonly object name       # None for an anonymous (fork-inherited) segment
     cdef readonly object path       # /dev/shm/<name> or None
     cdef Py_ssize_t _exports        # live buffer exports: close() refuses while > 0
+    cdef int _lock_fd               # creator of a named segment: the fd holding its flock; else -1
+    cdef object _file_id            # (st_dev, st_ino) of the named file: unlink() checks it
     cdef int _check_open(self) except -1
     cdef _adopt(self, void* p, size_t total, Py_ssize_t size)
     cdef _create_named(self, str name, Py_ssize_t size)
+    cdef bint _build_and_link(self, int fd, str tmp, str path, Py_ssize_t size) except -1
     cdef void _unmap(self) noexcept
+    cdef void _release_lock(self) noexcept
 
 
 # The pid of this process, refreshed in every fork()ed child (os.register_at_fork). Lock words

@@ -9,6 +9,14 @@ Two kinds:
   ``SharedSegment.open(name, size)``): a file under /dev/shm, for processes that are not forked
   from one parent. The creator unlinks it (``unlink()``) when the node's workers are done.
 
+A named segment is never reused across starts. Its lock words hold pids, and a pid means nothing
+once its process is gone: after a restart (a container's in particular, in a fresh pid namespace
+where the dead owner's small pid is a live process, often pid 1) a lock it held would never be
+broken. So each start creates its segments under fresh names and deletes those of dead instances
+with ``SharedSegment.remove_orphans(prefix)``. What tells dead from alive is not a pid but a lock
+the kernel drops with its holder: the creator holds an exclusive flock on the file for as long
+as its SharedSegment is open (``owner``); attachers take none.
+
 Every mapping starts with a 64-byte header (magic, version, header size, payload size). Attaching
 to a file whose header does not match raises ValueError: a layout change can never be silently
 reinterpreted by a worker running older code.
@@ -28,10 +36,12 @@ over with a CAS, so exactly one waiter inherits it. Consequences, documented rat
   previous key's limiter state): bounded, never "unlimited", and the key heals on its next window;
 - pid reuse: if the dead owner's pid is recycled before anyone probes, the lock waits until that
   new process exits. Workers of one node share a pid namespace (the supervisor's), so this needs
-  pid wrap-around within milliseconds: accepted.
+  pid wrap-around within milliseconds: accepted. Across starts it is not rare, hence the rule
+  above: a segment never outlives its instance's use.
 - every process mapping one segment must live in the same pid namespace (a named segment shared
-  across containers would see foreign pids as dead), and must fork through Python's os.fork()
-  (which runs the at-fork hook refreshing the pid); exec'd workers import afresh and are fine.
+  across containers would see foreign pids as dead, or dead ones as alive), and must fork
+  through Python's os.fork() (which runs the at-fork hook refreshing the pid); exec'd workers
+  import afresh and are fine.
 """
 import fcntl
 import os
@@ -42,7 +52,7 @@ from cpython.buffer cimport PyBuffer_FillInfo
 from libc.errno cimport errno
 from libc.stdint cimport uint32_t, uint64_t
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap
-from posix.unistd cimport getpid
+from posix.unistd cimport close, getpid
 
 from gateway._fast.atomic cimport gw_atomic_load_u32, gw_atomic_load_u64, gw_atomic_store_u64
 
@@ -262,6 +272,13 @@ def _remove_stale(path: str, dev: int, ino: int) -> bool:
         os.close(fd)            # releases the lock
 
 
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _valid_name(name: str) -> str:
     # A plain file name under /dev/shm: no separators, no hidden files, nothing to traverse.
     if not isinstance(name, str) or not name or len(name) > 200 or name[0] == ".":
@@ -281,6 +298,7 @@ cdef class SharedSegment:
     ``SharedSegment.attach(name, size=None)``: maps an existing named segment, checking its header.
     ``SharedSegment.open(name, size)``: create, or attach if another process created it first;
     replaces a file its creator left unfinished.
+    ``SharedSegment.remove_orphans(prefix)``: delete the named segments no live creator holds.
     """
 
     def __cinit__(self):
@@ -291,6 +309,8 @@ cdef class SharedSegment:
         self.name = None
         self.path = None
         self._exports = 0
+        self._lock_fd = -1
+        self._file_id = None
 
     def __init__(self, Py_ssize_t size, name=None):
         if size <= 0:
@@ -321,33 +341,58 @@ cdef class SharedSegment:
         gw_atomic_store_u64(&h.magic, SHM_MAGIC)
 
     cdef _create_named(self, str name, Py_ssize_t size):
-        # The file is built under a temporary name and published complete: created, sized,
-        # mapped and given its header there, then hard-linked to /dev/shm/<name>. link() is
-        # atomic and fails with EEXIST when the name exists, so it is O_EXCL's "first creator
+        # The file is built under a temporary name and published complete: created, locked,
+        # sized, mapped and given its header there, then hard-linked to /dev/shm/<name>. link()
+        # is atomic and fails with EEXIST when the name exists, so it is O_EXCL's "first creator
         # wins" without O_EXCL's window (an empty file under the final name, which an attacher
         # racing the creator's ftruncate refused as "too small"). The temporary name starts with
         # '.', which _valid_name refuses, so no one can attach to a file that is not finished.
+        path = os.path.join(SHM_DIR, name)
+        for _ in range(_OPEN_ATTEMPTS):
+            tmp = os.path.join(SHM_DIR, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if self._build_and_link(fd, tmp, path, size):
+                    self._lock_fd = fd
+                    fd = -1
+                    self.name = name
+                    self.path = path
+                    return
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                _unlink_quietly(tmp)
+        raise OSError(f"{path}: could not publish a segment in {_OPEN_ATTEMPTS} attempts "
+                      f"(its temporary files kept being removed)")
+
+    cdef bint _build_and_link(self, int fd, str tmp, str path, Py_ssize_t size) except -1:
+        # False when remove_orphans() took the fresh temporary file in the instant between its
+        # creation and our flock (it was lock-free then): the caller tries a new one.
         cdef size_t total = SHM_HEADER_SIZE + <size_t>size
         cdef void* p
-        path = os.path.join(SHM_DIR, name)
-        tmp = os.path.join(SHM_DIR, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(8)}")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, total)
-            p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-            if p == MAP_FAILED:
-                raise OSError(errno, f"mmap of {tmp} failed")
-            self._adopt(p, total, size)
-            try:
-                os.link(tmp, path)          # FileExistsError: another creator published first
-            except BaseException:
-                self._unmap()
-                raise
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
-        self.name = name
-        self.path = path
+            # The creator's lock, for as long as this object is open: it is what tells
+            # remove_orphans() that the segment's instance is alive (see the module docstring).
+            # Taken before the link, so the published name never shows an unlocked file.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.ftruncate(fd, total)
+        p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, f"mmap of {tmp} failed")
+        self._adopt(p, total, size)
+        try:
+            os.link(tmp, path)          # FileExistsError: another creator published first
+        except FileNotFoundError:
+            self._unmap()               # removed before our flock: start over
+            return False
+        except BaseException:
+            self._unmap()
+            raise
+        st = os.fstat(fd)
+        self._file_id = (st.st_dev, st.st_ino)
+        return True
 
     cdef void _unmap(self) noexcept:
         if self._map != NULL:
@@ -366,6 +411,8 @@ cdef class SharedSegment:
         cdef size_t total
         try:
             total = _wait_finished(fd, path, timeout)
+            st = os.fstat(fd)
+            seg._file_id = (st.st_dev, st.st_ino)
             p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
             if p == MAP_FAILED:
                 raise OSError(errno, f"mmap of {path} failed")
@@ -434,23 +481,70 @@ cdef class SharedSegment:
         return self._map == NULL
 
     @property
+    def owner(self) -> bool:
+        """True while this object is the open creator of a named segment, holding its lock."""
+        return self._lock_fd >= 0
+
+    @property
     def creator_pid(self) -> int:
         self._check_open()
         return (<shm_header*>self._map).creator_pid
 
     def close(self) -> None:
-        """Unmap (this process only). BufferError while a table or memoryview still uses it."""
+        """Unmap (this process only). BufferError while a table or memoryview still uses it.
+
+        The creator also gives up its lock here: from then on remove_orphans() may delete the
+        file (a fork()ed copy of the creator shares that lock until it closes or exits too)."""
         if self._exports > 0:
             raise BufferError(f"shared segment has {self._exports} live buffer export(s)")
         self._unmap()
+        self._release_lock()
+
+    cdef void _release_lock(self) noexcept:
+        # Closing the descriptor, never flock(LOCK_UN): a fork()ed child shares the creator's
+        # open file description, and an unlock through it would drop the lock for the parent.
+        if self._lock_fd >= 0:
+            close(self._lock_fd)
+            self._lock_fd = -1
 
     def unlink(self) -> None:
-        """Remove the /dev/shm file (mappings stay valid until closed). No-op when anonymous."""
-        if self.path is not None:
+        """Remove the /dev/shm name if it still names this segment's file (mappings stay valid
+        until closed). No-op when anonymous, or when the name now holds another segment."""
+        if self.path is None:
+            return
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._file_id:
+            _unlink_quietly(self.path)
+
+    @classmethod
+    def remove_orphans(cls, prefix: str) -> list[str]:
+        """Delete the segments under /dev/shm whose names start with ``prefix`` and whose creator
+        no longer holds them (dead, or closed them), and the temporary files of creators that
+        died before publishing (``.<prefix>....tmp-...``). Returns the names removed, sorted.
+
+        For a start-up that never reuses a segment: each start creates its segments under fresh
+        names beginning with a prefix of the product's, after removing those of dead instances.
+        A segment whose creator is alive (its lock held) is left alone, whoever else maps it.
+        """
+        _valid_name(prefix)
+        removed = []
+        for entry in os.scandir(SHM_DIR):
+            name = entry.name
+            if not (name.startswith(prefix)
+                    or (name.startswith("." + prefix) and ".tmp-" in name)):
+                continue
             try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if _remove_stale(entry.path, st.st_dev, st.st_ino):
+                    removed.append(name)
+            except (FileNotFoundError, PermissionError):
+                continue        # gone meanwhile, or not ours to judge
+        return sorted(removed)
 
     def __enter__(self) -> SharedSegment:
         return self
@@ -472,6 +566,7 @@ cdef class SharedSegment:
     def __dealloc__(self):
         # Exports hold a reference to self, so none can be live here.
         self._unmap()
+        self._release_lock()
 
     def __repr__(self) -> str:
         where = "anonymous" if self.name is None else self.path

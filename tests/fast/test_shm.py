@@ -3,9 +3,12 @@ across processes, and locks whose owner died."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -300,6 +303,146 @@ def test_stale_file_removal_checks_the_inode_and_the_creator_lock(seg_name: str)
     assert _remove_stale(path, st.st_dev, st.st_ino)
     assert not os.path.exists(path)
     assert not _remove_stale(path, st.st_dev, st.st_ino)   # gone already: nothing to do
+
+
+# ---------------------------------------------------------------- creators' locks and orphans
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    p = f"gw-test-{uuid.uuid4().hex[:12]}-"
+    yield p
+    for f in os.listdir(SHM_DIR):
+        if f.startswith((p, "." + p)):
+            os.unlink(os.path.join(SHM_DIR, f))
+
+
+def test_only_the_creator_holds_the_segment_lock(seg_name: str) -> None:
+    a = SharedSegment(64, seg_name)
+    b = SharedSegment.attach(seg_name, 64)
+    assert a.owner and not b.owner and not SharedSegment(64).owner
+    with open(a.path, "rb") as f:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        b.close()
+        with pytest.raises(BlockingIOError):        # an attacher leaving changes nothing
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        a.close()
+        assert not a.owner
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # released with the creator's close()
+
+
+def test_remove_orphans_keeps_live_creators_segments(prefix: str) -> None:
+    r, w = os.pipe()
+    done_r, done_w = os.pipe()
+
+    def creator() -> int:
+        seg = SharedSegment(64, prefix + "other-process")
+        os.write(w, b"c")
+        os.read(done_r, 1)                          # alive (and holding seg) until told to go
+        return 0 if seg.owner else 9
+
+    pid = _fork(creator)
+    assert os.read(r, 1) == b"c"
+    mine = SharedSegment(64, prefix + "this-process")
+    attached = SharedSegment.attach(prefix + "other-process", 64)
+    _write_file(prefix + "crashed", _header(SHM_MAGIC) + bytes(64))     # no one holds it
+    _write_file(f".{prefix}half.tmp-99999-0123456789abcdef", bytes(16))  # a creator died early
+    _write_file("x" + prefix + "unrelated", b"")
+    try:
+        assert SharedSegment.remove_orphans(prefix) == [
+            f".{prefix}half.tmp-99999-0123456789abcdef", prefix + "crashed"]
+        assert sorted(f for f in os.listdir(SHM_DIR) if prefix in f) == [
+            prefix + "other-process", prefix + "this-process", "x" + prefix + "unrelated"]
+    finally:
+        os.write(done_w, b"x")
+        os.unlink(os.path.join(SHM_DIR, "x" + prefix + "unrelated"))
+    assert _wait(pid) == 0
+    # Its creator is gone; attaching did not make this process an owner of it.
+    assert SharedSegment.remove_orphans(prefix) == [prefix + "other-process"]
+    mine.close()
+    assert SharedSegment.remove_orphans(prefix) == [prefix + "this-process"]
+    attached.close()
+    with pytest.raises(ValueError, match="name"):
+        SharedSegment.remove_orphans(".")
+
+
+def test_unlink_removes_only_this_segments_file(seg_name: str) -> None:
+    a = SharedSegment(64, seg_name)
+    a.close()
+    assert SharedSegment.remove_orphans(seg_name) == [seg_name]
+    b = SharedSegment(64, seg_name)                 # a new segment under the same name
+    a.unlink()                                      # a's file is gone: b's stays
+    assert os.path.exists(b.path)
+    b.unlink()
+    assert not os.path.exists(b.path)
+    b.close()
+
+
+_INSTANCE_1 = """
+import os, sys
+from gateway._fast.shm import SharedSegment, _lock_word
+seg = SharedSegment(64, sys.argv[1])
+_lock_word(seg, 0)                  # and never unlocks: SIGKILLed inside the critical section
+print(os.getpid(), os.readlink("/proc/self"), flush=True)   # pid here; pid in /proc's namespace
+sys.stdin.read()
+"""
+
+_INSTANCE_2 = """
+import json, os, sys, time
+from gateway._fast.shm import SharedSegment, _lock_word, _unlock_word, _word_owner
+dead, prefix, fresh = sys.argv[1:4]
+old = SharedSegment.attach(dead, 64)
+owner = _word_owner(old, 0)
+os.kill(owner, 0)                   # raises if no process has that pid here: it must have one
+old.close()
+removed = SharedSegment.remove_orphans(prefix)
+seg = SharedSegment(64, fresh)
+t0 = time.monotonic()
+_lock_word(seg, 0)
+_unlock_word(seg, 0)
+print(json.dumps({"pid": os.getpid(), "owner": owner, "removed": removed,
+                  "lock_s": time.monotonic() - t0}))
+"""
+
+
+def _in_new_pid_namespace(script: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+    # unshare --pid --fork: the python below is pid 1 of a fresh pid namespace (as a container's
+    # first process is). No skip if that is impossible here: the test must fail, loudly.
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", script, *args],
+                            cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+
+
+def test_restart_in_a_new_pid_namespace_removes_the_dead_instances_segment(prefix: str) -> None:
+    # Instance 1 dies (SIGKILL of its whole pid namespace) holding a lock word in its segment;
+    # its pid (1 of that namespace) is a live process in instance 2's namespace, so that lock
+    # would never be broken. Instance 2 never reuses the segment: remove_orphans deletes it
+    # (its creator's flock went with the creator), and a fresh name locks at once.
+    dead, fresh = prefix + "start-1", prefix + "start-2"
+    one = _in_new_pid_namespace(_INSTANCE_1, dead, stdin=subprocess.PIPE)
+    try:
+        line = one.stdout.readline() if one.stdout else ""
+        assert line, f"instance 1 did not start: {one.stderr.read() if one.stderr else ''}"
+        inner, outer = map(int, line.split())
+        assert inner == 1 and outer != 1            # really in a fresh pid namespace
+        os.kill(outer, signal.SIGKILL)              # init of the namespace: takes it all down
+        one.wait(timeout=20)                        # unshare returns once its child is reaped
+    finally:
+        one.kill()
+        one.wait()
+    assert os.path.exists(os.path.join(SHM_DIR, dead))   # the file outlives its processes
+
+    two = _in_new_pid_namespace(_INSTANCE_2, dead, prefix, fresh)
+    out, err = two.communicate(timeout=30)
+    assert two.returncode == 0, err
+    got = json.loads(out)
+    assert got["pid"] == 1 and got["owner"] == 1    # the dead owner's pid is alive here
+    assert got["removed"] == [dead] and got["lock_s"] < 1.0
+    assert not os.path.exists(os.path.join(SHM_DIR, dead))
 
 
 # ---------------------------------------------------------------- owner-aware locks
