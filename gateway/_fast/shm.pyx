@@ -192,8 +192,8 @@ cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil:
         sched_yield()
         if spins % (SPINS_PER_YIELD * YIELDS_PER_PROBE) == 0 and owner != me:
             if gw_pid_gone(owner):
-                # Owner is dead (or a zombie). CAS from *that* owner: among several waiters exactly one wins;
-                # the others keep waiting on the new (live) owner.
+                # Owner is dead (or a zombie). CAS from *that* owner: among several waiters
+                # exactly one wins; the others keep waiting on the new (live) owner.
                 if gw_cas_u32(word, owner, me):
                     return
 
