@@ -32,7 +32,7 @@ ctypedef struct gw_breaker_cfg:
 # Every piece of mutable breaker state. Fixed size, no pointers: it may live in a MAP_SHARED
 # mapping at a different address in each worker.
 ctypedef struct gw_breaker_shm:
-    uint32_t magic
+    uint32_t magic            # 0 fresh; a claimer's pid while it initialises; GW_BREAKER_MAGIC
     uint32_t lock             # shm_lock word (owner pid): guards every field below
     uint32_t state            # BreakerState
     uint32_t epoch            # bumped by every transition; admission ticket
@@ -86,4 +86,5 @@ cdef class CircuitBreaker:
     cdef BreakerState c_state(self) noexcept
     cdef void _fire(self, gw_transition *tr)
     cdef _attach(self, buffer, Py_ssize_t offset)
+    cdef bint _claim_or_wait(self, gw_breaker_shm *s) except -1
     cdef _force(self, double now, uint32_t target)

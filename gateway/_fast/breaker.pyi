@@ -8,7 +8,9 @@ allow() answered by the lock-free CLOSED fast path only reads). NaN, infinite or
 Shared memory: with ``buffer`` (a writable buffer such as ``mmap.mmap(-1, n)`` made before fork)
 the state lives at ``offset`` (a multiple of SHM_ALIGN, SHM_SIZE bytes) and every breaker built
 over those bytes with the same policy is one breaker. The first one initialises zeroed bytes;
-the others attach (a different policy raises ValueError). ``on_transition(old, new, now)`` fires
+the others attach (a different policy raises ValueError). A worker that died while initialising
+them is taken over from; one still initialising after 2 s raises ValueError, as do bytes that
+are neither zero nor a breaker. ``on_transition(old, new, now)`` fires
 in the process whose call caused the transition, after the lock is released; node-wide transition
 counts are in ``snapshot()["transitions"]``, read from the shared bytes.
 """

@@ -34,6 +34,7 @@ allocation); a worker SIGKILLed inside one leaves its pid in the word, and the n
 is gone, so a crashed worker costs the others a one-off delay of a few ms, never a wedged breaker.
 """
 import logging
+import time
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.math cimport INFINITY, floor, isfinite
@@ -41,12 +42,17 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp, memset
 
 from gateway._fast.atomic cimport gw_cas_u32, gw_atomic_load_u32
-from gateway._fast.shm cimport shm_lock, shm_pid_ptr, shm_unlock
+from gateway._fast.shm cimport shm_lock, shm_pid_gone, shm_pid_ptr, shm_unlock
 
 _log = logging.getLogger("gateway.breaker")
 
 cdef enum:
     _ALIGN = 8
+    _PID_LIMIT = 1 << 22    # Linux pids are below PID_MAX_LIMIT: a claim word is one of them
+
+# How long an attacher waits for a live worker to finish initialising a shared breaker: the keyed
+# table's wait (keyed_table.pyx, _init_or_check), for the same kind of claim.
+_ATTACH_TIMEOUT = 2.0
 
 # Python-level names of the BreakerState values (the enum itself is C-only).
 globals().update(CLOSED=CLOSED, HALF_OPEN=HALF_OPEN, OPEN=OPEN)
@@ -355,18 +361,43 @@ cdef class CircuitBreaker:
             raise ValueError(f"offset {offset} must be a multiple of {_ALIGN} with {SHM_SIZE} "
                              f"bytes after it in a buffer of {view.shape[0]}")
         cdef gw_breaker_shm *s = <gw_breaker_shm *>&view[offset]
-        if gw_cas_u32(&s.magic, 0, 1):    # claimed: 1 = being initialised
-            _init_state(s, &self._cfg)
-            gw_cas_u32(&s.magic, 1, GW_BREAKER_MAGIC)   # publish (release) the initialised bytes
-        else:
-            while gw_atomic_load_u32(&s.magic) == 1:   # another worker is initialising
-                pass
-            if s.magic != GW_BREAKER_MAGIC:
-                raise ValueError("buffer bytes at offset are neither zero nor a breaker")
-            if memcmp(&s.cfg, &self._cfg, sizeof(gw_breaker_cfg)) != 0:
-                raise ValueError("buffer holds a breaker with a different policy")
+        if not self._claim_or_wait(s) and memcmp(&s.cfg, &self._cfg, sizeof(gw_breaker_cfg)) != 0:
+            raise ValueError("buffer holds a breaker with a different policy")
         self._view = view
         self._s = s
+
+    cdef bint _claim_or_wait(self, gw_breaker_shm *s) except -1:
+        """True when this breaker initialised the bytes, False when it found them initialised.
+
+        The magic word: 0 = fresh, a pid = that worker claimed the bytes and is initialising
+        them, GW_BREAKER_MAGIC = ready. Claiming with the pid (not a bare 1) lets a waiter tell
+        a claimer that died before publishing (take over: CAS from its pid to ours, so exactly
+        one waiter does) from one that is slow (wait) or stuck (give up after _ATTACH_TIMEOUT,
+        as the keyed table does). Pids are below 2^22, far from the magic 0x42524B31, so any
+        other word is junk, refused at once."""
+        cdef uint32_t me = shm_pid_ptr()[0]
+        cdef uint32_t seen
+        deadline = None
+        while True:
+            seen = gw_atomic_load_u32(&s.magic)
+            if seen == GW_BREAKER_MAGIC:
+                return False
+            if seen >= _PID_LIMIT:
+                raise ValueError("buffer bytes at offset are neither zero nor a breaker")
+            # Our own pid as claimer is a dead predecessor's (recycled pid): this process claims,
+            # initialises and publishes in one go under the GIL, so it is never mid-way here.
+            if seen == 0 or seen == me or shm_pid_gone(seen):
+                if gw_cas_u32(&s.magic, seen, me):
+                    _init_state(s, &self._cfg)
+                    gw_cas_u32(&s.magic, me, GW_BREAKER_MAGIC)   # publish (release) the bytes
+                    return True
+                continue                    # another waiter moved first: look again
+            if deadline is None:
+                deadline = time.monotonic() + _ATTACH_TIMEOUT
+            elif time.monotonic() > deadline:
+                raise ValueError(f"breaker in buffer is still being initialised by pid {seen} "
+                                 f"after {_ATTACH_TIMEOUT:g} s (its claimer is stuck?)")
+            time.sleep(0.0005)              # yield the CPU: the claimer may need it to finish
 
     def __dealloc__(self):
         if self._owned != NULL:
@@ -515,7 +546,7 @@ cdef class CircuitBreaker:
 
 
 cdef void _init_state(gw_breaker_shm *s, const gw_breaker_cfg *c) noexcept nogil:
-    # Everything after the magic word: attaching workers spin on that word while this runs, so
+    # Everything after the magic word: attaching workers wait on that word while this runs, so
     # it must not flicker through zero.
     cdef size_t skip = <char *>&s.lock - <char *>s
     memset(<char *>s + skip, 0, sizeof(gw_breaker_shm) - skip)

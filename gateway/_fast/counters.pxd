@@ -15,7 +15,8 @@ cdef class _Cells:
     cdef bint _shared           # True: memory is the caller's buffer, updates are atomic
     cdef bint _has_view         # a Py_buffer is held (keeps the mmap/bytearray exported)
     cdef Py_buffer _view
-    cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes) except -1
+    # `what` names the object in errors; nbytes must be overflow-checked already (_cells_nbytes).
+    cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes, str what) except -1
 
 
 cdef class Counter(_Cells):

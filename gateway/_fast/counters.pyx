@@ -21,6 +21,8 @@ CAS loop and two workers' float sums would round differently. With the default r
 A scrape reads cells one by one, so it may see an observation's bucket but not yet its sum:
 harmless for Prometheus, which tolerates that skew.
 """
+import operator
+
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport floor, isfinite
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
@@ -28,14 +30,33 @@ from libc.stdlib cimport calloc, free, malloc
 
 from gateway._fast.atomic cimport gw_atomic_add_i64, gw_atomic_add_u64, gw_atomic_load_u64
 
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 # |round(v / resolution)| must stay well inside int64 so one observation cannot wrap the sum.
 cdef double _MAX_SCALED = 4611686018427387904.0   # 2**62
+
+# The most 8-byte cells whose byte count is still a Py_ssize_t (what buffers and calloc measure).
+cdef Py_ssize_t _MAX_CELLS = PY_SSIZE_T_MAX // 8
+
+
+cdef Py_ssize_t _cells_nbytes(str name, object n, Py_ssize_t extra) except -1:
+    """8 * (n + extra): the bytes of `n` things (`name`: the caller's argument) plus `extra`
+    cells. `n` is checked as a Python int, before any C arithmetic: 8 * n in C wraps for absurd n
+    (2**61 -> 0 bytes), and every size check after it would pass."""
+    n = operator.index(n)
+    if n < 1 or n > _MAX_CELLS - extra:
+        raise ValueError(f"{name} must be in 1..{_MAX_CELLS - extra} ({8 * _MAX_CELLS} bytes of "
+                         f"cells at most), got {n}")
+    return 8 * (<Py_ssize_t>n + extra)
 
 
 cdef class _Cells:
     """Owns or borrows the 8-aligned memory of a counter-like object (not for direct use)."""
 
-    cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes) except -1:
+    cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes,
+                     str what) except -1:
+        # nbytes is >= 8 and came from _cells_nbytes (or a constant): no overflow behind it.
         if buffer is None:
             if offset != 0:
                 raise ValueError("offset is only meaningful with a buffer")
@@ -49,9 +70,10 @@ cdef class _Cells:
                 raise ValueError(f"offset must be a multiple of 8 and >= 0, got {offset}")
             PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
             self._has_view = True
-            if offset + nbytes > self._view.len:
-                raise ValueError(f"buffer too small: need {offset + nbytes} bytes, "
-                                 f"have {self._view.len}")
+            # Not `offset + nbytes > len`: that sum wraps for an offset near 2**63.
+            if offset > self._view.len or nbytes > self._view.len - offset:
+                raise ValueError(f"buffer too small: {what} needs {nbytes} bytes at offset "
+                                 f"{offset}, the buffer has {self._view.len}")
             self._mem = <char*>self._view.buf + offset
             # Atomics on a cell that straddles cache lines are slow (split locks) or undefined.
             if (<uintptr_t>self._mem) % 8 != 0:
@@ -86,7 +108,7 @@ cdef class Counter(_Cells):
     NBYTES = 8
 
     def __cinit__(self, object buffer=None, Py_ssize_t offset=0):
-        self._attach(buffer, offset, 8)
+        self._attach(buffer, offset, 8, "Counter")
         self._p = <uint64_t*>self._mem
 
     cdef void add(self, uint64_t n) noexcept:
@@ -123,16 +145,17 @@ cdef class CounterArray(_Cells):
     """
 
     @staticmethod
-    def nbytes(Py_ssize_t n) -> int:
-        return 8 * n
+    def nbytes(n) -> int:
+        return _cells_nbytes("n", n, 0)
 
-    def __cinit__(self, Py_ssize_t n, object buffer=None, Py_ssize_t offset=0):
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+    def __cinit__(self, n, object buffer=None, Py_ssize_t offset=0):
+        # `n` as a Python int: a Py_ssize_t argument would turn n >= 2**63 into OverflowError
+        # before the check, and this check must come before any arithmetic on it.
+        cdef Py_ssize_t nbytes = _cells_nbytes("n", n, 0)
         # One flat block: label children sit next to each other, so a scrape walks one array.
-        self._attach(buffer, offset, 8 * n)
+        self._attach(buffer, offset, nbytes, f"CounterArray(n={n})")
         self._p = <uint64_t*>self._mem
-        self.size = n
+        self.size = nbytes // 8
 
     cdef void add(self, Py_ssize_t i, uint64_t n) noexcept:
         if self._shared:
@@ -173,8 +196,8 @@ cdef class Histogram(_Cells):
     """
 
     @staticmethod
-    def nbytes(Py_ssize_t nbounds) -> int:
-        return 8 * (nbounds + 2)
+    def nbytes(nbounds) -> int:
+        return _cells_nbytes("nbounds", nbounds, 2)
 
     def __cinit__(self, object bounds, object buffer=None, Py_ssize_t offset=0,
                   double resolution=1e-6):
@@ -202,7 +225,7 @@ cdef class Histogram(_Cells):
         self._n = n
         self.resolution = resolution
         self._scale = 1.0 / resolution
-        self._attach(buffer, offset, 8 * (n + 2))
+        self._attach(buffer, offset, _cells_nbytes("nbounds", n, 2), f"Histogram({n} bounds)")
         self._counts = <uint64_t*>self._mem
         self._sum = <int64_t*>(self._mem + 8 * (n + 1))
 

@@ -133,3 +133,6 @@ cdef class KeyedLimiterTable:
     cdef double _recency(self, kt_slot* s) noexcept nogil
     cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,
                      double* out1, double* out2) noexcept nogil
+    # Reclaims idle keys in n slots from the cursor. Shared: locks each slot it changes; private:
+    # the caller holds the GIL (sweep() does), as c_check's callers do.
+    cdef Py_ssize_t _sweep(self, double now, uint64_t n) noexcept nogil

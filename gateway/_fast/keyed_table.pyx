@@ -382,30 +382,45 @@ cdef class KeyedLimiterTable:
         check_now(now)
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
+        cdef uint64_t n = min(<uint64_t>max_slots, self._cap)
+        cdef Py_ssize_t done
+        if self._shared:
+            # Every slot change is under its lock, as check() does it: other threads and
+            # processes may run meanwhile.
+            with nogil:
+                done = self._sweep(now, n)
+        else:
+            # A private table's check() takes no lock: the GIL is its lock (see c_check in the
+            # .pxd). So the sweep keeps the GIL too. The other way, slot locks in both, would
+            # add a lock and an unlock to every private check() to protect a bounded sweep of
+            # a few microseconds (4096 slots by default) that can simply run under the GIL.
+            done = self._sweep(now, n)
+        return done
+
+    cdef Py_ssize_t _sweep(self, double now, uint64_t n) noexcept nogil:
         cdef uint64_t i = self._hdr.sweep_cursor % self._cap
         cdef uint64_t k
         cdef Py_ssize_t done = 0
         cdef kt_slot* s
         cdef uint64_t hv
-        with nogil:
-            for k in range(min(<uint64_t>max_slots, self._cap)):
-                s = &self._slots[i]
-                hv = gw_atomic_load_u64(&s.hash)
-                if hv >= 2 and now - self._recency(s) > self._ttl:
-                    if self._shared:
-                        shm_lock(&s.lock, self._pid[0])
-                    if s.hash == hv and now - self._recency(s) > self._ttl:
-                        # Tombstone, not empty: later keys of the same window stay reachable.
-                        gw_atomic_store_u64(&s.hash, KT_TOMBSTONE)
-                        gw_atomic_add_i64(&self._hdr.count, -1)
-                        gw_atomic_add_u64(&self._hdr.reclaimed, 1)
-                        done += 1
-                    if self._shared:
-                        shm_unlock(&s.lock)
-                i += 1
-                if i == self._cap:
-                    i = 0
-            self._hdr.sweep_cursor = i
+        for k in range(n):
+            s = &self._slots[i]
+            hv = gw_atomic_load_u64(&s.hash)
+            if hv >= 2 and now - self._recency(s) > self._ttl:
+                if self._shared:
+                    shm_lock(&s.lock, self._pid[0])
+                if s.hash == hv and now - self._recency(s) > self._ttl:
+                    # Tombstone, not empty: later keys of the same window stay reachable.
+                    gw_atomic_store_u64(&s.hash, KT_TOMBSTONE)
+                    gw_atomic_add_i64(&self._hdr.count, -1)
+                    gw_atomic_add_u64(&self._hdr.reclaimed, 1)
+                    done += 1
+                if self._shared:
+                    shm_unlock(&s.lock)
+            i += 1
+            if i == self._cap:
+                i = 0
+        self._hdr.sweep_cursor = i
         return done
 
     def __contains__(self, key) -> bool:

@@ -30,7 +30,14 @@ cdef class SharedSegment:
     cdef readonly object name       # None for an anonymous (fork-inherited) segment
     cdef readonly object path       # /dev/shm/<name> or None
     cdef Py_ssize_t _exports        # live buffer exports: close() refuses while > 0
+    cdef int _lock_fd               # creator of a named segment: the fd holding its flock; else -1
+    cdef object _file_id            # (st_dev, st_ino) of the named file: unlink() checks it
     cdef int _check_open(self) except -1
+    cdef _adopt(self, void* p, size_t total, Py_ssize_t size)
+    cdef _create_named(self, str name, Py_ssize_t size)
+    cdef bint _build_and_link(self, int fd, str tmp, str path, Py_ssize_t size) except -1
+    cdef void _unmap(self) noexcept
+    cdef void _release_lock(self) noexcept
 
 
 # The pid of this process, refreshed in every fork()ed child (os.register_at_fork). Lock words
@@ -38,7 +45,12 @@ cdef class SharedSegment:
 # address is stable across fork, so a caller may cache the pointer.
 cdef uint32_t* shm_pid_ptr() noexcept nogil
 
-# Slow path of shm_lock: spin, yield, and break the lock if its owner pid no longer exists.
+# Whether `pid` has stopped running: it does not exist, or it has exited and is not yet reaped
+# (a zombie). False when in doubt. A few syscalls and a /proc read: for slow paths (a lock or a
+# claim stuck on a peer), never per operation.
+cdef bint shm_pid_gone(uint32_t pid) noexcept nogil
+
+# Slow path of shm_lock: spin, yield, and break the lock once shm_pid_gone(owner).
 cdef void shm_lock_slow(uint32_t* word, uint32_t me) noexcept nogil
 
 

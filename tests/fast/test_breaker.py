@@ -478,6 +478,117 @@ def test_attach_checks_policy_alignment_and_writability() -> None:
         fast.CircuitBreaker(buffer=junk)
 
 
+BREAKER_MAGIC = 0x42524B31
+
+
+def _claimed_by(pid: int) -> mmap.mmap:
+    """The bytes a worker leaves when it dies between claiming a breaker (magic = its pid) and
+    publishing it: its pid in the magic word, whatever garbage after it."""
+    buf = mmap.mmap(-1, fast.SHM_SIZE)
+    buf[:] = os.urandom(fast.SHM_SIZE)
+    buf[:4] = pid.to_bytes(4, "little")
+    return buf
+
+
+def _attach_elsewhere(buf: mmap.mmap) -> tuple[int, str, float]:
+    """Attach a breaker to `buf` in a fork()ed child (a regression that spins for ever, GIL held,
+    then fails here instead of hanging the suite): (exit code, error message, seconds taken)."""
+    import time
+
+    r, w = os.pipe()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        code = 4
+        try:
+            fast.CircuitBreaker(failure_threshold=2, buffer=buf)
+            code = 0
+        except ValueError as e:
+            os.write(w, str(e).encode())
+            code = 3
+        finally:
+            os._exit(code)
+    os.close(w)
+    deadline = t0 + 20.0
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            message = os.read(r, 4096).decode()
+            os.close(r)
+            return os.waitstatus_to_exitcode(status), message, time.monotonic() - t0
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    raise AssertionError("attaching the breaker never returned")
+
+
+@pytest.mark.parametrize("how", ["exited", "zombie"])
+def test_attach_takes_over_from_a_claimer_that_died_before_publishing(how: str) -> None:
+    import subprocess
+    import sys
+
+    if how == "exited":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid = dead.pid
+    else:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        while open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            pass                                    # exited; deliberately not reaped yet
+    try:
+        buf = _claimed_by(pid)
+        code, message, _ = _attach_elsewhere(buf)
+    finally:
+        if how == "zombie":
+            os.waitpid(pid, 0)
+    assert code == 0, message
+    assert int.from_bytes(buf[:4], "little") == BREAKER_MAGIC
+    b = fast.CircuitBreaker(failure_threshold=2, buffer=buf)
+    snap = b.snapshot()                             # initialised: none of the garbage is left
+    assert (snap["state"], snap["epoch"], snap["consecutive_failures"], snap["window_requests"],
+            snap["transitions"], snap["stale"]) == ("closed", 1, 0, 0,
+                                                    {"open": 0, "half_open": 0, "closed": 0}, 0)
+    fail(b, 1.0, 2)
+    peer = fast.CircuitBreaker(failure_threshold=2, buffer=buf)
+    assert peer.state == OPEN
+
+
+def test_attach_gives_up_on_a_live_claimer_that_never_publishes() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                    # alive, but never finishes initialising
+        os.read(r, 1)
+        os._exit(0)
+    try:
+        buf = _claimed_by(pid)
+        code, message, took = _attach_elsewhere(buf)
+        assert code == 3 and f"still being initialised by pid {pid}" in message, message
+        assert 1.5 <= took < 15.0                   # the 2 s deadline, as the keyed table's
+        assert int.from_bytes(buf[:4], "little") == pid   # its claim is left alone
+    finally:
+        os.write(w, b"x")
+        os.waitpid(pid, 0)
+
+
+def test_attach_never_waits_for_ever_on_a_claim_that_stays() -> None:
+    # Older code claimed with 1 and attachers spun `while magic == 1` with no deadline: a worker
+    # dying between claim and publish wedged every later attach. 1 now reads as pid 1, which is
+    # alive: the attacher gives up after the deadline with a clear error.
+    code, message, took = _attach_elsewhere(_claimed_by(1))
+    assert code == 3 and "still being initialised by pid 1 " in message, message
+    assert 1.5 <= took < 15.0
+
+
+@pytest.mark.parametrize("word", [1 << 22, BREAKER_MAGIC - 1, 0xFFFFFFFF])
+def test_attach_refuses_a_word_that_is_neither_a_pid_nor_the_magic_at_once(word: int) -> None:
+    buf = _claimed_by(word)
+    code, message, took = _attach_elsewhere(buf)
+    assert code == 3 and "neither zero nor a breaker" in message, message
+    assert took < 1.5                               # refused at once, no waiting on a "claimer"
+
+
 def test_lock_left_by_a_dead_worker_is_broken() -> None:
     """A worker SIGKILLed inside a locked section leaves its pid in the lock word; the others must
     recover after a short delay instead of spinning forever (shm.pxd's owner-pid lock)."""

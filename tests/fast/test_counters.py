@@ -115,6 +115,48 @@ def test_bad_buffer_placement(offset: int, size: int) -> None:
         Counter(bytearray(size), offset)
 
 
+# Cell counts whose byte size (8 per cell) wraps a 64-bit size, or does not fit one at all. The
+# old code computed 8 * n in C: CounterArray(2**61) got 8 * 2**61 = 2**64 -> 0 bytes, so a 1-byte
+# calloc that passed every size check, and inc(1) already wrote past it (inc(2**60): anywhere).
+ABSURD = [2**61, 2**61 + 1, 2**62, 2**63 - 1, 2**63, 2**64, -1, -(2**63)]
+
+
+@pytest.mark.parametrize("n", ABSURD)
+def test_counter_array_refuses_absurd_sizes(n: int) -> None:
+    for buffer in (None, bytearray(64), mmap.mmap(-1, 4096)):
+        with pytest.raises(ValueError, match=f"n must be .*got {n}"):
+            CounterArray(n, buffer)
+    with pytest.raises(ValueError, match=f"got {n}"):
+        CounterArray.nbytes(n)
+
+
+@pytest.mark.parametrize("n", ABSURD)
+def test_histogram_sizes_refuse_absurd_bucket_counts(n: int) -> None:
+    with pytest.raises(ValueError, match=f"got {n}"):
+        Histogram.nbytes(n)
+
+
+@pytest.mark.parametrize("make", [
+    lambda buf: Counter(buf, 2**63 - 8),
+    lambda buf: CounterArray(2**59, buf, 2**62),     # offset + bytes = 2**63 wraps negative
+    lambda buf: CounterArray(9, buf, 0),
+    lambda buf: Histogram([1.0, 2.0], buf, 2**63 - 16),
+], ids=["counter-offset", "array-offset-plus-size", "array-too-big", "histogram-offset"])
+def test_cells_past_the_end_of_the_buffer_are_refused(make: object) -> None:
+    with pytest.raises(ValueError, match="buffer too small"):
+        make(bytearray(64))                         # type: ignore[operator]
+
+
+def test_sizes_at_the_limit_are_still_computed() -> None:
+    big = (2**63 - 1) // 8
+    assert CounterArray.nbytes(big) == 8 * big
+    assert Histogram.nbytes(big - 2) == 8 * big
+    with pytest.raises(MemoryError):                # representable, just not there: no overflow
+        CounterArray(big)
+    with pytest.raises(ValueError, match="buffer too small: CounterArray"):
+        CounterArray(big, bytearray(64))
+
+
 def test_read_only_buffer_is_refused() -> None:
     with pytest.raises(BufferError):
         Counter(bytes(8))

@@ -237,6 +237,48 @@ def test_sweep_work_is_bounded_and_rotates() -> None:
     assert seen == 40 and len(t) == 0
 
 
+def test_sweep_on_another_thread_never_lets_a_private_table_over_admit() -> None:
+    # A private table's check() takes no lock: its callers hold the GIL. A sweep that released
+    # the GIL raced with it: sweep read a key as idle, check() renewed it and counted a hit, and
+    # sweep then tombstoned it, so the key's next check started fresh and was admitted again.
+    # Played on purpose: every round moves `now` on so all keys are idle, while a thread sweeps
+    # the whole table non-stop and this thread checks each key twice against a limit of 1.
+    # Measured on the unfixed code: 118-150 keys admitted twice in the 1.5 s budget, 3 runs.
+    import sys
+    import threading
+    import time
+
+    t = _table(4096, {"algorithm": "sliding_window", "limit": 1.0, "window": 1.0})   # ttl 2 s
+    keys = [f"user:{i}" for i in range(3000)]
+    now = [0.0]
+    stop = threading.Event()
+
+    def sweeper() -> None:
+        while not stop.is_set():
+            t.sweep(now[0], 4096)
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)                     # hand the GIL over often: many sweeps per round
+    th = threading.Thread(target=sweeper, daemon=True)
+    th.start()
+    over = []
+    try:
+        deadline = time.monotonic() + 1.5
+        r = 0
+        while r < 50 or (r < 1000 and time.monotonic() < deadline):
+            r += 1
+            now[0] = n = 10.0 * r                   # every key of the last round is idle now
+            for k in keys:
+                if t.check(k, n)[0] + t.check(k, n)[0] > 1:
+                    over.append((r, k))
+    finally:
+        stop.set()
+        th.join(10.0)
+        sys.setswitchinterval(old_interval)
+    assert t.reclaimed > 0                          # the sweeper did run, reclaiming idle keys
+    assert over == [], f"{len(over)} keys admitted twice with a limit of 1 (first: {over[:3]})"
+
+
 def test_idle_slots_are_reused_by_inserts_without_eviction() -> None:
     t = _table(4, SW, max_probe=4)
     for i, k in enumerate("abcd"):
