@@ -305,8 +305,8 @@ class Arena(Heap):
                 f"shared memory directory full: cannot place {name!r} ({size} bytes): all "
                 f"{self.cap} entries in use ({h32[I_OBJECTS]} live, {h32[I_NQUAR]} quarantined "
                 f"for up to {self.grace:g} s); raise GATEWAY_SHM_SIZE (now "
-                f"{fmt_size(len(self.view))}): the directory has one entry per "
-                f"{BYTES_PER_ENTRY} bytes", name=name, size=size, free=self.free_bytes(),
+                f"{fmt_size(len(self.view))}): the directory gets one entry per "
+                f"{BYTES_PER_ENTRY} bytes of segment", name=name, size=size, free=self.free_bytes(),
                 segment_size=len(self.view))
         block = block_size(size)
         blob = self._blob_size(len(nb))

@@ -572,6 +572,7 @@ def test_a_spawned_worker_killed_holding_the_lock_does_not_wedge_placing(named: 
     t0 = time.monotonic()
     named.place("x", 64, 0)
     assert time.monotonic() - t0 < 5.0
+    assert named.stats()["repairs"] == 1
     named.verify()
 
 
