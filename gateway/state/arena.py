@@ -30,7 +30,6 @@ from gateway.state.layout import (
     ENTRY_BYTES,
     FREE,
     HEADER_BYTES,
-    HEAP_CLASS,
     I_CAP,
     I_DIRTY,
     I_FREE_ENTRY,
@@ -60,7 +59,6 @@ from gateway.state.layout import (
     W_GRACE,
     W_HEAP,
     W_HEAP_END,
-    W_HEAP_HEAD,
     W_INDEX,
     W_MAGIC,
     W_QBYTES,
@@ -110,8 +108,7 @@ class Arena(Heap):
             # The mapping is fresh (zeroed): index, entries and counters are already empty. The
             # whole heap is one free block, whose header is the only heap byte ever written.
             h64[W_ZERO_HW] = self.heap_off
-            self._write_free(self.heap_off, self.heap_end - self.heap_off, HEAP_CLASS, 0)
-            h64[W_HEAP_HEAD] = self.heap_off
+            self._rebuild_heap([(self.heap_off, self.heap_end - self.heap_off)])
             h64[W_MAGIC] = MAGIC            # last: an attacher that sees it sees the whole layout
 
     def _write_header(self, max_objects: int | None, grace: float) -> None:
@@ -179,7 +176,7 @@ class Arena(Heap):
             "total": total, "used": h64[W_USED], "quarantined": h64[W_QBYTES],
             "free": total - h64[W_USED] - h64[W_QBYTES], "objects": h32[I_OBJECTS],
             "quarantined_objects": h32[I_NQUAR],
-            "largest_free": max((s for _, s in self.free_blocks()), default=0),
+            "largest_free": self.largest_free(),
             "directory_capacity": self.cap, "segment_size": len(self.view), "grace": self.grace,
             "repairs": h32[I_REPAIRS],
         }

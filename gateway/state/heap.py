@@ -1,14 +1,22 @@
 """The payload allocator of the node memory segment (see gateway/state/memory.py for why).
 
-Objects up to SMALL_MAX get a size class and a freed one goes to its class's LIFO list; larger
-ones are taken first-fit from an address-ordered list that coalesces neighbours on free; when
-nothing fits, every class list is flushed back into the address-ordered one (merging neighbours)
-before SharedMemoryFull. Free-list headers live in the free blocks themselves; every link read is
-validated and every walk bounded, so a stray write into freed memory raises NodeMemoryCorrupt
-instead of looping or handing out overlapping blocks. Runs with the allocator lock held (Arena
-inherits it).
+Two kinds of free list, whose headers live in the free blocks themselves:
+- one LIFO list per size class (SIZE_CLASSES, up to SMALL_MAX = 64 KiB): a freed small object
+  goes back to its class, and the next object of that class takes it in O(1);
+- one address-ordered list of blocks larger than SMALL_MAX, first fit, neighbours coalesced on
+  free. A remnant of SMALL_MAX bytes or less (the tail of a split, a run between live objects) is
+  cut into class-size pieces instead, so this list never holds a block too small for any small
+  object: a small allocation takes its first block in O(1), and the list is at most
+  payload / SMALL_MAX long. (Measured: with 25,000 isolated holes in the list, 1,500 allocations
+  of an absent class took 27 s; with this rule, 30 ms.)
+When nothing fits, every free block is merged with its neighbours and the lists are laid out
+anew before SharedMemoryFull is raised. Every link read is validated and every walk bounded, so
+a stray write into freed memory raises NodeMemoryCorrupt instead of looping or handing out
+overlapping blocks. Runs with the allocator lock held (Arena inherits it).
 """
 from __future__ import annotations
+
+import bisect
 
 from gateway.state.layout import (
     ALIGN,
@@ -66,65 +74,102 @@ class Heap:
             raise self._corrupt(f"free list link {off} is outside the payload or misaligned")
         p = off >> 3
         tag, size, nxt = self.p64[p], self.p64[p + 1], self.p64[p + 2]
-        if (tag != FREE_TAG << 32 | cls or size < ALIGN or size % ALIGN or off + size > self.heap_end
-                or (cls != HEAP_CLASS and size != SIZE_CLASSES[cls])):
+        fits = size > SMALL_MAX if cls == HEAP_CLASS else size == SIZE_CLASSES[cls]
+        if tag != FREE_TAG << 32 | cls or size % ALIGN or off + size > self.heap_end or not fits:
             raise self._corrupt(f"free block at {off} has a bad header (tag {tag:#x}, size {size}): "
                                 f"something wrote into freed memory")
         return size, nxt
 
     def _alloc(self, block: int, name: str, size: int) -> int:
-        c = class_of(block) if block <= SMALL_MAX else -1
-        if c >= 0 and self.h32[I_CLASS_COUNT + c]:
-            off = self.h64[W_CLASS_HEAD + c]
-            _, nxt = self._read_free(off, c)
-            self.h64[W_CLASS_HEAD + c] = nxt
-            self.h32[I_CLASS_COUNT + c] -= 1
-            return off
-        off = self._heap_take(block)
+        off = self._take(block)
         if off < 0 and any(self.h32[I_CLASS_COUNT:I_CLASS_COUNT + len(SIZE_CLASSES)]):
-            self._flush_classes()
-            off = self._heap_take(block)
+            self._rebuild_heap(self.free_blocks())     # merge what the class lists hold; retry
+            off = self._take(block)
         if off >= 0:
             return off
         free = self.free_bytes()
-        largest = max((s for _, s in self.free_blocks()), default=0)
         raise SharedMemoryFull(
             f"shared memory full: cannot place {name!r} ({size} bytes, a {block}-byte block): "
-            f"{free} bytes free, largest free block {largest}, {self.h64[W_QBYTES]} bytes "
-            f"quarantined for up to {self.grace:g} s; raise GATEWAY_SHM_SIZE (now "
-            f"{fmt_size(len(self.view))})", name=name, size=size, free=free,
+            f"{free} bytes free, largest free block {self.largest_free()}, "
+            f"{self.h64[W_QBYTES]} bytes quarantined for up to {self.grace:g} s; raise "
+            f"GATEWAY_SHM_SIZE (now {fmt_size(len(self.view))})", name=name, size=size, free=free,
             segment_size=len(self.view))
+
+    def _take(self, n: int) -> int:
+        """A block of `n` bytes (a class size, or a 4 KiB multiple above SMALL_MAX), or -1.
+
+        Small: its class list, else the front of the first address-ordered block (every one of
+        them is larger than SMALL_MAX, so the first one fits: O(1)), else a larger class's block
+        split. Large: first fit in the address-ordered list, whose length is at most
+        payload / SMALL_MAX."""
+        if n <= SMALL_MAX:
+            c = class_of(n)
+            if self.h32[I_CLASS_COUNT + c]:
+                return self._pop_class(c)
+            off = self._heap_take(n)
+            if off >= 0:
+                return off
+            for bigger in range(c + 1, len(SIZE_CLASSES)):
+                if self.h32[I_CLASS_COUNT + bigger]:
+                    off = self._pop_class(bigger)
+                    self._put_small(off + n, SIZE_CLASSES[bigger] - n)
+                    return off
+            return -1
+        return self._heap_take(n)
+
+    def _pop_class(self, c: int) -> int:
+        off = self.h64[W_CLASS_HEAD + c]
+        _, nxt = self._read_free(off, c)
+        self.h64[W_CLASS_HEAD + c] = nxt
+        self.h32[I_CLASS_COUNT + c] -= 1
+        return off
+
+    def _push_class(self, off: int, size: int) -> None:
+        c = class_of(size)
+        self._write_free(off, size, c, self.h64[W_CLASS_HEAD + c])
+        self.h64[W_CLASS_HEAD + c] = off
+        self.h32[I_CLASS_COUNT + c] += 1
+
+    def _put_small(self, off: int, size: int) -> None:
+        """A free run of at most SMALL_MAX bytes becomes class-size pieces, largest first. Only
+        blocks larger than SMALL_MAX stay in the address-ordered list, so no small remnant is
+        ever walked past by an allocation (a flush merges the pieces again)."""
+        for _ in range(size // ALIGN):
+            if size <= 0:
+                return
+            piece = SIZE_CLASSES[bisect.bisect_right(SIZE_CLASSES, size) - 1]
+            self._push_class(off, piece)
+            off, size = off + piece, size - piece
 
     def _heap_take(self, n: int) -> int:
         """First fit in the address-ordered list, split from the front; -1 if nothing fits."""
         prev, off = 0, self.h64[W_HEAP_HEAD]
-        for _ in range((self.heap_end - self.heap_off) // ALIGN + 1):
+        for _ in range((self.heap_end - self.heap_off) // SMALL_MAX + 1):
             if not off:
                 return -1
             size, nxt = self._read_free(off, HEAP_CLASS)
             if nxt and nxt <= off + size:
                 raise self._corrupt(f"free list is not address-ordered at {off} -> {nxt}")
             if size >= n:
-                if size > n:
+                if size - n > SMALL_MAX:
                     self._write_free(off + n, size - n, HEAP_CLASS, nxt)
                     nxt = off + n
                 if prev:
                     self.p64[(prev >> 3) + 2] = nxt
                 else:
                     self.h64[W_HEAP_HEAD] = nxt
+                if 0 < size - n <= SMALL_MAX:
+                    self._put_small(off + n, size - n)
                 return off
             prev, off = off, nxt
         raise self._corrupt("free list is longer than the payload (cycle?)")
 
     def _free_block(self, off: int, n: int) -> None:
         if n <= SMALL_MAX:
-            c = class_of(n)
-            self._write_free(off, n, c, self.h64[W_CLASS_HEAD + c])
-            self.h64[W_CLASS_HEAD + c] = off
-            self.h32[I_CLASS_COUNT + c] += 1
+            self._push_class(off, n)
             return
         prev, cur = 0, self.h64[W_HEAP_HEAD]
-        for _ in range((self.heap_end - self.heap_off) // ALIGN + 1):
+        for _ in range((self.heap_end - self.heap_off) // SMALL_MAX + 1):
             if not cur or cur > off:
                 break
             size, nxt = self._read_free(cur, HEAP_CLASS)
@@ -173,14 +218,21 @@ class Heap:
                     raise self._corrupt(f"size-class list {c} is longer than the payload (cycle?)")
         return out
 
+    def largest_free(self) -> int:
+        """The longest run of contiguous free bytes (adjacent class pieces count together)."""
+        best = run_end = run = 0
+        for off, size in sorted(self.free_blocks()):
+            run = run + size if off == run_end else size
+            run_end = off + size
+            best = max(best, run)
+        return best
+
     def free_bytes(self) -> int:
         return self.heap_end - self.heap_off - self.h64[W_USED] - self.h64[W_QBYTES]
 
-    def _flush_classes(self) -> None:
-        """Give every class list's blocks back to the address-ordered list, merging neighbours."""
-        self._rebuild_heap(self.free_blocks())
-
     def _rebuild_heap(self, blocks: list[tuple[int, int]]) -> None:
+        """Lay out the free lists anew from `blocks` (every free byte): neighbours merged, runs
+        above SMALL_MAX in the address-ordered list, smaller ones as class pieces."""
         blocks.sort()
         merged: list[list[int]] = []
         for off, size in blocks:
@@ -193,9 +245,12 @@ class Heap:
         for c in range(len(SIZE_CLASSES)):
             self.h64[W_CLASS_HEAD + c] = 0
             self.h32[I_CLASS_COUNT + c] = 0
-        for i, (off, size) in enumerate(merged):
-            self._write_free(off, size, HEAP_CLASS, merged[i + 1][0] if i + 1 < len(merged) else 0)
-        self.h64[W_HEAP_HEAD] = merged[0][0] if merged else 0
-
+        big = [(off, size) for off, size in merged if size > SMALL_MAX]
+        for i, (off, size) in enumerate(big):
+            self._write_free(off, size, HEAP_CLASS, big[i + 1][0] if i + 1 < len(big) else 0)
+        self.h64[W_HEAP_HEAD] = big[0][0] if big else 0
+        for off, size in merged:
+            if size <= SMALL_MAX:
+                self._put_small(off, size)
 
 _ZEROS = memoryview(bytes(1 << 20))     # sliced without copying

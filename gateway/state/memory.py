@@ -28,16 +28,19 @@ Decisions, and why:
   workload is many small fixed-size objects (768-byte breakers, counter arrays of tens of bytes)
   and a few large limiter tables of MBs. Objects up to 64 KiB get a class size (64 x 1, 2, 3, 4,
   6, 8, 12, ... up to 64 KiB: every class a multiple of 64, so at most 1/3 of a block is wasted
-  above 128 bytes, half below; a breaker fits its 768-byte class exactly) and a freed one goes to its class's free list, so the
-  next object of that class takes it in O(1) and small holes never splinter the heap. Larger ones
-  are rounded to 4 KiB and taken first-fit from an address-ordered free list that coalesces
-  neighbours on free. Fragmentation stays bounded: a class list only holds what that class once
-  used, and when an allocation finds no room, every class list is flushed back into the
-  address-ordered list (merging neighbours) before ``SharedMemoryFull`` is raised, so a reload
-  that swaps 5,000 breakers for 5,000 counters is not refused for memory parked in the wrong class.
+  above 128 bytes, half below; a breaker fits its 768-byte class exactly) and a freed one goes to
+  its class's free list, so the next object of that class takes it in O(1) and small holes never
+  splinter the heap. Larger ones are rounded to 4 KiB and taken first-fit from an address-ordered
+  list of blocks above 64 KiB that coalesces neighbours on free (smaller remnants are cut into
+  class pieces, so that list stays short and never makes an allocation walk past holes).
+  Fragmentation stays bounded: a class list only holds what that class once used (or remnants),
+  and when an allocation finds no room, every free block is merged with its neighbours and the
+  lists rebuilt before ``SharedMemoryFull`` is raised, so a reload that swaps 5,000 breakers for
+  5,000 counters is not refused for memory parked in the wrong class.
 - **Directory**: a fixed array of 128-byte entries, one per ``BYTES_PER_ENTRY`` (2 KiB) of segment
   (min 64; or ``max_objects``): 32,768 objects for the default 64 MiB, costing 4 MiB plus a
-  256 KiB index (6.6 % of the segment); a config with more objects raises GATEWAY_SHM_SIZE. It counts
+  256 KiB index (6.6 % of the segment); past that, SharedMemoryFull says to raise
+  GATEWAY_SHM_SIZE. It counts
   live and quarantined objects. Lookups go through an open-addressed index of uint32 slots (a power
   of two >= 2 x entries, so at most half full; linear probing, backward-shift deletion, no
   tombstones) keyed by xxh64 of the UTF-8 name. A name of up to 40 bytes is stored whole in its

@@ -284,6 +284,27 @@ def test_freed_large_blocks_coalesce_and_class_lists_flush(make: Make) -> None:
     mem.verify()
 
 
+def test_thousands_of_isolated_holes_never_slow_placing_down() -> None:
+    # 8,000 64-byte holes between live breakers, merged into the free lists by a failed large
+    # place: allocations of a class none of them fits must not walk past them (they did: 27 s
+    # for 1,500 places with 25,000 holes, before remnants became class pieces).
+    clock = Clock()
+    mem = NodeMemory.private(16 * MiB, grace=1.0, max_objects=20_000, clock=clock)
+    for i in range(8000):
+        mem.place(f"hole/{i}", 64, 0)
+        mem.place(f"breaker/{i}", SHM_SIZE, 0)
+    mem.sync_holder(0, [f"breaker/{i}" for i in range(8000)])
+    clock.now += 1.0
+    with pytest.raises(SharedMemoryFull):
+        mem.place("limits/huge", 12 * MiB, 0)
+    t0 = time.perf_counter()
+    for i in range(1500):
+        mem.place(f"counter/{i}", 1500, 0)
+    assert time.perf_counter() - t0 < 1.0
+    mem.verify()
+    mem.close()
+
+
 # ---------------------------------------------------------------- running out of space
 
 
