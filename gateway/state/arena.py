@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from itertools import pairwise
 
+from gateway._fast.hashing import xxh64
 from gateway.state.heap import Heap
 from gateway.state.layout import (
     ALIGN,
@@ -198,13 +199,16 @@ class Arena(Heap):
         o = self.e64[e * 16 + E_NAME_OFF]
         return self.view[o:o + n] == nb
 
-    def _entry_name(self, e: int) -> str:
+    def _entry_name_bytes(self, e: int) -> bytes:
         n = self.e32[e * 32 + E_NAME_LEN]
         if n > NAME_INLINE:
             o = self.e64[e * 16 + E_NAME_OFF]
-            return bytes(self.view[o:o + n]).decode()
+            return bytes(self.view[o:o + n])
         at = self.entries_off + e * ENTRY_BYTES + NAME_AT
-        return bytes(self.view[at:at + n]).decode()
+        return bytes(self.view[at:at + n])
+
+    def _entry_name(self, e: int) -> str:
+        return self._entry_name_bytes(e).decode(errors="replace")
 
     def _entry_kind(self, e: int) -> bytes:
         at = self.entries_off + e * ENTRY_BYTES + KIND_AT
@@ -447,6 +451,8 @@ class Arena(Heap):
                 if noff % ALIGN or not self.heap_off <= noff <= self.heap_end - blob:
                     raise self._corrupt(f"directory entry {e} has a bad name block {noff}")
                 used.append((noff, blob, e))
+            if e64[b + E_HASH] != (xxh64(self._entry_name_bytes(e)) or 1):
+                raise self._corrupt(f"directory entry {e}'s hash does not match its name")
         used.sort()
         for (a, n, ea), (b2, _, eb) in pairwise(used):
             if a + n > b2:
@@ -456,8 +462,8 @@ class Arena(Heap):
     def repair(self, now: float) -> None:
         """Rebuild every derived structure from the directory entries (the source of truth) after
         a holder died mid-change. Live and quarantined bytes are not touched."""
-        log.warning("node memory %s: rebuilding allocator metadata (a process died while "
-                    "changing it, pid %d)", self.where, self.h32[I_DIRTY])
+        log.warning("node memory %s: rebuilding the allocator metadata from the directory (process "
+                    "%d died or failed half-way through a change)", self.where, self.h32[I_DIRTY])
         used, free_entries = self._scan()
         h32, h64, e64, e32 = self.h32, self.h64, self.e64, self.e32
         self.idx[:] = memoryview(bytes(4 * self.islots)).cast("I")
@@ -478,7 +484,7 @@ class Arena(Heap):
             else:
                 quar, quar_b = quar + 1, quar_b + blk
                 queue.append((self.ed[b + E_FREED], e))
-            slot, found = self.lookup(e64[b], self._entry_name(e).encode())
+            slot, found = self.lookup(e64[b], self._entry_name_bytes(e))
             if found >= 0:
                 raise self._corrupt(f"entries {found} and {e} have the same name")
             self.idx[slot] = e + 1
@@ -532,7 +538,7 @@ class Arena(Heap):
         if sum(1 for v in self.idx if v) != len(owners):
             raise self._corrupt("index and directory disagree on the number of objects")
         for e in owners:
-            if self.lookup(self.e64[e * 16], self._entry_name(e).encode())[1] != e:
+            if self.lookup(self.e64[e * 16], self._entry_name_bytes(e))[1] != e:
                 raise self._corrupt(f"entry {e} is not found through the index")
         at = self.heap_off
         for o, n in sorted([(o, n) for o, n, _ in used] + self.free_blocks()):
