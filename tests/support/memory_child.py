@@ -1,4 +1,4 @@
-"""A second process for tests/state/test_memory.py: attaches to a NodeMemory by name, as a spawned
+"""A second process for tests/state/test_memory_processes.py: attaches to a NodeMemory by name, as a spawned
 worker does (`python -m tests.support.memory_child <command> <segment> ...`), prints JSON."""
 from __future__ import annotations
 
