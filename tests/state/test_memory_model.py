@@ -186,7 +186,7 @@ class NamedMemoryModel(MemoryModel):
 
 
 TestMemoryModelPrivate = MemoryModel.TestCase
-TestMemoryModelPrivate.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestMemoryModelPrivate.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestMemoryModelNamed = NamedMemoryModel.TestCase
 TestMemoryModelNamed.settings = settings(max_examples=40, stateful_step_count=40, deadline=None)
 

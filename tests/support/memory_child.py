@@ -1,5 +1,6 @@
-"""A second process for tests/state/test_memory_processes.py: attaches to a NodeMemory by name, as a spawned
-worker does (`python -m tests.support.memory_child <command> <segment> ...`), prints JSON."""
+"""A second process for tests/state/test_memory_processes.py: attaches to a NodeMemory by name,
+as a spawned worker does (`python -m tests.support.memory_child <command> <segment> ...`), and
+prints JSON."""
 from __future__ import annotations
 
 import json
