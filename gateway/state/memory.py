@@ -72,9 +72,10 @@ The bytes: ``gateway/state/layout.py``; the allocator: ``heap.py``; directory, q
 repair: ``arena.py``.
 
 Cost (tests/state/test_memory.py::test_placing_ten_thousand_objects_is_fast, 2 shared cores):
-10,000 new 768-byte objects place in 75-120 ms (8-12 us each: hash, index probe, allocation,
-entry write, lock word); placing them again from another worker 45-55 ms; a sync_holder that
-releases 5,000 of them 10-15 ms. A 10,000-route config loads its shared objects well under 1 s.
+10,000 new 768-byte objects place in 75-120 ms when the box is idle (8-12 us each: hash, index
+probe, allocation, entry write, lock word), up to 235 ms while other work shares the cores;
+placing them again from another worker 45-115 ms; a sync_holder that releases 5,000 of them
+10-30 ms. A 10,000-route config loads its shared objects well under 1 s (the test asserts 1 s).
 
 Integration (the supervisor): ``NodeMemory.create(settings.shm_size, name)`` before starting
 workers, with a fresh name per start; hand the name to each worker, which calls
