@@ -119,6 +119,7 @@ def cmd_worker(args: Sequence[str]) -> int:
 
 def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin: bool, reuse_port: bool,
                   reload_if: Any = None) -> int:
+    from gateway.state.memory import SharedMemoryFull
     from gateway.worker import run_worker
 
     try:
@@ -127,6 +128,9 @@ def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin:
     except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
         err(exc.strerror or str(exc))
         return 1
+    except SharedMemoryFull as exc:  # the config's shared objects do not fit: names GATEWAY_SHM_SIZE
+        err(str(exc))
+        return 2
 
 
 def cmd_demo() -> int:

@@ -23,12 +23,13 @@ if TYPE_CHECKING:
 
     from .config.env import Settings
     from .config.model import GatewayConfig, RouteConfig
+    from .state.node import NodeState, Placer
 
 PoolKey = tuple[str, int]
 PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
-def build_chain(route_config: RouteConfig, settings: Settings) -> FilterChain:
+def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None) -> FilterChain:
     """The route's filters in order. Empty until policies exist: later issues add auth, rate
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
     The empty chain is one shared instance, which the data plane checks to skip every phase."""
@@ -45,7 +46,7 @@ def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -
 
 
 class Runtime:
-    __slots__ = ("settings", "config", "router", "services", "pools", "_closed")
+    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "_closed")
 
     def __init__(
         self,
@@ -54,12 +55,14 @@ class Runtime:
         router: Router,
         services: dict[str, Service],
         pools: dict[PoolKey, Any],
+        placed: set[str] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
         self.router = router
         self.services = services
         self.pools = pools
+        self.placed = placed if placed is not None else set()   # node-memory names this runtime uses
         self._closed = False
 
     def close_unused(self, previous: Runtime | None) -> None:
@@ -94,9 +97,16 @@ def build_runtime(
     loop: asyncio.AbstractEventLoop | Any,
     previous: Runtime | None = None,
     pool_factory: PoolFactory | None = None,
+    state: NodeState | None = None,
 ) -> Runtime:
-    """Compile a validated config. Reuses `previous`'s pools for the same (host, port)."""
+    """Compile a validated config. Reuses `previous`'s pools for the same (host, port).
+
+    With `state`, the filters and services built here place their shared objects (breakers,
+    limiter tables, counters) in node memory through one Placer, whose names the runtime keeps so
+    a reload can release the ones it dropped; SharedMemoryFull (naming GATEWAY_SHM_SIZE) refuses
+    the config at start or reload, never mid-request."""
     factory = pool_factory or _default_pool_factory
+    placer = state.placer() if state is not None else None
     old_pools = previous.pools if previous is not None else {}
     pools: dict[PoolKey, Any] = {}
     services: dict[str, Service] = {}
@@ -113,6 +123,6 @@ def build_runtime(
             targets.append(Target.from_config(tc, pool))
         services[sc.name] = Service(sc.name, targets)
     routes = [
-        Route.from_config(rc, services[rc.service], build_chain(rc, settings)) for rc in config.routes
+        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
     ]
-    return Runtime(settings, config, Router(routes), services, pools)
+    return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

@@ -46,6 +46,20 @@ import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
+from gateway._fast.shm import SharedSegment
+from gateway.admin.server import AdminServer, base_routes
+from gateway.process import BOOT_CONFIG_ENV, err, run_loop
+from gateway.state.client import FD_ENV
+from gateway.state.memory import NodeMemory
+from gateway.state.node import (
+    SEGMENT_ENV,
+    SEGMENT_PREFIX,
+    describe_memory,
+    make_control_plane,
+    new_instance_id,
+    new_segment_name,
+)
+
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.state.control import ControlPlane
@@ -100,10 +114,10 @@ class Supervisor:
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control: ControlPlane | None = None
+        self.memory: NodeMemory | None = None
 
     # --- public ---------------------------------------------------------------------------------
     def run(self) -> int:
-        from gateway.process import err, run_loop
         from gateway.worker import ListenError, bind_listener
 
         # Probe the port once without SO_REUSEPORT: a port held by another program is reported
@@ -164,11 +178,25 @@ class Supervisor:
         """The supervisor's life on the running loop: admin listener, control plane, workers;
         returns 0 once a stop (SIGTERM/SIGINT or stop()) has drained every worker. run() calls
         it on a fresh loop; tests may await it on theirs and drive `self.control`."""
-        from gateway.admin.server import AdminServer
-        from gateway.state.node import make_control_plane, new_instance_id
-
         loop = self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
+        # Node memory before any worker: the segments of dead instances go first (their creators'
+        # flocks are gone), then this start's segment under a name no start used before.
+        removed = SharedSegment.remove_orphans(SEGMENT_PREFIX)
+        if removed:
+            log.info("removed %d shared-memory segment(s) left by dead instances: %s", len(removed), ", ".join(removed))
+        self.memory = NodeMemory.create(self.settings.shm_size, new_segment_name())
+        try:
+            return await self._serve(loop)
+        finally:
+            self.memory.unlink()
+            try:
+                self.memory.close()
+            except BufferError:
+                pass
+
+    async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
+        assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
         admin = AdminServer(self._admin_routes(), self.settings.admin_token)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
@@ -197,11 +225,10 @@ class Supervisor:
         slot.restart_handle = None
         if self.stopping:
             return
-        from gateway.process import BOOT_CONFIG_ENV
-        from gateway.state.client import FD_ENV
 
-        assert self.control is not None
+        assert self.control is not None and self.memory is not None
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
+        env[SEGMENT_ENV] = str(self.memory.name)
         if self._snapshot is not None:
             env[BOOT_CONFIG_ENV] = self._snapshot
         channel = self.control.attach_worker(slot.index)
@@ -235,6 +262,10 @@ class Supervisor:
             slot.proc = None
             if self.control is not None:
                 self.control.detach_worker(slot.index)
+            if self.memory is not None:
+                # Its objects are released (freed after the quarantine unless a sibling holds them);
+                # the replacement places what it uses again, by name, and finds the same bytes.
+                self.memory.drop_holder(slot.index)
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if self.stopping:
@@ -293,22 +324,23 @@ class Supervisor:
                 pass
 
     def _admin_routes(self) -> Any:
-        from gateway.admin.server import base_routes
-
         def ready() -> tuple[bool, dict[str, Any]]:
             alive = len(self.worker_pids())
             redis_ok = self.control is None or self.control.ready
             ok = not self.stopping and alive > 0 and redis_ok
-            details = {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
+            details: dict[str, Any] = {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
             if self.control is not None:
                 details["redis"] = self.control.status["redis"]
             return ok, details
 
         def health() -> dict[str, Any]:
-            out = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
-                   "restarts": self.restarts}
+            out: dict[str, Any] = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
+                                   "restarts": self.restarts}
             if self.control is not None:
-                out["state"] = self.control.describe()
+                state = self.control.describe()
+                if self.memory is not None:
+                    state["memory"] = describe_memory(self.memory)
+                out["state"] = state
             return out
 
         return base_routes(ready, health)

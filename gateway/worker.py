@@ -215,12 +215,16 @@ class Worker:
             return False
         old = self.runtime
         try:
-            new = build_runtime(config, self.settings, self.loop, previous=old)
-        except Exception as exc:  # noqa: BLE001
+            new = build_runtime(config, self.settings, self.loop, previous=old, state=self.state)
+        except Exception as exc:  # noqa: BLE001 - SharedMemoryFull included: it names GATEWAY_SHM_SIZE
             log.error("reload refused, keeping the previous config: %s", exc)
             return False
         self.runtime = new
         self.reloads += 1
+        if self.state is not None:
+            # Shared objects the new config no longer names: released now, their bytes reused only
+            # after node memory's quarantine (requests in flight on `old` may still write them).
+            self.state.release_unplaced(new.placed)
         try:
             new.close_unused(old)
         except Exception:  # noqa: BLE001 - the swap is done; a failed close only leaks idle sockets
@@ -331,8 +335,12 @@ async def run_worker(
     loop = asyncio.get_running_loop()
     # The state first: features built with the runtime subscribe to it. A lone process (admin here)
     # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
-    state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop))
-    runtime = build_runtime(config, settings, loop, previous=None)
+    state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop, settings))
+    try:
+        runtime = build_runtime(config, settings, loop, previous=None, state=state)
+    except BaseException:
+        await state.close()
+        raise
     try:
         sock = bind_listener(settings.host, settings.port, reuse_port=reuse_port)
     except BaseException:

@@ -181,13 +181,18 @@ def _listen_host(raw: str) -> str:
     raise _Bad(f"expected an IP address or hostname, got {raw!r}")
 
 
+# Node memory marks each shared object's users with one bit per worker (gateway/state/memory.py):
+# 62 workers at most, which no 2-socket machine's core count makes a real limit for one process tree.
+MAX_WORKERS = 62
+
+
 def _workers(raw: str) -> int:
     if raw.lower() == "auto":
-        return os.cpu_count() or 1
+        return min(os.cpu_count() or 1, MAX_WORKERS)
     try:
-        return _int_range(1, 1024)(raw)
+        return _int_range(1, MAX_WORKERS)(raw)
     except _Bad:
-        raise _Bad(f"expected an integer 1-1024 or 'auto', got {raw!r}") from None
+        raise _Bad(f"expected an integer 1-{MAX_WORKERS} or 'auto', got {raw!r}") from None
 
 
 def _cidrs(raw: str) -> tuple[Network, ...]:
