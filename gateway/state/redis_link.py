@@ -272,25 +272,32 @@ class RedisLink:
     async def _supervise(self) -> None:
         attempt = 0
         while not self._closed:
-            self._wake.clear()
-            reason = await self._probe()
-            if reason is None:
-                attempt = 0
-                self._set_up()
-                # A probe another failing call asked for comes MIN_PROBE_GAP later at the
-                # earliest, so a slow-but-alive Redis (every call over budget, PING fine)
-                # costs at most 10 probes a second.
-                await asyncio.sleep(MIN_PROBE_GAP)
-                try:
-                    async with asyncio.timeout(HEALTH_INTERVAL - MIN_PROBE_GAP):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-            else:
-                await self._set_down(reason)
-                delay = backoff_delay(attempt, self._rng)
-                attempt += 1
-                await asyncio.sleep(delay)
+            try:
+                attempt = await self._supervise_once(attempt)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # the supervisor must outlive anything, or up/down would freeze
+                log.exception("redis: supervisor error")
+                await asyncio.sleep(backoff_delay(attempt, self._rng))
+
+    async def _supervise_once(self, attempt: int) -> int:
+        """One probe and the wait after it; returns the next backoff attempt number."""
+        self._wake.clear()
+        reason = await self._probe()
+        if reason is not None:
+            await self._set_down(reason)
+            await asyncio.sleep(backoff_delay(attempt, self._rng))
+            return attempt + 1
+        self._set_up()
+        # A probe another failing call asks for comes MIN_PROBE_GAP later at the earliest, so a
+        # slow-but-alive Redis (every call over budget, PING fine) costs at most 10 probes a second.
+        await asyncio.sleep(MIN_PROBE_GAP)
+        try:
+            async with asyncio.timeout(HEALTH_INTERVAL - MIN_PROBE_GAP):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+        return 0
 
     async def _probe(self) -> str | None:
         """PING within slow_timeout; None if Redis answered, else why not.
