@@ -10,7 +10,7 @@ import pytest
 import uvloop
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import UnixDomainSocketConnection
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 from gateway.state.redis_link import BACKOFF_CAP, RedisLink, RedisUnavailable, backoff_delay, within
 from tests.state.helpers import CountingListener, Transitions, poll
@@ -84,6 +84,29 @@ def test_unix_socket_url() -> None:
         finally:
             await link.close()
     with RedisProcess(unixsocket=True) as srv:
+        run(main(srv))
+
+
+def test_tls_url() -> None:
+    """rediss:// with the server's certificate verified (a real TLS listener, not a mock)."""
+    async def main(srv: RedisProcess) -> None:
+        link = await _up_link(srv.tls_url)
+        try:
+            assert link.client.connection_pool.connection_class is SSLConnection
+            await link.call("set", lambda c: c.set("over-tls", b"yes"))
+            assert await link.call("get", lambda c: c.get("over-tls")) == b"yes"
+        finally:
+            await link.close()
+        bad = RedisLink(srv.tls_url.split("?")[0])   # no CA given: the self-signed cert is refused
+        t = Transitions()
+        bad.on_down = t.on_down
+        await bad.start()
+        try:
+            assert await poll(lambda: t.count("down") == 1, 3)
+            assert "certificate" in (t.events[0][1] or "").lower(), t.events
+        finally:
+            await bad.close()
+    with RedisProcess(tls=True) as srv:
         run(main(srv))
 
 

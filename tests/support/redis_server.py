@@ -68,11 +68,13 @@ class RedisProcess:
     the same port. Never the machine's shared Redis, never the session's: tests that break Redis
     on purpose break only their own.
 
-    `unixsocket=True` also listens on a unix socket (`unix_url`); `cluster=True` makes it a
-    one-node Redis Cluster owning all 16384 slots (a real cluster for RedisCluster clients).
+    `unixsocket=True` also listens on a unix socket (`unix_url`); `tls=True` also on a TLS port
+    with a fresh self-signed certificate (`tls_url`, verified against that certificate);
+    `cluster=True` makes it a one-node Redis Cluster owning all 16384 slots (a real cluster for
+    RedisCluster clients).
     """
 
-    def __init__(self, *, unixsocket: bool = False, cluster: bool = False) -> None:
+    def __init__(self, *, unixsocket: bool = False, tls: bool = False, cluster: bool = False) -> None:
         self.exe = _redis_exe()
         self.workdir = tempfile.mkdtemp(prefix="gw-redis-")
         self.cluster = cluster
@@ -81,6 +83,13 @@ class RedisProcess:
             while self.port + 10000 > 65535 or not _port_free(self.port + 10000):
                 self.port = free_port()
         self.socket_path = os.path.join(self.workdir, "redis.sock") if unixsocket else None
+        self.tls_port = free_port() if tls else None
+        if tls:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                            "-keyout", os.path.join(self.workdir, "key.pem"),
+                            "-out", os.path.join(self.workdir, "cert.pem"),
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True)
         self.logfile = os.path.join(self.workdir, "redis.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -94,12 +103,23 @@ class RedisProcess:
         assert self.socket_path is not None, "started without unixsocket=True"
         return f"unix://{self.socket_path}"
 
+    @property
+    def tls_url(self) -> str:
+        assert self.tls_port is not None, "started without tls=True"
+        ca = os.path.join(self.workdir, "cert.pem")
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={ca}"
+
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", self.workdir, "--logfile", self.logfile]
         if self.socket_path:
             args += ["--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        if self.tls_port:
+            args += ["--tls-port", str(self.tls_port), "--tls-auth-clients", "no",
+                     "--tls-cert-file", os.path.join(self.workdir, "cert.pem"),
+                     "--tls-key-file", os.path.join(self.workdir, "key.pem"),
+                     "--tls-ca-cert-file", os.path.join(self.workdir, "cert.pem")]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-announce-ip", "127.0.0.1"]
