@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -202,6 +203,59 @@ def test_a_version_gap_triggers_a_full_resync(server: RedisProcess) -> None:
             assert await poll(lambda: b.store.version == v, 2)
             assert len(b.mirror.resyncs) == resyncs + 1 and b.mirror.resyncs[-1] == v
             assert b.mirror.state == {"x": 2, "y": 3}
+    run(main())
+
+
+def test_a_listener_that_falls_behind_is_cut_by_redis_and_resyncs(server: RedisProcess) -> None:
+    """The listener buffers nothing of its own while busy: unread messages wait in the socket and
+    in Redis' output buffer for that client, which `client-output-buffer-limit pubsub` bounds.
+    B's loop is blocked (a stuck on_change) while A, in another thread, publishes 16 MB:
+    Redis drops B's connection, and B reconnects and resyncs to exactly A's state."""
+    server.client().config_set("client-output-buffer-limit", "pubsub 128kb 64kb 1")
+    p = _prefix()
+    stalled, written = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        async def main() -> None:
+            async with instance(server.url, p, "a") as a:
+                assert stalled.wait(5)
+                for i in range(512):
+                    await a.store.put(f"big/{i % 64}", {"i": i, "pad": "x" * 32768})
+                written.set()
+        uvloop.run(main())
+
+    async def main() -> None:
+        async with instance(server.url, p, "b") as b:
+            resyncs = len(b.mirror.resyncs)
+            first = b.mirror.on_change
+
+            def slow_once(v: int, k: str, val: Any) -> None:
+                b.store._on_change = first
+                stalled.set()
+                written.wait(10)   # blocks B's whole loop, as a stuck callback would
+                first(v, k, val)
+
+            b.store._on_change = slow_once
+            t = threading.Thread(target=writer)
+            t.start()
+            await b.store.put("trigger", 1)   # on_change of this write stalls B
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
+            version, truth = await b.store.load()
+            assert await poll(lambda: b.store.version == version and b.mirror.state == truth, 3)
+            assert len(b.mirror.resyncs) > resyncs, "B should have been cut off and resynced"
+            assert len(truth) == 65
+    run(main())
+
+
+def test_scripts_survive_a_script_cache_flush(server: RedisProcess) -> None:
+    """EVALSHA first; on NOSCRIPT (a restarted or flushed Redis) the script is loaded again."""
+    async def main() -> None:
+        async with instance(server.url, _prefix(), "a") as a:
+            await a.store.put("k", 1)
+            server.client().script_flush()
+            v = await a.store.put("k", 2)
+            assert await a.store.load() == (v, {"k": 2})
+            assert a.link.errors == {}
     run(main())
 
 
