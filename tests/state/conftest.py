@@ -1,4 +1,5 @@
-"""Fixtures of the NodeMemory tests: the same test on a private and on a named segment."""
+"""Fixtures of the state layer's tests: NodeMemory on a private and on a named segment, and
+private redis-servers these tests may break on purpose."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,6 +8,7 @@ import pytest
 
 from gateway.state.memory import NodeMemory
 from tests.support.node_memory import Make, MiB, unique_name, unlink_shm
+from tests.support.redis_server import RedisProcess
 
 
 @pytest.fixture(params=["private", "named"])
@@ -32,3 +34,10 @@ def named() -> Iterator[NodeMemory]:
     mem = NodeMemory.create(4 * MiB, name)
     yield mem
     unlink_shm(name)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisProcess]:
+    """A redis-server of this test's own: kill it, pause it, restart it."""
+    with RedisProcess() as s:
+        yield s
