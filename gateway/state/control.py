@@ -44,6 +44,7 @@ MAX_VALUE = 1 << 20               # bytes of one value's JSON (the Redis store r
 MAX_STATE = 64 << 20              # bytes of the whole state's JSON: a snapshot frame must fit
 MAX_WORKER_FRAME = 64 << 10       # what a worker may send (acks, events)
 WORKER_BUFFER = 8 << 20           # per worker: queued changes beyond this mark the worker stale
+MEMBERSHIP_POLL = 1.0             # seconds between looks at the store's live-instance count
 
 
 class StateUnavailable(Exception):
@@ -109,7 +110,9 @@ class WorkerChannel:
 
 
 class ControlPlane:
-    def __init__(self, loop: asyncio.AbstractEventLoop, hub: EventHub, *, store_factory: Callable[[ControlPlane], Any] | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, hub: EventHub, *,
+                 redis_factory: Callable[[ControlPlane], tuple[Any, Any]] | None = None) -> None:
+        """`redis_factory(self)` returns (RedisLink, RedisStore) wired to this plane's callbacks."""
         self.loop = loop
         self.hub = hub
         self.view = StateView()
@@ -118,17 +121,34 @@ class ControlPlane:
         self.workers: dict[int, WorkerChannel] = {}
         self.status: dict[str, Any] = {"redis": "off", "instances": 1}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self.store = store_factory(self) if store_factory is not None else None
+        self.link: Any = None       # RedisLink, with GATEWAY_REDIS_URL
+        self.store: Any = None      # RedisStore
+        if redis_factory is not None:
+            self.link, self.store = redis_factory(self)
+        self._membership: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Returns at once: Redis connects in the background (a node starts and serves while
+        Redis is down; /ready says so)."""
         if self.store is not None:
             self.status["redis"] = "down"       # until the link says otherwise
+            await self.link.start()
             await self.store.start()
+            self._membership = self.loop.create_task(self._watch_membership())
+
+    async def _watch_membership(self) -> None:
+        # The store counts live instances on its heartbeat; workers learn changes of the count.
+        while True:
+            await asyncio.sleep(MEMBERSHIP_POLL)
+            self.set_instances(self.store.live_instances)
 
     async def close(self) -> None:
+        if self._membership is not None:
+            self._membership.cancel()
         if self.store is not None:
-            await self.store.close()
+            await self.store.close()            # leaves the membership set; then the connection
+            await self.link.close()
         for w in list(self.workers.values()):
             w.proto.close()
         for _, fut in self._waiters:
@@ -210,22 +230,28 @@ class ControlPlane:
         """Set `key` everywhere; returns the local seq. StateUnavailable: nothing changed."""
         size = self._check(key, value)
         if self.store is not None:
-            await self._persist(self.store.put, key, value)
+            return await self._persist(self.store.put, key, value)
         return self._apply(key, value, size)
 
     async def delete(self, key: str) -> int:
         self._check(key, None)
         if self.store is not None:
-            await self._persist(self.store.delete, key)
+            return await self._persist(self.store.delete, key)
         return self._apply(key, None, 0)
 
-    async def _persist(self, op: Callable[..., Any], *args: Any) -> None:
+    async def _persist(self, op: Callable[..., Any], *args: Any) -> int:
+        """Through Redis: the store applies the write here itself, through on_remote_change, in
+        global version order (applying it again after it returns could undo another instance's
+        later write to the same key that arrived meanwhile)."""
         from .redis_link import RedisUnavailable
 
         try:
             await op(*args)
         except RedisUnavailable as exc:
             raise StateUnavailable(f"the state store (Redis) is unavailable: {exc}") from None
+        except ValueError as exc:
+            raise StateLimit(str(exc)) from None
+        return self.seq
 
     def _check(self, key: str, value: Any) -> int:
         if not isinstance(key, str) or not key or len(key.encode()) > MAX_KEY:
@@ -290,6 +316,6 @@ class ControlPlane:
         if self.workers:
             out["workers"] = {str(i): {"applied": w.applied, "synced": w.acked and not w.stale}
                               for i, w in sorted(self.workers.items())}
-        if self.store is not None:
-            out["redis_errors"] = dict(self.store.link.errors)
+        if self.link is not None:
+            out["redis_errors"] = dict(self.link.errors)
         return out

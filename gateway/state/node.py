@@ -53,17 +53,20 @@ def make_control_plane(loop: asyncio.AbstractEventLoop, settings: Settings, inst
                        hub: EventHub | None = None) -> ControlPlane:
     """The node's ControlPlane, with the Redis store when GATEWAY_REDIS_URL is set."""
     hub = hub if hub is not None else EventHub(instance)
-    factory = None
-    if settings.redis_url:
-        def factory(control: ControlPlane) -> Any:
-            from .redis_link import RedisLink
-            from .redis_store import RedisStore
+    if not settings.redis_url:
+        return ControlPlane(loop, hub)
+    url = settings.redis_url
 
-            link = RedisLink(settings.redis_url, cluster=settings.redis_cluster, timeout=settings.redis_timeout,
-                             prefix=settings.redis_prefix, on_up=control.on_redis_up, on_down=control.on_redis_down)
-            return RedisStore(link, instance, on_change=control.on_remote_change,
-                              on_resync=control.on_remote_resync, on_instances=control.set_instances)
-    return ControlPlane(loop, hub, store_factory=factory)
+    def redis(control: ControlPlane) -> tuple[Any, Any]:
+        from .redis_link import RedisLink
+        from .redis_store import RedisStore
+
+        link = RedisLink(url, cluster=settings.redis_cluster, timeout=settings.redis_timeout,
+                         prefix=settings.redis_prefix, on_up=control.on_redis_up, on_down=control.on_redis_down)
+        store = RedisStore(link, instance, on_change=control.on_remote_change, on_resync=control.on_remote_resync)
+        return link, store
+
+    return ControlPlane(loop, hub, redis_factory=redis)
 
 
 class Placer:

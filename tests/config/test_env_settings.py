@@ -59,6 +59,9 @@ GOOD = [
     ("GATEWAY_WORKERS", "62", "workers", 62),
     ("GATEWAY_CONFIG", "/etc/gateway.toml", "config", "/etc/gateway.toml"),
     ("GATEWAY_REDIS_CLUSTER", "0", "redis_cluster", False),
+    ("GATEWAY_REDIS_URL", "redis://localhost:6379/0", "redis_url", "redis://localhost:6379/0"),
+    ("GATEWAY_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+    ("GATEWAY_REDIS_URL", "rediss://:pw@redis.internal:6380/2", "redis_url", "rediss://:pw@redis.internal:6380/2"),
     ("GATEWAY_REDIS_PREFIX", "gw-prod:", "redis_prefix", "gw-prod:"),
     ("GATEWAY_REDIS_TIMEOUT", "0.2", "redis_timeout", 0.2),
     ("GATEWAY_SHM_SIZE", "128m", "shm_size", 128 << 20),
@@ -115,6 +118,7 @@ BAD = [
     ("GATEWAY_WORKERS", "63", "GATEWAY_WORKERS: expected an integer 1-62 or 'auto', got '63'"),
     ("GATEWAY_WORKERS", "many", "GATEWAY_WORKERS: expected an integer 1-62 or 'auto', got 'many'"),
     ("GATEWAY_REDIS_CLUSTER", "yes please", "GATEWAY_REDIS_CLUSTER: expected 1 or 0, got 'yes please'"),
+    ("GATEWAY_REDIS_CLUSTER", "1", "GATEWAY_REDIS_CLUSTER: needs GATEWAY_REDIS_URL"),
     ("GATEWAY_REDIS_URL", "redis://", "GATEWAY_REDIS_URL: expected a URL redis://... or rediss://... or unix://..., got 'redis://'"),
     ("GATEWAY_REDIS_URL", "redis://h:99999/0", "GATEWAY_REDIS_URL: expected a URL"),
     ("GATEWAY_REDIS_URL", "unix://", "GATEWAY_REDIS_URL: expected a URL"),
@@ -161,9 +165,6 @@ def test_bad_values_name_the_variable_and_form(var: str, raw: str, message: str)
 
 
 NOT_YET = [
-    ("GATEWAY_REDIS_URL", "redis://localhost:6379/0"),
-    ("GATEWAY_REDIS_URL", "unix:///run/redis.sock"),
-    ("GATEWAY_REDIS_CLUSTER", "1"),
     ("GATEWAY_ACCESS_LOG", "stdout"),
     ("GATEWAY_ACCESS_LOG", "/var/log/gateway/access.jsonl"),
     ("GATEWAY_AUDIT_LOG", "stdout"),
