@@ -55,6 +55,8 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     admin_token: str | None = None
+    admin_hosts: tuple[str, ...] = ()
+    admin_max_connections: int = 64
     metrics_allow: tuple[Network, ...] = tuple(
         ipaddress.ip_network(n) for n in "127.0.0.0/8,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16".split(",")
     )
@@ -78,6 +80,7 @@ class Settings:
     max_body_bytes: int = 10485760
     max_connections: int = 10000
     drain_timeout: float = 30.0
+    worker_watchdog: float = 10.0
     access_log: str = "off"
     audit_log: str = "stderr"
     alert_webhooks: tuple[str, ...] = ()
@@ -237,6 +240,14 @@ def _urls(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def _hostnames(raw: str) -> tuple[str, ...]:
+    names = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    for h in names:
+        if not _HOSTNAME.match(h):
+            raise _Bad(f"expected comma-separated host names (admin.example.com,gw-1), got {h!r}")
+    return names
+
+
 def _log_dest(raw: str) -> str:
     if raw in ("off", "stdout", "stderr"):
         return raw
@@ -345,6 +356,8 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "admin_host": (_listen_host, None),
     "admin_port": (_port, None),
     "admin_token": (_text, None),
+    "admin_hosts": (_hostnames, None),
+    "admin_max_connections": (_int_range(1, 10000), None),
     "metrics_allow": (_cidrs, None),
     "trusted_proxies": (_cidrs, None),
     "jwt_secret": (_text, None),
@@ -366,6 +379,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "max_body_bytes": (_int_range(1), None),
     "max_connections": (_int_range(1), None),
     "drain_timeout": (_seconds(allow_zero=True), None),
+    "worker_watchdog": (_seconds(), None),
     "access_log": (_log_dest, _refuse_not_off),
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),
