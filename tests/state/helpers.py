@@ -5,7 +5,10 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
 
 
 async def poll(pred: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
@@ -16,6 +19,26 @@ async def poll(pred: Callable[[], bool], timeout: float, interval: float = 0.01)
             return False
         await asyncio.sleep(interval)
     return True
+
+
+def run_on_uvloop(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
+    """Run `coro_fn()` on a fresh uvloop loop (what the gateway runs on), bounded by `timeout`."""
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro_fn(), timeout))
+    finally:
+        loop.close()
+
+
+async def until(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """pred()'s first truthy value; AssertionError when none comes within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := pred()):
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+    return value
 
 
 class Transitions:

@@ -6,35 +6,15 @@ import asyncio
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
-import uvloop
 
 from gateway.state.client import StateClient
 from gateway.state.control import MAX_VALUE, ControlPlane, StateLimit
 from gateway.state.events import EventHub
-
-
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    loop = uvloop.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 30))
-    finally:
-        loop.close()
-
-
-async def until(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+from tests.state.helpers import run_on_uvloop, until
 
 
 async def plane_with_workers(n: int, events: list[dict[str, Any]] | None = None) -> tuple[ControlPlane, list[StateClient]]:
@@ -68,7 +48,7 @@ def test_changes_reach_every_worker_in_order_and_are_acked() -> None:
         assert all(c.view.data == cp.view.data for c in clients)
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_a_worker_attached_later_starts_from_the_current_state() -> None:
@@ -89,7 +69,7 @@ def test_a_worker_attached_later_starts_from_the_current_state() -> None:
         assert await cp.wait_applied(timeout=5)
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_replacing_a_worker_s_channel_closes_the_old_one() -> None:
@@ -105,7 +85,7 @@ def test_replacing_a_worker_s_channel_closes_the_old_one() -> None:
         assert await cp.wait_applied(timeout=5) and new.view.get("k") == 1 and old.view.get("k") is None
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_a_worker_that_never_reads_does_not_grow_the_supervisor_and_catches_up_later() -> None:
@@ -139,7 +119,7 @@ def test_a_worker_that_never_reads_does_not_grow_the_supervisor_and_catches_up_l
         await until(lambda: not ch.stale)
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_frames_split_into_single_bytes_are_reassembled() -> None:
@@ -159,7 +139,7 @@ def test_frames_split_into_single_bytes_are_reassembled() -> None:
         a.close()
         c.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 @pytest.mark.parametrize("wire", [
@@ -183,7 +163,7 @@ def test_a_bad_frame_from_a_worker_cuts_only_that_worker(wire: bytes) -> None:
         await cp.close()
         del loop
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_events_from_workers_are_deduplicated_per_node() -> None:
@@ -201,7 +181,7 @@ def test_events_from_workers_are_deduplicated_per_node() -> None:
         assert cp.hub.suppressed == 2
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)
 
 
 def test_bounds_on_keys_and_values() -> None:
@@ -218,4 +198,4 @@ def test_bounds_on_keys_and_values() -> None:
         assert cp.seq == 0 and len(cp.view) == 0
         await cp.close()
 
-    run(main)
+    run_on_uvloop(main)

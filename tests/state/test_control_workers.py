@@ -7,33 +7,13 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
-import uvloop
 
 from gateway.config import load_settings
 from gateway.supervisor import Supervisor
+from tests.state.helpers import run_on_uvloop, until
 from tests.support.gateway_proc import free_port
-
-
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
-    loop = uvloop.new_event_loop()
-    try:
-        return loop.run_until_complete(asyncio.wait_for(coro_fn(), 90))
-    finally:
-        loop.close()
-
-
-async def until(pred: Callable[[], Any], timeout: float = 15.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := pred()):
-        if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-    return value
 
 
 @pytest.fixture
@@ -74,7 +54,7 @@ def test_changes_apply_in_every_worker_in_order(two_worker_env: dict[str, str]) 
               f"max {max(latencies) * 1e3:.2f} ms over {len(latencies)} changes")
         await stopped(sup, task)
 
-    run(main)
+    run_on_uvloop(main, 90)
 
 
 def test_a_killed_worker_is_replaced_while_changes_keep_coming(two_worker_env: dict[str, str]) -> None:
@@ -94,7 +74,7 @@ def test_a_killed_worker_is_replaced_while_changes_keep_coming(two_worker_env: d
         assert replacement.poll() is None
         await stopped(sup, task)
 
-    run(main)
+    run_on_uvloop(main, 90)
 
 
 def test_a_stopped_worker_does_not_hold_up_the_others_and_catches_up(two_worker_env: dict[str, str]) -> None:
@@ -117,4 +97,4 @@ def test_a_stopped_worker_does_not_hold_up_the_others_and_catches_up(two_worker_
         assert cp.applied == {0: cp.seq, 1: cp.seq}
         await stopped(sup, task)
 
-    run(main)
+    run_on_uvloop(main, 90)
