@@ -29,7 +29,7 @@ async def started(env: dict[str, str]) -> tuple[Supervisor, asyncio.Task[int]]:
     sup = Supervisor(load_settings(env))
     task = asyncio.get_running_loop().create_task(sup.serve())
     await until(lambda: sup.control is not None and len(sup.control.workers) == 2
-                and all(w.acked for w in sup.control.workers.values()))
+                and all(w.acked for w in sup.control.workers.values()), 20)
     return sup, task
 
 
@@ -68,7 +68,7 @@ def test_a_killed_worker_is_replaced_while_changes_keep_coming(two_worker_env: d
         for i in range(200):                     # changes while slot 0 is dead and being replaced
             await cp.put(f"revoked/jti-{i}", {"exp": 2_000_000_000})
             await asyncio.sleep(0.005)
-        replacement = await until(lambda: (p := sup.slots[0].proc) is not None and p.pid != victim.pid and p)
+        replacement = await until(lambda: (p := sup.slots[0].proc) is not None and p.pid != victim.pid and p, 20)
         assert await cp.wait_applied(timeout=5)
         assert cp.applied == {0: cp.seq, 1: cp.seq} and len(cp.view) == 200
         assert replacement.poll() is None
