@@ -53,18 +53,16 @@ def test_ready_follows_redis_while_requests_keep_flowing(gateway, upstream, redi
     wait_until(lambda: ready(gw.admin_port) == 200, 10)
     for action, back in ((redis.kill, redis.start), (redis.pause, redis.resume)):
         action()
-        t0 = time.monotonic()
         for _ in range(20):                       # the data plane never waits for Redis
             s0 = time.monotonic()
             assert http_get(gw.port, "/hello", timeout=5)[0] == 200
-            assert time.monotonic() - s0 < 0.5
+            assert time.monotonic() - s0 < 1.0      # a request held for Redis would wait seconds
         wait_until(lambda: ready(gw.admin_port) == 503, 10)
         assert health(gw.admin_port)["state"]["redis"] == "down"
         back()
         t1 = time.monotonic()
         wait_until(lambda: ready(gw.admin_port) == 200, 10)
         assert time.monotonic() - t1 < 5.0, "not ready again within 5 s of Redis' return"
-        del t0
     wait_until(lambda: gw.stderr.count("event redis_down") >= 1 and gw.stderr.count("event redis_up") >= 1)
     assert gw.stop() == 0
 
