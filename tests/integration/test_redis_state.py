@@ -129,3 +129,15 @@ def test_a_malformed_redis_url_exits_2_naming_the_variable(gateway) -> None:  # 
     gw = gateway(None, env={"GATEWAY_REDIS_URL": "redis://host:99999/0"}, wait=False)
     assert gw.wait(15) == 2
     assert "GATEWAY_REDIS_URL" in gw.stderr
+
+
+def test_a_node_starts_and_serves_while_redis_refuses_connections(gateway, upstream) -> None:  # noqa: F811
+    from tests.support.gateway_proc import free_port
+
+    closed = free_port()                          # nothing listens there: every connect is refused
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2",
+                                                          "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    assert http_get(gw.port, "/hello", timeout=5)[0] == 200
+    wait_until(lambda: ready(gw.admin_port) == 503, 10)
+    wait_until(lambda: "event redis_down" in gw.stderr, 10)
+    assert gw.stop() == 0
