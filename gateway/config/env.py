@@ -1,6 +1,7 @@
 """Environment variables (SPEC §2) → one immutable, typed `Settings`.
 
 Rules, the same for every variable:
+- surrounding whitespace is trimmed; a control character left inside (CR, LF, NUL...) is refused;
 - an unset or empty (whitespace-only) variable takes its default: `GATEWAY_ADMIN_TOKEN=` must never
   become an empty bearer token that anybody can present;
 - a bad value is reported as "GATEWAY_X: expected <accepted form>, got '<value>'", and every bad
@@ -25,7 +26,9 @@ from .errors import EnvError
 PREFIX = "GATEWAY_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+# Applied with fullmatch(): `re.match` with `$` would also accept a trailing "\n".
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _JWT_ALGORITHMS = frozenset(
     "HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA".split()
 )
@@ -179,7 +182,7 @@ def _listen_host(raw: str) -> str:
         return raw
     except ValueError:
         pass
-    if _HOSTNAME.match(raw):
+    if _HOSTNAME.fullmatch(raw):
         return raw
     raise _Bad(f"expected an IP address or hostname, got {raw!r}")
 
@@ -243,7 +246,7 @@ def _urls(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
 def _hostnames(raw: str) -> tuple[str, ...]:
     names = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     for h in names:
-        if not _HOSTNAME.match(h):
+        if not _HOSTNAME.fullmatch(h):
             raise _Bad(f"expected comma-separated host names (admin.example.com,gw-1), got {h!r}")
     return names
 
@@ -317,6 +320,15 @@ def _algorithms(raw: str) -> tuple[str, ...]:
     if bad or not algs:
         raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {raw!r}")
     return algs
+
+
+def _no_controls(raw: str, *, secret: bool) -> None:
+    # Checked before any parser, for every variable: a CR, LF or NUL inside a value is never
+    # meant (nobody types one), and it would travel into file names, URLs, header values or log
+    # lines. A secret is not echoed back, not even refused.
+    if _CONTROL.search(raw):
+        shown = "(value hidden)" if secret else f"got {raw!r}"
+        raise _Bad(f"expected a value without control characters (CR, LF, NUL...), {shown}")
 
 
 # --- "not supported yet" gates: called with the parsed value; raise _Unsupported to refuse ----------
@@ -401,6 +413,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             continue
         raw = raw.strip()
         try:
+            _no_controls(raw, secret=name in SECRET_FIELDS)
             value = parse(raw)
             if gate is not None:
                 gate(value)

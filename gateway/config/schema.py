@@ -24,13 +24,16 @@ NOT_YET = "not supported yet"
 BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
 
 # Names end up in metric labels, admin URLs and log lines: keep them to one URL-safe token.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")          # RFC 9110 token (methods)
+# Every pattern here is applied with fullmatch(): `re.match` with a `$` anchor also accepts a trailing
+# "\n", and `methods = ["PUT\n"]` then came back on the wire as `Allow: PUT\n`.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")          # RFC 9110 token (methods)
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(\.{_HOST_LABEL})*")
 # RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %XX escapes. Anything else
 # (space, "?", "#", quotes, controls) could never equal a normalized request path.
-_PATH = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
+_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")                     # C0 controls (TAB, CR, LF, NUL...) and DEL
 
 _TOP_KEYS = {"services", "routes", "quotas"}
 _SERVICE_KEYS = {"name", "balancer", "hash_key", "targets", "health", "breaker"}
@@ -71,7 +74,9 @@ class _Collector:
             if key not in allowed:
                 self.error(f"{path}.{key}" if path else key, "unknown key")
 
-    def string(self, path: str, value: Any, required: bool = False) -> str | None:
+    def string(self, path: str, value: Any, required: bool = False, *, plain: bool = True) -> str | None:
+        """A string; `plain` refuses control characters (callers whose own pattern is stricter
+        pass plain=False to report their more useful form instead)."""
         if value is None:
             if required:
                 self.error(path, "required")
@@ -79,11 +84,16 @@ class _Collector:
         if not isinstance(value, str):
             self.error(path, f"expected a string, got {_kind(value)}")
             return None
+        if plain and _CONTROL.search(value):
+            # TOML escapes ("\n", "\u0000") can put any of them in a string; none belongs in a
+            # name, version or reference that ends up in headers, log lines or metric labels.
+            self.error(path, f"expected text without control characters, got {value!r}")
+            return None
         return value
 
     def name(self, path: str, value: Any) -> str | None:
-        s = self.string(path, value, required=True)
-        if s is not None and not _NAME.match(s):
+        s = self.string(path, value, required=True, plain=False)
+        if s is not None and not _NAME.fullmatch(s):
             self.error(path, f"expected a name of letters, digits, '.', '_' or '-' (max 128), got {s!r}")
             return None
         return s
@@ -155,7 +165,7 @@ def _parse_target_url(c: _Collector, path: str, url: Any) -> tuple[str, int] | N
         except ValueError:
             c.error(path, f"{expected}, got {url!r} (bad IPv6 address)")
             return None
-    elif not _HOSTNAME.match(host.rstrip(".")) and not _is_ipv4(host):
+    elif not _HOSTNAME.fullmatch(host.rstrip(".")) and not _is_ipv4(host):
         c.error(path, f"{expected}, got {url!r} (bad host)")
         return None
     return host.rstrip("."), port
@@ -229,7 +239,7 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
-    s = c.string(path, value, required=True)
+    s = c.string(path, value, required=True, plain=False)
     if s is None:
         return None
     exact = s.startswith("=")
@@ -237,7 +247,7 @@ def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None
     if not p.startswith("/"):
         c.error(path, f"expected a path starting with '/' (or '=/' for an exact match), got {s!r}")
         return None
-    if not _PATH.match(p):
+    if not _PATH.fullmatch(p):
         c.error(path, f"expected URL path characters only (no spaces, '?' or '#'), got {s!r}")
         return None
     if any(seg in (".", "..") for seg in p.split("/")):
@@ -255,7 +265,7 @@ def _parse_methods(c: _Collector, path: str, value: Any) -> tuple[str, ...] | No
         return None
     out: list[str] = []
     for i, m in enumerate(value):
-        if not isinstance(m, str) or not _TOKEN.match(m):
+        if not isinstance(m, str) or not _TOKEN.fullmatch(m):
             c.error(f"{path}[{i}]", f"expected an HTTP method token, got {m!r}")
             continue
         up = m.upper()
@@ -265,7 +275,7 @@ def _parse_methods(c: _Collector, path: str, value: Any) -> tuple[str, ...] | No
 
 
 def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
-    s = c.string(path, value)
+    s = c.string(path, value, plain=False)
     if s is None:
         return None
     h = s.lower().rstrip(".")
@@ -274,7 +284,7 @@ def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
             return f"[{ipaddress.IPv6Address(h[1:-1])}]"
         except ValueError:
             pass
-    elif _HOSTNAME.match(h) or _is_ipv4(h):
+    elif _HOSTNAME.fullmatch(h) or _is_ipv4(h):
         return h
     c.error(path, f"expected a hostname without port (api.example.com), got {s!r}")
     return None
@@ -387,8 +397,9 @@ def load_config(path: str | None) -> GatewayConfig:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except OSError as exc:
-        raise ConfigErrors([f"{path}: cannot read: {exc.strerror or exc}"], path) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path ("embedded null byte")
+        shown = repr(path) if _CONTROL.search(path) else path
+        raise ConfigErrors([f"{shown}: cannot read: {getattr(exc, 'strerror', None) or exc}"], path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
