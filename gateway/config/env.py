@@ -13,7 +13,6 @@ Rules, the same for every variable:
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import EnvError
+from .ranges import RANGES
 
 PREFIX = "GATEWAY_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -143,37 +143,38 @@ def mask_url_password(url: str) -> str:
 
 # --- value parsers: raw string (stripped, non-empty) → typed value, or _Bad("expected ...") -------
 
-def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    form = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+# Plain decimal only: int() also takes "1_000" and float() "1_0", "nan" and "infinity"; operators
+# write plain numbers. The digit counts are bounded so that int() never meets Python's 4300-digit
+# conversion limit (a ValueError that no parser here would have caught).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,4})?")
 
-    def parse(raw: str) -> int:
-        # int() also takes "1_000" and " 12"; operators write plain decimal, so accept only that.
-        if not re.fullmatch(r"[+-]?[0-9]+", raw):
-            raise _Bad(f"expected {form}, got {raw!r}")
-        value = int(raw)
-        if value < lo or (hi is not None and value > hi):
-            raise _Bad(f"expected {form}, got {raw!r}")
+
+def _shown(raw: str) -> str:
+    """The refused value as quoted in a message; a pasted megabyte is cut, not echoed whole."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}... ({len(raw)} characters)"
+
+
+def _number(var: str) -> Callable[[str], Any]:
+    """A parser for the numeric variable `var`: its range comes from ranges.RANGES, the one table
+    the README's "Numeric ranges" is generated from."""
+    rng = RANGES[var]
+
+    def parse(raw: str) -> int | float:
+        value: int | float | None = None
+        if rng.integer:
+            if _INTEGER.fullmatch(raw):
+                value = int(raw)
+        elif _DECIMAL.fullmatch(raw):
+            value = float(raw)   # may be inf ("1e999"): then out of range below
+        if value is None or value not in rng:
+            raise _Bad(f"expected {rng.form}, got {_shown(raw)}")
         return value
 
     return parse
 
 
-def _seconds(allow_zero: bool = False) -> Callable[[str], float]:
-    form = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise _Bad(f"expected {form}, got {raw!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            raise _Bad(f"expected {form}, got {raw!r}")
-        return value
-
-    return parse
-
-
-_port = _int_range(1, 65535)
+_port = _number("GATEWAY_PORT")    # GATEWAY_ADMIN_PORT has the same range
 
 
 def _listen_host(raw: str) -> str:
@@ -184,21 +185,21 @@ def _listen_host(raw: str) -> str:
         pass
     if _HOSTNAME.fullmatch(raw):
         return raw
-    raise _Bad(f"expected an IP address or hostname, got {raw!r}")
+    raise _Bad(f"expected an IP address or hostname, got {_shown(raw)}")
 
 
 # Node memory marks each shared object's users with one bit per worker (gateway/state/memory.py):
 # 62 workers at most, which no 2-socket machine's core count makes a real limit for one process tree.
-MAX_WORKERS = 62
+MAX_WORKERS = int(RANGES["GATEWAY_WORKERS"].hi)
 
 
 def _workers(raw: str) -> int:
     if raw.lower() == "auto":
         return min(os.cpu_count() or 1, MAX_WORKERS)
     try:
-        return _int_range(1, MAX_WORKERS)(raw)
+        return int(_number("GATEWAY_WORKERS")(raw))
     except _Bad:
-        raise _Bad(f"expected an integer 1-{MAX_WORKERS} or 'auto', got {raw!r}") from None
+        raise _Bad(f"expected {RANGES['GATEWAY_WORKERS'].form} or 'auto', got {_shown(raw)}") from None
 
 
 def _cidrs(raw: str) -> tuple[Network, ...]:
@@ -228,7 +229,7 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         except ValueError:
             ok = False
         if not ok:
-            raise _Bad(f"expected a URL {form}, got {raw!r}")
+            raise _Bad(f"expected a URL {form}, got {_shown(raw)}")
         return raw
 
     return parse
@@ -258,7 +259,7 @@ def _log_dest(raw: str) -> str:
     # an extension ("access.log", "./audit", "/var/log/gateway.jsonl").
     if "/" in raw or "." in raw:
         return raw
-    raise _Bad(f"expected off, stdout, stderr or a file path, got {raw!r}")
+    raise _Bad(f"expected off, stdout, stderr or a file path, got {_shown(raw)}")
 
 
 def _switch(on: str, off: str) -> Callable[[str], bool]:
@@ -268,7 +269,7 @@ def _switch(on: str, off: str) -> Callable[[str], bool]:
             return True
         if low in (off, "false", "no"):
             return False
-        raise _Bad(f"expected {on} or {off}, got {raw!r}")
+        raise _Bad(f"expected {on} or {off}, got {_shown(raw)}")
 
     return parse
 
@@ -280,17 +281,19 @@ def _text(raw: str) -> str:
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def _size(lo: int, hi: int) -> Callable[[str], int]:
+def _size(var: str) -> Callable[[str], int]:
+    rng = RANGES[var]
+    lo, hi = int(rng.lo), int(rng.hi)
     form = f"a size in bytes with an optional k/m/g suffix, {lo >> 20}m-{hi >> 30}g"
 
     def parse(raw: str) -> int:
         # nginx's size syntax (keys_zone=name:10m): plain bytes or k/m/g (binary multiples).
-        m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", raw)
+        m = re.fullmatch(r"([0-9]{1,30})([kKmMgG]?)", raw)
         if m is None:
-            raise _Bad(f"expected {form}, got {raw!r}")
+            raise _Bad(f"expected {form}, got {_shown(raw)}")
         value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-        if not lo <= value <= hi:
-            raise _Bad(f"expected {form}, got {raw!r}")
+        if value not in rng:
+            raise _Bad(f"expected {form}, got {_shown(raw)}")
         return value
 
     return parse
@@ -300,25 +303,15 @@ def _redis_prefix(raw: str) -> str:
     # Braces would turn the prefix into (part of) a Redis Cluster hash tag and move our keys'
     # slots; whitespace and control characters make keys nobody can type in redis-cli.
     if len(raw) > 64 or any(c in "{}" or not c.isprintable() or c.isspace() for c in raw):
-        raise _Bad(f"expected up to 64 printable characters without spaces or braces, got {raw!r}")
+        raise _Bad(f"expected up to 64 printable characters without spaces or braces, got {_shown(raw)}")
     return raw
-
-
-def _budget(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (0.001 <= value <= 10.0):
-        raise _Bad(f"expected a number of seconds 0.001-10, got {raw!r}")
-    return value
 
 
 def _algorithms(raw: str) -> tuple[str, ...]:
     algs = tuple(a.strip() for a in raw.split(",") if a.strip())
     bad = [a for a in algs if a not in _JWT_ALGORITHMS]
     if bad or not algs:
-        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {raw!r}")
+        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {_shown(raw)}")
     return algs
 
 
@@ -327,7 +320,7 @@ def _no_controls(raw: str, *, secret: bool) -> None:
     # meant (nobody types one), and it would travel into file names, URLs, header values or log
     # lines. A secret is not echoed back, not even refused.
     if _CONTROL.search(raw):
-        shown = "(value hidden)" if secret else f"got {raw!r}"
+        shown = "(value hidden)" if secret else f"got {_shown(raw)}"
         raise _Bad(f"expected a value without control characters (CR, LF, NUL...), {shown}")
 
 
@@ -363,13 +356,13 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "redis_url": (_url(("redis", "rediss", "unix")), None),
     "redis_cluster": (_switch("1", "0"), None),
     "redis_prefix": (_redis_prefix, None),
-    "redis_timeout": (_budget, None),
-    "shm_size": (_size(1 << 20, 64 << 30), None),
+    "redis_timeout": (_number("GATEWAY_REDIS_TIMEOUT"), None),
+    "shm_size": (_size("GATEWAY_SHM_SIZE"), None),
     "admin_host": (_listen_host, None),
     "admin_port": (_port, None),
     "admin_token": (_text, None),
     "admin_hosts": (_hostnames, None),
-    "admin_max_connections": (_int_range(1, 10000), None),
+    "admin_max_connections": (_number("GATEWAY_ADMIN_MAX_CONNECTIONS"), None),
     "metrics_allow": (_cidrs, None),
     "trusted_proxies": (_cidrs, None),
     "jwt_secret": (_text, None),
@@ -378,20 +371,20 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "jwt_issuer": (_text, _refuse_any),
     "jwt_audience": (_text, _refuse_any),
     "jwt_algorithms": (_algorithms, _refuse_any),
-    "jwt_leeway": (_seconds(allow_zero=True), _refuse_any),
+    "jwt_leeway": (_number("GATEWAY_JWT_LEEWAY"), _refuse_any),
     "jwt_org_claim": (_text, _refuse_any),
-    "header_timeout": (_seconds(), None),
-    "body_timeout": (_seconds(), None),
-    "keepalive_timeout": (_seconds(), None),
-    "upstream_connect_timeout": (_seconds(), None),
-    "upstream_timeout": (_seconds(), None),
-    "max_header_bytes": (_int_range(1), None),
-    "max_headers": (_int_range(1), None),
-    "max_uri_bytes": (_int_range(1), None),
-    "max_body_bytes": (_int_range(1), None),
-    "max_connections": (_int_range(1), None),
-    "drain_timeout": (_seconds(allow_zero=True), None),
-    "worker_watchdog": (_seconds(), None),
+    "header_timeout": (_number("GATEWAY_HEADER_TIMEOUT"), None),
+    "body_timeout": (_number("GATEWAY_BODY_TIMEOUT"), None),
+    "keepalive_timeout": (_number("GATEWAY_KEEPALIVE_TIMEOUT"), None),
+    "upstream_connect_timeout": (_number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT"), None),
+    "upstream_timeout": (_number("GATEWAY_UPSTREAM_TIMEOUT"), None),
+    "max_header_bytes": (_number("GATEWAY_MAX_HEADER_BYTES"), None),
+    "max_headers": (_number("GATEWAY_MAX_HEADERS"), None),
+    "max_uri_bytes": (_number("GATEWAY_MAX_URI_BYTES"), None),
+    "max_body_bytes": (_number("GATEWAY_MAX_BODY_BYTES"), None),
+    "max_connections": (_number("GATEWAY_MAX_CONNECTIONS"), None),
+    "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
+    "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
     "access_log": (_log_dest, _refuse_not_off),
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),

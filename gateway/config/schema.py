@@ -12,13 +12,13 @@ today. Silently ignoring `auth = ["jwt"]` would publish a route its author belie
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
 from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+from .ranges import RANGES
 
 NOT_YET = "not supported yet"
 BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
@@ -42,6 +42,13 @@ _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
     "retries", "canary", "fallback", "rate_limits", "websocket",
 }
+
+
+def _shown_number(value: int | float) -> str:
+    # str() of an int beyond 4300 digits raises ValueError (TOML hex literals can be that long).
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
 
 
 def _kind(value: Any) -> str:
@@ -106,25 +113,28 @@ class _Collector:
             return default
         return value
 
-    def seconds(self, path: str, value: Any) -> float | None:
-        if value is None:
+    def number(self, path: str, value: Any, key: str) -> int | float | None:
+        """A numeric value checked against RANGES[key] (gateway/config/ranges.py, the one table
+        the README documents): an integer for counts and sizes, any number for seconds."""
+        rng = RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                rng.integer and not isinstance(value, int)):
+            self.error(path, f"expected {rng.form}, got {_kind(value)}")
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(path, f"expected a positive number of seconds, got {_kind(value)}")
-            return None
-        if not math.isfinite(value) or value <= 0:
-            self.error(path, f"expected a positive number of seconds, got {value!r}")
-            return None
-        return float(value)
-
-    def integer(self, path: str, value: Any, minimum: int) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"expected an integer >= {minimum}, got {_kind(value)}")
-            return None
-        if value < minimum:
-            self.error(path, f"expected an integer >= {minimum}, got {value}")
+        if value not in rng:   # NaN and ±inf too: they compare outside every range
+            self.error(path, f"expected {rng.form}, got {_shown_number(value)}")
             return None
         return value
+
+    def seconds(self, path: str, value: Any, key: str) -> float | None:
+        if value is None:
+            return None
+        v = self.number(path, value, key)
+        return None if v is None else float(v)
+
+    def integer(self, path: str, value: Any, key: str) -> int | None:
+        v = self.number(path, value, key)
+        return None if v is None else int(v)
 
     def table_list(self, path: str, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -192,7 +202,7 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     hp = _parse_target_url(c, f"{path}.url", raw["url"])
     weight = 1
     if "weight" in raw:
-        w = c.integer(f"{path}.weight", raw["weight"], 1)
+        w = c.integer(f"{path}.weight", raw["weight"], "services[].targets[].weight")
         if w is not None and w != 1:
             # round_robin here is plain rotation: a weight would be silently ignored.
             c.error(f"{path}.weight", f"{NOT_YET} (weights other than 1 need the weighted balancer)")
@@ -299,9 +309,9 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     methods = _parse_methods(c, f"{path}.methods", raw.get("methods"))
     host = _parse_host(c, f"{path}.host", raw.get("host"))
     strip = c.boolean(f"{path}.strip_prefix", raw.get("strip_prefix"), False)
-    timeout = c.seconds(f"{path}.timeout", raw.get("timeout"))
+    timeout = c.seconds(f"{path}.timeout", raw.get("timeout"), "routes[].timeout")
     if "retries" in raw:
-        r = c.integer(f"{path}.retries", raw["retries"], 0)
+        r = c.integer(f"{path}.retries", raw["retries"], "routes[].retries")
         if r:
             c.error(f"{path}.retries", NOT_YET)
     if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
@@ -387,6 +397,13 @@ def loads_config(text: str, source: str | None = None) -> GatewayConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: {exc}"], source) from None
+    except ValueError:
+        # tomllib lets int() raise on a decimal literal beyond Python's 4300-digit limit; no path
+        # is known then, so name the line.
+        m = re.search(r"[0-9_]{4300,}", text)
+        where = f" (line {text.count(chr(10), 0, m.start()) + 1})" if m else ""
+        raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: an integer of over 4300 digits{where}"],
+                           source) from None
     return parse_config(doc, source)
 
 

@@ -1,0 +1,70 @@
+"""Configuration faults seen through the real `gateway` command: `check`, `run` and SIGHUP reload
+refuse the same things the same way (exit 2 with one line per problem at start, "reload refused"
+with the old configuration still serving at reload)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    REPO,
+    free_port,
+    gateway,
+    http_get,
+    routes_toml,
+    upstream,
+)
+
+
+def run_gateway(*args: str, env: dict[str, str] | None = None,
+                timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full.update(PYTHONPATH=str(REPO), GATEWAY_HOST="127.0.0.1", GATEWAY_ADMIN_HOST="127.0.0.1",
+                GATEWAY_PORT=str(free_port()), GATEWAY_ADMIN_PORT=str(free_port()))
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gateway", *args], env=full, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def problem_lines(p: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in p.stderr.splitlines() if ln.startswith("gateway: ")]
+
+
+def assert_refused(p: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit 2, no traceback, and one problem line holding every needle; returns that line."""
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = problem_lines(p)
+    hits = [ln for ln in lines if all(n in ln for n in needles)]
+    assert hits, p.stderr
+    return hits[0]
+
+
+# --- 13. numeric ranges ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", ["check", "run"])
+def test_a_huge_integer_setting_exits_2_naming_variable_and_range(cmd: str) -> None:
+    p = run_gateway(cmd, env={"GATEWAY_MAX_CONNECTIONS": str(2**63), "GATEWAY_WORKERS": "2"})
+    assert_refused(p, "GATEWAY_MAX_CONNECTIONS", "1-1000000", str(2**63))
+
+
+@pytest.mark.parametrize("cmd", ["check", "run"])
+def test_a_huge_toml_duration_exits_2_naming_path_and_range(cmd: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(routes_toml("http://127.0.0.1:9", ["/a"]) + "timeout = 1e300\n")
+    p = run_gateway(cmd, env={"GATEWAY_CONFIG": str(cfg)})
+    assert_refused(p, "routes[0].timeout", "0.001-86400")
+
+
+def test_an_out_of_range_reload_is_refused_and_the_old_config_serves(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/a"]))
+    gw.write_config(routes_toml(upstream.url, ["/a", "/b"]) + f"retries = {2**63}\n")
+    gw.reload()
+    err = gw.wait_stderr("reload refused")
+    assert "routes[1].retries: expected an integer 0-100" in err
+    assert http_get(gw.port, "/a")[0] == 200 and http_get(gw.port, "/b")[0] == 404
+    assert gw.stop() == 0
