@@ -417,9 +417,43 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if values.get("redis_cluster") and "redis_url" not in values and not any(
             e.var == "GATEWAY_REDIS_URL" for e in errors):
         errors.append(EnvError("GATEWAY_REDIS_CLUSTER", "needs GATEWAY_REDIS_URL (a node of the cluster)"))
+    if not any(e.var in _LISTENER_VARS for e in errors):
+        clash = _listener_clash(Settings(**values))
+        if clash:   # named after a port variable the operator set (the defaults never clash)
+            errors.append(EnvError("GATEWAY_ADMIN_PORT" if "admin_port" in values else "GATEWAY_PORT", clash))
     if errors:
         raise EnvError(errors[0].var, errors[0].message, errors[1:])
     return Settings(**values)
+
+
+_LISTENER_VARS = frozenset({"GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_ADMIN_HOST", "GATEWAY_ADMIN_PORT"})
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Could listeners bound to `a` and `b` on one port take each other's connections?"""
+    try:
+        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        # A host name is resolved only when bound, and may be any address ("localhost" is
+        # 127.0.0.1 and ::1): it cannot be told apart from anything else on the same port.
+        return True
+    for x, y in ((ia, ib), (ib, ia)):
+        if x.version == 6 and x.is_unspecified:
+            return True       # "::" is dual-stack on Linux: it takes IPv4 too
+        if x.version == 4 and x.is_unspecified and y.version == 4:
+            return True       # "0.0.0.0" takes every IPv4 address
+    mapped = [ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip for ip in (ia, ib)]
+    return mapped[0] == mapped[1]
+
+
+def _listener_clash(s: Settings) -> str | None:
+    # The data and admin listeners sharing an address: `check` passed, then with workers the admin
+    # listener (in the supervisor) held the port and no worker could bind it: zero workers.
+    if s.port != s.admin_port or not _hosts_overlap(s.host, s.admin_host):
+        return None
+    return (f"the admin listener (GATEWAY_ADMIN_HOST={s.admin_host}, GATEWAY_ADMIN_PORT={s.admin_port}) "
+            f"overlaps the data listener (GATEWAY_HOST={s.host}, GATEWAY_PORT={s.port}): "
+            f"give them different ports, or distinct IP addresses")
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

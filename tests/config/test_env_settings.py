@@ -252,3 +252,49 @@ def test_loader_sees_odd_urls_as_bad_values() -> None:
         load_settings({"GATEWAY_JWT_JWKS_URL": "http://[", "GATEWAY_REDIS_URL": "redis://h:99999"})
     assert [e.var for e in info.value.errors] == ["GATEWAY_REDIS_URL", "GATEWAY_JWT_JWKS_URL"]
     assert all("expected a URL" in e.message for e in info.value.errors)
+
+
+# Data and admin listeners on one address: `check` passed, and with GATEWAY_WORKERS=2 `run` left a
+# supervisor whose workers could never bind (the admin listener held the port): zero workers.
+SAME_ADDRESS = [
+    {"GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},                      # 0.0.0.0 vs 127.0.0.1
+    {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "10.1.2.3", "GATEWAY_ADMIN_HOST": "0.0.0.0", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::1", "GATEWAY_ADMIN_HOST": "::", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::1", "GATEWAY_ADMIN_HOST": "0:0::1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "localhost", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},   # a name may be any address
+    {"GATEWAY_PORT": "9901"},                                                     # the admin default port
+    {"GATEWAY_ADMIN_PORT": "8080"},                                               # the data default port
+]
+
+
+@pytest.mark.parametrize("env", SAME_ADDRESS)
+def test_data_and_admin_on_one_address_are_refused_naming_both(env: dict[str, str]) -> None:
+    with pytest.raises(EnvError) as info:
+        load_settings(env)
+    (line,) = info.value.problems
+    assert "GATEWAY_PORT" in line and "GATEWAY_ADMIN_PORT" in line, line
+    assert "GATEWAY_HOST" in line and "GATEWAY_ADMIN_HOST" in line, line
+
+
+@pytest.mark.parametrize("env", [
+    {"GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9001"},
+    {"GATEWAY_HOST": "127.0.0.2", "GATEWAY_ADMIN_HOST": "127.0.0.1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "10.0.0.1", "GATEWAY_ADMIN_HOST": "::1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+])
+def test_distinct_listeners_are_accepted(env: dict[str, str]) -> None:
+    load_settings(env)
+
+
+def test_a_bad_port_is_reported_once_not_also_as_a_clash() -> None:
+    with pytest.raises(EnvError) as info:
+        load_settings({"GATEWAY_PORT": "x", "GATEWAY_ADMIN_PORT": "9000"})
+    assert [e.var for e in info.value.errors] == ["GATEWAY_PORT"]
+
+
+def test_the_clash_is_reported_under_a_variable_that_was_set() -> None:
+    for env in ({"GATEWAY_PORT": "9901"}, {"GATEWAY_ADMIN_PORT": "8080"}):
+        with pytest.raises(EnvError) as info:
+            load_settings(env)
+        assert info.value.var in env

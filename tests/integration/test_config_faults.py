@@ -68,3 +68,17 @@ def test_an_out_of_range_reload_is_refused_and_the_old_config_serves(gateway, up
     assert "routes[1].retries: expected an integer 0-100" in err
     assert http_get(gw.port, "/a")[0] == 200 and http_get(gw.port, "/b")[0] == 404
     assert gw.stop() == 0
+
+
+# --- 12. data and admin listeners on one address -----------------------------------------------
+
+@pytest.mark.parametrize("cmd", ["check", "run"])
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1")])
+def test_data_and_admin_on_one_address_exit_2_naming_both(cmd: str, hosts: tuple[str, str]) -> None:
+    # Before: `check` said OK, and `run` with two workers left a supervisor with zero workers.
+    port = str(free_port())
+    p = run_gateway(cmd, env={"GATEWAY_HOST": hosts[0], "GATEWAY_ADMIN_HOST": hosts[1], "GATEWAY_PORT": port,
+                              "GATEWAY_ADMIN_PORT": port, "GATEWAY_WORKERS": "2"}, timeout=20)
+    line = assert_refused(p, "GATEWAY_PORT", "GATEWAY_ADMIN_PORT", "GATEWAY_HOST", "GATEWAY_ADMIN_HOST")
+    assert len(problem_lines(p)) == 1, p.stderr
+    assert port in line
