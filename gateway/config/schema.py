@@ -74,6 +74,8 @@ class _Collector:
         self.problems: list[str] = []
 
     def error(self, path: str, message: str) -> None:
+        if len(message) > 300:   # a value quoted in the message may be megabytes long
+            message = message[:300] + f"... ({len(message)} characters)"
         self.problems.append(f"{path}: {message}")
 
     def unknown_keys(self, path: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -391,19 +393,46 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     )
 
 
+# Levels of arrays and tables below the document: SPEC §3's deepest key
+# (quotas.orgs.<org>.user_limit) sits 3 down. tomllib recurses once or more per level and raised
+# RecursionError on 10,000 levels, at a depth that depends on how much stack its caller had left;
+# this limit makes the refusal the same from `check`, a start and a reload in a signal handler.
+MAX_NESTING = 32
+_TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of arrays and tables)"
+
+
+def _too_deep(doc: dict[str, Any]) -> bool:
+    """Is any value nested deeper than MAX_NESTING? Iterative: the check must not recurse itself."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_NESTING:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def loads_config(text: str, source: str | None = None) -> GatewayConfig:
     """Parse TOML text (tests, the bundled demo config)."""
+    where = source or "<toml>"
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigErrors([f"{where}: {_TOO_DEEP}"], source) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: {exc}"], source) from None
     except ValueError:
         # tomllib lets int() raise on a decimal literal beyond Python's 4300-digit limit; no path
         # is known then, so name the line.
         m = re.search(r"[0-9_]{4300,}", text)
-        where = f" (line {text.count(chr(10), 0, m.start()) + 1})" if m else ""
-        raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: an integer of over 4300 digits{where}"],
+        line = f" (line {text.count(chr(10), 0, m.start()) + 1})" if m else ""
+        raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: an integer of over 4300 digits{line}"],
                            source) from None
+    if _too_deep(doc):
+        raise ConfigErrors([f"{where}: {_TOO_DEEP}"], source)
     return parse_config(doc, source)
 
 

@@ -303,3 +303,51 @@ def test_any_document_gives_a_config_or_config_errors(doc: dict) -> None:  # typ
         parse_config(doc)
     except ConfigErrors as exc:
         assert exc.problems and all(": " in p for p in exc.problems)
+
+
+# Deep nesting: tomllib recurses per level, so 10,000 levels raised RecursionError through the
+# loader (a traceback and exit 1 at start, an exception instead of a refusal at reload). How deep
+# tomllib gets depends on the caller's stack, so the loader sets its own limit, the same everywhere.
+DEEP = {
+    "arrays": "a = " + "[" * 10000 + "]" * 10000 + "\n",
+    "inline tables": "a = " + "{ b = " * 10000 + "1" + " }" * 10000 + "\n",
+    "arrays in a route": SVC + ROUTE + "methods = " + "[" * 10000 + "]" * 10000 + "\n",
+    "dotted table header": "[" + ".".join(["a"] * 10000) + "]\n",
+    # routes (1) > the route table (2) > 31 arrays: 33 levels below the document
+    "just over the limit": SVC + ROUTE + "auth = " + "[" * 31 + "]" * 31 + "\n",
+}
+
+
+@pytest.mark.parametrize("text", DEEP.values(), ids=DEEP.keys())
+def test_deep_nesting_is_a_configuration_error(text: str) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text, "gw.toml")
+    assert info.value.problems == ["gw.toml: nesting too deep (more than 32 levels of arrays and tables)"]
+
+
+def test_deep_nesting_from_a_deep_stack_is_still_a_configuration_error(tmp_path: Path) -> None:
+    # Called with little stack left (as from a signal handler deep in a loop), the same refusal.
+    f = tmp_path / "deep.toml"
+    f.write_text(DEEP["arrays"])
+
+    def dive(n: int) -> ConfigErrors:
+        if n:
+            return dive(n - 1)
+        with pytest.raises(ConfigErrors) as info:
+            load_config(str(f))
+        return info.value
+
+    import sys
+    exc = dive(sys.getrecursionlimit() - 120)
+    assert exc.problems == [f"{f}: nesting too deep (more than 32 levels of arrays and tables)"]
+
+
+def test_nesting_up_to_the_limit_is_judged_on_its_content() -> None:
+    # 32 levels below the document: routes, the route table, 30 arrays
+    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + "auth = " + "[" * 30 + "]" * 30 + "\n")
+
+
+def test_a_huge_value_is_not_echoed_whole() -> None:
+    (line,) = problems(SVC + ROUTE + 'methods = ["' + "x y" * 100000 + '"]\n')
+    assert line.startswith("routes[0].methods[0]: expected an HTTP method token, got 'x yx y")
+    assert len(line) < 400

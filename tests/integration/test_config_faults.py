@@ -17,6 +17,7 @@ from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are f
     http_get,
     routes_toml,
     upstream,
+    wait_until,
 )
 
 
@@ -82,3 +83,47 @@ def test_data_and_admin_on_one_address_exit_2_naming_both(cmd: str, hosts: tuple
     line = assert_refused(p, "GATEWAY_PORT", "GATEWAY_ADMIN_PORT", "GATEWAY_HOST", "GATEWAY_ADMIN_HOST")
     assert len(problem_lines(p)) == 1, p.stderr
     assert port in line
+
+
+# --- 15. deeply nested TOML --------------------------------------------------------------------
+
+DEEP_TOML = {
+    "arrays": "x = " + "[" * 10000 + "]" * 10000 + "\n",
+    "inline tables": "x = " + "{ y = " * 10000 + "1" + " }" * 10000 + "\n",
+}
+TOO_DEEP = "nesting too deep"
+
+
+@pytest.mark.parametrize("cmd", ["check", "run"])
+@pytest.mark.parametrize("kind", sorted(DEEP_TOML))
+def test_deep_toml_exits_2_with_one_line(cmd: str, kind: str, tmp_path: Path) -> None:
+    # Before: a RecursionError traceback (thousands of lines) and exit 1.
+    cfg = tmp_path / "deep.toml"
+    cfg.write_text(routes_toml("http://127.0.0.1:9", ["/a"]) + DEEP_TOML[kind])
+    p = run_gateway(cmd, env={"GATEWAY_CONFIG": str(cfg)})
+    line = assert_refused(p, str(cfg), TOO_DEEP)
+    assert problem_lines(p) == [line]
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("kind", sorted(DEEP_TOML))
+def test_deep_toml_reload_is_refused_and_the_old_config_serves(gateway, upstream, workers: str,  # noqa: F811
+                                                               kind: str) -> None:
+    # With workers the supervisor's snapshot (what replacement workers boot from) refuses it too.
+    gw = gateway(routes_toml(upstream.url, ["/a"]), env={"GATEWAY_WORKERS": workers})
+    if workers != "1":
+        wait_until(lambda: gw.stderr.count("worker: listening on") >= int(workers))
+    gw.write_config(routes_toml(upstream.url, ["/a", "/b"]) + DEEP_TOML[kind])
+    gw.reload()
+    wait_until(lambda: gw.stderr.count("reload refused") >= int(workers))
+    if workers != "1":
+        gw.wait_stderr("reload: config invalid")
+    err = gw.stderr
+    assert all(TOO_DEEP in ln for ln in err.splitlines() if "reload refused" in ln), err
+    assert "Traceback" not in err and "RecursionError" not in err, err
+    assert len(err.splitlines()) < 20, err
+    for _ in range(4):
+        assert http_get(gw.port, "/a")[0] == 200 and http_get(gw.port, "/b")[0] == 404
+    assert gw.alive()
+    assert gw.stop() == 0
