@@ -12,6 +12,8 @@ today. Silently ignoring `auth = ["jwt"]` would publish a route its author belie
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
 import tomllib
 from typing import Any
@@ -19,6 +21,12 @@ from typing import Any
 from .errors import ConfigErrors
 from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
+
+log = logging.getLogger("gateway.config")
+
+# The variable a supervised worker finds its boot snapshot in (gateway/process.py defines it for
+# the supervisor; spelled out here so the config layer imports nothing above it).
+BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
 
 NOT_YET = "not supported yet"
 BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
@@ -416,8 +424,14 @@ def _too_deep(doc: dict[str, Any]) -> bool:
 
 
 def loads_config(text: str, source: str | None = None) -> GatewayConfig:
-    """Parse TOML text (tests, the bundled demo config)."""
+    """Parse TOML text (tests, the bundled demo config, the supervisor's snapshot)."""
     where = source or "<toml>"
+    if not text.strip():
+        # An empty file served no routes at all, and a reload that read the file while an editor
+        # rewrote it in place (truncate, then write) applied that emptiness to a serving gateway.
+        # Running without routes on purpose is leaving GATEWAY_CONFIG unset.
+        raise ConfigErrors([f"{where}: the file is empty (a configuration has [[services]] and [[routes]])"],
+                           source)
     try:
         doc = tomllib.loads(text)
     except RecursionError:
@@ -450,4 +464,9 @@ def load_config(path: str | None) -> GatewayConfig:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigErrors([f"{path}: not UTF-8: {exc}"], path) from None
-    return loads_config(text, path)
+    config = loads_config(text, path)
+    if not config.routes and path != os.environ.get(BOOT_CONFIG_ENV):
+        # Valid, yet every request will be a 404: say so, once, naming the file. A worker booting
+        # from the supervisor's snapshot stays quiet (the command that started it has warned).
+        log.warning("%s has no [[routes]]: every request will answer 404", path)
+    return config

@@ -62,12 +62,52 @@ service = "users"
     assert cfg.service("users") is svc
 
 
-def test_none_and_empty_are_empty_configs(tmp_path: Path) -> None:
+def test_no_file_is_an_empty_config() -> None:
     assert load_config(None) == GatewayConfig()
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\t\r\n  "], ids=["empty", "newline", "whitespace"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    # An empty file served no routes at all; a reload that read a file while an editor rewrote it
+    # in place (truncate, then write) applied that emptiness. Unset GATEWAY_CONFIG to run without one.
     f = tmp_path / "empty.toml"
-    f.write_text("")
-    cfg = load_config(str(f))
-    assert cfg.routes == () and cfg.services == () and cfg.source == str(f)
+    f.write_text(text)
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(f))
+    assert info.value.problems == [f"{f}: the file is empty (a configuration has [[services]] and [[routes]])"]
+    with pytest.raises(ConfigErrors):   # the supervisor's snapshot reads the text itself
+        loads_config(text, str(f))
+
+
+def test_a_file_without_routes_loads_with_a_warning_naming_it(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "noroutes.toml"
+    f.write_text("# routes come later\n" + SVC)
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        cfg = load_config(str(f))
+    assert cfg.routes == () and len(cfg.services) == 1
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{f} has no [[routes]]: every request will answer 404")]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        load_config(None)                       # no file: no routes asked for, nothing to warn about
+        f.write_text(SVC + ROUTE)
+        load_config(str(f))
+    assert caplog.records == []
+
+
+def test_a_worker_booting_from_the_supervisor_snapshot_does_not_warn_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command that started the supervisor warned already, naming the operator's file; N workers
+    # repeating it about a private snapshot path would be N lines for one event.
+    from gateway.process import BOOT_CONFIG_ENV
+
+    snap = tmp_path / "config.toml"
+    snap.write_text(SVC)
+    monkeypatch.setenv(BOOT_CONFIG_ENV, str(snap))
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        load_config(str(snap))
+    assert caplog.records == []
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
@@ -351,3 +391,10 @@ def test_a_huge_value_is_not_echoed_whole() -> None:
     (line,) = problems(SVC + ROUTE + 'methods = ["' + "x y" * 100000 + '"]\n')
     assert line.startswith("routes[0].methods[0]: expected an HTTP method token, got 'x yx y")
     assert len(line) < 400
+
+
+def test_the_boot_snapshot_variable_is_the_supervisors() -> None:
+    from gateway import process
+    from gateway.config import schema
+
+    assert schema.BOOT_CONFIG_ENV == process.BOOT_CONFIG_ENV

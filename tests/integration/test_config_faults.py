@@ -4,6 +4,7 @@ with the old configuration still serving at reload)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     REPO,
+    child_pids,
     free_port,
     gateway,
     http_get,
@@ -127,3 +129,59 @@ def test_deep_toml_reload_is_refused_and_the_old_config_serves(gateway, upstream
         assert http_get(gw.port, "/a")[0] == 200 and http_get(gw.port, "/b")[0] == 404
     assert gw.alive()
     assert gw.stop() == 0
+
+
+# --- 16. empty and routes-less files -----------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", ["check", "run"])
+@pytest.mark.parametrize("text", ["", " \n\n\t\n"], ids=["empty", "whitespace"])
+def test_an_empty_file_exits_2_naming_it(cmd: str, text: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text(text)
+    p = run_gateway(cmd, env={"GATEWAY_CONFIG": str(cfg)})
+    assert_refused(p, str(cfg), "the file is empty")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_empty_file_at_reload_is_refused_and_the_old_routes_answer(gateway, upstream,  # noqa: F811
+                                                                       workers: str) -> None:
+    gw = gateway(routes_toml(upstream.url, ["/a"]), env={"GATEWAY_WORKERS": workers})
+    if workers != "1":
+        wait_until(lambda: gw.stderr.count("worker: listening on") >= int(workers))
+    # What a reload sees while an editor rewrites the file in place: it is truncated first.
+    assert gw.config_path is not None
+    gw.config_path.write_text("")
+    gw.reload()
+    wait_until(lambda: gw.stderr.count("reload refused") >= int(workers))
+    assert "the file is empty" in gw.stderr
+    for _ in range(4):
+        assert http_get(gw.port, "/a")[0] == 200
+    if workers != "1":
+        # The snapshot replacement workers boot from is still the old config: kill one, and its
+        # replacement serves /a too.
+        gw.wait_stderr("reload: config invalid")
+        os.kill(child_pids(gw.pid)[0], signal.SIGKILL)
+        wait_until(lambda: gw.stderr.count("worker: listening on") >= 3)
+        for _ in range(10):
+            assert http_get(gw.port, "/a")[0] == 200
+    assert gw.stop() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_file_without_routes_starts_with_one_warning_naming_it(gateway, workers: str) -> None:  # noqa: F811
+    gw = gateway('[[services]]\nname = "s"\ntargets = ["http://127.0.0.1:9"]\n', env={"GATEWAY_WORKERS": workers})
+    if workers != "1":
+        wait_until(lambda: gw.stderr.count("worker: listening on") >= int(workers))
+    assert http_get(gw.port, "/anything")[0] == 404
+    warnings = [ln for ln in gw.stderr.splitlines() if " WARNING " in ln and "no [[routes]]" in ln]
+    assert len(warnings) == 1, gw.stderr
+    assert str(gw.config_path) in warnings[0]
+    assert gw.stop() == 0
+
+
+def test_check_warns_about_a_file_without_routes(tmp_path: Path) -> None:
+    cfg = tmp_path / "noroutes.toml"
+    cfg.write_text('[[services]]\nname = "s"\ntargets = ["http://127.0.0.1:9"]\n')
+    p = run_gateway("check", env={"GATEWAY_CONFIG": str(cfg)})
+    assert p.returncode == 0, p.stderr
+    assert f"WARNING config: {cfg} has no [[routes]]" in p.stderr
