@@ -318,7 +318,7 @@ def _algorithms(raw: str) -> tuple[str, ...]:
 def _no_controls(raw: str, *, secret: bool) -> None:
     # Checked before any parser, for every variable: a CR, LF or NUL inside a value is never
     # meant (nobody types one), and it would travel into file names, URLs, header values or log
-    # lines. A secret is not echoed back, not even refused.
+    # lines. A refused secret is not echoed back.
     if _CONTROL.search(raw):
         shown = "(value hidden)" if secret else f"got {_shown(raw)}"
         raise _Bad(f"expected a value without control characters (CR, LF, NUL...), {shown}")

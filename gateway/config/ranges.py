@@ -94,7 +94,7 @@ _TABLE: tuple[Range, ...] = (
     Range("GATEWAY_MAX_HEADER_BYTES", KIB, MIB, "bytes",
           "below 1 KiB common browsers' heads do not fit; above 1 MiB a head is an attack"),
     Range("GATEWAY_MAX_HEADERS", 1, 10000, "count", "nginx and Envoy default to 100"),
-    Range("GATEWAY_MAX_URI_BYTES", 256, MIB, "bytes", "RFC 9110 §4.1 recommends at least 8000"),
+    Range("GATEWAY_MAX_URI_BYTES", 256, MIB, "bytes", "the default 8192 follows RFC 9110 §4.1 (at least 8000); 256 still holds an API path"),
     Range("GATEWAY_MAX_BODY_BYTES", 1, 64 * GIB, "bytes", "bodies stream, they are never buffered whole"),
     Range("GATEWAY_MAX_CONNECTIONS", 1, 1_000_000, "count", "per worker; each connection holds a file descriptor"),
     Range("GATEWAY_DRAIN_TIMEOUT", 0, DAY, "seconds", "0: stop without waiting for in-flight requests"),
