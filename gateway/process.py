@@ -19,13 +19,21 @@ def err(line: str) -> None:
 
 
 def run_loop(coro: Any) -> int:
-    """Run a coroutine on a fresh uvloop loop (the data plane is written for uvloop)."""
+    """Run a coroutine on a fresh uvloop loop (the data plane is written for uvloop).
+
+    Every process's loop (a lone worker, the supervisor, a supervised worker, the demo) runs here,
+    so here it gets the exception handler that logs an escaped exception as one line, rate-limited
+    (gateway/logs.py), instead of asyncio's multi-line traceback per occurrence.
+    """
     import uvloop
 
+    from gateway.logs import LoopExceptionReporter
     from gateway.worker import raise_nofile_limit
 
     raise_nofile_limit()
     loop = uvloop.new_event_loop()
+    reporter = LoopExceptionReporter()
+    loop.set_exception_handler(reporter)
     asyncio.set_event_loop(loop)
     try:
         return int(loop.run_until_complete(coro))
@@ -33,4 +41,5 @@ def run_loop(coro: Any) -> int:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
+            reporter.flush()
             loop.close()

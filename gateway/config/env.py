@@ -1,6 +1,7 @@
 """Environment variables (SPEC §2) → one immutable, typed `Settings`.
 
 Rules, the same for every variable:
+- surrounding whitespace is trimmed; a control character left inside (CR, LF, NUL...) is refused;
 - an unset or empty (whitespace-only) variable takes its default: `GATEWAY_ADMIN_TOKEN=` must never
   become an empty bearer token that anybody can present;
 - a bad value is reported as "GATEWAY_X: expected <accepted form>, got '<value>'", and every bad
@@ -12,7 +13,6 @@ Rules, the same for every variable:
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -21,11 +21,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import EnvError
+from .ranges import RANGES
 
 PREFIX = "GATEWAY_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+# Applied with fullmatch(): `re.match` with `$` would also accept a trailing "\n".
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _JWT_ALGORITHMS = frozenset(
     "HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA".split()
 )
@@ -140,37 +143,38 @@ def mask_url_password(url: str) -> str:
 
 # --- value parsers: raw string (stripped, non-empty) → typed value, or _Bad("expected ...") -------
 
-def _int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    form = f"an integer {lo}-{hi}" if hi is not None else f"an integer >= {lo}"
+# Plain decimal only: int() also takes "1_000" and float() "1_0", "nan" and "infinity"; operators
+# write plain numbers. The digit counts are bounded so that int() never meets Python's 4300-digit
+# conversion limit (a ValueError that no parser here would have caught).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30})(?:[eE][+-]?[0-9]{1,4})?")
 
-    def parse(raw: str) -> int:
-        # int() also takes "1_000" and " 12"; operators write plain decimal, so accept only that.
-        if not re.fullmatch(r"[+-]?[0-9]+", raw):
-            raise _Bad(f"expected {form}, got {raw!r}")
-        value = int(raw)
-        if value < lo or (hi is not None and value > hi):
-            raise _Bad(f"expected {form}, got {raw!r}")
+
+def _shown(raw: str) -> str:
+    """The refused value as quoted in a message; a pasted megabyte is cut, not echoed whole."""
+    return repr(raw) if len(raw) <= 40 else f"{raw[:40]!r}... ({len(raw)} characters)"
+
+
+def _number(var: str) -> Callable[[str], Any]:
+    """A parser for the numeric variable `var`: its range comes from ranges.RANGES, the one table
+    the README's "Numeric ranges" is generated from."""
+    rng = RANGES[var]
+
+    def parse(raw: str) -> int | float:
+        value: int | float | None = None
+        if rng.integer:
+            if _INTEGER.fullmatch(raw):
+                value = int(raw)
+        elif _DECIMAL.fullmatch(raw):
+            value = float(raw)   # may be inf ("1e999"): then out of range below
+        if value is None or value not in rng:
+            raise _Bad(f"expected {rng.form}, got {_shown(raw)}")
         return value
 
     return parse
 
 
-def _seconds(allow_zero: bool = False) -> Callable[[str], float]:
-    form = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise _Bad(f"expected {form}, got {raw!r}") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            raise _Bad(f"expected {form}, got {raw!r}")
-        return value
-
-    return parse
-
-
-_port = _int_range(1, 65535)
+_port = _number("GATEWAY_PORT")    # GATEWAY_ADMIN_PORT has the same range
 
 
 def _listen_host(raw: str) -> str:
@@ -179,23 +183,23 @@ def _listen_host(raw: str) -> str:
         return raw
     except ValueError:
         pass
-    if _HOSTNAME.match(raw):
+    if _HOSTNAME.fullmatch(raw):
         return raw
-    raise _Bad(f"expected an IP address or hostname, got {raw!r}")
+    raise _Bad(f"expected an IP address or hostname, got {_shown(raw)}")
 
 
 # Node memory marks each shared object's users with one bit per worker (gateway/state/memory.py):
 # 62 workers at most, which no 2-socket machine's core count makes a real limit for one process tree.
-MAX_WORKERS = 62
+MAX_WORKERS = int(RANGES["GATEWAY_WORKERS"].hi)
 
 
 def _workers(raw: str) -> int:
     if raw.lower() == "auto":
         return min(os.cpu_count() or 1, MAX_WORKERS)
     try:
-        return _int_range(1, MAX_WORKERS)(raw)
+        return int(_number("GATEWAY_WORKERS")(raw))
     except _Bad:
-        raise _Bad(f"expected an integer 1-{MAX_WORKERS} or 'auto', got {raw!r}") from None
+        raise _Bad(f"expected {RANGES['GATEWAY_WORKERS'].form} or 'auto', got {_shown(raw)}") from None
 
 
 def _cidrs(raw: str) -> tuple[Network, ...]:
@@ -225,7 +229,7 @@ def _url(schemes: tuple[str, ...]) -> Callable[[str], str]:
         except ValueError:
             ok = False
         if not ok:
-            raise _Bad(f"expected a URL {form}, got {raw!r}")
+            raise _Bad(f"expected a URL {form}, got {_shown(raw)}")
         return raw
 
     return parse
@@ -243,7 +247,7 @@ def _urls(schemes: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
 def _hostnames(raw: str) -> tuple[str, ...]:
     names = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
     for h in names:
-        if not _HOSTNAME.match(h):
+        if not _HOSTNAME.fullmatch(h):
             raise _Bad(f"expected comma-separated host names (admin.example.com,gw-1), got {h!r}")
     return names
 
@@ -255,7 +259,7 @@ def _log_dest(raw: str) -> str:
     # an extension ("access.log", "./audit", "/var/log/gateway.jsonl").
     if "/" in raw or "." in raw:
         return raw
-    raise _Bad(f"expected off, stdout, stderr or a file path, got {raw!r}")
+    raise _Bad(f"expected off, stdout, stderr or a file path, got {_shown(raw)}")
 
 
 def _switch(on: str, off: str) -> Callable[[str], bool]:
@@ -265,7 +269,7 @@ def _switch(on: str, off: str) -> Callable[[str], bool]:
             return True
         if low in (off, "false", "no"):
             return False
-        raise _Bad(f"expected {on} or {off}, got {raw!r}")
+        raise _Bad(f"expected {on} or {off}, got {_shown(raw)}")
 
     return parse
 
@@ -277,17 +281,19 @@ def _text(raw: str) -> str:
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-def _size(lo: int, hi: int) -> Callable[[str], int]:
+def _size(var: str) -> Callable[[str], int]:
+    rng = RANGES[var]
+    lo, hi = int(rng.lo), int(rng.hi)
     form = f"a size in bytes with an optional k/m/g suffix, {lo >> 20}m-{hi >> 30}g"
 
     def parse(raw: str) -> int:
         # nginx's size syntax (keys_zone=name:10m): plain bytes or k/m/g (binary multiples).
-        m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", raw)
+        m = re.fullmatch(r"([0-9]{1,30})([kKmMgG]?)", raw)
         if m is None:
-            raise _Bad(f"expected {form}, got {raw!r}")
+            raise _Bad(f"expected {form}, got {_shown(raw)}")
         value = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-        if not lo <= value <= hi:
-            raise _Bad(f"expected {form}, got {raw!r}")
+        if value not in rng:
+            raise _Bad(f"expected {form}, got {_shown(raw)}")
         return value
 
     return parse
@@ -297,26 +303,25 @@ def _redis_prefix(raw: str) -> str:
     # Braces would turn the prefix into (part of) a Redis Cluster hash tag and move our keys'
     # slots; whitespace and control characters make keys nobody can type in redis-cli.
     if len(raw) > 64 or any(c in "{}" or not c.isprintable() or c.isspace() for c in raw):
-        raise _Bad(f"expected up to 64 printable characters without spaces or braces, got {raw!r}")
+        raise _Bad(f"expected up to 64 printable characters without spaces or braces, got {_shown(raw)}")
     return raw
-
-
-def _budget(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (0.001 <= value <= 10.0):
-        raise _Bad(f"expected a number of seconds 0.001-10, got {raw!r}")
-    return value
 
 
 def _algorithms(raw: str) -> tuple[str, ...]:
     algs = tuple(a.strip() for a in raw.split(",") if a.strip())
     bad = [a for a in algs if a not in _JWT_ALGORITHMS]
     if bad or not algs:
-        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {raw!r}")
+        raise _Bad(f"expected a comma-separated list of {', '.join(sorted(_JWT_ALGORITHMS))}, got {_shown(raw)}")
     return algs
+
+
+def _no_controls(raw: str, *, secret: bool) -> None:
+    # Checked before any parser, for every variable: a CR, LF or NUL inside a value is never
+    # meant (nobody types one), and it would travel into file names, URLs, header values or log
+    # lines. A refused secret is not echoed back.
+    if _CONTROL.search(raw):
+        shown = "(value hidden)" if secret else f"got {_shown(raw)}"
+        raise _Bad(f"expected a value without control characters (CR, LF, NUL...), {shown}")
 
 
 # --- "not supported yet" gates: called with the parsed value; raise _Unsupported to refuse ----------
@@ -351,13 +356,13 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "redis_url": (_url(("redis", "rediss", "unix")), None),
     "redis_cluster": (_switch("1", "0"), None),
     "redis_prefix": (_redis_prefix, None),
-    "redis_timeout": (_budget, None),
-    "shm_size": (_size(1 << 20, 64 << 30), None),
+    "redis_timeout": (_number("GATEWAY_REDIS_TIMEOUT"), None),
+    "shm_size": (_size("GATEWAY_SHM_SIZE"), None),
     "admin_host": (_listen_host, None),
     "admin_port": (_port, None),
     "admin_token": (_text, None),
     "admin_hosts": (_hostnames, None),
-    "admin_max_connections": (_int_range(1, 10000), None),
+    "admin_max_connections": (_number("GATEWAY_ADMIN_MAX_CONNECTIONS"), None),
     "metrics_allow": (_cidrs, None),
     "trusted_proxies": (_cidrs, None),
     "jwt_secret": (_text, None),
@@ -366,20 +371,20 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "jwt_issuer": (_text, _refuse_any),
     "jwt_audience": (_text, _refuse_any),
     "jwt_algorithms": (_algorithms, _refuse_any),
-    "jwt_leeway": (_seconds(allow_zero=True), _refuse_any),
+    "jwt_leeway": (_number("GATEWAY_JWT_LEEWAY"), _refuse_any),
     "jwt_org_claim": (_text, _refuse_any),
-    "header_timeout": (_seconds(), None),
-    "body_timeout": (_seconds(), None),
-    "keepalive_timeout": (_seconds(), None),
-    "upstream_connect_timeout": (_seconds(), None),
-    "upstream_timeout": (_seconds(), None),
-    "max_header_bytes": (_int_range(1), None),
-    "max_headers": (_int_range(1), None),
-    "max_uri_bytes": (_int_range(1), None),
-    "max_body_bytes": (_int_range(1), None),
-    "max_connections": (_int_range(1), None),
-    "drain_timeout": (_seconds(allow_zero=True), None),
-    "worker_watchdog": (_seconds(), None),
+    "header_timeout": (_number("GATEWAY_HEADER_TIMEOUT"), None),
+    "body_timeout": (_number("GATEWAY_BODY_TIMEOUT"), None),
+    "keepalive_timeout": (_number("GATEWAY_KEEPALIVE_TIMEOUT"), None),
+    "upstream_connect_timeout": (_number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT"), None),
+    "upstream_timeout": (_number("GATEWAY_UPSTREAM_TIMEOUT"), None),
+    "max_header_bytes": (_number("GATEWAY_MAX_HEADER_BYTES"), None),
+    "max_headers": (_number("GATEWAY_MAX_HEADERS"), None),
+    "max_uri_bytes": (_number("GATEWAY_MAX_URI_BYTES"), None),
+    "max_body_bytes": (_number("GATEWAY_MAX_BODY_BYTES"), None),
+    "max_connections": (_number("GATEWAY_MAX_CONNECTIONS"), None),
+    "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
+    "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
     "access_log": (_log_dest, _refuse_not_off),
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),
@@ -401,6 +406,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             continue
         raw = raw.strip()
         try:
+            _no_controls(raw, secret=name in SECRET_FIELDS)
             value = parse(raw)
             if gate is not None:
                 gate(value)
@@ -411,9 +417,43 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if values.get("redis_cluster") and "redis_url" not in values and not any(
             e.var == "GATEWAY_REDIS_URL" for e in errors):
         errors.append(EnvError("GATEWAY_REDIS_CLUSTER", "needs GATEWAY_REDIS_URL (a node of the cluster)"))
+    if not any(e.var in _LISTENER_VARS for e in errors):
+        clash = _listener_clash(Settings(**values))
+        if clash:   # named after a port variable the operator set (the defaults never clash)
+            errors.append(EnvError("GATEWAY_ADMIN_PORT" if "admin_port" in values else "GATEWAY_PORT", clash))
     if errors:
         raise EnvError(errors[0].var, errors[0].message, errors[1:])
     return Settings(**values)
+
+
+_LISTENER_VARS = frozenset({"GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_ADMIN_HOST", "GATEWAY_ADMIN_PORT"})
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Could listeners bound to `a` and `b` on one port take each other's connections?"""
+    try:
+        ia, ib = ipaddress.ip_address(a), ipaddress.ip_address(b)
+    except ValueError:
+        # A host name is resolved only when bound, and may be any address ("localhost" is
+        # 127.0.0.1 and ::1): it cannot be told apart from anything else on the same port.
+        return True
+    for x, y in ((ia, ib), (ib, ia)):
+        if x.version == 6 and x.is_unspecified:
+            return True       # "::" is dual-stack on Linux: it takes IPv4 too
+        if x.version == 4 and x.is_unspecified and y.version == 4:
+            return True       # "0.0.0.0" takes every IPv4 address
+    mapped = [ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped else ip for ip in (ia, ib)]
+    return mapped[0] == mapped[1]
+
+
+def _listener_clash(s: Settings) -> str | None:
+    # The data and admin listeners sharing an address: `check` passed, then with workers the admin
+    # listener (in the supervisor) held the port and no worker could bind it: zero workers.
+    if s.port != s.admin_port or not _hosts_overlap(s.host, s.admin_host):
+        return None
+    return (f"the admin listener (GATEWAY_ADMIN_HOST={s.admin_host}, GATEWAY_ADMIN_PORT={s.admin_port}) "
+            f"overlaps the data listener (GATEWAY_HOST={s.host}, GATEWAY_PORT={s.port}): "
+            f"give them different ports, or distinct IP addresses")
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -12,25 +12,36 @@ today. Silently ignoring `auth = ["jwt"]` would publish a route its author belie
 from __future__ import annotations
 
 import ipaddress
-import math
+import logging
+import os
 import re
 import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
 from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+from .ranges import RANGES
+
+log = logging.getLogger("gateway.config")
+
+# The variable a supervised worker finds its boot snapshot in (gateway/process.py defines it for
+# the supervisor; spelled out here so the config layer imports nothing above it).
+BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
 
 NOT_YET = "not supported yet"
 BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
 
 # Names end up in metric labels, admin URLs and log lines: keep them to one URL-safe token.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")          # RFC 9110 token (methods)
+# Every pattern here is applied with fullmatch(): `re.match` with a `$` anchor also accepts a trailing
+# "\n", and `methods = ["PUT\n"]` then came back on the wire as `Allow: PUT\n`.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")          # RFC 9110 token (methods)
 _HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(\.{_HOST_LABEL})*")
 # RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %XX escapes. Anything else
 # (space, "?", "#", quotes, controls) could never equal a normalized request path.
-_PATH = re.compile(r"^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$")
+_PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")                     # C0 controls (TAB, CR, LF, NUL...) and DEL
 
 _TOP_KEYS = {"services", "routes", "quotas"}
 _SERVICE_KEYS = {"name", "balancer", "hash_key", "targets", "health", "breaker"}
@@ -39,6 +50,13 @@ _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
     "retries", "canary", "fallback", "rate_limits", "websocket",
 }
+
+
+def _shown_number(value: int | float) -> str:
+    # str() of an int beyond 4300 digits raises ValueError (TOML hex literals can be that long).
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
 
 
 def _kind(value: Any) -> str:
@@ -64,6 +82,8 @@ class _Collector:
         self.problems: list[str] = []
 
     def error(self, path: str, message: str) -> None:
+        if len(message) > 300:   # a value quoted in the message may be megabytes long
+            message = message[:300] + f"... ({len(message)} characters)"
         self.problems.append(f"{path}: {message}")
 
     def unknown_keys(self, path: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -71,7 +91,9 @@ class _Collector:
             if key not in allowed:
                 self.error(f"{path}.{key}" if path else key, "unknown key")
 
-    def string(self, path: str, value: Any, required: bool = False) -> str | None:
+    def string(self, path: str, value: Any, required: bool = False, *, plain: bool = True) -> str | None:
+        """A string; `plain` refuses control characters (callers whose own pattern is stricter
+        pass plain=False to report their more useful form instead)."""
         if value is None:
             if required:
                 self.error(path, "required")
@@ -79,11 +101,16 @@ class _Collector:
         if not isinstance(value, str):
             self.error(path, f"expected a string, got {_kind(value)}")
             return None
+        if plain and _CONTROL.search(value):
+            # TOML escapes ("\n", "\u0000") can put any of them in a string; none belongs in a
+            # name, version or reference that ends up in headers, log lines or metric labels.
+            self.error(path, f"expected text without control characters, got {value!r}")
+            return None
         return value
 
     def name(self, path: str, value: Any) -> str | None:
-        s = self.string(path, value, required=True)
-        if s is not None and not _NAME.match(s):
+        s = self.string(path, value, required=True, plain=False)
+        if s is not None and not _NAME.fullmatch(s):
             self.error(path, f"expected a name of letters, digits, '.', '_' or '-' (max 128), got {s!r}")
             return None
         return s
@@ -96,25 +123,28 @@ class _Collector:
             return default
         return value
 
-    def seconds(self, path: str, value: Any) -> float | None:
-        if value is None:
+    def number(self, path: str, value: Any, key: str) -> int | float | None:
+        """A numeric value checked against RANGES[key] (gateway/config/ranges.py, the one table
+        the README documents): an integer for counts and sizes, any number for seconds."""
+        rng = RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                rng.integer and not isinstance(value, int)):
+            self.error(path, f"expected {rng.form}, got {_kind(value)}")
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(path, f"expected a positive number of seconds, got {_kind(value)}")
-            return None
-        if not math.isfinite(value) or value <= 0:
-            self.error(path, f"expected a positive number of seconds, got {value!r}")
-            return None
-        return float(value)
-
-    def integer(self, path: str, value: Any, minimum: int) -> int | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.error(path, f"expected an integer >= {minimum}, got {_kind(value)}")
-            return None
-        if value < minimum:
-            self.error(path, f"expected an integer >= {minimum}, got {value}")
+        if value not in rng:   # NaN and ±inf too: they compare outside every range
+            self.error(path, f"expected {rng.form}, got {_shown_number(value)}")
             return None
         return value
+
+    def seconds(self, path: str, value: Any, key: str) -> float | None:
+        if value is None:
+            return None
+        v = self.number(path, value, key)
+        return None if v is None else float(v)
+
+    def integer(self, path: str, value: Any, key: str) -> int | None:
+        v = self.number(path, value, key)
+        return None if v is None else int(v)
 
     def table_list(self, path: str, value: Any) -> list[dict[str, Any]]:
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -155,7 +185,7 @@ def _parse_target_url(c: _Collector, path: str, url: Any) -> tuple[str, int] | N
         except ValueError:
             c.error(path, f"{expected}, got {url!r} (bad IPv6 address)")
             return None
-    elif not _HOSTNAME.match(host.rstrip(".")) and not _is_ipv4(host):
+    elif not _HOSTNAME.fullmatch(host.rstrip(".")) and not _is_ipv4(host):
         c.error(path, f"{expected}, got {url!r} (bad host)")
         return None
     return host.rstrip("."), port
@@ -182,7 +212,7 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     hp = _parse_target_url(c, f"{path}.url", raw["url"])
     weight = 1
     if "weight" in raw:
-        w = c.integer(f"{path}.weight", raw["weight"], 1)
+        w = c.integer(f"{path}.weight", raw["weight"], "services[].targets[].weight")
         if w is not None and w != 1:
             # round_robin here is plain rotation: a weight would be silently ignored.
             c.error(f"{path}.weight", f"{NOT_YET} (weights other than 1 need the weighted balancer)")
@@ -229,7 +259,7 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
-    s = c.string(path, value, required=True)
+    s = c.string(path, value, required=True, plain=False)
     if s is None:
         return None
     exact = s.startswith("=")
@@ -237,7 +267,7 @@ def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None
     if not p.startswith("/"):
         c.error(path, f"expected a path starting with '/' (or '=/' for an exact match), got {s!r}")
         return None
-    if not _PATH.match(p):
+    if not _PATH.fullmatch(p):
         c.error(path, f"expected URL path characters only (no spaces, '?' or '#'), got {s!r}")
         return None
     if any(seg in (".", "..") for seg in p.split("/")):
@@ -255,7 +285,7 @@ def _parse_methods(c: _Collector, path: str, value: Any) -> tuple[str, ...] | No
         return None
     out: list[str] = []
     for i, m in enumerate(value):
-        if not isinstance(m, str) or not _TOKEN.match(m):
+        if not isinstance(m, str) or not _TOKEN.fullmatch(m):
             c.error(f"{path}[{i}]", f"expected an HTTP method token, got {m!r}")
             continue
         up = m.upper()
@@ -265,7 +295,7 @@ def _parse_methods(c: _Collector, path: str, value: Any) -> tuple[str, ...] | No
 
 
 def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
-    s = c.string(path, value)
+    s = c.string(path, value, plain=False)
     if s is None:
         return None
     h = s.lower().rstrip(".")
@@ -274,7 +304,7 @@ def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
             return f"[{ipaddress.IPv6Address(h[1:-1])}]"
         except ValueError:
             pass
-    elif _HOSTNAME.match(h) or _is_ipv4(h):
+    elif _HOSTNAME.fullmatch(h) or _is_ipv4(h):
         return h
     c.error(path, f"expected a hostname without port (api.example.com), got {s!r}")
     return None
@@ -289,9 +319,9 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     methods = _parse_methods(c, f"{path}.methods", raw.get("methods"))
     host = _parse_host(c, f"{path}.host", raw.get("host"))
     strip = c.boolean(f"{path}.strip_prefix", raw.get("strip_prefix"), False)
-    timeout = c.seconds(f"{path}.timeout", raw.get("timeout"))
+    timeout = c.seconds(f"{path}.timeout", raw.get("timeout"), "routes[].timeout")
     if "retries" in raw:
-        r = c.integer(f"{path}.retries", raw["retries"], 0)
+        r = c.integer(f"{path}.retries", raw["retries"], "routes[].retries")
         if r:
             c.error(f"{path}.retries", NOT_YET)
     if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
@@ -371,12 +401,52 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     )
 
 
+# Levels of arrays and tables below the document: SPEC §3's deepest key
+# (quotas.orgs.<org>.user_limit) sits 3 down. tomllib recurses once or more per level and raised
+# RecursionError on 10,000 levels, at a depth that depends on how much stack its caller had left;
+# this limit makes the refusal the same from `check`, a start and a reload in a signal handler.
+MAX_NESTING = 32
+_TOO_DEEP = f"nesting too deep (more than {MAX_NESTING} levels of arrays and tables)"
+
+
+def _too_deep(doc: dict[str, Any]) -> bool:
+    """Is any value nested deeper than MAX_NESTING? Iterative: the check must not recurse itself."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_NESTING:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def loads_config(text: str, source: str | None = None) -> GatewayConfig:
-    """Parse TOML text (tests, the bundled demo config)."""
+    """Parse TOML text (tests, the bundled demo config, the supervisor's snapshot)."""
+    where = source or "<toml>"
+    if not text.strip():
+        # An empty file served no routes at all, and a reload that read the file while an editor
+        # rewrote it in place (truncate, then write) applied that emptiness to a serving gateway.
+        # Running without routes on purpose is leaving GATEWAY_CONFIG unset.
+        raise ConfigErrors([f"{where}: the file is empty (a configuration has [[services]] and [[routes]])"],
+                           source)
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigErrors([f"{where}: {_TOO_DEEP}"], source) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: {exc}"], source) from None
+    except ValueError:
+        # tomllib lets int() raise on a decimal literal beyond Python's 4300-digit limit; no path
+        # is known then, so name the line.
+        m = re.search(r"[0-9_]{4300,}", text)
+        line = f" (line {text.count(chr(10), 0, m.start()) + 1})" if m else ""
+        raise ConfigErrors([f"{source or '<toml>'}: invalid TOML: an integer of over 4300 digits{line}"],
+                           source) from None
+    if _too_deep(doc):
+        raise ConfigErrors([f"{where}: {_TOO_DEEP}"], source)
     return parse_config(doc, source)
 
 
@@ -387,10 +457,16 @@ def load_config(path: str | None) -> GatewayConfig:
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except OSError as exc:
-        raise ConfigErrors([f"{path}: cannot read: {exc.strerror or exc}"], path) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path ("embedded null byte")
+        shown = repr(path) if _CONTROL.search(path) else path
+        raise ConfigErrors([f"{shown}: cannot read: {getattr(exc, 'strerror', None) or exc}"], path) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigErrors([f"{path}: not UTF-8: {exc}"], path) from None
-    return loads_config(text, path)
+    config = loads_config(text, path)
+    if not config.routes and path != os.environ.get(BOOT_CONFIG_ENV):
+        # Valid, yet every request will be a 404: say so, once, naming the file. A worker booting
+        # from the supervisor's snapshot stays quiet (the command that started it has warned).
+        log.warning("%s has no [[routes]]: every request will answer 404", path)
+    return config

@@ -113,27 +113,28 @@ def status_line(status: int) -> bytes:
 
 
 # Hostname / IPv4 / [IPv6] with optional :port: anything else in Host is refused (no '/', '@', spaces).
-_HOST_RE = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+# Patterns here are applied with fullmatch(): `$` after re.match also accepts a trailing b"\n".
+_HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def valid_host(host: bytes) -> bool:
-    return _HOST_RE.match(host) is not None
+    return _HOST_RE.fullmatch(host) is not None
 
 
 # X-Request-Id is kept only when it is a sane token (SPEC §4).
-_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
+_REQUEST_ID_RE = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 
 def sane_request_id(value: bytes) -> bool:
-    return _REQUEST_ID_RE.match(value) is not None
+    return _REQUEST_ID_RE.fullmatch(value) is not None
 
 
-_TRACEPARENT_RE = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes] | None:
     """(trace_id, flags) of a valid W3C traceparent, else None (then a new trace is started)."""
-    m = _TRACEPARENT_RE.match(value.strip())
+    m = _TRACEPARENT_RE.fullmatch(value.strip())
     if m is None:
         return None
     version, trace_id, parent_id, flags, rest = m.groups()

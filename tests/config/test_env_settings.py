@@ -81,6 +81,10 @@ GOOD = [
     ("GATEWAY_MAX_URI_BYTES", "2048", "max_uri_bytes", 2048),
     ("GATEWAY_MAX_BODY_BYTES", "1", "max_body_bytes", 1),
     ("GATEWAY_MAX_CONNECTIONS", "100000", "max_connections", 100000),
+    ("GATEWAY_MAX_CONNECTIONS", "1000000", "max_connections", 1000000),
+    ("GATEWAY_MAX_BODY_BYTES", str(64 << 30), "max_body_bytes", 64 << 30),
+    ("GATEWAY_HEADER_TIMEOUT", "86400", "header_timeout", 86400.0),
+    ("GATEWAY_UPSTREAM_TIMEOUT", "1e3", "upstream_timeout", 1000.0),
     ("GATEWAY_DRAIN_TIMEOUT", "0", "drain_timeout", 0.0),
     ("GATEWAY_ACCESS_LOG", "off", "access_log", "off"),
     ("GATEWAY_AUDIT_LOG", "off", "audit_log", "off"),
@@ -132,17 +136,17 @@ BAD = [
     ("GATEWAY_SHM_SIZE", "65g", "GATEWAY_SHM_SIZE: expected a size in bytes"),
     ("GATEWAY_METRICS_ALLOW", "10.0.0.0/33", "GATEWAY_METRICS_ALLOW: expected comma-separated IPs or CIDRs (10.0.0.0/8,::1), got '10.0.0.0/33'"),
     ("GATEWAY_TRUSTED_PROXIES", "proxy.local", "GATEWAY_TRUSTED_PROXIES: expected comma-separated IPs or CIDRs (10.0.0.0/8,::1), got 'proxy.local'"),
-    ("GATEWAY_HEADER_TIMEOUT", "0", "GATEWAY_HEADER_TIMEOUT: expected a positive number of seconds, got '0'"),
-    ("GATEWAY_BODY_TIMEOUT", "-1", "GATEWAY_BODY_TIMEOUT: expected a positive number of seconds, got '-1'"),
-    ("GATEWAY_KEEPALIVE_TIMEOUT", "inf", "GATEWAY_KEEPALIVE_TIMEOUT: expected a positive number of seconds, got 'inf'"),
-    ("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", "nan", "GATEWAY_UPSTREAM_CONNECT_TIMEOUT: expected a positive number of seconds, got 'nan'"),
-    ("GATEWAY_UPSTREAM_TIMEOUT", "30s", "GATEWAY_UPSTREAM_TIMEOUT: expected a positive number of seconds, got '30s'"),
-    ("GATEWAY_DRAIN_TIMEOUT", "-0.5", "GATEWAY_DRAIN_TIMEOUT: expected a number of seconds >= 0, got '-0.5'"),
-    ("GATEWAY_MAX_HEADER_BYTES", "0", "GATEWAY_MAX_HEADER_BYTES: expected an integer >= 1, got '0'"),
-    ("GATEWAY_MAX_HEADERS", "ten", "GATEWAY_MAX_HEADERS: expected an integer >= 1, got 'ten'"),
-    ("GATEWAY_MAX_URI_BYTES", "1e3", "GATEWAY_MAX_URI_BYTES: expected an integer >= 1, got '1e3'"),
-    ("GATEWAY_MAX_BODY_BYTES", "10M", "GATEWAY_MAX_BODY_BYTES: expected an integer >= 1, got '10M'"),
-    ("GATEWAY_MAX_CONNECTIONS", "-5", "GATEWAY_MAX_CONNECTIONS: expected an integer >= 1, got '-5'"),
+    ("GATEWAY_HEADER_TIMEOUT", "0", "GATEWAY_HEADER_TIMEOUT: expected a number of seconds 0.001-86400, got '0'"),
+    ("GATEWAY_BODY_TIMEOUT", "-1", "GATEWAY_BODY_TIMEOUT: expected a number of seconds 0.001-86400, got '-1'"),
+    ("GATEWAY_KEEPALIVE_TIMEOUT", "inf", "GATEWAY_KEEPALIVE_TIMEOUT: expected a number of seconds 0.001-86400, got 'inf'"),
+    ("GATEWAY_UPSTREAM_CONNECT_TIMEOUT", "nan", "GATEWAY_UPSTREAM_CONNECT_TIMEOUT: expected a number of seconds 0.001-86400, got 'nan'"),
+    ("GATEWAY_UPSTREAM_TIMEOUT", "30s", "GATEWAY_UPSTREAM_TIMEOUT: expected a number of seconds 0.001-86400, got '30s'"),
+    ("GATEWAY_DRAIN_TIMEOUT", "-0.5", "GATEWAY_DRAIN_TIMEOUT: expected a number of seconds 0-86400, got '-0.5'"),
+    ("GATEWAY_MAX_HEADER_BYTES", "0", "GATEWAY_MAX_HEADER_BYTES: expected an integer 1024-1048576 (1 KiB-1 MiB), got '0'"),
+    ("GATEWAY_MAX_HEADERS", "ten", "GATEWAY_MAX_HEADERS: expected an integer 1-10000, got 'ten'"),
+    ("GATEWAY_MAX_URI_BYTES", "1e3", "GATEWAY_MAX_URI_BYTES: expected an integer 256-1048576 (256 B-1 MiB), got '1e3'"),
+    ("GATEWAY_MAX_BODY_BYTES", "10M", "GATEWAY_MAX_BODY_BYTES: expected an integer 1-68719476736 (1 B-64 GiB), got '10M'"),
+    ("GATEWAY_MAX_CONNECTIONS", "-5", "GATEWAY_MAX_CONNECTIONS: expected an integer 1-1000000, got '-5'"),
     ("GATEWAY_ACCESS_LOG", "stdrr", "GATEWAY_ACCESS_LOG: expected off, stdout, stderr or a file path, got 'stdrr'"),
     ("GATEWAY_AUDIT_LOG", "loud", "GATEWAY_AUDIT_LOG: expected off, stdout, stderr or a file path, got 'loud'"),
     ("GATEWAY_TRACING", "maybe", "GATEWAY_TRACING: expected on or off, got 'maybe'"),
@@ -151,7 +155,7 @@ BAD = [
     ("GATEWAY_JWT_JWKS_URL", "ftp://x/jwks", "GATEWAY_JWT_JWKS_URL: expected a URL https://... or http://..., got 'ftp://x/jwks'"),
     ("GATEWAY_ALERT_WEBHOOKS", "https://ok.example,nope", "GATEWAY_ALERT_WEBHOOKS: expected a URL https://... or http://..., got 'nope'"),
     ("GATEWAY_JWT_ALGORITHMS", "none", "GATEWAY_JWT_ALGORITHMS: expected a comma-separated list of "),
-    ("GATEWAY_JWT_LEEWAY", "-3", "GATEWAY_JWT_LEEWAY: expected a number of seconds >= 0, got '-3'"),
+    ("GATEWAY_JWT_LEEWAY", "-3", "GATEWAY_JWT_LEEWAY: expected a number of seconds 0-3600, got '-3'"),
 ]
 
 
@@ -248,3 +252,49 @@ def test_loader_sees_odd_urls_as_bad_values() -> None:
         load_settings({"GATEWAY_JWT_JWKS_URL": "http://[", "GATEWAY_REDIS_URL": "redis://h:99999"})
     assert [e.var for e in info.value.errors] == ["GATEWAY_REDIS_URL", "GATEWAY_JWT_JWKS_URL"]
     assert all("expected a URL" in e.message for e in info.value.errors)
+
+
+# Data and admin listeners on one address: `check` passed, and with GATEWAY_WORKERS=2 `run` left a
+# supervisor whose workers could never bind (the admin listener held the port): zero workers.
+SAME_ADDRESS = [
+    {"GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},                      # 0.0.0.0 vs 127.0.0.1
+    {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "10.1.2.3", "GATEWAY_ADMIN_HOST": "0.0.0.0", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::1", "GATEWAY_ADMIN_HOST": "::", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "::1", "GATEWAY_ADMIN_HOST": "0:0::1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "localhost", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},   # a name may be any address
+    {"GATEWAY_PORT": "9901"},                                                     # the admin default port
+    {"GATEWAY_ADMIN_PORT": "8080"},                                               # the data default port
+]
+
+
+@pytest.mark.parametrize("env", SAME_ADDRESS)
+def test_data_and_admin_on_one_address_are_refused_naming_both(env: dict[str, str]) -> None:
+    with pytest.raises(EnvError) as info:
+        load_settings(env)
+    (line,) = info.value.problems
+    assert "GATEWAY_PORT" in line and "GATEWAY_ADMIN_PORT" in line, line
+    assert "GATEWAY_HOST" in line and "GATEWAY_ADMIN_HOST" in line, line
+
+
+@pytest.mark.parametrize("env", [
+    {"GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9001"},
+    {"GATEWAY_HOST": "127.0.0.2", "GATEWAY_ADMIN_HOST": "127.0.0.1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+    {"GATEWAY_HOST": "10.0.0.1", "GATEWAY_ADMIN_HOST": "::1", "GATEWAY_PORT": "9000", "GATEWAY_ADMIN_PORT": "9000"},
+])
+def test_distinct_listeners_are_accepted(env: dict[str, str]) -> None:
+    load_settings(env)
+
+
+def test_a_bad_port_is_reported_once_not_also_as_a_clash() -> None:
+    with pytest.raises(EnvError) as info:
+        load_settings({"GATEWAY_PORT": "x", "GATEWAY_ADMIN_PORT": "9000"})
+    assert [e.var for e in info.value.errors] == ["GATEWAY_PORT"]
+
+
+def test_the_clash_is_reported_under_a_variable_that_was_set() -> None:
+    for env in ({"GATEWAY_PORT": "9901"}, {"GATEWAY_ADMIN_PORT": "8080"}):
+        with pytest.raises(EnvError) as info:
+            load_settings(env)
+        assert info.value.var in env

@@ -62,12 +62,52 @@ service = "users"
     assert cfg.service("users") is svc
 
 
-def test_none_and_empty_are_empty_configs(tmp_path: Path) -> None:
+def test_no_file_is_an_empty_config() -> None:
     assert load_config(None) == GatewayConfig()
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \n\t\r\n  "], ids=["empty", "newline", "whitespace"])
+def test_an_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    # An empty file served no routes at all; a reload that read a file while an editor rewrote it
+    # in place (truncate, then write) applied that emptiness. Unset GATEWAY_CONFIG to run without one.
     f = tmp_path / "empty.toml"
-    f.write_text("")
-    cfg = load_config(str(f))
-    assert cfg.routes == () and cfg.services == () and cfg.source == str(f)
+    f.write_text(text)
+    with pytest.raises(ConfigErrors) as info:
+        load_config(str(f))
+    assert info.value.problems == [f"{f}: the file is empty (a configuration has [[services]] and [[routes]])"]
+    with pytest.raises(ConfigErrors):   # the supervisor's snapshot reads the text itself
+        loads_config(text, str(f))
+
+
+def test_a_file_without_routes_loads_with_a_warning_naming_it(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "noroutes.toml"
+    f.write_text("# routes come later\n" + SVC)
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        cfg = load_config(str(f))
+    assert cfg.routes == () and len(cfg.services) == 1
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", f"{f} has no [[routes]]: every request will answer 404")]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        load_config(None)                       # no file: no routes asked for, nothing to warn about
+        f.write_text(SVC + ROUTE)
+        load_config(str(f))
+    assert caplog.records == []
+
+
+def test_a_worker_booting_from_the_supervisor_snapshot_does_not_warn_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command that started the supervisor warned already, naming the operator's file; N workers
+    # repeating it about a private snapshot path would be N lines for one event.
+    from gateway.process import BOOT_CONFIG_ENV
+
+    snap = tmp_path / "config.toml"
+    snap.write_text(SVC)
+    monkeypatch.setenv(BOOT_CONFIG_ENV, str(snap))
+    with caplog.at_level("WARNING", logger="gateway.config"):
+        load_config(str(snap))
+    assert caplog.records == []
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
@@ -97,8 +137,8 @@ ERRORS = [
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://user:pw@a:1" }]\n', "services[0].targets[0].url: expected http://host:port, got 'http://user:pw@a:1'"),
     ('[[services]]\nname = "s"\ntargets = [{ url = 5 }]\n', "services[0].targets[0].url: expected http://host:port, got an integer"),
     ('[[services]]\nname = "s"\ntargets = [{ weight = 1 }]\n', "services[0].targets[0].url: required"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = 0 }]\n', "services[0].targets[0].weight: expected an integer >= 1, got 0"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = true }]\n', "services[0].targets[0].weight: expected an integer >= 1, got a boolean"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = 0 }]\n', "services[0].targets[0].weight: expected an integer 1-65535, got 0"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = true }]\n', "services[0].targets[0].weight: expected an integer 1-65535, got a boolean"),
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", version = 2 }]\n', "services[0].targets[0].version: expected a string, got an integer"),
     ('[[services]]\nname = "s"\ntargets = []\n', "services[0].targets: expected at least one target"),
     ('[[services]]\nname = "s"\n', "services[0].targets: required (at least one target)"),
@@ -118,9 +158,9 @@ ERRORS = [
     (SVC + ROUTE + 'host = "api.example.com:8080"\n', "routes[0].host: expected a hostname without port (api.example.com), got 'api.example.com:8080'"),
     (SVC + ROUTE + 'host = "bad_host!"\n', "routes[0].host: expected a hostname without port (api.example.com), got 'bad_host!'"),
     (SVC + ROUTE + 'strip_prefix = "yes"\n', "routes[0].strip_prefix: expected true or false, got a string"),
-    (SVC + ROUTE + 'timeout = 0\n', "routes[0].timeout: expected a positive number of seconds, got 0"),
-    (SVC + ROUTE + 'timeout = "5s"\n', "routes[0].timeout: expected a positive number of seconds, got a string"),
-    (SVC + ROUTE + 'retries = -1\n', "routes[0].retries: expected an integer >= 0, got -1"),
+    (SVC + ROUTE + 'timeout = 0\n', "routes[0].timeout: expected a number of seconds 0.001-86400, got 0"),
+    (SVC + ROUTE + 'timeout = "5s"\n', "routes[0].timeout: expected a number of seconds 0.001-86400, got a string"),
+    (SVC + ROUTE + 'retries = -1\n', "routes[0].retries: expected an integer 0-100, got -1"),
     # cross-checks
     (SVC + '[[routes]]\nname = "r"\npath = "/"\nservice = "orders"\n', "routes[0].service: unknown service 'orders'"),
     (SVC + '[[routes]]\nname = "r"\npath = "/"\n', "routes[0].service: required"),
@@ -303,3 +343,58 @@ def test_any_document_gives_a_config_or_config_errors(doc: dict) -> None:  # typ
         parse_config(doc)
     except ConfigErrors as exc:
         assert exc.problems and all(": " in p for p in exc.problems)
+
+
+# Deep nesting: tomllib recurses per level, so 10,000 levels raised RecursionError through the
+# loader (a traceback and exit 1 at start, an exception instead of a refusal at reload). How deep
+# tomllib gets depends on the caller's stack, so the loader sets its own limit, the same everywhere.
+DEEP = {
+    "arrays": "a = " + "[" * 10000 + "]" * 10000 + "\n",
+    "inline tables": "a = " + "{ b = " * 10000 + "1" + " }" * 10000 + "\n",
+    "arrays in a route": SVC + ROUTE + "methods = " + "[" * 10000 + "]" * 10000 + "\n",
+    "dotted table header": "[" + ".".join(["a"] * 10000) + "]\n",
+    # routes (1) > the route table (2) > 31 arrays: 33 levels below the document
+    "just over the limit": SVC + ROUTE + "auth = " + "[" * 31 + "]" * 31 + "\n",
+}
+
+
+@pytest.mark.parametrize("text", DEEP.values(), ids=DEEP.keys())
+def test_deep_nesting_is_a_configuration_error(text: str) -> None:
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(text, "gw.toml")
+    assert info.value.problems == ["gw.toml: nesting too deep (more than 32 levels of arrays and tables)"]
+
+
+def test_deep_nesting_from_a_deep_stack_is_still_a_configuration_error(tmp_path: Path) -> None:
+    # Called with little stack left (as from a signal handler deep in a loop), the same refusal.
+    f = tmp_path / "deep.toml"
+    f.write_text(DEEP["arrays"])
+
+    def dive(n: int) -> ConfigErrors:
+        if n:
+            return dive(n - 1)
+        with pytest.raises(ConfigErrors) as info:
+            load_config(str(f))
+        return info.value
+
+    import sys
+    exc = dive(sys.getrecursionlimit() - 120)
+    assert exc.problems == [f"{f}: nesting too deep (more than 32 levels of arrays and tables)"]
+
+
+def test_nesting_up_to_the_limit_is_judged_on_its_content() -> None:
+    # 32 levels below the document: routes, the route table, 30 arrays
+    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + "auth = " + "[" * 30 + "]" * 30 + "\n")
+
+
+def test_a_huge_value_is_not_echoed_whole() -> None:
+    (line,) = problems(SVC + ROUTE + 'methods = ["' + "x y" * 100000 + '"]\n')
+    assert line.startswith("routes[0].methods[0]: expected an HTTP method token, got 'x yx y")
+    assert len(line) < 400
+
+
+def test_the_boot_snapshot_variable_is_the_supervisors() -> None:
+    from gateway import process
+    from gateway.config import schema
+
+    assert schema.BOOT_CONFIG_ENV == process.BOOT_CONFIG_ENV
