@@ -1,8 +1,9 @@
 """The admin listener: a tiny HTTP/1.1 server on httptools with a route table.
 
 Not on the data-plane hot path: it favours being small and obviously correct. One request is
-handled at a time per connection (pipelined requests wait in arrival order), bodies are buffered
-(capped at MAX_BODY), every answer is JSON unless a handler says otherwise.
+handled at a time per connection (pipelined requests wait in arrival order, and reading stops
+while replies are queued: see AdminProtocol), bodies are buffered (capped at MAX_BODY), every answer
+is JSON unless a handler says otherwise.
 
 Later issues extend the table (`routes.add(...)`): metrics, dashboard, JSON APIs whose writes need
 `Authorization: Bearer $GATEWAY_ADMIN_TOKEN` (`write=True`). `/openapi.json` is generated from the
@@ -14,8 +15,9 @@ import asyncio
 import hmac
 import inspect
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -28,11 +30,17 @@ from gateway.admin.api import (
     json_response,
 )
 from gateway.admin.openapi import openapi_handler
+from gateway.http.flow import PAUSE_PIPELINE, ReadGate
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.admin")
 
 MAX_BODY = 1 << 20
-MAX_PIPELINE = 16
+MAX_PIPELINE = 8        # parsed requests waiting for their answer before parsing (and reading) stops
+FEED_SLICE = 4096       # bytes handed to the parser at once: a full queue stops parsing within a slice
+PAUSE_WRITING = 16      # a ReadGate reason of our own (flow.pyx uses 1-8): the transport is backed up
 
 
 class AdminApp:
@@ -53,7 +61,8 @@ class AdminApp:
                                   [("WWW-Authenticate", 'Bearer realm="gateway-admin"')])
         return None
 
-    async def handle(self, req: AdminRequest) -> AdminResponse:
+    def dispatch(self, req: AdminRequest) -> AdminResponse | Awaitable[AdminResponse]:
+        """The response, or an awaitable of it when the handler waits on I/O (no task otherwise)."""
         found = self.routes.resolve(req.method, req.path)
         if isinstance(found, AdminResponse):
             return found
@@ -64,14 +73,28 @@ class AdminApp:
                 return denied
         try:
             result = route.handler(req)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-        except AdminError as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, never kills the listener
+            return self._failed(route, exc)
+        if inspect.isawaitable(result):
+            return self._wait(route, result)
+        return result
+
+    async def _wait(self, route: Any, pending: Awaitable[AdminResponse]) -> AdminResponse:
+        try:
+            return await pending
+        except Exception as exc:  # noqa: BLE001
+            return self._failed(route, exc)
+
+    @staticmethod
+    def _failed(route: Any, exc: Exception) -> AdminResponse:
+        if isinstance(exc, AdminError):
             return error_response(exc.status, exc.code, exc.message, exc.headers)
-        except Exception:  # noqa: BLE001 - a handler bug answers 500, never kills the listener
-            log.exception("admin handler %s %s failed", route.method, route.pattern)
-            return error_response(500, "internal_error", "the admin handler failed")
+        log.error("admin handler %s %s failed", route.method, route.pattern, exc_info=exc)
+        return error_response(500, "internal_error", "the admin handler failed")
+
+    async def handle(self, req: AdminRequest) -> AdminResponse:
+        result = self.dispatch(req)
+        return result if isinstance(result, AdminResponse) else await result
 
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
@@ -95,34 +118,155 @@ def render(resp: AdminResponse, keep_alive: bool, head_only: bool = False) -> by
     return head if head_only else head + resp.body
 
 
+class _Item:
+    """One pipelined exchange waiting for its turn: a request to dispatch, or a reply already decided."""
+
+    __slots__ = ("request", "response", "keep_alive", "head_only")
+
+    def __init__(self, request: AdminRequest | None, response: AdminResponse | None, keep_alive: bool,
+                 head_only: bool) -> None:
+        self.request = request
+        self.response = response
+        self.keep_alive = keep_alive
+        self.head_only = head_only
+
+
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, app: AdminApp) -> None:
-        self.app = app
+    """One admin connection. Attributes: per listener (server, app, loop), per connection
+    (transport, parser, gate, held bytes, the queue), per request being parsed (url, headers, body).
+
+    Flow control (the data plane's rule, gateway/http/downstream.pyx): nothing is read while
+    replies are queued. Bytes read are handed to the parser a slice at a time; once MAX_PIPELINE
+    parsed requests wait for their answer, parsing stops and the unparsed rest of that read is held
+    with reading paused. Answers stop while the transport is above its write high-water mark
+    (pause_writing), and reading stays paused until it drains (resume_writing). So a client that
+    pipelines and never reads costs at most one read, MAX_PIPELINE requests and the transport's
+    high-water mark, however long it goes on.
+    """
+
+    def __init__(self, server: AdminServer) -> None:
+        # per listener
+        self.server = server
+        self.app = server.app
+        assert server.loop is not None
+        self.loop = server.loop
+        # per connection
         self.transport: asyncio.Transport | None = None
+        self.gate: ReadGate | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self.held = b""             # read but not parsed yet; reading is paused while any is held
+        self.held_pos = 0
+        self.queue: deque[_Item] = deque()
+        self.busy = False           # an async handler is answering the head of the queue
+        self.write_paused = False
+        self.closing = False
+        self.running = False        # _run() is on the stack (it is never re-entered)
+        # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.too_large = False
-        self.pending: list[tuple[AdminRequest | AdminResponse, bool, bool]] = []
-        self.busy = False
 
+    # ------------------------------------------------------------------ transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
         self.transport = None
+        self.queue.clear()
+        self.held = b""
+
+    def pause_writing(self) -> None:
+        # The client does not read as fast as we answer: stop answering and stop reading.
+        self.write_paused = True
+        if self.gate is not None:
+            self.gate.pause(PAUSE_WRITING)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.gate is not None:
+            self.gate.resume(PAUSE_WRITING)
+        self._run()
 
     def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._send(error_response(400, "bad_request", "malformed HTTP request"), False, False)
+        if self.closing:
             return
-        if len(self.pending) > MAX_PIPELINE and self.transport is not None:
-            self.transport.pause_reading()
+        if self.held_pos < len(self.held):
+            self.held = self.held[self.held_pos:] + data
+        else:
+            self.held = data
+        self.held_pos = 0
+        self._run()
 
-    # httptools callbacks: accumulate only.
+    # ------------------------------------------------------------------ the driver
+    def _run(self) -> None:
+        """Answer what can be answered, parse what may be parsed, in that order, until neither can
+        go on; then pause reading if unparsed bytes are held, else resume it."""
+        if self.running or self.closing:
+            return
+        self.running = True
+        try:
+            while not self.closing:
+                if self.queue and not self.busy and not self.write_paused:
+                    self._answer(self.queue.popleft())
+                elif self.held_pos < len(self.held) and len(self.queue) < MAX_PIPELINE:
+                    self._feed_slice()
+                else:
+                    break
+            if not self.closing and self.gate is not None:
+                if self.held_pos < len(self.held):
+                    self.gate.pause(PAUSE_PIPELINE)
+                else:
+                    self.held, self.held_pos = b"", 0
+                    self.gate.resume(PAUSE_PIPELINE)
+        finally:
+            self.running = False
+
+    def _feed_slice(self) -> None:
+        end = self.held_pos + FEED_SLICE
+        chunk = memoryview(self.held)[self.held_pos:end]
+        self.held_pos = min(end, len(self.held))
+        try:
+            self.parser.feed_data(chunk)
+        except httptools.HttpParserError:
+            self.held, self.held_pos = b"", 0
+            self._send(error_response(400, "bad_request", "malformed HTTP request"), False, False)
+
+    def _answer(self, item: _Item) -> None:
+        if item.response is not None:
+            self._send(item.response, item.keep_alive, item.head_only)
+            return
+        assert item.request is not None
+        result = self.app.dispatch(item.request)
+        if isinstance(result, AdminResponse):
+            self._send(result, item.keep_alive, item.head_only)
+            return
+        # An async handler: the only task, and only for handlers that wait on I/O.
+        self.busy = True
+        self.loop.create_task(self._finish(result, item))
+
+    async def _finish(self, pending: Awaitable[AdminResponse], item: _Item) -> None:
+        try:
+            resp = await pending
+        finally:
+            self.busy = False
+        if not self.closing:
+            self._send(resp, item.keep_alive, item.head_only)
+            self._run()
+
+    def _send(self, resp: AdminResponse, keep_alive: bool, head_only: bool) -> None:
+        t = self.transport
+        if t is None or self.closing:
+            return
+        t.write(render(resp, keep_alive, head_only))
+        if not keep_alive:
+            self.closing = True
+            self.queue.clear()
+            t.close()
+
+    # ------------------------------------------------------------------ httptools callbacks: accumulate only
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
@@ -144,56 +288,37 @@ class AdminProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         method = self.parser.get_method().decode("ascii", "replace")
         keep_alive = self.parser.should_keep_alive()
+        head_only = method == "HEAD"
         if self.too_large:
-            item: AdminRequest | AdminResponse = error_response(413, "body_too_large", "admin bodies are limited to 1 MiB")
-            keep_alive = False
-        else:
-            try:
-                parsed = httptools.parse_url(self.url)
-                path = (parsed.path or b"/").decode("utf-8", "replace")
-                query = (parsed.query or b"").decode("utf-8", "replace")
-                item = AdminRequest(method, path, query, self.headers, bytes(self.body))
-            except httptools.HttpParserInvalidURLError:
-                item = error_response(400, "bad_request", "invalid request target")
-        self.pending.append((item, keep_alive, method == "HEAD"))
-        if not self.busy:
-            self.busy = True
-            asyncio.get_running_loop().create_task(self._drain_pending())
-
-    async def _drain_pending(self) -> None:
-        try:
-            while self.pending and self.transport is not None:
-                item, keep_alive, head_only = self.pending.pop(0)
-                resp = item if isinstance(item, AdminResponse) else await self.app.handle(item)
-                self._send(resp, keep_alive, head_only)
-                if not keep_alive:
-                    return
-                if self.transport is not None and len(self.pending) <= MAX_PIPELINE:
-                    self.transport.resume_reading()
-        finally:
-            self.busy = False
-
-    def _send(self, resp: AdminResponse, keep_alive: bool, head_only: bool) -> None:
-        t = self.transport
-        if t is None:
+            resp = error_response(413, "body_too_large", "admin bodies are limited to 1 MiB")
+            self.queue.append(_Item(None, resp, False, head_only))
             return
-        t.write(render(resp, keep_alive, head_only))
-        if not keep_alive:
-            self.pending.clear()
-            t.close()
+        try:
+            parsed = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            self.queue.append(_Item(None, error_response(400, "bad_request", "invalid request target"),
+                                    keep_alive, head_only))
+            return
+        path = (parsed.path or b"/").decode("utf-8", "replace")
+        query = (parsed.query or b"").decode("utf-8", "replace")
+        req = AdminRequest(method, path, query, self.headers, bytes(self.body))
+        self.queue.append(_Item(req, None, keep_alive, head_only))
 
 
 class AdminServer:
-    """The admin listener on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT."""
+    """The admin listener on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT, with the limits of `settings`."""
 
-    def __init__(self, routes: AdminRoutes, admin_token: str | None) -> None:
+    def __init__(self, routes: AdminRoutes, settings: Settings) -> None:
         self.routes = routes
-        self.app = AdminApp(routes, admin_token)
+        self.settings = settings
+        self.app = AdminApp(routes, settings.admin_token)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        self.loop = loop
         try:
-            self._server = await loop.create_server(lambda: AdminProtocol(self.app), host, port,
+            self._server = await loop.create_server(lambda: AdminProtocol(self), host, port,
                                                     reuse_address=True)
         except OSError as exc:
             raise OSError(
