@@ -30,7 +30,7 @@ from gateway.admin.api import (
     json_response,
 )
 from gateway.admin.openapi import openapi_handler
-from gateway.http.flow import PAUSE_PIPELINE, ReadGate
+from gateway.http.flow import PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -41,6 +41,8 @@ MAX_BODY = 1 << 20
 MAX_PIPELINE = 8        # parsed requests waiting for their answer before parsing (and reading) stops
 FEED_SLICE = 4096       # bytes handed to the parser at once: a full queue stops parsing within a slice
 PAUSE_WRITING = 16      # a ReadGate reason of our own (flow.pyx uses 1-8): the transport is backed up
+
+INTERNAL_ERROR = error_response(500, "internal_error", "the admin listener failed to answer")
 
 
 class AdminApp:
@@ -142,6 +144,11 @@ class AdminProtocol(asyncio.Protocol):
     (pause_writing), and reading stays paused until it drains (resume_writing). So a client that
     pipelines and never reads costs at most one read, MAX_PIPELINE requests and the transport's
     high-water mark, however long it goes on.
+
+    Order: every reply, including the ones the listener decides itself (400 for garbage), goes
+    through the one queue, so each complete request is answered, in order, before the error that
+    ends the connection. No exception leaves a callback: a handler or a response that fails
+    answers 500 (one log line), a failure of the listener itself aborts the connection (one line).
     """
 
     def __init__(self, server: AdminServer) -> None:
@@ -160,6 +167,8 @@ class AdminProtocol(asyncio.Protocol):
         self.busy = False           # an async handler is answering the head of the queue
         self.write_paused = False
         self.closing = False
+        self.rejected = False       # an error reply is queued: nothing more is parsed
+        self.eof = False            # the client half-closed: close once every reply is out
         self.running = False        # _run() is on the stack (it is never re-entered)
         # per request being parsed
         self.url = b""
@@ -170,7 +179,10 @@ class AdminProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
+        try:
+            self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - nothing escapes a protocol callback
+            self._fail("admin connection setup failed")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -186,19 +198,43 @@ class AdminProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.gate is not None:
-            self.gate.resume(PAUSE_WRITING)
-        self._run()
+        try:
+            if self.gate is not None:
+                self.gate.resume(PAUSE_WRITING)
+            self._run()
+        except Exception:  # noqa: BLE001
+            self._fail("admin connection failed")
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.rejected:
             return
         if self.held_pos < len(self.held):
             self.held = self.held[self.held_pos:] + data
         else:
             self.held = data
         self.held_pos = 0
-        self._run()
+        try:
+            self._run()
+        except Exception:  # noqa: BLE001
+            self._fail("admin connection failed")
+
+    def eof_received(self) -> bool:
+        # Half-closed (`printf '...' | nc`): the requests already sent are still answered; _run()
+        # closes once the last reply is out. A request cut off by the EOF is never answered.
+        self.eof = True
+        try:
+            self._run()
+        except Exception:  # noqa: BLE001
+            self._fail("admin connection failed")
+        return True
+
+    def _fail(self, what: str) -> None:
+        """A bug of the listener itself: one log line with the traceback, the connection aborted."""
+        log.exception(what)
+        self.closing = True
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     # ------------------------------------------------------------------ the driver
     def _run(self) -> None:
@@ -215,12 +251,15 @@ class AdminProtocol(asyncio.Protocol):
                     self._feed_slice()
                 else:
                     break
-            if not self.closing and self.gate is not None:
-                if self.held_pos < len(self.held):
-                    self.gate.pause(PAUSE_PIPELINE)
-                else:
-                    self.held, self.held_pos = b"", 0
-                    self.gate.resume(PAUSE_PIPELINE)
+            if self.closing or self.gate is None:
+                return
+            if self.held_pos < len(self.held):
+                self.gate.pause(PAUSE_PIPELINE)
+                return
+            self.held, self.held_pos = b"", 0
+            self.gate.resume(PAUSE_PIPELINE)
+            if self.eof and not self.queue and not self.busy:
+                self._close()
         finally:
             self.running = False
 
@@ -230,9 +269,24 @@ class AdminProtocol(asyncio.Protocol):
         self.held_pos = min(end, len(self.held))
         try:
             self.parser.feed_data(chunk)
-        except httptools.HttpParserError:
-            self.held, self.held_pos = b"", 0
-            self._send(error_response(400, "bad_request", "malformed HTTP request"), False, False)
+        except httptools.HttpParserError as exc:
+            # httptools wraps an exception raised in a callback and chains the original.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, Exception):
+                log.error("admin request parsing failed", exc_info=cause)
+                self._reject(INTERNAL_ERROR)
+            else:
+                self._reject(error_response(400, "bad_request", "malformed HTTP request"))
+
+    def _reject(self, resp: AdminResponse) -> None:
+        """Nothing more is parsed or read; `resp` is answered after the requests already complete."""
+        if self.rejected or self.closing:
+            return
+        self.rejected = True
+        self.held, self.held_pos = b"", 0
+        if self.gate is not None:
+            self.gate.pause(PAUSE_CLOSING)
+        self.queue.append(_Item(None, resp, False, False))
 
     def _answer(self, item: _Item) -> None:
         if item.response is not None:
@@ -240,31 +294,48 @@ class AdminProtocol(asyncio.Protocol):
             return
         assert item.request is not None
         result = self.app.dispatch(item.request)
-        if isinstance(result, AdminResponse):
-            self._send(result, item.keep_alive, item.head_only)
+        if inspect.isawaitable(result):
+            # An async handler: the only task, and only for handlers that wait on I/O.
+            self.busy = True
+            self.loop.create_task(self._finish(result, item))
             return
-        # An async handler: the only task, and only for handlers that wait on I/O.
-        self.busy = True
-        self.loop.create_task(self._finish(result, item))
+        self._send(result, item.keep_alive, item.head_only)
 
     async def _finish(self, pending: Awaitable[AdminResponse], item: _Item) -> None:
         try:
             resp = await pending
-        finally:
-            self.busy = False
-        if not self.closing:
+        except Exception:  # noqa: BLE001 - AdminApp already answers handler errors; this is a bug
+            log.exception("admin request failed")
+            resp = INTERNAL_ERROR
+        self.busy = False
+        if self.closing:
+            return
+        try:
             self._send(resp, item.keep_alive, item.head_only)
             self._run()
+        except Exception:  # noqa: BLE001
+            self._fail("admin connection failed")
 
-    def _send(self, resp: AdminResponse, keep_alive: bool, head_only: bool) -> None:
+    def _send(self, resp: object, keep_alive: bool, head_only: bool) -> None:
         t = self.transport
         if t is None or self.closing:
             return
-        t.write(render(resp, keep_alive, head_only))
+        try:
+            if not isinstance(resp, AdminResponse):
+                raise TypeError(f"the handler returned {type(resp).__name__}, not an AdminResponse")
+            data = render(resp, keep_alive, head_only)
+        except Exception:  # noqa: BLE001 - nothing was written yet: a 500 keeps the connection usable
+            log.exception("admin response could not be rendered")
+            data = render(INTERNAL_ERROR, keep_alive, head_only)
+        t.write(data)
         if not keep_alive:
-            self.closing = True
-            self.queue.clear()
-            t.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.queue.clear()
+        if self.transport is not None:
+            self.transport.close()
 
     # ------------------------------------------------------------------ httptools callbacks: accumulate only
     def on_message_begin(self) -> None:

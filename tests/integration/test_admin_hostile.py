@@ -6,13 +6,25 @@ serving process (/proc/<pid>/status VmRSS), tracebacks on its real stderr.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
 import re
 import select
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from tests.support.gateway_proc import gateway, wait_until  # noqa: F401 - `gateway` is a fixture
+import pytest
+import uvloop
+
+from gateway.admin.api import AdminRequest, AdminResponse, AdminRoutes, json_response
+from gateway.admin.server import AdminServer, base_routes
+from gateway.config import Settings
+from tests.support.gateway_proc import free_port, gateway, wait_until  # noqa: F401 - `gateway` is a fixture
 
 MiB = 1 << 20
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
@@ -49,6 +61,111 @@ def read_until_closed(s: socket.socket, timeout: float = 5.0) -> bytes:
 
 def statuses(data: bytes) -> list[int]:
     return [int(m) for m in STATUS.findall(data)]
+
+
+def exchange(port: int, data: bytes, timeout: float = 5.0, half_close: bool = False) -> bytes:
+    """Send `data` on a new connection (then half-close), return everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        return read_until_closed(s, timeout)
+
+
+CLOSE = "Connection: close\r\n"
+
+
+class Listener:
+    """A real AdminServer on its own uvloop loop in a thread: real sockets, custom routes.
+
+    For what the gateway process cannot show yet (write routes, broken handlers). Everything the
+    loop's exception handler receives (an exception escaping a protocol callback or a task) is
+    kept in `loop_errors`.
+    """
+
+    def __init__(self, routes: AdminRoutes, settings: Settings) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.loop_errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
+        self.server = AdminServer(routes, settings)
+        self.port = free_port()
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self.server.start(self.loop, "127.0.0.1", self.port))
+            except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert started.wait(10), "the admin listener did not start"
+        if failure:
+            raise failure[0]
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.server.close)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        if not self.loop.is_closed() and not self.thread.is_alive():
+            self.loop.close()
+
+
+def test_routes() -> tuple[AdminRoutes, dict[str, int]]:
+    """/health and friends plus write routes that count their calls and handlers that misbehave."""
+    routes = base_routes(lambda: (True, {}), lambda: {"pid": 0})
+    calls = {"writes": 0}
+
+    def write(req: AdminRequest) -> AdminResponse:
+        calls["writes"] += 1
+        return json_response({"written": calls["writes"]}, 201)
+
+    async def slow(req: AdminRequest) -> AdminResponse:
+        await asyncio.sleep(0.05)
+        return json_response({"slow": True})
+
+    def returns_none(req: AdminRequest) -> Any:
+        return None
+
+    async def async_none(req: AdminRequest) -> Any:
+        return None
+
+    def bad_header(req: AdminRequest) -> AdminResponse:
+        return json_response({}, headers=[("X-Price", "10 \u20ac")])  # not latin-1: cannot be rendered
+
+    routes.add("POST", "/write", write)
+    routes.add("GET", "/slow", slow)
+    routes.add("GET", "/none", returns_none)
+    routes.add("GET", "/async-none", async_none)
+    routes.add("GET", "/bad-header", bad_header)
+    return routes, calls
+
+
+test_routes.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture
+def listener() -> Iterator[Any]:
+    """Factory: listener(**settings) → a started Listener over test_routes(); stopped at teardown."""
+    started: list[Listener] = []
+
+    def make(**settings: Any) -> Listener:
+        routes, calls = test_routes()
+        lst = Listener(routes, dataclasses.replace(Settings(), **settings))
+        lst.calls = calls  # type: ignore[attr-defined]
+        started.append(lst)
+        return lst
+
+    yield make
+    for lst in started:
+        lst.stop()
 
 
 # --- 1. pipelining without reading ------------------------------------------------------------------
@@ -89,3 +206,37 @@ def test_pipelining_without_reading_keeps_memory_bounded(gateway) -> None:  # no
           f"after {after / MiB:.1f} MiB; {sent / MiB:.1f} MiB of requests sent in {time.monotonic() - start:.1f}s")
     assert peak - before < 64 * MiB, f"RSS grew by {(peak - before) / MiB:.0f} MiB"
     assert gw.alive()
+
+
+# --- 5b. every complete request is answered before the error --------------------------------------
+def test_requests_before_garbage_are_answered_first(gateway) -> None:  # noqa: F811
+    gw = gateway(None)
+    data = exchange(gw.admin_port, get() + get("/ready") + b"\x00garbage\r\n\r\n" + get())
+    assert statuses(data) == [200, 200, 400], data
+    assert data.index(b'"status":"ok"') < data.index(b'"status":"ready"') < data.index(b'"bad_request"')
+
+
+def test_pipelined_replies_stay_in_order_across_async_handlers(listener) -> None:
+    lst = listener()
+    data = exchange(lst.port, get("/slow") + get("/health") + get("/slow") + b"BAD\r\n\r\n")
+    assert statuses(data) == [200, 200, 200, 400], data
+    assert data.index(b'"slow"') < data.index(b'"status":"ok"') < data.rindex(b'"slow"')
+
+
+def test_half_closed_client_gets_all_its_replies(listener) -> None:
+    lst = listener()
+    data = exchange(lst.port, get("/slow") + get("/health"), half_close=True)
+    assert statuses(data) == [200, 200], data
+
+
+# --- no exception escapes a protocol callback ----------------------------------------------------
+@pytest.mark.parametrize("path", ["/none", "/async-none", "/bad-header"])
+def test_a_broken_handler_answers_500_and_logs_once(listener, caplog, path: str) -> None:
+    lst = listener()
+    with caplog.at_level(logging.ERROR, logger="gateway.admin"):
+        data = exchange(lst.port, get(path) + get("/health", extra=CLOSE))
+    assert statuses(data) == [500, 200], data
+    assert b'"internal_error"' in data
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert lst.loop_errors == []
