@@ -43,6 +43,17 @@ FEED_SLICE = 4096       # bytes handed to the parser at once: a full queue stops
 PAUSE_WRITING = 16      # a ReadGate reason of our own (flow.pyx uses 1-8): the transport is backed up
 
 INTERNAL_ERROR = error_response(500, "internal_error", "the admin listener failed to answer")
+BAD_REQUEST = error_response(400, "bad_request", "malformed HTTP request")
+NO_UPGRADE = error_response(400, "bad_request", "the admin API does not switch protocols (Upgrade)")
+NO_CONNECT = error_response(501, "not_implemented", "the admin API does not implement CONNECT")
+
+
+class _Rejected(Exception):
+    """Raised in a parser callback to stop parsing at that byte; the reply ends the connection."""
+
+    def __init__(self, response: AdminResponse) -> None:
+        super().__init__(response.status)
+        self.response = response
 
 
 class AdminApp:
@@ -102,7 +113,7 @@ class AdminApp:
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+            501: "Not Implemented", 503: "Service Unavailable"}
 
 
 def render(resp: AdminResponse, keep_alive: bool, head_only: bool = False) -> bytes:
@@ -269,14 +280,20 @@ class AdminProtocol(asyncio.Protocol):
         self.held_pos = min(end, len(self.held))
         try:
             self.parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade:
+            # (on_headers_complete refuses every Upgrade and CONNECT first; this is the backstop:
+            # HttpParserUpgrade is no HttpParserError and would otherwise escape.)
+            self._reject(NO_UPGRADE)
         except httptools.HttpParserError as exc:
             # httptools wraps an exception raised in a callback and chains the original.
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, Exception):
+            if isinstance(cause, _Rejected):
+                self._reject(cause.response)
+            elif isinstance(cause, Exception):
                 log.error("admin request parsing failed", exc_info=cause)
                 self._reject(INTERNAL_ERROR)
             else:
-                self._reject(error_response(400, "bad_request", "malformed HTTP request"))
+                self._reject(BAD_REQUEST)
 
     def _reject(self, resp: AdminResponse) -> None:
         """Nothing more is parsed or read; `resp` is answered after the requests already complete."""
@@ -349,6 +366,16 @@ class AdminProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        # llhttp stops after the head of a CONNECT or `Connection: upgrade` request and httptools
+        # raises HttpParserUpgrade: the bytes after it are another protocol. The admin API never
+        # switches protocols, so both are refused here, as the head completes, and the connection
+        # is closed (nothing after that head is read).
+        if self.parser.get_method() == b"CONNECT":
+            raise _Rejected(NO_CONNECT)
+        if self.parser.should_upgrade():
+            raise _Rejected(NO_UPGRADE)
 
     def on_body(self, body: bytes) -> None:
         if len(self.body) + len(body) > MAX_BODY:

@@ -240,3 +240,24 @@ def test_a_broken_handler_answers_500_and_logs_once(listener, caplog, path: str)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
     assert lst.loop_errors == []
+
+
+# --- 4. Upgrade and CONNECT ------------------------------------------------------------------------
+UPGRADE = get(extra="Connection: Upgrade\r\nUpgrade: websocket\r\n")
+CONNECT = b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: 127.0.0.1:443\r\n\r\n"
+
+
+def test_upgrade_and_connect_are_refused_without_a_traceback(gateway) -> None:  # noqa: F811
+    gw = gateway(None)
+    for _ in range(10):
+        # An Upgrade is never switched to: 400 and close (what follows it is not HTTP/1.1).
+        data = exchange(gw.admin_port, UPGRADE + get())
+        assert statuses(data) == [400], data
+        assert b"Connection: close" in data
+        # CONNECT is a method the admin API does not implement: 501 and close.
+        data = exchange(gw.admin_port, CONNECT + get())
+        assert statuses(data) == [501], data
+    # Pipelined behind a valid request: that one is answered first.
+    assert statuses(exchange(gw.admin_port, get() + UPGRADE)) == [200, 400]
+    assert gw.stop() == 0
+    assert "Traceback" not in gw.stderr, gw.stderr[-3000:]
