@@ -30,10 +30,11 @@ from gateway.admin.api import (
     json_response,
 )
 from gateway.admin.openapi import openapi_handler
-from gateway.http.flow import PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate
+from gateway.http.flow import PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate, ticker_for
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+    from gateway.http.flow import Ticker
 
 log = logging.getLogger("gateway.admin")
 
@@ -46,6 +47,15 @@ INTERNAL_ERROR = error_response(500, "internal_error", "the admin listener faile
 BAD_REQUEST = error_response(400, "bad_request", "malformed HTTP request")
 NO_UPGRADE = error_response(400, "bad_request", "the admin API does not switch protocols (Upgrade)")
 NO_CONNECT = error_response(501, "not_implemented", "the admin API does not implement CONNECT")
+HEADER_TIMEOUT = error_response(408, "request_timeout", "the request head was not received in time")
+BODY_TIMEOUT = error_response(408, "request_timeout", "the request body stalled")
+
+INF = float("inf")
+# What the parse-side deadline of a connection is for.
+K_NONE = 0      # no deadline: a request is being answered, or its body is complete
+K_IDLE = 1      # waiting for the first byte of a head: close quietly when it passes
+K_HEADER = 2    # a head has begun: 408 when it is not complete by the deadline (absolute)
+K_BODY = 3      # a body is being read: 408 after that long without a body byte
 
 
 class _Rejected(Exception):
@@ -112,7 +122,7 @@ class AdminApp:
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
+            408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
 
 
@@ -168,6 +178,11 @@ class AdminProtocol(asyncio.Protocol):
         self.app = server.app
         assert server.loop is not None
         self.loop = server.loop
+        self.ticker = server.ticker
+        s = server.settings
+        self.t_header = s.header_timeout
+        self.t_body = s.body_timeout
+        self.t_keepalive = s.keepalive_timeout
         # per connection
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
@@ -181,6 +196,12 @@ class AdminProtocol(asyncio.Protocol):
         self.rejected = False       # an error reply is queued: nothing more is parsed
         self.eof = False            # the client half-closed: close once every reply is out
         self.running = False        # _run() is on the stack (it is never re-entered)
+        # Deadlines (loop.time() values) checked by the per-loop Ticker (gateway/http/flow.pyx):
+        # late by at most its interval (0.5 s), never early, and no timer per request.
+        self.p_kind = K_IDLE
+        self.p_deadline = INF
+        self.w_deadline = INF       # the client must drain our replies by then (set while paused)
+        self.fresh = True           # no head begun yet on this connection
         # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
@@ -192,6 +213,10 @@ class AdminProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         try:
             self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
+            # The first head must be complete within GATEWAY_HEADER_TIMEOUT of the accept (nginx's
+            # client_header_timeout): a connection that never speaks holds a slot that long at most.
+            self.p_deadline = self.loop.time() + self.t_header
+            self.ticker.add(self)
         except Exception:  # noqa: BLE001 - nothing escapes a protocol callback
             self._fail("admin connection setup failed")
 
@@ -200,15 +225,19 @@ class AdminProtocol(asyncio.Protocol):
         self.transport = None
         self.queue.clear()
         self.held = b""
+        self.ticker.discard(self)
 
     def pause_writing(self) -> None:
-        # The client does not read as fast as we answer: stop answering and stop reading.
+        # The client does not read as fast as we answer: stop answering and stop reading. If it
+        # does not drain within GATEWAY_BODY_TIMEOUT, on_tick aborts the connection.
         self.write_paused = True
+        self.w_deadline = self.loop.time() + self.t_body
         if self.gate is not None:
             self.gate.pause(PAUSE_WRITING)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.w_deadline = INF
         try:
             if self.gate is not None:
                 self.gate.resume(PAUSE_WRITING)
@@ -269,10 +298,43 @@ class AdminProtocol(asyncio.Protocol):
                 return
             self.held, self.held_pos = b"", 0
             self.gate.resume(PAUSE_PIPELINE)
-            if self.eof and not self.queue and not self.busy:
-                self._close()
+            if not self.queue and not self.busy:
+                if self.eof:
+                    self._close()
+                elif self.p_kind == K_NONE:
+                    # Everything answered, no head begun: idle until the keep-alive deadline.
+                    self.p_kind = K_IDLE
+                    self.p_deadline = self.loop.time() + self.t_keepalive
         finally:
             self.running = False
+
+    def on_tick(self, now: float) -> None:
+        """The Ticker's call (every 0.5 s): act on a passed deadline."""
+        if self.closing:
+            return
+        try:
+            if now >= self.w_deadline:
+                # Our replies have not drained for GATEWAY_BODY_TIMEOUT: the client stopped reading.
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            if now < self.p_deadline:
+                return
+            kind = self.p_kind
+            if kind == K_IDLE:
+                self._close()
+            elif kind == K_HEADER or kind == K_BODY:
+                if self.held_pos < len(self.held):
+                    # The rest of that head or body is read and held by us (our queue is full):
+                    # the wait is ours, not the client's.
+                    self.p_deadline = now + (self.t_header if kind == K_HEADER else self.t_body)
+                    return
+                self.p_kind = K_NONE
+                self._reject(HEADER_TIMEOUT if kind == K_HEADER else BODY_TIMEOUT)
+                self._run()
+        except Exception:  # noqa: BLE001
+            self._fail("admin connection timer failed")
 
     def _feed_slice(self) -> None:
         end = self.held_pos + FEED_SLICE
@@ -360,6 +422,12 @@ class AdminProtocol(asyncio.Protocol):
         self.headers = {}
         self.body = bytearray()
         self.too_large = False
+        # The whole head within GATEWAY_HEADER_TIMEOUT of its first byte (of the accept for the
+        # first head): absolute, a head trickled byte by byte does not move it.
+        if not self.fresh:
+            self.p_deadline = self.loop.time() + self.t_header
+        self.fresh = False
+        self.p_kind = K_HEADER
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -368,6 +436,9 @@ class AdminProtocol(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        # From here GATEWAY_BODY_TIMEOUT applies between body bytes (on_message_complete ends it).
+        self.p_kind = K_BODY
+        self.p_deadline = self.loop.time() + self.t_body
         # llhttp stops after the head of a CONNECT or `Connection: upgrade` request and httptools
         # raises HttpParserUpgrade: the bytes after it are another protocol. The admin API never
         # switches protocols, so both are refused here, as the head completes, and the connection
@@ -378,12 +449,14 @@ class AdminProtocol(asyncio.Protocol):
             raise _Rejected(NO_UPGRADE)
 
     def on_body(self, body: bytes) -> None:
+        self.p_deadline = self.loop.time() + self.t_body
         if len(self.body) + len(body) > MAX_BODY:
             self.too_large = True
         else:
             self.body += body
 
     def on_message_complete(self) -> None:
+        self.p_kind = K_NONE
         method = self.parser.get_method().decode("ascii", "replace")
         keep_alive = self.parser.should_keep_alive()
         head_only = method == "HEAD"
@@ -411,10 +484,12 @@ class AdminServer:
         self.settings = settings
         self.app = AdminApp(routes, settings.admin_token)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.ticker: Ticker = None  # type: ignore[assignment]  # set by start()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
+        self.ticker = ticker_for(loop)  # the data plane's per-loop timer, shared when both run here
         try:
             self._server = await loop.create_server(lambda: AdminProtocol(self), host, port,
                                                     reuse_address=True)

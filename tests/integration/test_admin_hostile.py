@@ -261,3 +261,105 @@ def test_upgrade_and_connect_are_refused_without_a_traceback(gateway) -> None:  
     assert statuses(exchange(gw.admin_port, get() + UPGRADE)) == [200, 400]
     assert gw.stop() == 0
     assert "Traceback" not in gw.stderr, gw.stderr[-3000:]
+
+
+# --- 3a. timeouts ---------------------------------------------------------------------------------
+TIMEOUTS = {"GATEWAY_HEADER_TIMEOUT": "1", "GATEWAY_KEEPALIVE_TIMEOUT": "1", "GATEWAY_BODY_TIMEOUT": "1"}
+
+
+def wait_closed(s: socket.socket, within: float) -> tuple[bytes, float]:
+    """(bytes received, seconds) until the server closes `s`; fails if it does not within `within`."""
+    start = time.monotonic()
+    data = read_until_closed(s, within)
+    return data, time.monotonic() - start
+
+
+def trickled_head(port: int) -> tuple[bytes, float]:
+    """A head sent one byte every 0.2 s: the deadline is absolute, trickling does not extend it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        start = time.monotonic()
+        s.sendall(b"GET /health HTTP/1.1\r\n")
+        data = b""
+        while time.monotonic() - start < 5:
+            if select.select([s], [], [], 0.2)[0]:
+                return read_until_closed(s), time.monotonic() - start
+            try:
+                s.sendall(b"X")
+            except OSError:
+                break
+        return data, time.monotonic() - start
+
+
+def idle_after_reply(port: int) -> tuple[bytes, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(get())
+        first = b""
+        while b'"status":"ok"' not in first:
+            first += s.recv(65536)
+        return wait_closed(s, 4)
+
+
+def silent_client(port: int) -> tuple[bytes, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        return wait_closed(s, 4)
+
+
+def stalled_body(port: int) -> tuple[bytes, float]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n0123456789")
+        return wait_closed(s, 4)
+
+
+def slow_but_moving_body(port: int) -> tuple[bytes, float]:
+    """A body byte every 0.3 s for 2.4 s (longer than the 1 s body timeout): progress, no 408."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        start = time.monotonic()
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+        for _ in range(8):
+            time.sleep(0.3)
+            s.sendall(b"x")
+        return read_until_closed(s), time.monotonic() - start
+
+
+def test_header_body_and_keepalive_timeouts(gateway) -> None:  # noqa: F811
+    gw = gateway(None, env=TIMEOUTS)
+    port = gw.admin_port
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(5) as pool:
+        head = pool.submit(trickled_head, port)
+        idle = pool.submit(idle_after_reply, port)
+        silent = pool.submit(silent_client, port)
+        body = pool.submit(stalled_body, port)
+        moving = pool.submit(slow_but_moving_body, port)
+        data, took = head.result()
+        assert statuses(data) == [408] and took < 3, (data, took)
+        data, took = idle.result()
+        assert data == b"" and took < 3, (data, took)
+        data, took = silent.result()
+        assert data == b"" and took < 3, (data, took)
+        data, took = body.result()
+        assert statuses(data) == [408] and took < 3, (data, took)
+        data, took = moving.result()
+        assert statuses(data) == [405] and took > 2, (data, took)
+
+
+def test_a_client_that_stops_reading_is_dropped(gateway) -> None:  # noqa: F811
+    """Replies it never reads back up the transport: after GATEWAY_BODY_TIMEOUT without the buffer
+    draining, the connection is aborted (it must not hold a connection slot forever)."""
+    gw = gateway(None, env=TIMEOUTS)
+    batch = get() * 512
+    with socket.create_connection(("127.0.0.1", gw.admin_port)) as hog:
+        hog.setblocking(False)
+        start = time.monotonic()
+        dropped = False
+        while time.monotonic() - start < 6 and not dropped:
+            _, writable, errored = select.select([], [hog], [hog], 0.05)
+            try:
+                if writable:
+                    hog.send(batch)
+            except BlockingIOError:
+                pass
+            except OSError:
+                dropped = True
+        assert dropped, "the server kept a connection whose client never reads"
+        assert time.monotonic() - start < 5
