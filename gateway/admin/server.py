@@ -49,6 +49,18 @@ NO_UPGRADE = error_response(400, "bad_request", "the admin API does not switch p
 NO_CONNECT = error_response(501, "not_implemented", "the admin API does not implement CONNECT")
 HEADER_TIMEOUT = error_response(408, "request_timeout", "the request head was not received in time")
 BODY_TIMEOUT = error_response(408, "request_timeout", "the request body stalled")
+URI_TOO_LONG = error_response(414, "uri_too_long", "the request target is longer than allowed")
+HEAD_TOO_LARGE = error_response(431, "request_header_fields_too_large", "the request head is larger than allowed")
+BODY_TOO_LARGE = error_response(413, "body_too_large", "admin bodies are limited to 1 MiB")
+# Raw head bytes allowed beyond GATEWAY_MAX_HEADER_BYTES + GATEWAY_MAX_URI_BYTES for the method,
+# version, separators and CRLFs (on_header counts name + value + 4 per field).
+HEAD_SLACK = 64
+# After an error reply the connection is closed the nginx way (lingering close): our side is shut
+# for writing, then what the client still sends is read and dropped for up to LINGER_TIME seconds
+# or LINGER_BYTES bytes. Closing with its bytes unread would make the kernel answer with a reset,
+# which may destroy the error reply before the client has read it.
+LINGER_TIME = 2.0
+LINGER_BYTES = 1 << 20
 
 INF = float("inf")
 # What the parse-side deadline of a connection is for.
@@ -56,6 +68,7 @@ K_NONE = 0      # no deadline: a request is being answered, or its body is compl
 K_IDLE = 1      # waiting for the first byte of a head: close quietly when it passes
 K_HEADER = 2    # a head has begun: 408 when it is not complete by the deadline (absolute)
 K_BODY = 3      # a body is being read: 408 after that long without a body byte
+K_CLOSING = 4   # closed by us: abort if the transport has not flushed and gone by the deadline
 
 
 class _Rejected(Exception):
@@ -122,7 +135,8 @@ class AdminApp:
 
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
+            408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
 
 
@@ -183,6 +197,9 @@ class AdminProtocol(asyncio.Protocol):
         self.t_header = s.header_timeout
         self.t_body = s.body_timeout
         self.t_keepalive = s.keepalive_timeout
+        self.lim_uri = s.max_uri_bytes
+        self.lim_hbytes = s.max_header_bytes
+        self.lim_headers = s.max_headers
         # per connection
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
@@ -202,11 +219,14 @@ class AdminProtocol(asyncio.Protocol):
         self.p_deadline = INF
         self.w_deadline = INF       # the client must drain our replies by then (set while paused)
         self.fresh = True           # no head begun yet on this connection
+        self.lingering = 0          # > 0 while closing the nginx way: bytes left to read and drop
         # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.n_headers = 0
+        self.h_bytes = 0
+        self.p_raw = 0              # bytes fed since this head began (the backstop of the head limit)
         self.body = bytearray()
-        self.too_large = False
 
     # ------------------------------------------------------------------ transport callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -246,6 +266,11 @@ class AdminProtocol(asyncio.Protocol):
             self._fail("admin connection failed")
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.lingering -= min(len(data), self.lingering)
+            if not self.lingering and self.transport is not None:
+                self.transport.abort()
+            return
         if self.closing or self.rejected:
             return
         if self.held_pos < len(self.held):
@@ -262,6 +287,11 @@ class AdminProtocol(asyncio.Protocol):
         # Half-closed (`printf '...' | nc`): the requests already sent are still answered; _run()
         # closes once the last reply is out. A request cut off by the EOF is never answered.
         self.eof = True
+        if self.lingering:
+            self.lingering = 0
+            if self.transport is not None:
+                self.transport.close()
+            return True
         try:
             self._run()
         except Exception:  # noqa: BLE001
@@ -311,6 +341,11 @@ class AdminProtocol(asyncio.Protocol):
     def on_tick(self, now: float) -> None:
         """The Ticker's call (every 0.5 s): act on a passed deadline."""
         if self.closing:
+            if now >= self.p_deadline and self.transport is not None:
+                # Closed by us, yet not gone: a lingering close ran out, or the client does not
+                # read the last reply (close() would wait for the flush forever).
+                self.lingering = 0
+                self.transport.abort()
             return
         try:
             if now >= self.w_deadline:
@@ -340,6 +375,8 @@ class AdminProtocol(asyncio.Protocol):
         end = self.held_pos + FEED_SLICE
         chunk = memoryview(self.held)[self.held_pos:end]
         self.held_pos = min(end, len(self.held))
+        if self.p_kind == K_HEADER:
+            self.p_raw += len(chunk)
         try:
             self.parser.feed_data(chunk)
         except httptools.HttpParserUpgrade:
@@ -356,6 +393,11 @@ class AdminProtocol(asyncio.Protocol):
                 self._reject(INTERNAL_ERROR)
             else:
                 self._reject(BAD_REQUEST)
+            return
+        # httptools keeps a field line to itself until it is complete, so on_header cannot see an
+        # endless one: the head's raw bytes decide it, within a slice of crossing the limit.
+        if self.p_kind == K_HEADER and self.p_raw > self.lim_hbytes + self.lim_uri + HEAD_SLACK:
+            self._reject(HEAD_TOO_LARGE)
 
     def _reject(self, resp: AdminResponse) -> None:
         """Nothing more is parsed or read; `resp` is answered after the requests already complete."""
@@ -411,17 +453,30 @@ class AdminProtocol(asyncio.Protocol):
             self._close()
 
     def _close(self) -> None:
+        t = self.transport
         self.closing = True
         self.queue.clear()
-        if self.transport is not None:
-            self.transport.close()
+        self.p_kind = K_CLOSING
+        self.p_deadline = self.loop.time() + self.t_body
+        if t is None:
+            return
+        if self.rejected and not self.eof and t.can_write_eof():
+            # An error reply, and the client may still be sending: lingering close (LINGER_TIME).
+            self.lingering = LINGER_BYTES
+            self.p_deadline = self.loop.time() + LINGER_TIME
+            t.write_eof()
+            t.resume_reading()
+            return
+        t.close()
 
     # ------------------------------------------------------------------ httptools callbacks: accumulate only
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.n_headers = 0
+        self.h_bytes = 0
+        self.p_raw = 0  # (the bytes of this slice before the head are not counted: at most a slice)
         self.body = bytearray()
-        self.too_large = False
         # The whole head within GATEWAY_HEADER_TIMEOUT of its first byte (of the accept for the
         # first head): absolute, a head trickled byte by byte does not move it.
         if not self.fresh:
@@ -430,9 +485,17 @@ class AdminProtocol(asyncio.Protocol):
         self.p_kind = K_HEADER
 
     def on_url(self, url: bytes) -> None:
+        # (called per piece as the target arrives: decided at the byte that crosses the limit)
         self.url += url
+        if len(self.url) > self.lim_uri:
+            raise _Rejected(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The data plane's accounting (downstream.pyx): name + value + ": " + CRLF per field.
+        self.n_headers += 1
+        self.h_bytes += len(name) + len(value) + 4
+        if self.h_bytes > self.lim_hbytes or self.n_headers > self.lim_headers:
+            raise _Rejected(HEAD_TOO_LARGE)
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -447,23 +510,21 @@ class AdminProtocol(asyncio.Protocol):
             raise _Rejected(NO_CONNECT)
         if self.parser.should_upgrade():
             raise _Rejected(NO_UPGRADE)
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise _Rejected(BODY_TOO_LARGE)  # decided before reading it (llhttp checked the syntax)
 
     def on_body(self, body: bytes) -> None:
         self.p_deadline = self.loop.time() + self.t_body
         if len(self.body) + len(body) > MAX_BODY:
-            self.too_large = True
-        else:
-            self.body += body
+            raise _Rejected(BODY_TOO_LARGE)  # (chunked: decided when crossed)
+        self.body += body
 
     def on_message_complete(self) -> None:
         self.p_kind = K_NONE
         method = self.parser.get_method().decode("ascii", "replace")
         keep_alive = self.parser.should_keep_alive()
         head_only = method == "HEAD"
-        if self.too_large:
-            resp = error_response(413, "body_too_large", "admin bodies are limited to 1 MiB")
-            self.queue.append(_Item(None, resp, False, head_only))
-            return
         try:
             parsed = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:

@@ -363,3 +363,72 @@ def test_a_client_that_stops_reading_is_dropped(gateway) -> None:  # noqa: F811
                 dropped = True
         assert dropped, "the server kept a connection whose client never reads"
         assert time.monotonic() - start < 5
+
+
+# --- 2. head limits -------------------------------------------------------------------------------
+LIMITS = {"GATEWAY_MAX_HEADER_BYTES": "1024", "GATEWAY_MAX_HEADERS": "10", "GATEWAY_MAX_URI_BYTES": "256"}
+
+
+def headers(n: int, size: int = 1) -> str:
+    return "".join(f"X-{i}: {'v' * size}\r\n" for i in range(n))
+
+
+def send_until_answered(port: int, start: bytes, filler: bytes, limit: int = 1 << 20) -> tuple[bytes, int]:
+    """Send `start`, then `filler` every 20 ms (a head that never ends) until the server answers or
+    `limit` bytes are out; return (everything received until the close, bytes sent). Paced, so the
+    count measures when the server decided, not how much loopback buffers absorb meanwhile."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(start)
+        sent = len(start)
+        while sent < limit and not select.select([s], [], [], 0.02)[0]:
+            try:
+                s.sendall(filler)
+            except OSError:
+                break
+            sent += len(filler)
+        return read_until_closed(s), sent
+
+
+def test_head_limits_431_and_414(gateway) -> None:  # noqa: F811
+    gw = gateway(None, env=LIMITS)
+    port = gw.admin_port
+    # Within the limits: Host + 9 fields = 10 fields, about 900 bytes of fields; a 250-byte target.
+    ok = get(extra=headers(9)) + get(extra=headers(2, 400)) + get("/" + "a" * 249, extra=CLOSE)
+    assert statuses(exchange(port, ok)) == [200, 200, 404]
+    # One field too many; too many field bytes; a target over the limit: each closes the connection.
+    assert statuses(exchange(port, get(extra=headers(10)) + get())) == [431]
+    assert statuses(exchange(port, get(extra=headers(1, 1100)) + get())) == [431]
+    assert statuses(exchange(port, get("/" + "a" * 300) + get())) == [414]
+    # Requests before the offending one are answered first.
+    assert statuses(exchange(port, get() + get(extra=headers(10)))) == [200, 431]
+
+
+def test_head_limits_are_decided_as_soon_as_crossed(gateway) -> None:  # noqa: F811
+    """Heads that never end: the answer comes once the limit is crossed, not after buffering a
+    megabyte (and not never)."""
+    gw = gateway(None, env=LIMITS)
+    port = gw.admin_port
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    cases = {
+        "one endless field value": (head + b"X-Big: ", b"v" * 8192, 431),
+        "endless fields": (head, b"X: v\r\n" * 1000, 431),
+        "endless target": (b"GET /", b"a" * 8192, 414),
+    }
+    for name, (start, filler, status) in cases.items():
+        data, sent = send_until_answered(port, start, filler)
+        assert statuses(data) == [status], (name, data[:200])
+        assert sent < 1 << 20, f"{name}: the server answered only after {sent} bytes"
+        print(f"{name}: {status} after {sent} bytes sent")
+    assert gw.alive()
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(gateway) -> None:  # noqa: F811
+    """413 from Content-Length alone (the client has sent no body byte yet), or as soon as a
+    chunked body crosses the 1 MiB admin limit."""
+    gw = gateway(None)
+    with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=5) as s:
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2097152\r\n\r\n")
+        assert statuses(read_until_closed(s)) == [413]
+    chunked = b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data, sent = send_until_answered(gw.admin_port, chunked, b"8000\r\n" + b"x" * 0x8000 + b"\r\n", 2 << 20)
+    assert statuses(data) == [413] and sent < 2 << 20, (data[:200], sent)
