@@ -12,9 +12,11 @@ same table (gateway/admin/openapi.py), so a route added here is documented there
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import inspect
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,12 @@ HEAD_SLACK = 64
 # which may destroy the error reply before the client has read it.
 LINGER_TIME = 2.0
 LINGER_BYTES = 1 << 20
+
+BACKLOG = 511               # nginx's default listen backlog on Linux (the kernel caps it at somaxconn)
+ACCEPT_BATCH = 16           # accepts per readiness event, so one busy listener cannot starve the loop
+ACCEPT_RETRY_MIN = 0.5      # after a failed accept() (EMFILE...), the first retry; doubling up to
+ACCEPT_RETRY_MAX = 2.0
+ACCEPT_LOG_EVERY = 60.0     # a failing accept() is logged at most once per minute
 
 INF = float("inf")
 # What the parse-side deadline of a connection is for.
@@ -186,9 +194,10 @@ class AdminProtocol(asyncio.Protocol):
     answers 500 (one log line), a failure of the listener itself aborts the connection (one line).
     """
 
-    def __init__(self, server: AdminServer) -> None:
+    def __init__(self, server: AdminServer, over_capacity: bool = False) -> None:
         # per listener
         self.server = server
+        self.over_capacity = over_capacity  # accepted beyond the cap: answered 503 and closed
         self.app = server.app
         assert server.loop is not None
         self.loop = server.loop
@@ -237,6 +246,9 @@ class AdminProtocol(asyncio.Protocol):
             # client_header_timeout): a connection that never speaks holds a slot that long at most.
             self.p_deadline = self.loop.time() + self.t_header
             self.ticker.add(self)
+            if self.over_capacity:
+                self._reject(self.server.too_many)
+                self._run()
         except Exception:  # noqa: BLE001 - nothing escapes a protocol callback
             self._fail("admin connection setup failed")
 
@@ -246,6 +258,7 @@ class AdminProtocol(asyncio.Protocol):
         self.queue.clear()
         self.held = b""
         self.ticker.discard(self)
+        self.server.release(self)
 
     def pause_writing(self) -> None:
         # The client does not read as fast as we answer: stop answering and stop reading. If it
@@ -538,33 +551,199 @@ class AdminProtocol(asyncio.Protocol):
 
 
 class AdminServer:
-    """The admin listener on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT, with the limits of `settings`."""
+    """The admin listener on GATEWAY_ADMIN_HOST:GATEWAY_ADMIN_PORT, with the limits of `settings`.
+
+    It accepts connections itself (a reader on the listening sockets, `connect_accepted_socket`
+    for each accepted one) rather than through `loop.create_server`, for two things asyncio
+    servers cannot do:
+
+    - Connection cap (GATEWAY_ADMIN_MAX_CONNECTIONS), the way nginx's limit_conn works: at most
+      that many connections are served at once; one more is accepted and answered at once with
+      503 (`too_many_connections`, Retry-After: 1) and closed, so a client, a probe or an
+      operator's curl learns why instead of hanging. Those refusals are bounded too: while as
+      many connections again are being refused (each lingers at most LINGER_TIME), accepting
+      stops and new connections wait in the kernel's backlog until a slot frees.
+    - accept() failing with EMFILE/ENFILE (or ENOBUFS, ENOMEM): accepting stops, new connections
+      wait in the backlog, and accept is retried after 0.5 s, doubling up to 2 s, or as soon as
+      one of our connections closes (an fd came free). One warning when it starts failing and at
+      most one a minute after that, never a line per attempt. (uvloop's own listener, through
+      libuv, instead accepts and at once closes every queued connection while out of fds, so
+      each client gets a reset, and closes the listener for good, without a word, if that trick
+      fails too; asyncio's selector loop logs an error per attempt.)
+    """
 
     def __init__(self, routes: AdminRoutes, settings: Settings) -> None:
         self.routes = routes
         self.settings = settings
         self.app = AdminApp(routes, settings.admin_token)
+        self.max_connections = settings.admin_max_connections
+        self.too_many = error_response(
+            503, "too_many_connections",
+            f"the admin API serves at most {self.max_connections} connections at once; retry shortly",
+            [("Retry-After", "1")])
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ticker: Ticker = None  # type: ignore[assignment]  # set by start()
-        self._server: asyncio.AbstractServer | None = None
+        self.sockets: list[socket.socket] = []
+        self.connections: set[AdminProtocol] = set()  # served (counted from accept to connection_lost)
+        self.refusing: set[AdminProtocol] = set()     # over the cap, being answered 503
+        self._accepting = False
+        self._closed = False
+        self._retry_at = INF
+        self._retry_delay = 0.0
+        self._failed_accepts = 0
+        self._last_report = -INF
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
         self.ticker = ticker_for(loop)  # the data plane's per-loop timer, shared when both run here
         try:
-            self._server = await loop.create_server(lambda: AdminProtocol(self), host, port,
-                                                    reuse_address=True)
+            self.sockets = await _bind(loop, host, port)
         except OSError as exc:
             raise OSError(
                 exc.errno, f"cannot listen on {host}:{port} for the admin API: {exc.strerror or exc} "
                 f"(set GATEWAY_ADMIN_PORT to a free port, or GATEWAY_ADMIN_HOST)"
             ) from None
-        log.info("admin listening on %s:%d", host, port)
+        self._resume_accepting()
+        log.info("admin listening on %s:%d (max %d connections)", host, port, self.max_connections)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        """Stop listening (connections already accepted finish on their own)."""
+        self._closed = True
+        self._pause_accepting()
+        if self.ticker is not None:
+            self.ticker.discard(self)
+        for s in self.sockets:
+            s.close()
+        self.sockets = []
+
+    # ------------------------------------------------------------------ accepting
+    def _resume_accepting(self) -> None:
+        if self._accepting or self._closed or self._retry_at != INF or self.loop is None:
+            return
+        if len(self.connections) >= self.max_connections and len(self.refusing) >= self.max_connections:
+            return
+        for s in self.sockets:
+            self.loop.add_reader(s.fileno(), self._on_readable, s)
+        self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if not self._accepting or self.loop is None:
+            return
+        self._accepting = False
+        for s in self.sockets:
+            self.loop.remove_reader(s.fileno())
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        try:
+            for _ in range(ACCEPT_BATCH):
+                over = len(self.connections) >= self.max_connections
+                if over and len(self.refusing) >= self.max_connections:
+                    self._pause_accepting()  # the kernel's backlog holds the next ones
+                    return
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except ConnectionAbortedError:
+                    continue  # the client gave up while queued
+                except OSError as exc:
+                    self._accept_failed(exc)
+                    return
+                if self._failed_accepts:
+                    log.debug("admin listener accepting again after %d failed accept()s", self._failed_accepts)
+                    self._failed_accepts = 0
+                self._retry_delay = 0.0
+                self._attach(conn, over)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not spin or kill the listener
+            self._accept_failed(exc)
+
+    def _accept_failed(self, exc: Exception) -> None:
+        """Stop accepting for a while; new connections wait in the kernel's backlog meanwhile."""
+        assert self.loop is not None
+        self._pause_accepting()
+        self._failed_accepts += 1
+        self._retry_delay = min(max(self._retry_delay * 2, ACCEPT_RETRY_MIN), ACCEPT_RETRY_MAX)
+        now = self.loop.time()
+        self._retry_at = now + self._retry_delay
+        self.ticker.add(self)
+        if now - self._last_report >= ACCEPT_LOG_EVERY:
+            self._last_report = now
+            exhausted = isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+            log.log(logging.WARNING if exhausted else logging.ERROR,
+                    "admin listener: accept() failed (%s; %d attempt(s) since the last report): "
+                    "not accepting for now, new connections wait in the backlog; retrying quietly",
+                    exc, self._failed_accepts, exc_info=None if exhausted else exc)
+
+    def on_tick(self, now: float) -> None:
+        """The Ticker's call while accepting is suspended after a failed accept()."""
+        if now >= self._retry_at:
+            self._retry_now()
+
+    def _retry_now(self) -> None:
+        self._retry_at = INF
+        self.ticker.discard(self)
+        self._resume_accepting()
+
+    def _attach(self, conn: socket.socket, over: bool) -> None:
+        assert self.loop is not None
+        conn.setblocking(False)
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        proto = AdminProtocol(self, over_capacity=over)
+        (self.refusing if over else self.connections).add(proto)
+        self.loop.create_task(self._connect(conn, proto))
+
+    async def _connect(self, conn: socket.socket, proto: AdminProtocol) -> None:
+        assert self.loop is not None
+        try:
+            await self.loop.connect_accepted_socket(lambda: proto, conn)
+        except Exception as exc:  # noqa: BLE001 - e.g. reset before the transport was set up
+            log.debug("admin connection could not be set up: %s", exc)
+            conn.close()
+            self.release(proto)
+
+    def release(self, proto: AdminProtocol) -> None:
+        """A connection is gone (AdminProtocol.connection_lost): its slot and its fd are free."""
+        if proto in self.connections:
+            self.connections.discard(proto)
+        elif proto in self.refusing:
+            self.refusing.discard(proto)
+        else:
+            return
+        if self._retry_at != INF:
+            self._retry_now()  # an fd came free: try now rather than at the next tick
+        else:
+            self._resume_accepting()
+
+
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[socket.socket]:
+    """Listening, non-blocking sockets for every address `host` resolves to (like create_server)."""
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            s = socket.socket(family, type_, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            s.listen(BACKLOG)
+            s.setblocking(False)
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def base_routes(ready: Callable[[], tuple[bool, dict[str, Any]]], health: Callable[[], dict[str, Any]]) -> AdminRoutes:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import re
+import resource
 import select
 import socket
 import threading
@@ -432,3 +434,78 @@ def test_an_oversized_body_is_refused_before_it_is_read(gateway) -> None:  # noq
     chunked = b"POST /health HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
     data, sent = send_until_answered(gw.admin_port, chunked, b"8000\r\n" + b"x" * 0x8000 + b"\r\n", 2 << 20)
     assert statuses(data) == [413] and sent < 2 << 20, (data[:200], sent)
+
+
+# --- 3b. connection cap and file-descriptor exhaustion --------------------------------------------
+def keep_alive_client(port: int) -> socket.socket:
+    """A connection the server has surely accepted: one request answered, kept open."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(get())
+    data = b""
+    while b'"status":"ok"' not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    assert statuses(data) == [200], data
+    return s
+
+
+def test_connections_over_the_cap_get_503_at_once(gateway) -> None:  # noqa: F811
+    gw = gateway(None, env={"GATEWAY_ADMIN_MAX_CONNECTIONS": "4"})
+    port = gw.admin_port
+    held = [keep_alive_client(port) for _ in range(4)]
+    try:
+        # The fifth is answered at once (no request needed), 503 with Retry-After, and closed.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            extra.sendall(get())
+            data = read_until_closed(extra, 3)
+        assert statuses(data) == [503], data
+        assert b"Retry-After: " in data and b'"too_many_connections"' in data
+        # The four are still served.
+        held[0].sendall(get())
+        assert held[0].recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in held[1:]:
+            s.close()
+    # Slots freed: served again (the listener notices the closes within a loop iteration).
+    wait_until(lambda: statuses(exchange(port, get(extra=CLOSE))) == [200], 5)
+    held[0].close()
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_accept_out_of_file_descriptors_backs_off_quietly(gateway) -> None:  # noqa: F811
+    """RLIMIT_NOFILE of the running gateway lowered to what it uses + 3: three admin connections
+    fit, the next ones fail in accept() with EMFILE. They must wait in the backlog (not be reset),
+    the listener must retry without a log line per attempt, and serve them once fds are free."""
+    gw = gateway(None, env={"GATEWAY_ADMIN_MAX_CONNECTIONS": "1000"})
+    pid = gw.pid
+    # wait_ready's probe connections are closed by the gateway a moment later: wait for a stable count.
+    counts = [fd_count(pid)]
+    while len(counts) < 3 or len(set(counts[-3:])) != 1:
+        time.sleep(0.1)
+        counts.append(fd_count(pid))
+    limit = counts[-1] + 3
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+    held = [keep_alive_client(gw.admin_port) for _ in range(3)]
+    waiting = []
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", gw.admin_port), timeout=5)
+        s.sendall(get(extra=CLOSE))
+        waiting.append(s)
+    # 2.5 s: the listener retries several times meanwhile (backoff 0.5 s, 1 s, ...); the waiting
+    # connections get neither a reply nor a reset.
+    readable, _, _ = select.select(waiting, [], [], 2.5)
+    assert readable == [], [s.recv(100) for s in readable]
+    for s in held:
+        s.close()
+    for s in waiting:
+        assert statuses(read_until_closed(s, 5)) == [200]
+        s.close()
+    assert gw.alive()
+    lines = [line for line in gw.stderr.splitlines() if "accept" in line]
+    print("\n".join(lines))
+    assert 1 <= len(lines) <= 2, lines  # one when it starts failing, at most one when it recovers
+    assert "Traceback" not in gw.stderr
