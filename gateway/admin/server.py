@@ -15,6 +15,7 @@ import asyncio
 import errno
 import hmac
 import inspect
+import ipaddress
 import logging
 import socket
 from collections import deque
@@ -52,6 +53,9 @@ NO_CONNECT = error_response(501, "not_implemented", "the admin API does not impl
 HEADER_TIMEOUT = error_response(408, "request_timeout", "the request head was not received in time")
 BODY_TIMEOUT = error_response(408, "request_timeout", "the request body stalled")
 URI_TOO_LONG = error_response(414, "uri_too_long", "the request target is longer than allowed")
+MISDIRECTED = error_response(421, "misdirected_request",
+                             "the admin API does not answer for this Host (see GATEWAY_ADMIN_HOSTS)")
+REPEATED_HOST = error_response(400, "bad_request", "the request has more than one Host field")
 HEAD_TOO_LARGE = error_response(431, "request_header_fields_too_large", "the request head is larger than allowed")
 BODY_TOO_LARGE = error_response(413, "body_too_large", "admin bodies are limited to 1 MiB")
 # Raw head bytes allowed beyond GATEWAY_MAX_HEADER_BYTES + GATEWAY_MAX_URI_BYTES for the method,
@@ -144,7 +148,7 @@ class AdminApp:
 _REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            421: "Misdirected Request", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
 
 
@@ -161,6 +165,68 @@ def render(resp: AdminResponse, keep_alive: bool, head_only: bool = False) -> by
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + resp.body
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class HostCheck:
+    """Which `Host` values the admin API answers: the defence against DNS rebinding.
+
+    A page on evil.example whose name is re-pointed at 127.0.0.1 talks to this listener from the
+    victim's browser, but its requests carry `Host: evil.example`. So only these are answered:
+    the address the connection came in on (the listener's bound address; for a wildcard bind,
+    the local address of that connection, never 0.0.0.0 or ::), IPv6 in brackets, `localhost`,
+    and the names in GATEWAY_ADMIN_HOSTS; case-insensitive, one trailing dot allowed, any port
+    (or none). Anything else, and a missing Host on HTTP/1.1, gets 421 before any handler runs
+    (a write is not executed). HTTP/1.0 may omit Host (no browser does). A target in absolute
+    form (`GET http://host/...`) names a host too, and it must pass as well.
+    """
+
+    def __init__(self, extra_names: tuple[str, ...]) -> None:
+        self.names = frozenset({"localhost"} | {n.lower().rstrip(".") for n in extra_names})
+
+    def allows(self, value: bytes, local: frozenset[IPAddress]) -> bool:
+        host = _host_part(value)
+        if host is None:
+            return False
+        if host.rstrip(".") in self.names:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return ip in local and not ip.is_unspecified
+
+
+def _host_part(value: bytes) -> str | None:
+    """The host of a Host value (`name`, `1.2.3.4`, `[v6]`, each with an optional `:port`)."""
+    try:
+        v = value.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    if v.startswith("["):
+        end = v.find("]")
+        host, rest = v[1:end], v[end + 1:]
+        if end < 0 or ":" not in host:
+            return None
+    else:
+        host, colon, port = v.partition(":")
+        rest = colon + port
+    if rest and not (rest[0] == ":" and (rest[1:] == "" or rest[1:].isdigit())):
+        return None
+    return host or None
+
+
+def _local_addresses(transport: asyncio.BaseTransport) -> frozenset[IPAddress]:
+    sockname = transport.get_extra_info("sockname")
+    try:
+        ip = ipaddress.ip_address(sockname[0])
+    except (TypeError, ValueError, IndexError):
+        return frozenset()
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return frozenset({ip, ip.ipv4_mapped})
+    return frozenset({ip})
 
 
 class _Item:
@@ -229,9 +295,12 @@ class AdminProtocol(asyncio.Protocol):
         self.w_deadline = INF       # the client must drain our replies by then (set while paused)
         self.fresh = True           # no head begun yet on this connection
         self.lingering = 0          # > 0 while closing the nginx way: bytes left to read and drop
+        self.local: frozenset[IPAddress] = frozenset()  # the address(es) this connection came in on
         # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.hosts: list[bytes] = []
+        self.misdirected = False
         self.n_headers = 0
         self.h_bytes = 0
         self.p_raw = 0              # bytes fed since this head began (the backstop of the head limit)
@@ -242,6 +311,7 @@ class AdminProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         try:
             self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
+            self.local = _local_addresses(transport)
             # The first head must be complete within GATEWAY_HEADER_TIMEOUT of the accept (nginx's
             # client_header_timeout): a connection that never speaks holds a slot that long at most.
             self.p_deadline = self.loop.time() + self.t_header
@@ -486,6 +556,8 @@ class AdminProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.hosts = []
+        self.misdirected = False
         self.n_headers = 0
         self.h_bytes = 0
         self.p_raw = 0  # (the bytes of this slice before the head are not counted: at most a slice)
@@ -509,7 +581,10 @@ class AdminProtocol(asyncio.Protocol):
         self.h_bytes += len(name) + len(value) + 4
         if self.h_bytes > self.lim_hbytes or self.n_headers > self.lim_headers:
             raise _Rejected(HEAD_TOO_LARGE)
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        lname = name.decode("latin-1").lower()
+        if lname == "host":
+            self.hosts.append(value)
+        self.headers[lname] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         # From here GATEWAY_BODY_TIMEOUT applies between body bytes (on_message_complete ends it).
@@ -523,6 +598,12 @@ class AdminProtocol(asyncio.Protocol):
             raise _Rejected(NO_CONNECT)
         if self.parser.should_upgrade():
             raise _Rejected(NO_UPGRADE)
+        if len(self.hosts) > 1:
+            raise _Rejected(REPEATED_HOST)  # which one is meant is ambiguous (RFC 9112 3.2)
+        if self.hosts:
+            self.misdirected = not self.server.hosts.allows(self.hosts[0], self.local)
+        else:
+            self.misdirected = self.parser.get_http_version() != "1.0"
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             raise _Rejected(BODY_TOO_LARGE)  # decided before reading it (llhttp checked the syntax)
@@ -543,6 +624,12 @@ class AdminProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             self.queue.append(_Item(None, error_response(400, "bad_request", "invalid request target"),
                                     keep_alive, head_only))
+            return
+        if self.misdirected or (parsed.host and not self.server.hosts.allows(
+                parsed.host if b":" not in parsed.host else b"[" + parsed.host + b"]", self.local)):
+            # Decided before dispatch: no handler runs, a write is not executed. The request was
+            # read whole, so the connection stays usable.
+            self.queue.append(_Item(None, MISDIRECTED, keep_alive, head_only))
             return
         path = (parsed.path or b"/").decode("utf-8", "replace")
         query = (parsed.query or b"").decode("utf-8", "replace")
@@ -577,6 +664,7 @@ class AdminServer:
         self.settings = settings
         self.app = AdminApp(routes, settings.admin_token)
         self.max_connections = settings.admin_max_connections
+        self.hosts = HostCheck(settings.admin_hosts)
         self.too_many = error_response(
             503, "too_many_connections",
             f"the admin API serves at most {self.max_connections} connections at once; retry shortly",

@@ -85,7 +85,7 @@ class Listener:
     kept in `loop_errors`.
     """
 
-    def __init__(self, routes: AdminRoutes, settings: Settings) -> None:
+    def __init__(self, routes: AdminRoutes, settings: Settings, host: str = "127.0.0.1") -> None:
         self.loop = uvloop.new_event_loop()
         self.loop_errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda _loop, ctx: self.loop_errors.append(ctx))
@@ -97,7 +97,7 @@ class Listener:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                self.loop.run_until_complete(self.server.start(self.loop, "127.0.0.1", self.port))
+                self.loop.run_until_complete(self.server.start(self.loop, host, self.port))
             except BaseException as exc:  # noqa: BLE001 - reported to the test thread
                 failure.append(exc)
                 started.set()
@@ -155,12 +155,13 @@ test_routes.__test__ = False  # type: ignore[attr-defined]  # a helper, not a te
 
 @pytest.fixture
 def listener() -> Iterator[Any]:
-    """Factory: listener(**settings) → a started Listener over test_routes(); stopped at teardown."""
+    """Factory: listener(host=..., **settings) → a started Listener over test_routes(); stopped at
+    teardown."""
     started: list[Listener] = []
 
-    def make(**settings: Any) -> Listener:
+    def make(host: str = "127.0.0.1", **settings: Any) -> Listener:
         routes, calls = test_routes()
-        lst = Listener(routes, dataclasses.replace(Settings(), **settings))
+        lst = Listener(routes, dataclasses.replace(Settings(), **settings), host)
         lst.calls = calls  # type: ignore[attr-defined]
         started.append(lst)
         return lst
@@ -509,3 +510,56 @@ def test_accept_out_of_file_descriptors_backs_off_quietly(gateway) -> None:  # n
     print("\n".join(lines))
     assert 1 <= len(lines) <= 2, lines  # one when it starts failing, at most one when it recovers
     assert "Traceback" not in gw.stderr
+
+
+# --- 5a. Host check (DNS rebinding) ---------------------------------------------------------------
+def host_status(port: int, host: str | None, version: str = "1.1", target: str = "/health") -> int:
+    head = f"GET {target} HTTP/{version}\r\n" + (f"Host: {host}\r\n" if host is not None else "")
+    data = exchange(port, (head + "Connection: close\r\n\r\n").encode("latin-1"))
+    return statuses(data.replace(b"HTTP/1.0", b"HTTP/1.1"))[0]
+
+
+def test_only_known_hosts_are_answered(gateway) -> None:  # noqa: F811
+    gw = gateway(None, env={"GATEWAY_ADMIN_HOSTS": "admin.example.com,gw-1"})
+    port = gw.admin_port
+    answered = ["127.0.0.1", f"127.0.0.1:{port}", "localhost", f"LocalHost:{port}", "localhost.",
+                "admin.example.com", "Admin.Example.COM:443", "gw-1", "GW-1:9"]
+    for host in answered:
+        assert host_status(port, host) == 200, host
+    assert host_status(port, None, version="1.0") == 200  # HTTP/1.0 may omit Host
+    misdirected = ["evil.example", f"evil.example:{port}", "127.0.0.2", "0.0.0.0", "[::1]",
+                   "127.0.0.1.evil.example", "localhost.evil.example", "evil-admin.example.com",
+                   "admin.example.com.evil", "", "127.0.0.1:notaport", "127.0.0.1:80:80", "l\xf6calhost"]
+    for host in misdirected:
+        assert host_status(port, host) == 421, host
+    assert host_status(port, None) == 421  # HTTP/1.1 without Host
+    # An absolute-form target names the host too (RFC 9112 3.2.2): it must be one of ours as well.
+    assert host_status(port, "127.0.0.1", target="http://evil.example/health") == 421
+    assert host_status(port, "127.0.0.1", target=f"http://127.0.0.1:{port}/health") == 200
+    # 421 keeps the connection (the request was read whole); a repeated Host is malformed: 400, close.
+    data = exchange(port, get(host="evil.example") + get(extra=CLOSE))
+    assert statuses(data) == [421, 200] and b'"misdirected_request"' in data
+    data = exchange(port, get(extra="Host: 127.0.0.1\r\n") + get())
+    assert statuses(data) == [400]
+
+
+def test_a_misdirected_write_has_no_side_effect(listener) -> None:
+    lst = listener(admin_token="tok")
+
+    def post(host: str, extra: str = "") -> bytes:
+        return (f"POST /write HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer tok\r\n"
+                f"Content-Length: 0\r\n{extra}\r\n").encode()
+
+    data = exchange(lst.port, post("evil.example") + post("evil.example:1") + post("127.0.0.1", CLOSE))
+    assert statuses(data) == [421, 421, 201], data
+    assert lst.calls["writes"] == 1
+
+
+def test_ipv6_listener_answers_its_bracketed_address(listener) -> None:
+    lst = listener(host="::1")
+    cases = [(f"[::1]:{lst.port}", 200), ("[::1]", 200), ("[0:0::1]", 200), ("127.0.0.1", 421),
+             ("[::1", 421), ("::1", 421)]
+    for host, status in cases:
+        with socket.create_connection(("::1", lst.port), timeout=5) as s:
+            s.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            assert statuses(read_until_closed(s)) == [status], host
