@@ -13,15 +13,41 @@ import orjson
 
 
 class AdminRequest:
-    __slots__ = ("method", "path", "query", "headers", "body", "params")
+    """One admin request.
 
-    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> None:
+    headers:     lowercased names; values decoded latin-1 (lossless, for display and plain ASCII
+                 values); a repeated field keeps its last value.
+    raw_headers: every field as received, (lowercased name, value bytes), repeats included.
+                 Credentials are compared on these bytes, never on a decoded str. When not given
+                 (tests, internal callers), built from `headers`, whose str values are then taken
+                 as text and encoded UTF-8 (what a UTF-8 client would have sent).
+    """
+
+    __slots__ = ("method", "path", "query", "headers", "body", "params", "raw_headers")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        raw_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.method = method
         self.path = path
         self.query = query
-        self.headers = headers  # lowercased names; a repeated header keeps its last value
+        self.headers = headers
         self.body = body
         self.params: dict[str, str] = {}
+        if raw_headers is None:
+            raw_headers = [(k.lower().encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape"))
+                           for k, v in headers.items()]
+        self.raw_headers = raw_headers
+
+    def header_values(self, name: bytes) -> list[bytes]:
+        """Every value of field `name` (lowercase bytes), as received, in order."""
+        return [v for n, v in self.raw_headers if n == name]
 
     def json(self) -> Any:
         """The body parsed as JSON (None when empty); raises AdminError(400) when invalid."""

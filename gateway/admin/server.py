@@ -17,6 +17,7 @@ import hmac
 import inspect
 import ipaddress
 import logging
+import re
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -91,20 +92,35 @@ class _Rejected(Exception):
         self.response = response
 
 
+# `Authorization: <scheme> <credentials>` (RFC 9110 11.4), on the field's bytes: the scheme is a
+# token, separated by spaces or tabs; the credentials are everything after, as bytes.
+_CREDENTIALS = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+(.+)", re.DOTALL)
+
+
 class AdminApp:
-    """Dispatch: route resolution, the bearer-token check for writes, handler errors → JSON."""
+    """Dispatch: route resolution, the bearer-token check for writes, handler errors → JSON.
+
+    The admin token, defined once: GATEWAY_ADMIN_TOKEN is text, taken as its UTF-8 bytes (the
+    bytes of the environment variable itself: os.environ's undecodable bytes come back through
+    surrogateescape). A write needs exactly one Authorization field whose scheme is `Bearer`
+    (any case) and whose credentials, with surrounding spaces and tabs removed and nothing else
+    (no Unicode separators: `tok\\xa0` is not `tok`), are byte for byte the token, compared with
+    hmac.compare_digest. Equivalently, the header is read as UTF-8: a UTF-8 client sending the
+    token matches, the same text in latin-1 does not. A repeated Authorization field is refused
+    (which one counts would be ambiguous).
+    """
 
     def __init__(self, routes: AdminRoutes, admin_token: str | None) -> None:
         self.routes = routes
-        self._token = admin_token.encode() if admin_token else None
+        self._token = admin_token.encode("utf-8", "surrogateescape") if admin_token else None
 
     def authorize(self, req: AdminRequest) -> AdminResponse | None:
         if self._token is None:
             return error_response(403, "read_only", "admin writes are disabled: GATEWAY_ADMIN_TOKEN is not set")
-        auth = req.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
+        values = req.header_values(b"authorization")
+        m = _CREDENTIALS.fullmatch(values[0].strip(b" \t")) if len(values) == 1 else None
         # compare_digest: the time taken does not reveal how much of the token was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token):
+        if m is None or m.group(1).lower() != b"bearer" or not hmac.compare_digest(m.group(2), self._token):
             return error_response(401, "unauthorized", "a valid admin bearer token is required",
                                   [("WWW-Authenticate", 'Bearer realm="gateway-admin"')])
         return None
@@ -299,6 +315,7 @@ class AdminProtocol(asyncio.Protocol):
         # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self.hosts: list[bytes] = []
         self.misdirected = False
         self.n_headers = 0
@@ -556,6 +573,7 @@ class AdminProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = {}
+        self.raw_headers = []
         self.hosts = []
         self.misdirected = False
         self.n_headers = 0
@@ -581,10 +599,11 @@ class AdminProtocol(asyncio.Protocol):
         self.h_bytes += len(name) + len(value) + 4
         if self.h_bytes > self.lim_hbytes or self.n_headers > self.lim_headers:
             raise _Rejected(HEAD_TOO_LARGE)
-        lname = name.decode("latin-1").lower()
-        if lname == "host":
+        lname = name.lower()
+        if lname == b"host":
             self.hosts.append(value)
-        self.headers[lname] = value.decode("latin-1")
+        self.raw_headers.append((lname, value))
+        self.headers[lname.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         # From here GATEWAY_BODY_TIMEOUT applies between body bytes (on_message_complete ends it).
@@ -633,7 +652,7 @@ class AdminProtocol(asyncio.Protocol):
             return
         path = (parsed.path or b"/").decode("utf-8", "replace")
         query = (parsed.query or b"").decode("utf-8", "replace")
-        req = AdminRequest(method, path, query, self.headers, bytes(self.body))
+        req = AdminRequest(method, path, query, self.headers, bytes(self.body), self.raw_headers)
         self.queue.append(_Item(req, None, keep_alive, head_only))
 
 

@@ -563,3 +563,57 @@ def test_ipv6_listener_answers_its_bracketed_address(listener) -> None:
         with socket.create_connection(("::1", lst.port), timeout=5) as s:
             s.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             assert statuses(read_until_closed(s)) == [status], host
+
+
+# --- 6. the admin token, byte for byte ------------------------------------------------------------
+def write_with(port: int, *authorization: bytes) -> int:
+    head = b"POST /write HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n"
+    head += b"".join(b"Authorization: " + a + b"\r\n" for a in authorization)
+    return statuses(exchange(port, head + b"\r\n"))[0]
+
+
+@pytest.mark.parametrize(("token", "authorization", "status"), [
+    # The credential's bytes are compared with the token's UTF-8 bytes: UTF-8 on the wire matches,
+    # latin-1 does not (it used to be the other way round), and a non-latin-1 token can match at all.
+    ("été-token", "Bearer été-token".encode(), 201),
+    ("été-token", "Bearer été-token".encode("latin-1"), 401),
+    ("€-token", "Bearer €-token".encode(), 201),
+    # Only spaces and tabs are trimmed: Unicode separators are part of the credential.
+    ("tok", b"Bearer tok", 201),
+    ("tok", b"Bearer \t tok \t", 201),
+    ("tok", "Bearer tok\xa0".encode(), 401),
+    ("tok", "Bearer tok\xa0".encode("latin-1"), 401),
+    ("tok", "Bearer \u2003tok".encode(), 401),
+    ("tok", "Bearer tok\u3000".encode(), 401),
+    # The scheme name is case-insensitive; everything else about the field is exact.
+    ("tok", b"bEaReR tok", 201),
+    ("tok", b"Bearer\ttok", 201),
+    ("tok", b"Bearertok", 401),
+    ("tok", b"Bearer", 401),
+    ("tok", b"Bearer ", 401),
+    ("tok", b"Basic tok", 401),
+    ("tok", b"Bearer TOK", 401),
+    ("tok", b"Bearer tok tok", 401),
+])
+def test_admin_token_bytes(listener, token: str, authorization: bytes, status: int) -> None:
+    lst = listener(admin_token=token)
+    assert write_with(lst.port, authorization) == status
+    assert lst.calls["writes"] == (1 if status == 201 else 0)
+
+
+def test_admin_token_repeated_authorization_is_refused(listener) -> None:
+    lst = listener(admin_token="tok")
+    assert write_with(lst.port, b"Bearer tok", b"Bearer tok") == 401
+    assert write_with(lst.port, b"Bearer nope", b"Bearer tok") == 401
+    assert lst.calls["writes"] == 0
+
+
+def test_admin_token_through_the_python_api() -> None:
+    """AdminApp.handle with a str header (tests, internal callers): the str is the text, as UTF-8."""
+    from gateway.admin.server import AdminApp
+
+    routes, calls = test_routes()
+    app = AdminApp(routes, "€-token")
+    for value, status in [("Bearer €-token", 201), ("bearer  €-token\t", 201), ("Bearer €-token\xa0", 401)]:
+        req = AdminRequest("POST", "/write", "", {"authorization": value}, b"")
+        assert asyncio.run(app.handle(req)).status == status, value
