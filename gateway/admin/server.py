@@ -1,9 +1,22 @@
-"""The admin listener: a tiny HTTP/1.1 server on httptools with a route table.
+"""The admin listener: a small HTTP/1.1 server on httptools in front of the admin route table.
 
-Not on the data-plane hot path: it favours being small and obviously correct. One request is
-handled at a time per connection (pipelined requests wait in arrival order, and reading stops
-while replies are queued: see AdminProtocol), bodies are buffered (capped at MAX_BODY), every answer
-is JSON unless a handler says otherwise.
+Not on the data-plane hot path: it favours being small and obviously correct, but it faces the same
+hostile peers as the data plane and follows the same rules (gateway/http/downstream.pyx):
+
+- Flow control: one request is answered at a time per connection, pipelined ones wait in order,
+  and nothing more is read while MAX_PIPELINE wait or the transport is above its write high-water
+  mark (AdminProtocol). A client that pipelines and never reads costs a bounded amount of memory.
+- Limits: GATEWAY_MAX_URI_BYTES (414), GATEWAY_MAX_HEADER_BYTES and GATEWAY_MAX_HEADERS (431),
+  decided as soon as crossed; bodies are buffered up to MAX_BODY (413, from Content-Length
+  before reading when it is given).
+- Deadlines on the per-loop Ticker: GATEWAY_HEADER_TIMEOUT for a whole head (absolute) and
+  GATEWAY_BODY_TIMEOUT between body bytes (408), GATEWAY_KEEPALIVE_TIMEOUT idle (quiet close),
+  GATEWAY_BODY_TIMEOUT for a client to drain our replies (abort).
+- Connections: GATEWAY_ADMIN_MAX_CONNECTIONS served at once, the next answered 503 at once (as
+  nginx's limit_conn does); accept() out of fds backs off quietly (AdminServer).
+- Host check against DNS rebinding (421, api.HostCheck); Upgrade (400) and CONNECT (501) refused;
+  the admin token compared as bytes (api.AdminApp).
+- Every reply, errors included, leaves in request order; no exception escapes a callback.
 
 Later issues extend the table (`routes.add(...)`): metrics, dashboard, JSON APIs whose writes need
 `Authorization: Bearer $GATEWAY_ADMIN_TOKEN` (`write=True`). `/openapi.json` is generated from the
@@ -13,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 import inspect
 import ipaddress
 import logging
-import re
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,12 +37,15 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from gateway.admin.api import (
-    AdminError,
+    AdminApp,
     AdminRequest,
     AdminResponse,
     AdminRoutes,
+    HostCheck,
+    IPAddress,
     error_response,
     json_response,
+    render,
 )
 from gateway.admin.openapi import openapi_handler
 from gateway.http.flow import PAUSE_CLOSING, PAUSE_PIPELINE, ReadGate, ticker_for
@@ -41,6 +55,8 @@ if TYPE_CHECKING:
     from gateway.http.flow import Ticker
 
 log = logging.getLogger("gateway.admin")
+
+__all__ = ["AdminApp", "AdminProtocol", "AdminServer", "base_routes", "render"]
 
 MAX_BODY = 1 << 20
 MAX_PIPELINE = 8        # parsed requests waiting for their answer before parsing (and reading) stops
@@ -90,148 +106,6 @@ class _Rejected(Exception):
     def __init__(self, response: AdminResponse) -> None:
         super().__init__(response.status)
         self.response = response
-
-
-# `Authorization: <scheme> <credentials>` (RFC 9110 11.4), on the field's bytes: the scheme is a
-# token, separated by spaces or tabs; the credentials are everything after, as bytes.
-_CREDENTIALS = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+)[ \t]+(.+)", re.DOTALL)
-
-
-class AdminApp:
-    """Dispatch: route resolution, the bearer-token check for writes, handler errors → JSON.
-
-    The admin token, defined once: GATEWAY_ADMIN_TOKEN is text, taken as its UTF-8 bytes (the
-    bytes of the environment variable itself: os.environ's undecodable bytes come back through
-    surrogateescape). A write needs exactly one Authorization field whose scheme is `Bearer`
-    (any case) and whose credentials, with surrounding spaces and tabs removed and nothing else
-    (no Unicode separators: `tok\\xa0` is not `tok`), are byte for byte the token, compared with
-    hmac.compare_digest. Equivalently, the header is read as UTF-8: a UTF-8 client sending the
-    token matches, the same text in latin-1 does not. A repeated Authorization field is refused
-    (which one counts would be ambiguous).
-    """
-
-    def __init__(self, routes: AdminRoutes, admin_token: str | None) -> None:
-        self.routes = routes
-        self._token = admin_token.encode("utf-8", "surrogateescape") if admin_token else None
-
-    def authorize(self, req: AdminRequest) -> AdminResponse | None:
-        if self._token is None:
-            return error_response(403, "read_only", "admin writes are disabled: GATEWAY_ADMIN_TOKEN is not set")
-        values = req.header_values(b"authorization")
-        m = _CREDENTIALS.fullmatch(values[0].strip(b" \t")) if len(values) == 1 else None
-        # compare_digest: the time taken does not reveal how much of the token was right.
-        if m is None or m.group(1).lower() != b"bearer" or not hmac.compare_digest(m.group(2), self._token):
-            return error_response(401, "unauthorized", "a valid admin bearer token is required",
-                                  [("WWW-Authenticate", 'Bearer realm="gateway-admin"')])
-        return None
-
-    def dispatch(self, req: AdminRequest) -> AdminResponse | Awaitable[AdminResponse]:
-        """The response, or an awaitable of it when the handler waits on I/O (no task otherwise)."""
-        found = self.routes.resolve(req.method, req.path)
-        if isinstance(found, AdminResponse):
-            return found
-        route, req.params = found
-        if route.write:
-            denied = self.authorize(req)
-            if denied is not None:
-                return denied
-        try:
-            result = route.handler(req)
-        except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, never kills the listener
-            return self._failed(route, exc)
-        if inspect.isawaitable(result):
-            return self._wait(route, result)
-        return result
-
-    async def _wait(self, route: Any, pending: Awaitable[AdminResponse]) -> AdminResponse:
-        try:
-            return await pending
-        except Exception as exc:  # noqa: BLE001
-            return self._failed(route, exc)
-
-    @staticmethod
-    def _failed(route: Any, exc: Exception) -> AdminResponse:
-        if isinstance(exc, AdminError):
-            return error_response(exc.status, exc.code, exc.message, exc.headers)
-        log.error("admin handler %s %s failed", route.method, route.pattern, exc_info=exc)
-        return error_response(500, "internal_error", "the admin handler failed")
-
-    async def handle(self, req: AdminRequest) -> AdminResponse:
-        result = self.dispatch(req)
-        return result if isinstance(result, AdminResponse) else await result
-
-
-_REASONS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-            408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 414: "URI Too Long",
-            421: "Misdirected Request", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            501: "Not Implemented", 503: "Service Unavailable"}
-
-
-def render(resp: AdminResponse, keep_alive: bool, head_only: bool = False) -> bytes:
-    lines = [
-        f"HTTP/1.1 {resp.status} {_REASONS.get(resp.status, 'Status')}",
-        f"Content-Type: {resp.content_type}",
-        f"Content-Length: {len(resp.body)}",
-        "Cache-Control: no-store",
-        "X-Content-Type-Options: nosniff",
-    ]
-    lines += [f"{k}: {v}" for k, v in resp.headers]
-    if not keep_alive:
-        lines.append("Connection: close")
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + resp.body
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class HostCheck:
-    """Which `Host` values the admin API answers: the defence against DNS rebinding.
-
-    A page on evil.example whose name is re-pointed at 127.0.0.1 talks to this listener from the
-    victim's browser, but its requests carry `Host: evil.example`. So only these are answered:
-    the address the connection came in on (the listener's bound address; for a wildcard bind,
-    the local address of that connection, never 0.0.0.0 or ::), IPv6 in brackets, `localhost`,
-    and the names in GATEWAY_ADMIN_HOSTS; case-insensitive, one trailing dot allowed, any port
-    (or none). Anything else, and a missing Host on HTTP/1.1, gets 421 before any handler runs
-    (a write is not executed). HTTP/1.0 may omit Host (no browser does). A target in absolute
-    form (`GET http://host/...`) names a host too, and it must pass as well.
-    """
-
-    def __init__(self, extra_names: tuple[str, ...]) -> None:
-        self.names = frozenset({"localhost"} | {n.lower().rstrip(".") for n in extra_names})
-
-    def allows(self, value: bytes, local: frozenset[IPAddress]) -> bool:
-        host = _host_part(value)
-        if host is None:
-            return False
-        if host.rstrip(".") in self.names:
-            return True
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return ip in local and not ip.is_unspecified
-
-
-def _host_part(value: bytes) -> str | None:
-    """The host of a Host value (`name`, `1.2.3.4`, `[v6]`, each with an optional `:port`)."""
-    try:
-        v = value.decode("ascii").lower()
-    except UnicodeDecodeError:
-        return None
-    if v.startswith("["):
-        end = v.find("]")
-        host, rest = v[1:end], v[end + 1:]
-        if end < 0 or ":" not in host:
-            return None
-    else:
-        host, colon, port = v.partition(":")
-        rest = colon + port
-    if rest and not (rest[0] == ":" and (rest[1:] == "" or rest[1:].isdigit())):
-        return None
-    return host or None
 
 
 def _local_addresses(transport: asyncio.BaseTransport) -> frozenset[IPAddress]:
