@@ -198,7 +198,7 @@ class Supervisor:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
-        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
+        admin = AdminServer(self._admin_routes(), self.settings)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
         for slot in self.slots:

@@ -352,7 +352,7 @@ async def run_worker(
     if admin:
         from gateway.admin.server import AdminServer
 
-        admin_server = AdminServer(worker_admin_routes(worker), settings.admin_token)
+        admin_server = AdminServer(worker_admin_routes(worker), settings)
         await admin_server.start(loop, settings.admin_host, settings.admin_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

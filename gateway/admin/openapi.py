@@ -56,12 +56,20 @@ def build_openapi(routes: AdminRoutes, version: str = "0.1.0") -> dict[str, Any]
             "title": "gateway admin API",
             "version": version,
             "description": "Operator API of the gateway. Reads are open on the admin listener; "
-            "writes need `Authorization: Bearer $GATEWAY_ADMIN_TOKEN`.",
+            "writes need `Authorization: Bearer $GATEWAY_ADMIN_TOKEN` (the token's UTF-8 bytes, "
+            "exactly one Authorization field). Every request must name a Host the listener "
+            "answers: its own address, `localhost` or a name in GATEWAY_ADMIN_HOSTS (any port), "
+            "else 421 `misdirected_request`. Connections beyond GATEWAY_ADMIN_MAX_CONNECTIONS get "
+            "503 `too_many_connections` with Retry-After. Heads over the limits get 414/431, "
+            "bodies over 1 MiB 413, Upgrade 400, CONNECT 501.",
         },
         "paths": paths,
         "components": {
             "schemas": {"Error": ERROR_SCHEMA},
-            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"adminToken": {
+                "type": "http", "scheme": "bearer",
+                "description": "GATEWAY_ADMIN_TOKEN, compared byte for byte with the credentials "
+                "(UTF-8; only spaces and tabs around them are ignored)"}},
         },
     }
 

@@ -82,7 +82,7 @@ def test_admin_over_http(gateway) -> None:  # noqa: F811
 def test_admin_keep_alive_pipelining_and_garbage(gateway) -> None:  # noqa: F811
     gw = gateway(None)
     with socket.create_connection(("127.0.0.1", gw.admin_port), timeout=5) as s:
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nGET /ready HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\nGET /ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         data = b""
         while data.count(b"HTTP/1.1 200") < 2:
             chunk = s.recv(65536)
