@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway._fast.shm import SharedSegment
@@ -93,19 +95,34 @@ def _die_with_parent() -> None:
 class Slot:
     """One worker position: its current process and its crash history."""
 
-    __slots__ = ("index", "proc", "started", "fast_crashes", "restart_handle")
+    __slots__ = ("index", "proc", "started", "fast_crashes", "restart_handle", "pidfd")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.fast_crashes = 0
-        self.restart_handle: asyncio.TimerHandle | None = None
+        self.restart_handle: Any = None     # what call_later returned: has cancel()
+        self.pidfd: int | None = None       # readable once the worker has exited (Linux >= 5.3)
+
+
+def worker_command(index: int) -> list[str]:
+    """Worker `index` is this interpreter re-executing the command (see the module docstring)."""
+    return [sys.executable, "-m", "gateway", "_worker", str(index)]
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic,
+                 call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+                 command: Callable[[int], list[str]] = worker_command) -> None:
+        """`clock` (monotonic seconds) times the workers' lives; `call_later(delay, fn)` schedules
+        replacements (default: the running loop's, returning a handle with cancel()); `command`
+        gives worker i's argv. A test drives a supervisor in-process through them (a crash loop of
+        a thousand restarts runs in seconds with a call_later that shortens every delay)."""
         self.settings = settings
+        self.clock = clock
+        self._call_later = call_later
+        self.command = command
         self.slots = [Slot(i) for i in range(settings.workers)]
         self._snapshot_dir: str | None = None
         self._snapshot: str | None = None
@@ -235,7 +252,7 @@ class Supervisor:
         env[FD_ENV] = str(channel.fileno())
         try:
             slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
+                self.command(slot.index),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(channel.fileno(),),
@@ -243,12 +260,37 @@ class Supervisor:
             )
         finally:
             channel.close()  # the worker has its copy; ours would keep the channel open after it dies
-        slot.started = time.monotonic()
+        slot.started = self.clock()
+        self._watch_exit(slot)
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
 
+    def _watch_exit(self, slot: Slot) -> None:
+        """Reap the worker the moment it exits: a pidfd becomes readable then. Without one (an
+        old kernel, or no fd to spare) the 0.1 s poll reaps it."""
+        assert self._loop is not None and slot.proc is not None
+        try:
+            fd = os.pidfd_open(slot.proc.pid)
+        except (OSError, AttributeError):
+            return
+        slot.pidfd = fd
+        self._loop.add_reader(fd, self._reap)
+
+    def _unwatch_exit(self, slot: Slot) -> None:
+        fd, slot.pidfd = slot.pidfd, None
+        if fd is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            os.close(fd)
+
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> Any:
+        if self._call_later is not None:
+            return self._call_later(delay, fn)
+        assert self._loop is not None
+        return self._loop.call_later(delay, fn)
+
     async def _poll(self) -> None:
-        """Reap exited workers. Polling (every 0.1 s) rather than SIGCHLD keeps the reaping in one
-        place with no signal-handler races against Popen's own bookkeeping."""
+        """Reap exited workers that no pidfd reported. waitpid on each Popen (rather than SIGCHLD)
+        keeps the reaping in one place with no signal-handler races against Popen's bookkeeping."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
             self._reap()
@@ -260,6 +302,7 @@ class Supervisor:
             if proc is None or proc.poll() is None:
                 continue
             slot.proc = None
+            self._unwatch_exit(slot)
             if self.control is not None:
                 self.control.detach_worker(slot.index)
             if self.memory is not None:
@@ -271,12 +314,12 @@ class Supervisor:
             if self.stopping:
                 log.info("worker %d (pid %d) %s", slot.index, proc.pid, how)
                 continue
-            lived = time.monotonic() - slot.started
+            lived = self.clock() - slot.started
             slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW else 0
             delay = min(0.1 * 2 ** slot.fast_crashes, MAX_BACKOFF) if slot.fast_crashes else 0.0
             self.restarts += 1
             log.error("worker %d (pid %d) %s; replacing it in %.1fs", slot.index, proc.pid, how, delay)
-            slot.restart_handle = self._loop.call_later(delay, self._spawn, slot)
+            slot.restart_handle = self._schedule(delay, functools.partial(self._spawn, slot))
         if self.stopping and all(s.proc is None for s in self.slots):
             self._done.set()
 
