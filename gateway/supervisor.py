@@ -31,6 +31,10 @@ starts with the config its siblings serve instead of crash-looping.
 Crash handling: a worker that exits while the supervisor is not stopping is replaced. One that dies
 within CRASH_WINDOW seconds of its start counts as crash-looping and its replacement waits
 0.1 s x 2^(consecutive fast crashes), capped at MAX_BACKOFF, so a broken worker cannot spin the CPU.
+A crash loop can last all night (a bad deploy): the exponent is capped too, so no count overflows,
+and the log gets one line per backoff step and then one summary every SUMMARY_EVERY crashes at the
+cap (every 5 minutes), not a line per crash. Nothing in the crash path may stop the reaping: the
+poller logs and survives any error, so SIGTERM is prompt in every state.
 """
 from __future__ import annotations
 
@@ -69,7 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.supervisor")
 
 CRASH_WINDOW = 5.0
+BASE_BACKOFF = 0.1
 MAX_BACKOFF = 30.0
+SUMMARY_EVERY = 10          # at the cap, one log line per this many crashes in a row (5 minutes)
 POLL_INTERVAL = 0.1
 KILL_GRACE = 5.0
 
@@ -95,15 +101,25 @@ def _die_with_parent() -> None:
 class Slot:
     """One worker position: its current process and its crash history."""
 
-    __slots__ = ("index", "proc", "started", "fast_crashes", "restart_handle", "pidfd")
+    __slots__ = ("index", "proc", "started", "fast_crashes", "delay", "restart_handle", "pidfd")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.fast_crashes = 0
+        self.fast_crashes = 0               # consecutive deaths within CRASH_WINDOW of a start
+        self.delay = 0.0                    # the last replacement delay (a change is logged)
         self.restart_handle: Any = None     # what call_later returned: has cancel()
         self.pidfd: int | None = None       # readable once the worker has exited (Linux >= 5.3)
+
+
+def backoff(failures: int) -> float:
+    """The wait before replacing a worker after `failures` fast crashes in a row: 0 for none, then
+    BASE_BACKOFF x 2^failures up to MAX_BACKOFF. The exponent is capped before it is raised, so a
+    crash loop of any length never overflows (2 ** 1024 does not fit a float)."""
+    if failures <= 0:
+        return 0.0
+    return min(BASE_BACKOFF * 2.0 ** min(failures, 32), MAX_BACKOFF)
 
 
 def worker_command(index: int) -> list[str]:
@@ -262,7 +278,9 @@ class Supervisor:
             channel.close()  # the worker has its copy; ours would keep the channel open after it dies
         slot.started = self.clock()
         self._watch_exit(slot)
-        log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+        # In a crash loop only the first start of the streak is worth a line.
+        log.log(logging.INFO if slot.fast_crashes <= 1 else logging.DEBUG,
+                "worker %d started (pid %d)", slot.index, slot.proc.pid)
 
     def _watch_exit(self, slot: Slot) -> None:
         """Reap the worker the moment it exits: a pidfd becomes readable then. Without one (an
@@ -290,10 +308,15 @@ class Supervisor:
 
     async def _poll(self) -> None:
         """Reap exited workers that no pidfd reported. waitpid on each Popen (rather than SIGCHLD)
-        keeps the reaping in one place with no signal-handler races against Popen's bookkeeping."""
+        keeps the reaping in one place with no signal-handler races against Popen's bookkeeping.
+        An error is logged and the loop goes on: a poller that died would leave crashed workers
+        unreplaced and a stop waiting for ever."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            self._reap()
+            try:
+                self._reap()
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("supervisor: reaping workers failed")
 
     def _reap(self) -> None:
         assert self._loop is not None and self._done is not None
@@ -316,12 +339,25 @@ class Supervisor:
                 continue
             lived = self.clock() - slot.started
             slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW else 0
-            delay = min(0.1 * 2 ** slot.fast_crashes, MAX_BACKOFF) if slot.fast_crashes else 0.0
             self.restarts += 1
-            log.error("worker %d (pid %d) %s; replacing it in %.1fs", slot.index, proc.pid, how, delay)
-            slot.restart_handle = self._schedule(delay, functools.partial(self._spawn, slot))
+            self._replace_later(slot, f"worker {slot.index} (pid {proc.pid}) {how}")
         if self.stopping and all(s.proc is None for s in self.slots):
             self._done.set()
+
+    def _replace_later(self, slot: Slot, what: str) -> None:
+        """Schedule the slot's next start after its backoff; log once per step, not per crash."""
+        n = slot.fast_crashes
+        delay = backoff(n)
+        if n <= 1 or delay != slot.delay:
+            streak = f" (crashed at start {n} times in a row)" if n > 1 else ""
+            log.error("%s; replacing it in %.1fs%s", what, delay, streak)
+        elif n % SUMMARY_EVERY == 0:
+            log.error("worker %d has crashed at start %d times in a row (last: %s); replacing it every %.0fs",
+                      slot.index, n, what, delay)
+        else:
+            log.debug("%s; replacing it in %.1fs", what, delay)
+        slot.delay = delay
+        slot.restart_handle = self._schedule(delay, functools.partial(self._spawn, slot))
 
     def _forward(self, sig: int) -> None:
         for pid in self.worker_pids():

@@ -1,0 +1,139 @@
+"""The supervisor under faults: crash loops, failed spawns, stalled workers, a second instance on
+the port, workers that can never start, signals during start-up.
+
+Some tests drive a Supervisor in this test's loop (its constructor takes the clock, the scheduler
+and the worker command, so a thousand restarts take seconds); the others run the real `gateway`
+command as a subprocess and look at it from outside (/ready, /proc, exit codes, stderr).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from gateway.config import load_settings
+from gateway.supervisor import MAX_BACKOFF, Supervisor, worker_command
+from tests.support.gateway_proc import free_port, port_accepts
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 120) -> Any:
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coro_fn(), timeout))
+    finally:
+        loop.close()
+
+
+async def until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := pred()):
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.01)
+    return value
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self, level: int = logging.INFO) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@pytest.fixture
+def sup_log() -> Iterator[Records]:
+    """The supervisor's log records at INFO and above (the level an operator runs with)."""
+    logger = logging.getLogger("gateway.supervisor")
+    handler = Records()
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def sup_env(monkeypatch: pytest.MonkeyPatch, workers: int = 1, **extra: str) -> dict[str, str]:
+    """Settings for an in-process supervisor; the same variables are in os.environ, which its
+    workers inherit."""
+    env = {"GATEWAY_WORKERS": str(workers), "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(free_port()),
+           "GATEWAY_ADMIN_HOST": "127.0.0.1", "GATEWAY_ADMIN_PORT": str(free_port()),
+           "GATEWAY_DRAIN_TIMEOUT": "2", "GATEWAY_LOG_LEVEL": "warning", **extra}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+# --- 7: a crash loop left overnight ----------------------------------------------------------------
+def test_a_thousand_fast_crashes_back_off_to_the_cap_log_per_step_and_stop_promptly(
+        monkeypatch: pytest.MonkeyPatch, sup_log: Records) -> None:
+    """A worker served, then every replacement dies at start (a bad deploy left overnight): the
+    wait grows to 30 s and stays there (0.1 s x 2^n overflowed a float after 1024 crashes, the
+    supervisor stopped replacing workers and SIGTERM hung), the log says so once per step plus a
+    summary now and then rather than once per crash, and a stop is prompt after all of it."""
+    env = sup_env(monkeypatch)
+    crash = shutil.which("false")
+    assert crash is not None
+    spawned: list[int] = []
+    delays: list[float] = []
+    CRASHES = 1100          # > 1024: where 2 ** n overflowed
+
+    def command(index: int) -> list[str]:
+        spawned.append(index)
+        # The first worker is the real one and serves; every replacement dies at once.
+        return worker_command(index) if len(spawned) == 1 else [crash]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+
+        def call_later(delay: float, fn: Callable[[], None]) -> Any:
+            delays.append(delay)
+            return loop.call_later(delay / 10_000, fn)     # 30 s -> 3 ms: the test's time source
+
+        sup = Supervisor(load_settings(env), call_later=call_later, command=command)
+        task = loop.create_task(sup.serve())
+        await until(lambda: port_accepts("127.0.0.1", int(env["GATEWAY_PORT"])), what="the first worker listening")
+        first = sup.slots[0].proc
+        assert first is not None
+        log_mark = len(sup_log.records)
+        os.kill(first.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        await until(lambda: sup.restarts >= CRASHES or task.done(), timeout=90, what=f"{CRASHES} restarts")
+        elapsed = time.monotonic() - t0
+        assert not task.done(), task
+        assert not errors, errors[:3]
+        assert delays[-1] == MAX_BACKOFF == 30.0 and max(delays) == 30.0
+        assert delays[:3] == [0.2, 0.4, 0.8]
+        lines = [r.getMessage() for r in sup_log.records[log_mark:] if r.levelno >= logging.INFO]
+        # One line per backoff step (0.2 ... 25.6, 30) and a summary every few crashes at the cap,
+        # not one or two per crash.
+        assert len(lines) <= 20 + CRASHES // 10, (len(lines), lines[:30])
+        assert any("crashed" in m and "in a row" in m for m in lines), lines[-5:]
+        # SIGTERM (what the handler calls) in the middle of the crash loop: serve() returns at once.
+        t1 = time.monotonic()
+        sup.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+        stop_time = time.monotonic() - t1
+        assert stop_time < 1.0, stop_time
+        print(f"\n{sup.restarts} crash-restarts in {elapsed:.1f}s (delays / 10^4), {len(lines)} log lines, "
+              f"stopped in {stop_time * 1000:.0f} ms")
+
+    run(main)
