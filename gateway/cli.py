@@ -96,8 +96,11 @@ def cmd_worker(args: Sequence[str]) -> int:
     the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual.
     """
     from gateway.config import ConfigurationError, load_config
-    from gateway.worker import mtime
+    from gateway.worker import follow_supervisor, mtime
 
+    if not follow_supervisor():
+        err("worker: the supervisor is gone; not starting")
+        return 1
     settings, _, code = load_all(os.environ, with_config=False)
     if code:
         return code

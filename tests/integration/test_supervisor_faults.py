@@ -8,6 +8,7 @@ command as a subprocess and look at it from outside (/ready, /proc, exit codes, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,21 @@ import uvloop
 
 from gateway.config import load_settings
 from gateway.supervisor import MAX_BACKOFF, Supervisor, worker_command
-from tests.support.gateway_proc import free_port, port_accepts
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    free_port,
+    gateway,
+    http_get,
+    port_accepts,
+    routes_toml,
+    upstream,
+    wait_until,
+)
+
+
+def worker_pids(admin_port: int) -> list[int]:
+    status, _, body = http_get(admin_port, "/health")
+    assert status == 200
+    return list(json.loads(body)["workers"])
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 120) -> Any:
@@ -106,7 +121,7 @@ def test_a_thousand_fast_crashes_back_off_to_the_cap_log_per_step_and_stop_promp
 
         def call_later(delay: float, fn: Callable[[], None]) -> Any:
             delays.append(delay)
-            return loop.call_later(delay / 10_000, fn)     # 30 s -> 3 ms: the test's time source
+            return loop.call_later(delay / 100_000, fn)    # 30 s -> 0.3 ms: the test's time source
 
         sup = Supervisor(load_settings(env), call_later=call_later, command=command)
         task = loop.create_task(sup.serve())
@@ -133,7 +148,46 @@ def test_a_thousand_fast_crashes_back_off_to_the_cap_log_per_step_and_stop_promp
         assert await asyncio.wait_for(task, 5) == 0
         stop_time = time.monotonic() - t1
         assert stop_time < 1.0, stop_time
-        print(f"\n{sup.restarts} crash-restarts in {elapsed:.1f}s (delays / 10^4), {len(lines)} log lines, "
+        print(f"\n{sup.restarts} crash-restarts in {elapsed:.1f}s (delays / 10^5), {len(lines)} log lines, "
               f"stopped in {stop_time * 1000:.0f} ms")
 
     run(main)
+
+
+# --- spawning: the signal mask workers start with, and their parent-death signal --------------------
+STARTUP = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except (FileNotFoundError, ProcessLookupError):
+        return {}
+
+
+def held(pid: int, field: str = "SigBlk") -> set[int]:
+    """Which of STARTUP are in the process's blocked (SigBlk) / caught (SigCgt) mask."""
+    raw = proc_status(pid).get(field)
+    if raw is None:
+        return set()
+    mask = int(raw, 16)
+    return {int(s) for s in STARTUP if mask & (1 << (int(s) - 1))}
+
+
+def gone(pid: int) -> bool:
+    return proc_status(pid).get("State", "Z").startswith(("Z", "X"))
+
+
+def test_workers_unblock_their_signals_once_serving_and_die_with_a_killed_supervisor(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    assert isinstance(pids, list)
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    for pid in pids:
+        # Started with them blocked (spawned under the supervisor's block), unblocked by the
+        # worker once its loop handles them: none stays blocked, and all four are caught.
+        assert held(pid) == set(), proc_status(pid).get("SigBlk")
+        assert held(pid, "SigCgt") == set(STARTUP), proc_status(pid).get("SigCgt")
+    os.kill(gw.pid, signal.SIGKILL)
+    wait_until(lambda: all(gone(p) for p in pids), timeout=10)
