@@ -69,7 +69,7 @@ from gateway.worker import SUPERVISOR_ENV
 
 if TYPE_CHECKING:
     from gateway.config import Settings
-    from gateway.state.control import ControlPlane
+    from gateway.state.control import ControlPlane, WorkerChannel
 
 log = logging.getLogger("gateway.supervisor")
 
@@ -79,12 +79,14 @@ MAX_BACKOFF = 30.0
 SUMMARY_EVERY = 10          # at the cap, one log line per this many crashes in a row (5 minutes)
 POLL_INTERVAL = 0.1
 KILL_GRACE = 5.0
+FRESH = 3.0                 # seconds: a worker counts for /ready while its last frame is younger (SPEC 2)
 
 
 class Slot:
     """One worker position: its current process and its crash history."""
 
-    __slots__ = ("index", "proc", "started", "fast_crashes", "delay", "restart_handle", "pidfd")
+    __slots__ = ("index", "proc", "started", "fast_crashes", "delay", "restart_handle", "pidfd",
+                 "channel", "heard", "listening", "error", "stalled")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -94,6 +96,15 @@ class Slot:
         self.delay = 0.0                    # the last replacement delay (a change is logged)
         self.restart_handle: Any = None     # what call_later returned: has cancel()
         self.pidfd: int | None = None       # readable once the worker has exited (Linux >= 5.3)
+        # Liveness of the current process, from the frames on its state channel:
+        self.channel: WorkerChannel | None = None
+        self.heard = 0.0                    # clock() of its last frame (of its start until one)
+        self.listening = False              # its socket serves (the "listening" frame)
+        self.error: str | None = None       # its last words ("fatal" frame), if it could not start
+        self.stalled = False                # killed by the watchdog
+
+    def serving(self, now: float) -> bool:
+        return self.proc is not None and self.listening and now - self.heard < FRESH
 
 
 def backoff(failures: int) -> float:
@@ -214,6 +225,7 @@ class Supervisor:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
+        self.control.on_worker_frame = self._on_worker_frame
         admin = AdminServer(self._admin_routes(), self.settings.admin_token)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
@@ -248,6 +260,8 @@ class Supervisor:
         if self._snapshot is not None:
             env[BOOT_CONFIG_ENV] = self._snapshot
         channel = self.control.attach_worker(slot.index)
+        slot.channel = self.control.workers[slot.index]
+        slot.heard, slot.listening, slot.error, slot.stalled = self.clock(), False, None, False
         env[FD_ENV] = str(channel.fileno())
         env[SUPERVISOR_ENV] = str(os.getpid())
         # The worker starts with the start-up signals blocked (a blocked mask survives fork and
@@ -306,8 +320,43 @@ class Supervisor:
             await asyncio.sleep(POLL_INTERVAL)
             try:
                 self._reap()
+                self._watchdog()
             except Exception:  # noqa: BLE001 - see the docstring
                 log.exception("supervisor: reaping workers failed")
+
+    # --- liveness ---------------------------------------------------------------------------------
+    def _on_worker_frame(self, ch: WorkerChannel, frame: dict[str, Any]) -> None:
+        """Every frame a worker sends on its state channel (ControlPlane.on_worker_frame)."""
+        slot = self.slots[ch.index] if 0 <= ch.index < len(self.slots) else None
+        if slot is None or slot.channel is not ch:
+            return                          # a replaced worker's last bytes
+        slot.heard = self.clock()
+        t = frame.get("t")
+        if t == "listening" and not slot.listening:
+            slot.listening = True
+            if slot.fast_crashes > 1:
+                log.info("worker %d serving again after %d failed starts", slot.index, slot.fast_crashes)
+        elif t == "fatal":
+            slot.error = str(frame.get("error"))[:1000]
+
+    def _watchdog(self) -> None:
+        """SIGKILL every worker silent for longer than GATEWAY_WORKER_WATCHDOG (its loop no longer
+        turns: stopped, deadlocked, spinning in a callback); the reaper then replaces it. Also while
+        stopping: a stalled worker would otherwise hold the stop until the drain backstop."""
+        limit = float(self.settings.worker_watchdog)
+        now = self.clock()
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None or slot.stalled or now - slot.heard <= limit or proc.poll() is not None:
+                continue
+            slot.stalled = True
+            silent = now - slot.heard
+            log.error("worker %d (pid %d) silent for %.1fs (GATEWAY_WORKER_WATCHDOG=%gs)%s: killing it",
+                      slot.index, proc.pid, silent, limit, "" if slot.listening else " before it listened")
+            proc.send_signal(signal.SIGKILL)   # Popen checks it was not reaped: never a reused pid
+            if self.control is not None:
+                self.control.hub.emit("worker_stalled", details={
+                    "worker": slot.index, "pid": proc.pid, "silent": round(silent, 1), "listening": slot.listening})
 
     def _reap(self) -> None:
         assert self._loop is not None and self._done is not None
@@ -316,6 +365,7 @@ class Supervisor:
             if proc is None or proc.poll() is None:
                 continue
             slot.proc = None
+            slot.channel = None
             self._unwatch_exit(slot)
             if self.control is not None:
                 self.control.detach_worker(slot.index)
@@ -325,6 +375,8 @@ class Supervisor:
                 self.memory.drop_holder(slot.index)
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if slot.stalled:
+                how += " (watchdog)"
             if self.stopping:
                 log.info("worker %d (pid %d) %s", slot.index, proc.pid, how)
                 continue
@@ -379,6 +431,7 @@ class Supervisor:
                 slot.restart_handle = None
         log.info("supervisor: stopping, draining %d workers", len(self.worker_pids()))
         self._forward(signal.SIGTERM)
+        self._forward(signal.SIGCONT)   # a SIGSTOPped worker resumes, sees the SIGTERM and drains
         # Workers stop on their own within the drain timeout; this is only the backstop.
         self._loop.call_later(float(self.settings.drain_timeout) + KILL_GRACE, self._kill_all, signal.SIGKILL)
         self._reap()
@@ -393,19 +446,33 @@ class Supervisor:
             except ProcessLookupError:
                 pass
 
-    def _admin_routes(self) -> Any:
-        def ready() -> tuple[bool, dict[str, Any]]:
-            alive = len(self.worker_pids())
-            redis_ok = self.control is None or self.control.ready
-            ok = not self.stopping and alive > 0 and redis_ok
-            details: dict[str, Any] = {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
-            if self.control is not None:
-                details["redis"] = self.control.status["redis"]
-            return ok, details
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """GET /ready. `workers` counts the serving ones: listening, and heard from in the last
+        FRESH seconds. Ready while at least one serves and none is stalled (alive and listening,
+        but silent): a stalled worker's socket stays in the SO_REUSEPORT group and takes its share
+        of new connections without accepting them, until the watchdog replaces it. A worker that
+        is missing otherwise (crashed, starting, not spawned for want of a resource) only lowers
+        the count: the kernel sends its share to the others."""
+        now = self.clock()
+        serving = sum(1 for s in self.slots if s.serving(now))
+        stalled = sum(1 for s in self.slots if s.proc is not None and s.listening and not s.serving(now))
+        expected = len(self.slots)
+        redis_ok = self.control is None or self.control.ready
+        ok = not self.stopping and serving > 0 and stalled == 0 and redis_ok
+        details: dict[str, Any] = {"workers": serving, "expected": expected, "missing": expected - serving,
+                                   "stalled": stalled, "draining": self.stopping}
+        if self.control is not None:
+            details["redis"] = self.control.status["redis"]
+        return ok, details
 
+    def _admin_routes(self) -> Any:
         def health() -> dict[str, Any]:
+            now = self.clock()
+            slots = [{"worker": s.index, "pid": s.proc.pid if s.proc is not None else None,
+                      "listening": s.listening, "silent": round(now - s.heard, 1) if s.proc is not None else None,
+                      "fast_crashes": s.fast_crashes} for s in self.slots]
             out: dict[str, Any] = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
-                                   "restarts": self.restarts}
+                                   "slots": slots, "restarts": self.restarts}
             if self.control is not None:
                 state = self.control.describe()
                 if self.memory is not None:
@@ -413,4 +480,4 @@ class Supervisor:
                 out["state"] = state
             return out
 
-        return base_routes(ready, health)
+        return base_routes(self.readiness, health)

@@ -305,6 +305,28 @@ class Worker:
         await self._stopped.wait()
 
 
+class Heartbeat:
+    """A supervised worker's beat: on every tick of its loop's ticker (0.5 s, gateway/http/flow.pyx)
+    one small frame on its state channel. The supervisor counts the worker as serving only while
+    beats arrive, and kills it after GATEWAY_WORKER_WATCHDOG seconds without one: a frame sent from
+    the loop proves that the loop turns, which a live pid does not."""
+
+    __slots__ = ("worker", "client")
+
+    def __init__(self, worker: Worker, client: Any) -> None:
+        self.worker = worker
+        self.client = client
+
+    def start(self) -> None:
+        from gateway.http.flow import ticker_for
+
+        self.client.listening()
+        ticker_for(self.worker.loop).add(self)   # a permanent member: the ticker never idles
+
+    def on_tick(self, now: float) -> None:
+        self.client.beat(len(self.worker.connections))
+
+
 def mtime(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -395,6 +417,8 @@ async def run_worker(
         # The snapshot this worker booted from was replaced after it was loaded (a SIGHUP to the
         # supervisor meanwhile): load the config again rather than serve a stale one.
         worker.reload()
+    if state.client is not None:
+        Heartbeat(worker, state.client).start()     # supervised: counts for /ready from now on
     log.info("listening on %s:%d (max %d connections, backlog %d)", settings.host, settings.port,
              worker.max_connections, worker._backlog)
     if on_listening is not None:

@@ -5,6 +5,12 @@ loop's reader callback: the hot path never looks at the channel and pays nothing
 changes. After each frame it acks the seq it has applied. It also carries the worker's events to
 the supervisor's EventHub, deduplicated locally with the same cooldown first and dropped (counted)
 when the channel is congested.
+
+And the worker's liveness: `listening()` once its socket serves, then `beat()` on every tick of
+its loop's ticker (0.5 s). The supervisor counts a worker as serving (GET /ready) only while its
+last frame is under 3 s old, and kills one silent past GATEWAY_WORKER_WATCHDOG: a beat proves the
+loop turns, which a live pid does not (a SIGSTOPped worker, or one stuck in a callback, keeps its
+socket in the SO_REUSEPORT group and takes its share of new connections without accepting them).
 """
 from __future__ import annotations
 
@@ -96,6 +102,15 @@ class StateClient:
         log.error("state channel closed%s: no further changes will arrive", f": {exc}" if exc else "")
 
     # --- to the supervisor ---------------------------------------------------------------------------
+    def listening(self) -> None:
+        """The worker's socket serves: from now on it counts for /ready (while it beats)."""
+        self.proto.send({"t": "listening"}, force=True)
+
+    def beat(self, connections: int) -> None:
+        """The loop turns (sent on its ticker). Not forced: a supervisor that does not read must not
+        grow this worker, and a supervisor that does not read does not check beats either."""
+        self.proto.send({"t": "beat", "conns": connections})
+
     def emit(self, event: str, *, service: str | None = None, target: str | None = None,
              details: dict[str, Any] | None = None) -> bool:
         """Send an event to the node's EventHub; False when deduplicated here or dropped."""

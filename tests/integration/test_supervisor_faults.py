@@ -191,3 +191,69 @@ def test_workers_unblock_their_signals_once_serving_and_die_with_a_killed_superv
         assert held(pid, "SigCgt") == set(STARTUP), proc_status(pid).get("SigCgt")
     os.kill(gw.pid, signal.SIGKILL)
     wait_until(lambda: all(gone(p) for p in pids), timeout=10)
+
+
+# --- 9: /ready counts serving workers; a silent worker is killed and replaced ------------------------
+def ready(admin_port: int) -> tuple[int, dict[str, Any]]:
+    status, _, body = http_get(admin_port, "/ready", timeout=5)
+    return status, json.loads(body)
+
+
+def test_ready_only_once_a_worker_serves(gateway, upstream) -> None:  # noqa: F811
+    """/ready answered 200 ~0.2 s after start while the data port still refused connections."""
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"}, wait=False)
+    deadline = time.monotonic() + 20
+    early = []
+    while time.monotonic() < deadline:
+        assert gw.alive(), gw.stderr
+        if port_accepts(gw.host, gw.admin_port):
+            status, body = ready(gw.admin_port)
+            if status == 200:
+                # Ready means a worker serves: the data port takes connections now.
+                if not port_accepts(gw.host, gw.port):
+                    early.append(body)
+                break
+        time.sleep(0.01)
+    else:
+        raise AssertionError(f"never ready; stderr:\n{gw.stderr}")
+    assert not early, f"/ready said 200 while the data port refused connections: {early}"
+    wait_until(lambda: ready(gw.admin_port)[1]["workers"] == 2)
+    assert gw.stop() == 0
+
+
+def test_a_stopped_worker_is_reported_within_3s_and_replaced_after_the_watchdog(gateway, upstream) -> None:  # noqa: F811
+    watchdog = 5.0
+    gw = gateway(routes_toml(upstream.url, ["/"]),
+                 env={"GATEWAY_WORKERS": "2", "GATEWAY_WORKER_WATCHDOG": str(watchdog)})
+    wait_until(lambda: (r := ready(gw.admin_port))[0] == 200 and r[1]["workers"] == 2, timeout=15)
+    pids = worker_pids(gw.admin_port)
+    victim = pids[0]
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        # Reported: within ~3 s (its last beat ages past 3 s; beats come every 0.5 s).
+        status, body = wait_until(lambda: (r := ready(gw.admin_port))[1]["workers"] == 1 and r, timeout=6)
+        t_reported = time.monotonic() - t0
+        assert body["missing"] == 1 and body["stalled"] == 1, body
+        # Its socket still takes a share of new connections that nobody accepts: not ready.
+        assert status == 503, body
+        assert t_reported < 4.0, t_reported
+        # Replaced: SIGKILLed after the watchdog, a new worker serves, 200 with both again.
+        new = wait_until(lambda: (p := worker_pids(gw.admin_port)) and victim not in p and len(p) == 2 and p,
+                         timeout=watchdog + 10)
+        t_killed = time.monotonic() - t0
+        wait_until(lambda: (r := ready(gw.admin_port))[0] == 200 and r[1]["workers"] == 2, timeout=15)
+        t_serving = time.monotonic() - t0
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert watchdog - 0.5 < t_killed < watchdog + 3, t_killed
+    assert isinstance(new, list) and pids[1] in new
+    err = gw.stderr
+    assert f"worker 0 (pid {victim}) silent for" in err or f"(pid {victim}) silent for" in err, err[-3000:]
+    assert "event worker_stalled" in err, err[-3000:]
+    print(f"\nSIGSTOP -> /ready reports it missing: {t_reported:.2f}s; -> killed and replaced: {t_killed:.2f}s; "
+          f"-> replacement serving (/ready 200, 2 workers): {t_serving:.2f}s (GATEWAY_WORKER_WATCHDOG={watchdog:g})")
+    assert gw.stop() == 0
