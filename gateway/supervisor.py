@@ -34,7 +34,9 @@ within CRASH_WINDOW seconds of its start counts as crash-looping and its replace
 A crash loop can last all night (a bad deploy): the exponent is capped too, so no count overflows,
 and the log gets one line per backoff step and then one summary every SUMMARY_EVERY crashes at the
 cap (every 5 minutes), not a line per crash. Nothing in the crash path may stop the reaping: the
-poller logs and survives any error, so SIGTERM is prompt in every state.
+poller logs and survives any error, so SIGTERM is prompt in every state. A worker that cannot even
+be spawned (EMFILE, EAGAIN, ENOMEM) counts the same: its start is retried on the same backoff
+until the resource is back.
 """
 from __future__ import annotations
 
@@ -250,20 +252,37 @@ class Supervisor:
     # --- internals ------------------------------------------------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
+        """Start the slot's worker; when that fails (EMFILE, EAGAIN, ENOMEM: for the channel's
+        socketpair or for Popen), try again after the same backoff as a crash, for as long as it
+        takes: the worker count returns to GATEWAY_WORKERS once the resource is back, and /ready
+        says how many are missing meanwhile."""
         slot.restart_handle = None
         if self.stopping:
             return
+        try:
+            proc = self._start_process(slot)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the slot must not be lost
+            slot.fast_crashes += 1
+            slot.error = f"could not spawn a worker: {exc}"
+            self._replace_later(slot, f"worker {slot.index} could not be spawned: {exc}")
+            return
+        slot.proc = proc
+        slot.started = self.clock()
+        self._watch_exit(slot)
+        # In a crash loop only the first start of the streak is worth a line.
+        log.log(logging.INFO if slot.fast_crashes <= 1 else logging.DEBUG,
+                "worker %d started (pid %d)", slot.index, proc.pid)
 
+    def _start_process(self, slot: Slot) -> subprocess.Popen[bytes]:
         assert self.control is not None and self.memory is not None
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
         env[SEGMENT_ENV] = str(self.memory.name)
         if self._snapshot is not None:
             env[BOOT_CONFIG_ENV] = self._snapshot
-        channel = self.control.attach_worker(slot.index)
-        slot.channel = self.control.workers[slot.index]
-        slot.heard, slot.listening, slot.error, slot.stalled = self.clock(), False, None, False
-        env[FD_ENV] = str(channel.fileno())
         env[SUPERVISOR_ENV] = str(os.getpid())
+        channel = self.control.attach_worker(slot.index)
+        ch = self.control.workers[slot.index]
+        env[FD_ENV] = str(channel.fileno())
         # The worker starts with the start-up signals blocked (a blocked mask survives fork and
         # exec): a SIGHUP or SIGTERM forwarded while it is still importing waits until its loop
         # handles it instead of killing it (gateway/signals.py). Blocked here, around Popen, rather
@@ -272,20 +291,21 @@ class Supervisor:
         # parent-death signal itself (gateway.worker.follow_supervisor).
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
         try:
-            slot.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 self.command(slot.index),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(channel.fileno(),),
             )
+        except BaseException:
+            self.control.detach_worker(slot.index)
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             channel.close()  # the worker has its copy; ours would keep the channel open after it dies
-        slot.started = self.clock()
-        self._watch_exit(slot)
-        # In a crash loop only the first start of the streak is worth a line.
-        log.log(logging.INFO if slot.fast_crashes <= 1 else logging.DEBUG,
-                "worker %d started (pid %d)", slot.index, slot.proc.pid)
+        slot.channel = ch
+        slot.heard, slot.listening, slot.error, slot.stalled = self.clock(), False, None, False
+        return proc
 
     def _watch_exit(self, slot: Slot) -> None:
         """Reap the worker the moment it exits: a pidfd becomes readable then. Without one (an
@@ -392,10 +412,10 @@ class Supervisor:
         n = slot.fast_crashes
         delay = backoff(n)
         if n <= 1 or delay != slot.delay:
-            streak = f" (crashed at start {n} times in a row)" if n > 1 else ""
+            streak = f" ({n} failed starts in a row)" if n > 1 else ""
             log.error("%s; replacing it in %.1fs%s", what, delay, streak)
         elif n % SUMMARY_EVERY == 0:
-            log.error("worker %d has crashed at start %d times in a row (last: %s); replacing it every %.0fs",
+            log.error("worker %d: %d failed starts in a row (last: %s); still replacing it every %.0fs",
                       slot.index, n, what, delay)
         else:
             log.debug("%s; replacing it in %.1fs", what, delay)

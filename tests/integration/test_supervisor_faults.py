@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import time
@@ -141,7 +142,7 @@ def test_a_thousand_fast_crashes_back_off_to_the_cap_log_per_step_and_stop_promp
         # One line per backoff step (0.2 ... 25.6, 30) and a summary every few crashes at the cap,
         # not one or two per crash.
         assert len(lines) <= 20 + CRASHES // 10, (len(lines), lines[:30])
-        assert any("crashed" in m and "in a row" in m for m in lines), lines[-5:]
+        assert any("failed starts in a row" in m for m in lines), lines[-5:]
         # SIGTERM (what the handler calls) in the middle of the crash loop: serve() returns at once.
         t1 = time.monotonic()
         sup.stop()
@@ -256,4 +257,46 @@ def test_a_stopped_worker_is_reported_within_3s_and_replaced_after_the_watchdog(
     assert "event worker_stalled" in err, err[-3000:]
     print(f"\nSIGSTOP -> /ready reports it missing: {t_reported:.2f}s; -> killed and replaced: {t_killed:.2f}s; "
           f"-> replacement serving (/ready 200, 2 workers): {t_serving:.2f}s (GATEWAY_WORKER_WATCHDOG={watchdog:g})")
+    assert gw.stop() == 0
+
+
+# --- 8: a failed spawn is retried -------------------------------------------------------------------
+def exhausting_limit(pid: int) -> int:
+    """An RLIMIT_NOFILE for `pid` that leaves exactly one fd number free below it: the admin
+    listener can still accept one connection at a time, but a worker spawn (a socketpair, /dev/null
+    and Popen's error pipe: 5 fds) fails with EMFILE."""
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    free = 0
+    for limit in range(0, max(used) + 3):
+        if free == 1:
+            return limit
+        if limit not in used:
+            free += 1
+    raise AssertionError("unreachable")
+
+
+def test_a_failed_spawn_is_retried_until_the_resource_returns(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2"})
+    wait_until(lambda: (r := ready(gw.admin_port))[0] == 200 and r[1]["workers"] == 2, timeout=15)
+    pids = worker_pids(gw.admin_port)
+    time.sleep(0.2)             # the admin connections above are closed on the supervisor's side too
+    soft, hard = resource.prlimit(gw.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (exhausting_limit(gw.pid), hard))
+    try:
+        os.kill(pids[0], signal.SIGKILL)
+        gw.wait_stderr("worker 0 could not be spawned", timeout=5)
+        # Meanwhile /ready says one is missing (and still 200: the other serves the whole port).
+        status, body = ready(gw.admin_port)
+        assert (status, body["workers"], body["missing"]) == (200, 1, 1), body
+        wait_until(lambda: gw.stderr.count("worker 0 could not be spawned") >= 3, timeout=10)
+        assert "Too many open files" in gw.stderr
+    finally:
+        resource.prlimit(gw.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    t0 = time.monotonic()
+    wait_until(lambda: (r := ready(gw.admin_port))[0] == 200 and r[1]["workers"] == 2, timeout=40)
+    recovered = time.monotonic() - t0
+    new = worker_pids(gw.admin_port)
+    assert len(new) == 2 and pids[0] not in new and pids[1] in new
+    print(f"\nfd limit restored -> 2 workers serving again: {recovered:.2f}s "
+          f"(retries {gw.stderr.count('worker 0 could not be spawned')} logged steps)")
     assert gw.stop() == 0
