@@ -27,6 +27,13 @@ by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level
 """
 
 LATER = {"jwt", "apikey"}
+_errors: list[str] = []     # the lines printed by _err: a worker's last words come from here
+
+
+def _err(line: str) -> None:
+    _errors.append(line)
+    del _errors[:-4]
+    err(line)
 # Variables read here rather than by Settings (logging is set up before Settings can fail).
 OWN_VARIABLES = {"GATEWAY_LOG_LEVEL", "GATEWAY_WORKER_INDEX"}  # commands SPEC §1 names whose features come in later issues
 
@@ -47,7 +54,7 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
         settings = load_settings(environ)
     except ConfigurationError as exc:
         for line in exc.problems:
-            err(line)
+            _err(line)
         return None, None, 2
     if not with_config:
         return settings, None, 0
@@ -55,7 +62,7 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
         config = load_config(settings.config)
     except ConfigurationError as exc:
         for line in _config_problem_lines(exc):
-            err(line)
+            _err(line)
         return settings, None, 2
     return settings, config, 0
 
@@ -85,7 +92,17 @@ def cmd_run() -> int:
         from gateway.supervisor import Supervisor
 
         return Supervisor(settings).run()
-    return _serve_single(settings, config, settings.config, admin=True, reuse_port=False)
+    # One process, no supervisor: it owns the address itself (gateway/portlock.py). Without
+    # GATEWAY_REUSE_PORT=shared it binds without SO_REUSEPORT: nothing can join it either.
+    from gateway.portlock import AddressLock
+
+    try:
+        lock = AddressLock.acquire(settings.host, settings.port, shared=settings.reuse_port)
+    except OSError as exc:
+        err(str(exc))
+        return 1
+    with lock:
+        return _serve_single(settings, config, settings.config, admin=True, reuse_port=settings.reuse_port)
 
 
 def cmd_worker(args: Sequence[str]) -> int:
@@ -93,13 +110,31 @@ def cmd_worker(args: Sequence[str]) -> int:
 
     It boots from the supervisor's snapshot of the last valid config (BOOT_CONFIG_ENV), not from
     GATEWAY_CONFIG: a worker replaced while the file on disk is broken still starts with the config
-    the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual.
+    the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual. When it cannot start, it tells
+    the supervisor why over its state channel (LastWords) besides printing it.
     """
+    from gateway.state.client import LastWords
+
+    last_words = LastWords()
+    try:
+        code = _worker_process()
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt | SystemExit):
+            last_words.say(f"{type(exc).__name__}: {exc}")
+        raise
+    if code and _errors:
+        last_words.say(_errors[-1])     # the one-line reason it printed (port in use, bad config...)
+    else:
+        last_words.close()
+    return code
+
+
+def _worker_process() -> int:
     from gateway.config import ConfigurationError, load_config
     from gateway.worker import follow_supervisor, mtime
 
     if not follow_supervisor():
-        err("worker: the supervisor is gone; not starting")
+        _err("worker: the supervisor is gone; not starting")
         return 1
     settings, _, code = load_all(os.environ, with_config=False)
     if code:
@@ -111,7 +146,7 @@ def cmd_worker(args: Sequence[str]) -> int:
         config = load_config(boot)
     except ConfigurationError as exc:
         for line in _config_problem_lines(exc):
-            err(line)
+            _err(line)
         return 2
 
     def changed() -> bool:
@@ -129,10 +164,10 @@ def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin:
         return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port,
                                    reload_if=reload_if))
     except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
-        err(exc.strerror or str(exc))
+        _err(exc.strerror or str(exc))
         return 1
     except SharedMemoryFull as exc:  # the config's shared objects do not fit: names GATEWAY_SHM_SIZE
-        err(str(exc))
+        _err(str(exc))
         return 2
 
 

@@ -82,13 +82,15 @@ SUMMARY_EVERY = 10          # at the cap, one log line per this many crashes in 
 POLL_INTERVAL = 0.1
 KILL_GRACE = 5.0
 FRESH = 3.0                 # seconds: a worker counts for /ready while its last frame is younger (SPEC 2)
+START_ATTEMPTS = 3          # failed starts in a row, before any worker ever served, that end the supervisor
+LAST_WORDS_WAIT = 0.5       # seconds to wait for a dead worker's channel to deliver its last frames
 
 
 class Slot:
     """One worker position: its current process and its crash history."""
 
     __slots__ = ("index", "proc", "started", "fast_crashes", "delay", "restart_handle", "pidfd",
-                 "channel", "heard", "listening", "error", "stalled")
+                 "channel", "heard", "listening", "error", "stalled", "exited")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -104,9 +106,11 @@ class Slot:
         self.listening = False              # its socket serves (the "listening" frame)
         self.error: str | None = None       # its last words ("fatal" frame), if it could not start
         self.stalled = False                # killed by the watchdog
+        self.exited: float | None = None    # clock() when its exit was seen, until handled
 
     def serving(self, now: float) -> bool:
-        return self.proc is not None and self.listening and now - self.heard < FRESH
+        return (self.proc is not None and self.proc.returncode is None and self.listening
+                and now - self.heard < FRESH)
 
 
 def backoff(failures: int) -> float:
@@ -144,30 +148,50 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control: ControlPlane | None = None
         self.memory: NodeMemory | None = None
+        self.served = False                 # some worker has listened: never give up from then on
+        self.exit_code = 0
+        self.failure: str | None = None     # why serve() returned non-zero (one line)
 
     # --- public ---------------------------------------------------------------------------------
     def run(self) -> int:
+        """The `gateway run` of GATEWAY_WORKERS > 1: returns the exit code (0 after a stop, 1 when
+        the address is taken or no worker could ever start, 2 for a bad config file)."""
+        from gateway.portlock import AddressLock
         from gateway.worker import ListenError, bind_listener
 
-        # Probe the port once without SO_REUSEPORT: a port held by another program is reported
-        # here, instead of every worker silently joining that program's SO_REUSEPORT group.
+        # The address first, before any worker exists: one gateway per host:port unless every one
+        # of them opts in to sharing it (gateway/portlock.py).
+        shared = self.settings.reuse_port
         try:
-            bind_listener(self.settings.host, self.settings.port, reuse_port=False, backlog=1).close()
-        except ListenError as exc:
-            err(exc.strerror or str(exc))
+            lock = AddressLock.acquire(self.settings.host, self.settings.port, shared=shared)
+        except OSError as exc:
+            err(str(exc))
             return 1
-        problems = self._take_snapshot()
-        if problems:
-            for line in problems:
-                err(line)
-            return 2
         try:
-            return run_loop(self.serve())
-        except OSError as exc:  # the admin listener could not bind
-            err(exc.strerror or str(exc))
-            self._kill_all(signal.SIGKILL)
-            return 1
+            # Then probe the port once without SO_REUSEPORT: a port held by another program is
+            # reported here, instead of every worker silently joining that program's SO_REUSEPORT
+            # group. (When sharing on purpose, with it: only a program outside the group is refused.)
+            try:
+                bind_listener(self.settings.host, self.settings.port, reuse_port=shared, backlog=1).close()
+            except ListenError as exc:
+                err(exc.strerror or str(exc))
+                return 1
+            problems = self._take_snapshot()
+            if problems:
+                for line in problems:
+                    err(line)
+                return 2
+            try:
+                code = run_loop(self.serve())
+            except OSError as exc:  # the admin listener could not bind
+                err(exc.strerror or str(exc))
+                self._kill_all(signal.SIGKILL)
+                return 1
+            if code and self.failure:
+                err(self.failure)
+            return code
         finally:
+            lock.release()
             if self._snapshot_dir is not None:
                 shutil.rmtree(self._snapshot_dir, ignore_errors=True)
 
@@ -228,6 +252,7 @@ class Supervisor:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
         self.control.on_worker_frame = self._on_worker_frame
+        self.control.on_worker_closed = lambda ch: self._reap()     # a dead worker's last words are in
         admin = AdminServer(self._admin_routes(), self.settings.admin_token)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
@@ -247,7 +272,7 @@ class Supervisor:
                 loop.remove_signal_handler(sig)
             await self.control.close()
         log.info("supervisor: all workers stopped")
-        return 0
+        return self.exit_code
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -263,8 +288,7 @@ class Supervisor:
             proc = self._start_process(slot)
         except Exception as exc:  # noqa: BLE001 - whatever it was, the slot must not be lost
             slot.fast_crashes += 1
-            slot.error = f"could not spawn a worker: {exc}"
-            self._replace_later(slot, f"worker {slot.index} could not be spawned: {exc}")
+            self._failed_start(slot, f"worker {slot.index} could not be spawned: {exc}")
             return
         slot.proc = proc
         slot.started = self.clock()
@@ -354,6 +378,7 @@ class Supervisor:
         t = frame.get("t")
         if t == "listening" and not slot.listening:
             slot.listening = True
+            self.served = True
             if slot.fast_crashes > 1:
                 log.info("worker %d serving again after %d failed starts", slot.index, slot.fast_crashes)
         elif t == "fatal":
@@ -380,10 +405,20 @@ class Supervisor:
 
     def _reap(self) -> None:
         assert self._loop is not None and self._done is not None
+        now = self.clock()
         for slot in self.slots:
             proc = slot.proc
             if proc is None or proc.poll() is None:
                 continue
+            if slot.exited is None:
+                slot.exited = now
+                self._unwatch_exit(slot)    # seen: a pidfd stays readable, it would fire every turn
+            ch = slot.channel
+            if ch is not None and not ch.proto.closed and now - slot.exited < LAST_WORDS_WAIT:
+                # Its last frames (a "fatal" one says why it could not start) may still be unread:
+                # the channel's EOF follows them and calls _reap again (on_worker_closed).
+                continue
+            slot.exited = None
             slot.proc = None
             slot.channel = None
             self._unwatch_exit(slot)
@@ -400,12 +435,28 @@ class Supervisor:
             if self.stopping:
                 log.info("worker %d (pid %d) %s", slot.index, proc.pid, how)
                 continue
-            lived = self.clock() - slot.started
-            slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW else 0
+            lived = now - slot.started
+            slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW or not slot.listening else 0
             self.restarts += 1
-            self._replace_later(slot, f"worker {slot.index} (pid {proc.pid}) {how}")
+            what = f"worker {slot.index} (pid {proc.pid}) {how}"
+            self._failed_start(slot, f"{what}: {slot.error}" if slot.error else what)
         if self.stopping and all(s.proc is None for s in self.slots):
             self._done.set()
+
+    def _failed_start(self, slot: Slot, what: str) -> None:
+        """A worker died or could not be spawned: replace it after its backoff; or, when no worker
+        has ever served and this slot failed START_ATTEMPTS times in a row, give up (exit 1 with the
+        reason), as nginx does when it cannot bind: a node that never served is misconfigured, and a
+        crash loop would hide that from whoever started it. Once any worker served, never."""
+        if not self.served and slot.fast_crashes >= START_ATTEMPTS:
+            if self.failure is None:
+                self.failure = f"no worker could start ({slot.fast_crashes} attempts): {what}"
+                self.exit_code = 1
+                log.error("supervisor: %s; giving up", self.failure)
+                assert self._loop is not None
+                self._loop.call_soon(self.stop)
+            return
+        self._replace_later(slot, what)
 
     def _replace_later(self, slot: Slot, what: str) -> None:
         """Schedule the slot's next start after its backoff; log once per step, not per crash."""

@@ -15,13 +15,17 @@ socket in the SO_REUSEPORT group and takes its share of new connections without 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .channel import MAX_STATE_FRAME, FrameProtocol, open_channel
+import orjson
+
+from .channel import _LEN, MAX_STATE_FRAME, FrameProtocol, open_channel
 from .events import COOLDOWN, Deduplicator, event_key, make_event
 from .view import StateView
 
@@ -121,3 +125,41 @@ class StateClient:
             self.events_dropped += 1
             return False
         return True
+
+
+class LastWords:
+    """A worker's way to tell the supervisor why it could not start: one "fatal" frame, written
+    synchronously on a duplicate of its channel fd taken first thing (the loop may never have run,
+    or the channel's transport may already be closed). The supervisor reads it before it handles
+    the worker's exit, and gives up with this reason when no worker could ever start.
+
+    A frame from the transport still half-written when the worker failed would garble this one;
+    the supervisor then cuts the channel and reports the exit status alone."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, environ: Any = os.environ) -> None:
+        self.fd: int | None = None
+        raw = environ.get(FD_ENV)
+        if raw:
+            with contextlib.suppress(OSError, ValueError):
+                self.fd = os.dup(int(raw))
+
+    def say(self, error: str) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            body = orjson.dumps({"t": "fatal", "error": error[:2000]})
+            # ~2 KiB at most: one write into an idle socket's buffer (it is non-blocking: shared with
+            # the transport, whose mode must not change under it).
+            os.write(fd, _LEN.pack(len(body)) + body)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)

@@ -115,7 +115,8 @@ class WorkerChannel:
         if self.control.workers.get(self.index) is self:
             del self.control.workers[self.index]
         self.control._acked()
-
+        if self.control.on_worker_closed is not None:
+            self.control.on_worker_closed(self)
 
 class ControlPlane:
     def __init__(self, loop: asyncio.AbstractEventLoop, hub: EventHub, *,
@@ -137,6 +138,9 @@ class ControlPlane:
         # Called with (channel, frame) for every frame a worker sends: the supervisor's liveness
         # bookkeeping (heartbeats, listening, a worker's last error) lives there, not here.
         self.on_worker_frame: Callable[[WorkerChannel, dict[str, Any]], None] | None = None
+        # Called when a worker's channel closes (its process exited, or it was detached): every
+        # frame it sent has been handed to on_worker_frame by then.
+        self.on_worker_closed: Callable[[WorkerChannel], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -14,6 +14,8 @@ import os
 import resource
 import shutil
 import signal
+import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -126,7 +128,7 @@ def test_a_thousand_fast_crashes_back_off_to_the_cap_log_per_step_and_stop_promp
 
         sup = Supervisor(load_settings(env), call_later=call_later, command=command)
         task = loop.create_task(sup.serve())
-        await until(lambda: port_accepts("127.0.0.1", int(env["GATEWAY_PORT"])), what="the first worker listening")
+        await until(lambda: sup.slots[0].listening, what="the first worker listening")
         first = sup.slots[0].proc
         assert first is not None
         log_mark = len(sup_log.records)
@@ -300,3 +302,66 @@ def test_a_failed_spawn_is_retried_until_the_resource_returns(gateway, upstream)
     print(f"\nfd limit restored -> 2 workers serving again: {recovered:.2f}s "
           f"(retries {gw.stderr.count('worker 0 could not be spawned')} logged steps)")
     assert gw.stop() == 0
+
+
+# --- 10: one gateway per address; workers that can never start --------------------------------------
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_gateway_on_the_same_port_exits_1_naming_the_port_and_the_pid(gateway, upstream, workers: str) -> None:  # noqa: F811
+    """Both started at once (the race a probe bind cannot see): exactly one serves."""
+    port = free_port()
+    env = {"GATEWAY_WORKERS": workers, "GATEWAY_PORT": str(port)}
+    a = gateway(routes_toml(upstream.url, ["/"]), env=env, wait=False)
+    b = gateway(routes_toml(upstream.url, ["/"]), env=env, wait=False)
+    loser = wait_until(lambda: next((g for g in (a, b) if not g.alive()), None), timeout=10)
+    winner = b if loser is a else a
+    assert loser.wait(5) == 1, loser.stderr
+    last = loser.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: ") and f":{port}" in last and f"pid {winner.pid}" in last, loser.stderr
+    winner.wait_ready()
+    time.sleep(0.5)
+    assert winner.alive()
+    assert http_get(port, "/x")[0] == 200
+    assert winner.stop() == 0
+
+
+def test_two_gateways_share_a_port_only_when_both_opt_in(gateway, upstream) -> None:  # noqa: F811
+    port = free_port()
+    env = {"GATEWAY_WORKERS": "2", "GATEWAY_PORT": str(port), "GATEWAY_REUSE_PORT": "shared"}
+    a = gateway(routes_toml(upstream.url, ["/"]), env=env)
+    b = gateway(routes_toml(upstream.url, ["/"]), env=env)
+    wait_until(lambda: ready(a.admin_port)[0] == 200 and ready(b.admin_port)[0] == 200)
+    c = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2", "GATEWAY_PORT": str(port)}, wait=False)
+    assert c.wait(10) == 1
+    assert f"pids {min(a.pid, b.pid)}, {max(a.pid, b.pid)}) share it" in c.stderr, c.stderr
+    assert a.alive() and b.alive()
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def test_workers_that_can_never_start_make_the_supervisor_exit_1_with_their_reason(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """The port was free when the supervisor checked it, and taken (by a program without
+    SO_REUSEPORT) when its workers bind: no worker ever serves. Like nginx when it cannot bind, the
+    supervisor gives up after a few attempts and exits 1 with the workers' own error."""
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    env = sup_env(monkeypatch, workers=2)          # the supervisor's settings: a free port
+    monkeypatch.setenv("GATEWAY_PORT", str(taken))  # what its workers read: the taken one
+    sup = Supervisor(load_settings(env))
+    # Backstop for the code before the fix (it crash-looped for ever): SIGTERM ends run() with 0.
+    backstop = threading.Timer(30, os.kill, (os.getpid(), signal.SIGTERM))
+    backstop.start()
+    t0 = time.monotonic()
+    try:
+        code = sup.run()
+    finally:
+        backstop.cancel()
+        blocker.close()
+    elapsed = time.monotonic() - t0
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("gateway: ")]
+    assert code == 1, err[-3000:]
+    assert lines and f"cannot listen on 127.0.0.1:{taken}: address already in use" in lines[-1], err[-3000:]
+    assert elapsed < 15, elapsed
+    print(f"\nno worker could start -> exit 1 after {elapsed:.1f}s: {lines[-1]}")
