@@ -6,15 +6,34 @@ line naming the variable to change).
 
 `gateway _worker N` is internal: the supervisor re-executes the command with it to start worker N
 (see gateway/supervisor.py for why re-exec rather than fork).
+
+Signals: main()'s first instruction holds SIGHUP, SIGTERM, SIGINT and SIGUSR1 (gateway/signals.py);
+the serving commands release them once their loop handles them, the others at once. This module
+imports nothing heavy at its top (asyncio alone costs ~50 ms), so that the console script reaches
+that instruction right after the interpreter has started.
 """
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from gateway.process import BOOT_CONFIG_ENV, err, run_loop
+TYPE_CHECKING = False    # not typing's: importing typing costs ~4 ms before main() can block signals
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+
+def err(line: str) -> None:
+    from gateway.process import err as print_err
+
+    print_err(line)
+
+
+def run_loop(coro: Any) -> int:
+    from gateway.process import run_loop as run
+
+    return run(coro)
+
 
 USAGE = """usage: gateway [run | demo | check]
 
@@ -27,6 +46,7 @@ by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level
 """
 
 LATER = {"jwt", "apikey"}
+SERVING = frozenset({"run", "_worker", "demo"})   # they unblock the start-up signals themselves
 _errors: list[str] = []     # the lines printed by _err: a worker's last words come from here
 
 
@@ -131,6 +151,7 @@ def cmd_worker(args: Sequence[str]) -> int:
 
 def _worker_process() -> int:
     from gateway.config import ConfigurationError, load_config
+    from gateway.process import BOOT_CONFIG_ENV
     from gateway.worker import follow_supervisor, mtime
 
     if not follow_supervisor():
@@ -185,7 +206,13 @@ def cmd_demo() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `gateway` command; returns its exit code (see the module docstring for signals)."""
+    from gateway.signals import block_startup_signals, unblock_startup_signals
+
+    block_startup_signals()     # first: a SIGHUP from here on is held, not fatal
     args = list(sys.argv[1:] if argv is None else argv)
+    if (args[0] if args else "run") not in SERVING:
+        unblock_startup_signals()   # check, help, errors: Ctrl-C and SIGTERM act at once
     from gateway.logs import LogLevelError, setup_logging
 
     try:

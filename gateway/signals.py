@@ -7,8 +7,10 @@ So `gateway` blocks them before anything else (gateway/__main__.py, cli.main) an
 once its event loop's handlers exist: a signal that arrived meanwhile stays pending and is handled
 then, so a reload asked for during start-up is applied and a stop is a clean drain.
 
-Workers inherit exactly this mask from the supervisor (a blocked mask survives exec, see
-`child_mask`), and unblock it the same way once their own handlers are installed.
+Workers inherit this mask from the supervisor, which blocks these signals around each spawn (a
+blocked mask survives fork and exec), and unblock it the same way once their own handlers are
+installed. At the end, before the handlers go, the mask is put back: a late signal is held until
+the process exits instead of killing it half-way through its clean-up.
 
 Only `signal` is imported here: this module runs before the rest of the command is imported.
 """
@@ -21,20 +23,18 @@ STARTUP_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signa
 
 
 def block_startup_signals() -> set[int | signal.Signals]:
-    """Hold STARTUP_SIGNALS (pending, not lost) until `unblock_startup_signals()`; returns the
-    previous mask."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
+    """The process's first instruction: its mask becomes exactly STARTUP_SIGNALS, held (pending,
+    not lost) until `unblock_startup_signals()`; returns the previous mask. Exactly: whatever else
+    the launcher blocked is not kept, so the gateway and the workers it spawns (which inherit the
+    mask) behave the same however they were started."""
+    return signal.pthread_sigmask(signal.SIG_SETMASK, STARTUP_SIGNALS)
+
+
+def current_mask() -> set[int | signal.Signals]:
+    return signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 def unblock_startup_signals() -> None:
     """Deliver whatever arrived while they were held: call once the handlers are installed."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STARTUP_SIGNALS)
 
-
-def child_mask() -> None:
-    """In a spawned worker before exec: exactly STARTUP_SIGNALS blocked, nothing else.
-
-    Whatever else the parent happened to block is not inherited (a worker with, say, SIGCHLD
-    blocked would behave differently from one started by hand), and the worker's own start-up is
-    covered from its first instruction: it unblocks them once its loop handles them."""
-    signal.pthread_sigmask(signal.SIG_SETMASK, STARTUP_SIGNALS)

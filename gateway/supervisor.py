@@ -22,7 +22,10 @@ change bus to other instances and this instance's membership heartbeat.
 
 Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
-timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome.
+timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome. SIGUSR1
+→ forwarded (reserved for reopening log files). All four are held from the process's first
+instruction until these handlers exist (gateway/signals.py), and each worker starts with them held
+until its own handlers exist: one sent during start-up is applied then, never fatal.
 
 Workers boot from the supervisor's private snapshot of the last valid config file (taken at start
 and on each SIGHUP whose file is valid), so a worker replaced while the file on disk is broken
@@ -56,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from gateway._fast.shm import SharedSegment
 from gateway.admin.server import AdminServer, base_routes
 from gateway.process import BOOT_CONFIG_ENV, err, run_loop
-from gateway.signals import STARTUP_SIGNALS
+from gateway.signals import STARTUP_SIGNALS, current_mask, unblock_startup_signals
 from gateway.state.client import FD_ENV
 from gateway.state.memory import NodeMemory
 from gateway.state.node import (
@@ -253,23 +256,34 @@ class Supervisor:
         self.control = make_control_plane(loop, self.settings, new_instance_id())
         self.control.on_worker_frame = self._on_worker_frame
         self.control.on_worker_closed = lambda ch: self._reap()     # a dead worker's last words are in
-        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
-        await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
-        await self.control.start()
-        for slot in self.slots:
-            self._spawn(slot)
+        # Handlers first, then the signals held since the first instruction are let through: a
+        # SIGTERM sent during start-up stops cleanly, a SIGHUP reloads (its snapshot is what the
+        # workers spawned below boot from; one forwarded to a starting worker waits in its mask).
+        mask = current_mask()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
-        log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
-        poller = loop.create_task(self._poll())
+        loop.add_signal_handler(signal.SIGUSR1, self._usr1)
+        unblock_startup_signals()
+        poller = None
+        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
         try:
+            await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
+            await self.control.start()
+            for slot in self.slots:
+                self._spawn(slot)
+            log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
+            poller = loop.create_task(self._poll())
             await self._done.wait()
         finally:
-            poller.cancel()
-            admin.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # Held again before the handlers go: a late signal waits for the exit instead of
+            # killing the process half-way through its clean-up.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
+            if poller is not None:
+                poller.cancel()
+            admin.close()
             await self.control.close()
         log.info("supervisor: all workers stopped")
         return self.exit_code
@@ -481,6 +495,12 @@ class Supervisor:
                 pass
         if sig == signal.SIGHUP:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
+
+    def _usr1(self) -> None:
+        # nginx's "reopen the log files": forwarded (each worker handles it); every log goes to
+        # stderr today, so there is nothing to reopen, but SIGUSR1 must never kill the node.
+        self._forward(signal.SIGUSR1)
+        log.info("SIGUSR1: forwarded to %d workers (logs go to stderr: nothing to reopen)", len(self.worker_pids()))
 
     def _reload(self) -> None:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker

@@ -381,10 +381,11 @@ async def run_worker(
     Raises ListenError (one line naming GATEWAY_PORT) when the address cannot be bound.
     """
     from gateway.runtime import build_runtime
-    from gateway.signals import unblock_startup_signals
+    from gateway.signals import current_mask, unblock_startup_signals
     from gateway.state.node import NodeState
 
     loop = asyncio.get_running_loop()
+    mask = current_mask()       # the start-up signals held since the first instruction (a process)
     # The state first: features built with the runtime subscribe to it. A lone process (admin here)
     # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
     state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop, settings))
@@ -424,6 +425,8 @@ async def run_worker(
     if on_listening is not None:
         on_listening(worker)
     await worker.wait_stopped()
+    # Held again for the clean-up: a late SIGTERM waits for the exit instead of cutting it short.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if admin_server is not None:
         admin_server.close()
     await state.close()

@@ -365,3 +365,65 @@ def test_workers_that_can_never_start_make_the_supervisor_exit_1_with_their_reas
     assert lines and f"cannot listen on 127.0.0.1:{taken}: address already in use" in lines[-1], err[-3000:]
     assert elapsed < 15, elapsed
     print(f"\nno worker could start -> exit 1 after {elapsed:.1f}s: {lines[-1]}")
+
+
+# --- 11: signals during start-up ----------------------------------------------------------------------
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait_held_from_the_start(gw: Any) -> None:
+    """Until the process holds SIGHUP: its first instruction (nothing of ours runs earlier; before
+    it only the interpreter starts, and a signal there is the launcher's business)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and gw.alive() and signal.SIGHUP not in held(gw.pid):
+        time.sleep(0.0005)
+    assert gw.alive(), gw.stderr
+    assert set(STARTUP) <= held(gw.pid), ("the start-up signals are not held: their default action "
+                                          f"kills the process while it starts ({proc_status(gw.pid).get('SigBlk')})")
+
+
+def test_sighup_during_startup_never_kills_the_gateway_and_the_reload_is_applied(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/a"]), env={"GATEWAY_WORKERS": "2"}, wait=False)
+    wait_held_from_the_start(gw)
+    sent = 0
+    changed = False
+    deadline = time.monotonic() + 30
+    # SIGHUP every ~2 ms from the first instruction until a worker serves. The file changes once
+    # the supervisor has spawned its workers (it has read the file by then): from there on the
+    # SIGHUPs ask for a reload that must be applied, in the supervisor's snapshot and in workers
+    # that are still starting.
+    while not port_accepts(gw.host, gw.port, timeout=0.05):
+        assert time.monotonic() < deadline, gw.stderr
+        assert gw.alive(), f"killed during start-up after {sent} SIGHUPs: {gw.proc.returncode}\n{gw.stderr}"
+        os.kill(gw.pid, signal.SIGHUP)
+        sent += 1
+        if not changed and len(children(gw.pid)) == 2:
+            gw.write_config(routes_toml(upstream.url, ["/a", "/b"]))
+            changed = True
+        time.sleep(0.002)
+    assert changed, "the workers were never seen starting"
+    # No more signals: every worker ends up serving the new file.
+    wait_until(lambda: (r := ready(gw.admin_port))[0] == 200 and r[1]["workers"] == 2, timeout=15)
+    wait_until(lambda: all(http_get(gw.port, "/b")[0] == 200 for _ in range(40)), timeout=10)
+    assert gw.alive()
+    # Past start-up nothing stays blocked, in the supervisor or its workers, and SIGUSR1 (whose
+    # default action is to terminate) is handled too.
+    for pid in [gw.pid, *worker_pids(gw.admin_port)]:
+        assert held(pid) == set(), proc_status(pid).get("SigBlk")
+    gw.send_signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    assert gw.alive() and http_get(gw.port, "/b")[0] == 200
+    print(f"\n{sent} SIGHUPs during start-up: survived, reload applied")
+    assert gw.stop() == 0
+
+
+def test_sigterm_during_startup_stops_cleanly_with_0(gateway) -> None:  # noqa: F811
+    gw = gateway(None, env={"GATEWAY_WORKERS": "2"}, wait=False)
+    wait_held_from_the_start(gw)
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait(30) == 0, gw.stderr
