@@ -14,8 +14,8 @@ they coexist with each other and are still refused by (and refuse) an exclusive 
 
 Directory: $XDG_RUNTIME_DIR/gateway when set, else /run/gateway for root, else
 <tmp>/gateway-<uid>, the first that can be created and is ours (a directory someone else owns or
-can write to is skipped). The kernel drops the lock when the process dies, however it dies; a file
-left by a killed instance is simply locked again by the next one. An exclusive holder removes its
+can write to is skipped). The kernel drops the lock when the process dies, however it dies; the
+files killed instances leave behind are removed by the next acquire (`sweep`). An exclusive holder removes its
 file when it releases it, still holding the lock, and `acquire` checks after locking that the path
 still names the file it locked (else it retries): a late opener never holds a lock on an unlinked
 file while another instance holds the new one.
@@ -78,6 +78,33 @@ def holders(fd: int) -> list[int]:
     return sorted(set(pids))
 
 
+def sweep(directory: str) -> int:
+    """Remove the lock files of instances that died without releasing them (SIGKILL, a crash):
+    each one nobody holds is locked, removed and closed, as a clean release does; acquire()'s
+    check after locking makes that safe against an instance taking it at the same moment."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(directory) if n.endswith(".lock")]
+    except OSError:
+        return 0
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+                removed += 1
+        except OSError:         # held (a live instance), or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 class AddressLock:
     __slots__ = ("path", "fd", "shared")
 
@@ -89,7 +116,9 @@ class AddressLock:
     @classmethod
     def acquire(cls, host: str, port: int, *, shared: bool = False, directory: str | None = None) -> AddressLock:
         """Lock host:port for this process; AddressLocked names the other instance's pid."""
-        path = os.path.join(directory or lock_dir(), lock_name(host, port))
+        directory = directory or lock_dir()
+        sweep(directory)
+        path = os.path.join(directory, lock_name(host, port))
         for _ in range(100):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:

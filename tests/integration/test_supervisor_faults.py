@@ -15,6 +15,8 @@ import resource
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -26,6 +28,7 @@ import uvloop
 from gateway.config import load_settings
 from gateway.supervisor import MAX_BACKOFF, Supervisor, worker_command
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    REPO,
     free_port,
     gateway,
     http_get,
@@ -427,3 +430,28 @@ def test_sigterm_during_startup_stops_cleanly_with_0(gateway) -> None:  # noqa: 
     wait_held_from_the_start(gw)
     gw.send_signal(signal.SIGTERM)
     assert gw.wait(30) == 0, gw.stderr
+
+
+def test_the_address_lock_of_a_killed_instance_is_taken_over_and_its_file_swept(tmp_path: Any) -> None:
+    from gateway.portlock import AddressLock, AddressLocked
+
+    d = str(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from gateway.portlock import AddressLock; "
+         f"AddressLock.acquire('127.0.0.1', 1, directory={d!r}); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(AddressLocked, match=rf"127\.0\.0\.1:1: another gateway \(pid {holder.pid}\)"):
+            AddressLock.acquire("127.0.0.1", 1, directory=d)
+        AddressLock.acquire("127.0.0.1", 2, directory=d).release()      # another port: free
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert os.listdir(d) == ["127.0.0.1:1.lock"]          # left behind by the killed holder
+    with AddressLock.acquire("127.0.0.1", 3, directory=d):
+        assert os.listdir(d) == ["127.0.0.1:3.lock"]      # swept; ours written with our pid
+        assert open(os.path.join(d, "127.0.0.1:3.lock")).read() == f"{os.getpid()}\n"
+    assert os.listdir(d) == []
