@@ -254,26 +254,25 @@ class Supervisor:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
+        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
+        await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
+        await self.control.start()
         self.control.on_worker_frame = self._on_worker_frame
         self.control.on_worker_closed = lambda ch: self._reap()     # a dead worker's last words are in
-        # Handlers first, then the signals held since the first instruction are let through: a
-        # SIGTERM sent during start-up stops cleanly, a SIGHUP reloads (its snapshot is what the
-        # workers spawned below boot from; one forwarded to a starting worker waits in its mask).
+        # Handlers, then the signals held since the first instruction are let through: a SIGTERM
+        # sent during start-up stops cleanly, a SIGHUP reloads (its snapshot is what the workers
+        # spawned below boot from; one forwarded to a starting worker waits in its mask).
         mask = current_mask()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGUSR1, self._usr1)
         unblock_startup_signals()
-        poller = None
-        admin = AdminServer(self._admin_routes(), self.settings.admin_token)
+        for slot in self.slots:
+            self._spawn(slot)
+        log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
+        poller = loop.create_task(self._poll())
         try:
-            await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
-            await self.control.start()
-            for slot in self.slots:
-                self._spawn(slot)
-            log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
-            poller = loop.create_task(self._poll())
             await self._done.wait()
         finally:
             # Held again before the handlers go: a late signal waits for the exit instead of
@@ -281,8 +280,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
-            if poller is not None:
-                poller.cancel()
+            poller.cancel()
             admin.close()
             await self.control.close()
         log.info("supervisor: all workers stopped")
