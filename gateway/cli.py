@@ -6,15 +6,34 @@ line naming the variable to change).
 
 `gateway _worker N` is internal: the supervisor re-executes the command with it to start worker N
 (see gateway/supervisor.py for why re-exec rather than fork).
+
+Signals: main()'s first instruction holds SIGHUP, SIGTERM, SIGINT and SIGUSR1 (gateway/signals.py);
+the serving commands release them once their loop handles them, the others at once. This module
+imports nothing heavy at its top (asyncio alone costs ~50 ms), so that the console script reaches
+that instruction right after the interpreter has started.
 """
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from gateway.process import BOOT_CONFIG_ENV, err, run_loop
+TYPE_CHECKING = False    # not typing's: importing typing costs ~4 ms before main() can block signals
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+
+def err(line: str) -> None:
+    from gateway.process import err as print_err
+
+    print_err(line)
+
+
+def run_loop(coro: Any) -> int:
+    from gateway.process import run_loop as run
+
+    return run(coro)
+
 
 USAGE = """usage: gateway [run | demo | check]
 
@@ -27,6 +46,14 @@ by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level
 """
 
 LATER = {"jwt", "apikey"}
+SERVING = frozenset({"run", "_worker", "demo"})   # they unblock the start-up signals themselves
+_errors: list[str] = []     # the lines printed by _err: a worker's last words come from here
+
+
+def _err(line: str) -> None:
+    _errors.append(line)
+    del _errors[:-4]
+    err(line)
 # Variables read here rather than by Settings (logging is set up before Settings can fail).
 OWN_VARIABLES = {"GATEWAY_LOG_LEVEL", "GATEWAY_WORKER_INDEX"}  # commands SPEC §1 names whose features come in later issues
 
@@ -47,7 +74,7 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
         settings = load_settings(environ)
     except ConfigurationError as exc:
         for line in exc.problems:
-            err(line)
+            _err(line)
         return None, None, 2
     if not with_config:
         return settings, None, 0
@@ -55,7 +82,7 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
         config = load_config(settings.config)
     except ConfigurationError as exc:
         for line in _config_problem_lines(exc):
-            err(line)
+            _err(line)
         return settings, None, 2
     return settings, config, 0
 
@@ -85,7 +112,17 @@ def cmd_run() -> int:
         from gateway.supervisor import Supervisor
 
         return Supervisor(settings).run()
-    return _serve_single(settings, config, settings.config, admin=True, reuse_port=False)
+    # One process, no supervisor: it owns the address itself (gateway/portlock.py). Without
+    # GATEWAY_REUSE_PORT=shared it binds without SO_REUSEPORT: nothing can join it either.
+    from gateway.portlock import AddressLock
+
+    try:
+        lock = AddressLock.acquire(settings.host, settings.port, shared=settings.reuse_port)
+    except OSError as exc:
+        err(str(exc))
+        return 1
+    with lock:
+        return _serve_single(settings, config, settings.config, admin=True, reuse_port=settings.reuse_port)
 
 
 def cmd_worker(args: Sequence[str]) -> int:
@@ -93,11 +130,33 @@ def cmd_worker(args: Sequence[str]) -> int:
 
     It boots from the supervisor's snapshot of the last valid config (BOOT_CONFIG_ENV), not from
     GATEWAY_CONFIG: a worker replaced while the file on disk is broken still starts with the config
-    the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual.
+    the others serve. SIGHUP reloads read GATEWAY_CONFIG as usual. When it cannot start, it tells
+    the supervisor why over its state channel (LastWords) besides printing it.
     """
-    from gateway.config import ConfigurationError, load_config
-    from gateway.worker import mtime
+    from gateway.state.client import LastWords
 
+    last_words = LastWords()
+    try:
+        code = _worker_process()
+    except BaseException as exc:
+        if not isinstance(exc, KeyboardInterrupt | SystemExit):
+            last_words.say(f"{type(exc).__name__}: {exc}")
+        raise
+    if code and _errors:
+        last_words.say(_errors[-1])     # the one-line reason it printed (port in use, bad config...)
+    else:
+        last_words.close()
+    return code
+
+
+def _worker_process() -> int:
+    from gateway.config import ConfigurationError, load_config
+    from gateway.process import BOOT_CONFIG_ENV
+    from gateway.worker import follow_supervisor, mtime
+
+    if not follow_supervisor():
+        _err("worker: the supervisor is gone; not starting")
+        return 1
     settings, _, code = load_all(os.environ, with_config=False)
     if code:
         return code
@@ -108,7 +167,7 @@ def cmd_worker(args: Sequence[str]) -> int:
         config = load_config(boot)
     except ConfigurationError as exc:
         for line in _config_problem_lines(exc):
-            err(line)
+            _err(line)
         return 2
 
     def changed() -> bool:
@@ -126,10 +185,10 @@ def _serve_single(settings: Any, config: Any, config_path: str | None, *, admin:
         return run_loop(run_worker(settings, config, config_path=config_path, admin=admin, reuse_port=reuse_port,
                                    reload_if=reload_if))
     except OSError as exc:  # ListenError and the admin bind error carry one operator-ready line
-        err(exc.strerror or str(exc))
+        _err(exc.strerror or str(exc))
         return 1
     except SharedMemoryFull as exc:  # the config's shared objects do not fit: names GATEWAY_SHM_SIZE
-        err(str(exc))
+        _err(str(exc))
         return 2
 
 
@@ -147,7 +206,13 @@ def cmd_demo() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `gateway` command; returns its exit code (see the module docstring for signals)."""
+    from gateway.signals import block_startup_signals, unblock_startup_signals
+
+    block_startup_signals()     # first: a SIGHUP from here on is held, not fatal
     args = list(sys.argv[1:] if argv is None else argv)
+    if (args[0] if args else "run") not in SERVING:
+        unblock_startup_signals()   # check, help, errors: Ctrl-C and SIGTERM act at once
     from gateway.logs import LogLevelError, setup_logging
 
     try:

@@ -22,7 +22,10 @@ change bus to other instances and this instance's membership heartbeat.
 
 Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
-timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome.
+timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome. SIGUSR1
+→ forwarded (reserved for reopening log files). All four are held from the process's first
+instruction until these handlers exist (gateway/signals.py), and each worker starts with them held
+until its own handlers exist: one sent during start-up is applied then, never fatal.
 
 Workers boot from the supervisor's private snapshot of the last valid config file (taken at start
 and on each SIGHUP whose file is valid), so a worker replaced while the file on disk is broken
@@ -31,11 +34,17 @@ starts with the config its siblings serve instead of crash-looping.
 Crash handling: a worker that exits while the supervisor is not stopping is replaced. One that dies
 within CRASH_WINDOW seconds of its start counts as crash-looping and its replacement waits
 0.1 s x 2^(consecutive fast crashes), capped at MAX_BACKOFF, so a broken worker cannot spin the CPU.
+A crash loop can last all night (a bad deploy): the exponent is capped too, so no count overflows,
+and the log gets one line per backoff step and then one summary every SUMMARY_EVERY crashes at the
+cap (every 5 minutes), not a line per crash. Nothing in the crash path may stop the reaping: the
+poller logs and survives any error, so SIGTERM is prompt in every state. A worker that cannot even
+be spawned (EMFILE, EAGAIN, ENOMEM) counts the same: its start is retried on the same backoff
+until the resource is back.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -44,11 +53,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway._fast.shm import SharedSegment
 from gateway.admin.server import AdminServer, base_routes
 from gateway.process import BOOT_CONFIG_ENV, err, run_loop
+from gateway.signals import STARTUP_SIGNALS, current_mask, unblock_startup_signals
 from gateway.state.client import FD_ENV
 from gateway.state.memory import NodeMemory
 from gateway.state.node import (
@@ -59,53 +70,78 @@ from gateway.state.node import (
     new_instance_id,
     new_segment_name,
 )
+from gateway.worker import SUPERVISOR_ENV
 
 if TYPE_CHECKING:
     from gateway.config import Settings
-    from gateway.state.control import ControlPlane
+    from gateway.state.control import ControlPlane, WorkerChannel
 
 log = logging.getLogger("gateway.supervisor")
 
 CRASH_WINDOW = 5.0
+BASE_BACKOFF = 0.1
 MAX_BACKOFF = 30.0
+SUMMARY_EVERY = 10          # at the cap, one log line per this many crashes in a row (5 minutes)
 POLL_INTERVAL = 0.1
 KILL_GRACE = 5.0
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the supervisor dies (even by SIGKILL), and
-    ignore SIGHUP until the worker installs its reload handler.
-
-    Without the first a killed supervisor would leave orphan workers holding the port. Without the
-    second a SIGHUP forwarded while a worker is still starting would kill it (the default action);
-    an ignored disposition survives exec, and the worker re-checks the file's mtime once its
-    handler is installed, so a reload asked for during start-up is not lost.
-    """
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+FRESH = 3.0                 # seconds: a worker counts for /ready while its last frame is younger (SPEC 2)
+START_ATTEMPTS = 3          # failed starts in a row, before any worker ever served, that end the supervisor
+LAST_WORDS_WAIT = 0.5       # seconds to wait for a dead worker's channel to deliver its last frames
 
 
 class Slot:
     """One worker position: its current process and its crash history."""
 
-    __slots__ = ("index", "proc", "started", "fast_crashes", "restart_handle")
+    __slots__ = ("index", "proc", "started", "fast_crashes", "delay", "restart_handle", "pidfd",
+                 "channel", "heard", "listening", "error", "stalled", "exited")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
-        self.fast_crashes = 0
-        self.restart_handle: asyncio.TimerHandle | None = None
+        self.fast_crashes = 0               # consecutive deaths within CRASH_WINDOW of a start
+        self.delay = 0.0                    # the last replacement delay (a change is logged)
+        self.restart_handle: Any = None     # what call_later returned: has cancel()
+        self.pidfd: int | None = None       # readable once the worker has exited (Linux >= 5.3)
+        # Liveness of the current process, from the frames on its state channel:
+        self.channel: WorkerChannel | None = None
+        self.heard = 0.0                    # clock() of its last frame (of its start until one)
+        self.listening = False              # its socket serves (the "listening" frame)
+        self.error: str | None = None       # its last words ("fatal" frame), if it could not start
+        self.stalled = False                # killed by the watchdog
+        self.exited: float | None = None    # clock() when its exit was seen, until handled
+
+    def serving(self, now: float) -> bool:
+        return (self.proc is not None and self.proc.returncode is None and self.listening
+                and now - self.heard < FRESH)
+
+
+def backoff(failures: int) -> float:
+    """The wait before replacing a worker after `failures` fast crashes in a row: 0 for none, then
+    BASE_BACKOFF x 2^failures up to MAX_BACKOFF. The exponent is capped before it is raised, so a
+    crash loop of any length never overflows (2 ** 1024 does not fit a float)."""
+    if failures <= 0:
+        return 0.0
+    return min(BASE_BACKOFF * 2.0 ** min(failures, 32), MAX_BACKOFF)
+
+
+def worker_command(index: int) -> list[str]:
+    """Worker `index` is this interpreter re-executing the command (see the module docstring)."""
+    return [sys.executable, "-m", "gateway", "_worker", str(index)]
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic,
+                 call_later: Callable[[float, Callable[[], None]], Any] | None = None,
+                 command: Callable[[int], list[str]] = worker_command) -> None:
+        """`clock` (monotonic seconds) times the workers' lives; `call_later(delay, fn)` schedules
+        replacements (default: the running loop's, returning a handle with cancel()); `command`
+        gives worker i's argv. A test drives a supervisor in-process through them (a crash loop of
+        a thousand restarts runs in seconds with a call_later that shortens every delay)."""
         self.settings = settings
+        self.clock = clock
+        self._call_later = call_later
+        self.command = command
         self.slots = [Slot(i) for i in range(settings.workers)]
         self._snapshot_dir: str | None = None
         self._snapshot: str | None = None
@@ -115,30 +151,50 @@ class Supervisor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control: ControlPlane | None = None
         self.memory: NodeMemory | None = None
+        self.served = False                 # some worker has listened: never give up from then on
+        self.exit_code = 0
+        self.failure: str | None = None     # why serve() returned non-zero (one line)
 
     # --- public ---------------------------------------------------------------------------------
     def run(self) -> int:
+        """The `gateway run` of GATEWAY_WORKERS > 1: returns the exit code (0 after a stop, 1 when
+        the address is taken or no worker could ever start, 2 for a bad config file)."""
+        from gateway.portlock import AddressLock
         from gateway.worker import ListenError, bind_listener
 
-        # Probe the port once without SO_REUSEPORT: a port held by another program is reported
-        # here, instead of every worker silently joining that program's SO_REUSEPORT group.
+        # The address first, before any worker exists: one gateway per host:port unless every one
+        # of them opts in to sharing it (gateway/portlock.py).
+        shared = self.settings.reuse_port
         try:
-            bind_listener(self.settings.host, self.settings.port, reuse_port=False, backlog=1).close()
-        except ListenError as exc:
-            err(exc.strerror or str(exc))
+            lock = AddressLock.acquire(self.settings.host, self.settings.port, shared=shared)
+        except OSError as exc:
+            err(str(exc))
             return 1
-        problems = self._take_snapshot()
-        if problems:
-            for line in problems:
-                err(line)
-            return 2
         try:
-            return run_loop(self.serve())
-        except OSError as exc:  # the admin listener could not bind
-            err(exc.strerror or str(exc))
-            self._kill_all(signal.SIGKILL)
-            return 1
+            # Then probe the port once without SO_REUSEPORT: a port held by another program is
+            # reported here, instead of every worker silently joining that program's SO_REUSEPORT
+            # group. (When sharing on purpose, with it: only a program outside the group is refused.)
+            try:
+                bind_listener(self.settings.host, self.settings.port, reuse_port=shared, backlog=1).close()
+            except ListenError as exc:
+                err(exc.strerror or str(exc))
+                return 1
+            problems = self._take_snapshot()
+            if problems:
+                for line in problems:
+                    err(line)
+                return 2
+            try:
+                code = run_loop(self.serve())
+            except OSError as exc:  # the admin listener could not bind
+                err(exc.strerror or str(exc))
+                self._kill_all(signal.SIGKILL)
+                return 1
+            if code and self.failure:
+                err(self.failure)
+            return code
         finally:
+            lock.release()
             if self._snapshot_dir is not None:
                 shutil.rmtree(self._snapshot_dir, ignore_errors=True)
 
@@ -201,65 +257,183 @@ class Supervisor:
         admin = AdminServer(self._admin_routes(), self.settings)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
-        for slot in self.slots:
-            self._spawn(slot)
+        self.control.on_worker_frame = self._on_worker_frame
+        self.control.on_worker_closed = lambda ch: self._reap()     # a dead worker's last words are in
+        # Handlers, then the signals held since the first instruction are let through: a SIGTERM
+        # sent during start-up stops cleanly, a SIGHUP reloads (its snapshot is what the workers
+        # spawned below boot from; one forwarded to a starting worker waits in its mask).
+        mask = current_mask()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._usr1)
+        unblock_startup_signals()
+        for slot in self.slots:
+            self._spawn(slot)
         log.info("supervisor: %d workers on %s:%d", len(self.slots), self.settings.host, self.settings.port)
         poller = loop.create_task(self._poll())
         try:
             await self._done.wait()
         finally:
+            # Held again before the handlers go: a late signal waits for the exit instead of
+            # killing the process half-way through its clean-up.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
             poller.cancel()
             admin.close()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
             await self.control.close()
         log.info("supervisor: all workers stopped")
-        return 0
+        return self.exit_code
 
     # --- internals ------------------------------------------------------------------------------
 
     def _spawn(self, slot: Slot) -> None:
+        """Start the slot's worker; when that fails (EMFILE, EAGAIN, ENOMEM: for the channel's
+        socketpair or for Popen), try again after the same backoff as a crash, for as long as it
+        takes: the worker count returns to GATEWAY_WORKERS once the resource is back, and /ready
+        says how many are missing meanwhile."""
         slot.restart_handle = None
         if self.stopping:
             return
+        try:
+            proc = self._start_process(slot)
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the slot must not be lost
+            slot.fast_crashes += 1
+            self._failed_start(slot, f"worker {slot.index} could not be spawned: {exc}")
+            return
+        slot.proc = proc
+        slot.started = self.clock()
+        self._watch_exit(slot)
+        # In a crash loop only the first start of the streak is worth a line.
+        log.log(logging.INFO if slot.fast_crashes <= 1 else logging.DEBUG,
+                "worker %d started (pid %d)", slot.index, proc.pid)
 
+    def _start_process(self, slot: Slot) -> subprocess.Popen[bytes]:
         assert self.control is not None and self.memory is not None
         env = dict(os.environ, GATEWAY_WORKER_INDEX=str(slot.index))
         env[SEGMENT_ENV] = str(self.memory.name)
         if self._snapshot is not None:
             env[BOOT_CONFIG_ENV] = self._snapshot
+        env[SUPERVISOR_ENV] = str(os.getpid())
         channel = self.control.attach_worker(slot.index)
+        ch = self.control.workers[slot.index]
         env[FD_ENV] = str(channel.fileno())
+        # The worker starts with the start-up signals blocked (a blocked mask survives fork and
+        # exec): a SIGHUP or SIGTERM forwarded while it is still importing waits until its loop
+        # handles it instead of killing it (gateway/signals.py). Blocked here, around Popen, rather
+        # than in a preexec_fn: without one Popen uses vfork+exec, ~4x cheaper than the full fork
+        # of this process a preexec_fn needs (2.3 ms against 8.8 ms measured); the worker sets its
+        # parent-death signal itself (gateway.worker.follow_supervisor).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STARTUP_SIGNALS)
         try:
-            slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "_worker", str(slot.index)],
+            proc = subprocess.Popen(
+                self.command(slot.index),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 pass_fds=(channel.fileno(),),
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - single-threaded supervisor
             )
+        except BaseException:
+            self.control.detach_worker(slot.index)
+            raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             channel.close()  # the worker has its copy; ours would keep the channel open after it dies
-        slot.started = time.monotonic()
-        log.info("worker %d started (pid %d)", slot.index, slot.proc.pid)
+        slot.channel = ch
+        slot.heard, slot.listening, slot.error, slot.stalled = self.clock(), False, None, False
+        return proc
+
+    def _watch_exit(self, slot: Slot) -> None:
+        """Reap the worker the moment it exits: a pidfd becomes readable then. Without one (an
+        old kernel, or no fd to spare) the 0.1 s poll reaps it."""
+        assert self._loop is not None and slot.proc is not None
+        try:
+            fd = os.pidfd_open(slot.proc.pid)
+        except (OSError, AttributeError):
+            return
+        slot.pidfd = fd
+        self._loop.add_reader(fd, self._reap)
+
+    def _unwatch_exit(self, slot: Slot) -> None:
+        fd, slot.pidfd = slot.pidfd, None
+        if fd is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            os.close(fd)
+
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> Any:
+        if self._call_later is not None:
+            return self._call_later(delay, fn)
+        assert self._loop is not None
+        return self._loop.call_later(delay, fn)
 
     async def _poll(self) -> None:
-        """Reap exited workers. Polling (every 0.1 s) rather than SIGCHLD keeps the reaping in one
-        place with no signal-handler races against Popen's own bookkeeping."""
+        """Reap exited workers that no pidfd reported. waitpid on each Popen (rather than SIGCHLD)
+        keeps the reaping in one place with no signal-handler races against Popen's bookkeeping.
+        An error is logged and the loop goes on: a poller that died would leave crashed workers
+        unreplaced and a stop waiting for ever."""
         while True:
             await asyncio.sleep(POLL_INTERVAL)
-            self._reap()
+            try:
+                self._reap()
+                self._watchdog()
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("supervisor: reaping workers failed")
+
+    # --- liveness ---------------------------------------------------------------------------------
+    def _on_worker_frame(self, ch: WorkerChannel, frame: dict[str, Any]) -> None:
+        """Every frame a worker sends on its state channel (ControlPlane.on_worker_frame)."""
+        slot = self.slots[ch.index] if 0 <= ch.index < len(self.slots) else None
+        if slot is None or slot.channel is not ch:
+            return                          # a replaced worker's last bytes
+        slot.heard = self.clock()
+        t = frame.get("t")
+        if t == "listening" and not slot.listening:
+            slot.listening = True
+            self.served = True
+            if slot.fast_crashes > 1:
+                log.info("worker %d serving again after %d failed starts", slot.index, slot.fast_crashes)
+        elif t == "fatal":
+            slot.error = str(frame.get("error"))[:1000]
+
+    def _watchdog(self) -> None:
+        """SIGKILL every worker silent for longer than GATEWAY_WORKER_WATCHDOG (its loop no longer
+        turns: stopped, deadlocked, spinning in a callback); the reaper then replaces it. Also while
+        stopping: a stalled worker would otherwise hold the stop until the drain backstop."""
+        limit = float(self.settings.worker_watchdog)
+        now = self.clock()
+        for slot in self.slots:
+            proc = slot.proc
+            if proc is None or slot.stalled or now - slot.heard <= limit or proc.poll() is not None:
+                continue
+            slot.stalled = True
+            silent = now - slot.heard
+            log.error("worker %d (pid %d) silent for %.1fs (GATEWAY_WORKER_WATCHDOG=%gs)%s: killing it",
+                      slot.index, proc.pid, silent, limit, "" if slot.listening else " before it listened")
+            proc.send_signal(signal.SIGKILL)   # Popen checks it was not reaped: never a reused pid
+            if self.control is not None:
+                self.control.hub.emit("worker_stalled", details={
+                    "worker": slot.index, "pid": proc.pid, "silent": round(silent, 1), "listening": slot.listening})
 
     def _reap(self) -> None:
         assert self._loop is not None and self._done is not None
+        now = self.clock()
         for slot in self.slots:
             proc = slot.proc
             if proc is None or proc.poll() is None:
                 continue
+            if slot.exited is None:
+                slot.exited = now
+                self._unwatch_exit(slot)    # seen: a pidfd stays readable, it would fire every turn
+            ch = slot.channel
+            if ch is not None and not ch.proto.closed and now - slot.exited < LAST_WORDS_WAIT:
+                # Its last frames (a "fatal" one says why it could not start) may still be unread:
+                # the channel's EOF follows them and calls _reap again (on_worker_closed).
+                continue
+            slot.exited = None
             slot.proc = None
+            slot.channel = None
+            self._unwatch_exit(slot)
             if self.control is not None:
                 self.control.detach_worker(slot.index)
             if self.memory is not None:
@@ -268,17 +442,48 @@ class Supervisor:
                 self.memory.drop_holder(slot.index)
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            if slot.stalled:
+                how += " (watchdog)"
             if self.stopping:
                 log.info("worker %d (pid %d) %s", slot.index, proc.pid, how)
                 continue
-            lived = time.monotonic() - slot.started
-            slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW else 0
-            delay = min(0.1 * 2 ** slot.fast_crashes, MAX_BACKOFF) if slot.fast_crashes else 0.0
+            lived = now - slot.started
+            slot.fast_crashes = slot.fast_crashes + 1 if lived < CRASH_WINDOW or not slot.listening else 0
             self.restarts += 1
-            log.error("worker %d (pid %d) %s; replacing it in %.1fs", slot.index, proc.pid, how, delay)
-            slot.restart_handle = self._loop.call_later(delay, self._spawn, slot)
+            what = f"worker {slot.index} (pid {proc.pid}) {how}"
+            self._failed_start(slot, f"{what}: {slot.error}" if slot.error else what)
         if self.stopping and all(s.proc is None for s in self.slots):
             self._done.set()
+
+    def _failed_start(self, slot: Slot, what: str) -> None:
+        """A worker died or could not be spawned: replace it after its backoff; or, when no worker
+        has ever served and this slot failed START_ATTEMPTS times in a row, give up (exit 1 with the
+        reason), as nginx does when it cannot bind: a node that never served is misconfigured, and a
+        crash loop would hide that from whoever started it. Once any worker served, never."""
+        if not self.served and slot.fast_crashes >= START_ATTEMPTS:
+            if self.failure is None:
+                self.failure = f"no worker could start ({slot.fast_crashes} attempts): {what}"
+                self.exit_code = 1
+                log.error("supervisor: %s; giving up", self.failure)
+                assert self._loop is not None
+                self._loop.call_soon(self.stop)
+            return
+        self._replace_later(slot, what)
+
+    def _replace_later(self, slot: Slot, what: str) -> None:
+        """Schedule the slot's next start after its backoff; log once per step, not per crash."""
+        n = slot.fast_crashes
+        delay = backoff(n)
+        if n <= 1 or delay != slot.delay:
+            streak = f" ({n} failed starts in a row)" if n > 1 else ""
+            log.error("%s; replacing it in %.1fs%s", what, delay, streak)
+        elif n % SUMMARY_EVERY == 0:
+            log.error("worker %d: %d failed starts in a row (last: %s); still replacing it every %.0fs",
+                      slot.index, n, what, delay)
+        else:
+            log.debug("%s; replacing it in %.1fs", what, delay)
+        slot.delay = delay
+        slot.restart_handle = self._schedule(delay, functools.partial(self._spawn, slot))
 
     def _forward(self, sig: int) -> None:
         for pid in self.worker_pids():
@@ -288,6 +493,12 @@ class Supervisor:
                 pass
         if sig == signal.SIGHUP:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
+
+    def _usr1(self) -> None:
+        # nginx's "reopen the log files": forwarded (each worker handles it); every log goes to
+        # stderr today, so there is nothing to reopen, but SIGUSR1 must never kill the node.
+        self._forward(signal.SIGUSR1)
+        log.info("SIGUSR1: forwarded to %d workers (logs go to stderr: nothing to reopen)", len(self.worker_pids()))
 
     def _reload(self) -> None:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker
@@ -309,6 +520,7 @@ class Supervisor:
                 slot.restart_handle = None
         log.info("supervisor: stopping, draining %d workers", len(self.worker_pids()))
         self._forward(signal.SIGTERM)
+        self._forward(signal.SIGCONT)   # a SIGSTOPped worker resumes, sees the SIGTERM and drains
         # Workers stop on their own within the drain timeout; this is only the backstop.
         self._loop.call_later(float(self.settings.drain_timeout) + KILL_GRACE, self._kill_all, signal.SIGKILL)
         self._reap()
@@ -323,19 +535,33 @@ class Supervisor:
             except ProcessLookupError:
                 pass
 
-    def _admin_routes(self) -> Any:
-        def ready() -> tuple[bool, dict[str, Any]]:
-            alive = len(self.worker_pids())
-            redis_ok = self.control is None or self.control.ready
-            ok = not self.stopping and alive > 0 and redis_ok
-            details: dict[str, Any] = {"workers": alive, "expected": len(self.slots), "draining": self.stopping}
-            if self.control is not None:
-                details["redis"] = self.control.status["redis"]
-            return ok, details
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """GET /ready. `workers` counts the serving ones: listening, and heard from in the last
+        FRESH seconds. Ready while at least one serves and none is stalled (alive and listening,
+        but silent): a stalled worker's socket stays in the SO_REUSEPORT group and takes its share
+        of new connections without accepting them, until the watchdog replaces it. A worker that
+        is missing otherwise (crashed, starting, not spawned for want of a resource) only lowers
+        the count: the kernel sends its share to the others."""
+        now = self.clock()
+        serving = sum(1 for s in self.slots if s.serving(now))
+        stalled = sum(1 for s in self.slots if s.proc is not None and s.listening and not s.serving(now))
+        expected = len(self.slots)
+        redis_ok = self.control is None or self.control.ready
+        ok = not self.stopping and serving > 0 and stalled == 0 and redis_ok
+        details: dict[str, Any] = {"workers": serving, "expected": expected, "missing": expected - serving,
+                                   "stalled": stalled, "draining": self.stopping}
+        if self.control is not None:
+            details["redis"] = self.control.status["redis"]
+        return ok, details
 
+    def _admin_routes(self) -> Any:
         def health() -> dict[str, Any]:
+            now = self.clock()
+            slots = [{"worker": s.index, "pid": s.proc.pid if s.proc is not None else None,
+                      "listening": s.listening, "silent": round(now - s.heard, 1) if s.proc is not None else None,
+                      "fast_crashes": s.fast_crashes} for s in self.slots]
             out: dict[str, Any] = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
-                                   "restarts": self.restarts}
+                                   "slots": slots, "restarts": self.restarts}
             if self.control is not None:
                 state = self.control.describe()
                 if self.memory is not None:
@@ -343,4 +569,4 @@ class Supervisor:
                 out["state"] = state
             return out
 
-        return base_routes(ready, health)
+        return base_routes(self.readiness, health)

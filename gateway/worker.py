@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import resource
+import signal
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.worker")
 
 DEFAULT_BACKLOG = 4096
+# Internal, set by the supervisor for each worker: its pid (see follow_supervisor).
+SUPERVISOR_ENV = "_GATEWAY_SUPERVISOR_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor(environ: Any = os.environ) -> bool:
+    """In a supervised worker, first thing: get SIGTERM when the supervisor dies (even by SIGKILL),
+    so that a killed supervisor never leaves orphans holding the port. False when the supervisor
+    is already gone (then the worker must not start).
+
+    The supervisor spawns without a preexec_fn (vfork+exec, see Supervisor._spawn), so the
+    parent-death signal is set here, after exec; a supervisor that died before this line is caught
+    by the parent check that follows (the worker was reparented by then). The SIGTERM is blocked
+    until the loop handles it (gateway/signals.py), so it starts a normal drain."""
+    raw = environ.get(SUPERVISOR_ENV)
+    if not raw:
+        return True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: orphans are then possible, as before
+        return True
+    return str(os.getppid()) == raw
 
 
 class ListenError(OSError):
@@ -280,6 +305,28 @@ class Worker:
         await self._stopped.wait()
 
 
+class Heartbeat:
+    """A supervised worker's beat: on every tick of its loop's ticker (0.5 s, gateway/http/flow.pyx)
+    one small frame on its state channel. The supervisor counts the worker as serving only while
+    beats arrive, and kills it after GATEWAY_WORKER_WATCHDOG seconds without one: a frame sent from
+    the loop proves that the loop turns, which a live pid does not."""
+
+    __slots__ = ("worker", "client")
+
+    def __init__(self, worker: Worker, client: Any) -> None:
+        self.worker = worker
+        self.client = client
+
+    def start(self) -> None:
+        from gateway.http.flow import ticker_for
+
+        self.client.listening()
+        ticker_for(self.worker.loop).add(self)   # a permanent member: the ticker never idles
+
+    def on_tick(self, now: float) -> None:
+        self.client.beat(len(self.worker.connections))
+
+
 def mtime(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -288,6 +335,12 @@ def mtime(path: str) -> int | None:
 
 
 # --- one worker process ----------------------------------------------------------------------------
+def _usr1() -> None:
+    # nginx's "reopen the log files". Every log goes to stderr today, so there is nothing to
+    # reopen; the point is that SIGUSR1 (default action: terminate) never stops the process.
+    log.debug("SIGUSR1: logs go to stderr, nothing to reopen")
+
+
 def worker_admin_routes(worker: Worker) -> Any:
     """/health and /ready of a single-process gateway (admin served by the worker itself)."""
     from gateway.admin.server import base_routes
@@ -327,12 +380,12 @@ async def run_worker(
 
     Raises ListenError (one line naming GATEWAY_PORT) when the address cannot be bound.
     """
-    import signal
-
     from gateway.runtime import build_runtime
+    from gateway.signals import current_mask, unblock_startup_signals
     from gateway.state.node import NodeState
 
     loop = asyncio.get_running_loop()
+    mask = current_mask()       # the start-up signals held since the first instruction (a process)
     # The state first: features built with the runtime subscribe to it. A lone process (admin here)
     # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
     state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop, settings))
@@ -357,15 +410,23 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    loop.add_signal_handler(signal.SIGUSR1, _usr1)
+    # The handlers exist: what arrived while the process started (held since its first
+    # instruction, gateway/signals.py) is delivered now: a SIGTERM drains, a SIGHUP reloads.
+    unblock_startup_signals()
     if reload_if is not None and reload_if():
-        # The config changed after it was loaded and before the SIGHUP handler existed (a reload
-        # forwarded to a worker still starting is ignored, see supervisor._die_with_parent).
+        # The snapshot this worker booted from was replaced after it was loaded (a SIGHUP to the
+        # supervisor meanwhile): load the config again rather than serve a stale one.
         worker.reload()
+    if state.client is not None:
+        Heartbeat(worker, state.client).start()     # supervised: counts for /ready from now on
     log.info("listening on %s:%d (max %d connections, backlog %d)", settings.host, settings.port,
              worker.max_connections, worker._backlog)
     if on_listening is not None:
         on_listening(worker)
     await worker.wait_stopped()
+    # Held again for the clean-up: a late SIGTERM waits for the exit instead of cutting it short.
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if admin_server is not None:
         admin_server.close()
     await state.close()

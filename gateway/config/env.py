@@ -84,6 +84,7 @@ class Settings:
     max_connections: int = 10000
     drain_timeout: float = 30.0
     worker_watchdog: float = 10.0
+    reuse_port: bool = False        # GATEWAY_REUSE_PORT=shared: share the port with other gateways
     access_log: str = "off"
     audit_log: str = "stderr"
     alert_webhooks: tuple[str, ...] = ()
@@ -385,6 +386,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "max_connections": (_number("GATEWAY_MAX_CONNECTIONS"), None),
     "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
     "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
+    "reuse_port": (_switch("shared", "exclusive"), None),
     "access_log": (_log_dest, _refuse_not_off),
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),

@@ -5,17 +5,27 @@ loop's reader callback: the hot path never looks at the channel and pays nothing
 changes. After each frame it acks the seq it has applied. It also carries the worker's events to
 the supervisor's EventHub, deduplicated locally with the same cooldown first and dropped (counted)
 when the channel is congested.
+
+And the worker's liveness: `listening()` once its socket serves, then `beat()` on every tick of
+its loop's ticker (0.5 s). The supervisor counts a worker as serving (GET /ready) only while its
+last frame is under 3 s old, and kills one silent past GATEWAY_WORKER_WATCHDOG: a beat proves the
+loop turns, which a live pid does not (a SIGSTOPped worker, or one stuck in a callback, keeps its
+socket in the SO_REUSEPORT group and takes its share of new connections without accepting them).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .channel import MAX_STATE_FRAME, FrameProtocol, open_channel
+import orjson
+
+from .channel import _LEN, MAX_STATE_FRAME, FrameProtocol, open_channel
 from .events import COOLDOWN, Deduplicator, event_key, make_event
 from .view import StateView
 
@@ -96,6 +106,15 @@ class StateClient:
         log.error("state channel closed%s: no further changes will arrive", f": {exc}" if exc else "")
 
     # --- to the supervisor ---------------------------------------------------------------------------
+    def listening(self) -> None:
+        """The worker's socket serves: from now on it counts for /ready (while it beats)."""
+        self.proto.send({"t": "listening"}, force=True)
+
+    def beat(self, connections: int) -> None:
+        """The loop turns (sent on its ticker). Not forced: a supervisor that does not read must not
+        grow this worker, and a supervisor that does not read does not check beats either."""
+        self.proto.send({"t": "beat", "conns": connections})
+
     def emit(self, event: str, *, service: str | None = None, target: str | None = None,
              details: dict[str, Any] | None = None) -> bool:
         """Send an event to the node's EventHub; False when deduplicated here or dropped."""
@@ -106,3 +125,41 @@ class StateClient:
             self.events_dropped += 1
             return False
         return True
+
+
+class LastWords:
+    """A worker's way to tell the supervisor why it could not start: one "fatal" frame, written
+    synchronously on a duplicate of its channel fd taken first thing (the loop may never have run,
+    or the channel's transport may already be closed). The supervisor reads it before it handles
+    the worker's exit, and gives up with this reason when no worker could ever start.
+
+    A frame from the transport still half-written when the worker failed would garble this one;
+    the supervisor then cuts the channel and reports the exit status alone."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, environ: Any = os.environ) -> None:
+        self.fd: int | None = None
+        raw = environ.get(FD_ENV)
+        if raw:
+            with contextlib.suppress(OSError, ValueError):
+                self.fd = os.dup(int(raw))
+
+    def say(self, error: str) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            body = orjson.dumps({"t": "fatal", "error": error[:2000]})
+            # ~2 KiB at most: one write into an idle socket's buffer (it is non-blocking: shared with
+            # the transport, whose mode must not change under it).
+            os.write(fd, _LEN.pack(len(body)) + body)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)

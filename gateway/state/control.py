@@ -22,7 +22,9 @@ GATEWAY_WORKERS=1. A change is one (key, JSON value) write to the dynamic state 
 - Without Redis the state lives in this process's memory only and is lost on restart (README).
 
 Events (EventHub) are delivered here too: the workers' channels carry theirs back, and the Redis
-link's up/down transitions become `redis_up` / `redis_down`.
+link's up/down transitions become `redis_up` / `redis_down`. The same channels carry each worker's
+liveness (`listening`, a `beat` every 0.5 s, `fatal` last words): handed to `on_worker_frame`, the
+supervisor's, which counts serving workers and kills silent ones.
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ MAX_STATE = 64 << 20              # bytes of the whole state's JSON: a snapshot 
 MAX_WORKER_FRAME = 64 << 10       # what a worker may send (acks, events)
 WORKER_BUFFER = 8 << 20           # per worker: queued changes beyond this mark the worker stale
 MEMBERSHIP_POLL = 1.0             # seconds between looks at the store's live-instance count
+# Worker frames that only the supervisor reads (through on_worker_frame): liveness and last words.
+LIVENESS_FRAMES = frozenset({"beat", "listening", "fatal"})
 
 
 class StateUnavailable(Exception):
@@ -87,7 +91,11 @@ class WorkerChannel:
             self.send_snapshot()
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
+        if self.control.on_worker_frame is not None:
+            self.control.on_worker_frame(self, frame)     # any frame: the worker is alive
         t = frame.get("t")
+        if t in LIVENESS_FRAMES:
+            return
         if t == "ack":
             seq = frame.get("seq")
             if isinstance(seq, int) and (seq > self.applied or not self.acked):
@@ -107,7 +115,8 @@ class WorkerChannel:
         if self.control.workers.get(self.index) is self:
             del self.control.workers[self.index]
         self.control._acked()
-
+        if self.control.on_worker_closed is not None:
+            self.control.on_worker_closed(self)
 
 class ControlPlane:
     def __init__(self, loop: asyncio.AbstractEventLoop, hub: EventHub, *,
@@ -126,6 +135,12 @@ class ControlPlane:
         if redis_factory is not None:
             self.link, self.store = redis_factory(self)
         self._membership: asyncio.Task[None] | None = None
+        # Called with (channel, frame) for every frame a worker sends: the supervisor's liveness
+        # bookkeeping (heartbeats, listening, a worker's last error) lives there, not here.
+        self.on_worker_frame: Callable[[WorkerChannel, dict[str, Any]], None] | None = None
+        # Called when a worker's channel closes (its process exited, or it was detached): every
+        # frame it sent has been handed to on_worker_frame by then.
+        self.on_worker_closed: Callable[[WorkerChannel], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:

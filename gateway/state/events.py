@@ -24,7 +24,9 @@ log = logging.getLogger("gateway.events")
 COOLDOWN = 60.0
 MAX_KEYS = 10_000          # distinct event keys remembered for deduplication (oldest forgotten first)
 
-# SPEC §7's events and their severity; an unknown name is a programming error, refused at emit.
+# SPEC §7's events and their severity, and the node's own (`worker_stalled`: a worker silent past
+# GATEWAY_WORKER_WATCHDOG was killed and replaced); an unknown name is a programming error,
+# refused at emit.
 SEVERITY = {
     "circuit_opened": "critical",
     "circuit_closed": "info",
@@ -34,6 +36,7 @@ SEVERITY = {
     "redis_up": "info",
     "ratelimit_surge": "warning",
     "auth_failure_surge": "warning",
+    "worker_stalled": "warning",
 }
 
 EventKey = tuple[str, str | None, str | None]

@@ -10,7 +10,7 @@ import pytest
 from gateway.admin.api import AdminRequest, AdminResponse, json_response
 from gateway.admin.openapi import build_openapi
 from gateway.admin.server import AdminApp, base_routes
-from tests.support.gateway_proc import gateway, http_get  # noqa: F401 - `gateway` is a fixture
+from tests.support.gateway_proc import gateway, http_get, wait_until  # noqa: F401 - `gateway` is a fixture
 
 
 def _app(token: str | None) -> AdminApp:
@@ -103,6 +103,6 @@ def test_admin_in_the_supervisor_lists_workers(gateway, workers: str) -> None:  
     health = json.loads(body)
     assert status == 200 and health["role"] == "supervisor" and health["pid"] == gw.pid
     assert len(health["workers"]) == 2 and gw.pid not in health["workers"]
-    status, _, body = http_get(gw.admin_port, "/ready")
-    assert status == 200 and json.loads(body)["workers"] == 2
+    # /ready counts workers that serve (listening, heard from in the last 3 s): both, shortly.
+    wait_until(lambda: (r := http_get(gw.admin_port, "/ready"))[0] == 200 and json.loads(r[2])["workers"] == 2)
     assert gw.stop() == 0

@@ -179,6 +179,7 @@ def test_supervisor_backs_off_a_crash_looping_worker() -> None:
             self.delays.append(delay)
 
     sup = Supervisor(load_settings({"GATEWAY_WORKERS": "1"}))
+    sup.served = True   # a worker served before: the supervisor never gives up (see test_supervisor_faults)
     loop = FakeLoop()
     sup._loop = loop  # type: ignore[assignment]
     sup._done = asyncio.Event()
@@ -189,7 +190,7 @@ def test_supervisor_backs_off_a_crash_looping_worker() -> None:
     assert loop.delays[:4] == [0.2, 0.4, 0.8, 1.6]
     assert loop.delays[-1] == MAX_BACKOFF
     # A worker that ran for a while before dying is replaced at once, and the history resets.
-    slot.proc, slot.started = FakeProc(-9), time.monotonic() - 60  # type: ignore[assignment]
+    slot.proc, slot.started, slot.listening = FakeProc(-9), time.monotonic() - 60, True  # type: ignore[assignment]
     sup._reap()
     assert loop.delays[-1] == 0.0 and slot.fast_crashes == 0
     assert sup.restarts == 13
