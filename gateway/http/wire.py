@@ -113,7 +113,9 @@ def status_line(status: int) -> bytes:
 
 
 # Hostname / IPv4 / [IPv6] with optional :port: anything else in Host is refused (no '/', '@', spaces).
-_HOST_RE = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+# No ',' either, although RFC 3986 allows it in a reg-name: Host is one authority (RFC 9110 §7.2),
+# and an intermediary that reads "a,b" as a list (as for other fields) would route by another host.
+_HOST_RE = re.compile(rb"^(?:[A-Za-z0-9._~!$&'()*+;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
 def valid_host(host: bytes) -> bool:

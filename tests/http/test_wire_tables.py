@@ -22,6 +22,8 @@ REJECTED = [
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("no-host-1.1", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
     ("bad-host", b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400),
+    ("host-list", b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),  # RFC 9110 §7.2: one authority, never a list
+    ("host-list-absolute", b"GET http://a,b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("nul-in-target", b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("ctl-in-target", b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("nul-in-value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400),
