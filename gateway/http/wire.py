@@ -151,6 +151,7 @@ class TargetError(Exception):
 
 
 _DOT_ENCODED = re.compile(rb"%2e", re.IGNORECASE)
+_BACKSLASH_ENCODED = re.compile(rb"%5c", re.IGNORECASE)
 
 
 def remove_dot_segments(path: bytes) -> bytes:
@@ -175,8 +176,10 @@ def normalize_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes | None]:
 
     The fragment is dropped (never forwarded). Dot-segments are resolved; percent-encoded dots in a
     segment are refused rather than guessed at, because a backend that decodes before resolving
-    would see a different path than the one the router matched. Absolute-form targets give their
-    authority (which then replaces Host). Raises TargetError.
+    would see a different path than the one the router matched. A backslash in the path, raw or
+    percent-encoded, is refused for the same reason: some backends read it as '/'
+    ("/public\\..\\admin" would leave a "/public" route). Absolute-form targets give their authority
+    (which then replaces Host). Raises TargetError.
     """
     authority: bytes | None = None
     if url[:1] != b"/":
@@ -206,6 +209,8 @@ def normalize_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes | None]:
         path, query = url, b""
     else:
         path, query = url[:q], url[q + 1:]
+    if b"\\" in path or (b"%" in path and _BACKSLASH_ENCODED.search(path) is not None):
+        raise TargetError("backslash in path")
     # Fast path: nothing that could be a dot-segment (the common case costs two `in` scans).
     if b"/." in path or b"%" in path:
         if b"%" in path and _DOT_ENCODED.search(path) is not None:

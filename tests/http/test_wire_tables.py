@@ -35,6 +35,11 @@ REJECTED = [
     ("space-in-name", b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n", 400),
     ("bad-cl", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 400),
     ("encoded-dot-segment", b"GET /a/%2e%2E/etc HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # Some upstream frameworks read '\\' as '/': "/public\\..\\admin" would escape a prefix route's rules.
+    ("backslash-in-path", b"GET /public\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("backslash-only", b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("encoded-backslash", b"GET /public/%5c..%5Cadmin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("backslash-absolute-form", b"GET http://a/x\\y HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("ftp-absolute", b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("userinfo-absolute", b"GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("connect-authority-form", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 400),
@@ -123,6 +128,7 @@ FORWARDED = [
      [b"Content-Length: 2\r\n"], [b"xpect"]),
     ("http-1.0-no-host", b"GET /x HTTP/1.0\r\n\r\n", [b"GET /x HTTP/1.1\r\n", b"Host: upstream.test:8000\r\n"], []),
     ("strip-prefix", b"GET /api/users/1 HTTP/1.1\r\nHost: a\r\n\r\n", [b"GET /users/1 HTTP/1.1\r\n"], []),
+    ("backslash-in-query", b"GET /a?x=\\y HTTP/1.1\r\nHost: a\r\n\r\n", [b"GET /a?x=\\y HTTP/1.1\r\n"], []),
 ]
 
 
