@@ -52,6 +52,7 @@ _CLOSE = b"Connection: close\r\n"
 _PLAIN_CONNECTION = (b"keep-alive", b"close")
 _KEEP = b"Connection: keep-alive\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_FRAMING = (R_CONTENT_LENGTH, R_TRANSFER_ENCODING)
 
 
 # wire.py's response header classes as C ints (an integer compare instead of a boxed one).
@@ -271,6 +272,12 @@ cdef class _UpstreamBase:
         if status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
+            # A 1xx has no body (RFC 9110 §15.2), but llhttp reads one when the head has framing
+            # fields (except for 100, 102, 103): bytes that could pass for a response of their
+            # own. Such an upstream is not trusted with the exchange: 502, connection discarded.
+            for h in self.headers:
+                if RESPONSE_CLASSES.get(h[0].lower()) in _FRAMING:
+                    raise httptools.HttpParserError("interim response with framing fields")
             # 1xx are dropped like nginx does: our own 100 Continue was already sent downstream
             # when the request asked for it, and the final response follows on this connection.
             self.headers = []
@@ -283,6 +290,8 @@ cdef class _UpstreamBase:
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
+        if self.state != S_BODY:  # (a 1xx body: on_headers_complete refuses the heads that have one)
+            raise httptools.HttpParserError("body bytes outside a final response")
         if self.mode == M_CHUNK:
             self.out += (b"%x\r\n" % len(body), body, CRLF)
         else:
