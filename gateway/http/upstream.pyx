@@ -332,7 +332,7 @@ cdef class _UpstreamBase:
             elif cls == cR_CONTENT_LENGTH:
                 cl = value
             elif cls == cR_TRANSFER_ENCODING:
-                te = value
+                te = value if te is None else te + b"," + value
             elif cls == cR_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
@@ -353,6 +353,12 @@ cdef class _UpstreamBase:
             # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
             framing = b"Content-Length: " + cl + CRLF if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
         else:
+            if te is not None and te.rstrip(b" ").lower() != b"chunked":
+                # Only `chunked` itself, spelled as llhttp decodes it (nothing but spaces after the
+                # token). Another coding would reach the client undeclared, or declared to an HTTP/1.0
+                # client that cannot take it; the client never asked for one (its TE field is not
+                # forwarded). 502 like nginx, before anything of the response went out.
+                raise httptools.HttpParserError("transfer-coding other than chunked")
             self.until_close = te is None
             if ctx.http_version == b"1.1":
                 self.mode = M_CHUNK
