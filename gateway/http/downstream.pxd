@@ -60,6 +60,7 @@ cdef class _DownstreamBase:
     cdef bint p_has_body
     cdef bint p_expect
     cdef bint p_conn            # the head has a Connection or Proxy-Connection field
+    cdef bint p_done            # a message ended during the current read (see data_received)
     # the active exchange (a_*)
     cdef public RequestContext a_ctx
     cdef public _UpstreamBase a_up

@@ -29,6 +29,8 @@ from typing import Any
 
 import httptools
 
+from cpython.bytes cimport PyBytes_AS_STRING
+
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport Router
 from gateway.pipeline.reply import LocalReply
@@ -48,6 +50,23 @@ cdef double INF = float("inf")  # a C double: compared per request without a glo
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
+
+# Request-line bytes that are neither target nor head fields ("GET", "HTTP/1.1"), allowed on top of
+# the target and head limits when an incomplete head is measured (data_received).
+cdef Py_ssize_t HEAD_SLACK = 32
+
+
+cdef Py_ssize_t _visible(bytes data) noexcept:
+    """Bytes of data other than SP, HTAB, CR and LF."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t i, n = len(data), ws = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = p[i]
+        if c == 32 or c == 9 or c == 13 or c == 10:
+            ws += 1
+    return n - ws
+
 
 # parse-side deadline kinds
 cdef enum:
@@ -174,8 +193,7 @@ cdef class _DownstreamBase:
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.in_head or self.p_kind == K_IDLE:
-            self.p_raw += len(data)
+        self.p_done = False
         while True:
             try:
                 self.p_feed(data)
@@ -211,10 +229,18 @@ cdef class _DownstreamBase:
                 log.exception("request handling failed")
                 self._reject(replies.INTERNAL_ERROR)
             break
-        # Bytes of a head still incomplete after this read: the head limit is decided here, as
-        # soon as it is crossed, even if llhttp is still inside one huge header line.
-        if self.in_head and not self.closing and self.p_raw > self.lim_hbytes + self.lim_uri:
-            self._reject(replies.HEADERS_TOO_LARGE)
+        # A head still incomplete after this read: the head limit is decided here, as soon as it is
+        # crossed, even if llhttp is still inside one huge header line (httptools hands a field
+        # over only once it ends). The verdict must be the one the exact checks (on_url, on_header)
+        # give the complete head, however the bytes are split: so only bytes those checks count
+        # too are counted (not the whitespace llhttp drops or that frames the lines), and the
+        # request line's method and version are allowed for (HEAD_SLACK). A read in which an
+        # earlier message ended is not counted (where this head starts in it is unknown): the
+        # verdict then comes from the next read or from the exact checks, never a wrong one.
+        if self.in_head and not self.closing and not self.p_done:
+            self.p_raw += _visible(data)
+            if self.p_raw > self.lim_hbytes + self.lim_uri + HEAD_SLACK:
+                self._reject(replies.HEADERS_TOO_LARGE)
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -225,7 +251,7 @@ cdef class _DownstreamBase:
         self.p_hbytes = 0
         self.p_body = 0
         self.p_conn = False
-        self.p_raw = 0  # (the bytes of this read are not counted: at most one read's worth lower)
+        self.p_raw = 0  # (data_received counts this head's bytes after feed_data, if still incomplete)
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
         self.p_deadline = self.ticker.now + self.t_header
@@ -314,6 +340,7 @@ cdef class _DownstreamBase:
         cdef RequestContext ctx = self.p_ctx
         cdef _Queued entry
         self.p_kind = K_NONE
+        self.p_done = True
         if ctx is None:
             return 0
         ctx.bytes_in = self.p_body
