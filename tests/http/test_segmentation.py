@@ -34,6 +34,14 @@ ISSUE_HEADS = [
     ("te-trailing-space-then-header", b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked \r\nX: y\r\n\r\n"
      b"3\r\nabc\r\n0\r\n\r\n"),
     ("te-nbsp", b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\xa0chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ("te-trailing-tab", b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\t\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-ffff", CHUNKED + b"FFFFFFFFFFFFFFFF\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-size-over-limit", CHUNKED + b"3\r\nabc\r\n3e6\r\n" + b"x" * 20 + b"\r\n0\r\n\r\n"),
+    ("chunk-ext-huge", CHUNKED + b"3;e=" + b"v" * 20000 + b"\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-ext-huge-second", CHUNKED + b"3\r\nabc\r\n2;e=" + b"v" * 20000 + b"\r\nde\r\n0\r\n\r\n"),
+    ("chunk-bad-after-data", CHUNKED + b"3\r\nabc\r\nzz\r\nxx\r\n0\r\n\r\n"),
+    ("chunk-trailers", CHUNKED + b"3;a=\"q;\\\" q\"\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"),
+    ("chunk-empty-body", CHUNKED + b"0\r\n\r\n"),
     ("host-list", b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n"),
     ("backslash-path", b"GET /public\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n"),
     # Within the limits (LIMITS: target 128, head fields 512): the request line and the line ends

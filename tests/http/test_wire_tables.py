@@ -112,7 +112,7 @@ FORWARDED = [
      b"3;name=val\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\nConnection: close\r\n\r\n",
      [b"Transfer-Encoding: chunked\r\n", b"\r\n0\r\n\r\n"], [b"name=val", b"X-Trailer", b"x-trailer", b";"]),
     ("canonical-cl", b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 003\r\n\r\nabc",
-     [b"Content-Length: 3\r\n", b"\r\n\r\nabc"], [b"003"]),
+     [b"Content-Length: 3\r\n", b"\r\n\r\nabc"], [b": 003"]),  # (not b"003": request ids are hex)
     ("gateway-owned-removed", b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\n"
      b"X-Forwarded-Proto: https\r\nX-Consumer-Id: admin\r\nX-Consumer-Custom: y\r\nX-Auth-Method: jwt\r\nForwarded: for=1\r\n\r\n",
      [b"X-Forwarded-For: 10.0.0.7\r\n", b"X-Forwarded-Proto: http\r\n", b"X-Forwarded-Host: a\r\n"],
