@@ -134,7 +134,7 @@ def _check_parser_layout() -> None:
         pass
     if stop_offset(parser, data) != data.index(b"5\r\n"):
         raise ImportError(f"httptools {httptools.__version__}: its parser's layout is not the one "
-                          "gateway/http/parser_stop.pxd reads (written for httptools 0.6 to 0.9)")
+                          "gateway/http/parser_stop.pxd reads (checked with httptools 0.9)")
 
 
 _check_parser_layout()
