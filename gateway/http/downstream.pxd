@@ -60,6 +60,13 @@ cdef class _DownstreamBase:
     cdef bint p_has_body
     cdef bint p_expect
     cdef bint p_conn            # the head has a Connection or Proxy-Connection field
+    cdef bint p_done            # a message ended during the current read (see data_received)
+    # a chunked request body, decoded by _dechunk rather than llhttp (see on_headers_complete)
+    cdef int c_state
+    cdef long long c_size       # the chunk being read: its size as the digits come, then bytes left
+    cdef long long c_total      # chunk sizes declared so far (never above lim_body)
+    cdef Py_ssize_t c_line      # bytes of the current chunk-size line, or of the trailer section
+    cdef bint c_defer           # the request is dispatched once its first chunk-size line is valid
     # the active exchange (a_*)
     cdef public RequestContext a_ctx
     cdef public _UpstreamBase a_up
@@ -80,6 +87,8 @@ cdef class _DownstreamBase:
     cdef int _reset_parse(self) except -1
     cdef int _route_plan(self, object route) except -1
     cdef bint _filtered(self, RequestContext ctx) except -1
+    cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1
+    cdef Py_ssize_t _dechunk(self, bytes data) except -1
     cdef int _message_complete(self) except -1
     cdef int _activate(self, RequestContext ctx, list body, bint done, bint expect) except -1
     cdef int _proxy(self, RequestContext ctx) except -1

@@ -11,6 +11,7 @@ from .upstream import UpstreamProtocol
 
 MAX_PIPELINE: int
 MAX_BUFFERED_BODY: int
+MAX_CHUNK_LINE: int
 
 class _DownstreamBase:
     worker: Any

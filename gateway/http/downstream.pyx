@@ -29,6 +29,8 @@ from typing import Any
 
 import httptools
 
+from cpython.bytes cimport PyBytes_AS_STRING
+
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport Router
 from gateway.pipeline.reply import LocalReply
@@ -38,6 +40,7 @@ from .errors import RequestRejected
 from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ticker_for
 
 from gateway.http.flow cimport ReadGate
+from gateway.http.parser_stop cimport stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.http.upstream cimport _UpstreamBase
@@ -48,6 +51,94 @@ cdef double INF = float("inf")  # a C double: compared per request without a glo
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
+
+# Request-line bytes that are neither target nor head fields ("GET", "HTTP/1.1"), allowed on top of
+# the target and head limits when an incomplete head is measured (data_received).
+cdef Py_ssize_t HEAD_SLACK = 32
+
+
+cdef Py_ssize_t _visible(bytes data) noexcept:
+    """Bytes of data other than SP, HTAB, CR and LF."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t i, n = len(data), ws = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = p[i]
+        if c == 32 or c == 9 or c == 13 or c == 10:
+            ws += 1
+    return n - ws
+
+
+# A chunked request body is decoded by _dechunk (states below), not by llhttp, which has no bound
+# on a chunk-size line and reads any chunk size up to 2^64 as body.
+cdef Py_ssize_t C_MAX_LINE = 4096  # bytes of a chunk-size line, extensions included (Node: 16 KiB)
+MAX_CHUNK_LINE = C_MAX_LINE
+
+cdef enum:
+    C_OFF = 0           # llhttp reads the stream
+    C_SIZE = 1          # chunk-size digits (c_line counts the whole line)
+    # chunk extensions, parsed as llhttp parses them: *( ";" name [ "=" ( token / quoted-string ) ] )
+    C_EXT = 2           # just after ';'
+    C_EXT_NAME = 3
+    C_EXT_VALUE = 4     # a token value
+    C_EXT_Q = 5         # inside a quoted string
+    C_EXT_QP = 6        # after a backslash inside a quoted string
+    C_EXT_QDONE = 7     # after the closing quote
+    C_SIZE_LF = 8       # the CR ending the chunk-size line was read
+    C_DATA = 9          # c_size bytes of chunk data left
+    C_DATA_CR = 10      # CRLF after the chunk data
+    C_DATA_LF = 11
+    C_TRAILER = 12      # start of a trailer line, or of the empty line ending the body
+    C_FIELD = 13        # trailer field name
+    C_VALUE = 14        # trailer field value
+    C_TRAILER_LF = 15
+    C_END_LF = 16
+    C_FAILED = 17       # refused: nothing more is read
+
+cdef signed char _HEX[256]       # hex digit value, -1 for other bytes
+cdef unsigned char _TCHAR[256]   # RFC 9110 token characters
+cdef int _i
+cdef unsigned char _c
+for _i in range(256):
+    _HEX[_i] = -1
+    _TCHAR[_i] = 0
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _HEX[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _HEX[_c] = 10 + _i
+for _c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    _TCHAR[_c] = 1
+
+
+cdef inline bint _field_char(unsigned char c) noexcept:
+    """HTAB, SP, VCHAR or obs-text: what a field value or a quoted string may hold (no CTL, no DEL)."""
+    return c == 9 or (c >= 32 and c != 127)
+
+
+class _TakeOver(Exception):
+    """Raised by on_headers_complete to stop llhttp right after the head of a chunked request."""
+
+
+class _LayoutProbe:
+    def on_headers_complete(self) -> None:
+        raise _TakeOver()
+
+
+def _check_parser_layout() -> None:
+    """parser_stop.pxd reads llhttp's state inside httptools' parser: check it reads it right."""
+    data = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    parser = httptools.HttpRequestParser(_LayoutProbe())
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError:
+        pass
+    if stop_offset(parser, data) != data.index(b"5\r\n"):
+        raise ImportError(f"httptools {httptools.__version__}: its parser's layout is not the one "
+                          "gateway/http/parser_stop.pxd reads (checked with httptools 0.9)")
+
+
+_check_parser_layout()
+
 
 # parse-side deadline kinds
 cdef enum:
@@ -174,9 +265,22 @@ cdef class _DownstreamBase:
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.in_head or self.p_kind == K_IDLE:
-            self.p_raw += len(data)
+        self.p_done = False
         while True:
+            if self.c_state != C_OFF:
+                # Inside a chunked request body (see on_headers_complete).
+                try:
+                    used = self._dechunk(data)
+                except RequestRejected as exc:
+                    self._reject(exc.reply)
+                    break
+                except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
+                    log.exception("request handling failed")
+                    self._reject(replies.INTERNAL_ERROR)
+                    break
+                if used == len(data) or self.closing:
+                    break
+                data = data[used:]  # the body ended: llhttp reads the next request
             try:
                 self.p_feed(data)
             except RequestRejected as exc:
@@ -197,6 +301,20 @@ cdef class _DownstreamBase:
                 # httptools wraps an exception raised by a callback in HttpParserCallbackError and
                 # chains the original (__context__): our RequestRejected carries the reply to send.
                 cause = exc.__cause__ or exc.__context__
+                if type(cause) is _TakeOver:
+                    # on_headers_complete gave the chunked body to _dechunk: llhttp stopped right
+                    # after the head; a fresh parser takes over again after the body.
+                    offset = stop_offset(self.parser, data)
+                    self.parser = httptools.HttpRequestParser(self)
+                    self.p_feed = self.parser.feed_data
+                    if offset < 0:  # (the layout is checked at import: never expected)
+                        log.error("no parser offset after a chunked head")
+                        self._reject(replies.INTERNAL_ERROR)
+                        break
+                    data = data[offset:]
+                    if data and not self.closing:
+                        continue
+                    break
                 if isinstance(cause, RequestRejected):
                     reply = cause.reply
                 elif isinstance(cause, Exception):
@@ -211,10 +329,18 @@ cdef class _DownstreamBase:
                 log.exception("request handling failed")
                 self._reject(replies.INTERNAL_ERROR)
             break
-        # Bytes of a head still incomplete after this read: the head limit is decided here, as
-        # soon as it is crossed, even if llhttp is still inside one huge header line.
-        if self.in_head and not self.closing and self.p_raw > self.lim_hbytes + self.lim_uri:
-            self._reject(replies.HEADERS_TOO_LARGE)
+        # A head still incomplete after this read: the head limit is decided here, as soon as it is
+        # crossed, even if llhttp is still inside one huge header line (httptools hands a field
+        # over only once it ends). The verdict must be the one the exact checks (on_url, on_header)
+        # give the complete head, however the bytes are split: so only bytes those checks count
+        # too are counted (not the whitespace llhttp drops or that frames the lines), and the
+        # request line's method and version are allowed for (HEAD_SLACK). A read in which an
+        # earlier message ended is not counted (where this head starts in it is unknown): the
+        # verdict then comes from the next read or from the exact checks, never a wrong one.
+        if self.in_head and not self.closing and not self.p_done:
+            self.p_raw += _visible(data)
+            if self.p_raw > self.lim_hbytes + self.lim_uri + HEAD_SLACK:
+                self._reject(replies.HEADERS_TOO_LARGE)
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -225,7 +351,7 @@ cdef class _DownstreamBase:
         self.p_hbytes = 0
         self.p_body = 0
         self.p_conn = False
-        self.p_raw = 0  # (the bytes of this read are not counted: at most one read's worth lower)
+        self.p_raw = 0  # (data_received counts this head's bytes after feed_data, if still incomplete)
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
         self.p_deadline = self.ticker.now + self.t_header
@@ -277,6 +403,26 @@ cdef class _DownstreamBase:
             self.p_deadline = self.ticker.now + self.t_body
         else:
             self.p_kind = K_NONE
+        if ctx.chunked:
+            # The body is decoded by _dechunk from the byte after this head, not by llhttp: the
+            # framing verdict is then request.pyx's alone (llhttp would refuse `chunked<TAB>` only
+            # after this callback, when the request may already be upstream), and chunk sizes and
+            # extensions get bounds llhttp lacks. The request goes upstream once its first
+            # chunk-size line is valid, so a body refused there reaches no upstream at all; with
+            # Expect the client waits for our 100, so it goes now.
+            self.c_state = C_SIZE
+            self.c_size = 0
+            self.c_total = 0
+            self.c_line = 0
+            self.c_defer = not expect
+            if expect:
+                self._dispatch(ctx, True, True)
+            raise _TakeOver()
+        self._dispatch(ctx, has_body, expect)
+
+    cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1:
+        """Start the parsed request now, or queue it behind the active exchange."""
+        cdef _Queued entry
         if self.a_ctx is None and not self.queue:
             self._activate(ctx, None, not has_body, expect)
         else:
@@ -285,6 +431,7 @@ cdef class _DownstreamBase:
             self.queue.append(entry)
             if len(self.queue) >= MAX_PIPELINE:
                 self.gate.pause(PAUSE_PIPELINE)
+        return 0
 
     def on_body(self, bytes body) -> None:
         cdef Py_ssize_t n = len(body)
@@ -296,7 +443,7 @@ cdef class _DownstreamBase:
         self.p_deadline = self.ticker.now + self.t_body
         ctx = self.p_ctx
         assert ctx is not None
-        # Chunk extensions never survive: we re-frame each piece llhttp hands us.
+        # Chunk extensions never survive: we re-frame each piece _dechunk hands us.
         data = b"%x\r\n%s\r\n" % (n, body) if ctx.chunked else body
         entry = self.p_entry
         if entry is None:
@@ -307,6 +454,164 @@ cdef class _DownstreamBase:
             if entry.size > MAX_BUFFERED_BODY:
                 self.gate.pause(PAUSE_BUFFER)
 
+    cdef Py_ssize_t _dechunk(self, bytes data) except -1:
+        """Decode chunked body bytes (RFC 9112 §7.1); the number of bytes of data that were body.
+
+        As strict as llhttp (no whitespace around the size, CRLF only, extensions as tokens or
+        quoted strings), with the bounds llhttp lacks: a chunk size that would take the body past
+        the limit is a 413 at the digit that does it, a chunk-size line over MAX_CHUNK_LINE a 400,
+        a trailer section over the head limit a 431: nothing after such a line is read as body.
+        Every verdict falls on a byte, so it is the same however the bytes are split. The data of
+        one read goes on as one chunk (through on_body); extensions and trailers are dropped.
+        """
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = len(data), i = 0, take
+        cdef int st = self.c_state
+        cdef int d
+        cdef unsigned char c
+        cdef list runs = None
+        reply = None
+        if st == C_FAILED:
+            return n
+        while i < n:
+            if st == C_DATA:
+                take = n - i if self.c_size > n - i else <Py_ssize_t>self.c_size
+                if runs is None:
+                    runs = []
+                runs.append(data[i:i + take] if take < n else data)
+                i += take
+                self.c_size -= take
+                if self.c_size == 0:
+                    st = C_DATA_CR
+                continue
+            c = p[i]
+            i += 1
+            if st == C_SIZE:
+                d = _HEX[c]
+                if d >= 0:
+                    self.c_size = self.c_size * 16 + d
+                    self.c_line += 1
+                    if self.c_total + self.c_size > self.lim_body:
+                        reply = replies.BODY_TOO_LARGE
+                        break
+                elif self.c_line == 0:
+                    reply = replies.BAD_REQUEST
+                    break
+                elif c == 59:  # ';'
+                    st = C_EXT
+                    self.c_line += 1
+                elif c == 13:
+                    st = C_SIZE_LF
+                else:
+                    reply = replies.BAD_REQUEST
+                    break
+            elif st <= C_EXT_QDONE:
+                # (as llhttp: a name may be empty, a value is a token or a quoted string; the CR that
+                # ends the line is not counted in c_line)
+                if c == 13 and (st == C_EXT_NAME or st == C_EXT_VALUE or st == C_EXT_QDONE):
+                    st = C_SIZE_LF
+                    continue
+                self.c_line += 1
+                if st == C_EXT_Q:
+                    if c == 34:  # '"'
+                        st = C_EXT_QDONE
+                    elif c == 92:  # '\\'
+                        st = C_EXT_QP
+                    elif not _field_char(c):
+                        reply = replies.BAD_REQUEST
+                        break
+                elif st == C_EXT_QP:
+                    if not _field_char(c):
+                        reply = replies.BAD_REQUEST
+                        break
+                    st = C_EXT_Q
+                elif c == 59:  # ';': the next extension
+                    st = C_EXT
+                elif st == C_EXT_QDONE:
+                    reply = replies.BAD_REQUEST
+                    break
+                elif c == 61 and st != C_EXT_VALUE:  # '='
+                    st = C_EXT_VALUE
+                elif c == 34 and st == C_EXT_VALUE:
+                    st = C_EXT_Q
+                elif _TCHAR[c]:
+                    if st == C_EXT:
+                        st = C_EXT_NAME
+                else:
+                    reply = replies.BAD_REQUEST
+                    break
+            elif st == C_SIZE_LF:
+                if c != 10:
+                    reply = replies.BAD_REQUEST
+                    break
+                self.c_total += self.c_size
+                self.c_line = 0
+                st = C_DATA if self.c_size else C_TRAILER
+                if self.c_defer:
+                    self.c_defer = False
+                    self.c_state = st
+                    self._dispatch(self.p_ctx, True, False)
+                    if self.closing:  # (answered locally: no route, a filter's refusal...)
+                        return n
+            elif st == C_DATA_CR:
+                if c != 13:
+                    reply = replies.BAD_REQUEST
+                    break
+                st = C_DATA_LF
+            elif st == C_DATA_LF:
+                if c != 10:
+                    reply = replies.BAD_REQUEST
+                    break
+                st = C_SIZE
+                self.c_size = 0
+            else:
+                # The trailer section (dropped; bounded like a head) and the empty line ending it.
+                self.c_line += 1
+                if self.c_line > self.lim_hbytes:
+                    reply = replies.HEADERS_TOO_LARGE
+                    break
+                if st == C_TRAILER:
+                    if c == 13:
+                        st = C_END_LF
+                    elif _TCHAR[c]:
+                        st = C_FIELD
+                    else:
+                        reply = replies.BAD_REQUEST
+                        break
+                elif st == C_FIELD:
+                    if c == 58:  # ':'
+                        st = C_VALUE
+                    elif not _TCHAR[c]:
+                        reply = replies.BAD_REQUEST
+                        break
+                elif st == C_VALUE:
+                    if c == 13:
+                        st = C_TRAILER_LF
+                    elif not _field_char(c):
+                        reply = replies.BAD_REQUEST
+                        break
+                elif c != 10:  # C_TRAILER_LF, C_END_LF
+                    reply = replies.BAD_REQUEST
+                    break
+                elif st == C_TRAILER_LF:
+                    st = C_TRAILER
+                else:
+                    st = C_OFF
+                    break
+            if self.c_line > C_MAX_LINE and st <= C_SIZE_LF:
+                reply = replies.CHUNK_LINE_TOO_LONG
+                break
+        # The data read so far goes on first, so that a refusal or the end comes after the same
+        # body bytes however the stream was split.
+        self.c_state = C_FAILED if reply is not None else st
+        if runs is not None:
+            self.on_body(runs[0] if len(runs) == 1 else b"".join(runs))
+        if reply is not None:
+            raise RequestRejected(reply)
+        if st == C_OFF:
+            self._message_complete()
+        return i
+
     def on_message_complete(self) -> None:
         self._message_complete()
 
@@ -314,6 +619,7 @@ cdef class _DownstreamBase:
         cdef RequestContext ctx = self.p_ctx
         cdef _Queued entry
         self.p_kind = K_NONE
+        self.p_done = True
         if ctx is None:
             return 0
         ctx.bytes_in = self.p_body
@@ -601,7 +907,7 @@ cdef class _DownstreamBase:
 
     def shutdown(self) -> None:
         """Drain: close now if idle, else after the in-flight response (which says Connection: close)."""
-        if self.a_ctx is None and not self.queue and not self.in_head:
+        if self.a_ctx is None and not self.queue and not self.in_head and self.p_ctx is None:
             self._close()
         elif self.a_ctx is not None and self.a_ctx.status == 0:
             self.a_ctx.keep_alive = False

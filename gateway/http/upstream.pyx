@@ -52,6 +52,7 @@ _CLOSE = b"Connection: close\r\n"
 _PLAIN_CONNECTION = (b"keep-alive", b"close")
 _KEEP = b"Connection: keep-alive\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
+_FRAMING = (R_CONTENT_LENGTH, R_TRANSFER_ENCODING)
 
 
 # wire.py's response header classes as C ints (an integer compare instead of a boxed one).
@@ -271,6 +272,12 @@ cdef class _UpstreamBase:
         if status < 200:
             if status == 101:
                 raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
+            # A 1xx has no body (RFC 9110 §15.2), but llhttp reads one when the head has framing
+            # fields (except for 100, 102, 103): bytes that could pass for a response of their
+            # own. Such an upstream is not trusted with the exchange: 502, connection discarded.
+            for h in self.headers:
+                if RESPONSE_CLASSES.get(h[0].lower()) in _FRAMING:
+                    raise httptools.HttpParserError("interim response with framing fields")
             # 1xx are dropped like nginx does: our own 100 Continue was already sent downstream
             # when the request asked for it, and the final response follows on this connection.
             self.headers = []
@@ -283,6 +290,8 @@ cdef class _UpstreamBase:
             raise _HeadDone()
 
     def on_body(self, body: bytes) -> None:
+        if self.state != S_BODY:  # (a 1xx body: on_headers_complete refuses the heads that have one)
+            raise httptools.HttpParserError("body bytes outside a final response")
         if self.mode == M_CHUNK:
             self.out += (b"%x\r\n" % len(body), body, CRLF)
         else:
@@ -323,7 +332,7 @@ cdef class _UpstreamBase:
             elif cls == cR_CONTENT_LENGTH:
                 cl = value
             elif cls == cR_TRANSFER_ENCODING:
-                te = value
+                te = value if te is None else te + b"," + value
             elif cls == cR_CONNECTION:
                 conn = value if conn is None else conn + b"," + value
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
@@ -344,6 +353,12 @@ cdef class _UpstreamBase:
             # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
             framing = b"Content-Length: " + cl + CRLF if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
         else:
+            if te is not None and te.rstrip(b" ").lower() != b"chunked":
+                # Only `chunked` itself, spelled as llhttp decodes it (nothing but spaces after the
+                # token). Another coding would reach the client undeclared, or declared to an HTTP/1.0
+                # client that cannot take it; the client never asked for one (its TE field is not
+                # forwarded). 502 like nginx, before anything of the response went out.
+                raise httptools.HttpParserError("transfer-coding other than chunked")
             self.until_close = te is None
             if ctx.http_version == b"1.1":
                 self.mode = M_CHUNK

@@ -113,8 +113,10 @@ def status_line(status: int) -> bytes:
 
 
 # Hostname / IPv4 / [IPv6] with optional :port: anything else in Host is refused (no '/', '@', spaces).
-# Patterns here are applied with fullmatch(): `$` after re.match also accepts a trailing b"\n".
-_HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+# No ',' either, although RFC 3986 allows it in a reg-name: Host is one authority (RFC 9110 §7.2),
+# and an intermediary that reads "a,b" as a list (as for other fields) would route by another host.
+# Patterns here are applied with fullmatch(): `$` after re.match also accepts a trailing LF.
+_HOST_RE = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+;=%-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 def valid_host(host: bytes) -> bool:
@@ -150,6 +152,7 @@ class TargetError(Exception):
 
 
 _DOT_ENCODED = re.compile(rb"%2e", re.IGNORECASE)
+_BACKSLASH_ENCODED = re.compile(rb"%5c", re.IGNORECASE)
 
 
 def remove_dot_segments(path: bytes) -> bytes:
@@ -174,8 +177,10 @@ def normalize_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes | None]:
 
     The fragment is dropped (never forwarded). Dot-segments are resolved; percent-encoded dots in a
     segment are refused rather than guessed at, because a backend that decodes before resolving
-    would see a different path than the one the router matched. Absolute-form targets give their
-    authority (which then replaces Host). Raises TargetError.
+    would see a different path than the one the router matched. A backslash in the path, raw or
+    percent-encoded, is refused for the same reason: some backends read it as '/'
+    ("/public\\..\\admin" would leave a "/public" route). Absolute-form targets give their authority
+    (which then replaces Host). Raises TargetError.
     """
     authority: bytes | None = None
     if url[:1] != b"/":
@@ -205,6 +210,8 @@ def normalize_target(url: bytes) -> tuple[bytes, bytes, bytes, bytes | None]:
         path, query = url, b""
     else:
         path, query = url[:q], url[q + 1:]
+    if b"\\" in path or (b"%" in path and _BACKSLASH_ENCODED.search(path) is not None):
+        raise TargetError("backslash in path")
     # Fast path: nothing that could be a dot-segment (the common case costs two `in` scans).
     if b"/." in path or b"%" in path:
         if b"%" in path and _DOT_ENCODED.search(path) is not None:

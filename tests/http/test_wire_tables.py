@@ -22,6 +22,8 @@ REJECTED = [
     ("two-hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
     ("no-host-1.1", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
     ("bad-host", b"GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n", 400),
+    ("host-list", b"GET / HTTP/1.1\r\nHost: a,b\r\n\r\n", 400),  # RFC 9110 §7.2: one authority, never a list
+    ("host-list-absolute", b"GET http://a,b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("nul-in-target", b"GET /a\x00b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("ctl-in-target", b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("nul-in-value", b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", 400),
@@ -33,6 +35,11 @@ REJECTED = [
     ("space-in-name", b"GET / HTTP/1.1\r\nHost: a\r\nX A: b\r\n\r\n", 400),
     ("bad-cl", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 400),
     ("encoded-dot-segment", b"GET /a/%2e%2E/etc HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    # Some upstream frameworks read '\\' as '/': "/public\\..\\admin" would escape a prefix route's rules.
+    ("backslash-in-path", b"GET /public\\..\\admin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("backslash-only", b"GET /a\\b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("encoded-backslash", b"GET /public/%5c..%5Cadmin HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+    ("backslash-absolute-form", b"GET http://a/x\\y HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("ftp-absolute", b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("userinfo-absolute", b"GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("connect-authority-form", b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", 400),
@@ -105,7 +112,7 @@ FORWARDED = [
      b"3;name=val\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\nConnection: close\r\n\r\n",
      [b"Transfer-Encoding: chunked\r\n", b"\r\n0\r\n\r\n"], [b"name=val", b"X-Trailer", b"x-trailer", b";"]),
     ("canonical-cl", b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 003\r\n\r\nabc",
-     [b"Content-Length: 3\r\n", b"\r\n\r\nabc"], [b"003"]),
+     [b"Content-Length: 3\r\n", b"\r\n\r\nabc"], [b": 003"]),  # (not b"003": request ids are hex)
     ("gateway-owned-removed", b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\n"
      b"X-Forwarded-Proto: https\r\nX-Consumer-Id: admin\r\nX-Consumer-Custom: y\r\nX-Auth-Method: jwt\r\nForwarded: for=1\r\n\r\n",
      [b"X-Forwarded-For: 10.0.0.7\r\n", b"X-Forwarded-Proto: http\r\n", b"X-Forwarded-Host: a\r\n"],
@@ -121,6 +128,7 @@ FORWARDED = [
      [b"Content-Length: 2\r\n"], [b"xpect"]),
     ("http-1.0-no-host", b"GET /x HTTP/1.0\r\n\r\n", [b"GET /x HTTP/1.1\r\n", b"Host: upstream.test:8000\r\n"], []),
     ("strip-prefix", b"GET /api/users/1 HTTP/1.1\r\nHost: a\r\n\r\n", [b"GET /users/1 HTTP/1.1\r\n"], []),
+    ("backslash-in-query", b"GET /a?x=\\y HTTP/1.1\r\nHost: a\r\n\r\n", [b"GET /a?x=\\y HTTP/1.1\r\n"], []),
 ]
 
 

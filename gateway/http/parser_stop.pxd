@@ -1,0 +1,37 @@
+# Where httptools' llhttp stopped after a callback raised: the one fact about the request parser
+# that httptools does not expose (it gives the offset only for an upgrade). downstream.pyx needs it
+# to decode a chunked request body itself from the byte after the head. It is read from llhttp's own
+# state through two layouts, which downstream.pyx checks at import (a wrong guess fails loudly there,
+# never silently on a request):
+#  - httptools.parser.HttpParser is a Cython cdef class with cdef methods: PyObject_HEAD, its vtable
+#    pointer, then its first field, `llhttp_t* _cparser`;
+#  - llhttp_t (llparse's llhttp__internal_t) begins with these fields in every llhttp release since
+#    2.0; llhttp sets `error_pos` to the byte where it stopped, and httptools sets `data` to the
+#    parser object (which is what makes the check reliable).
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.object cimport PyObject
+from libc.stdint cimport int32_t
+
+
+cdef struct llhttp_prefix:
+    int32_t _index
+    void* _span_pos0
+    void* _span_cb0
+    int32_t error
+    const char* reason
+    const char* error_pos
+    void* data
+
+
+cdef inline llhttp_prefix* _llhttp(object parser) noexcept:
+    return (<llhttp_prefix**>(<char*><PyObject*>parser + sizeof(PyObject) + sizeof(void*)))[0]
+
+
+cdef inline Py_ssize_t stop_offset(object parser, bytes data) noexcept:
+    """Offset in data where parser stopped in feed_data(data) after a callback raised; -1 if unknown."""
+    cdef llhttp_prefix* st = _llhttp(parser)
+    cdef Py_ssize_t off
+    if st == NULL or st.data != <void*>parser or st.error_pos == NULL:
+        return -1
+    off = st.error_pos - PyBytes_AS_STRING(data)
+    return off if 0 <= off <= len(data) else -1
