@@ -61,15 +61,22 @@ cdef int cR_TRANSFER_ENCODING = R_TRANSFER_ENCODING
 cdef int cR_CONNECTION = R_CONNECTION
 
 # Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
-# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either.
+# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either; in
+# entries and in the length of a name kept (see request.pyx's cache).
 cdef dict _name_cache = {}
+cdef Py_ssize_t _CACHE_NAME_MAX = 64
 
 
 cdef object _classify(bytes name):
     cls = RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
-    if len(_name_cache) < 4096:
+    if len(name) <= _CACHE_NAME_MAX and len(_name_cache) < 4096:
         _name_cache[name] = cls
     return cls
+
+
+def _cached_name_max() -> int:
+    """The longest name held by the cache (for tests)."""
+    return max(map(len, _name_cache), default=0)
 
 
 class _HeadDone(Exception):
