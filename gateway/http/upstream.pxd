@@ -12,6 +12,12 @@ cdef class _UpstreamBase:
     cdef object settings
     cdef Ticker ticker
     cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)
+    # Response head limits (the request's, from settings) and what the current head has used.
+    cdef Py_ssize_t lim_hbytes     # name + value + 4 per field
+    cdef Py_ssize_t lim_headers    # fields
+    cdef Py_ssize_t lim_raw        # raw bytes before the final head / between body bytes
+    cdef Py_ssize_t h_bytes
+    cdef Py_ssize_t h_raw
     cdef public object transport
     cdef readonly object parser
     cdef object p_feed             # parser.feed_data, bound once (re-taken with a new parser)
@@ -41,3 +47,4 @@ cdef class _UpstreamBase:
     cdef int _flush(self) except -1
     cdef int _finish(self) except -1
     cdef int _fail(self, str kind) except -1
+    cdef int _too_large(self, str what) except -1

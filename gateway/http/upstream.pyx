@@ -9,8 +9,13 @@ after `feed_data` returns, so the next pipelined request never starts from insid
 Flow control is coupled both ways: the downstream protocol pauses our reading when its own write
 buffer is full (a slow client never makes us buffer a whole response), and our pause_writing pauses
 the downstream's reading (a slow upstream never makes us buffer a whole request body).
+
+An upstream is not fully trusted either: its response head has the request's limits
+(GATEWAY_MAX_HEADER_BYTES, GATEWAY_MAX_HEADERS, and a raw-byte bound for a head or a trailer
+section that never ends); over them the exchange fails with 502 and the connection is closed.
 """
 import asyncio
+import logging
 from typing import Any
 
 import httptools
@@ -34,6 +39,7 @@ from gateway.http.downstream cimport _DownstreamBase
 from gateway.http.pool cimport UpstreamPool
 from gateway.pipeline.context cimport RequestContext
 
+log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
@@ -83,6 +89,10 @@ class _HeadDone(Exception):
     """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
 
 
+class _HeadTooLarge(Exception):
+    """A response head (or trailer section) over the field count or byte limit (see on_header)."""
+
+
 cdef class _UpstreamBase:
     """The protocol's state and logic; UpstreamProtocol (below) adds asyncio.Protocol as a base."""
 
@@ -90,6 +100,13 @@ cdef class _UpstreamBase:
         self.pool = pool
         self.settings = pool.settings
         self.body_timeout = pool.settings.body_timeout
+        s = pool.settings
+        self.lim_hbytes = s.max_header_bytes
+        self.lim_headers = s.max_headers
+        # Raw bytes: the fields' bytes plus the status line and line ends, as for requests.
+        self.lim_raw = s.max_header_bytes + s.max_uri_bytes
+        self.h_bytes = 0
+        self.h_raw = 0
         self.ticker = ticker_for(pool.loop)
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
@@ -138,6 +155,8 @@ cdef class _UpstreamBase:
         self.ctx = ctx
         self.head_request = ctx.method == b"HEAD"
         self.headers = []
+        self.h_bytes = 0
+        self.h_raw = 0
         self.state = S_WAIT_HEAD
         self.done = False
         self.deadline = self.ticker.now + timeout
@@ -220,15 +239,32 @@ cdef class _UpstreamBase:
         cdef RequestContext ctx
         cdef _DownstreamBase down
         error = None
+        if self.state == S_WAIT_HEAD:
+            self.h_raw += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserError as exc:
             # A callback's own exception arrives chained as __context__ (httptools wraps it).
-            if isinstance(exc.__cause__ or exc.__context__, _HeadDone):
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _HeadDone):
                 self._head_done(data)
             else:
                 error = "protocol"
+                if isinstance(cause, _HeadTooLarge):
+                    self._too_large("fields")
         out = self.out
+        if error is None and not self.done:
+            # Bytes that did not complete a head, or (in the body) produced no body byte: a head
+            # or a trailer section that never ends is cut here, even inside one endless field
+            # (which llhttp hands over only when complete, and httptools joins piece by piece).
+            if self.state != S_WAIT_HEAD:
+                if out:
+                    self.h_raw = 0  # the head or body bytes went out: progress
+                else:
+                    self.h_raw += len(data)
+            if self.h_raw > self.lim_raw:
+                error = "protocol"
+                self._too_large("bytes")
         if out:
             # One write per upstream read (inlined _flush: this runs once per response).
             self.out = []
@@ -261,14 +297,25 @@ cdef class _UpstreamBase:
             self.broken = True
         return 0
 
+    cdef int _too_large(self, str what) except -1:
+        log.error("upstream %s:%s sent a response head over the limit (%s; GATEWAY_MAX_HEADER_BYTES=%d,"
+                  " GATEWAY_MAX_HEADERS=%d): 502, connection closed",
+                  self.pool.host, self.pool.port, what, self.lim_hbytes, self.lim_headers)
+        return 0
+
     # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
     # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
     # complete response are caught in on_headers_complete (done already set) or, when they arrive
     # later, by data_received on an idle connection.)
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, bytes name, bytes value) -> None:
         # llhttp also reports trailer fields here; they land in the list after the head was built
-        # and are discarded with it when the next exchange starts (start() resets the list).
-        self.headers.append((name, value))
+        # and are discarded with it when the next exchange starts (start() resets the list). They
+        # count against the same limits: the list is bounded whatever the upstream sends.
+        cdef list headers = self.headers
+        headers.append((name, value))
+        self.h_bytes += len(name) + len(value) + 4
+        if self.h_bytes > self.lim_hbytes or len(headers) > self.lim_headers:
+            raise _HeadTooLarge()
 
     def on_headers_complete(self) -> None:
         if self.done:
