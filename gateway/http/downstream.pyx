@@ -35,7 +35,7 @@ from gateway.pipeline.reply import LocalReply
 
 from . import replies
 from .errors import RequestRejected
-from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ticker_for
+from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ticker_for
 
 from gateway.http.flow cimport ReadGate
 from gateway.http.pool cimport UpstreamPool
@@ -45,6 +45,7 @@ from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
+cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
@@ -323,6 +324,8 @@ cdef class _DownstreamBase:
                 if ctx.chunked:
                     self._body_out(LAST_CHUNK)  # trailers are dropped with the upstream's framing
                 self.a_body_done = True
+                if self.a_up is not None:
+                    self.a_up._sent()  # the upstream timeout starts now (SPEC §8)
         else:
             if ctx.chunked:
                 entry.body.append(LAST_CHUNK)
@@ -539,6 +542,10 @@ cdef class _DownstreamBase:
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
             self._close()
             return 0
+        if self.gate.reasons & cPAUSE_UPSTREAM:
+            # The upstream connection that was backed up is no longer ours (it answered before
+            # draining the body, or failed): its resume_writing would never reach us.
+            self.gate.resume(cPAUSE_UPSTREAM)
         if self.queue:
             entry = self.queue.popleft()
             if len(self.queue) < MAX_PIPELINE:

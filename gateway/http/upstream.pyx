@@ -42,10 +42,13 @@ from gateway.pipeline.context cimport RequestContext
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
+cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
+
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
     S_IDLE = 0          # in the pool (or fresh, not yet used)
     S_WAIT_HEAD = 1     # request sent, response head not complete: GATEWAY_UPSTREAM_TIMEOUT applies
+                        # from the request's last byte (while the body uploads: see _start)
     S_BODY = 2          # response head sent downstream: GATEWAY_BODY_TIMEOUT applies to each stall
 
 # Downstream framing of the response body
@@ -125,6 +128,10 @@ cdef class _UpstreamBase:
         self.until_close = False  # response body delimited by EOF
         self.deadline = INF
         self.paused = False
+        self.timeout = 0.0
+        self.sending = False
+        self.held = -1.0
+        self.w_paused = False
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -159,9 +166,44 @@ cdef class _UpstreamBase:
         self.h_raw = 0
         self.state = S_WAIT_HEAD
         self.done = False
-        self.deadline = self.ticker.now + timeout
+        self.timeout = timeout
+        self.held = -1.0
+        # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
+        # upload never counts against it. While the body streams, a stalled client is the
+        # downstream's body timeout (408) and an upstream that stops draining it is ours (below).
+        self.sending = not down.a_body_done
+        self.deadline = INF if self.sending else self.ticker.now + timeout
         assert self.transport is not None
         self.t_write(data)
+        if self.w_paused:
+            # Pooled with its write buffer still full (it answered before draining a body): the
+            # new client waits for the drain like the previous one did.
+            self._backed_up(down)
+        return 0
+
+    cdef int _sent(self) except -1:
+        """The request's last byte was written: the upstream timeout starts (unless the head came)."""
+        self.sending = False
+        if self.state == S_WAIT_HEAD:
+            self._arm(self.timeout)
+        return 0
+
+    cdef int _arm(self, double seconds) except -1:
+        """Set the deadline `seconds` from now (none when negative). While reading is paused it is
+        held and starts when reading resumes: the stall is then the client's, not the upstream's."""
+        if self.paused:
+            self.held = seconds
+        elif seconds < 0:
+            self.deadline = INF
+        else:
+            self.deadline = self.ticker.now + seconds
+        return 0
+
+    cdef int _backed_up(self, _DownstreamBase down) except -1:
+        down.gate.pause(cPAUSE_UPSTREAM)
+        if self.sending and self.state == S_WAIT_HEAD:
+            # The upstream is not reading the body we send: bounded like a stalled body.
+            self._arm(self.body_timeout)
         return 0
 
     cdef int _send(self, bytes data) except -1:
@@ -180,10 +222,15 @@ cdef class _UpstreamBase:
 
     cdef int _pause_reading(self) except -1:
         # The downstream's write buffer is full: stop reading so the response waits in the kernel
-        # and in the upstream, not in our memory. The body deadline is suspended meanwhile: the
-        # stall is the client's, and the downstream protocol's send deadline covers it.
+        # and in the upstream, not in our memory. The deadline is suspended meanwhile: the
+        # stall is the client's, and the downstream protocol's send deadline covers it. Before the
+        # head, what is left of the upstream timeout is held and runs again on resume.
         if not self.paused and self.transport is not None:
             self.paused = True
+            if self.state == S_WAIT_HEAD and self.deadline != INF:
+                self.held = max(self.deadline - self.ticker.now, 0.0)
+            else:
+                self.held = -1.0
             self.deadline = INF
             self.transport.pause_reading()
         return 0
@@ -193,6 +240,9 @@ cdef class _UpstreamBase:
             self.paused = False
             if self.state == S_BODY:
                 self.deadline = self.ticker.now + self.body_timeout
+            elif self.state == S_WAIT_HEAD:
+                self._arm(self.held)
+            self.held = -1.0
             if not self.transport.is_closing():
                 self.transport.resume_reading()
         return 0
@@ -222,12 +272,16 @@ cdef class _UpstreamBase:
             self._fail("reset")
 
     def pause_writing(self) -> None:
+        self.w_paused = True
         if self.down is not None:
-            self.down.gate.pause(PAUSE_UPSTREAM)
+            self._backed_up(self.down)
 
     def resume_writing(self) -> None:
+        self.w_paused = False
         if self.down is not None:
-            self.down.gate.resume(PAUSE_UPSTREAM)
+            self.down.gate.resume(cPAUSE_UPSTREAM)
+            if self.sending and self.state == S_WAIT_HEAD:
+                self._arm(-1.0)  # draining again: the body's progress is the client's to keep
 
     def data_received(self, data: bytes) -> None:
         if self.down is None:

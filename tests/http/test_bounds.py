@@ -72,6 +72,68 @@ def test_upstream_trailer_section_that_never_ends_closes_the_client() -> None:
     h.close()
 
 
+# --- A4: the upstream timeout survives a pause before the response head ------------------------
+def test_upstream_timeout_survives_pause_before_the_head() -> None:
+    h = Harness(upstream_timeout=2.0, body_timeout=30.0)
+    h.feed(GET)
+    h.proto.pause_writing()  # the client is backed up: reading the upstream pauses
+    h.tick(1)
+    h.proto.resume_writing()
+    h.tick(3)
+    assert status_of(h.down.take()) == 504 and h.up().broken
+    h.close()
+
+
+# --- A5: upload time does not count against the upstream timeout -------------------------------
+def test_slow_upload_is_not_an_upstream_timeout() -> None:
+    h = Harness(upstream_timeout=2.0, body_timeout=5.0)
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
+    for b in b"abcdefghi":  # 9 bytes, one every 1.5 s: 13.5 s of upload, each step within the body timeout
+        h.tick(1.5)
+        h.feed(bytes([b]))
+    assert h.down.take() == b"" and not h.up().broken
+    h.feed(b"j")  # the last request byte: the upstream timeout starts now
+    assert h.upstream_bytes().endswith(b"abcdefghij")
+    h.tick(1.5)
+    assert h.down.take() == b""
+    h.tick(1.0)
+    assert status_of(h.down.take()) == 504
+    h.close()
+
+
+def test_upstream_that_stops_reading_the_body_is_cut_after_the_body_timeout() -> None:
+    """(Guard for the above: an upload the upstream stops draining is still bounded.)"""
+    h = Harness(upstream_timeout=2.0, body_timeout=5.0)
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    h.up().pause_writing()  # the upstream's socket is full: reading the client pauses
+    h.tick(4)
+    assert h.down.take() == b""
+    h.tick(2)
+    assert status_of(h.down.take()) == 504 and h.up().broken
+    h.close()
+
+
+# --- A6: a client connection never stays paused after an upstream answered early -------------
+def test_client_reading_resumes_when_a_backed_up_upstream_answers() -> None:
+    h = Harness()
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n0123456789")
+    up = h.up()
+    up.pause_writing()  # the whole body was handed to the upstream socket, which is full
+    assert not h.down.reading
+    h.respond(OK)  # the upstream answers before draining the body: complete, pooled
+    assert status_of(h.down.take()) == 200 and h.pool.idle == [up]
+    assert h.down.reading  # the client's next request is read
+    # The next exchange reuses the connection whose socket is still full: that one pauses.
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+    assert h.up() is up and not h.down.reading
+    up.resume_writing()
+    assert h.down.reading
+    h.feed(b"cd")
+    h.respond(OK)
+    assert status_of(h.down.take()) == 200 and h.down.reading
+    h.close()
+
+
 # --- A8: header-name caches keep only short names --------------------------------------------
 def test_header_name_caches_keep_only_short_names() -> None:
     h = Harness(max_header_bytes=65536)
