@@ -35,7 +35,15 @@ from gateway.pipeline.reply import LocalReply
 
 from . import replies
 from .errors import RequestRejected
-from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, PAUSE_UPSTREAM, ticker_for
+from .flow import (
+    PAUSE_BUFFER,
+    PAUSE_CLOSING,
+    PAUSE_PIPELINE,
+    PAUSE_TURN,
+    PAUSE_UPSTREAM,
+    PAUSE_WRITE,
+    ticker_for,
+)
 
 from gateway.http.flow cimport ReadGate
 from gateway.http.pool cimport UpstreamPool
@@ -46,9 +54,24 @@ from .wire import CONTINUE_100, LAST_CHUNK
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
+cdef int cPAUSE_CLOSING = PAUSE_CLOSING
+cdef int cPAUSE_WRITE = PAUSE_WRITE
+cdef int cPAUSE_TURN = PAUSE_TURN
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
+
+# How much of a read is parsed at once (see _consume and _plan). C constants: read per read.
+# The shortest head llhttp completes is 18 bytes ("GET / HTTP/1.1\r\n\r\n"); 16 leaves a margin.
+cdef Py_ssize_t MIN_HEAD = 16
+# Bytes fed to llhttp in one call when a read is not plain Content-Length body: small enough that
+# one call's work stays well under a millisecond (16 KiB of one-byte chunks is 2,730 on_body calls).
+cdef Py_ssize_t SLICE = 16384
+# Work per turn (a data_received or a _continue) before yielding to the loop: one unit per body
+# piece, HEAD_WORK per head (routing, filters, the upstream write: a local 404 costs about as
+# much as 30 one-byte chunks). About 1 ms of CPU on the machine of bench/RESULTS.md.
+cdef Py_ssize_t WORK_PER_TURN = 4096
+cdef Py_ssize_t HEAD_WORK = 32
 
 # parse-side deadline kinds
 cdef enum:
@@ -103,6 +126,11 @@ cdef class _DownstreamBase:
         self.closing = False
         self.w_deadline = INF
         self.reject_after: LocalReply | None = None
+        self.p_rest = b""
+        self.p_work = 0
+        self.p_resume = False
+        self.o_body = []
+        self.o_size = 0
         self._reset_parse()
         self.p_kind = K_NONE
         self.p_deadline = INF
@@ -133,6 +161,7 @@ cdef class _DownstreamBase:
         self.transport = transport
         self.t_write = transport.write
         self.gate = ReadGate(transport)
+        self.gate.on_open = self._reopened
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         self.builder = RequestBuilder(self.settings, self.peer)
@@ -161,20 +190,130 @@ cdef class _DownstreamBase:
             log.exception("worker.connection_lost failed")
 
     def pause_writing(self) -> None:
-        # The client reads slower than the upstream sends: stop reading the upstream (bounded memory);
-        # a client that stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
+        # The client reads slower than we write: stop reading the upstream (bounded memory) and the
+        # client itself, whoever produces the bytes (pipelined local replies too); a client that
+        # stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
         self.w_deadline = self.ticker.now + self.settings.body_timeout
+        self.gate.pause(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._pause_reading()
 
     def resume_writing(self) -> None:
         self.w_deadline = INF
+        self.gate.resume(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.p_rest:
+            # Held bytes come first (the transport delivered more before _continue ran).
+            data = self.p_rest + data
+            self.p_rest = b""
+        self._consume(data)
+
+    cdef int _consume(self, bytes data) except -1:
+        """Parse `data` a slice at a time (_plan), stopping as soon as reading is paused or this
+        turn's work bound is reached; the unparsed rest waits in p_rest. So memory per connection
+        is bounded by the pipeline queue and the body buffers (not by the size of a read), and no
+        connection keeps the loop for more than about a millisecond. The common read (one
+        request, or a Content-Length body) is one slice: one feed_data call, as before."""
+        cdef Py_ssize_t n = len(data), pos = 0, end
+        cdef ReadGate gate = self.gate
+        self.p_work = 0
+        while pos < n and not self.closing:
+            if gate.reasons:
+                self.p_rest = data[pos:]
+                break
+            if self.p_work >= WORK_PER_TURN:
+                self.p_rest = data[pos:]
+                gate.pause(cPAUSE_TURN)
+                self._resume_soon()
+                break
+            end = self._plan(data, pos, n)
+            self._feed(data if pos == 0 and end == n else data[pos:end])
+            pos = end
+        if self.o_body:
+            self._flush_body()
+        return 0
+
+    cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
+        """The end of the next slice of data[pos:n] to parse."""
+        cdef Py_ssize_t avail = n - pos, room, k, i
+        cdef RequestContext ctx = self.p_ctx
+        cdef long long left
+        if ctx is not None and self.p_kind == K_BODY and not ctx.chunked:
+            # Inside a Content-Length body: these bytes are body whatever they hold (one on_body).
+            left = ctx.content_length - self.p_body
+            if left >= avail:
+                return n
+            if left > 0:
+                return pos + left
+        if avail > SLICE:
+            avail = SLICE
+        # At most `room` more heads may complete before the queue is full (the first one becomes
+        # the active exchange when there is none).
+        room = MAX_PIPELINE - len(self.queue) + (1 if self.a_ctx is None else 0)
+        if room < 1:
+            room = 1
+        if avail <= MIN_HEAD * room:
+            return pos + avail
+        # More bytes than `room` of the shortest heads: cut before the head end ("\r\n\r\n": llhttp
+        # accepts no other, tests/http/test_bounds.py checks it) that would be one too many. A head
+        # begun in an earlier slice may end with the first bytes of this one: it counts too.
+        # (Bytes of a body may look like head ends: that only makes a slice shorter.)
+        k = room - (1 if self.in_head else 0)
+        i = pos
+        while True:
+            i = data.find(b"\r\n\r\n", i, pos + avail)
+            if i < 0:
+                return pos + avail
+            if k == 0:
+                return i + 3  # the last byte of this head end goes in the next slice
+            k -= 1
+            i += 1
+
+    def _continue(self) -> None:
+        """The rest of a read, held by a yield or a pause, parsed on a later loop turn."""
+        self.gate.resume(cPAUSE_TURN)  # (its on_open sees p_resume still set: no second call)
+        self.p_resume = False
+        if self.closing or self.gate.reasons or not self.p_rest:
+            return
+        data = self.p_rest
+        self.p_rest = b""
+        self._consume(data)
+
+    def _reopened(self) -> None:
+        # ReadGate.on_open: the last pause reason was lifted. Never parse from here (we may be
+        # inside a parser callback or the upstream's): the held bytes go on the next loop turn.
+        if self.p_rest:
+            self._resume_soon()
+
+    cdef int _resume_soon(self) except -1:
+        if not self.p_resume:
+            self.p_resume = True
+            self.loop.call_soon(self._continue)
+        return 0
+
+    cdef int _flush_body(self) except -1:
+        """Write the body pieces of this turn to the active upstream in one write (one chunk)."""
+        cdef list out = self.o_body
+        cdef Py_ssize_t size = self.o_size
+        cdef RequestContext ctx = self.a_ctx
+        self.o_body = []
+        self.o_size = 0
+        up = self.a_up
+        if up is None or ctx is None or self.closing:
+            return 0  # the exchange was abandoned (413, upstream failure): the bytes go nowhere
+        if ctx.chunked:
+            # Chunk extensions never survive: we re-frame what llhttp hands us.
+            out.insert(0, b"%x\r\n" % size)
+            out.append(b"\r\n")
+        up._send(b"".join(out) if len(out) > 1 else out[0])
+        return 0
+
+    cdef int _feed(self, bytes data) except -1:
         if self.in_head or self.p_kind == K_IDLE:
             self.p_raw += len(data)
         while True:
@@ -216,6 +355,7 @@ cdef class _DownstreamBase:
         # soon as it is crossed, even if llhttp is still inside one huge header line.
         if self.in_head and not self.closing and self.p_raw > self.lim_hbytes + self.lim_uri:
             self._reject(replies.HEADERS_TOO_LARGE)
+        return 0
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -266,6 +406,7 @@ cdef class _DownstreamBase:
                             keep_alive and not self.worker.draining)
         has_body = builder.has_body
         expect = builder.expect
+        self.p_work += HEAD_WORK
         if has_body and parser.should_upgrade():
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
         ctx.start = self.l_time()
@@ -295,11 +436,18 @@ cdef class _DownstreamBase:
         if self.p_body > self.lim_body:
             raise RequestRejected(replies.BODY_TOO_LARGE)
         self.p_deadline = self.ticker.now + self.t_body
+        self.p_work += 1
+        entry = self.p_entry
+        if entry is None and self.a_up is not None:
+            # Streaming to the upstream: written once per turn (_flush_body), so a body of tiny
+            # chunks costs one write per read, not one per chunk.
+            self.o_body.append(body)
+            self.o_size += n
+            return
         ctx = self.p_ctx
         assert ctx is not None
         # Chunk extensions never survive: we re-frame each piece llhttp hands us.
         data = b"%x\r\n%s\r\n" % (n, body) if ctx.chunked else body
-        entry = self.p_entry
         if entry is None:
             self._body_out(data)
         else:
@@ -320,6 +468,8 @@ cdef class _DownstreamBase:
         ctx.bytes_in = self.p_body
         entry = self.p_entry
         if entry is None:
+            if self.o_body:
+                self._flush_body()  # the body's last pieces before its end
             if ctx is self.a_ctx and not self.a_body_done:
                 if ctx.chunked:
                     self._body_out(LAST_CHUNK)  # trailers are dropped with the upstream's framing

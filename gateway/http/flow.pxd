@@ -4,6 +4,7 @@
 cdef class ReadGate:
     cdef public object transport
     cdef public int reasons
+    cdef public object on_open     # called when the last reason is lifted (None: nothing to call)
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
 

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from gateway.http import request, upstream
+from gateway.http import downstream, request, upstream
 from tests.http.harness import OK, Harness, status_of, statuses
 
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -72,6 +72,59 @@ def test_upstream_trailer_section_that_never_ends_closes_the_client() -> None:
     h.close()
 
 
+# --- A2: a client over its write high-water mark is not read, whoever writes ------------------
+def test_pipelined_local_replies_stop_reading_when_the_client_does_not_read() -> None:
+    h = Harness(routes=[])  # every request gets a local 404
+    h.down.high_water = 4096
+    n = 300
+    h.feed(GET * n)  # one read: far more replies than the high-water mark
+    assert not h.down.reading
+    written = h.down.written.count(b"HTTP/1.1 404")
+    assert written < 50, f"{written} replies written, the high-water mark holds about 20"
+    answered = 0
+    while answered < n:
+        got = statuses(h.down.take())  # the client reads: writing resumes, so does reading
+        assert got and set(got) == {404}
+        answered += len(got)
+        h.spin()
+    assert answered == n and not h.down.closed
+    h.close()
+
+
+# --- A3: the pipelining bound holds inside one read -------------------------------------------
+def test_one_read_of_pipelined_requests_queues_at_most_the_pipeline_limit() -> None:
+    h = Harness()
+    n = 2400
+    h.feed(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(n)))  # ~64 KiB at once
+    assert len(h.proto.queue) <= downstream.MAX_PIPELINE and not h.down.reading
+    assert h.upstream_bytes().count(b"GET /") == 1
+    for i in range(n):
+        assert len(h.proto.queue) <= downstream.MAX_PIPELINE
+        h.respond(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(b"%d" % i), i))
+        h.spin()
+    out = h.down.take()
+    assert statuses(out) == [200] * n
+    assert out.index(b"\r\n\r\n2398") < out.index(b"\r\n\r\n2399")
+    assert h.upstream_bytes().count(b"GET /") == n and h.down.reading
+    h.close()
+
+
+def test_pipelined_bodies_and_heads_split_anywhere_survive_the_parse_pause() -> None:
+    """The unparsed rest is kept exactly: a request cut by the pause point is completed later."""
+    h = Harness()
+    reqs = [b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n%03d" % i for i in range(60)]
+    stream = b"".join(reqs)
+    h.feed(stream[:1000])
+    h.feed(stream[1000:])
+    for _ in range(60):
+        h.respond(OK)
+        h.spin()
+    assert statuses(h.down.take()) == [200] * 60
+    bodies = h.upstream_bytes().split(b"\r\n\r\n")[1:]
+    assert [b[:3] for b in bodies] == [b"%03d" % i for i in range(60)]
+    h.close()
+
+
 # --- A4: the upstream timeout survives a pause before the response head ------------------------
 def test_upstream_timeout_survives_pause_before_the_head() -> None:
     h = Harness(upstream_timeout=2.0, body_timeout=30.0)
@@ -129,6 +182,24 @@ def test_client_reading_resumes_when_a_backed_up_upstream_answers() -> None:
     up.resume_writing()
     assert h.down.reading
     h.feed(b"cd")
+    h.respond(OK)
+    assert status_of(h.down.take()) == 200 and h.down.reading
+    h.close()
+
+
+# --- A7: the work done per read is bounded ---------------------------------------------------
+def test_many_tiny_chunks_in_one_read_yield_to_the_loop() -> None:
+    h = Harness()
+    n = 50_000
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    h.feed(b"1\r\nx\r\n" * n + b"0\r\n\r\n")
+    forwarded = h.upstream_bytes().split(b"\r\n\r\n", 1)[1]
+    assert 0 < forwarded.count(b"x") < n // 4  # part of the read, then back to the loop
+    assert not h.down.reading
+    h.spin()
+    body = h.upstream_bytes().split(b"\r\n\r\n", 1)[1]
+    assert body.endswith(b"\r\n0\r\n\r\n") and body.count(b"x") == n
+    assert h.up().transport.writes < 100  # type: ignore[attr-defined]  # coalesced, not one write per chunk
     h.respond(OK)
     assert status_of(h.down.take()) == 200 and h.down.reading
     h.close()
