@@ -52,6 +52,7 @@ cdef class _DownstreamBase:
     cdef public bytes p_rest
     cdef Py_ssize_t p_work      # work done in this turn: body pieces + HEAD_WORK per head
     cdef bint p_resume          # a _continue is scheduled
+    cdef public bint eof        # the client half-closed: answer what is complete, then close
     # Body pieces for the active upstream, written once per turn (not once per chunk).
     cdef list o_body
     cdef Py_ssize_t o_size
@@ -92,6 +93,7 @@ cdef class _DownstreamBase:
     cdef int _feed(self, bytes data) except -1
     cdef int _resume_soon(self) except -1
     cdef int _flush_body(self) except -1
+    cdef bint _eof_keep(self) except -1
     cdef int _route_plan(self, object route) except -1
     cdef bint _filtered(self, RequestContext ctx) except -1
     cdef int _message_complete(self) except -1

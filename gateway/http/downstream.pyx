@@ -129,6 +129,7 @@ cdef class _DownstreamBase:
         self.p_rest = b""
         self.p_work = 0
         self.p_resume = False
+        self.eof = False
         self.o_body = []
         self.o_size = 0
         self._reset_parse()
@@ -203,6 +204,38 @@ cdef class _DownstreamBase:
         self.gate.resume(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._resume_reading()
+
+    def eof_received(self) -> bool:
+        """The client half-closed its side (FIN). Like HAProxy (and unlike asyncio's default, which
+        closes the transport), every request it sent completely still gets its response; then we
+        close. A request cut by the EOF can never complete: an incomplete head is dropped, an
+        incomplete pipelined request is dropped with it, and an active exchange whose body can no
+        longer arrive closes the connection now (its upstream request is aborted)."""
+        self.eof = True
+        self.gate.ended = True  # never resume reading a stream after EOF
+        if self.closing:
+            return False
+        return self._eof_keep()
+
+    cdef bint _eof_keep(self) except -1:
+        """After EOF: whether a response is still due (or bytes still to parse); drops what cannot complete."""
+        cdef _Queued entry
+        if self.p_rest and not self.gate.reasons & cPAUSE_CLOSING:
+            return True  # parsed when the gate opens; decided again after
+        if self.in_head:
+            self.in_head = False
+            self.p_kind = K_NONE
+        elif self.p_ctx is not None:
+            entry = self.p_entry
+            if entry is None:
+                return False  # the active request's body can never complete
+            self.queue.remove(entry)
+            self.p_ctx = None
+            self.p_entry = None
+            self.p_kind = K_NONE
+            if len(self.queue) < MAX_PIPELINE:
+                self.gate.resume(PAUSE_PIPELINE)
+        return self.a_ctx is not None or bool(self.queue) or self.reject_after is not None
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -283,6 +316,8 @@ cdef class _DownstreamBase:
         data = self.p_rest
         self.p_rest = b""
         self._consume(data)
+        if self.eof and not self.closing and not self.p_rest and not self._eof_keep():
+            self._close()
 
     def _reopened(self) -> None:
         # ReadGate.on_open: the last pause reason was lifted. Never parse from here (we may be
@@ -706,6 +741,8 @@ cdef class _DownstreamBase:
             self._activate(entry.ctx, entry.body, entry.done, entry.expect)
         elif self.reject_after is not None:
             self._reject(self.reject_after)
+        elif self.eof and not self._eof_keep():
+            self._close()  # the client half-closed and its last complete request is answered
         elif self.p_kind == K_NONE and not self.in_head:
             self.p_kind = K_IDLE
             self.p_raw = 0

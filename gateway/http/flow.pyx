@@ -35,9 +35,10 @@ cdef class ReadGate:
         self.transport = transport
         self.reasons = 0
         self.on_open = None
+        self.ended = False
 
     cpdef pause(self, int reason):
-        if not self.reasons:
+        if not self.reasons and not self.ended:
             try:
                 self.transport.pause_reading()
             except (RuntimeError, AttributeError):  # transport already closing
@@ -50,7 +51,8 @@ cdef class ReadGate:
             if not self.reasons:
                 if self.on_open is not None:
                     self.on_open()
-                if not self.transport.is_closing():
+                # (after EOF, reading a stream again is undefined in libuv)
+                if not self.ended and not self.transport.is_closing():
                     self.transport.resume_reading()
 
 

@@ -215,3 +215,46 @@ def test_header_name_caches_keep_only_short_names() -> None:
     assert max(len(n) for n in request._name_cache) <= 64
     assert upstream._cached_name_max() <= 64
     h.close()
+
+
+# --- A9: a client that half-closes after a complete request still gets its response ------------
+def test_half_close_after_a_complete_request_gets_the_response() -> None:
+    h = Harness()
+    h.feed(GET + GET)
+    assert h.proto.eof_received() is True  # keep the transport open for writing
+    assert not h.down.closed
+    h.respond(OK)
+    h.respond(OK)
+    assert statuses(h.down.take()) == [200, 200]
+    assert h.down.closed  # then closed: nothing more can come
+    assert h.pool.idle == [h.up()]
+    h.close()
+
+
+def test_half_close_mid_request_closes() -> None:
+    h = Harness()
+    h.feed(b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    assert not h.proto.eof_received()  # the body can never complete: close (the transport does)
+    h.close()
+    h = Harness()
+    h.feed(b"GET /x HTTP/1.1\r\nHo")
+    assert not h.proto.eof_received()
+    h.close()
+
+
+def test_half_close_when_idle_closes() -> None:
+    h = Harness()
+    h.feed(GET)
+    h.respond(OK)
+    assert not h.proto.eof_received()
+    h.close()
+
+
+def test_half_close_drops_an_incomplete_pipelined_request() -> None:
+    h = Harness()
+    h.feed(GET + b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+    assert h.proto.eof_received() is True
+    h.respond(OK)
+    assert statuses(h.down.take()) == [200] and h.down.closed
+    assert h.upstream_bytes().count(b"POST") == 0
+    h.close()

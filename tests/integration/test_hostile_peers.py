@@ -126,6 +126,21 @@ def test_endless_upstream_head_is_502_and_logged_once(gw: tuple[GatewayProcess, 
     assert err.count("response head over the limit") == 1
 
 
+def test_half_closed_client_gets_its_response(gw: tuple[GatewayProcess, RawUpstream]) -> None:
+    g, _ = gw
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as c:
+        c.sendall(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.shutdown(socket.SHUT_WR)  # "no more requests", as `nc -N` or a shell script does
+        c.settimeout(10)
+        buf = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    assert buf.count(b"HTTP/1.1 200 ") == 2 and b'"target": "/b"' in buf
+
+
 def test_slow_upload_longer_than_the_upstream_timeout_succeeds(gw: tuple[GatewayProcess, RawUpstream]) -> None:
     """SPEC §8: GATEWAY_UPSTREAM_TIMEOUT (1 s here) runs from the last request byte, not the first."""
     g, _ = gw
