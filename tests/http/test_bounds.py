@@ -125,6 +125,19 @@ def test_pipelined_bodies_and_heads_split_anywhere_survive_the_parse_pause() -> 
     h.close()
 
 
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nHost: a\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\n", b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\n\n", b"GET / HTTP/1.1\r\n\n",
+])
+def test_llhttp_ends_a_head_only_with_crlf_crlf(head: bytes) -> None:
+    """downstream._plan counts CRLF CRLF to bound the heads one slice can complete: a lenient
+    llhttp (a bare LF accepted) would loosen the pipelining bound, and fail here first."""
+    h = Harness()
+    h.feed(head)
+    assert status_of(h.down.take()) == 400 and h.all_upstream_bytes() == b""
+    h.close()
+
+
 # --- A4: the upstream timeout survives a pause before the response head ------------------------
 def test_upstream_timeout_survives_pause_before_the_head() -> None:
     h = Harness(upstream_timeout=2.0, body_timeout=30.0)
