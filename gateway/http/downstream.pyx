@@ -62,6 +62,8 @@ MAX_PIPELINE = 16             # parsed requests waiting for their turn before re
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
 
 # How much of a read is parsed at once (see _consume and _plan). C constants: read per read.
+cdef Py_ssize_t cMAX_PIPELINE = MAX_PIPELINE
+cdef Py_ssize_t cMAX_BUFFERED_BODY = MAX_BUFFERED_BODY
 # The shortest head llhttp completes is 18 bytes ("GET / HTTP/1.1\r\n\r\n"); 16 leaves a margin.
 cdef Py_ssize_t MIN_HEAD = 16
 # Bytes fed to llhttp in one call when a read is not plain Content-Length body: small enough that
@@ -257,7 +259,7 @@ cdef class _DownstreamBase:
         self.p_work = 0
         while pos < n and not self.closing:
             if gate.reasons:
-                self.p_rest = data[pos:]
+                self.p_rest = data[pos:] if pos else data
                 break
             if self.p_work >= WORK_PER_TURN:
                 self.p_rest = data[pos:]
@@ -279,15 +281,25 @@ cdef class _DownstreamBase:
         if ctx is not None and self.p_kind == K_BODY and not ctx.chunked:
             # Inside a Content-Length body: these bytes are body whatever they hold (one on_body).
             left = ctx.content_length - self.p_body
-            if left >= avail:
-                return n
             if left > 0:
-                return pos + left
+                if left < avail:
+                    avail = left
+                # Body held here (a queued request's, or while no upstream is ready) stops one
+                # byte past its bound, where reading pauses: not a whole read past it.
+                if self.p_entry is not None:
+                    room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
+                elif self.a_up is None:
+                    room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
+                else:
+                    return pos + avail
+                if room < 1:
+                    room = 1
+                return pos + (room if room < avail else avail)
         if avail > SLICE:
             avail = SLICE
         # At most `room` more heads may complete before the queue is full (the first one becomes
         # the active exchange when there is none).
-        room = MAX_PIPELINE - len(self.queue) + (1 if self.a_ctx is None else 0)
+        room = cMAX_PIPELINE - len(self.queue) + (1 if self.a_ctx is None else 0)
         if room < 1:
             room = 1
         if avail <= MIN_HEAD * room:

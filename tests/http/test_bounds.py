@@ -125,6 +125,22 @@ def test_pipelined_bodies_and_heads_split_anywhere_survive_the_parse_pause() -> 
     h.close()
 
 
+def test_a_queued_body_in_one_read_is_held_at_its_bound() -> None:
+    """A pipelined request's body arriving in the same read stops at the buffer bound (not a whole
+    read past it); the rest of the read is kept unparsed and streams once the request is active."""
+    h = Harness()
+    body = bytes(range(256)) * 800  # 204,800 bytes
+    h.feed(GET + b"POST /submit HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    assert not h.down.reading and len(h.proto.queue) == 1
+    assert len(h.proto.p_rest) >= len(body) - downstream.MAX_BUFFERED_BODY - 1  # the rest is not parsed
+    h.respond(OK)  # the GET is answered: the POST becomes active, its held body streams
+    h.spin()
+    assert h.upstream_bytes().endswith(body) and h.down.reading
+    h.respond(OK)
+    assert statuses(h.down.take()) == [200, 200]
+    h.close()
+
+
 @pytest.mark.parametrize("head", [
     b"GET / HTTP/1.1\r\nHost: a\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\n", b"GET / HTTP/1.1\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\n\n", b"GET / HTTP/1.1\r\n\n",
