@@ -71,8 +71,9 @@ cdef Py_ssize_t MIN_HEAD = 16
 cdef Py_ssize_t SLICE = 16384
 # Work per turn (a data_received or a _continue) before yielding to the loop: one unit per body
 # piece, HEAD_WORK per head (routing, filters, the upstream write: a local 404 costs about as
-# much as 30 one-byte chunks). About 1 ms of CPU on the machine of bench/RESULTS.md.
-cdef Py_ssize_t WORK_PER_TURN = 4096
+# much as 30 one-byte chunks). About 0.5 ms of CPU on the machine of bench/RESULTS.md; another
+# client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
+cdef Py_ssize_t WORK_PER_TURN = 2048
 cdef Py_ssize_t HEAD_WORK = 32
 
 # parse-side deadline kinds
