@@ -188,6 +188,12 @@ cdef class _DownstreamBase:
             self.a_ctx = None
             self._log(ctx)
         self.queue.clear()
+        # Free the held bytes now: the protocol and its parser (or gate) reference each other, so
+        # the object itself may wait for a cyclic garbage collection.
+        self.p_rest = b""
+        self.o_body = []
+        if self.gate is not None:
+            self.gate.on_open = None
         try:
             self.worker.connection_lost(self)
         except Exception:  # noqa: BLE001

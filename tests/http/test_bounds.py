@@ -141,6 +141,17 @@ def test_a_queued_body_in_one_read_is_held_at_its_bound() -> None:
     h.close()
 
 
+def test_held_bytes_are_freed_when_the_connection_is_lost() -> None:
+    """The protocol and its parser reference each other, so the object may outlive the connection
+    until a cyclic collection: what it holds must not (measured: +0.8 MiB per 20 connections)."""
+    h = Harness()
+    h.feed(GET * 2000)
+    assert len(h.proto.p_rest) > 50_000
+    h.proto.connection_lost(None)
+    assert h.proto.p_rest == b"" and h.proto.gate.on_open is None and not h.proto.queue
+    h.close()
+
+
 @pytest.mark.parametrize("head", [
     b"GET / HTTP/1.1\r\nHost: a\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n\n", b"GET / HTTP/1.1\nHost: a\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\n\n", b"GET / HTTP/1.1\r\n\n",
