@@ -8,12 +8,14 @@ Runs `python -m gateway` from --repo (default: this checkout; point it at an old
 its figures with the same script) with GATEWAY_WORKERS=1, so the process measured is the worker.
 Each scenario prints the worker's RSS when idle (before), its peak while the peer misbehaves
 (sampled every 5 ms, and VmHWM after resetting it through /proc/PID/clear_refs when allowed), and
-its RSS once the hostile connections are closed (after). Scenarios:
+its RSS once the hostile connections are closed (after: when the worker holds no socket of the
+scenario any more, with how long that took). Scenarios:
 
   endless-head   an upstream that answers with header lines for ever (until the gateway hangs up)
   unread-404s    a client pipelining requests that get a local 404 and never reading, for 8 s
   pipelined-64k  20 clients each sending one 64 KiB write of pipelined GETs to an upstream that
-                 never answers (the requests queue: per connection = growth / 20)
+                 never answers (the requests queue: per connection = growth / 20); they close
+                 without reading, and the worker finds out when it writes the first 504
   huge-names     4,200 requests, each with a distinct 15,000-byte header name, and responses each
                  with a distinct 15,000-byte header name (both name caches)
   tiny-chunks    a client sends POST with a chunked body of 100,000 one-byte chunks in one write
@@ -194,9 +196,31 @@ class Gateway:
                     return time.perf_counter() - t0
 
 
+def sockets(pid: int) -> int:
+    n = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            n += os.readlink(fd).startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
 def settle(pid: int, seconds: float = 1.0) -> int:
     time.sleep(seconds)
     return rss_kib(pid)
+
+
+def closed(pid: int, idle_sockets: int, timeout: float = 30.0) -> tuple[int, str]:
+    """RSS once the worker has closed every connection of the scenario (client and upstream side),
+    and how long that took after the clients closed theirs."""
+    t0 = time.monotonic()
+    while sockets(pid) > idle_sockets and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    took = time.monotonic() - t0
+    left = sockets(pid) - idle_sockets
+    what = f"closed by the worker {took:.1f} s later" if left <= 0 else f"{left} sockets still open after {timeout:.0f} s"
+    return settle(pid, 0.5), what
 
 
 def config_for(routes: dict[str, int]) -> str:
@@ -207,9 +231,9 @@ def config_for(routes: dict[str, int]) -> str:
     return "\n".join(out)
 
 
-def report(name: str, idle: int, peak: int, after: int, extra: str = "") -> None:
+def report(name: str, idle: int, peak: int, after: tuple[int, str], extra: str = "") -> None:
     print(f"{name:14s} idle {mib(idle):>10s}  peak {mib(peak):>10s} (+{mib(peak - idle)})  "
-          f"after close {mib(after):>10s} (+{mib(after - idle)}){extra}", flush=True)
+          f"after close {mib(after[0]):>10s} (+{mib(after[0] - idle)}, {after[1]}){extra}", flush=True)
 
 
 def scenario_endless_head(repo: Path) -> None:
@@ -217,6 +241,7 @@ def scenario_endless_head(repo: Path) -> None:
     gw = Gateway(repo, config_for({"endless": up.port}), {"GATEWAY_UPSTREAM_TIMEOUT": "30"})
     try:
         idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
         s = Sampler(gw.pid).start()
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", gw.port)) as c:
@@ -227,7 +252,7 @@ def scenario_endless_head(repo: Path) -> None:
             except TimeoutError:
                 answer = "no answer within 6 s"
         peak = s.stop()
-        report("endless-head", idle, peak, settle(gw.pid), "  " + answer)
+        report("endless-head", idle, peak, closed(gw.pid, idle_sockets), "  " + answer)
     finally:
         gw.stop()
         up.close()
@@ -237,6 +262,7 @@ def scenario_unread_404s(repo: Path, seconds: float = 8.0) -> None:
     gw = Gateway(repo, "", {})
     try:
         idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
         s = Sampler(gw.pid).start()
         c = socket.create_connection(("127.0.0.1", gw.port))
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
@@ -251,16 +277,19 @@ def scenario_unread_404s(repo: Path, seconds: float = 8.0) -> None:
                 time.sleep(0.01)
         peak = s.stop()
         c.close()
-        report("unread-404s", idle, peak, settle(gw.pid), f"  ({sent / 1e6:.1f} MB of requests sent in {seconds:.0f} s)")
+        report("unread-404s", idle, peak, closed(gw.pid, idle_sockets), f"  ({sent / 1e6:.1f} MB of requests sent in {seconds:.0f} s)")
     finally:
         gw.stop()
 
 
 def scenario_pipelined_64k(repo: Path, conns: int = 20) -> None:
     up = RawServer(never_answer)
-    gw = Gateway(repo, config_for({"held": up.port}), {"GATEWAY_UPSTREAM_TIMEOUT": "60"})
+    # The clients close with no response due yet: the worker answers the held requests (504 after
+    # GATEWAY_UPSTREAM_TIMEOUT, 2 s here) and finds the clients gone when it writes.
+    gw = Gateway(repo, config_for({"held": up.port}), {"GATEWAY_UPSTREAM_TIMEOUT": "2"})
     try:
         idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
         s = Sampler(gw.pid).start()
         req = b"GET /held/x HTTP/1.1\r\nHost: a\r\n\r\n"
         data = req * (65536 // len(req))
@@ -273,7 +302,7 @@ def scenario_pipelined_64k(repo: Path, conns: int = 20) -> None:
         peak = s.stop()
         for c in socks:
             c.close()
-        report("pipelined-64k", idle, peak, settle(gw.pid),
+        report("pipelined-64k", idle, peak, closed(gw.pid, idle_sockets),
                f"  ({conns} connections x {len(data)} bytes: +{mib((peak - idle) / conns)} per connection)")
     finally:
         gw.stop()
@@ -285,6 +314,7 @@ def scenario_huge_names(repo: Path, n: int = 4200) -> None:
     gw = Gateway(repo, config_for({"names": up.port}), {"GATEWAY_MAX_HEADER_BYTES": "16384"})
     try:
         idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
         s = Sampler(gw.pid).start()
         with socket.create_connection(("127.0.0.1", gw.port)) as c:
             c.settimeout(10)
@@ -300,7 +330,7 @@ def scenario_huge_names(repo: Path, n: int = 4200) -> None:
                     buf += chunk
                 del t0
         peak = s.stop()
-        report("huge-names", idle, peak, settle(gw.pid), f"  ({n} requests and responses)")
+        report("huge-names", idle, peak, closed(gw.pid, idle_sockets), f"  ({n} requests and responses)")
     finally:
         gw.stop()
         up.close()
