@@ -46,6 +46,16 @@ cdef class _DownstreamBase:
     cdef public bint closing
     cdef public double w_deadline
     cdef public object reject_after
+    # Bytes of earlier reads not parsed yet: held while reading is paused (the pipeline is full,
+    # the client does not read, the upstream does not drain...) or until the next turn (the work
+    # bound of one turn was reached). Parsed first when the gate opens again.
+    cdef public bytes p_rest
+    cdef Py_ssize_t p_work      # work done in this turn: body pieces + HEAD_WORK per head
+    cdef bint p_resume          # a _continue is scheduled
+    cdef public bint eof        # the client half-closed: answer what is complete, then close
+    # Body pieces for the active upstream, written once per turn (not once per chunk).
+    cdef list o_body
+    cdef Py_ssize_t o_size
     # per request being parsed (p_*)
     cdef public bint in_head
     cdef bytes p_url
@@ -85,6 +95,12 @@ cdef class _DownstreamBase:
     cdef bint c_strip
 
     cdef int _reset_parse(self) except -1
+    cdef int _consume(self, bytes data) except -1
+    cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1
+    cdef int _feed(self, bytes data) except -1
+    cdef int _resume_soon(self) except -1
+    cdef int _flush_body(self) except -1
+    cdef bint _eof_keep(self) except -1
     cdef int _route_plan(self, object route) except -1
     cdef bint _filtered(self, RequestContext ctx) except -1
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1

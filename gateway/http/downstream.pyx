@@ -37,7 +37,15 @@ from gateway.pipeline.reply import LocalReply
 
 from . import replies
 from .errors import RequestRejected
-from .flow import PAUSE_BUFFER, PAUSE_CLOSING, PAUSE_PIPELINE, ticker_for
+from .flow import (
+    PAUSE_BUFFER,
+    PAUSE_CLOSING,
+    PAUSE_PIPELINE,
+    PAUSE_TURN,
+    PAUSE_UPSTREAM,
+    PAUSE_WRITE,
+    ticker_for,
+)
 
 from gateway.http.flow cimport ReadGate
 from gateway.http.parser_stop cimport stop_offset
@@ -48,6 +56,10 @@ from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
+cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
+cdef int cPAUSE_CLOSING = PAUSE_CLOSING
+cdef int cPAUSE_WRITE = PAUSE_WRITE
+cdef int cPAUSE_TURN = PAUSE_TURN
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
@@ -139,6 +151,20 @@ def _check_parser_layout() -> None:
 
 _check_parser_layout()
 
+# How much of a read is parsed at once (see _consume and _plan). C constants: read per read.
+cdef Py_ssize_t cMAX_PIPELINE = MAX_PIPELINE
+cdef Py_ssize_t cMAX_BUFFERED_BODY = MAX_BUFFERED_BODY
+# The shortest head llhttp completes is 18 bytes ("GET / HTTP/1.1\r\n\r\n"); 16 leaves a margin.
+cdef Py_ssize_t MIN_HEAD = 16
+# Bytes fed to llhttp in one call when a read is not plain Content-Length body: small enough that
+# one call's work stays well under a millisecond (16 KiB of one-byte chunks is 2,730 on_body calls).
+cdef Py_ssize_t SLICE = 16384
+# Work per turn (a data_received or a _continue) before yielding to the loop: one unit per body
+# piece, HEAD_WORK per head (routing, filters, the upstream write: a local 404 costs about as
+# much as 30 one-byte chunks). About 0.5 ms of CPU on the machine of bench/RESULTS.md; another
+# client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
+cdef Py_ssize_t WORK_PER_TURN = 2048
+cdef Py_ssize_t HEAD_WORK = 32
 
 # parse-side deadline kinds
 cdef enum:
@@ -193,6 +219,12 @@ cdef class _DownstreamBase:
         self.closing = False
         self.w_deadline = INF
         self.reject_after: LocalReply | None = None
+        self.p_rest = b""
+        self.p_work = 0
+        self.p_resume = False
+        self.eof = False
+        self.o_body = []
+        self.o_size = 0
         self._reset_parse()
         self.p_kind = K_NONE
         self.p_deadline = INF
@@ -223,6 +255,7 @@ cdef class _DownstreamBase:
         self.transport = transport
         self.t_write = transport.write
         self.gate = ReadGate(transport)
+        self.gate.on_open = self._reopened
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         self.builder = RequestBuilder(self.settings, self.peer)
@@ -245,26 +278,186 @@ cdef class _DownstreamBase:
             self.a_ctx = None
             self._log(ctx)
         self.queue.clear()
+        # Free the held bytes now: the protocol and its parser (or gate) reference each other, so
+        # the object itself may wait for a cyclic garbage collection.
+        self.p_rest = b""
+        self.o_body = []
+        if self.gate is not None:
+            self.gate.on_open = None
         try:
             self.worker.connection_lost(self)
         except Exception:  # noqa: BLE001
             log.exception("worker.connection_lost failed")
 
     def pause_writing(self) -> None:
-        # The client reads slower than the upstream sends: stop reading the upstream (bounded memory);
-        # a client that stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
+        # The client reads slower than we write: stop reading the upstream (bounded memory) and the
+        # client itself, whoever produces the bytes (pipelined local replies too); a client that
+        # stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
         self.w_deadline = self.ticker.now + self.settings.body_timeout
+        self.gate.pause(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._pause_reading()
 
     def resume_writing(self) -> None:
         self.w_deadline = INF
+        self.gate.resume(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._resume_reading()
+
+    def eof_received(self) -> bool:
+        """The client half-closed its side (FIN). Like HAProxy (and unlike asyncio's default, which
+        closes the transport), every request it sent completely still gets its response; then we
+        close. A request cut by the EOF can never complete: an incomplete head is dropped, an
+        incomplete pipelined request is dropped with it, and an active exchange whose body can no
+        longer arrive closes the connection now (its upstream request is aborted)."""
+        self.eof = True
+        self.gate.ended = True  # never resume reading a stream after EOF
+        if self.closing:
+            return False
+        return self._eof_keep()
+
+    cdef bint _eof_keep(self) except -1:
+        """After EOF: whether a response is still due (or bytes still to parse); drops what cannot complete."""
+        cdef _Queued entry
+        if self.p_rest and not self.gate.reasons & cPAUSE_CLOSING:
+            return True  # parsed when the gate opens; decided again after
+        if self.in_head:
+            self.in_head = False
+            self.p_kind = K_NONE
+        elif self.p_ctx is not None:
+            entry = self.p_entry
+            if entry is None:
+                return False  # the active request's body can never complete
+            self.queue.remove(entry)
+            self.p_ctx = None
+            self.p_entry = None
+            self.p_kind = K_NONE
+            if len(self.queue) < MAX_PIPELINE:
+                self.gate.resume(PAUSE_PIPELINE)
+        return self.a_ctx is not None or bool(self.queue) or self.reject_after is not None
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if self.p_rest:
+            # Held bytes come first (the transport delivered more before _continue ran).
+            data = self.p_rest + data
+            self.p_rest = b""
+        self._consume(data)
+
+    cdef int _consume(self, bytes data) except -1:
+        """Parse `data` a slice at a time (_plan), stopping as soon as reading is paused or this
+        turn's work bound is reached; the unparsed rest waits in p_rest. So memory per connection
+        is bounded by the pipeline queue and the body buffers (not by the size of a read), and no
+        connection keeps the loop for more than about a millisecond. The common read (one
+        request, or a Content-Length body) is one slice: one feed_data call, as before."""
+        cdef Py_ssize_t n = len(data), pos = 0, end
+        cdef ReadGate gate = self.gate
+        self.p_work = 0
+        while pos < n and not self.closing:
+            if gate.reasons:
+                self.p_rest = data[pos:] if pos else data
+                break
+            if self.p_work >= WORK_PER_TURN:
+                self.p_rest = data[pos:]
+                gate.pause(cPAUSE_TURN)
+                self._resume_soon()
+                break
+            end = self._plan(data, pos, n)
+            self._feed(data if pos == 0 and end == n else data[pos:end])
+            pos = end
+        if self.o_body:
+            self._flush_body()
+        return 0
+
+    cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
+        """The end of the next slice of data[pos:n] to parse."""
+        cdef Py_ssize_t avail = n - pos, room, k, i
+        cdef RequestContext ctx = self.p_ctx
+        cdef long long left
+        if ctx is not None and self.p_kind == K_BODY and not ctx.chunked:
+            # Inside a Content-Length body: these bytes are body whatever they hold (one on_body).
+            left = ctx.content_length - self.p_body
+            if left > 0:
+                if left < avail:
+                    avail = left
+                # Body held here (a queued request's, or while no upstream is ready) stops one
+                # byte past its bound, where reading pauses: not a whole read past it.
+                if self.p_entry is not None:
+                    room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
+                elif self.a_up is None:
+                    room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
+                else:
+                    return pos + avail
+                if room < 1:
+                    room = 1
+                return pos + (room if room < avail else avail)
+        if avail > SLICE:
+            avail = SLICE
+        # At most `room` more heads may complete before the queue is full (the first one becomes
+        # the active exchange when there is none).
+        room = cMAX_PIPELINE - len(self.queue) + (1 if self.a_ctx is None else 0)
+        if room < 1:
+            room = 1
+        if avail <= MIN_HEAD * room:
+            return pos + avail
+        # More bytes than `room` of the shortest heads: cut before the head end ("\r\n\r\n": llhttp
+        # accepts no other, tests/http/test_bounds.py checks it) that would be one too many. A head
+        # begun in an earlier slice may end with the first bytes of this one: it counts too.
+        # (Bytes of a body may look like head ends: that only makes a slice shorter.)
+        k = room - (1 if self.in_head else 0)
+        i = pos
+        while True:
+            i = data.find(b"\r\n\r\n", i, pos + avail)
+            if i < 0:
+                return pos + avail
+            if k == 0:
+                return i + 3  # the last byte of this head end goes in the next slice
+            k -= 1
+            i += 1
+
+    def _continue(self) -> None:
+        """The rest of a read, held by a yield or a pause, parsed on a later loop turn."""
+        self.gate.resume(cPAUSE_TURN)  # (its on_open sees p_resume still set: no second call)
+        self.p_resume = False
+        if self.closing or self.gate.reasons or not self.p_rest:
+            return
+        data = self.p_rest
+        self.p_rest = b""
+        self._consume(data)
+        if self.eof and not self.closing and not self.p_rest and not self._eof_keep():
+            self._close()
+
+    def _reopened(self) -> None:
+        # ReadGate.on_open: the last pause reason was lifted. Never parse from here (we may be
+        # inside a parser callback or the upstream's): the held bytes go on the next loop turn.
+        if self.p_rest:
+            self._resume_soon()
+
+    cdef int _resume_soon(self) except -1:
+        if not self.p_resume:
+            self.p_resume = True
+            self.loop.call_soon(self._continue)
+        return 0
+
+    cdef int _flush_body(self) except -1:
+        """Write the body pieces of this turn to the active upstream in one write (one chunk)."""
+        cdef list out = self.o_body
+        cdef Py_ssize_t size = self.o_size
+        cdef RequestContext ctx = self.a_ctx
+        self.o_body = []
+        self.o_size = 0
+        up = self.a_up
+        if up is None or ctx is None or self.closing:
+            return 0  # the exchange was abandoned (413, upstream failure): the bytes go nowhere
+        if ctx.chunked:
+            # Chunk extensions never survive: we re-frame what _dechunk hands us (one chunk a turn).
+            out.insert(0, b"%x\r\n" % size)
+            out.append(b"\r\n")
+        up._send(b"".join(out) if len(out) > 1 else out[0])
+        return 0
+
+    cdef int _feed(self, bytes data) except -1:
         self.p_done = False
         while True:
             if self.c_state != C_OFF:
@@ -341,6 +534,7 @@ cdef class _DownstreamBase:
             self.p_raw += _visible(data)
             if self.p_raw > self.lim_hbytes + self.lim_uri + HEAD_SLACK:
                 self._reject(replies.HEADERS_TOO_LARGE)
+        return 0
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
@@ -391,6 +585,7 @@ cdef class _DownstreamBase:
                             keep_alive and not self.worker.draining)
         has_body = builder.has_body
         expect = builder.expect
+        self.p_work += HEAD_WORK
         if has_body and parser.should_upgrade():
             raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
         ctx.start = self.l_time()
@@ -441,11 +636,18 @@ cdef class _DownstreamBase:
         if self.p_body > self.lim_body:
             raise RequestRejected(replies.BODY_TOO_LARGE)
         self.p_deadline = self.ticker.now + self.t_body
+        self.p_work += 1
+        entry = self.p_entry
+        if entry is None and self.a_up is not None:
+            # Streaming to the upstream: written once per turn (_flush_body), so a body of tiny
+            # chunks costs one write per read, not one per chunk.
+            self.o_body.append(body)
+            self.o_size += n
+            return
         ctx = self.p_ctx
         assert ctx is not None
         # Chunk extensions never survive: we re-frame each piece _dechunk hands us.
         data = b"%x\r\n%s\r\n" % (n, body) if ctx.chunked else body
-        entry = self.p_entry
         if entry is None:
             self._body_out(data)
         else:
@@ -479,6 +681,7 @@ cdef class _DownstreamBase:
                 if runs is None:
                     runs = []
                 runs.append(data[i:i + take] if take < n else data)
+                self.p_work += 1  # a piece per chunk: a flood of tiny chunks yields like on_body's
                 i += take
                 self.c_size -= take
                 if self.c_size == 0:
@@ -625,10 +828,14 @@ cdef class _DownstreamBase:
         ctx.bytes_in = self.p_body
         entry = self.p_entry
         if entry is None:
+            if self.o_body:
+                self._flush_body()  # the body's last pieces before its end
             if ctx is self.a_ctx and not self.a_body_done:
                 if ctx.chunked:
                     self._body_out(LAST_CHUNK)  # trailers are dropped with the upstream's framing
                 self.a_body_done = True
+                if self.a_up is not None:
+                    self.a_up._sent()  # the upstream timeout starts now (SPEC §8)
         else:
             if ctx.chunked:
                 entry.body.append(LAST_CHUNK)
@@ -845,6 +1052,10 @@ cdef class _DownstreamBase:
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
             self._close()
             return 0
+        if self.gate.reasons & cPAUSE_UPSTREAM:
+            # The upstream connection that was backed up is no longer ours (it answered before
+            # draining the body, or failed): its resume_writing would never reach us.
+            self.gate.resume(cPAUSE_UPSTREAM)
         if self.queue:
             entry = self.queue.popleft()
             if len(self.queue) < MAX_PIPELINE:
@@ -855,6 +1066,8 @@ cdef class _DownstreamBase:
             self._activate(entry.ctx, entry.body, entry.done, entry.expect)
         elif self.reject_after is not None:
             self._reject(self.reject_after)
+        elif self.eof and not self._eof_keep():
+            self._close()  # the client half-closed and its last complete request is answered
         elif self.p_kind == K_NONE and not self.in_head:
             self.p_kind = K_IDLE
             self.p_raw = 0
@@ -878,7 +1091,12 @@ cdef class _DownstreamBase:
         self.in_head = False
         ctx = self.p_ctx
         if ctx is not None and ctx is self.a_ctx:
-            # The active request itself failed mid-body (413 crossed, bad chunk, body stall).
+            # The active request itself failed mid-body (413 crossed, bad chunk, body stall). The
+            # body bytes of this turn that came before the refusal go upstream first, as they
+            # would have had they arrived in earlier reads: the upstream sees the same aborted
+            # prefix however the bytes were split (tests/http/test_segmentation.py).
+            if self.o_body:
+                self._flush_body()
             if ctx.status == 0:
                 self._local(reply if reply.close else _closing(reply))
             else:

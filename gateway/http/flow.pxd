@@ -4,6 +4,8 @@
 cdef class ReadGate:
     cdef public object transport
     cdef public int reasons
+    cdef public object on_open     # called when the last reason is lifted (None: nothing to call)
+    cdef public bint ended         # the peer sent EOF: the transport is never read again
     cpdef pause(self, int reason)
     cpdef resume(self, int reason)
 

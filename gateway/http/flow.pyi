@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 PAUSE_PIPELINE: int
 PAUSE_UPSTREAM: int
 PAUSE_BUFFER: int
 PAUSE_CLOSING: int
+PAUSE_WRITE: int
+PAUSE_TURN: int
 DEFAULT_INTERVAL: float
 
 class ReadGate:
     transport: asyncio.Transport
     reasons: int
+    on_open: Callable[[], None] | None
+    ended: bool
     def __init__(self, transport: asyncio.Transport) -> None: ...
     def pause(self, reason: int) -> None: ...
     def resume(self, reason: int) -> None: ...

@@ -1,8 +1,10 @@
 """Flow control and the coarse per-loop timer of the data plane.
 
 ReadGate: a transport's reading is paused for *reasons* (a bit each), so that independent causes
-(pipelining queue full, upstream socket backed up, body buffered while connecting) never resume
-each other's pause by accident. Reading resumes only when no reason is left.
+(pipelining queue full, upstream socket backed up, body buffered while connecting, the client not
+reading our responses) never resume each other's pause by accident. Reading resumes only when no
+reason is left; `on_open` then lets the owner parse the bytes it held back (downstream.pyx keeps
+the unparsed rest of a read while paused, instead of parsing it all).
 
 Ticker: one repeating timer per event loop instead of a `call_later` per request. Connections
 store absolute deadlines on themselves (plain floats: setting one costs an attribute store) and the
@@ -22,6 +24,8 @@ PAUSE_PIPELINE = 1      # too many parsed requests waiting for their turn
 PAUSE_UPSTREAM = 2      # the upstream socket's write buffer is full (request body backpressure)
 PAUSE_BUFFER = 4        # request body bytes buffered while no upstream connection is ready yet
 PAUSE_CLOSING = 8       # a reply was sent with close: nothing more is read
+PAUSE_WRITE = 16        # the client's transport is over its write high-water mark (it is not reading)
+PAUSE_TURN = 32         # this turn's work bound was reached: the rest of the read waits for the next
 
 
 cdef class ReadGate:
@@ -30,9 +34,11 @@ cdef class ReadGate:
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self.reasons = 0
+        self.on_open = None
+        self.ended = False
 
     cpdef pause(self, int reason):
-        if not self.reasons:
+        if not self.reasons and not self.ended:
             try:
                 self.transport.pause_reading()
             except (RuntimeError, AttributeError):  # transport already closing
@@ -42,8 +48,12 @@ cdef class ReadGate:
     cpdef resume(self, int reason):
         if self.reasons & reason:
             self.reasons &= ~reason
-            if not self.reasons and not self.transport.is_closing():
-                self.transport.resume_reading()
+            if not self.reasons:
+                if self.on_open is not None:
+                    self.on_open()
+                # (after EOF, reading a stream again is undefined in libuv)
+                if not self.ended and not self.transport.is_closing():
+                    self.transport.resume_reading()
 
 
 class Ticking(Protocol):

@@ -140,8 +140,12 @@ cdef int cH_XFWD = H_XFWD
 
 # Raw header name (as the client spelled it) → (class, lowercased name). One dict lookup per header
 # instead of lower() + lookup; bounded because names are client-controlled (then: the slow path).
+# Only short names are kept: the entry count alone would let 4,096 names of 15 KB each pin 120 MB
+# for the worker's life; real field names are far shorter than _CACHE_NAME_MAX (the longest
+# registered ones are about 40 bytes).
 _name_cache: dict[bytes, tuple[int, bytes]] = {}
 _CACHE_MAX = 4096
+_CACHE_NAME_MAX = 64
 
 
 def _classify(name: bytes) -> tuple[int, bytes]:
@@ -150,7 +154,7 @@ def _classify(name: bytes) -> tuple[int, bytes]:
     if cls is None:
         cls = classify_slow(lname)
     entry = (cls, lname)
-    if len(_name_cache) < _CACHE_MAX:
+    if len(name) <= _CACHE_NAME_MAX and len(_name_cache) < _CACHE_MAX:
         _name_cache[name] = entry
     return entry
 

@@ -12,6 +12,12 @@ cdef class _UpstreamBase:
     cdef object settings
     cdef Ticker ticker
     cdef double body_timeout       # settings.body_timeout, copied (settings never change per worker)
+    # Response head limits (the request's, from settings) and what the current head has used.
+    cdef Py_ssize_t lim_hbytes     # name + value + 4 per field
+    cdef Py_ssize_t lim_headers    # fields
+    cdef Py_ssize_t lim_raw        # raw bytes before the final head / between body bytes
+    cdef Py_ssize_t h_bytes
+    cdef Py_ssize_t h_raw
     cdef public object transport
     cdef readonly object parser
     cdef object p_feed             # parser.feed_data, bound once (re-taken with a new parser)
@@ -28,7 +34,12 @@ cdef class _UpstreamBase:
     cdef public bint broken        # never reused once set (error, incomplete exchange, close)
     cdef public bint until_close   # response body delimited by EOF
     cdef public double deadline
-    cdef public bint paused
+    cdef public bint paused        # our reading is paused (the client is backed up)
+    # GATEWAY_UPSTREAM_TIMEOUT runs from the last request byte written to the response head:
+    cdef double timeout            # this exchange's upstream timeout
+    cdef bint sending              # request body bytes still to come: the timeout has not started
+    cdef double held               # a deadline held while reading is paused (seconds; < 0: none)
+    cdef public bint w_paused      # our write buffer is over its high-water mark
 
     cdef bint _reusable(self)
     cdef int _start(self, _DownstreamBase down, RequestContext ctx, bytes data, double timeout) except -1
@@ -36,8 +47,12 @@ cdef class _UpstreamBase:
     cdef int _abort(self) except -1
     cdef int _pause_reading(self) except -1
     cdef int _resume_reading(self) except -1
+    cdef int _arm(self, double seconds) except -1
+    cdef int _sent(self) except -1
+    cdef int _backed_up(self, _DownstreamBase down) except -1
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
     cdef int _flush(self) except -1
     cdef int _finish(self) except -1
     cdef int _fail(self, str kind) except -1
+    cdef int _too_large(self, str what) except -1

@@ -9,8 +9,13 @@ after `feed_data` returns, so the next pipelined request never starts from insid
 Flow control is coupled both ways: the downstream protocol pauses our reading when its own write
 buffer is full (a slow client never makes us buffer a whole response), and our pause_writing pauses
 the downstream's reading (a slow upstream never makes us buffer a whole request body).
+
+An upstream is not fully trusted either: its response head has the request's limits
+(GATEWAY_MAX_HEADER_BYTES, GATEWAY_MAX_HEADERS, and a raw-byte bound for a head or a trailer
+section that never ends); over them the exchange fails with 502 and the connection is closed.
 """
 import asyncio
+import logging
 from typing import Any
 
 import httptools
@@ -34,12 +39,16 @@ from gateway.http.downstream cimport _DownstreamBase
 from gateway.http.pool cimport UpstreamPool
 from gateway.pipeline.context cimport RequestContext
 
+log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
+
+cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
     S_IDLE = 0          # in the pool (or fresh, not yet used)
     S_WAIT_HEAD = 1     # request sent, response head not complete: GATEWAY_UPSTREAM_TIMEOUT applies
+                        # from the request's last byte (while the body uploads: see _start)
     S_BODY = 2          # response head sent downstream: GATEWAY_BODY_TIMEOUT applies to each stall
 
 # Downstream framing of the response body
@@ -62,19 +71,30 @@ cdef int cR_TRANSFER_ENCODING = R_TRANSFER_ENCODING
 cdef int cR_CONNECTION = R_CONNECTION
 
 # Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
-# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either.
+# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either; in
+# entries and in the length of a name kept (see request.pyx's cache).
 cdef dict _name_cache = {}
+cdef Py_ssize_t _CACHE_NAME_MAX = 64
 
 
 cdef object _classify(bytes name):
     cls = RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
-    if len(_name_cache) < 4096:
+    if len(name) <= _CACHE_NAME_MAX and len(_name_cache) < 4096:
         _name_cache[name] = cls
     return cls
 
 
+def _cached_name_max() -> int:
+    """The longest name held by the cache (for tests)."""
+    return max(map(len, _name_cache), default=0)
+
+
 class _HeadDone(Exception):
     """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
+
+
+class _HeadTooLarge(Exception):
+    """A response head (or trailer section) over the field count or byte limit (see on_header)."""
 
 
 cdef class _UpstreamBase:
@@ -84,6 +104,13 @@ cdef class _UpstreamBase:
         self.pool = pool
         self.settings = pool.settings
         self.body_timeout = pool.settings.body_timeout
+        s = pool.settings
+        self.lim_hbytes = s.max_header_bytes
+        self.lim_headers = s.max_headers
+        # Raw bytes: the fields' bytes plus the status line and line ends, as for requests.
+        self.lim_raw = s.max_header_bytes + s.max_uri_bytes
+        self.h_bytes = 0
+        self.h_raw = 0
         self.ticker = ticker_for(pool.loop)
         self.transport = None
         self.parser = httptools.HttpResponseParser(self)
@@ -102,6 +129,10 @@ cdef class _UpstreamBase:
         self.until_close = False  # response body delimited by EOF
         self.deadline = INF
         self.paused = False
+        self.timeout = 0.0
+        self.sending = False
+        self.held = -1.0
+        self.w_paused = False
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -132,11 +163,48 @@ cdef class _UpstreamBase:
         self.ctx = ctx
         self.head_request = ctx.method == b"HEAD"
         self.headers = []
+        self.h_bytes = 0
+        self.h_raw = 0
         self.state = S_WAIT_HEAD
         self.done = False
-        self.deadline = self.ticker.now + timeout
+        self.timeout = timeout
+        self.held = -1.0
+        # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
+        # upload never counts against it. While the body streams, a stalled client is the
+        # downstream's body timeout (408) and an upstream that stops draining it is ours (below).
+        self.sending = not down.a_body_done
+        self.deadline = INF if self.sending else self.ticker.now + timeout
         assert self.transport is not None
         self.t_write(data)
+        if self.w_paused:
+            # Pooled with its write buffer still full (it answered before draining a body): the
+            # new client waits for the drain like the previous one did.
+            self._backed_up(down)
+        return 0
+
+    cdef int _sent(self) except -1:
+        """The request's last byte was written: the upstream timeout starts (unless the head came)."""
+        self.sending = False
+        if self.state == S_WAIT_HEAD:
+            self._arm(self.timeout)
+        return 0
+
+    cdef int _arm(self, double seconds) except -1:
+        """Set the deadline `seconds` from now (none when negative). While reading is paused it is
+        held and starts when reading resumes: the stall is then the client's, not the upstream's."""
+        if self.paused:
+            self.held = seconds
+        elif seconds < 0:
+            self.deadline = INF
+        else:
+            self.deadline = self.ticker.now + seconds
+        return 0
+
+    cdef int _backed_up(self, _DownstreamBase down) except -1:
+        down.gate.pause(cPAUSE_UPSTREAM)
+        if self.sending and self.state == S_WAIT_HEAD:
+            # The upstream is not reading the body we send: bounded like a stalled body.
+            self._arm(self.body_timeout)
         return 0
 
     cdef int _send(self, bytes data) except -1:
@@ -155,10 +223,15 @@ cdef class _UpstreamBase:
 
     cdef int _pause_reading(self) except -1:
         # The downstream's write buffer is full: stop reading so the response waits in the kernel
-        # and in the upstream, not in our memory. The body deadline is suspended meanwhile: the
-        # stall is the client's, and the downstream protocol's send deadline covers it.
+        # and in the upstream, not in our memory. The deadline is suspended meanwhile: the
+        # stall is the client's, and the downstream protocol's send deadline covers it. Before the
+        # head, what is left of the upstream timeout is held and runs again on resume.
         if not self.paused and self.transport is not None:
             self.paused = True
+            if self.state == S_WAIT_HEAD and self.deadline != INF:
+                self.held = max(self.deadline - self.ticker.now, 0.0)
+            else:
+                self.held = -1.0
             self.deadline = INF
             self.transport.pause_reading()
         return 0
@@ -168,6 +241,9 @@ cdef class _UpstreamBase:
             self.paused = False
             if self.state == S_BODY:
                 self.deadline = self.ticker.now + self.body_timeout
+            elif self.state == S_WAIT_HEAD:
+                self._arm(self.held)
+            self.held = -1.0
             if not self.transport.is_closing():
                 self.transport.resume_reading()
         return 0
@@ -197,12 +273,16 @@ cdef class _UpstreamBase:
             self._fail("reset")
 
     def pause_writing(self) -> None:
+        self.w_paused = True
         if self.down is not None:
-            self.down.gate.pause(PAUSE_UPSTREAM)
+            self._backed_up(self.down)
 
     def resume_writing(self) -> None:
+        self.w_paused = False
         if self.down is not None:
-            self.down.gate.resume(PAUSE_UPSTREAM)
+            self.down.gate.resume(cPAUSE_UPSTREAM)
+            if self.sending and self.state == S_WAIT_HEAD:
+                self._arm(-1.0)  # draining again: the body's progress is the client's to keep
 
     def data_received(self, data: bytes) -> None:
         if self.down is None:
@@ -214,15 +294,32 @@ cdef class _UpstreamBase:
         cdef RequestContext ctx
         cdef _DownstreamBase down
         error = None
+        if self.state == S_WAIT_HEAD:
+            self.h_raw += len(data)
         try:
             self.p_feed(data)
         except httptools.HttpParserError as exc:
             # A callback's own exception arrives chained as __context__ (httptools wraps it).
-            if isinstance(exc.__cause__ or exc.__context__, _HeadDone):
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _HeadDone):
                 self._head_done(data)
             else:
                 error = "protocol"
+                if isinstance(cause, _HeadTooLarge):
+                    self._too_large("fields")
         out = self.out
+        if error is None and not self.done:
+            # Bytes that did not complete a head, or (in the body) produced no body byte: a head
+            # or a trailer section that never ends is cut here, even inside one endless field
+            # (which llhttp hands over only when complete, and httptools joins piece by piece).
+            if self.state != S_WAIT_HEAD:
+                if out:
+                    self.h_raw = 0  # the head or body bytes went out: progress
+                else:
+                    self.h_raw += len(data)
+            if self.h_raw > self.lim_raw:
+                error = "protocol"
+                self._too_large("bytes")
         if out:
             # One write per upstream read (inlined _flush: this runs once per response).
             self.out = []
@@ -255,14 +352,25 @@ cdef class _UpstreamBase:
             self.broken = True
         return 0
 
+    cdef int _too_large(self, str what) except -1:
+        log.error("upstream %s:%s sent a response head over the limit (%s; GATEWAY_MAX_HEADER_BYTES=%d,"
+                  " GATEWAY_MAX_HEADERS=%d): 502, connection closed",
+                  self.pool.host, self.pool.port, what, self.lim_hbytes, self.lim_headers)
+        return 0
+
     # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
     # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
     # complete response are caught in on_headers_complete (done already set) or, when they arrive
     # later, by data_received on an idle connection.)
-    def on_header(self, name: bytes, value: bytes) -> None:
+    def on_header(self, bytes name, bytes value) -> None:
         # llhttp also reports trailer fields here; they land in the list after the head was built
-        # and are discarded with it when the next exchange starts (start() resets the list).
-        self.headers.append((name, value))
+        # and are discarded with it when the next exchange starts (start() resets the list). They
+        # count against the same limits: the list is bounded whatever the upstream sends.
+        cdef list headers = self.headers
+        headers.append((name, value))
+        self.h_bytes += len(name) + len(value) + 4
+        if self.h_bytes > self.lim_hbytes or len(headers) > self.lim_headers:
+            raise _HeadTooLarge()
 
     def on_headers_complete(self) -> None:
         if self.done:

@@ -31,10 +31,19 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.reading = True
         self.peer = peer
+        self.writes = 0
+        # Write backpressure as uvloop does it: pause_writing() once the unread bytes exceed
+        # high_water (None: never), resume_writing() when take() drains them.
+        self.high_water: int | None = None
+        self.write_paused = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
         self.written += data
+        self.writes += 1
+        if self.high_water is not None and len(self.written) > self.high_water and not self.write_paused:
+            self.write_paused = True
+            self.protocol.pause_writing()  # type: ignore[union-attr]
 
     def close(self) -> None:
         if not self.closed:
@@ -61,6 +70,9 @@ class FakeTransport(asyncio.Transport):
     def take(self) -> bytes:
         out = bytes(self.written)
         self.written.clear()
+        if self.write_paused and not self.closed:
+            self.write_paused = False
+            self.protocol.resume_writing()  # type: ignore[union-attr]
         return out
 
 
@@ -149,6 +161,15 @@ class Harness:
 
     def respond(self, data: bytes, i: int = -1) -> None:
         self.pool.conns[i].data_received(data)
+
+    def spin(self, rounds: int = 10_000) -> int:
+        """Run the loop's ready callbacks (call_soon) until none is left; returns the iterations."""
+        for n in range(rounds):
+            if not getattr(self.loop, "_ready", None):
+                return n
+            self.loop.call_soon(self.loop.stop)
+            self.loop.run_forever()
+        raise AssertionError(f"callbacks still ready after {rounds} loop iterations")
 
     def tick(self, seconds: float) -> None:
         self.ticker.now += seconds

@@ -105,6 +105,7 @@ def test_pipelining_queue_is_bounded() -> None:
     assert not h.down.reading  # 16 waiting: reading paused
     for _ in range(20):
         h.respond(OK)
+        h.spin()  # the rest of the read is parsed on the next loop turn
     assert statuses(h.down.take()) == [200] * 20
     assert h.down.reading
     h.close()
