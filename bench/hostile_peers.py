@@ -159,8 +159,10 @@ class Gateway:
         self.port = free_port()
         full = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         full.update(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(self.port), GATEWAY_ADMIN_HOST="127.0.0.1",
-                    GATEWAY_ADMIN_PORT=str(free_port()), GATEWAY_WORKERS="1",
-                    GATEWAY_CONFIG=str(self.tmp / "gw.toml"), PYTHONPATH=str(repo), **env)
+                    GATEWAY_ADMIN_PORT=str(free_port()), GATEWAY_WORKERS="1", PYTHONPATH=str(repo), **env)
+        if config.strip():
+            # No routes at all is GATEWAY_CONFIG unset: an empty file is refused at start.
+            full["GATEWAY_CONFIG"] = str(self.tmp / "gw.toml")
         self.err = open(self.tmp / "stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=str(repo), env=full,
                                      stdout=subprocess.DEVNULL, stderr=self.err)
