@@ -36,13 +36,8 @@ from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are f
     routes_toml,
     upstream,
     wait_until,
+    worker_pids,
 )
-
-
-def worker_pids(admin_port: int) -> list[int]:
-    status, _, body = http_get(admin_port, "/health")
-    assert status == 200
-    return list(json.loads(body)["workers"])
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 120) -> Any:

@@ -16,13 +16,8 @@ from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are f
     socket_owner,
     upstream,
     wait_until,
+    worker_pids,
 )
-
-
-def worker_pids(admin_port: int) -> list[int]:
-    status, _, body = http_get(admin_port, "/health")
-    assert status == 200
-    return list(json.loads(body)["workers"])
 
 
 def test_two_workers_both_serve_one_port(gateway, upstream) -> None:  # noqa: F811

@@ -332,3 +332,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
 
+
+
+def worker_pids(admin_port: int) -> list[int]:
+    """The worker pids a running gateway's /health lists."""
+    import json
+
+    status, _, body = http_get(admin_port, "/health")
+    assert status == 200
+    return list(json.loads(body)["workers"])
