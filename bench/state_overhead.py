@@ -21,9 +21,7 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,6 +29,7 @@ SHARED_BENCH = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench"))
 sys.path.insert(0, SHARED_BENCH)
 sys.path.insert(0, ROOT)
 import compare  # noqa: E402  (measure, wait_port, ports of the shared harness)
+from procs import Procs  # noqa: E402
 
 from tests.support.redis_server import free_port  # noqa: E402
 
@@ -52,76 +51,60 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"missing {tool}", file=sys.stderr)
             return 2
-    tmp = tempfile.mkdtemp(prefix="gw-state-bench-")
-    procs: list[subprocess.Popen[bytes]] = []
+    with Procs("gw-state-bench-") as procs:
+        return run(a, procs)
 
-    def start(cmd: list[str], cpu: int, env: dict[str, str] | None = None, log: str = "log") -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], env=env, start_new_session=True,
-                             stdout=open(os.path.join(tmp, log), "ab"), stderr=subprocess.STDOUT)
-        procs.append(p)
-        return p
 
+def run(a: argparse.Namespace, procs: Procs) -> int:
+    start, tmp = procs.start, procs.tmp
+    redis_port = free_port()
+    redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", tmp], 0, log="redis.log")
+    start(["nginx", "-c", os.path.join(SHARED_BENCH, "upstream-nginx.conf")], 0, log="upstream.log")
+    ngx = start(["nginx", "-c", os.path.join(SHARED_BENCH, "proxy-nginx.conf")], 1, log="nginx.log")
+    base = {**os.environ, "GATEWAY_CONFIG": GW_CONFIG, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_WORKERS": "1",
+            "GATEWAY_LOG_LEVEL": "warning"}
+    base.pop("GATEWAY_REDIS_URL", None)
+    plain_port, redis_gw_port = compare.GW_PORT, compare.GW_PORT + 1
+    plain = start(["gateway", "run"], 1, env={**base, "GATEWAY_PORT": str(plain_port),
+                                               "GATEWAY_ADMIN_PORT": str(compare.GW_ADMIN)}, log="gw-plain.log")
+    with_redis = start(["gateway", "run"], 1, env={
+        **base, "GATEWAY_PORT": str(redis_gw_port), "GATEWAY_ADMIN_PORT": str(compare.GW_ADMIN + 1),
+        "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}, log="gw-redis.log")
+    for port in (compare.UPSTREAM_PORT, compare.NGINX_PORT, plain_port, redis_gw_port, redis_port):
+        if not compare.wait_port(port):
+            print(f"port {port} did not open; logs in {tmp}", file=sys.stderr)
+            return 2
+    cpu: list[float] = []
+    rps: list[float] = []
+    vs_nginx: list[float] = []
+    for rnd in range(a.rounds):
+        print(f"-- round {rnd + 1}/{a.rounds}", flush=True)
+        n = compare.measure("nginx", compare.NGINX_PORT, ngx.pid, a)
+        p = compare.measure("gateway", plain_port, plain.pid, a)
+        r = compare.measure("gateway+redis", redis_gw_port, with_redis.pid, a)
+        if p["non2xx"] or r["non2xx"] or p["sockerr"] or r["sockerr"]:
+            print("ERRORS in this round", flush=True)
+        cpu.append(r["cpu"] / p["cpu"])
+        rps.append(r["rps"] / p["rps"])
+        vs_nginx.append(p["cpu"] / n["cpu"])
+    print("redis_cpu_vs_plain per round: " + " ".join(f"{v:.3f}" for v in cpu))
+    print("redis_rps_vs_plain per round: " + " ".join(f"{v:.3f}" for v in rps))
+    print(f"redis_cpu_vs_plain={median(cpu):.3f} redis_rps_vs_plain={median(rps):.3f} "
+          f"plain_cpu_vs_nginx={median(vs_nginx):.2f}", flush=True)
+
+    print(f"-- Redis paused (SIGSTOP) for {a.pause} s under load", flush=True)
+    pa = argparse.Namespace(seconds=a.pause, conns=a.conns)
+    compare.measure("redis running", redis_gw_port, with_redis.pid, pa)
+    os.kill(redis.pid, signal.SIGSTOP)
     try:
-        redis_port = free_port()
-        redis = start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                       "--appendonly", "no", "--dir", tmp], 0, log="redis.log")
-        start(["nginx", "-c", os.path.join(SHARED_BENCH, "upstream-nginx.conf")], 0, log="upstream.log")
-        ngx = start(["nginx", "-c", os.path.join(SHARED_BENCH, "proxy-nginx.conf")], 1, log="nginx.log")
-        base = {**os.environ, "GATEWAY_CONFIG": GW_CONFIG, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_WORKERS": "1",
-                "GATEWAY_LOG_LEVEL": "warning"}
-        base.pop("GATEWAY_REDIS_URL", None)
-        plain_port, redis_gw_port = compare.GW_PORT, compare.GW_PORT + 1
-        plain = start(["gateway", "run"], 1, env={**base, "GATEWAY_PORT": str(plain_port),
-                                                   "GATEWAY_ADMIN_PORT": str(compare.GW_ADMIN)}, log="gw-plain.log")
-        with_redis = start(["gateway", "run"], 1, env={
-            **base, "GATEWAY_PORT": str(redis_gw_port), "GATEWAY_ADMIN_PORT": str(compare.GW_ADMIN + 1),
-            "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}, log="gw-redis.log")
-        for port in (compare.UPSTREAM_PORT, compare.NGINX_PORT, plain_port, redis_gw_port, redis_port):
-            if not compare.wait_port(port):
-                print(f"port {port} did not open; logs in {tmp}", file=sys.stderr)
-                return 2
-        cpu: list[float] = []
-        rps: list[float] = []
-        vs_nginx: list[float] = []
-        for rnd in range(a.rounds):
-            print(f"-- round {rnd + 1}/{a.rounds}", flush=True)
-            n = compare.measure("nginx", compare.NGINX_PORT, ngx.pid, a)
-            p = compare.measure("gateway", plain_port, plain.pid, a)
-            r = compare.measure("gateway+redis", redis_gw_port, with_redis.pid, a)
-            if p["non2xx"] or r["non2xx"] or p["sockerr"] or r["sockerr"]:
-                print("ERRORS in this round", flush=True)
-            cpu.append(r["cpu"] / p["cpu"])
-            rps.append(r["rps"] / p["rps"])
-            vs_nginx.append(p["cpu"] / n["cpu"])
-        print("redis_cpu_vs_plain per round: " + " ".join(f"{v:.3f}" for v in cpu))
-        print("redis_rps_vs_plain per round: " + " ".join(f"{v:.3f}" for v in rps))
-        print(f"redis_cpu_vs_plain={median(cpu):.3f} redis_rps_vs_plain={median(rps):.3f} "
-              f"plain_cpu_vs_nginx={median(vs_nginx):.2f}", flush=True)
-
-        print(f"-- Redis paused (SIGSTOP) for {a.pause} s under load", flush=True)
-        pa = argparse.Namespace(seconds=a.pause, conns=a.conns)
-        compare.measure("redis running", redis_gw_port, with_redis.pid, pa)
-        os.kill(redis.pid, signal.SIGSTOP)
-        try:
-            paused = compare.measure("redis paused", redis_gw_port, with_redis.pid, pa)
-        finally:
-            os.kill(redis.pid, signal.SIGCONT)
-        ok = paused["n"] and not paused["non2xx"] and not paused["sockerr"]
-        print(f"paused: {paused['n']} requests, non2xx={paused['non2xx']} p99={paused['p99']:.0f}us "
-              f"-> {'all 2xx' if ok else 'ERRORS'}", flush=True)
-        return 0 if ok else 1
+        paused = compare.measure("redis paused", redis_gw_port, with_redis.pid, pa)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGCONT)
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        os.kill(redis.pid, signal.SIGCONT)
+    ok = paused["n"] and not paused["non2xx"] and not paused["sockerr"]
+    print(f"paused: {paused['n']} requests, non2xx={paused['non2xx']} p99={paused['p99']:.0f}us "
+          f"-> {'all 2xx' if ok else 'ERRORS'}", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
