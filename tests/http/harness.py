@@ -31,16 +31,23 @@ class FakeTransport(asyncio.Transport):
         self.aborted = False
         self.reading = True
         self.peer = peer
-        self.writes = 0
-        # Write backpressure as uvloop does it: pause_writing() once the unread bytes exceed
-        # high_water (None: never), resume_writing() when take() drains them.
         self.high_water: int | None = None
         self.write_paused = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
         self.written += data
-        self.writes += 1
+
+    def limit_writes(self, high_water: int) -> None:
+        """Write backpressure as uvloop does it: pause_writing() once the unread bytes exceed
+        high_water, resume_writing() when take() drains them. (A separate write method, so that
+        bench/dataplane_loop.py's plain one costs what it always did.)"""
+        self.high_water = high_water
+        self.write = self._write_limited  # type: ignore[method-assign]
+
+    def _write_limited(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.written += data
         if self.high_water is not None and len(self.written) > self.high_water and not self.write_paused:
             self.write_paused = True
             self.protocol.pause_writing()  # type: ignore[union-attr]
