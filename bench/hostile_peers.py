@@ -173,6 +173,7 @@ class Gateway:
                 return
             except OSError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError((self.tmp / "stderr").read_text())
 
     @property
@@ -369,7 +370,11 @@ def scenario_tiny_chunks(repo: Path, chunks: int = 100_000, floods: int = 5) -> 
     from tests.support.gateway_proc import UpstreamProcess  # the echo upstream (reads every body)
 
     up = UpstreamProcess()
-    gw = Gateway(repo, config_for({"echo": up.port}), {})
+    try:
+        gw = Gateway(repo, config_for({"echo": up.port}), {})
+    except BaseException:
+        up.stop()
+        raise
     try:
         probe = socket.create_connection(("127.0.0.1", gw.port))
         for _ in range(200):  # warm up
