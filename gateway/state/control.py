@@ -126,7 +126,8 @@ class ControlPlane:
         self.hub = hub
         self.view = StateView()
         self.seq = 0
-        self.state_bytes = 0
+        self._sizes: dict[str, int] = {}   # JSON bytes of each key's value: each value encoded once
+        self.state_bytes = 0               # sum of _sizes: what MAX_STATE bounds
         self.workers: dict[int, WorkerChannel] = {}
         self.status: dict[str, Any] = {"redis": "off", "instances": 1}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -279,17 +280,16 @@ class ControlPlane:
             raise StateLimit(f"value of {key} is not JSON: {exc}") from None
         if size > MAX_VALUE:
             raise StateLimit(f"value of {key} is {size} bytes; the limit is {MAX_VALUE}")
-        old = self.view.get(key)
-        grow = size - (len(orjson.dumps(old)) if old is not None else 0)
-        if self.state_bytes + grow > MAX_STATE:
+        if self.state_bytes + size - self._sizes.get(key, 0) > MAX_STATE:
             raise StateLimit(f"the dynamic state would exceed {MAX_STATE} bytes")
         return size
 
     def _apply(self, key: str, value: Any, size: int) -> int:
-        old = self.view.get(key)
-        if old == value:
+        if self.view.get(key) == value:
             return self.seq
-        self.state_bytes += size - (len(orjson.dumps(old)) if old is not None else 0)
+        self.state_bytes += size - (self._sizes.pop(key, 0))
+        if value is not None:
+            self._sizes[key] = size
         self.seq += 1
         self.view.apply(self.seq, key, value)
         self._broadcast({"t": "set", "seq": self.seq, "k": key, "v": value})
@@ -305,7 +305,8 @@ class ControlPlane:
             return
         self.seq += 1
         changed = self.view.replace(self.seq, state)
-        self.state_bytes = sum(len(orjson.dumps(v)) for v in state.values())
+        self._sizes = {k: len(orjson.dumps(v)) for k, v in state.items()}
+        self.state_bytes = sum(self._sizes.values())
         log.info("state resynced from Redis at version %d: %d keys, %d changed", version, len(state), changed)
         for w in self.workers.values():
             w.send_snapshot()

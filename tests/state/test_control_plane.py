@@ -46,6 +46,7 @@ def test_changes_reach_every_worker_in_order_and_are_acked() -> None:
         expected = [(f"k/{i % 7}", i) for i in range(100)] + [("k/0", None)]
         assert logs == [expected, expected]
         assert all(c.view.data == cp.view.data for c in clients)
+        assert cp.state_bytes == sum(len(orjson.dumps(v)) for v in cp.view.data.values())
         await cp.close()
 
     run_on_uvloop(main)
