@@ -8,7 +8,10 @@ on compare.py's topology, and reports per round the CPU per request of B over A 
 nginx; the medians are the figures.
 
 Usage: python bench/ab_gateways.py A_TREE B_TREE [--seconds 4] [--rounds 5] [--conns 64]
-       [--traffic bare|realistic]
+       [--traffic bare|realistic] [--config-a TOML] [--config-b TOML] [--env-a K=V ...] [--env-b K=V ...]
+The same tree twice with two configs measures a policy's cost: e.g. `. . --config-b with-limit.toml`
+(default config: ../shared/bench/gateway-plain.toml). Runs hold /tmp/gateway-bench.lock, so
+benchmarks started by several sessions on one machine queue instead of sharing ports and CPU.
 Needs wrk and nginx (../shared/bench/compare.py --install).
 """
 from __future__ import annotations
@@ -37,9 +40,39 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--traffic", choices=["bare", "realistic"], default="bare")
+    plain = os.path.join(SHARED_BENCH, "gateway-plain.toml")
+    ap.add_argument("--config-a", default=plain, help="GATEWAY_CONFIG of A")
+    ap.add_argument("--config-b", default=plain, help="GATEWAY_CONFIG of B")
+    ap.add_argument("--env-a", action="append", default=[], metavar="K=V", help="extra environment of A")
+    ap.add_argument("--env-b", action="append", default=[], metavar="K=V", help="extra environment of B")
+    ap.add_argument("--bearer", action="store_true",
+                    help="send compare.py's full-profile JWT (sub bench-user, org bench, scope bench:read)")
     a = ap.parse_args()
-    with Procs("gw-ab-") as procs:
+    with bench_lock(), Procs("gw-ab-") as procs:
         return run(a, procs)
+
+
+def bench_lock():
+    """Hold /tmp/gateway-bench.lock for the run: one benchmark at a time per machine."""
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def held():
+        with open("/tmp/gateway-bench.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+    return held()
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--env-a/--env-b take K=V, got {item!r}")
+        out[k] = v
+    return out
 
 
 def run(a: argparse.Namespace, procs: Procs) -> int:
@@ -48,19 +81,28 @@ def run(a: argparse.Namespace, procs: Procs) -> int:
     start(["nginx", "-c", os.path.join(SHARED_BENCH, upstream)], 0, log="upstream.log")
     ngx = start(["nginx", "-c", os.path.join(SHARED_BENCH, "proxy-nginx.conf")], 1, log="nginx.log")
     base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    base.update(GATEWAY_CONFIG=os.path.join(SHARED_BENCH, "gateway-plain.toml"), GATEWAY_HOST="127.0.0.1",
-                GATEWAY_WORKERS="1", GATEWAY_LOG_LEVEL="warning")
+    base.update(GATEWAY_HOST="127.0.0.1", GATEWAY_WORKERS="1", GATEWAY_LOG_LEVEL="warning",
+                GATEWAY_JWT_SECRET=compare.JWT_SECRET)
     gws = {}
-    for i, (name, tree) in enumerate((("A", a.a), ("B", a.b))):
-        env = dict(base, GATEWAY_PORT=str(compare.GW_PORT + i), GATEWAY_ADMIN_PORT=str(compare.GW_ADMIN + i),
-                   PYTHONPATH=os.path.abspath(tree))
+    sides = (("A", a.a, a.config_a, _pairs(a.env_a)), ("B", a.b, a.config_b, _pairs(a.env_b)))
+    for i, (name, tree, config, extra) in enumerate(sides):
+        env = dict(base, GATEWAY_CONFIG=os.path.abspath(config), GATEWAY_PORT=str(compare.GW_PORT + i),
+                   GATEWAY_ADMIN_PORT=str(compare.GW_ADMIN + i), PYTHONPATH=os.path.abspath(tree), **extra)
         gws[name] = (compare.GW_PORT + i, start([sys.executable, "-m", "gateway", "run"], 1, env=env,
                                                 cwd=os.path.abspath(tree), log=f"gw-{name}.log"))
     for port in (compare.UPSTREAM_PORT, compare.NGINX_PORT, *(p for p, _ in gws.values())):
         if not compare.wait_port(port):
             print(f"port {port} did not open; logs in {tmp}", file=sys.stderr)
             return 2
-    hdrs = compare.REALISTIC_REQUEST_HEADERS if a.traffic == "realistic" else []
+    hdrs = list(compare.REALISTIC_REQUEST_HEADERS) if a.traffic == "realistic" else []
+    if a.bearer:
+        import time
+
+        import jwt  # PyJWT
+
+        token = jwt.encode({"sub": "bench-user", "org": "bench", "scope": "bench:read",
+                            "exp": int(time.time()) + 3600}, compare.JWT_SECRET, algorithm="HS256")
+        hdrs.append(f"Authorization: Bearer {token}")
     b_vs_a: list[float] = []
     a_vs_nginx: list[float] = []
     b_vs_nginx: list[float] = []

@@ -49,12 +49,23 @@ class Target:
 class Service:
     """A named group of targets; `pick` rotates over the available ones."""
 
-    __slots__ = ("name", "targets", "_next")
+    __slots__ = ("name", "targets", "_next", "observed")
 
     def __init__(self, name: str, targets: list[Target]) -> None:
         self.name = name
         self.targets = targets
         self._next = 0
+        # True when something must see each upstream attempt's outcome (passive health, breakers,
+        # least_conn, latency EWMA): the data plane then calls record() once per attempt.
+        self.observed = False
+
+    def record(self, ctx: RequestContext, target: Target, kind: str | None) -> None:
+        """One upstream attempt on `target` ended (called by the data plane when `observed`).
+
+        kind: None for a complete response (ctx.status holds its status), "connect", "timeout",
+        "reset" or "protocol" for a failure before or during the response, "aborted" when the
+        gateway gave the attempt up (the client left, or a local reply cut the request body).
+        ctx.upstream_start/upstream_end (loop.time()) bound the attempt. Must not block."""
 
     def pick(self, ctx: RequestContext | None = None) -> Target | None:
         """Next available target in rotation, or None when none is available (→ 503).

@@ -111,6 +111,7 @@ cdef class _DownstreamBase:
     cdef int _send(self, _UpstreamBase up) except -1
     cdef int _body_out(self, bytes data) except -1
     cdef int _upstream_failed(self, str kind) except -1
+    cdef int _attempt_end(self, RequestContext ctx, object kind) except -1
     cdef int _local(self, object reply) except -1
     cdef int _exchange_done(self) except -1
     cdef int _log(self, RequestContext ctx) except -1

@@ -270,6 +270,8 @@ cdef class _DownstreamBase:
         if self.a_up is not None:
             self.a_up._abort()  # the response has nowhere to go: never reuse a half-read connection
             self.a_up = None
+        if self.a_ctx is not None:
+            self._attempt_end(self.a_ctx, "aborted")   # (a no-op unless an attempt is open)
         if self.a_task is not None:
             self.a_task.cancel()
             self.a_task = None
@@ -882,6 +884,7 @@ cdef class _DownstreamBase:
             self._local(replies.NO_TARGET)
             return 0
         ctx.upstream_target = target
+        ctx.upstream_start = self.l_time()   # the attempt starts now (connect time counts)
         pool = target.pool
         # (a C call for the real pool class and its subclasses; cpdef still honours overrides)
         up = (<UpstreamPool>pool).acquire() if isinstance(pool, UpstreamPool) else pool.acquire()
@@ -931,6 +934,7 @@ cdef class _DownstreamBase:
             self._local(replies.NO_TARGET)
             return 0
         ctx.upstream_target = target
+        ctx.upstream_start = self.l_time()
         if self.a_expect:
             # We answer the client's Expect ourselves (nginx does too) and never forward it: the
             # body then streams to whatever upstream connection we pick.
@@ -963,7 +967,6 @@ cdef class _DownstreamBase:
             head = b"".join([head, *self.a_pending])
             self.a_pending = []
             self.a_pending_size = 0
-        ctx.upstream_start = self.l_time()
         up._start(self, ctx, head, self.c_timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
@@ -998,7 +1001,10 @@ cdef class _DownstreamBase:
     cdef int _upstream_failed(self, str kind) except -1:
         cdef RequestContext ctx = self.a_ctx
         self.a_up = None
-        if ctx is None or self.closing:
+        if ctx is None:
+            return 0
+        self._attempt_end(ctx, kind)
+        if self.closing:
             return 0
         ctx.upstream_error = kind
         if ctx.status == 0:
@@ -1018,6 +1024,7 @@ cdef class _DownstreamBase:
         if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
             self.a_up._abort()
             self.a_up = None
+        self._attempt_end(ctx, "aborted")   # an open attempt (sending or connecting) is given up
         # Unread request body bytes could be parsed as a next request: close instead.
         keep = ctx.keep_alive and not reply.close and self.a_body_done
         ctx.keep_alive = keep
@@ -1045,6 +1052,8 @@ cdef class _DownstreamBase:
             return 0
         self.a_ctx = None
         self.a_up = None
+        if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
+            self._attempt_end(ctx, None)   # the upstream's response is complete
         if self._filtered(ctx):
             ctx.route.chain.run_log(ctx)
         if self.closing:
@@ -1072,6 +1081,22 @@ cdef class _DownstreamBase:
             self.p_kind = K_IDLE
             self.p_raw = 0
             self.p_deadline = self.ticker.now + self.t_keepalive
+        return 0
+
+    cdef int _attempt_end(self, RequestContext ctx, object kind) except -1:
+        """One upstream attempt ended: kind None (a complete response, ctx.status), a failure kind
+        (connect, timeout, reset, protocol) or "aborted" (we gave up on it: the client left, or we
+        answered locally mid-body). Sets ctx.upstream_end, so each attempt is reported once, and
+        tells the service when it observes outcomes (passive health, breakers, least_conn, EWMA)."""
+        if ctx.upstream_end != 0.0 or ctx.upstream_start == 0.0:
+            return 0   # already reported, or never sent (failed before a connection was ours)
+        ctx.upstream_end = self.l_time()
+        service = ctx.service
+        if service is not None and service.observed:
+            try:
+                service.record(ctx, ctx.upstream_target, kind)
+            except Exception:  # noqa: BLE001 - an observer must never break the exchange
+                log.exception("service %s: recording an upstream outcome failed", service.name)
         return 0
 
     cdef int _log(self, RequestContext ctx) except -1:

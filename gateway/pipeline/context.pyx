@@ -46,8 +46,8 @@ cdef class RequestContext:
     # status            int: status sent downstream (0 until the head is sent)
     # local_reply       LocalReply | None: when the gateway answered itself
     # upstream_error    str | None: connect | timeout | reset | protocol
-    # upstream_start    float: loop.time() when the request was sent upstream (0.0 if never)
-    # upstream_end      float: loop.time() when the upstream response head arrived
+    # upstream_start    float: loop.time() when the upstream attempt began: target picked (0.0 if never)
+    # upstream_end      float: loop.time() when the attempt ended (complete, failed or aborted; 0.0 while open)
     # bytes_in          int: request body bytes received
     # bytes_out         int: response bytes written downstream
     # vars              dict[str, Any] | None: scratch space for filters, created lazily
