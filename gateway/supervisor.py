@@ -150,6 +150,7 @@ class Supervisor:
         self._done: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.control: ControlPlane | None = None
+        self._config_cache: tuple[str | None, Any] | None = None
         self.memory: NodeMemory | None = None
         self.served = False                 # some worker has listened: never give up from then on
         self.exit_code = 0
@@ -569,4 +570,22 @@ class Supervisor:
                 out["state"] = state
             return out
 
-        return base_routes(self.readiness, health)
+        from gateway.admin.features import AdminContext, install_features
+        from gateway.state.node import NodeState
+
+        assert self.control is not None
+        state = NodeState(self.control.view, memory=self.memory, control=self.control,
+                          instance=self.control.hub.instance)
+        return install_features(base_routes(self.readiness, health),
+                                AdminContext(self.settings, self._config_in_force, state))
+
+    def _config_in_force(self) -> Any:
+        """The GatewayConfig the workers boot from (the last valid snapshot), parsed once per
+        snapshot: the supervisor serves no traffic, but feature admin routes read the config."""
+        from gateway.config import load_config
+
+        snap = self._snapshot
+        cached = self._config_cache
+        if cached is None or cached[0] != snap:
+            cached = self._config_cache = (snap, load_config(snap))
+        return cached[1]

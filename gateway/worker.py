@@ -363,7 +363,13 @@ def worker_admin_routes(worker: Worker) -> Any:
             out["state"] = worker.state.describe()
         return out
 
-    return base_routes(ready, health)
+    from gateway.admin.features import AdminContext, install_features
+
+    routes = base_routes(ready, health)
+    if worker.state is None:
+        return routes
+    return install_features(routes, AdminContext(worker.settings, lambda: worker.runtime.config, worker.state,
+                                                 lambda: worker.runtime))
 
 
 async def run_worker(

@@ -106,3 +106,43 @@ def test_admin_in_the_supervisor_lists_workers(gateway, workers: str) -> None:  
     # /ready counts workers that serve (listening, heard from in the last 3 s): both, shortly.
     wait_until(lambda: (r := http_get(gw.admin_port, "/ready"))[0] == 200 and json.loads(r[2])["workers"] == 2)
     assert gw.stop() == 0
+
+
+def test_feature_admin_routes_see_config_and_state_in_both_kinds_of_process() -> None:
+    """gateway/admin/features.py: one installer list, the same context in the supervisor and in a
+    lone worker (settings, the config in force, node state)."""
+    from typing import Any
+
+    from gateway.admin import features
+    from gateway.config import Settings, loads_config
+    from gateway.state.node import NodeState
+
+    seen: list[features.AdminContext] = []
+
+    def install(routes: Any, ctx: features.AdminContext) -> None:
+        def handler(req: AdminRequest) -> Any:
+            cfg = ctx.config()
+            return json_response({"routes": [r.name for r in cfg.routes], "memory": ctx.state.memory is not None})
+        routes.add("GET", "/test-feature", handler, summary="test")
+        seen.append(ctx)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        state = await NodeState.standalone(loop, Settings())
+        try:
+            cfg = loads_config('[[services]]\nname="s"\ntargets=[{url="http://127.0.0.1:1"}]\n'
+                               '[[routes]]\nname="r1"\npath="/"\nservice="s"\n')
+            features.FEATURES.append(install)
+            try:
+                routes = features.install_features(base_routes(lambda: (True, {}), dict),
+                                                   features.AdminContext(Settings(), lambda: cfg, state))
+            finally:
+                features.FEATURES.remove(install)
+            route, _ = routes.resolve("GET", "/test-feature")
+            resp = route.handler(AdminRequest("GET", "/test-feature", "", {}, b""))
+            assert resp.status == 200 and b'"routes":["r1"]' in resp.body and b'"memory":true' in resp.body
+        finally:
+            await state.close()
+
+    asyncio.run(main())
+    assert len(seen) == 1
