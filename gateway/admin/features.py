@@ -14,10 +14,16 @@ supervisor has no runtime of its own. So a feature's admin routes see the node t
 A feature adds one installer to FEATURES: `install(routes, ctx)` calls `routes.add(...)` for its
 endpoints (writes use `auth=True`, the admin token). One list, so both processes install the same
 table and /openapi.json documents every route.
+
+A feature's metrics: its counters live in node memory (`_fast` counters placed by name while the
+runtime builds, incremented on the hot path by index), and it adds one function to METRIC_SOURCES,
+`samples(ctx)` → iterable of (name, type, help, labels dict, value), type "counter" or "gauge",
+which the /metrics exporter calls at scrape time. Label values come from config (route, service,
+target, policy...), never from a user, key or token.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,6 +47,11 @@ Installer = Callable[["AdminRoutes", AdminContext], None]
 
 # Each feature's installer, in the order its routes appear in /openapi.json.
 FEATURES: list[Installer] = []
+
+
+MetricSample = tuple[str, str, str, dict[str, str], float]
+# Each feature's metrics, read at scrape time by the /metrics exporter.
+METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = []
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
