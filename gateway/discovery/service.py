@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 class Target:
-    __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available")
+    __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available", "admit")
 
     def __init__(
         self,
@@ -37,6 +37,10 @@ class Target:
         self.host_header = (bracketed if port == 80 else self.id).encode("ascii")
         self.pool = pool           # gateway.http.pool.UpstreamPool, shared by every target of this (host, port)
         self.available = True      # health checks and breakers (later) clear it; pick() skips it
+        # None, or admit(ctx) -> bool asked last, for the candidate pick() is about to return: a
+        # False skips it for this request (a breaker that is open, or half-open with its probes
+        # taken, answers from shared memory; it may note a ticket on ctx for record()).
+        self.admit: Any = None
 
     @classmethod
     def from_config(cls, tc: TargetConfig, pool: Any) -> Target:
@@ -79,7 +83,7 @@ class Service:
             # A single target (most services): the loop below, unrolled (its range iterator is
             # most of this method's cost per request). Same result and the same _next.
             t = targets[0]
-            if t.available:
+            if t.available and (t.admit is None or t.admit(ctx)):
                 self._next = 0
                 return t
             return None
@@ -93,7 +97,7 @@ class Service:
             i += 1
             if i == n:
                 i = 0
-            if t.available:
+            if t.available and (t.admit is None or t.admit(ctx)):
                 self._next = i
                 return t
         return None

@@ -98,3 +98,26 @@ def test_local_reply_before_any_pick_reports_nothing() -> None:
     assert status_of(h.down.take()) == 404
     assert seen == []
     h.close()
+
+
+def test_a_target_whose_admit_refuses_is_skipped_and_none_left_is_503() -> None:
+    from gateway.discovery.service import Target
+
+    h = Harness()
+    other = Target("other.test", 8001, h.pool)
+    h.service.targets.append(other)
+    asked: list[Any] = []
+
+    def refuse(ctx: Any) -> bool:
+        asked.append(ctx)
+        return False
+
+    h.target.admit = refuse
+    for _ in range(3):
+        assert h.service.pick(None) is other
+    other.admit = refuse
+    assert h.service.pick(None) is None
+    h.feed(GET)
+    assert status_of(h.down.take()) == 503
+    assert asked and not h.pool.conns
+    h.close()
