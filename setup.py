@@ -37,7 +37,9 @@ DATAPLANE_MODULES = {
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
-    "downstream": "gateway.http.downstream",  # DownstreamProtocol: client side, pipelining
+    "chunked": "gateway.http.chunked",        # ChunkDecoder: chunked request bodies, bounded
+    "reader": "gateway.http.reader",          # _ReaderBase: connection state, reads sliced into the parser
+    "downstream": "gateway.http.downstream",  # DownstreamProtocol: requests, exchanges, replies
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

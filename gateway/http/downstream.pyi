@@ -11,7 +11,6 @@ from .upstream import UpstreamProtocol
 
 MAX_PIPELINE: int
 MAX_BUFFERED_BODY: int
-MAX_CHUNK_LINE: int
 
 class _DownstreamBase:
     worker: Any

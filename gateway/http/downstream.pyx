@@ -17,8 +17,10 @@ Timeouts are deadlines stored on the connection and checked by the per-loop Tick
 the header deadline is absolute from the first byte of a head, the body deadline moves with each
 body chunk, the keep-alive deadline starts when the connection becomes idle.
 
-Compiled with Cython (asyncpg's layout): the state and the internal steps live in the cdef class
-_DownstreamBase (fields in downstream.pxd), DownstreamProtocol adds asyncio.Protocol as a base.
+Compiled with Cython (asyncpg's layout): the connection's state and its read path are the cdef
+base class _ReaderBase (reader.pxd, reader.pyx); _DownstreamBase adds what a parsed request becomes,
+DownstreamProtocol adds asyncio.Protocol as a base. A chunked request body is decoded by
+chunked.pyx.
 It stays in gateway/http, not gateway/_fast, because it does I/O (DESIGN.md keeps _fast I/O-free);
 the same holds for upstream.pyx, pool.pyx and flow.pyx.
 """
@@ -28,8 +30,6 @@ from collections import deque
 from typing import Any
 
 import httptools
-
-from cpython.bytes cimport PyBytes_AS_STRING
 
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport Router
@@ -41,15 +41,16 @@ from .flow import (
     PAUSE_BUFFER,
     PAUSE_CLOSING,
     PAUSE_PIPELINE,
-    PAUSE_TURN,
     PAUSE_UPSTREAM,
     PAUSE_WRITE,
     ticker_for,
 )
+from .reader import MAX_BUFFERED_BODY, MAX_PIPELINE, _TakeOver
 
+from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.flow cimport ReadGate
-from gateway.http.parser_stop cimport stop_offset
 from gateway.http.pool cimport UpstreamPool
+from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued, _ReaderBase
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
@@ -59,136 +60,11 @@ cdef double INF = float("inf")  # a C double: compared per request without a glo
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 cdef int cPAUSE_CLOSING = PAUSE_CLOSING
 cdef int cPAUSE_WRITE = PAUSE_WRITE
-cdef int cPAUSE_TURN = PAUSE_TURN
 
-MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
-MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
-
-# Request-line bytes that are neither target nor head fields ("GET", "HTTP/1.1"), allowed on top of
-# the target and head limits when an incomplete head is measured (data_received).
-cdef Py_ssize_t HEAD_SLACK = 32
-
-
-cdef Py_ssize_t _visible(bytes data) noexcept:
-    """Bytes of data other than SP, HTAB, CR and LF."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t i, n = len(data), ws = 0
-    cdef unsigned char c
-    for i in range(n):
-        c = p[i]
-        if c == 32 or c == 9 or c == 13 or c == 10:
-            ws += 1
-    return n - ws
-
-
-# A chunked request body is decoded by _dechunk (states below), not by llhttp, which has no bound
-# on a chunk-size line and reads any chunk size up to 2^64 as body.
-cdef Py_ssize_t C_MAX_LINE = 4096  # bytes of a chunk-size line, extensions included (Node: 16 KiB)
-MAX_CHUNK_LINE = C_MAX_LINE
-
-cdef enum:
-    C_OFF = 0           # llhttp reads the stream
-    C_SIZE = 1          # chunk-size digits (c_line counts the whole line)
-    # chunk extensions, parsed as llhttp parses them: *( ";" name [ "=" ( token / quoted-string ) ] )
-    C_EXT = 2           # just after ';'
-    C_EXT_NAME = 3
-    C_EXT_VALUE = 4     # a token value
-    C_EXT_Q = 5         # inside a quoted string
-    C_EXT_QP = 6        # after a backslash inside a quoted string
-    C_EXT_QDONE = 7     # after the closing quote
-    C_SIZE_LF = 8       # the CR ending the chunk-size line was read
-    C_DATA = 9          # c_size bytes of chunk data left
-    C_DATA_CR = 10      # CRLF after the chunk data
-    C_DATA_LF = 11
-    C_TRAILER = 12      # start of a trailer line, or of the empty line ending the body
-    C_FIELD = 13        # trailer field name
-    C_VALUE = 14        # trailer field value
-    C_TRAILER_LF = 15
-    C_END_LF = 16
-    C_FAILED = 17       # refused: nothing more is read
-
-cdef signed char _HEX[256]       # hex digit value, -1 for other bytes
-cdef unsigned char _TCHAR[256]   # RFC 9110 token characters
-cdef int _i
-cdef unsigned char _c
-for _i in range(256):
-    _HEX[_i] = -1
-    _TCHAR[_i] = 0
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
-for _c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
-    _TCHAR[_c] = 1
-
-
-cdef inline bint _field_char(unsigned char c) noexcept:
-    """HTAB, SP, VCHAR or obs-text: what a field value or a quoted string may hold (no CTL, no DEL)."""
-    return c == 9 or (c >= 32 and c != 127)
-
-
-class _TakeOver(Exception):
-    """Raised by on_headers_complete to stop llhttp right after the head of a chunked request."""
-
-
-class _LayoutProbe:
-    def on_headers_complete(self) -> None:
-        raise _TakeOver()
-
-
-def _check_parser_layout() -> None:
-    """parser_stop.pxd reads llhttp's state inside httptools' parser: check it reads it right."""
-    data = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-    parser = httptools.HttpRequestParser(_LayoutProbe())
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserError:
-        pass
-    if stop_offset(parser, data) != data.index(b"5\r\n"):
-        raise ImportError(f"httptools {httptools.__version__}: its parser's layout is not the one "
-                          "gateway/http/parser_stop.pxd reads (checked with httptools 0.9)")
-
-
-_check_parser_layout()
-
-# How much of a read is parsed at once (see _consume and _plan). C constants: read per read.
-cdef Py_ssize_t cMAX_PIPELINE = MAX_PIPELINE
-cdef Py_ssize_t cMAX_BUFFERED_BODY = MAX_BUFFERED_BODY
-# The shortest head llhttp completes is 18 bytes ("GET / HTTP/1.1\r\n\r\n"); 16 leaves a margin.
-cdef Py_ssize_t MIN_HEAD = 16
-# Bytes fed to llhttp in one call when a read is not plain Content-Length body: small enough that
-# one call's work stays well under a millisecond (16 KiB of one-byte chunks is 2,730 on_body calls).
-cdef Py_ssize_t SLICE = 16384
-# Work per turn (a data_received or a _continue) before yielding to the loop: one unit per body
-# piece, HEAD_WORK per head (routing, filters, the upstream write: a local 404 costs about as
-# much as 30 one-byte chunks). About 0.5 ms of CPU on the machine of bench/RESULTS.md; another
-# client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
-cdef Py_ssize_t WORK_PER_TURN = 2048
-cdef Py_ssize_t HEAD_WORK = 32
-
-# parse-side deadline kinds
-cdef enum:
-    K_NONE = 0
-    K_HEADER = 1
-    K_BODY = 2
-    K_IDLE = 3
-
-
-cdef class _Queued:
-    """A pipelined request waiting for the active exchange to finish (uncommon path)."""
-
-    def __init__(self, RequestContext ctx, bint expect, bint done) -> None:
-        self.ctx = ctx
-        self.body = []
-        self.size = 0
-        self.done = done
-        self.expect = expect
-
-
-cdef class _DownstreamBase:
+cdef class _DownstreamBase(_ReaderBase):
     """The protocol's state and logic; DownstreamProtocol (below) adds asyncio.Protocol as a base.
 
-    (Attributes: downstream.pxd. `def` methods are what asyncio/uvloop, httptools, the pool, the
+    (Attributes: reader.pxd. `def` methods are what asyncio/uvloop, httptools, the pool, the
     worker, the ticker and tests call; `cdef` methods are the internal steps.)
     """
 
@@ -225,6 +101,7 @@ cdef class _DownstreamBase:
         self.eof = False
         self.o_body = []
         self.o_size = 0
+        self.chunk = ChunkDecoder(s.max_body_bytes, s.max_header_bytes)
         self._reset_parse()
         self.p_kind = K_NONE
         self.p_deadline = INF
@@ -338,206 +215,6 @@ cdef class _DownstreamBase:
                 self.gate.resume(PAUSE_PIPELINE)
         return self.a_ctx is not None or bool(self.queue) or self.reject_after is not None
 
-    def data_received(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self.p_rest:
-            # Held bytes come first (the transport delivered more before _continue ran).
-            data = self.p_rest + data
-            self.p_rest = b""
-        self._consume(data)
-
-    cdef int _consume(self, bytes data) except -1:
-        """Parse `data` a slice at a time (_plan), stopping as soon as reading is paused or this
-        turn's work bound is reached; the unparsed rest waits in p_rest. So memory per connection
-        is bounded by the pipeline queue and the body buffers (not by the size of a read), and no
-        connection keeps the loop for more than about a millisecond. The common read (one
-        request, or a Content-Length body) is one slice: one feed_data call, as before."""
-        cdef Py_ssize_t n = len(data), pos = 0, end
-        cdef ReadGate gate = self.gate
-        self.p_work = 0
-        while pos < n and not self.closing:
-            if gate.reasons:
-                self.p_rest = data[pos:] if pos else data
-                break
-            if self.p_work >= WORK_PER_TURN:
-                self.p_rest = data[pos:]
-                gate.pause(cPAUSE_TURN)
-                self._resume_soon()
-                break
-            end = self._plan(data, pos, n)
-            self._feed(data if pos == 0 and end == n else data[pos:end])
-            pos = end
-        if self.o_body:
-            self._flush_body()
-        return 0
-
-    cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
-        """The end of the next slice of data[pos:n] to parse."""
-        cdef Py_ssize_t avail = n - pos, room, k, i
-        cdef RequestContext ctx = self.p_ctx
-        cdef long long left
-        if ctx is not None and self.p_kind == K_BODY and not ctx.chunked:
-            # Inside a Content-Length body: these bytes are body whatever they hold (one on_body).
-            left = ctx.content_length - self.p_body
-            if left > 0:
-                if left < avail:
-                    avail = left
-                # Body held here (a queued request's, or while no upstream is ready) stops one
-                # byte past its bound, where reading pauses: not a whole read past it.
-                if self.p_entry is not None:
-                    room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
-                elif self.a_up is None:
-                    room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
-                else:
-                    return pos + avail
-                if room < 1:
-                    room = 1
-                return pos + (room if room < avail else avail)
-        if avail > SLICE:
-            avail = SLICE
-        # At most `room` more heads may complete before the queue is full (the first one becomes
-        # the active exchange when there is none).
-        room = cMAX_PIPELINE - len(self.queue) + (1 if self.a_ctx is None else 0)
-        if room < 1:
-            room = 1
-        if avail <= MIN_HEAD * room:
-            return pos + avail
-        # More bytes than `room` of the shortest heads: cut before the head end ("\r\n\r\n": llhttp
-        # accepts no other, tests/http/test_bounds.py checks it) that would be one too many. A head
-        # begun in an earlier slice may end with the first bytes of this one: it counts too.
-        # (Bytes of a body may look like head ends: that only makes a slice shorter.)
-        k = room - (1 if self.in_head else 0)
-        i = pos
-        while True:
-            i = data.find(b"\r\n\r\n", i, pos + avail)
-            if i < 0:
-                return pos + avail
-            if k == 0:
-                return i + 3  # the last byte of this head end goes in the next slice
-            k -= 1
-            i += 1
-
-    def _continue(self) -> None:
-        """The rest of a read, held by a yield or a pause, parsed on a later loop turn."""
-        self.gate.resume(cPAUSE_TURN)  # (its on_open sees p_resume still set: no second call)
-        self.p_resume = False
-        if self.closing or self.gate.reasons or not self.p_rest:
-            return
-        data = self.p_rest
-        self.p_rest = b""
-        self._consume(data)
-        if self.eof and not self.closing and not self.p_rest and not self._eof_keep():
-            self._close()
-
-    def _reopened(self) -> None:
-        # ReadGate.on_open: the last pause reason was lifted. Never parse from here (we may be
-        # inside a parser callback or the upstream's): the held bytes go on the next loop turn.
-        if self.p_rest:
-            self._resume_soon()
-
-    cdef int _resume_soon(self) except -1:
-        if not self.p_resume:
-            self.p_resume = True
-            self.loop.call_soon(self._continue)
-        return 0
-
-    cdef int _flush_body(self) except -1:
-        """Write the body pieces of this turn to the active upstream in one write (one chunk)."""
-        cdef list out = self.o_body
-        cdef Py_ssize_t size = self.o_size
-        cdef RequestContext ctx = self.a_ctx
-        self.o_body = []
-        self.o_size = 0
-        up = self.a_up
-        if up is None or ctx is None or self.closing:
-            return 0  # the exchange was abandoned (413, upstream failure): the bytes go nowhere
-        if ctx.chunked:
-            # Chunk extensions never survive: we re-frame what _dechunk hands us (one chunk a turn).
-            out.insert(0, b"%x\r\n" % size)
-            out.append(b"\r\n")
-        up._send(b"".join(out) if len(out) > 1 else out[0])
-        return 0
-
-    cdef int _feed(self, bytes data) except -1:
-        self.p_done = False
-        while True:
-            if self.c_state != C_OFF:
-                # Inside a chunked request body (see on_headers_complete).
-                try:
-                    used = self._dechunk(data)
-                except RequestRejected as exc:
-                    self._reject(exc.reply)
-                    break
-                except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
-                    log.exception("request handling failed")
-                    self._reject(replies.INTERNAL_ERROR)
-                    break
-                if used == len(data) or self.closing:
-                    break
-                data = data[used:]  # the body ended: llhttp reads the next request
-            try:
-                self.p_feed(data)
-            except RequestRejected as exc:
-                self._reject(exc.reply)
-            except httptools.HttpParserUpgrade as exc:
-                # llhttp stops after the head of an `Connection: upgrade` request. We never switch
-                # protocols (Upgrade is stripped, see request.pyx), so the request was proxied as a
-                # plain one (it has no body: on_headers_complete refused those); parsing continues
-                # with a fresh parser at the next byte.
-                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-                self.parser = httptools.HttpRequestParser(self)
-                self.p_feed = self.parser.feed_data
-                self._message_complete()
-                data = data[offset:]
-                if data and not self.closing:
-                    continue
-            except httptools.HttpParserError as exc:
-                # httptools wraps an exception raised by a callback in HttpParserCallbackError and
-                # chains the original (__context__): our RequestRejected carries the reply to send.
-                cause = exc.__cause__ or exc.__context__
-                if type(cause) is _TakeOver:
-                    # on_headers_complete gave the chunked body to _dechunk: llhttp stopped right
-                    # after the head; a fresh parser takes over again after the body.
-                    offset = stop_offset(self.parser, data)
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.p_feed = self.parser.feed_data
-                    if offset < 0:  # (the layout is checked at import: never expected)
-                        log.error("no parser offset after a chunked head")
-                        self._reject(replies.INTERNAL_ERROR)
-                        break
-                    data = data[offset:]
-                    if data and not self.closing:
-                        continue
-                    break
-                if isinstance(cause, RequestRejected):
-                    reply = cause.reply
-                elif isinstance(cause, Exception):
-                    log.error("request handling failed", exc_info=cause)
-                    reply = replies.INTERNAL_ERROR
-                elif isinstance(exc, httptools.HttpParserInvalidURLError):
-                    reply = replies.BAD_TARGET
-                else:
-                    reply = replies.BAD_REQUEST
-                self._reject(reply)
-            except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
-                log.exception("request handling failed")
-                self._reject(replies.INTERNAL_ERROR)
-            break
-        # A head still incomplete after this read: the head limit is decided here, as soon as it is
-        # crossed, even if llhttp is still inside one huge header line (httptools hands a field
-        # over only once it ends). The verdict must be the one the exact checks (on_url, on_header)
-        # give the complete head, however the bytes are split: so only bytes those checks count
-        # too are counted (not the whitespace llhttp drops or that frames the lines), and the
-        # request line's method and version are allowed for (HEAD_SLACK). A read in which an
-        # earlier message ended is not counted (where this head starts in it is unknown): the
-        # verdict then comes from the next read or from the exact checks, never a wrong one.
-        if self.in_head and not self.closing and not self.p_done:
-            self.p_raw += _visible(data)
-            if self.p_raw > self.lim_hbytes + self.lim_uri + HEAD_SLACK:
-                self._reject(replies.HEADERS_TOO_LARGE)
-        return 0
-
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         # (p_ctx/p_entry/p_has_body/p_expect are always set by on_headers_complete before use.)
@@ -607,11 +284,7 @@ cdef class _DownstreamBase:
             # extensions get bounds llhttp lacks. The request goes upstream once its first
             # chunk-size line is valid, so a body refused there reaches no upstream at all; with
             # Expect the client waits for our 100, so it goes now.
-            self.c_state = C_SIZE
-            self.c_size = 0
-            self.c_total = 0
-            self.c_line = 0
-            self.c_defer = not expect
+            self.chunk.start(not expect)
             if expect:
                 self._dispatch(ctx, True, True)
             raise _TakeOver()
@@ -657,165 +330,6 @@ cdef class _DownstreamBase:
             entry.size += len(data)
             if entry.size > MAX_BUFFERED_BODY:
                 self.gate.pause(PAUSE_BUFFER)
-
-    cdef Py_ssize_t _dechunk(self, bytes data) except -1:
-        """Decode chunked body bytes (RFC 9112 §7.1); the number of bytes of data that were body.
-
-        As strict as llhttp (no whitespace around the size, CRLF only, extensions as tokens or
-        quoted strings), with the bounds llhttp lacks: a chunk size that would take the body past
-        the limit is a 413 at the digit that does it, a chunk-size line over MAX_CHUNK_LINE a 400,
-        a trailer section over the head limit a 431: nothing after such a line is read as body.
-        Every verdict falls on a byte, so it is the same however the bytes are split. The data of
-        one read goes on as one chunk (through on_body); extensions and trailers are dropped.
-        """
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = len(data), i = 0, take
-        cdef int st = self.c_state
-        cdef int d
-        cdef unsigned char c
-        cdef list runs = None
-        reply = None
-        if st == C_FAILED:
-            return n
-        while i < n:
-            if st == C_DATA:
-                take = n - i if self.c_size > n - i else <Py_ssize_t>self.c_size
-                if runs is None:
-                    runs = []
-                runs.append(data[i:i + take] if take < n else data)
-                self.p_work += 1  # a piece per chunk: a flood of tiny chunks yields like on_body's
-                i += take
-                self.c_size -= take
-                if self.c_size == 0:
-                    st = C_DATA_CR
-                continue
-            c = p[i]
-            i += 1
-            if st == C_SIZE:
-                d = _HEX[c]
-                if d >= 0:
-                    self.c_size = self.c_size * 16 + d
-                    self.c_line += 1
-                    if self.c_total + self.c_size > self.lim_body:
-                        reply = replies.BODY_TOO_LARGE
-                        break
-                elif self.c_line == 0:
-                    reply = replies.BAD_REQUEST
-                    break
-                elif c == 59:  # ';'
-                    st = C_EXT
-                    self.c_line += 1
-                elif c == 13:
-                    st = C_SIZE_LF
-                else:
-                    reply = replies.BAD_REQUEST
-                    break
-            elif st <= C_EXT_QDONE:
-                # (as llhttp: a name may be empty, a value is a token or a quoted string; the CR that
-                # ends the line is not counted in c_line)
-                if c == 13 and (st == C_EXT_NAME or st == C_EXT_VALUE or st == C_EXT_QDONE):
-                    st = C_SIZE_LF
-                    continue
-                self.c_line += 1
-                if st == C_EXT_Q:
-                    if c == 34:  # '"'
-                        st = C_EXT_QDONE
-                    elif c == 92:  # '\\'
-                        st = C_EXT_QP
-                    elif not _field_char(c):
-                        reply = replies.BAD_REQUEST
-                        break
-                elif st == C_EXT_QP:
-                    if not _field_char(c):
-                        reply = replies.BAD_REQUEST
-                        break
-                    st = C_EXT_Q
-                elif c == 59:  # ';': the next extension
-                    st = C_EXT
-                elif st == C_EXT_QDONE:
-                    reply = replies.BAD_REQUEST
-                    break
-                elif c == 61 and st != C_EXT_VALUE:  # '='
-                    st = C_EXT_VALUE
-                elif c == 34 and st == C_EXT_VALUE:
-                    st = C_EXT_Q
-                elif _TCHAR[c]:
-                    if st == C_EXT:
-                        st = C_EXT_NAME
-                else:
-                    reply = replies.BAD_REQUEST
-                    break
-            elif st == C_SIZE_LF:
-                if c != 10:
-                    reply = replies.BAD_REQUEST
-                    break
-                self.c_total += self.c_size
-                self.c_line = 0
-                st = C_DATA if self.c_size else C_TRAILER
-                if self.c_defer:
-                    self.c_defer = False
-                    self.c_state = st
-                    self._dispatch(self.p_ctx, True, False)
-                    if self.closing:  # (answered locally: no route, a filter's refusal...)
-                        return n
-            elif st == C_DATA_CR:
-                if c != 13:
-                    reply = replies.BAD_REQUEST
-                    break
-                st = C_DATA_LF
-            elif st == C_DATA_LF:
-                if c != 10:
-                    reply = replies.BAD_REQUEST
-                    break
-                st = C_SIZE
-                self.c_size = 0
-            else:
-                # The trailer section (dropped; bounded like a head) and the empty line ending it.
-                self.c_line += 1
-                if self.c_line > self.lim_hbytes:
-                    reply = replies.HEADERS_TOO_LARGE
-                    break
-                if st == C_TRAILER:
-                    if c == 13:
-                        st = C_END_LF
-                    elif _TCHAR[c]:
-                        st = C_FIELD
-                    else:
-                        reply = replies.BAD_REQUEST
-                        break
-                elif st == C_FIELD:
-                    if c == 58:  # ':'
-                        st = C_VALUE
-                    elif not _TCHAR[c]:
-                        reply = replies.BAD_REQUEST
-                        break
-                elif st == C_VALUE:
-                    if c == 13:
-                        st = C_TRAILER_LF
-                    elif not _field_char(c):
-                        reply = replies.BAD_REQUEST
-                        break
-                elif c != 10:  # C_TRAILER_LF, C_END_LF
-                    reply = replies.BAD_REQUEST
-                    break
-                elif st == C_TRAILER_LF:
-                    st = C_TRAILER
-                else:
-                    st = C_OFF
-                    break
-            if self.c_line > C_MAX_LINE and st <= C_SIZE_LF:
-                reply = replies.CHUNK_LINE_TOO_LONG
-                break
-        # The data read so far goes on first, so that a refusal or the end comes after the same
-        # body bytes however the stream was split.
-        self.c_state = C_FAILED if reply is not None else st
-        if runs is not None:
-            self.on_body(runs[0] if len(runs) == 1 else b"".join(runs))
-        if reply is not None:
-            raise RequestRejected(reply)
-        if st == C_OFF:
-            self._message_complete()
-        return i
 
     def on_message_complete(self) -> None:
         self._message_complete()

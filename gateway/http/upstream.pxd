@@ -1,9 +1,9 @@
 # The upstream side as a cdef class: the downstream protocol calls start/send/abort/pause_reading
 # as C methods and this class calls the downstream's exchange_done/upstream_failed the same way
-# (the two .pxd files cimport each other). Exchange state lives in C ints, bints and doubles.
+# (through _ReaderBase, reader.pxd, which declares them). Exchange state lives in C ints, bints and doubles.
 from gateway.http.flow cimport Ticker
 from gateway.http.pool cimport UpstreamPool
-from gateway.http.downstream cimport _DownstreamBase
+from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.context cimport RequestContext
 
 
@@ -22,7 +22,7 @@ cdef class _UpstreamBase:
     cdef readonly object parser
     cdef object p_feed             # parser.feed_data, bound once (re-taken with a new parser)
     cdef object t_write            # transport.write, bound in connection_made
-    cdef public _DownstreamBase down
+    cdef public _ReaderBase down
     cdef public RequestContext ctx
     cdef list headers
     cdef list out
@@ -42,14 +42,14 @@ cdef class _UpstreamBase:
     cdef public bint w_paused      # our write buffer is over its high-water mark
 
     cdef bint _reusable(self)
-    cdef int _start(self, _DownstreamBase down, RequestContext ctx, bytes data, double timeout) except -1
+    cdef int _start(self, _ReaderBase down, RequestContext ctx, bytes data, double timeout) except -1
     cdef int _send(self, bytes data) except -1
     cdef int _abort(self) except -1
     cdef int _pause_reading(self) except -1
     cdef int _resume_reading(self) except -1
     cdef int _arm(self, double seconds) except -1
     cdef int _sent(self) except -1
-    cdef int _backed_up(self, _DownstreamBase down) except -1
+    cdef int _backed_up(self, _ReaderBase down) except -1
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
     cdef int _flush(self) except -1

@@ -35,7 +35,7 @@ from .wire import (
     status_line,
 )
 
-from gateway.http.downstream cimport _DownstreamBase
+from gateway.http.reader cimport _ReaderBase
 from gateway.http.pool cimport UpstreamPool
 from gateway.pipeline.context cimport RequestContext
 
@@ -142,7 +142,7 @@ cdef class _UpstreamBase:
         t = self.transport
         return self.down is None and not self.broken and t is not None and not t.is_closing()
 
-    def start(self, down: _DownstreamBase, ctx: RequestContext, data: bytes, timeout: float) -> None:
+    def start(self, down: _ReaderBase, ctx: RequestContext, data: bytes, timeout: float) -> None:
         self._start(down, ctx, data, timeout)
 
     def send(self, data: bytes) -> None:
@@ -157,7 +157,7 @@ cdef class _UpstreamBase:
     def resume_reading(self) -> None:
         self._resume_reading()
 
-    cdef int _start(self, _DownstreamBase down, RequestContext ctx, bytes data, double timeout) except -1:
+    cdef int _start(self, _ReaderBase down, RequestContext ctx, bytes data, double timeout) except -1:
         """Send a request head (and any body bytes already received) and wait for the response."""
         self.down = down
         self.ctx = ctx
@@ -200,7 +200,7 @@ cdef class _UpstreamBase:
             self.deadline = self.ticker.now + seconds
         return 0
 
-    cdef int _backed_up(self, _DownstreamBase down) except -1:
+    cdef int _backed_up(self, _ReaderBase down) except -1:
         down.gate.pause(cPAUSE_UPSTREAM)
         if self.sending and self.state == S_WAIT_HEAD:
             # The upstream is not reading the body we send: bounded like a stalled body.
@@ -292,7 +292,7 @@ cdef class _UpstreamBase:
             return
         cdef list out
         cdef RequestContext ctx
-        cdef _DownstreamBase down
+        cdef _ReaderBase down
         error = None
         if self.state == S_WAIT_HEAD:
             self.h_raw += len(data)

@@ -10,7 +10,7 @@ from typing import Any
 import httptools
 import pytest
 
-from gateway.http.downstream import MAX_CHUNK_LINE
+from gateway.http.chunked import MAX_CHUNK_LINE
 from tests.http.harness import OK, Harness, status_of, statuses
 
 BOTH = pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
