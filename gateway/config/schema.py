@@ -6,7 +6,7 @@ ConfigErrors, so `gateway check` shows the whole list and SIGHUP refuses a bad f
 
 Keys of SPEC §3 whose feature is not built yet are refused with "<path>: not supported yet" when
 their value asks for the feature. An explicitly empty value that asks for nothing (`auth = []`,
-`retries = 0`, `websocket = false`, `rate_limits = []`) is accepted: it means what the gateway does
+`websocket = false`, `rate_limits = []`) is accepted: it means what the gateway does
 today. Silently ignoring `auth = ["jwt"]` would publish a route its author believed protected.
 """
 from __future__ import annotations
@@ -320,10 +320,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     host = _parse_host(c, f"{path}.host", raw.get("host"))
     strip = c.boolean(f"{path}.strip_prefix", raw.get("strip_prefix"), False)
     timeout = c.seconds(f"{path}.timeout", raw.get("timeout"), "routes[].timeout")
-    if "retries" in raw:
-        r = c.integer(f"{path}.retries", raw["retries"], "routes[].retries")
-        if r:
-            c.error(f"{path}.retries", NOT_YET)
+    retries = c.integer(f"{path}.retries", raw["retries"], "routes[].retries") if "retries" in raw else 0
     if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
         c.error(f"{path}.websocket", NOT_YET)
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
@@ -340,7 +337,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index,
+        strip_prefix=strip, timeout=timeout, retries=retries or 0, index=index,
     )
 
 

@@ -102,5 +102,21 @@ class Service:
                 return t
         return None
 
+    def pick_retry(self, ctx: RequestContext | None, failed: Target) -> Target | None:
+        """The target a retry goes to after `failed` failed: the next available one after it in
+        the list that is not `failed` (admit asked last, as in pick), or None (→ the failure's
+        502). Called by the data plane only for retries (route.retries), never per request."""
+        targets = self.targets
+        n = len(targets)
+        try:
+            start = targets.index(failed) + 1
+        except ValueError:      # (removed meanwhile by dynamic registration)
+            start = 0
+        for k in range(n):
+            t = targets[(start + k) % n]
+            if t is not failed and t.available and (t.admit is None or t.admit(ctx)):
+                return t
+        return None
+
     def __repr__(self) -> str:
         return f"Service({self.name!r}, {self.targets!r})"

@@ -13,6 +13,7 @@ cdef class _DownstreamBase(_ReaderBase):
     cdef int _proxy(self, RequestContext ctx) except -1
     cdef int _send(self, _UpstreamBase up) except -1
     cdef int _body_out(self, bytes data) except -1
+    cdef bint _again(self, RequestContext ctx, str kind, bint stale) except -1
     cdef int _attempt_end(self, RequestContext ctx, object kind) except -1
     cdef int _local(self, object reply) except -1
     cdef int _log(self, RequestContext ctx) except -1

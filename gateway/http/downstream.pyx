@@ -56,6 +56,8 @@ from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
+# Methods a retry may send again to another target (RFC 9110 §9.2.2; TRACE is never proxied far).
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 cdef int cPAUSE_CLOSING = PAUSE_CLOSING
@@ -112,6 +114,9 @@ cdef class _DownstreamBase(_ReaderBase):
         self.a_body_done = True
         self.a_task: asyncio.Task[Any] | None = None
         self.a_expect = False
+        self.a_sent = None
+        self.a_resent = False
+        self.a_retries = 0
 
     cdef int _reset_parse(self) except -1:
         self.in_head = False
@@ -368,6 +373,9 @@ cdef class _DownstreamBase(_ReaderBase):
         self.a_pending_size = 0
         self.a_body_done = done
         self.a_expect = expect and not done and not self.a_pending
+        self.a_resent = False
+        self.a_retries = 0
+        self.a_sent = self.a_pending   # (what a second attempt would send; see _send)
         router = self.worker.runtime.router
         if type(router) is Router:
             route = (<Router>router).match(ctx.method, ctx.host, ctx.path)  # a C call
@@ -471,14 +479,21 @@ cdef class _DownstreamBase(_ReaderBase):
 
     cdef int _send(self, _UpstreamBase up) except -1:
         cdef RequestContext ctx = self.a_ctx
+        cdef list pending = self.a_pending
         assert ctx is not None
         self.a_up = up
         route = ctx.route
         if route is not self.c_route:
             self._route_plan(route)
         head = self.builder.upstream_head(ctx, self.c_strip)
-        if self.a_pending:
-            head = b"".join([head, *self.a_pending])
+        # The body bytes sent are kept (up to a bound, _keep_sent) until the exchange ends, so the
+        # request can be sent again after a stale pooled connection or for a retry.
+        self.a_sent = pending
+        self.a_sent_size = 0
+        if pending:
+            n = len(head)
+            head = b"".join([head, *pending])
+            self.a_sent_size = len(head) - n
             self.a_pending = []
             self.a_pending_size = 0
         up._start(self, ctx, head, self.c_timeout or self.t_upstream)
@@ -494,6 +509,8 @@ cdef class _DownstreamBase(_ReaderBase):
         up = self.a_up
         if up is not None:
             up._send(data)
+            if self.a_sent is not None:
+                self._keep_sent(data)
         elif self.a_ctx is not None:
             self.a_pending.append(data)
             self.a_pending_size += len(data)
@@ -510,12 +527,19 @@ cdef class _DownstreamBase(_ReaderBase):
             self.transport.write(data)
 
     def upstream_failed(self, kind: str) -> None:
-        self._upstream_failed(kind)
+        self._upstream_failed(kind, False)
 
-    cdef int _upstream_failed(self, str kind) except -1:
+    cdef int _upstream_failed(self, str kind, bint stale) except -1:
+        """The active exchange's upstream failed (kind: connect, timeout, reset, protocol); `stale`:
+        on a pooled connection closed before any response byte. Sent again when that is safe (no
+        response byte reached the client, the whole request body arrived and a copy of it is held),
+        else answered 502/504 (or the connection closed, when part of the response went out)."""
         cdef RequestContext ctx = self.a_ctx
         self.a_up = None
         if ctx is None:
+            return 0
+        if (not self.closing and ctx.status == 0 and self.a_body_done and self.a_sent is not None
+                and self._again(ctx, kind, stale)):
             return 0
         self._attempt_end(ctx, kind)
         if self.closing:
@@ -528,6 +552,46 @@ cdef class _DownstreamBase(_ReaderBase):
             # the only way to tell the client the body is incomplete.
             self._close()
         return 0
+
+    cdef bint _again(self, RequestContext ctx, str kind, bint stale) except -1:
+        """Send the request again after a failure before any response byte reached the client,
+        whose whole request we still hold (a_sent, a_body_done); whether it was sent.
+
+        - A pooled connection closed as we wrote (stale): once, on a fresh connection to the same
+          target, for every method, as nginx and Envoy do. The upstream never saw the request, so
+          this is part of the same attempt (SPEC §3: not a retry, reported once).
+        - A connect failure or a reset: up to route.retries times on another target
+          (Service.pick_retry), for idempotent methods only; each try is an attempt of its own,
+          reported through Service.record, and bounded by the route's timeout like the first."""
+        if stale and not self.a_resent:
+            self.a_resent = True
+            self.a_pending = self.a_sent
+            ctx.upstream_target.pool.connect(self)   # never another pooled one: it may be stale too
+            return True
+        route = ctx.route
+        if (kind != "connect" and kind != "reset") or route is None or self.a_retries >= route.retries:
+            return False
+        if ctx.method not in IDEMPOTENT:
+            return False
+        self._attempt_end(ctx, kind)
+        target = ctx.service.pick_retry(ctx, ctx.upstream_target)
+        if target is None:
+            return False
+        self.a_retries += 1
+        self.a_resent = False   # a new target's pooled connection may be stale too
+        log.info("request %s: upstream %s failed (%s) before any response byte; retry %d of %d on %s",
+                 ctx.request_id, ctx.upstream_target.url, kind, self.a_retries, route.retries, target.url)
+        ctx.upstream_target = target
+        ctx.upstream_start = self.l_time()
+        ctx.upstream_end = 0.0
+        self.a_pending = self.a_sent
+        pool = target.pool
+        up = pool.acquire()
+        if up is not None:
+            self._send(up)
+        else:
+            pool.connect(self)
+        return True
 
     cdef int _local(self, object reply) except -1:
         """Answer the active request ourselves."""
@@ -566,6 +630,7 @@ cdef class _DownstreamBase(_ReaderBase):
             return 0
         self.a_ctx = None
         self.a_up = None
+        self.a_sent = None
         if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
             self._attempt_end(ctx, None)   # the upstream's response is complete
         if self._filtered(ctx):

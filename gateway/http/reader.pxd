@@ -95,6 +95,13 @@ cdef class _ReaderBase:
     cdef public bint a_body_done
     cdef public object a_task
     cdef bint a_expect
+    # What a second attempt needs: the body pieces sent with the head when the whole body was in
+    # hand then (None once a body streamed: it cannot be sent again), whether the stale-connection
+    # resend was used, and how many retries to other targets were made (route.retries bounds it).
+    cdef list a_sent
+    cdef Py_ssize_t a_sent_size   # bytes in a_sent; over MAX_BUFFERED_BODY the copy is dropped
+    cdef bint a_resent
+    cdef int a_retries
     # The last matched route's fields, read once per route instead of per request (a Route is
     # immutable by convention and a reload builds new ones, so identity says when to re-read).
     cdef public object c_route
@@ -110,6 +117,7 @@ cdef class _ReaderBase:
     cdef int _feed(self, bytes data) except -1
     cdef int _resume_soon(self) except -1
     cdef int _flush_body(self) except -1
+    cdef int _keep_sent(self, bytes data) except -1
     # what a parsed request becomes: defined by _DownstreamBase (downstream.pyx)
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1
     cdef int _message_complete(self) except -1
@@ -119,5 +127,5 @@ cdef class _ReaderBase:
     # what the upstream protocol calls (upstream.pxd types its client as a _ReaderBase: a cimport
     # of downstream.pxd there would make the modules import each other at load time)
     cdef bint _filtered(self, RequestContext ctx) except -1
-    cdef int _upstream_failed(self, str kind) except -1
+    cdef int _upstream_failed(self, str kind, bint stale) except -1
     cdef int _exchange_done(self) except -1

@@ -222,7 +222,21 @@ cdef class _ReaderBase:
             # Chunk extensions never survive: we re-frame what _dechunk hands us (one chunk a turn).
             out.insert(0, b"%x\r\n" % size)
             out.append(b"\r\n")
-        up._send(b"".join(out) if len(out) > 1 else out[0])
+        data = b"".join(out) if len(out) > 1 else out[0]
+        up._send(data)
+        if self.a_sent is not None:
+            self._keep_sent(data)
+        return 0
+
+    cdef int _keep_sent(self, bytes data) except -1:
+        """Keep a copy of request body bytes written upstream, so that the request can be sent
+        again (a stale pooled connection, a retry) while the body is small; a larger one is not
+        kept (bounded like the other body buffers) and such a request is never sent twice."""
+        self.a_sent_size += len(data)
+        if self.a_sent_size > cMAX_BUFFERED_BODY:
+            self.a_sent = None
+        else:
+            self.a_sent.append(data)
         return 0
 
     cdef int _feed(self, bytes data) except -1:
@@ -340,7 +354,7 @@ cdef class _ReaderBase:
     cdef bint _filtered(self, RequestContext ctx) except -1:
         raise NotImplementedError
 
-    cdef int _upstream_failed(self, str kind) except -1:
+    cdef int _upstream_failed(self, str kind, bint stale) except -1:
         raise NotImplementedError
 
     cdef int _exchange_done(self) except -1:

@@ -40,6 +40,7 @@ cdef class _UpstreamBase:
     cdef bint sending              # request body bytes still to come: the timeout has not started
     cdef double held               # a deadline held while reading is paused (seconds; < 0: none)
     cdef public bint w_paused      # our write buffer is over its high-water mark
+    cdef public int uses           # exchanges started on this connection (> 1: it was pooled)
 
     cdef bint _reusable(self)
     cdef int _start(self, _ReaderBase down, RequestContext ctx, bytes data, double timeout) except -1

@@ -133,6 +133,7 @@ cdef class _UpstreamBase:
         self.sending = False
         self.held = -1.0
         self.w_paused = False
+        self.uses = 0
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -167,6 +168,7 @@ cdef class _UpstreamBase:
         self.h_raw = 0
         self.state = S_WAIT_HEAD
         self.done = False
+        self.uses += 1
         self.timeout = timeout
         self.held = -1.0
         # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
@@ -527,9 +529,14 @@ cdef class _UpstreamBase:
 
     cdef int _fail(self, str kind) except -1:
         down = self.down
+        # A pooled connection that the upstream closed (or reset) before any byte of the response:
+        # it was most likely closing its idle connection as our request went out, so the request
+        # was never processed (nginx and Envoy send it again on a fresh connection; see
+        # downstream._upstream_failed).
+        cdef bint stale = kind == "reset" and self.uses > 1 and self.state == S_WAIT_HEAD and self.h_raw == 0
         self._abort()
         if down is not None:
-            down._upstream_failed(kind)
+            down._upstream_failed(kind, stale)
         return 0
 
     def on_tick(self, now: float) -> None:

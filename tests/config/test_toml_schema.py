@@ -186,7 +186,6 @@ NOT_YET = [
      "services[0].targets[0].weight: not supported yet (weights other than 1 need the weighted balancer)"),
     (SVC + ROUTE + 'auth = ["jwt"]\n', "routes[0].auth: not supported yet"),
     (SVC + ROUTE + 'scopes = ["users:read"]\n', "routes[0].scopes: not supported yet"),
-    (SVC + ROUTE + 'retries = 1\n', "routes[0].retries: not supported yet"),
     (SVC + ROUTE + 'websocket = true\n', "routes[0].websocket: not supported yet"),
     (SVC + ROUTE + 'canary = { version = "v2", weight = 10 }\n', "routes[0].canary: not supported yet"),
     (SVC + ROUTE + 'fallback = { status = 503 }\n', "routes[0].fallback: not supported yet"),
@@ -239,6 +238,14 @@ def test_partial_method_overlap_is_allowed() -> None:
     cfg = loads_config(SVC + ROUTE + 'methods = ["GET"]\n'
                        '[[routes]]\nname = "r2"\npath = "/api"\nmethods = ["GET", "POST"]\nservice = "users"\n')
     assert [r.methods for r in cfg.routes] == [("GET",), ("GET", "POST")]
+
+
+def test_retries_reach_the_route() -> None:
+    from gateway.routing import Route
+
+    cfg = loads_config(SVC + ROUTE + "retries = 3\n")
+    assert cfg.routes[0].retries == 3
+    assert Route.from_config(cfg.routes[0], None).retries == 3
 
 
 def test_same_path_on_different_hosts_is_allowed() -> None:
@@ -310,7 +317,6 @@ def test_every_spec_key_is_known_and_each_unbuilt_one_is_refused() -> None:
         "services[0].hash_key: not supported yet",
         "services[0].health: not supported yet",
         "services[0].breaker: not supported yet",
-        "routes[0].retries: not supported yet",
         "routes[0].auth: not supported yet",
         "routes[0].scopes: not supported yet",
         "routes[0].rate_limits: not supported yet",
