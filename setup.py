@@ -36,6 +36,7 @@ DATAPLANE_MODULES = {
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
+    "tunnel": "gateway.http.tunnel",          # Tunnel: bytes both ways after a 101 (WebSocket)
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
     "chunked": "gateway.http.chunked",        # ChunkDecoder: chunked request bodies, bounded
     "reader": "gateway.http.reader",          # _ReaderBase: connection state, reads sliced into the parser

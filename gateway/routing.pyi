@@ -18,6 +18,7 @@ class Route:
     strip_prefix: bool
     timeout: float | None
     retries: int
+    websocket: bool
     chain: FilterChain
     config: Any
     def __init__(
@@ -32,6 +33,7 @@ class Route:
         strip_prefix: bool = ...,
         timeout: float | None = ...,
         retries: int = ...,
+        websocket: bool = ...,
         chain: FilterChain = ...,
         config: Any = ...,
     ) -> None: ...

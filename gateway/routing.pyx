@@ -35,7 +35,7 @@ class Route:
 
     __slots__ = (
         "name", "service", "methods", "allow", "host", "path", "exact", "strip_prefix",
-        "timeout", "retries", "chain", "config", "_strip_len",
+        "timeout", "retries", "websocket", "chain", "config", "_strip_len",
     )
 
     def __init__(
@@ -50,6 +50,7 @@ class Route:
         strip_prefix: bool = False,
         timeout: float | None = None,
         retries: int = 0,
+        websocket: bool = False,
         chain: FilterChain = EMPTY_CHAIN,
         config: Any = None,
     ) -> None:
@@ -73,6 +74,7 @@ class Route:
         self.strip_prefix = strip_prefix
         self.timeout = timeout
         self.retries = retries
+        self.websocket = websocket   # Upgrade requests are tunnelled (else refused: 400)
         self.chain = chain
         self.config = config
         # How many leading bytes strip_prefix removes. A prefix ending in "/" keeps its slash so the
@@ -86,7 +88,8 @@ class Route:
     def from_config(cls, rc: Any, service: Any, chain: FilterChain = EMPTY_CHAIN) -> Route:
         return cls(
             rc.name, service, rc.path, exact=rc.exact, methods=rc.methods, host=rc.host,
-            strip_prefix=rc.strip_prefix, timeout=rc.timeout, retries=rc.retries, chain=chain,
+            strip_prefix=rc.strip_prefix, timeout=rc.timeout, retries=rc.retries,
+            websocket=rc.websocket, chain=chain,
             config=rc,
         )
 

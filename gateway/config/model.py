@@ -40,6 +40,7 @@ class RouteConfig:
     strip_prefix: bool = False
     timeout: float | None = None
     retries: int = 0
+    websocket: bool = False     # Upgrade requests (WebSocket and others) are tunnelled
     index: int = 0              # position in the file: ties are broken by declaration order
 
 

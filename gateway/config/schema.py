@@ -6,7 +6,7 @@ ConfigErrors, so `gateway check` shows the whole list and SIGHUP refuses a bad f
 
 Keys of SPEC §3 whose feature is not built yet are refused with "<path>: not supported yet" when
 their value asks for the feature. An explicitly empty value that asks for nothing (`auth = []`,
-`websocket = false`, `rate_limits = []`) is accepted: it means what the gateway does
+`rate_limits = []`) is accepted: it means what the gateway does
 today. Silently ignoring `auth = ["jwt"]` would publish a route its author believed protected.
 """
 from __future__ import annotations
@@ -321,8 +321,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     strip = c.boolean(f"{path}.strip_prefix", raw.get("strip_prefix"), False)
     timeout = c.seconds(f"{path}.timeout", raw.get("timeout"), "routes[].timeout")
     retries = c.integer(f"{path}.retries", raw["retries"], "routes[].retries") if "retries" in raw else 0
-    if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
-        c.error(f"{path}.websocket", NOT_YET)
+    websocket = c.boolean(f"{path}.websocket", raw.get("websocket"), False)
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
@@ -337,7 +336,8 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, retries=retries or 0, index=index,
+        strip_prefix=strip, timeout=timeout, retries=retries or 0, websocket=bool(websocket),
+        index=index,
     )
 
 

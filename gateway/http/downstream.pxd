@@ -9,6 +9,7 @@ from gateway.pipeline.context cimport RequestContext
 cdef class _DownstreamBase(_ReaderBase):
     cdef int _reset_parse(self) except -1
     cdef int _route_plan(self, object route) except -1
+    cdef int _upgrade_head(self, RequestContext ctx) except -1
     cdef int _activate(self, RequestContext ctx, list body, bint done, bint expect) except -1
     cdef int _proxy(self, RequestContext ctx) except -1
     cdef int _send(self, _UpstreamBase up) except -1

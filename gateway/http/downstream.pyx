@@ -41,6 +41,7 @@ from .flow import (
     PAUSE_BUFFER,
     PAUSE_CLOSING,
     PAUSE_PIPELINE,
+    PAUSE_UPGRADE,
     PAUSE_UPSTREAM,
     PAUSE_WRITE,
     ticker_for,
@@ -52,6 +53,7 @@ from gateway.http.flow cimport ReadGate
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued, _ReaderBase
 from gateway.http.request cimport RequestBuilder, new_request_id
+from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
 from .wire import CONTINUE_100, LAST_CHUNK
 
@@ -117,6 +119,9 @@ cdef class _DownstreamBase(_ReaderBase):
         self.a_sent = None
         self.a_resent = False
         self.a_retries = 0
+        self.u_ctx = None
+        self.u_value = None
+        self.tunnel = None
 
     cdef int _reset_parse(self) except -1:
         self.in_head = False
@@ -149,6 +154,8 @@ cdef class _DownstreamBase(_ReaderBase):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.ticker.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.lost()   # the upstream side of a switched connection closes too
         if self.a_up is not None:
             self.a_up._abort()  # the response has nowhere to go: never reuse a half-read connection
             self.a_up = None
@@ -177,12 +184,18 @@ cdef class _DownstreamBase(_ReaderBase):
         # The client reads slower than we write: stop reading the upstream (bounded memory) and the
         # client itself, whoever produces the bytes (pipelined local replies too); a client that
         # stops reading entirely is cut after GATEWAY_BODY_TIMEOUT.
+        if self.tunnel is not None:
+            self.tunnel.down_paused()   # (a tunnel's stall is its idle timeout's business)
+            return
         self.w_deadline = self.ticker.now + self.settings.body_timeout
         self.gate.pause(cPAUSE_WRITE)
         if self.a_up is not None:
             self.a_up._pause_reading()
 
     def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.down_resumed()
+            return
         self.w_deadline = INF
         self.gate.resume(cPAUSE_WRITE)
         if self.a_up is not None:
@@ -193,7 +206,10 @@ cdef class _DownstreamBase(_ReaderBase):
         closes the transport), every request it sent completely still gets its response; then we
         close. A request cut by the EOF can never complete: an incomplete head is dropped, an
         incomplete pipelined request is dropped with it, and an active exchange whose body can no
-        longer arrive closes the connection now (its upstream request is aborted)."""
+        longer arrive closes the connection now (its upstream request is aborted). In a tunnel the
+        FIN is passed on to the upstream and the other direction keeps flowing (tunnel.pyx)."""
+        if self.tunnel is not None:
+            return self.tunnel.eof_from_down()
         self.eof = True
         self.gate.ended = True  # never resume reading a stream after EOF
         if self.closing:
@@ -270,8 +286,11 @@ cdef class _DownstreamBase(_ReaderBase):
         has_body = builder.has_body
         expect = builder.expect
         self.p_work += HEAD_WORK
-        if has_body and parser.should_upgrade():
-            raise RequestRejected(replies.BAD_REQUEST)  # see data_received's HttpParserUpgrade
+        # (An Upgrade needs `Connection: upgrade`: p_conn spares the common request this call.)
+        if (self.p_conn or has_body) and parser.should_upgrade():
+            if has_body:
+                raise RequestRejected(replies.BAD_REQUEST)  # see reader.pyx's HttpParserUpgrade
+            self._upgrade_head(ctx)
         ctx.start = self.l_time()
         self.p_ctx = ctx
         self.p_entry = None
@@ -294,6 +313,26 @@ cdef class _DownstreamBase(_ReaderBase):
                 self._dispatch(ctx, True, True)
             raise _TakeOver()
         self._dispatch(ctx, has_body, expect)
+
+    cdef int _upgrade_head(self, RequestContext ctx) except -1:
+        """A request asking to switch protocols (Connection: upgrade, Upgrade: ...).
+
+        `Upgrade: h2c` alone is ignored (RFC 9110 §7.8 lets a server ignore Upgrade; RFC 9113
+        dropped h2c): the request is proxied as a plain one, with Upgrade stripped, as nginx and
+        Envoy do, so a client that offers h2c opportunistically is still answered. Any other
+        Upgrade is tunnelled on a route with `websocket = true` and refused elsewhere (400,
+        _activate). Its connection is never reused for HTTP: a non-101 answer closes it."""
+        cdef tuple h
+        value = None
+        for h in self.p_headers:
+            if len(<bytes>h[0]) == 7 and (<bytes>h[0]).lower() == b"upgrade":
+                value = h[1] if value is None else value + b", " + h[1]
+        if value is None or value.strip().lower() == b"h2c":
+            return 0
+        ctx.keep_alive = False
+        self.u_ctx = ctx
+        self.u_value = value
+        return 0
 
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1:
         """Start the parsed request now, or queue it behind the active exchange."""
@@ -388,6 +427,9 @@ cdef class _DownstreamBase(_ReaderBase):
             self._route_plan(route)
         ctx.route = route
         ctx.service = self.c_service
+        if ctx is self.u_ctx and not route.websocket:
+            self._local(replies.UPGRADE_REFUSED)
+            return 0
         if self.c_filtered:
             result = self.c_chain.run_access(ctx)
             if result is not None:
@@ -486,6 +528,9 @@ cdef class _DownstreamBase(_ReaderBase):
         if route is not self.c_route:
             self._route_plan(route)
         head = self.builder.upstream_head(ctx, self.c_strip)
+        if ctx is self.u_ctx:
+            # The one request whose Upgrade is forwarded (request.pyx strips it from all others).
+            head = b"".join([head[:-2], b"Connection: upgrade\r\nUpgrade: ", self.u_value, b"\r\n\r\n"])
         # The body bytes sent are kept (up to a bound, _keep_sent) until the exchange ends, so the
         # request can be sent again after a stale pooled connection or for a retry.
         self.a_sent = pending
@@ -631,6 +676,8 @@ cdef class _DownstreamBase(_ReaderBase):
         self.a_ctx = None
         self.a_up = None
         self.a_sent = None
+        if ctx is self.u_ctx:
+            self.u_ctx = None
         if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
             self._attempt_end(ctx, None)   # the upstream's response is complete
         if self._filtered(ctx):
@@ -661,6 +708,45 @@ cdef class _DownstreamBase(_ReaderBase):
             self.p_raw = 0
             self.p_deadline = self.ticker.now + self.t_keepalive
         return 0
+
+    cdef int _switch(self, _UpstreamBase up, bytes rest) except -1:
+        """The upstream answered the Upgrade request with 101 (its head already went out): from
+        now on this connection is a tunnel (tunnel.pyx), bytes both ways, until either side ends."""
+        cdef RequestContext ctx = self.a_ctx
+        cdef Tunnel tunnel
+        assert ctx is not None and self.transport is not None
+        self._attempt_end(ctx, None)   # the attempt's outcome: a complete 101
+        held = self.p_rest             # what the client sent after its request, unparsed
+        self.p_rest = b""
+        self.a_ctx = None
+        self.a_up = None
+        self.a_sent = None
+        self.u_ctx = None
+        self.p_kind = K_NONE
+        self.p_deadline = INF
+        self.w_deadline = INF
+        self.ticker.discard(self)      # the tunnel keeps its own (idle) deadline
+        route = ctx.route
+        tunnel = Tunnel(self.transport, up.transport, self.gate, self.ticker, ctx,
+                        route.timeout or self.t_upstream, self._tunnel_end)
+        self.tunnel = tunnel
+        up.tunnel = tunnel
+        if self.gate.reasons & cPAUSE_WRITE:
+            # The client was not reading: in a tunnel that pauses the upstream, not the client.
+            self.gate.resume(cPAUSE_WRITE)
+            tunnel.down_paused()
+        self.gate.resume(PAUSE_UPGRADE)
+        tunnel.start(held, rest)
+        if self.eof:
+            tunnel.eof_from_down()     # the client's FIN came while the upgrade was pending
+        return 0
+
+    def _tunnel_end(self) -> None:
+        """The tunnel is over (either side closed, or idle): the request's log phase runs now."""
+        self.closing = True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self._log(tunnel.ctx)
 
     cdef int _attempt_end(self, RequestContext ctx, object kind) except -1:
         """One upstream attempt ended: kind None (a complete response, ctx.status), a failure kind
@@ -728,7 +814,10 @@ cdef class _DownstreamBase(_ReaderBase):
         return 0
 
     def shutdown(self) -> None:
-        """Drain: close now if idle, else after the in-flight response (which says Connection: close)."""
+        """Drain: close now if idle, else after the in-flight response (which says Connection: close).
+        An established tunnel is left alone: the worker closes it at GATEWAY_DRAIN_TIMEOUT."""
+        if self.tunnel is not None:
+            return
         if self.a_ctx is None and not self.queue and not self.in_head and self.p_ctx is None:
             self._close()
         elif self.a_ctx is not None and self.a_ctx.status == 0:

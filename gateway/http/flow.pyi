@@ -11,6 +11,7 @@ PAUSE_BUFFER: int
 PAUSE_CLOSING: int
 PAUSE_WRITE: int
 PAUSE_TURN: int
+PAUSE_UPGRADE: int
 DEFAULT_INTERVAL: float
 
 class ReadGate:

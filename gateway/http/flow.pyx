@@ -26,6 +26,7 @@ PAUSE_BUFFER = 4        # request body bytes buffered while no upstream connecti
 PAUSE_CLOSING = 8       # a reply was sent with close: nothing more is read
 PAUSE_WRITE = 16        # the client's transport is over its write high-water mark (it is not reading)
 PAUSE_TURN = 32         # this turn's work bound was reached: the rest of the read waits for the next
+PAUSE_UPGRADE = 64      # an Upgrade request is pending: what follows it is held until the answer
 
 
 cdef class ReadGate:

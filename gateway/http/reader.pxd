@@ -6,6 +6,7 @@
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.flow cimport ReadGate, Ticker
 from gateway.http.request cimport RequestBuilder
+from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
 from gateway.pipeline.context cimport RequestContext
 
@@ -98,6 +99,11 @@ cdef class _ReaderBase:
     # What a second attempt needs: the body pieces sent with the head when the whole body was in
     # hand then (None once a body streamed: it cannot be sent again), whether the stale-connection
     # resend was used, and how many retries to other targets were made (route.retries bounds it).
+    # An Upgrade request (at most one is pending: nothing after it is parsed until it is
+    # answered), its Upgrade value, and the tunnel once the upstream switched (101).
+    cdef RequestContext u_ctx
+    cdef bytes u_value
+    cdef public Tunnel tunnel
     cdef list a_sent
     cdef Py_ssize_t a_sent_size   # bytes in a_sent; over MAX_BUFFERED_BODY the copy is dropped
     cdef bint a_resent
@@ -129,3 +135,4 @@ cdef class _ReaderBase:
     cdef bint _filtered(self, RequestContext ctx) except -1
     cdef int _upstream_failed(self, str kind, bint stale) except -1
     cdef int _exchange_done(self) except -1
+    cdef int _switch(self, _UpstreamBase up, bytes rest) except -1

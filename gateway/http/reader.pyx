@@ -18,11 +18,12 @@ import httptools
 
 from cpython.bytes cimport PyBytes_AS_STRING
 
+from gateway.http.upstream cimport _UpstreamBase
 from gateway.pipeline.context cimport RequestContext
 
 from . import replies
 from .errors import RequestRejected
-from .flow import PAUSE_TURN
+from .flow import PAUSE_TURN, PAUSE_UPGRADE
 
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
@@ -30,6 +31,7 @@ from gateway.http.parser_stop cimport stop_offset
 
 log = logging.getLogger("gateway.http")
 cdef int cPAUSE_TURN = PAUSE_TURN
+cdef int cPAUSE_UPGRADE = PAUSE_UPGRADE
 
 MAX_PIPELINE = 16             # parsed requests waiting for their turn before reading pauses
 MAX_BUFFERED_BODY = 65536     # body bytes held while no upstream is ready, before reading pauses
@@ -105,6 +107,9 @@ cdef class _ReaderBase:
     (_dispatch, _message_complete, _reject...) are _DownstreamBase's (these stubs are never run)."""
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_down(data)   # switched protocols: bytes, not HTTP
+            return
         if self.closing:
             return
         if self.p_rest:
@@ -124,7 +129,9 @@ cdef class _ReaderBase:
         self.p_work = 0
         while pos < n and not self.closing:
             if gate.reasons:
-                self.p_rest = data[pos:] if pos else data
+                rest = data[pos:] if pos else data
+                # (after an Upgrade request _feed already holds the rest of its slice: keep order)
+                self.p_rest = self.p_rest + rest if self.p_rest else rest
                 break
             if self.p_work >= WORK_PER_TURN:
                 self.p_rest = data[pos:]
@@ -278,15 +285,21 @@ cdef class _ReaderBase:
             except RequestRejected as exc:
                 self._reject(exc.reply)
             except httptools.HttpParserUpgrade as exc:
-                # llhttp stops after the head of an `Connection: upgrade` request. We never switch
-                # protocols (Upgrade is stripped, see request.pyx), so the request was proxied as a
-                # plain one (it has no body: on_headers_complete refused those); parsing continues
-                # with a fresh parser at the next byte.
+                # llhttp stops after the head of an `Connection: upgrade` request (it has no body:
+                # on_headers_complete refused those). For an Upgrade we may tunnel (u_ctx), what
+                # follows is another protocol if the upstream switches: it is held, unparsed, and
+                # nothing more is read until the answer (101: the tunnel takes it; anything else
+                # closes the connection). An ignored Upgrade (h2c) was proxied as a plain request:
+                # parsing goes on with a fresh parser at the next byte.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
                 self.parser = httptools.HttpRequestParser(self)
                 self.p_feed = self.parser.feed_data
                 self._message_complete()
                 data = data[offset:]
+                if self.u_ctx is not None and not self.closing:
+                    self.p_rest = data
+                    self.gate.pause(cPAUSE_UPGRADE)
+                    break
                 if data and not self.closing:
                     continue
             except httptools.HttpParserError as exc:
@@ -358,4 +371,7 @@ cdef class _ReaderBase:
         raise NotImplementedError
 
     cdef int _exchange_done(self) except -1:
+        raise NotImplementedError
+
+    cdef int _switch(self, _UpstreamBase up, bytes rest) except -1:
         raise NotImplementedError

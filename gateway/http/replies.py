@@ -67,6 +67,8 @@ def _c(status: int, code: str, message: str) -> LocalReply:
 
 
 BAD_REQUEST = _c(400, "bad_request", "The request is malformed.")
+# RFC 6455 §4.2.1: a handshake the server will not complete gets an error status "such as 400".
+UPGRADE_REFUSED = _c(400, "upgrade_not_allowed", "This route does not accept protocol upgrades (Upgrade).")
 AMBIGUOUS_FRAMING = _c(400, "bad_request", "The request framing is ambiguous.")
 BAD_HOST = _c(400, "bad_request", "The Host header is missing, repeated or invalid.")
 BAD_TARGET = _c(400, "bad_request", "The request target is invalid.")

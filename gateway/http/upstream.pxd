@@ -4,6 +4,7 @@
 from gateway.http.flow cimport Ticker
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport _ReaderBase
+from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
 
 
@@ -41,6 +42,8 @@ cdef class _UpstreamBase:
     cdef double held               # a deadline held while reading is paused (seconds; < 0: none)
     cdef public bint w_paused      # our write buffer is over its high-water mark
     cdef public int uses           # exchanges started on this connection (> 1: it was pooled)
+    cdef public bint upgrading     # this exchange forwards an Upgrade: a 101 switches protocols
+    cdef public Tunnel tunnel      # after a 101: the bytes go to the tunnel, never parsed again
 
     cdef bint _reusable(self)
     cdef int _start(self, _ReaderBase down, RequestContext ctx, bytes data, double timeout) except -1
@@ -53,6 +56,8 @@ cdef class _UpstreamBase:
     cdef int _backed_up(self, _ReaderBase down) except -1
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
+    cdef bytes _switch_head(self)
+    cdef int _handover(self, bytes rest) except -1
     cdef int _flush(self) except -1
     cdef int _finish(self) except -1
     cdef int _fail(self, str kind) except -1

@@ -36,7 +36,9 @@ from .wire import (
 )
 
 from gateway.http.reader cimport _ReaderBase
+from gateway.http.parser_stop cimport stop_offset
 from gateway.http.pool cimport UpstreamPool
+from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
 
 log = logging.getLogger("gateway.http")
@@ -93,6 +95,10 @@ class _HeadDone(Exception):
     """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
 
 
+class _Switched(Exception):
+    """Stop the parser after a 101 to an Upgrade we forwarded: what follows is not HTTP."""
+
+
 class _HeadTooLarge(Exception):
     """A response head (or trailer section) over the field count or byte limit (see on_header)."""
 
@@ -134,6 +140,8 @@ cdef class _UpstreamBase:
         self.held = -1.0
         self.w_paused = False
         self.uses = 0
+        self.upgrading = False
+        self.tunnel = None
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -169,6 +177,7 @@ cdef class _UpstreamBase:
         self.state = S_WAIT_HEAD
         self.done = False
         self.uses += 1
+        self.upgrading = down.u_ctx is ctx
         self.timeout = timeout
         self.held = -1.0
         # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
@@ -260,6 +269,9 @@ cdef class _UpstreamBase:
     def connection_lost(self, exc: Exception | None) -> None:
         self.ticker.discard(self)
         self.broken = True
+        if self.tunnel is not None:
+            self.tunnel.lost()
+            return
         if self.down is None:
             self.pool.forget(self)
             return
@@ -274,12 +286,23 @@ cdef class _UpstreamBase:
             self._flush()
             self._fail("reset")
 
+    def eof_received(self) -> bool | None:
+        if self.tunnel is not None:
+            return self.tunnel.eof_from_up()   # a half-close passed on; the other way keeps flowing
+        return None   # (asyncio's default: the transport closes, connection_lost follows)
+
     def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.up_paused()
+            return
         self.w_paused = True
         if self.down is not None:
             self._backed_up(self.down)
 
     def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.up_resumed()
+            return
         self.w_paused = False
         if self.down is not None:
             self.down.gate.resume(cPAUSE_UPSTREAM)
@@ -287,6 +310,9 @@ cdef class _UpstreamBase:
                 self._arm(-1.0)  # draining again: the body's progress is the client's to keep
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_up(data)   # switched protocols: bytes, not HTTP
+            return
         if self.down is None:
             # Bytes on an idle connection are never a response to anything: discard the connection.
             self.pool.forget(self)
@@ -296,6 +322,7 @@ cdef class _UpstreamBase:
         cdef RequestContext ctx
         cdef _ReaderBase down
         error = None
+        rest = None
         if self.state == S_WAIT_HEAD:
             self.h_raw += len(data)
         try:
@@ -305,12 +332,20 @@ cdef class _UpstreamBase:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _HeadDone):
                 self._head_done(data)
+            elif isinstance(cause, _Switched):
+                offset = stop_offset(self.parser, data)   # (the layout is checked at import)
+                if offset >= 0:
+                    rest = data[offset:]   # the upstream's first bytes of the new protocol
+                else:
+                    error = "protocol"
+                    self.out = []
+                    self.ctx.status = 0
             else:
                 error = "protocol"
                 if isinstance(cause, _HeadTooLarge):
                     self._too_large("fields")
         out = self.out
-        if error is None and not self.done:
+        if error is None and not self.done and rest is None:
             # Bytes that did not complete a head, or (in the body) produced no body byte: a head
             # or a trailer section that never ends is cut here, even inside one endless field
             # (which llhttp hands over only when complete, and httptools joins piece by piece).
@@ -334,6 +369,8 @@ cdef class _UpstreamBase:
                 down.t_write(chunk)
         if error is not None:
             self._fail(error)
+        elif rest is not None:
+            self._handover(rest)
         elif self.done:
             self._finish()
 
@@ -381,7 +418,10 @@ cdef class _UpstreamBase:
         cdef int status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
-                raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
+                if not self.upgrading:
+                    raise httptools.HttpParserError("101 Switching Protocols without an upgrade")
+                self.out.append(self._switch_head())
+                raise _Switched()
             # A 1xx has no body (RFC 9110 §15.2), but llhttp reads one when the head has framing
             # fields (except for 100, 102, 103): bytes that could pass for a response of their
             # own. Such an upstream is not trusted with the exchange: 502, connection discarded.
@@ -491,6 +531,48 @@ cdef class _UpstreamBase:
         line = STATUS_LINES.get(status) or status_line(status)
         tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
         return response_head(line, fwd, framing, ctx.request_id, tail)
+
+    cdef bytes _switch_head(self):
+        """The 101 for the client: the upstream's end-to-end fields (Sec-WebSocket-Accept...),
+        its Upgrade, and Connection: upgrade; no framing (there is no body)."""
+        cdef RequestContext ctx = self.ctx
+        cdef list fwd = []
+        cdef tuple h
+        upgrade = None
+        for h in self.headers:
+            c = _name_cache.get(h[0])
+            if c is None:
+                c = _classify(h[0])
+            if c == cR_FORWARD:
+                fwd.append(h)
+            elif (<bytes>h[0]).lower() == b"upgrade":
+                upgrade = h[1] if upgrade is None else upgrade + b", " + h[1]
+        if upgrade is None:   # RFC 9110 §15.2.2: a 101 names the protocol it switches to
+            raise httptools.HttpParserError("101 Switching Protocols without Upgrade")
+        ctx.status = 101
+        self.status = 101
+        down = self.down
+        if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
+            ctx.route.chain.run_response(ctx, 101, fwd)
+        if ctx.response_headers:
+            fwd += ctx.response_headers
+        line = STATUS_LINES.get(101) or status_line(101)
+        return response_head(line, fwd, b"", ctx.request_id, b"Connection: upgrade\r\nUpgrade: " + upgrade + CRLF)
+
+    cdef int _handover(self, bytes rest) except -1:
+        """After the 101 went out: this connection leaves the pool for good and becomes the
+        upstream side of the downstream's tunnel (tunnel.pyx owns its flow control from now on)."""
+        down = self.down
+        self.down = None
+        self.ctx = None
+        self.broken = True
+        self.state = S_IDLE
+        self.deadline = INF
+        self.paused = False    # (a pause stays in force: the tunnel resumes it when the client drains)
+        self.ticker.discard(self)
+        assert down is not None
+        down._switch(self, rest)
+        return 0
 
     # --- end of an exchange ---
     cdef int _flush(self) except -1:

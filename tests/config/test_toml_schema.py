@@ -186,7 +186,6 @@ NOT_YET = [
      "services[0].targets[0].weight: not supported yet (weights other than 1 need the weighted balancer)"),
     (SVC + ROUTE + 'auth = ["jwt"]\n', "routes[0].auth: not supported yet"),
     (SVC + ROUTE + 'scopes = ["users:read"]\n', "routes[0].scopes: not supported yet"),
-    (SVC + ROUTE + 'websocket = true\n', "routes[0].websocket: not supported yet"),
     (SVC + ROUTE + 'canary = { version = "v2", weight = 10 }\n', "routes[0].canary: not supported yet"),
     (SVC + ROUTE + 'fallback = { status = 503 }\n', "routes[0].fallback: not supported yet"),
     (SVC + ROUTE + '[[routes.rate_limits]]\nkey = "ip"\nlimit = 1\nwindow = 1.0\n', "routes[0].rate_limits: not supported yet"),

@@ -33,6 +33,7 @@ class FakeTransport(asyncio.Transport):
         self.peer = peer
         self.high_water: int | None = None
         self.write_paused = False
+        self.eof_written = False
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
@@ -51,6 +52,13 @@ class FakeTransport(asyncio.Transport):
         if self.high_water is not None and len(self.written) > self.high_water and not self.write_paused:
             self.write_paused = True
             self.protocol.pause_writing()  # type: ignore[union-attr]
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        assert not self.closed and not self.eof_written, "write_eof after close or twice"
+        self.eof_written = True
 
     def close(self) -> None:
         if not self.closed:
