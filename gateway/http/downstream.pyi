@@ -6,13 +6,14 @@ from typing import Any
 
 from gateway.pipeline.context import RequestContext
 
+from .reader import _ReaderBase
 from .request import RequestBuilder
 from .upstream import UpstreamProtocol
 
 MAX_PIPELINE: int
 MAX_BUFFERED_BODY: int
 
-class _DownstreamBase:
+class _DownstreamBase(_ReaderBase):
     worker: Any
     loop: asyncio.AbstractEventLoop
     settings: Any
@@ -35,6 +36,7 @@ class _DownstreamBase:
     a_up: UpstreamProtocol | None
     a_body_done: bool
     a_task: asyncio.Task[Any] | None
+    tunnel: Any
     def __init__(self, worker: Any) -> None: ...
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
