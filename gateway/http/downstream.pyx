@@ -541,6 +541,8 @@ cdef class _DownstreamBase(_ReaderBase):
             self.a_sent_size = len(head) - n
             self.a_pending = []
             self.a_pending_size = 0
+        elif not self.a_body_done:
+            self.a_pending = []   # (the body still to come is kept in a_sent, not in this list)
         up._start(self, ctx, head, self.c_timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
