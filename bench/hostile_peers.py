@@ -22,6 +22,9 @@ scenario any more, with how long that took). Scenarios:
                  while another client sends GETs back to back: that client's worst latency; also
                  without a flood, and during a control flood of the same bytes as one
                  Content-Length body (machine noise: the flooding process, the kernel, the upstream)
+  tunnel-unread  20 WebSocket tunnels (route websocket = true) whose upstream sends as fast as it
+                 can after its 101 while the clients never read (issue 7 C1's backpressure)
+  tunnel-sink    20 tunnels whose clients send as fast as they can while the upstream never reads
 """
 from __future__ import annotations
 
@@ -150,6 +153,51 @@ def huge_name_responder(c: socket.socket) -> None:
         n += 1
         name = (b"X-R%d-" % n).ljust(15000, b"n")
         c.sendall(b"HTTP/1.1 200 OK\r\n" + name + b": v\r\nContent-Length: 2\r\n\r\nok")
+
+
+SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+UPGRADE = (b"GET /ws/x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+class Switching:
+    """An upstream that answers an Upgrade with 101, then floods (or never reads): counts bytes."""
+
+    def __init__(self, flood: bool) -> None:
+        self.flood = flood
+        self.sent = 0
+        self.server = RawServer(self.handle)
+        self.port = self.server.port
+
+    def handle(self, c: socket.socket) -> None:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = c.recv(65536)
+            if not data:
+                return
+            buf += data
+        c.sendall(SWITCH)
+        if self.flood:
+            block = b"\x82\x7e\xff\xff" + b"f" * 65535   # binary frames, as a server sends them
+            while True:
+                c.sendall(block)
+                self.sent += len(block)
+        else:
+            time.sleep(3600)   # never reads again
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def upgraded(port: int) -> socket.socket:
+    c = socket.create_connection(("127.0.0.1", port))
+    c.sendall(UPGRADE)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += c.recv(1)   # nothing after the 101 head is read
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(head)
+    return c
 
 
 class Gateway:
@@ -407,12 +455,74 @@ def scenario_tiny_chunks(repo: Path, chunks: int = 100_000, floods: int = 5) -> 
         up.stop()
 
 
+def tunnel_config(port: int) -> str:
+    return (f'[[services]]\nname = "ws"\ntargets = [{{ url = "http://127.0.0.1:{port}" }}]\n'
+            '[[routes]]\nname = "ws"\npath = "/ws"\nservice = "ws"\nwebsocket = true\ntimeout = 60.0\n')
+
+
+def scenario_tunnel_unread(repo: Path, conns: int = 20, seconds: float = 4.0) -> None:
+    up = Switching(flood=True)
+    gw = Gateway(repo, tunnel_config(up.port), {})
+    try:
+        idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
+        s = Sampler(gw.pid).start()
+        socks = [upgraded(gw.port) for _ in range(conns)]
+        time.sleep(seconds)
+        peak = s.stop()
+        sent = up.sent
+        for c in socks:
+            c.close()
+        report("tunnel-unread", idle, peak, closed(gw.pid, idle_sockets),
+               f"  ({conns} tunnels; the upstream got {sent / 2**20:.1f} MiB out in {seconds:.0f} s, then stopped:"
+               f" +{mib((peak - idle) / conns)} per tunnel)")
+    finally:
+        gw.stop()
+        up.close()
+
+
+def scenario_tunnel_sink(repo: Path, conns: int = 20, seconds: float = 4.0) -> None:
+    up = Switching(flood=False)
+    gw = Gateway(repo, tunnel_config(up.port), {})
+    try:
+        idle = settle(gw.pid)
+        idle_sockets = sockets(gw.pid)
+        s = Sampler(gw.pid).start()
+        socks = [upgraded(gw.port) for _ in range(conns)]
+        block = b"\x82\xfe\xff\xff\0\0\0\0" + b"c" * 65535   # masked client frames
+        sent = 0
+        for c in socks:
+            c.setblocking(False)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            progress = False
+            for c in socks:
+                try:
+                    sent += c.send(block)
+                    progress = True
+                except BlockingIOError:
+                    pass
+            if not progress:
+                time.sleep(0.01)
+        peak = s.stop()
+        for c in socks:
+            c.close()
+        report("tunnel-sink", idle, peak, closed(gw.pid, idle_sockets),
+               f"  ({conns} tunnels; the clients got {sent / 2**20:.1f} MiB in, then the gateway stopped reading:"
+               f" +{mib((peak - idle) / conns)} per tunnel)")
+    finally:
+        gw.stop()
+        up.close()
+
+
 SCENARIOS = {
     "endless-head": scenario_endless_head,
     "unread-404s": scenario_unread_404s,
     "pipelined-64k": scenario_pipelined_64k,
     "huge-names": scenario_huge_names,
     "tiny-chunks": scenario_tiny_chunks,
+    "tunnel-unread": scenario_tunnel_unread,
+    "tunnel-sink": scenario_tunnel_sink,
 }
 
 

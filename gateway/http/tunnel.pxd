@@ -15,6 +15,7 @@ cdef class Tunnel:
     cdef public bint down_eof     # the client half-closed (its FIN went on to the upstream)
     cdef public bint up_eof       # the upstream half-closed
     cdef public bint closed
+    cdef public int gone          # connections lost (2: both sockets closed)
     cdef object on_end            # called once when the tunnel is over (the downstream's log phase)
 
     cdef int start(self, bytes from_down, bytes from_up) except -1

@@ -12,6 +12,7 @@ class Tunnel:
     down_eof: bool
     up_eof: bool
     closed: bool
+    gone: int
     def __init__(self, down_t: Any, up_t: Any, gate: Any, ticker: Any, ctx: RequestContext, idle: float,
                  on_end: Any) -> None: ...
     def on_tick(self, now: float) -> None: ...

@@ -8,8 +8,9 @@ the reading of the other side, so a peer that never reads holds at most one tran
 the other's bytes in our memory (and then nothing moves, so the idle timeout ends it).
 
 Half-close: a FIN from one side is passed on (write_eof) and the other direction keeps flowing;
-when both sides have sent theirs, or either connection is lost, both are closed (buffered bytes
-are still flushed by close()).
+when both sides have sent theirs, or either connection is lost, both are closed. close() still
+flushes what a transport holds, but only for one more idle period: a peer that never reads would
+otherwise keep its socket (and our buffer) for ever, so after that the transports are aborted.
 
 Idle timeout: nginx's proxy_read_timeout for upgraded connections, i.e. the route's `timeout` or
 GATEWAY_UPSTREAM_TIMEOUT, counted from the last byte in either direction (checked by the loop's
@@ -45,6 +46,7 @@ cdef class Tunnel:
         self.down_eof = False
         self.up_eof = False
         self.closed = False
+        self.gone = 0
         self.on_end = on_end
 
     cdef int start(self, bytes from_down, bytes from_up) except -1:
@@ -115,14 +117,17 @@ cdef class Tunnel:
 
     cdef int lost(self) except -1:
         """Either connection is gone: the other one is closed (after flushing what it holds)."""
+        self.gone += 1
         self.close()
+        if self.gone >= 2:
+            self.ticker.discard(self)   # both sockets are gone: nothing left to watch
         return 0
 
     cdef int close(self) except -1:
         if self.closed:
             return 0
         self.closed = True
-        self.ticker.discard(self)
+        self.deadline = self.ticker.now + self.idle   # the flush gets one idle period (on_tick)
         self.down_t.close()
         self.up_t.close()
         on_end = self.on_end
@@ -132,9 +137,16 @@ cdef class Tunnel:
         return 0
 
     def on_tick(self, double now) -> None:
-        if now >= self.deadline and not self.closed:
+        if now < self.deadline:
+            return
+        if not self.closed:
             log.info("request %s: tunnel idle for %.1fs, closed", self.ctx.request_id, self.idle)
             self.close()
+        else:
+            # Closed an idle period ago and a side still holds unsent bytes: its peer is not reading.
+            self.ticker.discard(self)
+            self.down_t.abort()
+            self.up_t.abort()
 
     # (for tests)
     def shut(self) -> None:

@@ -198,6 +198,19 @@ def test_the_idle_timeout_closes_both_sides() -> None:
     h.close()
 
 
+def test_a_side_that_never_drains_is_aborted_an_idle_period_after_the_close() -> None:
+    h = harness(timeout=5.0)
+    switched(h)
+    up_t = h.up().transport
+    h.down.close()
+    h.proto.connection_lost(None)              # the client left: the upstream side is closed ...
+    assert up_t.closed and not up_t.aborted  # type: ignore[union-attr]
+    h.tick(6)                                  # ... and, never drained (no connection_lost), aborted
+    assert up_t.aborted  # type: ignore[union-attr]
+    assert h.proto.tunnel not in h.ticker.members
+    h.close()
+
+
 def test_drain_leaves_an_established_tunnel_alone() -> None:
     h = harness()
     switched(h)
