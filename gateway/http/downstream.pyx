@@ -579,14 +579,14 @@ cdef class _DownstreamBase(_ReaderBase):
     cdef int _upstream_failed(self, str kind, bint stale) except -1:
         """The active exchange's upstream failed (kind: connect, timeout, reset, protocol); `stale`:
         on a pooled connection closed before any response byte. Sent again when that is safe (no
-        response byte reached the client, the whole request body arrived and a copy of it is held),
-        else answered 502/504 (or the connection closed, when part of the response went out)."""
+        response byte reached the client, and a copy of every body byte sent so far is held: the
+        rest of a body still arriving then follows on the new connection), else answered 502/504
+        (or the connection closed, when part of the response went out)."""
         cdef RequestContext ctx = self.a_ctx
         self.a_up = None
         if ctx is None:
             return 0
-        if (not self.closing and ctx.status == 0 and self.a_body_done and self.a_sent is not None
-                and self._again(ctx, kind, stale)):
+        if not self.closing and ctx.status == 0 and self.a_sent is not None and self._again(ctx, kind, stale):
             return 0
         self._attempt_end(ctx, kind)
         if self.closing:
@@ -602,7 +602,7 @@ cdef class _DownstreamBase(_ReaderBase):
 
     cdef bint _again(self, RequestContext ctx, str kind, bint stale) except -1:
         """Send the request again after a failure before any response byte reached the client,
-        whose whole request we still hold (a_sent, a_body_done); whether it was sent.
+        while we hold every request byte sent so far (a_sent); whether it was sent.
 
         - A pooled connection closed as we wrote (stale): once, on a fresh connection to the same
           target, for every method, as nginx and Envoy do. The upstream never saw the request, so
