@@ -117,7 +117,7 @@ def test_toml_range_ends_are_accepted(key: str) -> None:
     path, doc = BUILT[key]
     for v in (r.lo, r.hi):
         for p in _problems(doc(_toml(v)), path):
-            assert "not supported yet" in p, p   # weights other than 1 and retries come later
+            assert "not supported yet" in p, p   # (weights other than 1 come with the balancers)
 
 
 @pytest.mark.parametrize("key", sorted(BUILT))
