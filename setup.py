@@ -40,7 +40,8 @@ DATAPLANE_MODULES = {
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
     "chunked": "gateway.http.chunked",        # ChunkDecoder: chunked request bodies, bounded
     "reader": "gateway.http.reader",          # _ReaderBase: connection state, reads sliced into the parser
-    "downstream": "gateway.http.downstream",  # DownstreamProtocol: requests, exchanges, replies
+    "exchange": "gateway.http.exchange",      # _ExchangeBase: routing, the upstream exchange, second attempts
+    "downstream": "gateway.http.downstream",  # DownstreamProtocol: connection life, parser callbacks, timers
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

@@ -6,14 +6,14 @@ from typing import Any
 
 from gateway.pipeline.context import RequestContext
 
-from .reader import _ReaderBase
+from .exchange import _ExchangeBase
 from .request import RequestBuilder
 from .upstream import UpstreamProtocol
 
 MAX_PIPELINE: int
 MAX_BUFFERED_BODY: int
 
-class _DownstreamBase(_ReaderBase):
+class _DownstreamBase(_ExchangeBase):
     worker: Any
     loop: asyncio.AbstractEventLoop
     settings: Any

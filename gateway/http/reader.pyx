@@ -226,7 +226,7 @@ cdef class _ReaderBase:
         if up is None or ctx is None or self.closing:
             return 0  # the exchange was abandoned (413, upstream failure): the bytes go nowhere
         if ctx.chunked:
-            # Chunk extensions never survive: we re-frame what _dechunk hands us (one chunk a turn).
+            # Chunk extensions never survive: we re-frame what the ChunkDecoder hands us (one chunk a turn).
             out.insert(0, b"%x\r\n" % size)
             out.append(b"\r\n")
         data = b"".join(out) if len(out) > 1 else out[0]
@@ -307,7 +307,7 @@ cdef class _ReaderBase:
                 # chains the original (__context__): our RequestRejected carries the reply to send.
                 cause = exc.__cause__ or exc.__context__
                 if type(cause) is _TakeOver:
-                    # on_headers_complete gave the chunked body to _dechunk: llhttp stopped right
+                    # on_headers_complete gave the chunked body to the ChunkDecoder: llhttp stopped right
                     # after the head; a fresh parser takes over again after the body.
                     offset = stop_offset(self.parser, data)
                     self.parser = httptools.HttpRequestParser(self)
