@@ -259,7 +259,8 @@ cdef class _ExchangeBase(_ReaderBase):
         if ctx.method not in IDEMPOTENT:
             return False
         self._attempt_end(ctx, kind)
-        target = ctx.service.pick_retry(ctx, ctx.upstream_target)
+        pick_retry = getattr(ctx.service, "pick_retry", None)   # (a service without it: no retry)
+        target = pick_retry(ctx, ctx.upstream_target) if pick_retry is not None else None
         if target is None:
             return False
         self.a_retries += 1
