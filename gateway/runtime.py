@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .discovery.balancers import make_service
 from .discovery.service import Service, Target
 from .pipeline.chain import EMPTY_CHAIN, FilterChain
 from .routing import Route, Router
@@ -121,8 +122,16 @@ def build_runtime(
                     pool = factory(loop, tc.host, tc.port, settings)
                 pools[key] = pool
             targets.append(Target.from_config(tc, pool))
-        services[sc.name] = Service(sc.name, targets)
+        # Passive health unless a breaker replaces it (SPEC §3).
+        services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
+                                         passive=getattr(sc, "breaker", None) is None)
     routes = [
         Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
     ]
-    return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    if state is not None:
+        # Registered targets, health records, the worker's health tick (gateway/discovery/wiring.py).
+        from .discovery.wiring import attach_runtime
+
+        attach_runtime(runtime, loop, state, placer, previous, factory)
+    return runtime

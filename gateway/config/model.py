@@ -23,10 +23,23 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """[services.health]: active checks (gateway/discovery/health.py)."""
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     targets: tuple[TargetConfig, ...]
     balancer: str = "round_robin"
+    hash_key: str | None = None          # consistent_hash: ip | header:NAME | cookie:NAME | claim:NAME
+    health: HealthConfig | None = None   # None: passive health only
 
 
 @dataclass(frozen=True, slots=True)

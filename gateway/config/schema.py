@@ -19,7 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
@@ -29,7 +29,10 @@ log = logging.getLogger("gateway.config")
 BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
 
 NOT_YET = "not supported yet"
-BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
+BALANCERS = ("round_robin", "weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
+_HEALTH_KEYS = {"path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "max_backoff"}
+# A header or cookie name in hash_key: an RFC 9110 token (what can appear on the wire at all).
+_HASH_KEY = re.compile(r"ip|(header|cookie|claim):[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 # Names end up in metric labels, admin URLs and log lines: keep them to one URL-safe token.
 # Every pattern here is applied with fullmatch(): `re.match` with a `$` anchor also accepts a trailing
@@ -213,9 +216,6 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     weight = 1
     if "weight" in raw:
         w = c.integer(f"{path}.weight", raw["weight"], "services[].targets[].weight")
-        if w is not None and w != 1:
-            # round_robin here is plain rotation: a weight would be silently ignored.
-            c.error(f"{path}.weight", f"{NOT_YET} (weights other than 1 need the weighted balancer)")
         weight = w or 1
     version = c.string(f"{path}.version", raw.get("version"))
     if hp is None:
@@ -227,11 +227,11 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
     c.unknown_keys(path, raw, _SERVICE_KEYS)
     name = c.name(f"{path}.name", raw.get("name"))
     balancer = c.string(f"{path}.balancer", raw.get("balancer")) or "round_robin"
-    if balancer in BALANCERS_LATER:
-        c.error(f"{path}.balancer", f"{NOT_YET} (only round_robin)")
-    elif balancer != "round_robin":
-        c.error(f"{path}.balancer", f"expected one of round_robin, {', '.join(BALANCERS_LATER)}; got {balancer!r}")
-    for key in ("hash_key", "health", "breaker"):
+    if balancer not in BALANCERS:
+        c.error(f"{path}.balancer", f"expected one of {', '.join(BALANCERS)}; got {balancer!r}")
+    hash_key = _parse_hash_key(c, f"{path}.hash_key", raw.get("hash_key"), balancer)
+    health = _parse_health(c, f"{path}.health", raw["health"]) if "health" in raw else None
+    for key in ("breaker",):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
     targets: list[TargetConfig] = []
@@ -255,7 +255,52 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
             targets.append(t)
     if name is None:
         return None
-    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer)
+    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, hash_key=hash_key, health=health)
+
+
+def _parse_hash_key(c: _Collector, path: str, value: Any, balancer: str) -> str | None:
+    if value is None:
+        return "ip" if balancer == "consistent_hash" else None
+    s = c.string(path, value, plain=False)
+    if s is None:
+        return None
+    if not _HASH_KEY.fullmatch(s):
+        c.error(path, f"expected ip, header:NAME, cookie:NAME or claim:NAME, got {s!r}")
+        return None
+    if balancer != "consistent_hash":
+        # SPEC §3's own example sets it on a round_robin service: accepted, said, unused.
+        log.warning("%s: only used by balancer = \"consistent_hash\" (this service's is %r): ignored", path, balancer)
+        return None
+    return s
+
+
+def _parse_health(c: _Collector, path: str, raw: Any) -> HealthConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table ([services.health]), got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _HEALTH_KEYS)
+    hp = c.string(f"{path}.path", raw.get("path"), plain=False)
+    if hp is None and "path" not in raw:
+        hp = "/health"
+    elif hp is not None and not _PATH.fullmatch(hp.partition("?")[0]):
+        c.error(f"{path}.path", f"expected a URL path starting with '/', got {hp!r}")
+        hp = None
+    vals: dict[str, Any] = {}
+    for key, kind in (("interval", "s"), ("timeout", "s"), ("healthy_threshold", "i"),
+                      ("unhealthy_threshold", "i"), ("max_backoff", "s")):
+        if key in raw:
+            rk = f"services[].health.{key}"
+            v = (c.seconds if kind == "s" else c.integer)(f"{path}.{key}", raw[key], rk)
+            if v is None:
+                return None
+            vals[key] = v
+    if hp is None:
+        return None
+    h = HealthConfig(path=hp, **vals)
+    if h.max_backoff < h.interval:
+        c.error(f"{path}.max_backoff", f"expected at least interval ({h.interval}), got {h.max_backoff}")
+        return None
+    return h
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
