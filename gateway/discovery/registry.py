@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.discovery")
 
 PREFIX = "targets/"
+_ROUTING = ("url", "host", "port", "weight", "version", "metadata")
+_NONE = object()
 EXPIRE_EVERY = 0.25
 MAX_TARGETS_PER_SERVICE = 1000     # registered ones (the admin handler refuses more: 409)
 
@@ -71,6 +73,7 @@ class WorkerRegistry:
         self.runtime: Runtime | None = None
         self._pool_for = pool_for
         self._attach: Callable[[Runtime, Service, list[Target]], None] | None = None
+        self._seen: dict[str, Any] = {}
         state.view.subscribe(PREFIX, self._changed, replay=False)
 
     def use(self, runtime: Runtime, attach: Callable[[Runtime, Service, list[Target]], None]) -> None:
@@ -81,6 +84,16 @@ class WorkerRegistry:
         parts = split_key(key)
         if parts is None or self.runtime is None:
             return
+        # A heartbeat rewrites the whole value; only a change of what routing uses rebuilds.
+        routing = {k: value.get(k) for k in _ROUTING} if isinstance(value, dict) else None
+        if self._seen.get(key, _NONE) == routing:
+            return
+        if routing is None:
+            self._seen.pop(key, None)
+        else:
+            if len(self._seen) > 100_000:   # bounded: forget and rebuild rather than grow
+                self._seen.clear()
+            self._seen[key] = routing
         service = self.runtime.services.get(parts[0])
         if service is not None:
             self.rebuild(service)
