@@ -35,6 +35,11 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
     The empty chain is one shared instance, which the data plane checks to skip every phase."""
     filters: list[Any] = []
+    if route_config.fallback is not None:
+        # Last: a request the policies above refuse is refused whatever the targets' health.
+        from .discovery.fallback import NoHealthyTargetFallback
+
+        filters.append(NoHealthyTargetFallback(route_config.fallback))
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 

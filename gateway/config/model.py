@@ -43,6 +43,14 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """A route's `fallback`: sent as configured when no target can take the request."""
+    status: int = 503
+    body: str | None = None            # None: the JSON error body of SPEC §4 with this status
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     service: str
@@ -54,6 +62,7 @@ class RouteConfig:
     timeout: float | None = None
     retries: int = 0
     index: int = 0              # position in the file: ties are broken by declaration order
+    fallback: FallbackConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import FallbackConfig, GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
@@ -374,9 +374,10 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
-    for key in ("canary", "fallback"):
+    for key in ("canary",):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
+    fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
     if service is not None and service not in known_services:
         # Checked here, not in _cross_check, so it is reported even when another key of this
         # route is bad (the route is then dropped before the cross-checks).
@@ -385,8 +386,47 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index,
+        strip_prefix=strip, timeout=timeout, index=index, fallback=fallback,
     )
+
+
+_FALLBACK_KEYS = {"status", "body", "content_type"}
+MAX_FALLBACK_BODY = 65536
+# type/subtype with optional parameters (RFC 9110 media-type), printable ASCII only.
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(\"[\x20-\x7e]*\"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*")
+
+
+def _parse_fallback(c: _Collector, path: str, raw: Any) -> FallbackConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ status, body, content_type }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _FALLBACK_KEYS)
+    status = 503
+    if "status" in raw:
+        st = c.integer(f"{path}.status", raw["status"], "routes[].fallback.status")
+        if st is None:
+            return None
+        status = st
+    body = None
+    if "body" in raw:
+        b = raw["body"]
+        if not isinstance(b, str):
+            c.error(f"{path}.body", f"expected a string, got {_kind(b)}")
+            return None
+        if len(b.encode()) > MAX_FALLBACK_BODY:
+            c.error(f"{path}.body", f"expected at most {MAX_FALLBACK_BODY} bytes, got {len(b.encode())}")
+            return None
+        body = b
+    ctype = "application/json"
+    if "content_type" in raw:
+        ct = c.string(f"{path}.content_type", raw["content_type"], plain=False)
+        if ct is None:
+            return None
+        if not _MEDIA_TYPE.fullmatch(ct):
+            c.error(f"{path}.content_type", f"expected a media type like text/plain; charset=utf-8, got {ct!r}")
+            return None
+        ctype = ct
+    return FallbackConfig(status=status, body=body, content_type=ctype)
 
 
 def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],

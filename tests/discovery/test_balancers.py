@@ -337,3 +337,36 @@ def test_health_defaults_and_hash_key_default() -> None:
     assert (h.path, h.interval, h.timeout, h.healthy_threshold, h.unhealthy_threshold, h.max_backoff) == \
         ("/health", 5.0, 1.0, 2, 3, 60.0)
     assert cfg.services[0].hash_key == "ip"
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ("fallback = 3\n", "routes[0].fallback: expected a table"),
+    ("fallback = { status = 99 }\n", "routes[0].fallback.status: expected"),
+    ("fallback = { body = 3 }\n", "routes[0].fallback.body: expected a string"),
+    ('fallback = { content_type = "text" }\n', "routes[0].fallback.content_type: expected a media type"),
+    ('fallback = { content_type = "text/plain\\r\\nX: y" }\n', "routes[0].fallback.content_type: expected"),
+    ("fallback = { colour = 1 }\n", "routes[0].fallback.colour: unknown key"),
+])
+def test_bad_fallbacks_name_their_path(extra: str, problem: str) -> None:
+    from gateway.config import ConfigErrors
+
+    with pytest.raises(ConfigErrors) as info:
+        loads_config(svc("") + extra)
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+def test_fallback_filter_answers_only_when_every_target_is_out() -> None:
+    from gateway.discovery.fallback import NoHealthyTargetFallback
+
+    cfg = loads_config(svc("") + 'fallback = { status = 503, body = "down", content_type = "text/plain" }\n')
+    f = NoHealthyTargetFallback(cfg.routes[0].fallback)
+    ts = targets(2)
+    s = make_service("s", ts, "round_robin")
+    c = ctx(service=s)
+    assert f.access(c) is None
+    s.set_active(ts[0], False)
+    assert f.access(c) is None
+    s.set_active(ts[1], False)
+    reply = f.access(c)
+    assert reply is not None and (reply.status, reply.body, reply.content_type) == (503, b"down", b"text/plain")
+    assert (b"X-Gateway-Fallback", b"no-healthy-target") in reply.headers

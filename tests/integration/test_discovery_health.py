@@ -142,13 +142,24 @@ def test_passive_health_without_checks_takes_a_dead_target_out_of_every_worker(g
 
 
 def test_every_target_down_answers_503_no_healthy_target(gateway, ups: list[Up]) -> None:  # noqa: F811
-    gw = gateway(config(ups), env=ENV)
+    fb = ('[[routes]]\nname = "fb"\npath = "/fb"\nservice = "svc"\n'
+          'fallback = { status = 503, body = \'{"error":"svc_unavailable"}\', content_type = "application/json" }\n'
+          '[[routes]]\nname = "fb2"\npath = "/fb2"\nservice = "svc"\n'
+          'fallback = { status = 200, body = "cached page", content_type = "text/plain; charset=utf-8" }\n')
+    gw = gateway(config(ups, extra_route=fb), env=ENV)
+    assert http_get(gw.port, "/fb")[2] in (b"a", b"b", b"c")      # healthy: the fallback stays silent
     for u in ups:
         u.mode("fail")
     batch = settles(gw.port, lambda batch: set(batch) == {"status:503"})
     assert batch
     status, headers, body = http_get(gw.port, "/x")
-    assert status == 503 and b"no_healthy_target" in body
+    assert status == 503 and b"no_healthy_target" in body and b"request_id" in body
+    assert headers["x-gateway-fallback"] == "no-healthy-target"
+    status, headers, body = http_get(gw.port, "/fb")
+    assert (status, body, headers["content-type"]) == (503, b'{"error":"svc_unavailable"}', "application/json")
+    assert headers["x-gateway-fallback"] == "no-healthy-target" and headers["x-request-id"]
+    status, headers, body = http_get(gw.port, "/fb2")
+    assert (status, body, headers["content-type"]) == (200, b"cached page", "text/plain; charset=utf-8")
     for u in ups:
         u.mode("ok")
     settles(gw.port, lambda batch: set(batch) == {"a", "b", "c"})
