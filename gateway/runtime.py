@@ -43,6 +43,15 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 
+def _route_service(rc: RouteConfig, services: dict[str, Service]) -> Service:
+    """The route's service; a route with a canary gets its own wrapper (gateway/discovery/canary.py)."""
+    if rc.canary is None:
+        return services[rc.service]
+    from .discovery.canary import wrap
+
+    return wrap(services[rc.service], rc.canary)
+
+
 def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -> Any:
     # Imported lazily: gateway.http sits below runtime in the layering and is built separately;
     # config-only users (gateway check) never import the data plane.
@@ -131,7 +140,8 @@ def build_runtime(
         services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
                                          passive=getattr(sc, "breaker", None) is None)
     routes = [
-        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
+        Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer))
+        for rc in config.routes
     ]
     runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
     if state is not None:

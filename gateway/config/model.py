@@ -51,6 +51,14 @@ class FallbackConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    """A route's `canary`: `weight` % of users to the targets of `version` (gateway/discovery/canary.py)."""
+    version: str
+    weight: int = 0
+    header: str | None = None          # its value `always` / `never` overrides the cohort
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     service: str
@@ -63,6 +71,7 @@ class RouteConfig:
     retries: int = 0
     index: int = 0              # position in the file: ties are broken by declaration order
     fallback: FallbackConfig | None = None
+    canary: CanaryConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

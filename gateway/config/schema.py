@@ -19,7 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import FallbackConfig, GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import CanaryConfig, FallbackConfig, GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
@@ -374,9 +374,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
-    for key in ("canary",):
-        if key in raw:
-            c.error(f"{path}.{key}", NOT_YET)
+    canary = _parse_canary(c, f"{path}.canary", raw["canary"]) if "canary" in raw else None
     fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
     if service is not None and service not in known_services:
         # Checked here, not in _cross_check, so it is reported even when another key of this
@@ -386,8 +384,34 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index, fallback=fallback,
+        strip_prefix=strip, timeout=timeout, index=index, fallback=fallback, canary=canary,
     )
+
+
+def _parse_canary(c: _Collector, path: str, raw: Any) -> CanaryConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ version, weight, header }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, {"version", "weight", "header"})
+    version = c.name(f"{path}.version", raw.get("version"))
+    weight = 0
+    if "weight" in raw:
+        w = c.integer(f"{path}.weight", raw["weight"], "routes[].canary.weight")
+        if w is None:
+            return None
+        weight = w
+    header = None
+    if "header" in raw:
+        h = c.string(f"{path}.header", raw["header"], plain=False)
+        if h is None:
+            return None
+        if not _TOKEN.fullmatch(h) or len(h) > 128:
+            c.error(f"{path}.header", f"expected a header name, got {h!r}")
+            return None
+        header = h
+    if version is None:
+        return None
+    return CanaryConfig(version=version, weight=weight, header=header)
 
 
 _FALLBACK_KEYS = {"status", "body", "content_type"}

@@ -6,6 +6,7 @@
                                                        "metadata"?, "ttl"?} → 201 {"id", ...}
     DELETE /services/{name}/targets/{id}               deregister
     PUT    /services/{name}/targets/{id}/heartbeat     renew a TTL registration
+    PUT    /routes/{name}/canary                       {"version", "weight", "header"?} at run time
 
 Writes go through `state.control.put/delete("targets/<service>/<id>")` (gateway/discovery/
 registry.py says how they reach every worker and instance); they need the admin token (the admin
@@ -174,6 +175,24 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
         return json_response({"id": tid, "service": name, "heartbeat": now,
                               "expires_in": ttl})
 
+    async def set_canary(req: AdminRequest) -> AdminResponse:
+        from . import canary
+
+        name = req.params["name"]
+        rc = next((r for r in ctx.config().routes if r.name == name), None)
+        if rc is None:
+            raise _bad("name", f"unknown route {name!r}")
+        if rc.canary is None:
+            raise AdminError(409, "conflict", f"name: route {name!r} has no canary in its config "
+                                              "(add `canary = {{ version, weight }}` and reload)")
+        try:
+            value = canary.validate(req.json())
+        except ValueError as exc:
+            raise AdminError(400, "bad_request", str(exc)) from None
+        await _write(ctx, canary.PREFIX + name, value)
+        audit.info("%s", orjson.dumps({"event": "admin", "action": "canary", "route": name, **value}).decode())
+        return json_response({"route": name, **value})
+
     def services(req: AdminRequest) -> AdminResponse:
         return json_response({"services": list(describe(ctx))})
 
@@ -194,6 +213,16 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
     routes.add("DELETE", "/services/{name}/targets/{id}", deregister, tag="discovery",
                summary="Deregister a target", responses={"200": {"description": "removed"},
                                                          "404": {"description": "no such registration"}, **errors})
+    routes.add("PUT", "/routes/{name}/canary", set_canary, tag="discovery", request_body={
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": ["version", "weight"], "properties": {
+                "version": {"type": "string", "example": "v2"},
+                "weight": {"type": "integer", "minimum": 0, "maximum": 100,
+                           "description": "percent of users (sticky per user) sent to `version`"},
+                "header": {"type": "string", "description": "request header whose value always/never overrides"}}}}}},
+               summary="Change a route's canary at run time (every worker and instance within 1 s)",
+               responses={"200": {"description": "applied: {route, version, weight, header}"},
+                          "409": {"description": "the route has no canary in its config"}, **errors})
     routes.add("PUT", "/services/{name}/targets/{id}/heartbeat", heartbeat, tag="discovery",
                summary="Renew a TTL registration", responses={"200": {"description": "renewed"},
                                                               "404": {"description": "no such registration"},

@@ -59,6 +59,7 @@ def attach_runtime(runtime: Runtime, loop: Any, state: Any, placer: Any, previou
     for service in runtime.services.values():
         reg.rebuild(service)
     health.worker_health(loop, state).use(runtime.services.values())
+    _canaries(runtime, state)
     if state.control is not None and getattr(state, "discovery", None) is None and hasattr(loop, "create_task"):
         from .node import NodeDiscovery
 
@@ -67,3 +68,19 @@ def attach_runtime(runtime: Runtime, loop: Any, state: Any, placer: Any, previou
         state.discovery_runtime = rt_holder
     elif getattr(state, "discovery_runtime", None) is not None:
         state.discovery_runtime[0] = runtime
+
+
+_canary_updates: Any = None
+
+
+def _canaries(runtime: Runtime, state: Any) -> None:
+    """Run-time canary settings (PUT /routes/{name}/canary) for this runtime's canary routes."""
+    global _canary_updates
+    from .canary import CanaryService, CanaryUpdates
+
+    if _canary_updates is None or _canary_updates.state is not state:
+        _canary_updates = CanaryUpdates(state)
+    routes = {r.name: r.service for r in runtime.router.routes if isinstance(r.service, CanaryService)}
+    defaults = {rc.name: (rc.canary.version, rc.canary.weight, rc.canary.header)
+                for rc in runtime.config.routes if rc.canary is not None}
+    _canary_updates.use(routes, defaults)

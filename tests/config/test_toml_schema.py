@@ -183,7 +183,6 @@ NOT_YET = [
     (SVC + ROUTE + 'scopes = ["users:read"]\n', "routes[0].scopes: not supported yet"),
     (SVC + ROUTE + 'retries = 1\n', "routes[0].retries: not supported yet"),
     (SVC + ROUTE + 'websocket = true\n', "routes[0].websocket: not supported yet"),
-    (SVC + ROUTE + 'canary = { version = "v2", weight = 10 }\n', "routes[0].canary: not supported yet"),
     (SVC + ROUTE + '[[routes.rate_limits]]\nkey = "ip"\nlimit = 1\nwindow = 1.0\n', "routes[0].rate_limits: not supported yet"),
     (SVC + '[quotas]\ndefault_user = { limit = 1, window = 1.0 }\n', "quotas: not supported yet"),
 ]
@@ -306,7 +305,6 @@ def test_every_spec_key_is_known_and_each_unbuilt_one_is_refused() -> None:
         "routes[0].auth: not supported yet",
         "routes[0].scopes: not supported yet",
         "routes[0].rate_limits: not supported yet",
-        "routes[0].canary: not supported yet",
     ])
 
 

@@ -151,3 +151,44 @@ def test_two_instances_over_redis_see_each_others_registrations(gateway, ups: li
         settles(gw1.port, lambda batch: set(batch) == {"a"}, timeout=5)
         settles(gw2.port, lambda batch: set(batch) == {"a"}, timeout=5)
         assert http_get(gw1.admin_port, "/services")[0] == 200
+
+
+def get_as(port: int, ip: str, headers: dict[str, str] | None = None) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/x", headers={"X-Forwarded-For": ip, **(headers or {})})
+        r = c.getresponse()
+        body = r.read().decode()
+        return body if r.status == 200 else f"status:{r.status}"
+    finally:
+        c.close()
+
+
+def test_canary_weight_changes_at_run_time_in_every_worker(gateway, ups: list[Up]) -> None:  # noqa: F811
+    a, b, _ = ups
+    text = (f'[[services]]\nname = "svc"\ntargets = [{{ url = "{a.url}", version = "v1" }}, '
+            f'{{ url = "{b.url}", version = "v2" }}]\n'
+            '[[routes]]\nname = "r"\npath = "/"\nservice = "svc"\n'
+            'canary = { version = "v2", weight = 0, header = "x-canary" }\n')
+    gw = gateway(text, env=env(GATEWAY_TRUSTED_PROXIES="127.0.0.1/32"))
+    ips = [f"198.51.100.{i}" for i in range(1, 61)]
+    assert {get_as(gw.port, ip) for ip in ips} == {"a"}
+    assert get_as(gw.port, ips[0], {"X-Canary": "always"}) == "b"
+
+    assert admin(gw.admin_port, "PUT", "/routes/r/canary", {"version": "v2", "weight": 50}, token=None)[0] == 401
+    t0 = time.monotonic()
+    status, out = admin(gw.admin_port, "PUT", "/routes/r/canary", {"version": "v2", "weight": 100, "header": "x-canary"})
+    assert status == 200 and out["weight"] == 100
+    time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+    assert {get_as(gw.port, ip) for ip in ips} == {"b"}          # every request, both workers, after 1 s
+    assert get_as(gw.port, ips[0], {"X-Canary": "never"}) == "a"
+
+    status, _ = admin(gw.admin_port, "PUT", "/routes/r/canary", {"version": "v2", "weight": 50, "header": "x-canary"})
+    time.sleep(1.0)
+    first = {ip: get_as(gw.port, ip) for ip in ips}
+    assert 10 <= list(first.values()).count("b") <= 50
+    assert all(get_as(gw.port, ip) == first[ip] for ip in ips[:20])   # sticky per user, across workers
+    assert admin(gw.admin_port, "PUT", "/routes/r/canary", {"version": "v2", "weight": 500})[1]["message"].startswith("weight:")
+    assert admin(gw.admin_port, "PUT", "/routes/nope/canary", {"version": "v2", "weight": 5})[0] == 400
+    status, doc = admin(gw.admin_port, "GET", "/openapi.json", token=None)
+    assert "/routes/{name}/canary" in doc["paths"]
