@@ -19,7 +19,15 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import CanaryConfig, FallbackConfig, GatewayConfig, HealthConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import (
+    CanaryConfig,
+    FallbackConfig,
+    GatewayConfig,
+    HealthConfig,
+    RouteConfig,
+    ServiceConfig,
+    TargetConfig,
+)
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
