@@ -30,8 +30,11 @@ class NodeDiscovery:
         self.health = NodeHealth(loop, memory, SUPERVISOR, self._checked_targets, control.hub.emit)
         self._pending: asyncio.Handle | None = None
         control.view.subscribe(registry.PREFIX, self._registration_changed, replay=False)
-        self._task = loop.create_task(self._tend())
+        self._closed = False
+        self._expiry: asyncio.Task[None] | None = None
         self._expiring: set[str] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tend()
 
     def _checked_targets(self) -> Iterator[tuple[str, str, str, int, Any]]:
         config = self._config()
@@ -61,19 +64,25 @@ class NodeDiscovery:
         except Exception:  # noqa: BLE001 - a bad config object must not stop the checks already running
             log.exception("health: refreshing the checked targets failed")
 
-    async def _tend(self) -> None:
-        while True:
-            try:
-                config = self._config()
-                if config is not self._seen:
-                    self._seen = config
-                    self._refresh()
-                await self._expire()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001
-                log.exception("discovery: tending failed")
-            await asyncio.sleep(registry.EXPIRE_EVERY)
+    def _tend(self) -> None:
+        # A timer, not a task: nothing is left pending if the loop stops without closing us.
+        self._timer = None
+        if self._closed:
+            return
+        try:
+            config = self._config()
+            if config is not self._seen:
+                self._seen = config
+                self._refresh()
+            if self._expiry is None and registry.expire(self.control.view):
+                self._expiry = self.loop.create_task(self._expire())
+                self._expiry.add_done_callback(self._expired)
+        except Exception:  # noqa: BLE001
+            log.exception("discovery: tending failed")
+        self._timer = self.loop.call_later(registry.EXPIRE_EVERY, self._tend)
+
+    def _expired(self, task: asyncio.Task[None]) -> None:
+        self._expiry = None
 
     async def _expire(self) -> None:
         for key in registry.expire(self.control.view):
@@ -89,7 +98,11 @@ class NodeDiscovery:
                 self._expiring.discard(key)
 
     def close(self) -> None:
-        self._task.cancel()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self._pending is not None:
             self._pending.cancel()
         self.control.view.unsubscribe(self._registration_changed)
