@@ -589,10 +589,16 @@ class Supervisor:
     def _config_in_force(self) -> Any:
         """The GatewayConfig the workers boot from (the last valid snapshot), parsed once per
         snapshot: the supervisor serves no traffic, but feature admin routes read the config."""
-        from gateway.config import load_config
+        from gateway.config import GatewayConfig, loads_config
 
         snap = self._snapshot
         cached = self._config_cache
         if cached is None or cached[0] != snap:
-            cached = self._config_cache = (snap, load_config(snap))
+            # loads_config, not load_config: the command has already warned about this file once.
+            if snap is None:
+                config = GatewayConfig()
+            else:
+                with open(snap, encoding="utf-8") as f:
+                    config = loads_config(f.read(), snap)
+            cached = self._config_cache = (snap, config)
         return cached[1]

@@ -136,9 +136,10 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
                for t in sc.targets):
             raise AdminError(409, "conflict", f"url: {fields['url']} is a configured target of {name}")
         existing = registry.registered(view, name)
-        tid = next((i for i, v in existing if v.get("url") == fields["url"]), None)
+        found = next((i for i, v in existing if v.get("url") == fields["url"]), None)
         now = time.time()
-        created = tid is None
+        created = found is None
+        tid = found or ""
         if created:
             if len(existing) >= registry.MAX_TARGETS_PER_SERVICE:
                 raise AdminError(409, "conflict", f"{name} already has {registry.MAX_TARGETS_PER_SERVICE} "
@@ -245,7 +246,7 @@ def describe(ctx: AdminContext) -> Iterable[dict[str, Any]]:
             (tc.id, "config", {"url": tc.url, "weight": tc.weight, "version": tc.version}) for tc in sc.targets]
         entries += [(tid, "registered", v) for tid, v in registry.registered(ctx.state.view, sc.name)]
         for tid, source, v in entries:
-            url = v.get("url")
+            url = str(v.get("url"))
             t = live_targets.get(url)
             row: dict[str, Any] = {"id": tid, "url": url, "source": source, "weight": v.get("weight", 1),
                                    "version": v.get("version"), "healthy": True, "breaker": None}

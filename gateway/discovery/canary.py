@@ -90,7 +90,7 @@ class CanaryService(Service):
 
     def _sides(self) -> tuple[_Side, _Side]:
         base = self._picker
-        sides = self._maglev
+        sides: Any = self._maglev
         if sides is None or sides[0] is not base.targets:
             version = self._key[0]
             current = base.targets

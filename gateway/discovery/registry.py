@@ -106,9 +106,11 @@ class WorkerRegistry:
         targets = self.targets_for(runtime, service.name, service.targets)
         if self._attach is not None:
             self._attach(runtime, service, targets)
+        before = len(service.targets)
         set_targets(service, targets)
-        log.info("service %s: %d targets (%d registered)", service.name, len(targets),
-                 sum(t.source == "registered" for t in targets))
+        n_reg = sum(t.source == "registered" for t in targets)
+        if n_reg or len(targets) != before:
+            log.info("service %s: %d targets (%d registered)", service.name, len(targets), n_reg)
 
     def targets_for(self, runtime: Runtime, name: str, current: list[Target]) -> list[Target]:
         """Config targets (kept as they are) + the registered ones now in the view; a registered
