@@ -274,11 +274,49 @@ def describe(ctx: AdminContext) -> Iterable[dict[str, Any]]:
                "health_checks": sc.health is not None, "targets": rows}
 
 
+def _errors(ctx: AdminContext, service: str, url: str, keep: set[str]) -> list[int] | None:
+    """The target's upstream error counters from node memory (placed by the workers), if any."""
+    from .._fast.counters import CounterArray
+    from ..state.memory import SUPERVISOR
+    from .service import ERROR_KINDS
+    from .wiring import ERRORS_SIZE, errors_name
+
+    memory = ctx.state.memory
+    name = errors_name(service, url)
+    if memory is None or memory.info(name) is None:
+        return None
+    keep.add(name)
+    holder = SUPERVISOR if ctx.runtime() is None else ctx.state.holder
+    return CounterArray(len(ERROR_KINDS), memory.place(name, ERRORS_SIZE, holder, kind="errors")).values()
+
+
+def _release_stale_errors(ctx: AdminContext, keep: set[str]) -> None:
+    """The supervisor reads counters of targets that may since have gone: drop its hold on those."""
+    from ..state.memory import SUPERVISOR
+
+    memory = ctx.state.memory
+    if memory is None or ctx.runtime() is not None:
+        return
+    bit = 1 << SUPERVISOR
+    names = [o.name for o in memory.objects()
+             if o.holders & bit and (not o.name.startswith("upstream_errors/") or o.name in keep)]
+    memory.sync_holder(SUPERVISOR, names)
+
+
 def metric_samples(ctx: AdminContext) -> Iterable[tuple[str, str, str, dict[str, str], float]]:
-    """gateway_target_healthy{service,target} (1/0) and the checker's probe counters."""
-    for svc in describe(ctx):
+    """gateway_target_healthy{service,target} (1/0), the checker's probe counters and
+    gateway_upstream_errors_total{service,target,kind}."""
+    from .service import ERROR_KINDS
+
+    keep: set[str] = set()
+    for svc in list(describe(ctx)):
         for row in svc["targets"]:
             labels = {"service": svc["name"], "target": row["url"]}
+            errs = _errors(ctx, svc["name"], row["url"], keep)
+            if errs is not None:
+                for kind, n in zip(ERROR_KINDS, errs, strict=True):
+                    yield ("gateway_upstream_errors_total", "counter", "Upstream attempts that failed, by kind",
+                           {**labels, "kind": kind}, float(n))
             yield ("gateway_target_healthy", "gauge", "1 when the target is in rotation (health checks and passive "
                    "health), else 0", labels, 1.0 if row["healthy"] else 0.0)
             check = row.get("check")
@@ -287,3 +325,4 @@ def metric_samples(ctx: AdminContext) -> Iterable[tuple[str, str, str, dict[str,
                        labels, float(check["checks"]))
                 yield ("gateway_health_check_failures_total", "counter", "Active health probes that failed",
                        labels, float(check["failures"]))
+    _release_stale_errors(ctx, keep)

@@ -27,12 +27,14 @@ if TYPE_CHECKING:
 PASSIVE_FAILURES = 5         # consecutive connect errors / resets / timeouts (SPEC §3)
 PASSIVE_DOWN = 5.0           # seconds out of rotation before one trial
 PASSIVE_KINDS = frozenset(("connect", "timeout", "reset"))
+ERROR_KINDS = ("connect", "timeout", "reset", "protocol")     # gateway_upstream_errors_total{kind}
+_ERROR_INDEX = {k: i for i, k in enumerate(ERROR_KINDS)}
 
 
 class Target:
     __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available", "admit",
                  "slot", "active_ok", "passive_fails", "passive_until", "source", "reg_id", "metadata", "breaker",
-                 "health")
+                 "health", "errors")
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class Target:
         self.metadata: Any = None
         self.breaker: Any = None   # the breaker helper's object, for GET /services (None: no breaker)
         self.health: Any = None    # its node-memory health record (health.HealthRecord), when checked
+        self.errors: Any = None    # CounterArray in node memory: upstream errors by kind (ERROR_KINDS)
 
     @classmethod
     def from_config(cls, tc: TargetConfig, pool: Any) -> Target:
@@ -151,6 +154,11 @@ class Service:
             if target.passive_fails:
                 target.passive_fails = 0
             return
+        errors = target.errors
+        if errors is not None:
+            i = _ERROR_INDEX.get(kind)
+            if i is not None:
+                errors.inc(i)
         if self.passive and kind in PASSIVE_KINDS:
             self._passive_failure(target, ctx.upstream_end)
 

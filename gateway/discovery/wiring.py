@@ -9,14 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._fast.counters import CounterArray
 from . import health
 from .registry import WorkerRegistry
+from .service import ERROR_KINDS
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
     from .service import Service, Target
 
 _registry: WorkerRegistry | None = None
+ERRORS_SIZE = CounterArray.nbytes(len(ERROR_KINDS))
+
+
+def errors_name(service: str, url: str) -> str:
+    return f"upstream_errors/{service}/{url}"
 
 
 def attach_runtime(runtime: Runtime, loop: Any, state: Any, placer: Any, previous: Runtime | None,
@@ -34,17 +41,28 @@ def attach_runtime(runtime: Runtime, loop: Any, state: Any, placer: Any, previou
             rt.pools[key] = pool
         return pool
 
+    def place(rt: Runtime, name: str) -> None:
+        if placer is not None and rt is runtime:
+            placer.names.add(name)
+        rt.placed.add(name)
+
     def attach(rt: Runtime, service: Service, targets: list[Target]) -> None:
+        if state.memory is None:
+            return
+        for t in targets:
+            if t.errors is None:
+                name = errors_name(service.name, t.url)
+                place(rt, name)
+                t.errors = CounterArray(len(ERROR_KINDS), state.memory.place(name, ERRORS_SIZE, state.holder,
+                                                                             kind="errors"))
         # Health records of a checked service's targets: the checker writes them, we read them.
         sc = rt.config.service_map.get(service.name)
-        if sc is None or sc.health is None or state.memory is None:
+        if sc is None or sc.health is None:
             return
         for t in targets:
             if t.health is None:
                 name = health.record_name(service.name, t.url)
-                if placer is not None and rt is runtime:
-                    placer.names.add(name)
-                rt.placed.add(name)
+                place(rt, name)
                 t.health = health.place_record(state.memory, state.holder, service.name, t.url)
                 t.active_ok = not t.health.down
                 t.available = t.active_ok
