@@ -149,7 +149,7 @@ def passive_down(service: Service, target: Target) -> None:
     """Passive health took `target` out of this worker's rotation: say so (an operator looking for
     why requests moved finds it), and raise target_down once per node (the hub deduplicates)."""
     log.warning("service %s: target %s out of rotation for %.0f s after %d consecutive failures (passive)",
-                service.name, target.url, _passive_down_seconds(), target.passive_fails)
+                service.name, target.url, max(0.0, target.passive_until - _now(wh_loop())), target.passive_fails)
     wh = _worker_health
     if wh is not None and wh.state is not None:
         try:
@@ -159,10 +159,12 @@ def passive_down(service: Service, target: Target) -> None:
             log.exception("target_down event failed")
 
 
-def _passive_down_seconds() -> float:
-    from .service import PASSIVE_DOWN
+def wh_loop() -> Any:
+    return _worker_health.loop if _worker_health is not None else None
 
-    return PASSIVE_DOWN
+
+def _now(loop: Any) -> float:
+    return loop.time() if loop is not None else time.monotonic()
 
 
 # --- the node's checker ------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ a `_fast` picker whose availability array mirrors it (`_availability_changed`).
 
 Passive health (a service without a breaker): PASSIVE_FAILURES consecutive connect errors, resets
 or timeouts on a target take it out of this worker's rotation for PASSIVE_DOWN seconds; then it
-is let back in on trial: its next failure takes it out again at once, a success clears the
-count. Per worker, not node-wide: each worker learns from its own traffic (a dead target is taken
+is let back in on trial: its next failure takes it out again at once (for twice as long, up to
+PASSIVE_MAX_DOWN), a success clears the count. Per worker, not node-wide: each worker learns from its own traffic (a dead target is taken
 out by every worker after its own 5 failures; the active checker, when configured, takes it out
 node-wide).
 """
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 PASSIVE_FAILURES = 5         # consecutive connect errors / resets / timeouts (SPEC §3)
 PASSIVE_DOWN = 5.0           # seconds out of rotation before one trial
+PASSIVE_MAX_DOWN = 60.0      # each failed trial doubles the time out, up to this
 PASSIVE_KINDS = frozenset(("connect", "timeout", "reset"))
 ERROR_KINDS = ("connect", "timeout", "reset", "protocol")     # gateway_upstream_errors_total{kind}
 _ERROR_INDEX = {k: i for i, k in enumerate(ERROR_KINDS)}
@@ -33,8 +34,8 @@ _ERROR_INDEX = {k: i for i, k in enumerate(ERROR_KINDS)}
 
 class Target:
     __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available", "admit",
-                 "slot", "active_ok", "passive_fails", "passive_until", "source", "reg_id", "metadata", "breaker",
-                 "health", "errors")
+                 "slot", "active_ok", "passive_fails", "passive_until", "passive_trips", "source", "reg_id",
+                 "metadata", "breaker", "health", "errors")
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Target:
         self.active_ok = True      # the node's health checker's verdict (health.py)
         self.passive_fails = 0     # consecutive failures seen by this worker
         self.passive_until = 0.0   # loop time until which passive health keeps it out (0: not out)
+        self.passive_trips = 0     # exclusions since its last success (the next one lasts 5 s x 2^trips)
         self.source = "config"     # or "registered" (admin API)
         self.reg_id: str | None = None
         self.metadata: Any = None
@@ -125,6 +127,7 @@ class Service:
         if ok:
             target.passive_fails = 0
             target.passive_until = 0.0
+            target.passive_trips = 0
         self._update(target)
 
     def _update(self, target: Target) -> None:
@@ -153,6 +156,7 @@ class Service:
         if kind is None:
             if target.passive_fails:
                 target.passive_fails = 0
+                target.passive_trips = 0
             return
         errors = target.errors
         if errors is not None:
@@ -165,7 +169,10 @@ class Service:
     def _passive_failure(self, target: Target, now: float) -> None:
         target.passive_fails += 1
         if target.passive_fails >= PASSIVE_FAILURES and target.passive_until == 0.0:
-            target.passive_until = (now or 1.0) + PASSIVE_DOWN
+            # 5 s, then 10, 20... up to 60 s while its trials keep failing: a dead target costs one
+            # request per worker per minute at most, and is never out for longer than that.
+            target.passive_until = (now or 1.0) + min(PASSIVE_MAX_DOWN, PASSIVE_DOWN * 2.0 ** min(target.passive_trips, 8))
+            target.passive_trips += 1
             self._update(target)
             from .health import passive_down  # (events and the log: off the common path)
 

@@ -261,12 +261,31 @@ def test_passive_health_takes_a_failing_target_out_then_tries_it_again() -> None
     c.upstream_end = 30.0
     s.record(c, ts[0], "reset")                    # the trial failed: out again at once
     assert not ts[0].available
-    s.expire_passive(40.0)
+    s.expire_passive(30.0 + 2 * PASSIVE_DOWN - 0.5)
+    assert not ts[0].available                     # a failed trial doubles the time out
+    s.expire_passive(30.0 + 2 * PASSIVE_DOWN)
+    assert ts[0].available
     s.record(c, ts[0], None)                       # the trial succeeded: the count is cleared
-    assert ts[0].available and ts[0].passive_fails == 0
+    assert ts[0].available and ts[0].passive_fails == 0 and ts[0].passive_trips == 0
     for _ in range(PASSIVE_FAILURES - 1):
         s.record(c, ts[0], "timeout")
     assert ts[0].available
+
+
+def test_failed_trials_back_off_to_a_minute_at_most() -> None:
+    ts = targets(2)
+    s = make_service("s", ts, "round_robin")
+    c = ctx()
+    now = 100.0
+    outs = []
+    for _ in range(10):
+        while ts[0].available:
+            c.upstream_end = now
+            s.record(c, ts[0], "connect")
+        outs.append(ts[0].passive_until - now)
+        now = ts[0].passive_until
+        s.expire_passive(now)
+    assert outs[:5] == [5.0, 10.0, 20.0, 40.0, 60.0] and max(outs) == 60.0
 
 
 def test_protocol_errors_and_statuses_do_not_count_for_passive_health() -> None:
