@@ -3,11 +3,13 @@
 
 A real gateway (GATEWAY_WORKERS=2 by default) in front of two upstream processes a and b
 (tests/support/health_upstream.py); one client sends requests back to back on fresh connections
-(so both workers serve). a is SIGKILLed; "death → last routed" is the time from the kill to the
-last request the gateway still sent to a (seen as a 502: refused connection). a is started again
+(so both workers serve). a is SIGKILLed; "death → out of rotation" is the time from the kill to the
+last request of the first burst the gateway still sent to a (seen as 502s: refused connection),
+i.e. before a quiet second; passive health then still sends a trial request now and then (5 s,
+10 s, ... up to 60 s apart per worker), counted over the next 12 s. a is started again
 on the same port; "recovery → first routed" is the time from its listening again to the first
 response it served. Two modes: active (a [services.health] table) and passive (none: 5 consecutive
-failures per worker, 5 s out, then one trial).
+failures per worker, then trials).
 
 Under load passive health acts first even where active checks are configured (5 failures come
 fast); `--gap 0.25` spaces the client's requests so the active checker's timing shows.

@@ -143,9 +143,11 @@ def test_two_instances_over_redis_see_each_others_registrations(gateway, ups: li
         status, reg = admin(gw1.admin_port, "POST", "/services/svc/targets", {"url": b.url, "ttl": 30})
         assert status == 201
         t0 = time.monotonic()
-        settles(gw2.port, lambda batch: set(batch) == {"a", "b"}, timeout=5)
-        assert time.monotonic() - t0 < 3.0
-        settles(gw1.port, lambda batch: set(batch) == {"a", "b"}, timeout=5)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
+        # Within 1 s on both instances, in all 4 workers: strict a, b alternation per worker.
+        for gw in (gw2, gw1):
+            batch = served(gw.port, 60)
+            assert abs(batch.count("b") - 30) <= 2, batch
         # Deregistered on the other instance: gone from both.
         assert admin(gw2.admin_port, "DELETE", f"/services/svc/targets/{reg['id']}")[0] == 200
         settles(gw1.port, lambda batch: set(batch) == {"a"}, timeout=5)
