@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .discovery.balancers import make_service
 from .discovery.service import Service, Target
 from .pipeline.chain import EMPTY_CHAIN, FilterChain
 from .routing import Route, Router
@@ -34,7 +35,21 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
     The empty chain is one shared instance, which the data plane checks to skip every phase."""
     filters: list[Any] = []
+    if route_config.fallback is not None:
+        # Last: a request the policies above refuse is refused whatever the targets' health.
+        from .discovery.fallback import NoHealthyTargetFallback
+
+        filters.append(NoHealthyTargetFallback(route_config.fallback))
     return FilterChain(filters) if filters else EMPTY_CHAIN
+
+
+def _route_service(rc: RouteConfig, services: dict[str, Service]) -> Service:
+    """The route's service; a route with a canary gets its own wrapper (gateway/discovery/canary.py)."""
+    if rc.canary is None:
+        return services[rc.service]
+    from .discovery.canary import wrap
+
+    return wrap(services[rc.service], rc.canary)
 
 
 def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -> Any:
@@ -121,8 +136,17 @@ def build_runtime(
                     pool = factory(loop, tc.host, tc.port, settings)
                 pools[key] = pool
             targets.append(Target.from_config(tc, pool))
-        services[sc.name] = Service(sc.name, targets)
+        # Passive health unless a breaker replaces it (SPEC §3).
+        services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
+                                         passive=getattr(sc, "breaker", None) is None)
     routes = [
-        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
+        Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer))
+        for rc in config.routes
     ]
-    return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    if state is not None:
+        # Registered targets, health records, the worker's health tick (gateway/discovery/wiring.py).
+        from .discovery.wiring import attach_runtime
+
+        attach_runtime(runtime, loop, state, placer, previous, factory)
+    return runtime

@@ -258,6 +258,10 @@ class Supervisor:
         admin = AdminServer(self._admin_routes(), self.settings)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
+        # Discovery's node-wide duties (active health checks, TTL expiry): once per node, here.
+        from gateway.discovery.node import NodeDiscovery
+
+        discovery = NodeDiscovery(loop, self.memory, self.control, self._config_in_force)
         self.control.on_worker_frame = self._on_worker_frame
         self.control.on_worker_closed = lambda ch: self._reap()     # a dead worker's last words are in
         # Handlers, then the signals held since the first instruction are let through: a SIGTERM
@@ -282,6 +286,7 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
             poller.cancel()
+            discovery.close()
             admin.close()
             await self.control.close()
         log.info("supervisor: all workers stopped")
@@ -505,6 +510,8 @@ class Supervisor:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker
         # then reloads (or refuses, with its own logged reason) from GATEWAY_CONFIG.
         problems = self._take_snapshot()
+        if not problems:
+            self._config_cache = None    # the snapshot's path stays the same: parse it again
         if problems:
             log.info("reload: config invalid, replacement workers keep booting from the last valid one")
         self._forward(signal.SIGHUP)
@@ -582,10 +589,16 @@ class Supervisor:
     def _config_in_force(self) -> Any:
         """The GatewayConfig the workers boot from (the last valid snapshot), parsed once per
         snapshot: the supervisor serves no traffic, but feature admin routes read the config."""
-        from gateway.config import load_config
+        from gateway.config import GatewayConfig, loads_config
 
         snap = self._snapshot
         cached = self._config_cache
         if cached is None or cached[0] != snap:
-            cached = self._config_cache = (snap, load_config(snap))
+            # loads_config, not load_config: the command has already warned about this file once.
+            if snap is None:
+                config = GatewayConfig()
+            else:
+                with open(snap, encoding="utf-8") as f:
+                    config = loads_config(f.read(), snap)
+            cached = self._config_cache = (snap, config)
         return cached[1]

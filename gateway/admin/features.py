@@ -58,3 +58,11 @@ def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
     for install in FEATURES:
         install(routes, ctx)
     return routes
+
+
+# --- the features -------------------------------------------------------------------------------
+# Service discovery (issue 8): GET /services, target registration, heartbeats; target health metrics.
+from gateway.discovery import admin as _discovery_admin  # noqa: E402
+
+FEATURES.append(_discovery_admin.install)
+METRIC_SOURCES.append(_discovery_admin.metric_samples)

@@ -23,10 +23,39 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """[services.health]: active checks (gateway/discovery/health.py)."""
+    path: str = "/health"
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    max_backoff: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     targets: tuple[TargetConfig, ...]
     balancer: str = "round_robin"
+    hash_key: str | None = None          # consistent_hash: ip | header:NAME | cookie:NAME | claim:NAME
+    health: HealthConfig | None = None   # None: passive health only
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """A route's `fallback`: sent as configured when no target can take the request."""
+    status: int = 503
+    body: str | None = None            # None: the JSON error body of SPEC §4 with this status
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    """A route's `canary`: `weight` % of users to the targets of `version` (gateway/discovery/canary.py)."""
+    version: str
+    weight: int = 0
+    header: str | None = None          # its value `always` / `never` overrides the cohort
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +71,8 @@ class RouteConfig:
     retries: int = 0
     websocket: bool = False     # Upgrade requests (WebSocket and others) are tunnelled
     index: int = 0              # position in the file: ties are broken by declaration order
+    fallback: FallbackConfig | None = None
+    canary: CanaryConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

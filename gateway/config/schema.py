@@ -19,7 +19,15 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import (
+    CanaryConfig,
+    FallbackConfig,
+    GatewayConfig,
+    HealthConfig,
+    RouteConfig,
+    ServiceConfig,
+    TargetConfig,
+)
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
@@ -29,7 +37,10 @@ log = logging.getLogger("gateway.config")
 BOOT_CONFIG_ENV = "_GATEWAY_BOOT_CONFIG"
 
 NOT_YET = "not supported yet"
-BALANCERS_LATER = ("weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
+BALANCERS = ("round_robin", "weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
+_HEALTH_KEYS = {"path", "interval", "timeout", "healthy_threshold", "unhealthy_threshold", "max_backoff"}
+# A header or cookie name in hash_key: an RFC 9110 token (what can appear on the wire at all).
+_HASH_KEY = re.compile(r"ip|(header|cookie|claim):[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 
 # Names end up in metric labels, admin URLs and log lines: keep them to one URL-safe token.
 # Every pattern here is applied with fullmatch(): `re.match` with a `$` anchor also accepts a trailing
@@ -213,9 +224,6 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     weight = 1
     if "weight" in raw:
         w = c.integer(f"{path}.weight", raw["weight"], "services[].targets[].weight")
-        if w is not None and w != 1:
-            # round_robin here is plain rotation: a weight would be silently ignored.
-            c.error(f"{path}.weight", f"{NOT_YET} (weights other than 1 need the weighted balancer)")
         weight = w or 1
     version = c.string(f"{path}.version", raw.get("version"))
     if hp is None:
@@ -227,11 +235,11 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
     c.unknown_keys(path, raw, _SERVICE_KEYS)
     name = c.name(f"{path}.name", raw.get("name"))
     balancer = c.string(f"{path}.balancer", raw.get("balancer")) or "round_robin"
-    if balancer in BALANCERS_LATER:
-        c.error(f"{path}.balancer", f"{NOT_YET} (only round_robin)")
-    elif balancer != "round_robin":
-        c.error(f"{path}.balancer", f"expected one of round_robin, {', '.join(BALANCERS_LATER)}; got {balancer!r}")
-    for key in ("hash_key", "health", "breaker"):
+    if balancer not in BALANCERS:
+        c.error(f"{path}.balancer", f"expected one of {', '.join(BALANCERS)}; got {balancer!r}")
+    hash_key = _parse_hash_key(c, f"{path}.hash_key", raw.get("hash_key"), balancer)
+    health = _parse_health(c, f"{path}.health", raw["health"]) if "health" in raw else None
+    for key in ("breaker",):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
     targets: list[TargetConfig] = []
@@ -255,7 +263,52 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
             targets.append(t)
     if name is None:
         return None
-    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer)
+    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, hash_key=hash_key, health=health)
+
+
+def _parse_hash_key(c: _Collector, path: str, value: Any, balancer: str) -> str | None:
+    if value is None:
+        return "ip" if balancer == "consistent_hash" else None
+    s = c.string(path, value, plain=False)
+    if s is None:
+        return None
+    if not _HASH_KEY.fullmatch(s):
+        c.error(path, f"expected ip, header:NAME, cookie:NAME or claim:NAME, got {s!r}")
+        return None
+    if balancer != "consistent_hash":
+        # SPEC §3's own example sets it on a round_robin service: accepted, said, unused.
+        log.warning("%s: only used by balancer = \"consistent_hash\" (this service's is %r): ignored", path, balancer)
+        return None
+    return s
+
+
+def _parse_health(c: _Collector, path: str, raw: Any) -> HealthConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table ([services.health]), got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _HEALTH_KEYS)
+    hp = c.string(f"{path}.path", raw.get("path"), plain=False)
+    if hp is None and "path" not in raw:
+        hp = "/health"
+    elif hp is not None and not _PATH.fullmatch(hp.partition("?")[0]):
+        c.error(f"{path}.path", f"expected a URL path starting with '/', got {hp!r}")
+        hp = None
+    vals: dict[str, Any] = {}
+    for key, kind in (("interval", "s"), ("timeout", "s"), ("healthy_threshold", "i"),
+                      ("unhealthy_threshold", "i"), ("max_backoff", "s")):
+        if key in raw:
+            rk = f"services[].health.{key}"
+            v = (c.seconds if kind == "s" else c.integer)(f"{path}.{key}", raw[key], rk)
+            if v is None:
+                return None
+            vals[key] = v
+    if hp is None:
+        return None
+    h = HealthConfig(path=hp, **vals)
+    if h.max_backoff < h.interval:
+        c.error(f"{path}.max_backoff", f"expected at least interval ({h.interval}), got {h.max_backoff}")
+        return None
+    return h
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
@@ -325,9 +378,8 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
-    for key in ("canary", "fallback"):
-        if key in raw:
-            c.error(f"{path}.{key}", NOT_YET)
+    canary = _parse_canary(c, f"{path}.canary", raw["canary"]) if "canary" in raw else None
+    fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
     if service is not None and service not in known_services:
         # Checked here, not in _cross_check, so it is reported even when another key of this
         # route is bad (the route is then dropped before the cross-checks).
@@ -337,8 +389,73 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
         strip_prefix=strip, timeout=timeout, retries=retries or 0, websocket=bool(websocket),
-        index=index,
+        index=index, fallback=fallback, canary=canary,
     )
+
+
+def _parse_canary(c: _Collector, path: str, raw: Any) -> CanaryConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ version, weight, header }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, {"version", "weight", "header"})
+    version = c.name(f"{path}.version", raw.get("version"))
+    weight = 0
+    if "weight" in raw:
+        w = c.integer(f"{path}.weight", raw["weight"], "routes[].canary.weight")
+        if w is None:
+            return None
+        weight = w
+    header = None
+    if "header" in raw:
+        h = c.string(f"{path}.header", raw["header"], plain=False)
+        if h is None:
+            return None
+        if not _TOKEN.fullmatch(h) or len(h) > 128:
+            c.error(f"{path}.header", f"expected a header name, got {h!r}")
+            return None
+        header = h
+    if version is None:
+        return None
+    return CanaryConfig(version=version, weight=weight, header=header)
+
+
+_FALLBACK_KEYS = {"status", "body", "content_type"}
+MAX_FALLBACK_BODY = 65536
+# type/subtype with optional parameters (RFC 9110 media-type), printable ASCII only.
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(\"[\x20-\x7e]*\"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*")
+
+
+def _parse_fallback(c: _Collector, path: str, raw: Any) -> FallbackConfig | None:
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ status, body, content_type }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _FALLBACK_KEYS)
+    status = 503
+    if "status" in raw:
+        st = c.integer(f"{path}.status", raw["status"], "routes[].fallback.status")
+        if st is None:
+            return None
+        status = st
+    body = None
+    if "body" in raw:
+        b = raw["body"]
+        if not isinstance(b, str):
+            c.error(f"{path}.body", f"expected a string, got {_kind(b)}")
+            return None
+        if len(b.encode()) > MAX_FALLBACK_BODY:
+            c.error(f"{path}.body", f"expected at most {MAX_FALLBACK_BODY} bytes, got {len(b.encode())}")
+            return None
+        body = b
+    ctype = "application/json"
+    if "content_type" in raw:
+        ct = c.string(f"{path}.content_type", raw["content_type"], plain=False)
+        if ct is None:
+            return None
+        if not _MEDIA_TYPE.fullmatch(ct):
+            c.error(f"{path}.content_type", f"expected a media type like text/plain; charset=utf-8, got {ct!r}")
+            return None
+        ctype = ct
+    return FallbackConfig(status=status, body=body, content_type=ctype)
 
 
 def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],

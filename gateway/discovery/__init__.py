@@ -1,4 +1,4 @@
-"""Service discovery: services, targets and (later) health and balancer strategies."""
+"""Service discovery: services, targets, balancers, health, registration, canaries (see ARCHITECTURE.md)."""
 from .service import Service, Target
 
 __all__ = ["Service", "Target"]

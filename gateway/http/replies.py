@@ -80,7 +80,10 @@ URI_TOO_LONG = _c(414, "uri_too_long", "The request target is longer than allowe
 HEADERS_TOO_LARGE = _c(431, "request_header_fields_too_large", "The request head is larger than allowed.")
 TE_NOT_IMPLEMENTED = _c(501, "not_implemented", "This Transfer-Encoding is not supported.")
 VERSION_NOT_SUPPORTED = _c(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
-NO_TARGET = LocalReply(503, "no_healthy_target", "No upstream target is available.")
+# Without a route fallback, still says why (SPEC §4); a route with `fallback` answers before the
+# pick with its own body (gateway/discovery/fallback.py).
+NO_TARGET = LocalReply(503, "no_healthy_target", "No upstream target is available.",
+                       [(b"X-Gateway-Fallback", b"no-healthy-target")])
 UPSTREAM_CONNECT = LocalReply(502, "bad_gateway", "The upstream refused the connection.")
 UPSTREAM_RESET = LocalReply(502, "bad_gateway", "The upstream closed the connection.")
 UPSTREAM_PROTOCOL = LocalReply(502, "bad_gateway", "The upstream sent an invalid response.")

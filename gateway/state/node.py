@@ -151,6 +151,9 @@ class NodeState:
         return cls(client.view, memory=memory, holder=holder, client=client)
 
     async def close(self) -> None:
+        discovery = getattr(self, "discovery", None)    # the lone process's checker (gateway/discovery/wiring.py)
+        if discovery is not None:
+            discovery.close()
         if self.control is not None:
             await self.control.close()
         if self.client is not None:
