@@ -11,6 +11,7 @@ the new config dropped.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +26,34 @@ if TYPE_CHECKING:
     from .config.model import GatewayConfig, RouteConfig
     from .state.node import NodeState, Placer
 
+# Test-only: when set, every route first runs TestIdentityFilter (identity from X-Test-User /
+# X-Test-Org), standing in for the auth filters in tests of identity-keyed limits. Underscored like
+# the other internal variables: not a setting, never documented for operators.
+TEST_IDENTITY_ENV = "_GATEWAY_TEST_IDENTITY"
+
 PoolKey = tuple[str, int]
 PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
-def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None) -> FilterChain:
+def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
+                quotas: Any = None) -> FilterChain:
     """The route's filters in order. Empty until policies exist: later issues add auth, rate
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
-    The empty chain is one shared instance, which the data plane checks to skip every phase."""
+    The empty chain is one shared instance, which the data plane checks to skip every phase.
+    `quotas`: the runtime's compiled `[quotas]` (gateway.filters.ratelimit.Quotas), shared by
+    every route."""
     filters: list[Any] = []
+    if os.environ.get(TEST_IDENTITY_ENV):
+        from .filters.test_identity import TestIdentityFilter
+
+        filters.append(TestIdentityFilter())
+    if route_config.rate_limits or quotas is not None:
+        from .filters.ratelimit import build_filter
+
+        limiter = build_filter(route_config.name, route_config.rate_limits, quotas,
+                               settings.ratelimit_keys, placer)
+        if limiter is not None:
+            filters.append(limiter)
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 
@@ -122,7 +142,13 @@ def build_runtime(
                 pools[key] = pool
             targets.append(Target.from_config(tc, pool))
         services[sc.name] = Service(sc.name, targets)
+    quotas = None
+    if config.quotas is not None:
+        from .filters.ratelimit import build_quotas
+
+        quotas = build_quotas(config.quotas, settings.ratelimit_keys, placer)
     routes = [
-        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
+        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer, quotas))
+        for rc in config.routes
     ]
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

@@ -421,6 +421,50 @@ cdef class KeyedLimiterTable:
             return r == 1, <long long>a, b
         return r == 1, a, b
 
+    def refund(self, key, double now, double cost=1.0) -> bool:
+        """Give back `cost` that a check of `key` at `now` took, when a later policy of the same
+        request refused it (two-level quotas, several policies on a route): the request was not
+        served, so it must not count. Token bucket: tokens back (capped at the bucket); sliding
+        window: taken off the count of `now`'s window (or of the previous one, if the key
+        rotated meanwhile). False when the key is not (or no longer) in the table."""
+        cdef const char* data
+        cdef Py_ssize_t n
+        cdef kt_slot* s = NULL
+        cdef uint64_t h
+        cdef uint32_t chk
+        cdef double start
+        cdef uint32_t c
+        check_now(now)
+        check_positive("cost", cost)
+        if type(key) is str:
+            data = PyUnicode_AsUTF8AndSize(key, &n)
+        elif type(key) is bytes:
+            data = PyBytes_AS_STRING(key)
+            n = PyBytes_GET_SIZE(key)
+        else:
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        self._hash(data, <size_t>n, &h, &chk)
+        if not kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h, chk, &s):
+            return False
+        if self._shared:
+            shm_lock(&s.lock, self._pid[0])
+        if s.hash != h or s.check != chk:
+            if self._shared:
+                shm_unlock(&s.lock)
+            return False
+        if self._algo == KT_TOKEN_BUCKET:
+            s.st.tb.tokens = min(s.st.tb.tokens + cost, self._p2)
+        else:
+            c = <uint32_t>cost
+            start = floor(now / self._p2) * self._p2
+            if s.st.sw.window_start == start:
+                s.st.sw.curr_count -= min(c, s.st.sw.curr_count)
+            elif start < s.st.sw.window_start < start + 1.5 * self._p2:
+                s.st.sw.prev_count -= min(c, s.st.sw.prev_count)   # rotated once since
+        if self._shared:
+            shm_unlock(&s.lock)
+        return True
+
     # ---- maintenance --------------------------------------------------------------------------
 
     def sweep(self, double now, Py_ssize_t max_slots=4096) -> int:

@@ -84,6 +84,8 @@ _TABLE: tuple[Range, ...] = (
           "or `auto`; node memory marks each object's users with one bit per worker (62 usable)"),
     Range("GATEWAY_REDIS_TIMEOUT", 0.001, 10, "seconds", "a budget per Redis call, not a session timeout"),
     Range("GATEWAY_SHM_SIZE", MIB, 64 * GIB, "bytes", "also written with a k/m/g suffix (`64m`)"),
+    Range("GATEWAY_RATELIMIT_KEYS", 16, 100_000_000, "count",
+          "keys per rate-limit or quota table, 40 bytes each in node memory (`GATEWAY_SHM_SIZE`)"),
     Range("GATEWAY_ADMIN_MAX_CONNECTIONS", 1, 10000, "count", "the admin API is an operator's tool, not a data plane"),
     Range("GATEWAY_JWT_LEEWAY", 0, 3600, "seconds", "clock skew; more than an hour is a broken clock, not skew"),
     Range("GATEWAY_HEADER_TIMEOUT", 0.001, DAY, "seconds", _T),

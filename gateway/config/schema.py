@@ -6,7 +6,7 @@ ConfigErrors, so `gateway check` shows the whole list and SIGHUP refuses a bad f
 
 Keys of SPEC §3 whose feature is not built yet are refused with "<path>: not supported yet" when
 their value asks for the feature. An explicitly empty value that asks for nothing (`auth = []`,
-`retries = 0`, `websocket = false`, `rate_limits = []`) is accepted: it means what the gateway does
+`retries = 0`, `websocket = false`) is accepted: it means what the gateway does
 today. Silently ignoring `auth = ["jwt"]` would publish a route its author believed protected.
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
+from .limits_schema import parse_quotas, parse_rate_limits
 from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
 
@@ -328,7 +329,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         c.error(f"{path}.websocket", NOT_YET)
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
-    c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
+    rate_limits = parse_rate_limits(c, f"{path}.rate_limits", raw.get("rate_limits"))
     for key in ("canary", "fallback"):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
@@ -340,7 +341,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index,
+        strip_prefix=strip, timeout=timeout, index=index, rate_limits=rate_limits,
     )
 
 
@@ -373,8 +374,7 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     """Validate a decoded TOML document; raise ConfigErrors listing every problem."""
     c = _Collector()
     c.unknown_keys("", doc, _TOP_KEYS)
-    if "quotas" in doc:
-        c.error("quotas", NOT_YET)
+    quotas = parse_quotas(c, doc["quotas"]) if "quotas" in doc else None
     services: list[tuple[int, ServiceConfig]] = []
     for i, raw in enumerate(c.table_list("services", doc.get("services", []))):
         s = _parse_service(c, f"services[{i}]", raw)
@@ -397,7 +397,7 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     svc = tuple(s for _, s in services)
     return GatewayConfig(
         services=svc, routes=tuple(r for _, r in routes), source=source,
-        service_map={s.name: s for s in svc},
+        service_map={s.name: s for s in svc}, quotas=quotas,
     )
 
 

@@ -1,0 +1,315 @@
+"""Rate limits and hierarchical quotas (SPEC §3, §4): one synchronous Filter per limited route.
+
+Embedded mode: every policy is a KeyedLimiterTable in node memory, placed by name through the
+runtime's Placer, so all workers of a node count in the same bytes: a limit is exact per node,
+not per worker. A check is a few hundred nanoseconds of compiled code and creates no task.
+
+What a request counts against, in this order (the first refusal answers 429):
+1. its quotas (`[quotas]`, authenticated requests only): the user's share (the user's override,
+   else the org's `user_limit`, else `default_user`), then the org's total (the org's override,
+   else `default_org`). The org refusing gives the user's share back (`refund`), so neither
+   level is consumed for a request that was not served;
+2. the route's `[[routes.rate_limits]]` in file order; a refusal gives back what the earlier
+   policies and the quotas took.
+
+Keys: `ip` = the client address (X-Forwarded-For only from GATEWAY_TRUSTED_PROXIES); `user`,
+`org` = the identity the auth filters set (ctx.consumer_id / ctx.consumer_org); `api_key` = the
+key id (ctx.api_key_id when the auth layer provides it); `route` = one key for the whole route;
+`header:NAME` = that header's value. A request without the policy's key (no user on a `user`
+policy, no such header) is limited by its client IP under that policy, never let through
+unlimited: the IP keys live in the same table under their own prefix, so they cannot collide
+with a user named like an address.
+
+Headers: every response of a limited route carries RateLimit-Limit / -Remaining / -Reset of
+the tightest policy that applied (the least remaining); a 429 adds Retry-After (whole seconds,
+at least 1) and the SPEC §4 JSON body. They are added in the access phase to
+ctx.response_headers, which the data plane appends to the upstream response or the local reply
+alike, so no response phase runs per request.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
+from gateway.pipeline.filter import Filter
+from gateway.pipeline.reply import LocalReply
+
+if TYPE_CHECKING:
+    from gateway.config.model import QuotaLimit, QuotasConfig, RateLimitConfig
+    from gateway.pipeline.context import RequestContext
+    from gateway.state.node import Placer
+
+log = logging.getLogger("gateway.ratelimit")
+
+LOAD = 0.8          # table slots per key: 1/LOAD (40 bytes per key with 32-byte slots)
+ROUTE_KEY = "route"
+
+
+def table_capacity(keys: int) -> int:
+    return max(16, math.ceil(keys / LOAD))
+
+
+def bytes_per_key() -> float:
+    return layout_bytes(table_capacity(1_000_000)) / 1_000_000
+
+
+TableFactory = Callable[[str, str, int, float, int, int], KeyedLimiterTable]
+
+
+def table_factory(placer: Placer | None) -> TableFactory:
+    """Makes limiter tables: in node memory by name when there is a Placer (every worker and
+    every reload finds the same bytes; a name carries the parameters, so a changed policy gets
+    a fresh table and the old one is released with the runtime that used it), else private."""
+
+    def make(name: str, algorithm: str, limit: int, window: float, burst: int, keys: int) -> KeyedLimiterTable:
+        cap = table_capacity(keys)
+        full = f"{name}/{algorithm}/{limit}/{window!r}/{burst}/{cap}"
+        buffer = placer.place(full, layout_bytes(cap), kind="ratelimit") if placer is not None else None
+        return KeyedLimiterTable.from_policy(cap, algorithm, float(limit), window, float(burst), buffer=buffer)
+
+    return make
+
+
+# ---- keys -------------------------------------------------------------------------------------
+
+def _ip(ctx: RequestContext) -> str:
+    return "ip:" + ctx.client_ip
+
+
+def _user(ctx: RequestContext) -> str:
+    u = ctx.consumer_id
+    return "u:" + u if u else "ip:" + ctx.client_ip
+
+
+def _org(ctx: RequestContext) -> str:
+    o = ctx.consumer_org
+    return "o:" + o if o else "ip:" + ctx.client_ip
+
+
+def _api_key(ctx: RequestContext) -> str:
+    # The security layer names the key id `api_key_id`; until a context carries it, the client IP.
+    k = getattr(ctx, "api_key_id", None)
+    return "k:" + k if k else "ip:" + ctx.client_ip
+
+
+def _route(ctx: RequestContext) -> str:
+    return ROUTE_KEY
+
+
+def _header(name: str) -> Callable[[RequestContext], str]:
+    lname = name.encode("latin-1")
+
+    def key(ctx: RequestContext) -> str:
+        for n, v in ctx.headers:
+            if n == lname:
+                return "h:" + v.decode("latin-1")
+        return "ip:" + ctx.client_ip
+
+    return key
+
+
+def key_function(key: str) -> Callable[[RequestContext], str]:
+    if key.startswith("header:"):
+        return _header(key[7:])
+    return {"ip": _ip, "user": _user, "org": _org, "api_key": _api_key, "route": _route}[key]
+
+
+# ---- policies ---------------------------------------------------------------------------------
+
+class Policy:
+    """One compiled policy: its table, how to find a request's key, how to read its answers."""
+
+    __slots__ = ("name", "config", "table", "key_of", "limit", "limit_b", "bucket", "rate", "capacity")
+
+    def __init__(self, name: str, config: RateLimitConfig | QuotaLimit, table: KeyedLimiterTable,
+                 key_of: Callable[[RequestContext], str] | None, bucket: bool) -> None:
+        self.name = name                  # metric label and log word: "0", "1"..., "user", "org"
+        self.config = config
+        self.table = table
+        self.key_of = key_of
+        self.limit = config.limit
+        self.limit_b = b"%d" % config.limit
+        self.bucket = bucket              # token bucket: answers are (ok, tokens, retry_after)
+        self.rate = config.limit / config.window
+        self.capacity = config.limit + getattr(config, "burst", 0)   # a bucket's size in tokens
+
+    def check(self, key: str, now: float) -> tuple[bool, int, float]:
+        """(allowed, remaining, reset seconds) in the sliding window's terms for both kinds."""
+        ok, left, t = self.table.check(key, now, 1.0)
+        if not self.bucket:
+            return ok, left, t
+        rem = int(left)
+        if ok:
+            nxt = rem + 1
+            t = 0.0 if nxt > self.capacity else (nxt - left) / self.rate
+        return ok, rem, t
+
+
+def _headers(p: Policy, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:
+    return [(b"RateLimit-Limit", p.limit_b), (b"RateLimit-Remaining", b"%d" % remaining),
+            (b"RateLimit-Reset", b"%d" % _seconds(reset))]
+
+
+def _seconds(t: float) -> int:
+    if t != t or t == math.inf:
+        return 0
+    return max(0, math.ceil(t))
+
+
+class _Sampler:
+    """At most `rate` log lines a second per process: a flood of 429s must not flood the log."""
+
+    __slots__ = ("rate", "second", "used", "dropped")
+
+    def __init__(self, rate: int = 10) -> None:
+        self.rate = rate
+        self.second = 0
+        self.used = 0
+        self.dropped = 0
+
+    def take(self, now: float) -> bool:
+        s = int(now)
+        if s != self.second:
+            if self.dropped:
+                log.info("rate_limited: %d more rejections not logged in the last second", self.dropped)
+            self.second, self.used, self.dropped = s, 0, 0
+        if self.used < self.rate:
+            self.used += 1
+            return True
+        self.dropped += 1
+        return False
+
+
+_SAMPLER = _Sampler()
+
+
+# ---- quotas -----------------------------------------------------------------------------------
+
+class Quotas:
+    """`[quotas]` compiled: the tables of every (limit, window) in use, per level, and the rule
+    that picks a request's user and org quota. One instance serves every route of a runtime."""
+
+    __slots__ = ("config", "_user", "_org", "_default_user", "_default_org")
+
+    def __init__(self, config: QuotasConfig, make: TableFactory, keys: int) -> None:
+        self.config = config
+        user_tables: dict[tuple[int, float], Policy] = {}
+        org_tables: dict[tuple[int, float], Policy] = {}
+
+        def policy(level: str, q: QuotaLimit, tables: dict[tuple[int, float], Policy]) -> Policy:
+            p = tables.get((q.limit, q.window))
+            if p is None:
+                t = make(f"quota/{level}", "sliding_window", q.limit, q.window, 0, keys)
+                p = tables[(q.limit, q.window)] = Policy(level, q, t, None, False)
+            return p
+
+        from gateway.config.model import QuotaLimit
+
+        self._default_user = policy("user", config.default_user, user_tables) if config.default_user else None
+        self._default_org = policy("org", config.default_org, org_tables) if config.default_org else None
+        # user -> its policy; org -> (org total policy or None, its users' policy or None)
+        self._user = {u: policy("user", q, user_tables) for u, q in config.users.items()}
+        self._org: dict[str, tuple[Policy | None, Policy | None]] = {}
+        for o, q in config.orgs.items():
+            per_user = (policy("user", QuotaLimit(q.user_limit, q.window), user_tables)
+                        if q.user_limit is not None else None)
+            self._org[o] = (policy("org", q, org_tables), per_user)
+
+    def for_request(self, user: str, org: str | None) -> tuple[Policy | None, Policy | None]:
+        """(user policy, org policy) for user `user` of org `org` (SPEC §3's inheritance)."""
+        org_total, org_users = self._org.get(org, (None, None)) if org else (None, None)
+        up = self._user.get(user) or org_users or self._default_user
+        op = (org_total or self._default_org) if org else None
+        return up, op
+
+
+# ---- the filter -------------------------------------------------------------------------------
+
+class RateLimitFilter(Filter):
+    """A route's quotas and policies; see the module docstring."""
+
+    name = "ratelimit"
+
+    def __init__(self, route: str, policies: list[Policy], quotas: Quotas | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.route = route
+        self.policies = tuple(policies)
+        self.quotas = quotas
+        self.clock = clock
+
+    def access(self, ctx: RequestContext) -> LocalReply | None:
+        now = self.clock()
+        best: tuple[Policy, int, float] | None = None
+        taken: list[tuple[Policy, str]] = []
+        quotas = self.quotas
+        if quotas is not None and ctx.consumer_id:
+            user = ctx.consumer_id
+            org = ctx.consumer_org
+            up, op = quotas.for_request(user, org)
+            if up is not None:
+                ok, rem, reset = up.check(user, now)
+                if not ok:
+                    return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded")
+                taken.append((up, user))
+                best = (up, rem, reset)
+            if op is not None:
+                ok, rem, reset = op.check(org, now)
+                if not ok:
+                    return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded")
+                taken.append((op, org))
+                if best is None or rem < best[1]:
+                    best = (op, rem, reset)
+        for p in self.policies:
+            key = p.key_of(ctx)  # type: ignore[misc]
+            ok, rem, reset = p.check(key, now)
+            if not ok:
+                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited")
+            taken.append((p, key))
+            if best is None or rem < best[1]:
+                best = (p, rem, reset)
+        if best is not None:
+            ctx.response_headers.extend(_headers(*best))
+        return None
+
+    def _reject(self, ctx: RequestContext, p: Policy, rem: int, reset: float,
+                taken: list[tuple[Policy, str]], now: float, code: str) -> LocalReply:
+        for q, key in taken:               # the request is not served: nothing it took counts
+            q.table.refund(key, now, 1.0)
+        retry = reset if reset != math.inf else p.config.window
+        ctx.response_headers.extend(_headers(p, rem, retry))
+        if _SAMPLER.take(now):
+            log.info("%s request_id=%s route=%s policy=%s client_ip=%s consumer=%s retry_after=%.3f",
+                     code, ctx.request_id.decode("latin-1"), self.route, p.name, ctx.client_ip,
+                     ctx.consumer_id or "-", retry)
+        what = "quota" if code == "quota_exceeded" else "rate limit"
+        return LocalReply(429, code, f"{what} exceeded; retry after {max(1, _seconds(retry))} s",
+                          headers=[(b"Retry-After", b"%d" % max(1, _seconds(retry)))])
+
+
+def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None) -> Quotas | None:
+    if config is None or (config.default_user is None and config.default_org is None
+                          and not config.orgs and not config.users):
+        return None
+    return Quotas(config, table_factory(placer), keys)
+
+
+def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quotas | None,
+                 keys: int, placer: Placer | None, clock: Callable[[], float] = time.monotonic
+                 ) -> RateLimitFilter | None:
+    if not policies and quotas is None:
+        return None
+    make = table_factory(placer)
+    compiled = []
+    for i, pc in enumerate(policies):
+        n = 1 if pc.key == "route" else keys
+        table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
+        compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
+    return RateLimitFilter(route, compiled, quotas, clock)
+
+
+def describe(policies: Any) -> list[dict[str, Any]]:
+    return [p.as_dict() for p in policies]
