@@ -142,13 +142,23 @@ def build_runtime(
                 pools[key] = pool
             targets.append(Target.from_config(tc, pool))
         services[sc.name] = Service(sc.name, targets)
+    route_configs = config.routes
+    quotas_config = config.quotas
+    if state is not None and any(True for _ in state.view.items("limits/")):
+        # Live limits (the admin API's overrides, gateway/filters/limits_live.py) on top of the TOML.
+        import dataclasses
+
+        from .filters.limits_live import effective
+
+        policies, quotas_config = effective(config, state.view.items("limits/"))
+        route_configs = tuple(dataclasses.replace(rc, rate_limits=policies[rc.name]) for rc in config.routes)
     quotas = None
-    if config.quotas is not None:
+    if quotas_config is not None:
         from .filters.ratelimit import build_quotas
 
-        quotas = build_quotas(config.quotas, settings.ratelimit_keys, placer)
+        quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer)
     routes = [
         Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer, quotas))
-        for rc in config.routes
+        for rc in route_configs
     ]
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

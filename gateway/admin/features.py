@@ -45,8 +45,14 @@ class AdminContext:
 
 Installer = Callable[["AdminRoutes", AdminContext], None]
 
+def _limits(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.limits import install
+
+    install(routes, ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = []
+FEATURES: list[Installer] = [_limits]
 
 
 MetricSample = tuple[str, str, str, dict[str, str], float]

@@ -101,3 +101,65 @@ def test_a_bad_policy_exits_2_naming_its_path(tmp_path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(bad)
     assert_refused(run_gateway("run", env={"GATEWAY_CONFIG": str(path)}), "routes[0].rate_limits[0].burst")
+
+
+def _admin(gw, method: str, path: str, body: object = None, token: str | None = "t0ken") -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+        return r.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def test_live_adjustment_reaches_every_worker_within_a_second(gateway, upstream) -> None:  # noqa: F811
+    import time
+
+    gw = gateway(_config(upstream.url, ""), env={"GATEWAY_WORKERS": "2", "GATEWAY_ADMIN_TOKEN": "t0ken",
+                                                 "_GATEWAY_TEST_IDENTITY": "1"})
+    pids = _two_workers(gw)
+    assert _get(gw.port)[0] == 200                                  # unlimited so far
+    policy = {"rate_limits": [{"key": "route", "limit": 3, "window": 3600}]}
+    assert _admin(gw, "PUT", "/limits/routes/api", policy, token=None)[0] == 401
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", policy)
+    assert status == 200, doc
+    time.sleep(1.0)                                                 # SPEC §5: applied within 1 s
+    results = [_get(gw.port, pids=pids) for _ in range(30)]
+    assert [r[0] for r in results].count(200) == 3                  # one count for the node
+    assert {r[3] for r in results} >= set(pids)
+    assert all(r[1]["ratelimit-limit"] == "3" for r in results)
+    status, doc = _admin(gw, "GET", "/limits")
+    assert status == 200 and doc["routes"]["api"] == [
+        {"key": "route", "limit": 3, "window": 3600.0, "algorithm": "sliding_window"}]
+    assert doc["overrides"] == ["limits/routes/api"]
+    # Validated like the TOML: 400 naming the field, nothing changed.
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", {"rate_limits": [{"key": "ip", "limit": 0, "window": 1}]})
+    assert status == 400 and "rate_limits[0].limit" in doc["message"], doc
+    status, doc = _admin(gw, "PUT", "/limits/routes/api",
+                         {"rate_limits": [{"key": "ip", "limit": 5, "window": 1, "burst": 2}]})
+    assert status == 400 and "rate_limits[0].burst" in doc["message"], doc
+    assert _admin(gw, "PUT", "/limits/routes/nope", policy)[0] == 404
+    # Quota overrides: set, enforced on every worker, removed.
+    status, doc = _admin(gw, "PUT", "/limits/quotas/orgs/acme", {"limit": 2, "window": 3600})
+    assert status == 200, doc
+    assert _admin(gw, "PUT", "/limits/quotas/users/bob", {"limit": 0, "window": 1})[0] == 400
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", {"rate_limits": []})
+    assert status == 200
+    time.sleep(1.0)
+    who = {"X-Test-User": "alice", "X-Test-Org": "acme"}
+    assert [_get(gw.port, who)[0] for _ in range(4)] == [200, 200, 429, 429]
+    assert _admin(gw, "DELETE", "/limits/quotas/orgs/acme")[0] == 200
+    assert _admin(gw, "DELETE", "/limits/quotas/orgs/acme")[0] == 404
+    time.sleep(1.0)
+    assert _get(gw.port, who)[0] == 200
+    status, spec = _admin(gw, "GET", "/openapi.json")
+    assert {"/limits", "/limits/routes/{route}", "/limits/quotas/orgs/{org}",
+            "/limits/quotas/users/{user}"} <= set(spec["paths"])
+    assert "admin_change" in gw.stderr                              # audited
+    assert gw.stop() == 0
