@@ -152,3 +152,29 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
         routes.add("DELETE", f"/limits/quotas/{kind}/{{{param}}}", delete, tag="limits",
                    summary=f"Remove a {param}'s quota override",
                    responses={"200": {"description": "removed"}, "404": {"description": "no override"}})
+
+
+def decision_samples(ctx: AdminContext) -> Any:
+    """METRIC_SOURCES: gateway_ratelimit_decisions_total{route,policy,result}, node totals read
+    from the counters the workers keep in node memory (found by name, see
+    gateway/filters/ratelimit.py decisions_name)."""
+    from gateway._fast.counters import CounterArray
+    from gateway.filters.ratelimit import decisions_name, policy_labels
+
+    memory = ctx.state.memory
+    if memory is None:
+        return
+    routes, _ = limits_live.effective(ctx.config(), ctx.state.view.items(limits_live.PREFIX))
+    for route, policies in routes.items():
+        info = memory.info(decisions_name(route, policies))
+        if info is None or info.quarantined:
+            continue
+        labels = policy_labels(policies)
+        # Read-only use of the placed bytes: the scrape must not become a holder of them.
+        cells = CounterArray(2 * len(labels), buffer=memory._view[info.offset:info.offset + info.size])
+        values = cells.values()
+        for i, label in enumerate(labels):
+            for j, result in enumerate(("allowed", "rejected")):
+                yield ("gateway_ratelimit_decisions_total", "counter",
+                       "Rate-limit and quota decisions, per route, policy and result",
+                       {"route": route, "policy": label, "result": result}, float(values[2 * i + j]))

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway._fast.counters import CounterArray
 from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
@@ -227,6 +228,36 @@ class Quotas:
         return up, op
 
 
+# ---- decisions (gateway_ratelimit_decisions_total{route,policy,result}) ----------------------
+
+DECISIONS_KIND = "rl-decisions"
+QUOTA_LABELS = ("quota:user", "quota:org")
+
+
+def policy_labels(policies: tuple[RateLimitConfig, ...]) -> list[str]:
+    """The `policy` label of each cell pair: the quotas' two, then "<index>:<key>" per policy
+    (from the config: never a user, key or token)."""
+    return list(QUOTA_LABELS) + [f"{i}:{p.key}" for i, p in enumerate(policies)]
+
+
+def decisions_name(route: str, policies: tuple[RateLimitConfig, ...]) -> str:
+    """Node-memory name of a route's decision counters. It carries a digest of the policies, so
+    the scrape (which knows the policies in force) finds the same cells, and a changed policy list
+    starts new counters (a reset Prometheus handles) instead of mislabelling old ones."""
+    import hashlib
+
+    sig = hashlib.blake2b(repr([p.as_dict() for p in policies]).encode(), digest_size=6).hexdigest()
+    return f"{DECISIONS_KIND}/{route}/{sig}"
+
+
+def decision_counters(route: str, policies: tuple[RateLimitConfig, ...], placer: Placer | None) -> CounterArray:
+    n = 2 * len(policy_labels(policies))            # (allowed, rejected) per label
+    if placer is None:
+        return CounterArray(n)
+    buf = placer.place(decisions_name(route, policies), CounterArray.nbytes(n), kind=DECISIONS_KIND)
+    return CounterArray(n, buffer=buf)
+
+
 # ---- the filter -------------------------------------------------------------------------------
 
 class RateLimitFilter(Filter):
@@ -235,11 +266,14 @@ class RateLimitFilter(Filter):
     name = "ratelimit"
 
     def __init__(self, route: str, policies: list[Policy], quotas: Quotas | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, counters: CounterArray | None = None) -> None:
         self.route = route
         self.policies = tuple(policies)
         self.quotas = quotas
         self.clock = clock
+        # Cells: 2*i allowed, 2*i+1 rejected; i = 0 user quota, 1 org quota, 2 + n policy n.
+        self.counters = counters if counters is not None else CounterArray(2 * (2 + len(policies)))
+        self._cell = {id(p): 2 * (2 + i) for i, p in enumerate(self.policies)}
 
     def access(self, ctx: RequestContext) -> LocalReply | None:
         now = self.clock()
@@ -253,13 +287,13 @@ class RateLimitFilter(Filter):
             if up is not None:
                 ok, rem, reset = up.check(user, now)
                 if not ok:
-                    return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded")
+                    return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded", 1)
                 taken.append((up, user))
                 best = (up, rem, reset)
             if op is not None:
                 ok, rem, reset = op.check(org, now)
                 if not ok:
-                    return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded")
+                    return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded", 3)
                 taken.append((op, org))
                 if best is None or rem < best[1]:
                     best = (op, rem, reset)
@@ -267,16 +301,27 @@ class RateLimitFilter(Filter):
             key = p.key_of(ctx)  # type: ignore[misc]
             ok, rem, reset = p.check(key, now)
             if not ok:
-                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited")
+                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", self._cell[id(p)] + 1)
             taken.append((p, key))
             if best is None or rem < best[1]:
                 best = (p, rem, reset)
         if best is not None:
             ctx.response_headers.extend(_headers(*best))
+            counters = self.counters
+            for q, _ in taken:
+                counters.inc(self._allowed_cell(q))
         return None
 
+    def _allowed_cell(self, p: Policy) -> int:
+        if p.name == "user":
+            return 0
+        if p.name == "org":
+            return 2
+        return self._cell[id(p)]
+
     def _reject(self, ctx: RequestContext, p: Policy, rem: int, reset: float,
-                taken: list[tuple[Policy, str]], now: float, code: str) -> LocalReply:
+                taken: list[tuple[Policy, str]], now: float, code: str, cell: int) -> LocalReply:
+        self.counters.inc(cell)
         for q, key in taken:               # the request is not served: nothing it took counts
             q.table.refund(key, now, 1.0)
         retry = reset if reset != math.inf else p.config.window
@@ -308,7 +353,7 @@ def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quot
         n = 1 if pc.key == "route" else keys
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
         compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
-    return RateLimitFilter(route, compiled, quotas, clock)
+    return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer))
 
 
 def describe(policies: Any) -> list[dict[str, Any]]:

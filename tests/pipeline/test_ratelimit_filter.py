@@ -199,3 +199,31 @@ def test_no_task_or_coroutine_is_created(n: int) -> None:
     f = limiter([RateLimitConfig("ip", 5, 1.0)] * n, clock, QUOTAS)
     r = f.access(ctx(user="a", org="beta"))
     assert r is None                                      # synchronous: a plain value
+
+
+def test_decisions_are_counted_in_node_memory_and_scraped_by_label() -> None:
+    from gateway.admin.features import METRIC_SOURCES, AdminContext
+    from gateway.config import loads_config
+    from gateway.config.env import Settings
+    from gateway.runtime import build_runtime
+    from gateway.state.memory import NodeMemory
+    from gateway.state.node import NodeState
+    from gateway.state.view import StateView
+
+    config = loads_config('[[services]]\nname = "s"\ntargets = ["http://127.0.0.1:9"]\n'
+                          '[[routes]]\nname = "api"\npath = "/"\nservice = "s"\n'
+                          '[[routes.rate_limits]]\nkey = "ip"\nlimit = 2\nwindow = 3600.0\n'
+                          '[quotas]\ndefault_user = { limit = 1, window = 3600.0 }\n')
+    state = NodeState(StateView(), memory=NodeMemory.private(8 << 20))
+    settings = Settings(ratelimit_keys=64)
+    runtime = build_runtime(config, settings, None, pool_factory=lambda *a: object(), state=state)
+    f = runtime.router.routes[0].chain.filters[0]
+    results = [f.access(ctx()) for _ in range(3)] + [f.access(ctx("9.9.9.9", user="u")) for _ in range(2)]
+    assert [r is None for r in results] == [True, True, False, True, False]
+    ctx_admin = AdminContext(settings, lambda: config, state)
+    samples = {(s[3]["policy"], s[3]["result"]): s[4] for src in METRIC_SOURCES for s in src(ctx_admin)
+               if s[0] == "gateway_ratelimit_decisions_total"}
+    assert samples == {("quota:user", "allowed"): 1.0, ("quota:user", "rejected"): 1.0,
+                       ("quota:org", "allowed"): 0.0, ("quota:org", "rejected"): 0.0,
+                       ("0:ip", "allowed"): 3.0, ("0:ip", "rejected"): 1.0}
+    assert all(s[3]["route"] == "api" for src in METRIC_SOURCES for s in src(ctx_admin))
