@@ -86,6 +86,8 @@ _TABLE: tuple[Range, ...] = (
     Range("GATEWAY_SHM_SIZE", MIB, 64 * GIB, "bytes", "also written with a k/m/g suffix (`64m`)"),
     Range("GATEWAY_RATELIMIT_KEYS", 16, 100_000_000, "count",
           "keys per rate-limit or quota table, 40 bytes each in node memory (`GATEWAY_SHM_SIZE`)"),
+    Range("GATEWAY_RATELIMIT_SURGE", 1, 1_000_000_000, "count",
+          "rejections per second on one route, node-wide, that raise the `ratelimit_surge` event"),
     Range("GATEWAY_ADMIN_MAX_CONNECTIONS", 1, 10000, "count", "the admin API is an operator's tool, not a data plane"),
     Range("GATEWAY_JWT_LEEWAY", 0, 3600, "seconds", "clock skew; more than an hour is a broken clock, not skew"),
     Range("GATEWAY_HEADER_TIMEOUT", 0.001, DAY, "seconds", _T),

@@ -266,8 +266,13 @@ class RateLimitFilter(Filter):
     name = "ratelimit"
 
     def __init__(self, route: str, policies: list[Policy], quotas: Quotas | None,
-                 clock: Callable[[], float] = time.monotonic, counters: CounterArray | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, counters: CounterArray | None = None,
+                 emit: Callable[..., Any] | None = None, surge: int = 100) -> None:
         self.route = route
+        self.emit = emit                  # state.emit: the ratelimit_surge event
+        self.surge = surge                # rejections per second (node-wide) that raise it
+        self._surge_at = 0.0              # when the rejection rate was last measured
+        self._surge_seen = 0              # node-wide rejections then
         self.policies = tuple(policies)
         self.quotas = quotas
         self.clock = clock
@@ -319,9 +324,24 @@ class RateLimitFilter(Filter):
             return 2
         return self._cell[id(p)]
 
+    def _check_surge(self, now: float) -> None:
+        # Measured at most once a second, on the rejection path only: the rate is of node-wide
+        # rejections (the counters are in node memory), so workers agree; the EventHub keeps one
+        # event per route per cooldown however many workers see the surge.
+        total = sum(self.counters.values()[1::2])
+        elapsed = now - self._surge_at
+        rate = (total - self._surge_seen) / elapsed if self._surge_at and elapsed > 0 else 0.0
+        self._surge_at, self._surge_seen = now, total
+        if rate >= self.surge and self.emit is not None:
+            self.emit("ratelimit_surge", service=self.route,
+                      details={"route": self.route, "rejections_per_second": round(rate, 1),
+                               "threshold": self.surge})
+
     def _reject(self, ctx: RequestContext, p: Policy, rem: int, reset: float,
                 taken: list[tuple[Policy, str]], now: float, code: str, cell: int) -> LocalReply:
         self.counters.inc(cell)
+        if now - self._surge_at >= 1.0:
+            self._check_surge(now)
         for q, key in taken:               # the request is not served: nothing it took counts
             q.table.refund(key, now, 1.0)
         retry = reset if reset != math.inf else p.config.window
@@ -343,8 +363,8 @@ def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None) 
 
 
 def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quotas | None,
-                 keys: int, placer: Placer | None, clock: Callable[[], float] = time.monotonic
-                 ) -> RateLimitFilter | None:
+                 keys: int, placer: Placer | None, clock: Callable[[], float] = time.monotonic,
+                 emit: Callable[..., Any] | None = None, surge: int = 100) -> RateLimitFilter | None:
     if not policies and quotas is None:
         return None
     make = table_factory(placer)
@@ -353,7 +373,8 @@ def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quot
         n = 1 if pc.key == "route" else keys
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
         compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
-    return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer))
+    return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer),
+                           emit, surge)
 
 
 def describe(policies: Any) -> list[dict[str, Any]]:

@@ -227,3 +227,24 @@ def test_decisions_are_counted_in_node_memory_and_scraped_by_label() -> None:
                        ("quota:org", "allowed"): 0.0, ("quota:org", "rejected"): 0.0,
                        ("0:ip", "allowed"): 3.0, ("0:ip", "rejected"): 1.0}
     assert all(s[3]["route"] == "api" for src in METRIC_SOURCES for s in src(ctx_admin))
+
+
+def test_a_surge_of_rejections_emits_ratelimit_surge() -> None:
+    events: list[tuple[str, dict]] = []
+    clock = Clock(0.0)
+    f = build_filter("r", (RateLimitConfig("ip", 1, 3600.0),), None, 100, None, clock=clock,
+                     emit=lambda ev, **kw: events.append((ev, kw)), surge=50)
+    assert f is not None
+    f.access(ctx())
+    for i in range(30):                         # 30/s: below the threshold
+        clock.now = 1.0 + i / 30
+        f.access(ctx())
+    assert events == []
+    for i in range(200):                        # 200/s: past it
+        clock.now = 2.0 + i / 200
+        f.access(ctx())
+    clock.now = 3.5
+    f.access(ctx())
+    assert [e for e, _ in events] == ["ratelimit_surge"]
+    details = events[0][1]["details"]
+    assert details["route"] == "r" and details["threshold"] == 50 and details["rejections_per_second"] >= 50
