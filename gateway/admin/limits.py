@@ -137,6 +137,34 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
 
         return put, delete
 
+    def get_top(request: AdminRequest) -> AdminResponse:
+        import time
+        from urllib.parse import parse_qs
+
+        from gateway._fast.heavy_hitters import HeavyHitters
+        from gateway.filters.ratelimit import TOP_K, TOP_NAME, TOP_PERIOD
+
+        try:
+            n = int(parse_qs(request.query).get("n", ["20"])[0])
+        except ValueError:
+            raise AdminError(400, "bad_request", "n: expected an integer 1-256") from None
+        if not 1 <= n <= TOP_K:
+            raise AdminError(400, "bad_request", "n: expected an integer 1-256")
+        memory = ctx.state.memory
+        info = memory.info(TOP_NAME) if memory is not None else None
+        if info is None or info.quarantined:
+            return json_response({"period": TOP_PERIOD, "rejections": 0, "top": []})
+        sketch = HeavyHitters(TOP_K, TOP_PERIOD, buffer=memory._view[info.offset:info.offset + info.size])
+        top = []
+        for text, count, error in sketch.top(n, time.monotonic()):
+            route, policy, key = (text.split("|", 2) + ["", ""])[:3]
+            top.append({"route": route, "policy": policy, "key": key, "rejections": count,
+                        "error": error})
+        return json_response({"period": TOP_PERIOD, "rejections": sketch.total, "top": top})
+
+    routes.add("GET", "/ratelimit/top", get_top, tag="limits",
+               summary="The most rate-limited keys of the last 1-2 minutes, node-wide (a space-saving "
+                       "sketch: `rejections` is an upper bound, `rejections - error` a lower one)")
     routes.add("GET", "/limits", get_limits, tag="limits",
                summary="Rate limits and quotas in force (TOML plus live overrides)")
     routes.add("PUT", "/limits/routes/{route}", put_route, tag="limits",

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway._fast.counters import CounterArray
+from gateway._fast.heavy_hitters import HeavyHitters
+from gateway._fast.heavy_hitters import layout_bytes as top_bytes
 from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
@@ -258,6 +260,20 @@ def decision_counters(route: str, policies: tuple[RateLimitConfig, ...], placer:
     return CounterArray(n, buffer=buf)
 
 
+# ---- the most limited keys (GET /ratelimit/top) ------------------------------------------------
+
+TOP_NAME = "ratelimit/top"      # one sketch per node, in node memory: every worker records into it
+TOP_KIND = "rl-top"
+TOP_K = 256                     # counters per generation (2 x 256 x 128 bytes = 64 KiB)
+TOP_PERIOD = 60.0               # a generation: top() covers the last one to two minutes
+
+
+def top_sketch(placer: Placer | None) -> HeavyHitters:
+    if placer is None:
+        return HeavyHitters(TOP_K, TOP_PERIOD)
+    return HeavyHitters(TOP_K, TOP_PERIOD, buffer=placer.place(TOP_NAME, top_bytes(TOP_K), kind=TOP_KIND))
+
+
 # ---- the filter -------------------------------------------------------------------------------
 
 class RateLimitFilter(Filter):
@@ -267,8 +283,10 @@ class RateLimitFilter(Filter):
 
     def __init__(self, route: str, policies: list[Policy], quotas: Quotas | None,
                  clock: Callable[[], float] = time.monotonic, counters: CounterArray | None = None,
-                 emit: Callable[..., Any] | None = None, surge: int = 100) -> None:
+                 emit: Callable[..., Any] | None = None, surge: int = 100,
+                 top: HeavyHitters | None = None) -> None:
         self.route = route
+        self.top = top if top is not None else HeavyHitters(TOP_K, TOP_PERIOD)
         self.emit = emit                  # state.emit: the ratelimit_surge event
         self.surge = surge                # rejections per second (node-wide) that raise it
         self._surge_at = 0.0              # when the rejection rate was last measured
@@ -292,13 +310,13 @@ class RateLimitFilter(Filter):
             if up is not None:
                 ok, rem, reset = up.check(user, now)
                 if not ok:
-                    return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded", 1)
+                    return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded", 1, user)
                 taken.append((up, user))
                 best = (up, rem, reset)
             if op is not None:
                 ok, rem, reset = op.check(org, now)
                 if not ok:
-                    return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded", 3)
+                    return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded", 3, org)
                 taken.append((op, org))
                 if best is None or rem < best[1]:
                     best = (op, rem, reset)
@@ -306,7 +324,7 @@ class RateLimitFilter(Filter):
             key = p.key_of(ctx)  # type: ignore[misc]
             ok, rem, reset = p.check(key, now)
             if not ok:
-                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", self._cell[id(p)] + 1)
+                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", self._cell[id(p)] + 1, key)
             taken.append((p, key))
             if best is None or rem < best[1]:
                 best = (p, rem, reset)
@@ -338,8 +356,9 @@ class RateLimitFilter(Filter):
                                "threshold": self.surge})
 
     def _reject(self, ctx: RequestContext, p: Policy, rem: int, reset: float,
-                taken: list[tuple[Policy, str]], now: float, code: str, cell: int) -> LocalReply:
+                taken: list[tuple[Policy, str]], now: float, code: str, cell: int, key: str) -> LocalReply:
         self.counters.inc(cell)
+        self.top.record(f"{self.route}|{p.name}|{key}", now)
         if now - self._surge_at >= 1.0:
             self._check_surge(now)
         for q, key in taken:               # the request is not served: nothing it took counts
@@ -374,7 +393,7 @@ def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quot
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
         compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
     return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer),
-                           emit, surge)
+                           emit, surge, top_sketch(placer))
 
 
 def describe(policies: Any) -> list[dict[str, Any]]:

@@ -163,3 +163,19 @@ def test_live_adjustment_reaches_every_worker_within_a_second(gateway, upstream)
             "/limits/quotas/users/{user}"} <= set(spec["paths"])
     assert "admin_change" in gw.stderr                              # audited
     assert gw.stop() == 0
+
+
+def test_ratelimit_top_lists_the_most_limited_keys_node_wide(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(_config(upstream.url, '[[routes.rate_limits]]\nkey = "header:x-tenant"\nlimit = 1\nwindow = 3600.0\n'),
+                 env={"GATEWAY_WORKERS": "2"})
+    _two_workers(gw)
+    for tenant, n in (("heavy", 12), ("light", 4), ("once", 1)):
+        for _ in range(n):
+            _get(gw.port, {"X-Tenant": tenant})
+    status, doc = _admin(gw, "GET", "/ratelimit/top?n=5", token=None)
+    assert status == 200, doc
+    assert [(t["key"], t["rejections"]) for t in doc["top"]] == [("h:heavy", 11), ("h:light", 3)]
+    assert doc["top"][0]["route"] == "api" and doc["top"][0]["policy"] == "0"
+    assert doc["rejections"] == 14
+    assert _admin(gw, "GET", "/ratelimit/top?n=0")[0] == 400
+    assert gw.stop() == 0
