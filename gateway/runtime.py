@@ -36,7 +36,7 @@ PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
 def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
-                quotas: Any = None, emit: Callable[..., Any] | None = None) -> FilterChain:
+                quotas: Any = None, emit: Callable[..., Any] | None = None, state: Any = None) -> FilterChain:
     """The route's filters in order. Empty until policies exist: later issues add auth, rate
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
     The empty chain is one shared instance, which the data plane checks to skip every phase.
@@ -50,8 +50,11 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
     if route_config.rate_limits or quotas is not None:
         from .filters.ratelimit import build_filter
 
+        # With Redis (and a running node), route policies count across instances through leases.
+        redis = ((settings, lambda: state.status) if settings.redis_url and state is not None else None)
         limiter = build_filter(route_config.name, route_config.rate_limits, quotas,
-                               settings.ratelimit_keys, placer, emit=emit, surge=settings.ratelimit_surge)
+                               settings.ratelimit_keys, placer, emit=emit, surge=settings.ratelimit_surge,
+                               redis=redis)
         if limiter is not None:
             filters.append(limiter)
     return FilterChain(filters) if filters else EMPTY_CHAIN
@@ -159,7 +162,7 @@ def build_runtime(
         quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer)
     routes = [
         Route.from_config(rc, services[rc.service],
-                          build_chain(rc, settings, placer, quotas, state.emit if state is not None else None))
+                          build_chain(rc, settings, placer, quotas, state.emit if state is not None else None, state))
         for rc in route_configs
     ]
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

@@ -152,6 +152,20 @@ class Policy:
         return ok, rem, t
 
 
+class RedisPolicy(Policy):
+    """A policy counted across instances through leases (gateway/filters/ratelimit_redis.py):
+    check() answers from local tokens, or returns a future to wait on for a lease."""
+
+    __slots__ = ("leases",)
+
+    def __init__(self, name: str, config: RateLimitConfig, leases: Any, key_of: Callable[[RequestContext], str]) -> None:
+        super().__init__(name, config, leases, key_of, False)
+        self.leases = leases
+
+    def check(self, key: str, now: float) -> Any:  # type: ignore[override]
+        return self.leases.check(key, now)
+
+
 def _headers(p: Policy, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:
     return [(b"RateLimit-Limit", p.limit_b), (b"RateLimit-Remaining", b"%d" % remaining),
             (b"RateLimit-Reset", b"%d" % _seconds(reset))]
@@ -298,7 +312,16 @@ class RateLimitFilter(Filter):
         self.counters = counters if counters is not None else CounterArray(2 * (2 + len(policies)))
         self._cell = {id(p): 2 * (2 + i) for i, p in enumerate(self.policies)}
 
-    def access(self, ctx: RequestContext) -> LocalReply | None:
+    def access(self, ctx: RequestContext) -> Any:
+        return self._access(ctx, True)
+
+    async def _after_lease(self, ctx: RequestContext, p: RedisPolicy, key: str, fut: Any) -> LocalReply | None:
+        # A Redis-mode key without local tokens: wait for its lease (bounded by the Redis time
+        # budget), then decide again; a second miss is decided by the local fallback.
+        await p.leases.wait(key, fut)
+        return self._access(ctx, False)
+
+    def _access(self, ctx: RequestContext, may_wait: bool) -> Any:
         now = self.clock()
         best: tuple[Policy, int, float] | None = None
         taken: list[tuple[Policy, str]] = []
@@ -322,7 +345,14 @@ class RateLimitFilter(Filter):
                     best = (op, rem, reset)
         for p in self.policies:
             key = p.key_of(ctx)  # type: ignore[misc]
-            ok, rem, reset = p.check(key, now)
+            res = p.check(key, now)
+            if type(res) is not tuple:                 # Redis mode: no local tokens for this key
+                if may_wait:
+                    for q, k in taken:
+                        q.table.refund(k, now, 1.0)
+                    return self._after_lease(ctx, p, key, res)  # type: ignore[arg-type]
+                res = p.leases._fallback(key)  # type: ignore[attr-defined]
+            ok, rem, reset = res
             if not ok:
                 return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", self._cell[id(p)] + 1, key)
             taken.append((p, key))
@@ -383,13 +413,23 @@ def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None) 
 
 def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quotas | None,
                  keys: int, placer: Placer | None, clock: Callable[[], float] = time.monotonic,
-                 emit: Callable[..., Any] | None = None, surge: int = 100) -> RateLimitFilter | None:
+                 emit: Callable[..., Any] | None = None, surge: int = 100,
+                 redis: tuple[Any, Callable[[], dict[str, Any]]] | None = None) -> RateLimitFilter | None:
     if not policies and quotas is None:
         return None
     make = table_factory(placer)
-    compiled = []
+    compiled: list[Policy] = []
     for i, pc in enumerate(policies):
         n = 1 if pc.key == "route" else keys
+        if redis is not None:
+            from .ratelimit_redis import RedisLeases, block_for, process_link
+
+            settings, status = redis
+            leases = RedisLeases(f"{route}/{i}/{pc.key}/{pc.limit}/{pc.window!r}", pc, process_link(settings),
+                                 status, block=block_for(pc.limit), workers=settings.workers,
+                                 fallback_capacity=table_capacity(n))
+            compiled.append(RedisPolicy(str(i), pc, leases, key_function(pc.key)))
+            continue
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
         compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
     return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer),
