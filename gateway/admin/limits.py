@@ -114,6 +114,7 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
         if not isinstance(raw, list):
             c.error("rate_limits", "required: an array of policies (the TOML's [[routes.rate_limits]] shape)")
             c.raise_first()
+            raw = []
         policies = [parse_policy(c, f"rate_limits[{i}]", p) for i, p in enumerate(raw)]
         c.raise_first()
         value = [p.as_dict() for p in policies if p is not None]
@@ -152,7 +153,7 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
             raise AdminError(400, "bad_request", "n: expected an integer 1-256")
         memory = ctx.state.memory
         info = memory.info(TOP_NAME) if memory is not None else None
-        if info is None or info.quarantined:
+        if memory is None or info is None or info.quarantined:
             return json_response({"period": TOP_PERIOD, "rejections": 0, "top": []})
         sketch = HeavyHitters(TOP_K, TOP_PERIOD, buffer=memory._view[info.offset:info.offset + info.size])
         top = []

@@ -72,7 +72,8 @@ def table_factory(placer: Placer | None) -> TableFactory:
         cap = table_capacity(keys)
         full = f"{name}/{algorithm}/{limit}/{window!r}/{burst}/{cap}"
         buffer = placer.place(full, layout_bytes(cap), kind="ratelimit") if placer is not None else None
-        return KeyedLimiterTable.from_policy(cap, algorithm, float(limit), window, float(burst), buffer=buffer)
+        return KeyedLimiterTable.from_policy(cap, algorithm, float(limit), window, float(burst),  # type: ignore[arg-type]
+                                             buffer=buffer)
 
     return make
 
@@ -144,7 +145,7 @@ class Policy:
         """(allowed, remaining, reset seconds) in the sliding window's terms for both kinds."""
         ok, left, t = self.table.check(key, now, 1.0)
         if not self.bucket:
-            return ok, left, t
+            return ok, int(left), t
         rem = int(left)
         if ok:
             nxt = rem + 1
@@ -162,7 +163,7 @@ class RedisPolicy(Policy):
         super().__init__(name, config, leases, key_of, False)
         self.leases = leases
 
-    def check(self, key: str, now: float) -> Any:  # type: ignore[override]
+    def check(self, key: str, now: float) -> Any:
         return self.leases.check(key, now)
 
 
@@ -336,7 +337,7 @@ class RateLimitFilter(Filter):
                     return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded", 1, user)
                 taken.append((up, user))
                 best = (up, rem, reset)
-            if op is not None:
+            if op is not None and org is not None:
                 ok, rem, reset = op.check(org, now)
                 if not ok:
                     return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded", 3, org)

@@ -184,7 +184,7 @@ class RedisLeases:
             self._fallbacks.clear()
             c = self.config
             table = self._fallbacks[share] = KeyedLimiterTable.from_policy(
-                self.fallback_capacity, c.algorithm, float(share), c.window,
+                self.fallback_capacity, c.algorithm, float(share), c.window,  # type: ignore[arg-type]
                 float(c.burst * share // c.limit) if c.algorithm == "token_bucket" else 0.0)
         return table
 
