@@ -127,25 +127,28 @@ def key_function(key: str) -> Callable[[RequestContext], str]:
 class Policy:
     """One compiled policy: its table, how to find a request's key, how to read its answers."""
 
-    __slots__ = ("name", "config", "table", "key_of", "limit", "limit_b", "bucket", "rate", "capacity")
+    __slots__ = ("name", "config", "table", "key_of", "limit", "limit_header", "bucket", "rate",
+                 "capacity", "check", "cell")
 
     def __init__(self, name: str, config: RateLimitConfig | QuotaLimit, table: KeyedLimiterTable,
-                 key_of: Callable[[RequestContext], str] | None, bucket: bool) -> None:
+                 key_of: Callable[[RequestContext], str] | None, bucket: bool, cell: int = 0) -> None:
         self.name = name                  # metric label and log word: "0", "1"..., "user", "org"
         self.config = config
         self.table = table
         self.key_of = key_of
         self.limit = config.limit
-        self.limit_b = b"%d" % config.limit
+        self.limit_header = (b"RateLimit-Limit", b"%d" % config.limit)
         self.bucket = bucket              # token bucket: answers are (ok, tokens, retry_after)
         self.rate = config.limit / config.window
         self.capacity = config.limit + getattr(config, "burst", 0)   # a bucket's size in tokens
+        self.cell = cell                  # its "allowed" decision counter (rejected: cell + 1)
+        # check(key, now) -> (allowed, remaining, reset seconds), in the sliding window's terms
+        # for both kinds. A sliding-window table answers exactly that (cost defaults to 1): it is
+        # bound directly, saving a Python call per request.
+        self.check: Callable[..., Any] = self._bucket_check if bucket else table.check
 
-    def check(self, key: str, now: float) -> tuple[bool, int, float]:
-        """(allowed, remaining, reset seconds) in the sliding window's terms for both kinds."""
+    def _bucket_check(self, key: str, now: float) -> tuple[bool, int, float]:
         ok, left, t = self.table.check(key, now, 1.0)
-        if not self.bucket:
-            return ok, int(left), t
         rem = int(left)
         if ok:
             nxt = rem + 1
@@ -159,17 +162,28 @@ class RedisPolicy(Policy):
 
     __slots__ = ("leases",)
 
-    def __init__(self, name: str, config: RateLimitConfig, leases: Any, key_of: Callable[[RequestContext], str]) -> None:
-        super().__init__(name, config, leases, key_of, False)
+    def __init__(self, name: str, config: RateLimitConfig, leases: Any, key_of: Callable[[RequestContext], str],
+                 cell: int) -> None:
+        super().__init__(name, config, leases, key_of, False, cell)
         self.leases = leases
+        self.check = leases.check
 
-    def check(self, key: str, now: float) -> Any:
-        return self.leases.check(key, now)
+
+# Header values of small numbers, made once: formatting three numbers a request cost about 1 us.
+_NUMBERS = tuple(b"%d" % i for i in range(4096))
+
+
+def _number(n: int) -> bytes:
+    return _NUMBERS[n] if 0 <= n < 4096 else b"%d" % n
 
 
 def _headers(p: Policy, remaining: int, reset: float) -> list[tuple[bytes, bytes]]:
-    return [(b"RateLimit-Limit", p.limit_b), (b"RateLimit-Remaining", b"%d" % remaining),
-            (b"RateLimit-Reset", b"%d" % _seconds(reset))]
+    r = int(reset)
+    if reset > r:
+        r += 1                      # ceil, for the finite positive resets of an allowed request
+    return [p.limit_header,
+            (b"RateLimit-Remaining", _NUMBERS[remaining] if remaining < 4096 else b"%d" % remaining),
+            (b"RateLimit-Reset", _NUMBERS[r] if r < 4096 else b"%d" % r)]
 
 
 def _seconds(t: float) -> int:
@@ -222,7 +236,7 @@ class Quotas:
             p = tables.get((q.limit, q.window))
             if p is None:
                 t = make(f"quota/{level}", "sliding_window", q.limit, q.window, 0, keys)
-                p = tables[(q.limit, q.window)] = Policy(level, q, t, None, False)
+                p = tables[(q.limit, q.window)] = Policy(level, q, t, None, False, 0 if level == "user" else 2)
             return p
 
         from gateway.config.model import QuotaLimit
@@ -311,18 +325,14 @@ class RateLimitFilter(Filter):
         self.clock = clock
         # Cells: 2*i allowed, 2*i+1 rejected; i = 0 user quota, 1 org quota, 2 + n policy n.
         self.counters = counters if counters is not None else CounterArray(2 * (2 + len(policies)))
-        self._cell = {id(p): 2 * (2 + i) for i, p in enumerate(self.policies)}
-
-    def access(self, ctx: RequestContext) -> Any:
-        return self._access(ctx, True)
 
     async def _after_lease(self, ctx: RequestContext, p: RedisPolicy, key: str, fut: Any) -> LocalReply | None:
         # A Redis-mode key without local tokens: wait for its lease (bounded by the Redis time
         # budget), then decide again; a second miss is decided by the local fallback.
         await p.leases.wait(key, fut)
-        return self._access(ctx, False)
+        return self.access(ctx, False)
 
-    def _access(self, ctx: RequestContext, may_wait: bool) -> Any:
+    def access(self, ctx: RequestContext, may_wait: bool = True) -> Any:
         now = self.clock()
         best: tuple[Policy, int, float] | None = None
         taken: list[tuple[Policy, str]] = []
@@ -355,7 +365,7 @@ class RateLimitFilter(Filter):
                 res = p.leases._fallback(key)  # type: ignore[attr-defined]
             ok, rem, reset = res
             if not ok:
-                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", self._cell[id(p)] + 1, key)
+                return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", p.cell + 1, key)
             taken.append((p, key))
             if best is None or rem < best[1]:
                 best = (p, rem, reset)
@@ -363,15 +373,8 @@ class RateLimitFilter(Filter):
             ctx.response_headers.extend(_headers(*best))
             counters = self.counters
             for q, _ in taken:
-                counters.inc(self._allowed_cell(q))
+                counters.inc(q.cell)
         return None
-
-    def _allowed_cell(self, p: Policy) -> int:
-        if p.name == "user":
-            return 0
-        if p.name == "org":
-            return 2
-        return self._cell[id(p)]
 
     def _check_surge(self, now: float) -> None:
         # Measured at most once a second, on the rejection path only: the rate is of node-wide
@@ -429,10 +432,11 @@ def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quot
             leases = RedisLeases(f"{route}/{i}/{pc.key}/{pc.limit}/{pc.window!r}", pc, process_link(settings),
                                  status, block=block_for(pc.limit), workers=settings.workers,
                                  fallback_capacity=table_capacity(n))
-            compiled.append(RedisPolicy(str(i), pc, leases, key_function(pc.key)))
+            compiled.append(RedisPolicy(str(i), pc, leases, key_function(pc.key), 2 * (2 + i)))
             continue
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)
-        compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket"))
+        compiled.append(Policy(str(i), pc, table, key_function(pc.key), pc.algorithm == "token_bucket",
+                               2 * (2 + i)))
     return RateLimitFilter(route, compiled, quotas, clock, decision_counters(route, policies, placer),
                            emit, surge, top_sketch(placer))
 
