@@ -362,7 +362,7 @@ class RateLimitFilter(Filter):
                     for q, k in taken:
                         q.table.refund(k, now, 1.0)
                     return self._after_lease(ctx, p, key, res)  # type: ignore[arg-type]
-                res = p.leases._fallback(key)  # type: ignore[attr-defined]
+                res = p.leases.after_wait(key)  # type: ignore[attr-defined]
             ok, rem, reset = res
             if not ok:
                 return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", p.cell + 1, key)

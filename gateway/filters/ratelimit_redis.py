@@ -61,7 +61,7 @@ MAX_KEYS = 100_000        # leases held per process; the least recently refilled
 
 
 class _Lease:
-    __slots__ = ("window", "tokens", "grant", "pending", "waiters", "remaining", "denied_until")
+    __slots__ = ("window", "tokens", "grant", "pending", "waiters", "remaining", "denied_until", "failed")
 
     def __init__(self) -> None:
         self.window = -1          # fixed-window index the tokens belong to
@@ -71,6 +71,7 @@ class _Lease:
         self.waiters = 0
         self.remaining = 0        # the limit's room after the last grant (RateLimit-Remaining)
         self.denied_until = 0.0   # Redis had no room: refused locally until then (wall clock)
+        self.failed = False       # the last lease call failed (Redis unreachable or too slow)
 
 
 def block_for(limit: int) -> int:
@@ -169,6 +170,16 @@ class RedisLeases:
             return True
         return self._fallback_table().refund(key, time.monotonic(), cost)
 
+    def after_wait(self, key: str) -> tuple[bool, int, float]:
+        """A request that waited for a lease and still found no token: decided by the local
+        fallback only when the lease failed (Redis unreachable); with Redis answering, the
+        tokens went to other waiting requests, and this one is refused: admitting it locally
+        would count it nowhere in Redis (measured: +8 over a limit of 200 with 20 clients)."""
+        lease = self.leases.get(key)
+        if lease is None or lease.failed or not self.link.up:
+            return self._fallback(key)
+        return False, 0, max(0.001, self.link.timeout)
+
     def _fallback(self, key: str) -> tuple[bool, int, float]:
         self.fallbacks += 1
         ok, rem, reset = self._fallback_table().check(key, time.monotonic(), 1.0)
@@ -224,7 +235,9 @@ class RedisLeases:
                     lease.denied_until = wall + min(self.window, max(0.05, self.window / self.limit))
                 lease.remaining = max(0, math.floor(self.limit - int(prev) * weight - int(curr)))
                 self.leased += int(grant)
+            lease.failed = False
         except RedisUnavailable as exc:
+            lease.failed = True
             log.debug("ratelimit lease failed: %s", exc)
         finally:
             fut, lease.pending = lease.pending, None
