@@ -24,6 +24,7 @@ FAST_MODULES = [
     "balancer",       # smooth WRR, least-connections, P2C with EWMA
     "counters",       # lock-free counters and fixed-bucket latency histograms
     "wire",           # HTTP head work on the data path: header filtering and serialization
+    "heavy_hitters",  # space-saving sketch: the most rate-limited keys, node-wide (/ratelimit/top)
 ]
 
 # The data plane's protocols, compiled as cdef classes that cimport each other (asyncpg's layout).

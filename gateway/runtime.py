@@ -11,6 +11,7 @@ the new config dropped.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,37 @@ if TYPE_CHECKING:
     from .config.model import GatewayConfig, RouteConfig
     from .state.node import NodeState, Placer
 
+# Test-only: when set, every route first runs TestIdentityFilter (identity from X-Test-User /
+# X-Test-Org), standing in for the auth filters in tests of identity-keyed limits. Underscored like
+# the other internal variables: not a setting, never documented for operators.
+TEST_IDENTITY_ENV = "_GATEWAY_TEST_IDENTITY"
+
 PoolKey = tuple[str, int]
 PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
-def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None) -> FilterChain:
+def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
+                quotas: Any = None, emit: Callable[..., Any] | None = None, state: Any = None) -> FilterChain:
     """The route's filters in order. Empty until policies exist: later issues add auth, rate
     limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
-    The empty chain is one shared instance, which the data plane checks to skip every phase."""
+    The empty chain is one shared instance, which the data plane checks to skip every phase.
+    `quotas`: the runtime's compiled `[quotas]` (gateway.filters.ratelimit.Quotas), shared by
+    every route."""
     filters: list[Any] = []
+    if os.environ.get(TEST_IDENTITY_ENV):
+        from .filters.test_identity import TestIdentityFilter
+
+        filters.append(TestIdentityFilter())
+    if route_config.rate_limits or quotas is not None:
+        from .filters.ratelimit import build_filter
+
+        # With Redis (and a running node), route policies count across instances through leases.
+        redis = ((settings, lambda: state.status) if settings.redis_url and state is not None else None)
+        limiter = build_filter(route_config.name, route_config.rate_limits, quotas,
+                               settings.ratelimit_keys, placer, emit=emit, surge=settings.ratelimit_surge,
+                               redis=redis)
+        if limiter is not None:
+            filters.append(limiter)
     if route_config.fallback is not None:
         # Last: a request the policies above refuse is refused whatever the targets' health.
         from .discovery.fallback import NoHealthyTargetFallback
@@ -139,9 +162,25 @@ def build_runtime(
         # Passive health unless a breaker replaces it (SPEC §3).
         services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
                                          passive=getattr(sc, "breaker", None) is None)
+    route_configs = config.routes
+    quotas_config = config.quotas
+    if state is not None and any(True for _ in state.view.items("limits/")):
+        # Live limits (the admin API's overrides, gateway/filters/limits_live.py) on top of the TOML.
+        import dataclasses
+
+        from .filters.limits_live import effective
+
+        policies, quotas_config = effective(config, state.view.items("limits/"))
+        route_configs = tuple(dataclasses.replace(rc, rate_limits=policies[rc.name]) for rc in config.routes)
+    quotas = None
+    if quotas_config is not None:
+        from .filters.ratelimit import build_quotas
+
+        quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer)
     routes = [
-        Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer))
-        for rc in config.routes
+        Route.from_config(rc, _route_service(rc, services),
+                          build_chain(rc, settings, placer, quotas, state.emit if state is not None else None, state))
+        for rc in route_configs
     ]
     runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
     if state is not None:

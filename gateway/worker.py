@@ -152,6 +152,47 @@ class Worker:
         self._idle = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
+        self._limits_pending = False
+        if state is not None:
+            # Live limits (SPEC §8): a change to limits/... rebuilds the runtime from the config in
+            # force plus the new overrides (gateway/filters/limits_live.py), off the hot path.
+            state.view.subscribe("limits/", self._limits_changed, replay=False)
+
+    # --- live limits ------------------------------------------------------------------------------
+    def _limits_changed(self, key: str, value: Any) -> None:
+        # Coalesced: a burst of changes (a snapshot after a reconnect) costs one rebuild.
+        if not self._limits_pending:
+            self._limits_pending = True
+            self.loop.call_soon(self._apply_limits)
+
+    def _apply_limits(self) -> None:
+        self._limits_pending = False
+        if self.draining:
+            return
+        if self._swap(self.runtime.config, "live limits change"):
+            log.info("live limits applied (%d routes)", len(self.runtime.config.routes))
+
+    def _swap(self, config: Any, why: str) -> bool:
+        """Build a runtime for `config` (plus the state's live overrides) and swap it in; on any
+        error keep the old one."""
+        from gateway.runtime import build_runtime
+
+        old = self.runtime
+        try:
+            new = build_runtime(config, self.settings, self.loop, previous=old, state=self.state)
+        except Exception as exc:  # noqa: BLE001 - SharedMemoryFull included: it names GATEWAY_SHM_SIZE
+            log.error("%s refused, keeping the previous config: %s", why, exc)
+            return False
+        self.runtime = new
+        if self.state is not None:
+            # Shared objects the new config no longer names: released now, their bytes reused only
+            # after node memory's quarantine (requests in flight on `old` may still write them).
+            self.state.release_unplaced(new.placed)
+        try:
+            new.close_unused(old)
+        except Exception:  # noqa: BLE001 - the swap is done; a failed close only leaks idle sockets
+            log.exception("closing pools of removed upstreams failed")
+        return True
 
     # --- listener -------------------------------------------------------------------------------
     async def start(self, sock: socket.socket) -> None:
@@ -227,7 +268,6 @@ class Worker:
         upstreams complete and nothing lingers (no timer or request tracking needed).
         """
         from gateway.config import ConfigurationError, load_config
-        from gateway.runtime import build_runtime
 
         path = self.config_path
         try:
@@ -238,22 +278,9 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the worker
             log.error("reload refused, keeping the previous config: %s: %s", path, exc)
             return False
-        old = self.runtime
-        try:
-            new = build_runtime(config, self.settings, self.loop, previous=old, state=self.state)
-        except Exception as exc:  # noqa: BLE001 - SharedMemoryFull included: it names GATEWAY_SHM_SIZE
-            log.error("reload refused, keeping the previous config: %s", exc)
+        if not self._swap(config, "reload"):
             return False
-        self.runtime = new
         self.reloads += 1
-        if self.state is not None:
-            # Shared objects the new config no longer names: released now, their bytes reused only
-            # after node memory's quarantine (requests in flight on `old` may still write them).
-            self.state.release_unplaced(new.placed)
-        try:
-            new.close_unused(old)
-        except Exception:  # noqa: BLE001 - the swap is done; a failed close only leaks idle sockets
-            log.exception("closing pools of removed upstreams failed")
         log.info("reloaded %s: %d routes", path or "(no config file)", len(getattr(config, "routes", ())))
         return True
 

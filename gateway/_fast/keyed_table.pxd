@@ -32,13 +32,14 @@ ctypedef union kt_limiter:
 # the key's recency (token bucket `last` = the latest `now` it saw; sliding window
 # `window_start` = the start of the window of the latest `now`), see _recency in the .pyx.
 ctypedef struct kt_slot:
-    uint64_t hash        # XXH64(key, seed 0); 0 = empty, 1 = tombstone (hashes 0/1 map to 2/3)
-    uint32_t check       # low 32 bits of XXH64(key, second seed): 96-bit identity per key
+    uint64_t hash        # SipHash-2-4(key, the table's secret); 0 = empty, 1 = tombstone (0/1 -> 2/3)
+    uint32_t check       # low 32 bits of XXH64(key, the table's check seed): 96-bit identity per key
     uint32_t lock        # owner pid while locked (shm_lock), 0 when free; unused when private
     kt_limiter st        # the limiter state (one algorithm per table)
 
 # At the start of the table's memory. In a shared segment, the first process to attach fills it
-# (CAS on `ready`); later attachers check every field against their own parameters.
+# (CAS on `ready`), including the random secret of the keyed hash, so every worker of the node
+# hashes alike; later attachers check every parameter against their own and adopt the secret.
 ctypedef struct kt_header:
     uint64_t magic
     uint32_t version
@@ -54,9 +55,13 @@ ctypedef struct kt_header:
     double idle_ttl
     int64_t count        # slots holding a key (idle ones included until reclaimed)
     uint64_t sweep_cursor
-    uint64_t evictions   # live keys pushed out because their probe window was full
-    uint64_t reclaimed   # idle keys whose slot was reused or swept
-    uint64_t reserved[3]
+    uint64_t overflows   # checks of new keys answered by the overflow limiter (window full)
+    uint64_t reclaimed   # idle or recovered keys whose slot was reused or swept
+    uint64_t sip_k0      # the keyed hash's secret (random per table, set by its creator)
+    uint64_t sip_k1
+    uint64_t check_seed
+    kt_slot overflow     # one limiter shared by every key that found its probe window full
+    uint64_t reserved[4]
 
 cdef enum:
     KT_TOKEN_BUCKET = 1
@@ -64,7 +69,7 @@ cdef enum:
     KT_EMPTY = 0            # slot hash values with a meaning; real hashes are >= 2
     KT_TOMBSTONE = 1
     KT_STRIPE_SHIFT = 6     # one insert lock per 64 home slots
-    KT_HEADER_BYTES = 128
+    KT_HEADER_BYTES = 192
 
 
 cdef inline size_t kt_stripes_for(uint64_t capacity) noexcept nogil:
@@ -131,6 +136,9 @@ cdef class KeyedLimiterTable:
     cdef int _apply(self, kt_slot* s, double now, double cost, double* o1, double* o2) noexcept nogil
     cdef void _fresh(self, kt_slot* s, double now) noexcept nogil
     cdef double _recency(self, kt_slot* s) noexcept nogil
+    cdef bint _reclaimable(self, kt_slot* s, double now) noexcept nogil
+    cdef void _hash(self, const char* key, size_t n, uint64_t* h, uint32_t* chk) noexcept nogil
+    cdef int _overflow(self, double now, double cost, double* out1, double* out2) noexcept nogil
     cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,
                      double* out1, double* out2) noexcept nogil
     # Reclaims idle keys in n slots from the cursor. Shared: locks each slot it changes; private:

@@ -8,24 +8,33 @@ bucket's `last` (the latest `now` it was checked at) or the sliding window's `wi
 start of the window of the latest `now`), so it costs no extra bytes.
 
 Probing: linear, within a window of ``max_probe`` slots from the key's home slot. Keys never move;
-a freed slot becomes a tombstone (it keeps later keys reachable and is reused by inserts).
+a freed slot becomes a tombstone (it keeps later keys reachable and is reused by inserts). The home
+slot comes from a keyed hash (SipHash-2-4) under a random 128-bit secret drawn by the table's
+creator and kept in its header (so every worker of a node shares it): nobody outside can compute
+which keys share a probe window. With XXH64 and a fixed seed they could: about 190,000 hashes
+offline found 385 keys sharing a victim's window, and flooding it pushed the victim's exhausted
+limit out of the table, so it started fresh.
 
-Idle keys: a key whose recency is more than ``idle_ttl`` seconds before `now` is forgotten: its
+Idle keys: a key whose recency is more than ``idle_ttl`` seconds away from `now` is forgotten: its
 next check starts from a fresh limiter, whether or not its slot was reclaimed yet. ``idle_ttl``
 may not be shorter than the time a limiter takes to recover fully (token bucket: capacity/rate;
-sliding window: 2*window), so forgetting never changes an answer; it only frees the slot. Reclaiming happens on
-the insert path (an idle slot in the probe window is reused) and in bulk with ``sweep(now)``.
+sliding window: 2*window), so forgetting never changes an answer; it only frees the slot. (A
+recency further than that in the *future* was written under a wrong clock that has since gone
+back: it is forgotten too, rather than frozen until the clock catches up; smaller steps back
+re-anchor the state with its debt, see clock.pxd.)
 
-Full probe window (no empty, tombstone or idle slot among the ``max_probe`` slots): the live key
-with the oldest recency in that window is evicted (ties: the first in probe order) and its
-limiter restarts fresh if it comes back. This bounds memory and never answers "unlimited"; it can
-forgive an evicted key's debt, which `evictions` counts. Size the table for the live key count
-with headroom: filling 1M keys ("user:0".."user:999999") into 1.25M slots (load 0.8) evicted
-6275 live keys with max_probe=32, 1142 with 64 and 70 with 128 (the default; at load 0.9: 3173).
-A window is 4 KB, walked in full only on the insert path of a crowded window.
+Full probe window. An insert may reuse only a slot whose key's eviction changes no answer: empty,
+tombstone, idle, or *recovered* (its state at `now` equals a fresh limiter's: a full bucket, an
+empty window). When none is left among the ``max_probe`` slots, no key is evicted: the new key is
+checked against the table's one shared *overflow limiter* (the same policy, in the header) and
+not inserted; `overflows` counts those checks. So no flood of keys, crafted or random, lets a
+limited key through; at worst the flood's new keys share one key's limit until slots recover.
+Size the table for the live key count with headroom: filling 1M keys into 1.25M slots (load 0.8)
+overflowed 6275 inserts with max_probe=32, 1142 with 64 and 70 with 128 (the default).
 
-Collisions: a key is its 64-bit hash plus a 32-bit check hash from a second seed (96 bits). Two
-distinct live keys sharing both: about n^2 / 2^97 for n keys, ~1e-17 at a million keys. Accepted.
+Collisions: a key is its 64-bit keyed hash plus a 32-bit check hash (XXH64 under a second random
+seed): 96 bits. Two distinct live keys sharing both: about n^2 / 2^97 for n keys, ~1e-17 at a
+million keys, and not computable offline. Accepted.
 
 Shared mode (``buffer=`` given): every slot update runs under the slot's lock word (owner pid,
 see shm.pyx for what happens when a worker dies holding one); inserts also hold the stripe lock
@@ -34,7 +43,7 @@ Lookups walk unlocked and re-check the slot's identity once they hold its lock.
 """
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.math cimport isfinite, isnan
+from libc.math cimport fabs, floor, isfinite, isnan
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset
 from posix.mman cimport (MADV_HUGEPAGE, MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ,
@@ -46,17 +55,18 @@ from gateway._fast.shm cimport shm_lock, shm_pid_ptr, shm_unlock
 from gateway._fast.checks cimport check_non_negative, check_now, check_positive
 from gateway._fast.sliding_window cimport sw_check, sw_init
 from gateway._fast.token_bucket cimport tb_init, tb_try_acquire
+from gateway._fast.siphash cimport gw_siphash24
 from gateway._fast.xxh64 cimport gw_xxh64
 
+import os
 import time
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
 cdef uint64_t KT_MAGIC = 0x4C42544445594B47ULL      # b"GKYEDTBL"
-cdef uint32_t KT_VERSION = 1
-cdef uint64_t SEED_CHECK = 0x9E3779B97F4A7C15ULL
-MAX_SW_LIMIT = 16_777_216.0     # sliding-window counts are float32: exact integers up to 2**24
+cdef uint32_t KT_VERSION = 2
+MAX_SW_LIMIT = 4_294_967_295.0  # sliding-window counts are uint32: exact whole numbers
 
 SLOT_BYTES = sizeof(kt_slot)
 ALGORITHMS = {"token_bucket": KT_TOKEN_BUCKET, "sliding_window": KT_SLIDING_WINDOW}
@@ -111,8 +121,9 @@ cdef class KeyedLimiterTable:
         else:
             self._p1 = _positive("limit", limit)
             self._p2 = _positive("window", window)
-            if self._p1 > MAX_SW_LIMIT:
-                raise ValueError(f"limit must be <= {MAX_SW_LIMIT:.0f} (float32 counts), got {limit!r}")
+            if self._p1 > MAX_SW_LIMIT or floor(self._p1) != self._p1:
+                raise ValueError(f"limit must be a whole number <= {MAX_SW_LIMIT:.0f} (exact "
+                                 f"integer counts), got {limit!r}")
             recovery = 2.0 * self._p2
         if idle_ttl is None:
             self._ttl = recovery
@@ -171,6 +182,12 @@ cdef class KeyedLimiterTable:
             h.p1 = self._p1
             h.p2 = self._p2
             h.idle_ttl = self._ttl
+            # The keyed hash's secret: drawn here, by whoever creates the table, and read from
+            # the header by every later attacher, so all workers place keys alike.
+            secret = os.urandom(24)
+            h.sip_k0 = int.from_bytes(secret[0:8], "little")
+            h.sip_k1 = int.from_bytes(secret[8:16], "little")
+            h.check_seed = int.from_bytes(secret[16:24], "little")
             gw_atomic_store_u64(&h.magic, KT_MAGIC)
             gw_cas_u32(&h.ready, 1, 2)
             return
@@ -217,7 +234,7 @@ cdef class KeyedLimiterTable:
                     double* o2) noexcept nogil:
         # Caller holds the slot (lock, or private table). Idle past the TTL: forget the key.
         # (The limiter itself then advances the recency: tb `last`, sw `window_start`.)
-        if now - self._recency(s) > self._ttl:
+        if fabs(now - self._recency(s)) > self._ttl:
             self._fresh(s, now)
         cdef int r
         if self._algo == KT_TOKEN_BUCKET:
@@ -239,14 +256,57 @@ cdef class KeyedLimiterTable:
             return s.st.tb.last
         return s.st.sw.window_start
 
+    cdef bint _reclaimable(self, kt_slot* s, double now) noexcept nogil:
+        # May this key's slot go to another key without changing any answer? Idle (see the
+        # module docstring), or recovered: its state at `now` equals a fresh limiter's, so the
+        # key coming back fresh gets exactly the answers it would have got. Only for a state not
+        # ahead of `now`: one ahead refills or rotates later than a fresh one would.
+        cdef double rec = self._recency(s), t, start
+        if fabs(now - rec) > self._ttl:
+            return True
+        if self._algo == KT_TOKEN_BUCKET:
+            if now < s.st.tb.last:
+                return False
+            t = s.st.tb.tokens + (now - s.st.tb.last) * self._p1
+            return t >= self._p2
+        if now < s.st.sw.window_start:
+            return False
+        start = floor(now / self._p2) * self._p2
+        if start > s.st.sw.window_start:
+            if start - s.st.sw.window_start < 1.5 * self._p2:
+                return s.st.sw.curr_count == 0     # it becomes the previous window's count
+            return True
+        return s.st.sw.curr_count == 0 and s.st.sw.prev_count == 0
+
+    cdef void _hash(self, const char* key, size_t n, uint64_t* h, uint32_t* chk) noexcept nogil:
+        h[0] = gw_siphash24(key, n, self._hdr.sip_k0, self._hdr.sip_k1)
+        if h[0] < 2:
+            h[0] += 2
+        chk[0] = <uint32_t>gw_xxh64(key, n, self._hdr.check_seed)
+
+    cdef int _overflow(self, double now, double cost, double* out1, double* out2) noexcept nogil:
+        # A new key found its whole probe window held by keys that cannot go without granting
+        # requests: it is counted against the one overflow limiter shared by all such keys.
+        cdef kt_slot* s = &self._hdr.overflow
+        cdef int r
+        gw_atomic_add_u64(&self._hdr.overflows, 1)
+        if self._shared:
+            shm_lock(&s.lock, self._pid[0])
+        if s.hash == KT_EMPTY:
+            self._fresh(s, now)
+            s.hash = 2
+        r = self._apply(s, now, cost, out1, out2)
+        if self._shared:
+            shm_unlock(&s.lock)
+        return r
+
     cdef int c_check(self, const char* key, size_t n, double now, double cost,
                      double* out1, double* out2) noexcept nogil:
-        cdef uint64_t h = gw_xxh64(key, n, 0)
-        cdef uint32_t chk = <uint32_t>gw_xxh64(key, n, SEED_CHECK)
+        cdef uint64_t h
+        cdef uint32_t chk
         cdef kt_slot* s = NULL
         cdef int r
-        if h < 2:
-            h += 2
+        self._hash(key, n, &h, &chk)
         cdef uint64_t home = gw_kt_home(h, self._cap)
         if not self._shared:
             if kt_lookup(self._slots, self._cap, self._max_probe, home, h, chk, &s):
@@ -273,16 +333,13 @@ cdef class KeyedLimiterTable:
         # every choice is re-checked under the chosen slot's lock and the walk redone if stale.
         cdef kt_slot* s
         cdef kt_slot* cand
-        cdef kt_slot* oldest
-        cdef uint64_t i, hv, cand_hash, oldest_hash
+        cdef uint64_t i, hv, cand_hash
         cdef uint32_t p
-        cdef bint shared = self._shared, evict, ok
+        cdef bint shared = self._shared, ok
         cdef int r
         while True:
             cand = NULL
-            oldest = NULL
             cand_hash = 0
-            oldest_hash = 0
             i = home
             for p in range(self._max_probe):
                 s = &self._slots[i]
@@ -305,27 +362,20 @@ cdef class KeyedLimiterTable:
                     if cand == NULL:
                         cand = s
                         cand_hash = KT_TOMBSTONE
-                elif now - self._recency(s) > self._ttl:
-                    if cand == NULL:
-                        cand = s
-                        cand_hash = hv
-                elif oldest == NULL or self._recency(s) < self._recency(oldest):
-                    oldest = s
-                    oldest_hash = hv
+                elif cand == NULL and self._reclaimable(s, now):
+                    cand = s
+                    cand_hash = hv
                 i += 1
                 if i == self._cap:
                     i = 0
-            evict = cand == NULL
-            if evict:
-                cand = oldest          # every slot of the window holds a live key
-                cand_hash = oldest_hash
-                if cand == NULL:       # window full of keys racing in/out: look again
-                    continue
+            if cand == NULL:
+                # Every slot of the window holds a key whose eviction would grant requests.
+                return self._overflow(now, cost, out1, out2)
             if shared:
                 shm_lock(&cand.lock, self._pid[0])
                 ok = cand.hash == cand_hash
-                if ok and not evict and cand_hash >= 2:
-                    ok = now - self._recency(cand) > self._ttl
+                if ok and cand_hash >= 2:
+                    ok = self._reclaimable(cand, now)
                 if not ok:
                     shm_unlock(&cand.lock)
                     continue
@@ -333,8 +383,6 @@ cdef class KeyedLimiterTable:
             # the state, and the hash is what makes the slot findable).
             if cand_hash < 2:
                 gw_atomic_add_i64(&self._hdr.count, 1)
-            elif evict:
-                gw_atomic_add_u64(&self._hdr.evictions, 1)
             else:
                 gw_atomic_add_u64(&self._hdr.reclaimed, 1)
             self._fresh(cand, now)
@@ -358,6 +406,8 @@ cdef class KeyedLimiterTable:
         cdef int r
         check_now(now)
         check_positive("cost", cost)
+        if self._algo == KT_SLIDING_WINDOW and floor(cost) != cost:
+            raise ValueError(f"cost must be a whole number for a sliding window, got {cost!r}")
         if type(key) is str:
             data = PyUnicode_AsUTF8AndSize(key, &n)
         elif type(key) is bytes:
@@ -370,6 +420,50 @@ cdef class KeyedLimiterTable:
             # SlidingWindow.check's shape: remaining is a whole number of hits.
             return r == 1, <long long>a, b
         return r == 1, a, b
+
+    def refund(self, key, double now, double cost=1.0) -> bool:
+        """Give back `cost` that a check of `key` at `now` took, when a later policy of the same
+        request refused it (two-level quotas, several policies on a route): the request was not
+        served, so it must not count. Token bucket: tokens back (capped at the bucket); sliding
+        window: taken off the count of `now`'s window (or of the previous one, if the key
+        rotated meanwhile). False when the key is not (or no longer) in the table."""
+        cdef const char* data
+        cdef Py_ssize_t n
+        cdef kt_slot* s = NULL
+        cdef uint64_t h
+        cdef uint32_t chk
+        cdef double start
+        cdef uint32_t c
+        check_now(now)
+        check_positive("cost", cost)
+        if type(key) is str:
+            data = PyUnicode_AsUTF8AndSize(key, &n)
+        elif type(key) is bytes:
+            data = PyBytes_AS_STRING(key)
+            n = PyBytes_GET_SIZE(key)
+        else:
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        self._hash(data, <size_t>n, &h, &chk)
+        if not kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h, chk, &s):
+            return False
+        if self._shared:
+            shm_lock(&s.lock, self._pid[0])
+        if s.hash != h or s.check != chk:
+            if self._shared:
+                shm_unlock(&s.lock)
+            return False
+        if self._algo == KT_TOKEN_BUCKET:
+            s.st.tb.tokens = min(s.st.tb.tokens + cost, self._p2)
+        else:
+            c = <uint32_t>cost
+            start = floor(now / self._p2) * self._p2
+            if s.st.sw.window_start == start:
+                s.st.sw.curr_count -= min(c, s.st.sw.curr_count)
+            elif start < s.st.sw.window_start < start + 1.5 * self._p2:
+                s.st.sw.prev_count -= min(c, s.st.sw.prev_count)   # rotated once since
+        if self._shared:
+            shm_unlock(&s.lock)
+        return True
 
     # ---- maintenance --------------------------------------------------------------------------
 
@@ -406,10 +500,10 @@ cdef class KeyedLimiterTable:
         for k in range(n):
             s = &self._slots[i]
             hv = gw_atomic_load_u64(&s.hash)
-            if hv >= 2 and now - self._recency(s) > self._ttl:
+            if hv >= 2 and fabs(now - self._recency(s)) > self._ttl:
                 if self._shared:
                     shm_lock(&s.lock, self._pid[0])
-                if s.hash == hv and now - self._recency(s) > self._ttl:
+                if s.hash == hv and fabs(now - self._recency(s)) > self._ttl:
                     # Tombstone, not empty: later keys of the same window stay reachable.
                     gw_atomic_store_u64(&s.hash, KT_TOMBSTONE)
                     gw_atomic_add_i64(&self._hdr.count, -1)
@@ -435,10 +529,9 @@ cdef class KeyedLimiterTable:
             n = PyBytes_GET_SIZE(key)
         else:
             raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
-        cdef uint64_t h = gw_xxh64(data, <size_t>n, 0)
-        if h < 2:
-            h += 2
-        cdef uint32_t chk = <uint32_t>gw_xxh64(data, <size_t>n, SEED_CHECK)
+        cdef uint64_t h
+        cdef uint32_t chk
+        self._hash(data, <size_t>n, &h, &chk)
         return kt_lookup(self._slots, self._cap, self._max_probe, gw_kt_home(h, self._cap), h,
                           chk, &s)
 
@@ -471,8 +564,9 @@ cdef class KeyedLimiterTable:
         return self._shared
 
     @property
-    def evictions(self) -> int:
-        return self._hdr.evictions
+    def overflows(self) -> int:
+        """Checks of new keys answered by the shared overflow limiter (their window was full)."""
+        return self._hdr.overflows
 
     @property
     def reclaimed(self) -> int:
@@ -481,3 +575,8 @@ cdef class KeyedLimiterTable:
     def __repr__(self) -> str:
         return (f"<KeyedLimiterTable {self.algorithm} {len(self)}/{self._cap} keys "
                 f"{'shared' if self._shared else 'private'}>")
+
+
+def siphash24(data: bytes, k0: int, k1: int) -> int:
+    """The table's keyed hash (SipHash-2-4 with key k0, k1), for tests against the reference."""
+    return gw_siphash24(PyBytes_AS_STRING(data), <size_t>PyBytes_GET_SIZE(data), k0, k1)

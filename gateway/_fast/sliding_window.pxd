@@ -5,25 +5,32 @@
 # The estimate: hits in the previous fixed window are assumed spread evenly over it, so the share
 # of them still inside the sliding window is prev * (1 - elapsed/window).
 #
-# Counts are 32-bit floats to keep the state at 16 bytes: integer counts are exact up to 2**24
-# (16_777_216) hits per window; the Python-facing classes refuse limits above that.
+# Counts are 32-bit unsigned integers, so the state stays 16 bytes and every count is exact: costs
+# are whole numbers (the Python-facing classes refuse anything else) and limits at most 2**32 - 1.
+# (They were float32 once: a cost under half a float32 step rounded away at large counts, so a
+# limit of 10,000,000 at cost 0.5 admitted 24,000,000.) A hit is counted only when
+# estimate + cost <= limit, and estimate >= curr_count, so curr_count + cost never exceeds the
+# limit and never wraps.
 #
 # Every operation is mirrored, in the same order and precision, by the plain-Python model in
 # tests/fast/reference/sliding_window.py, so compiled and reference answers compare exactly.
 from libc.math cimport INFINITY, floor
+from libc.stdint cimport uint32_t
+
+from gateway._fast.clock cimport GW_MAX_STEP_BACK
 
 ctypedef struct sw_state:
     double window_start  # start of the current fixed window (a multiple of `window`)
-    float prev_count     # hits in the previous fixed window
-    float curr_count     # hits in the current fixed window
+    uint32_t prev_count  # hits in the previous fixed window (exact)
+    uint32_t curr_count  # hits in the current fixed window (exact)
 
 
 cdef inline void sw_init(sw_state* s, double now, double window) noexcept nogil:
     # Windows are aligned to multiples of `window` on the caller's clock, so every worker (and a
     # Redis-backed store using the same floor(now/window) index) agrees on window boundaries.
     s.window_start = floor(now / window) * window
-    s.prev_count = 0.0
-    s.curr_count = 0.0
+    s.prev_count = 0
+    s.curr_count = 0
 
 
 cdef inline void sw_advance(sw_state* s, double window, double now) noexcept nogil:
@@ -36,8 +43,12 @@ cdef inline void sw_advance(sw_state* s, double window, double now) noexcept nog
         if start - s.window_start < 1.5 * window:
             s.prev_count = s.curr_count
         else:
-            s.prev_count = 0.0
-        s.curr_count = 0.0
+            s.prev_count = 0
+        s.curr_count = 0
+        s.window_start = start
+    elif s.window_start - now > GW_MAX_STEP_BACK:
+        # The state's window lies in now's future by more than a clock step back (see
+        # clock.pxd): move it to now's window with its counts, so it rotates and expires again.
         s.window_start = start
 
 
@@ -64,9 +75,8 @@ cdef inline int sw_check(sw_state* s, double limit, double window, double now, d
     weight = 1.0 - elapsed / window
     est = s.prev_count * weight + s.curr_count
     if est + cost <= limit:
-        # Stored as float, then re-estimated from what is stored, so the answer matches what
-        # the next call will see.
-        s.curr_count = <float>(s.curr_count + cost)
+        # cost is a whole number and curr_count + cost <= est + cost <= limit < 2**32: exact.
+        s.curr_count = <uint32_t>(s.curr_count + <uint32_t>cost)
         est = s.prev_count * weight + s.curr_count
         allowed = 1
     else:

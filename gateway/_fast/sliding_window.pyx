@@ -15,16 +15,25 @@ Precision: `window` must be far above the spacing of doubles around `now` (about
 time.time() reading, 1e-10 s for a monotonic one); any window of a millisecond or more is fine.
 A window below that spacing could not tell `now - window` from `now`.
 """
-from libc.math cimport INFINITY, isfinite
+from libc.math cimport INFINITY, floor, isfinite
 from libc.stdlib cimport free, malloc
 
-# Float32 counts are exact integers up to 2**24; above that a limit could not be honoured exactly.
-MAX_WINDOW_LIMIT = 16_777_216
+# Counts are uint32: exact for every whole-number limit up to 2**32 - 1.
+MAX_WINDOW_LIMIT = 4_294_967_295
 # One double per admitted hit: 10_000 hits = 80 KB per log. Larger limits: use SlidingWindow.
 MAX_LOG_LIMIT = 10_000
 
 
 from gateway._fast.checks cimport check_now as _check_now, check_positive as _check_positive
+from gateway._fast.clock cimport GW_MAX_STEP_BACK
+
+
+cdef inline int _check_whole(str name, double v) except -1:
+    # Counts are exact integers: a fractional cost or limit would be rounded somewhere.
+    _check_positive(name, v)
+    if floor(v) != v:
+        raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+    return 0
 
 
 cdef class SlidingWindow:
@@ -32,19 +41,20 @@ cdef class SlidingWindow:
 
     estimate = prev_count * (1 - elapsed/window) + curr_count; a hit of `cost` is allowed when
     estimate + cost <= limit. Windows are aligned to multiples of `window` on the caller's clock.
+    `limit` and `cost` are whole numbers (counts are exact integers).
     """
 
     def __cinit__(self, double limit, double window):
-        _check_positive("limit", limit)
+        _check_whole("limit", limit)
         _check_positive("window", window)
         if limit > MAX_WINDOW_LIMIT:
-            raise ValueError(f"limit must be <= {MAX_WINDOW_LIMIT} (float32 counts), got {limit!r}")
+            raise ValueError(f"limit must be <= {MAX_WINDOW_LIMIT} (uint32 counts), got {limit!r}")
         self.limit = limit
         self.window = window
         # window_start = -inf: the first call rotates into its own window with prev = 0.
         self._s.window_start = -INFINITY
-        self._s.prev_count = 0.0
-        self._s.curr_count = 0.0
+        self._s.prev_count = 0
+        self._s.curr_count = 0
 
     cdef int c_check(self, double now, double cost, double* remaining, double* reset) noexcept:
         return sw_check(&self._s, self.limit, self.window, now, cost, remaining, reset)
@@ -54,7 +64,7 @@ cdef class SlidingWindow:
         cdef double remaining, reset
         cdef int ok
         _check_now(now)
-        _check_positive("cost", cost)
+        _check_whole("cost", cost)
         ok = sw_check(&self._s, self.limit, self.window, now, cost, &remaining, &reset)
         # remaining is already floored in C; as an int it goes straight into RateLimit-Remaining.
         return ok == 1, <long long>remaining, reset
@@ -64,11 +74,11 @@ cdef class SlidingWindow:
         return self._s.window_start
 
     @property
-    def prev_count(self) -> float:
+    def prev_count(self) -> int:
         return self._s.prev_count
 
     @property
-    def curr_count(self) -> float:
+    def curr_count(self) -> int:
         return self._s.curr_count
 
     def __repr__(self) -> str:
@@ -108,8 +118,22 @@ cdef class SlidingLog:
         cdef Py_ssize_t cap = self.limit, k, i
         cdef double cutoff
         cdef int allowed
+        cdef double shift
         if now < self._last:
-            now = self._last
+            if self._last - now > GW_MAX_STEP_BACK:
+                # The log's time lies in now's future beyond a clock step back (clock.pxd):
+                # move every stored hit back by the same amount, order and spacing kept, so
+                # they expire again; none is dropped.
+                shift = self._last - now
+                i = self._head
+                for k in range(self._count):
+                    self._ts[i] -= shift
+                    i += 1
+                    if i == cap:
+                        i = 0
+                self._last = now
+            else:
+                now = self._last
         else:
             self._last = now
         # Lazy expiry from the oldest end: amortised O(1) per hit.
@@ -119,7 +143,8 @@ cdef class SlidingLog:
             if self._head == cap:
                 self._head = 0
             self._count -= 1
-        if self._count + cost <= cap:
+        # cost <= cap first: `_count + cost` of a huge cost would overflow and read as room.
+        if cost <= cap and self._count + cost <= cap:
             # `cost` hits = `cost` entries, so expiry returns them one by one, exactly.
             i = self._head + self._count
             for k in range(cost):

@@ -8,6 +8,8 @@
 
 from libc.math cimport INFINITY, floor
 
+from gateway._fast.clock cimport GW_MAX_STEP_BACK
+
 ctypedef struct tb_state:
     double tokens        # tokens in the bucket at time `last`
     double last          # time of the last refill (seconds, caller's clock)
@@ -24,7 +26,8 @@ cdef inline int tb_try_acquire(tb_state* s, double rate, double capacity, double
     """Refill, then take `cost` tokens if available. 1 = allowed, 0 = denied.
 
     Time going backwards (now < last): no refill and `last` stays, so a clock step back can
-    never mint tokens, and the next forward step refills from the old `last` only once.
+    never mint tokens, and the next forward step refills from the old `last` only once; beyond
+    GW_MAX_STEP_BACK `last` moves back to now, tokens kept (clock.pxd).
     *retry_after: 0.0 when allowed; else seconds until `cost` tokens will be there at `rate`;
     INFINITY when cost > capacity (the bucket can never hold that much).
     """
@@ -35,6 +38,10 @@ cdef inline int tb_try_acquire(tb_state* s, double rate, double capacity, double
         if tokens > capacity:
             tokens = capacity
         s.tokens = tokens
+        s.last = now
+    elif s.last - now > GW_MAX_STEP_BACK:
+        # `last` lies in now's future by more than a clock step back (clock.pxd): re-anchor it
+        # on now with the tokens it holds, so the bucket refills again from here.
         s.last = now
     if s.tokens >= cost:
         s.tokens = s.tokens - cost

@@ -45,13 +45,27 @@ class AdminContext:
 
 Installer = Callable[["AdminRoutes", AdminContext], None]
 
+def _limits(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.limits import install
+
+    install(routes, ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = []
+FEATURES: list[Installer] = [_limits]
 
 
 MetricSample = tuple[str, str, str, dict[str, str], float]
+
+
+def _limits_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.admin.limits import decision_samples
+
+    return decision_samples(ctx)
+
+
 # Each feature's metrics, read at scrape time by the /metrics exporter.
-METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = []
+METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_limits_metrics]
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:

@@ -55,6 +55,8 @@ class Settings:
     redis_prefix: str = "gateway:"
     redis_timeout: float = 0.05
     shm_size: int = 64 << 20
+    ratelimit_keys: int = 65536     # keys each rate-limit / quota table holds (gateway/filters/ratelimit.py)
+    ratelimit_surge: int = 100      # rejections a second on one route (node-wide) that raise ratelimit_surge
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     admin_token: str | None = None
@@ -359,6 +361,8 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "redis_prefix": (_redis_prefix, None),
     "redis_timeout": (_number("GATEWAY_REDIS_TIMEOUT"), None),
     "shm_size": (_size("GATEWAY_SHM_SIZE"), None),
+    "ratelimit_keys": (_number("GATEWAY_RATELIMIT_KEYS"), None),
+    "ratelimit_surge": (_number("GATEWAY_RATELIMIT_SURGE"), None),
     "admin_host": (_listen_host, None),
     "admin_port": (_port, None),
     "admin_token": (_text, None),

@@ -59,6 +59,46 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """One `[[routes.rate_limits]]` policy (SPEC §3)."""
+    key: str                    # ip | user | org | api_key | route | header:<lowercased name>
+    limit: int
+    window: float
+    algorithm: str = "sliding_window"   # sliding_window | token_bucket
+    burst: int = 0              # token_bucket only
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"key": self.key, "limit": self.limit, "window": self.window,
+                                "algorithm": self.algorithm}
+        if self.algorithm == "token_bucket":
+            d["burst"] = self.burst
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLimit:
+    """A quota: `limit` requests per `window` seconds; `user_limit` only on an org's override."""
+    limit: int
+    window: float
+    user_limit: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"limit": self.limit, "window": self.window}
+        if self.user_limit is not None:
+            d["user_limit"] = self.user_limit
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class QuotasConfig:
+    """`[quotas]` (SPEC §3): hierarchical per-user and per-org quotas on every route."""
+    default_user: QuotaLimit | None = None
+    default_org: QuotaLimit | None = None
+    orgs: dict[str, QuotaLimit] = field(default_factory=dict)
+    users: dict[str, QuotaLimit] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     service: str
@@ -73,6 +113,7 @@ class RouteConfig:
     index: int = 0              # position in the file: ties are broken by declaration order
     fallback: FallbackConfig | None = None
     canary: CanaryConfig | None = None
+    rate_limits: tuple[RateLimitConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +121,7 @@ class GatewayConfig:
     services: tuple[ServiceConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     source: str | None = None   # the file it came from; None for load_config(None) or a string
+    quotas: QuotasConfig | None = None
     service_map: dict[str, ServiceConfig] = field(default_factory=dict, compare=False, repr=False)
 
     def service(self, name: str) -> ServiceConfig:

@@ -19,6 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
+from .limits_schema import parse_quotas, parse_rate_limits
 from .model import (
     CanaryConfig,
     FallbackConfig,
@@ -377,7 +378,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     websocket = c.boolean(f"{path}.websocket", raw.get("websocket"), False)
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
-    c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
+    rate_limits = parse_rate_limits(c, f"{path}.rate_limits", raw.get("rate_limits"))
     canary = _parse_canary(c, f"{path}.canary", raw["canary"]) if "canary" in raw else None
     fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
     if service is not None and service not in known_services:
@@ -389,7 +390,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
         strip_prefix=strip, timeout=timeout, retries=retries or 0, websocket=bool(websocket),
-        index=index, fallback=fallback, canary=canary,
+        index=index, fallback=fallback, canary=canary, rate_limits=rate_limits,
     )
 
 
@@ -487,8 +488,7 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     """Validate a decoded TOML document; raise ConfigErrors listing every problem."""
     c = _Collector()
     c.unknown_keys("", doc, _TOP_KEYS)
-    if "quotas" in doc:
-        c.error("quotas", NOT_YET)
+    quotas = parse_quotas(c, doc["quotas"]) if "quotas" in doc else None
     services: list[tuple[int, ServiceConfig]] = []
     for i, raw in enumerate(c.table_list("services", doc.get("services", []))):
         s = _parse_service(c, f"services[{i}]", raw)
@@ -511,7 +511,7 @@ def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfi
     svc = tuple(s for _, s in services)
     return GatewayConfig(
         services=svc, routes=tuple(r for _, r in routes), source=source,
-        service_map={s.name: s for s in svc},
+        service_map={s.name: s for s in svc}, quotas=quotas,
     )
 
 

@@ -94,6 +94,18 @@ BUILT = {
                                     lambda v: f'[[services]]\nname = "users"\ntargets = [{{ url = "http://127.0.0.1:9001", weight = {v} }}]\n'),
     "routes[].timeout": ("routes[0].timeout", lambda v: SVC + ROUTE + f"timeout = {v}\n"),
     "routes[].retries": ("routes[0].retries", lambda v: SVC + ROUTE + f"retries = {v}\n"),
+    "routes[].rate_limits[].limit": ("routes[0].rate_limits[0].limit", lambda v: SVC + ROUTE + (
+        f'[[routes.rate_limits]]\nkey = "ip"\nlimit = {v}\nwindow = 1.0\n')),
+    "routes[].rate_limits[].window": ("routes[0].rate_limits[0].window", lambda v: SVC + ROUTE + (
+        f'[[routes.rate_limits]]\nkey = "ip"\nlimit = 5\nwindow = {v}\n')),
+    "routes[].rate_limits[].burst": ("routes[0].rate_limits[0].burst", lambda v: SVC + ROUTE + (
+        f'[[routes.rate_limits]]\nkey = "ip"\nlimit = 5\nwindow = 1.0\nalgorithm = "token_bucket"\nburst = {v}\n')),
+    "quotas.<table>.limit": ("quotas.default_user.limit",
+                             lambda v: SVC + f"[quotas]\ndefault_user = {{ limit = {v}, window = 1.0 }}\n"),
+    "quotas.<table>.window": ("quotas.users.alice.window",
+                              lambda v: SVC + f"[quotas.users.alice]\nlimit = 5\nwindow = {v}\n"),
+    "quotas.orgs.<org>.user_limit": ("quotas.orgs.acme.user_limit",
+                                     lambda v: SVC + f"[quotas.orgs.acme]\nlimit = 5\nwindow = 1.0\nuser_limit = {v}\n"),
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -132,11 +133,11 @@ def test_log_bad_call() -> None:
 
 @st.composite
 def window_case(draw: st.DrawFn) -> tuple[float, float, list[tuple[float, float]]]:
-    limit = draw(st.one_of(st.integers(1, 200).map(float), st.floats(0.5, 1e5)))
+    limit = draw(st.one_of(st.integers(1, 200).map(float), st.integers(1, 10**9).map(float)))
     window = draw(st.floats(1e-3, 3600.0))
     n = draw(st.integers(1, 80))
     times = draw(timeline(n, scale=window / draw(st.sampled_from([1.0, 4.0, limit]))))
-    costs = draw(st.lists(st.one_of(st.just(1.0), st.just(1.0), st.floats(0.1, 5.0),
+    costs = draw(st.lists(st.one_of(st.just(1.0), st.just(1.0), st.integers(1, 5).map(float),
                                     st.integers(1, int(limit) + 2).map(float)),
                           min_size=n, max_size=n))
     return limit, window, list(zip(times, costs, strict=True))
@@ -148,7 +149,7 @@ def test_window_matches_model_exactly(case: tuple[float, float, list[tuple[float
     limit, window, ops = case
     sw, model = SlidingWindow(limit, window), SlidingWindowModel(limit, window)
     for now, cost in ops:
-        # Exact: same double operations; the model rounds counts to float32 like the C struct.
+        # Exact: same double operations; counts are integers in both.
         assert sw.check(now, cost) == model.check(now, cost)
         assert (sw.window_start, sw.prev_count, sw.curr_count) == \
             (model.window_start, model.prev, model.curr)
@@ -228,3 +229,109 @@ def test_reset_is_when_the_probe_turns(cls: type, limit: int, window: float,
     if reset > 2 * eps:
         before = _replay(cls, limit, window, ops).check(now + reset - eps, probe)
         assert before[0] is False
+
+
+# ---------------------------------------------------------------- defects found in review
+
+
+def test_log_huge_cost_is_denied_at_once() -> None:
+    """A cost near 2**63 made `_count + cost` overflow, read as allowed, and `range(cost)` looped
+    about 2**63 times holding the GIL (a hang). Run in a child with a deadline, so a regression
+    fails instead of hanging the suite. Failed (timed out) before the fix."""
+    import subprocess
+    import sys
+
+    code = ("from gateway._fast.sliding_window import SlidingLog\n"
+            "log = SlidingLog(10, 1.0)\n"
+            "log.check(0.0, 3)\n"
+            "for cost in (2**63 - 1, 2**63 - 3, 2**62, 11):\n"
+            "    print(log.check(0.0, cost))\n"
+            "print(len(log))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:5] == ["(False, 7, inf)"] * 4 + ["3"]
+
+
+def test_counts_are_exact_integers_at_any_size() -> None:
+    """float32 counts lost costs: at a count of 9,000,000 a cost of 0.5 rounded away, so every
+    later request was admitted (limit 10,000,000 at cost 0.5 admitted 24,000,000), and limits
+    above 2**24 were refused. Counts are now exact integers and costs whole numbers (refused
+    otherwise). Failed before the fix (0.5 accepted; a limit of 10**9 refused)."""
+    sw = SlidingWindow(10_000_000, 1.0)
+    assert sw.check(0.0, 9_000_000)[0] is True
+    with pytest.raises(ValueError, match="cost"):
+        sw.check(0.0, 0.5)
+    assert sw.curr_count == 9_000_000
+    big = SlidingWindow(1_000_000_000, 60.0)
+    assert big.check(0.0, 999_999_999)[:2] == (True, 1)
+    assert big.check(0.0, 1)[:2] == (True, 0)
+    assert big.check(0.0, 1)[:2] == (False, 0)
+    assert (big.prev_count, big.curr_count) == (0, 1_000_000_000)
+    with pytest.raises(ValueError, match="limit"):
+        SlidingWindow(2.5, 1.0)
+
+
+def _exact_estimate(prev: int, curr: int, window_start: float, window: float, now: float) -> Fraction:
+    elapsed = min(max(Fraction(now) - Fraction(window_start), Fraction(0)), Fraction(window))
+    return prev * (1 - elapsed / Fraction(window)) + curr
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10**9), st.floats(1e-3, 3600.0), st.data())
+def test_model_and_compiled_agree_with_exact_arithmetic(limit: int, window: float,
+                                                        data: st.DataObject) -> None:
+    """The model is checked against exact arithmetic, not only against the compiled code (it
+    shared the float32 error, so the property tests could not see it): counts equal the sum of
+    the admitted costs of each fixed window, exactly; each decision is the exact one except
+    within a relative 1e-12 of the boundary (the weight is a double), so no admitted hit takes
+    the exact estimate past the limit by more than that."""
+    n = data.draw(st.integers(1, 60))
+    times = data.draw(timeline(n, scale=window / 3))
+    costs = data.draw(st.lists(st.one_of(st.integers(1, 3), st.integers(1, limit + 2),
+                                         st.just(max(1, limit // 2))), min_size=n, max_size=n))
+    sw, model = SlidingWindow(limit, window), SlidingWindowModel(limit, window)
+    ledger = [0, 0]                          # exact admitted cost: previous, current window
+    ledger_start = -math.inf
+    for now, cost in zip(times, costs, strict=True):
+        got = sw.check(now, cost)
+        # The window the model is in after rotation (rotation does not depend on the cost).
+        shadow = SlidingWindowModel(limit, window)
+        shadow.window_start, shadow.prev, shadow.curr = model.window_start, model.prev, model.curr
+        shadow.check(now, limit + 1)         # rotates only (a cost above the limit is denied)
+        est_before = _exact_estimate(shadow.prev, shadow.curr, shadow.window_start, window, now)
+        want = model.check(now, cost)
+        assert got == want
+        exact_allowed = est_before + cost <= limit
+        if got[0] != exact_allowed:
+            assert abs(est_before + cost - limit) <= Fraction(limit) * Fraction(1, 10**12), (now, cost)
+        if model.window_start > ledger_start:  # rotated: the adjacent window's count carries
+            adjacent = model.window_start - ledger_start < 1.5 * window
+            ledger = [ledger[1] if adjacent else 0, 0]
+        ledger_start = model.window_start    # (a re-anchor back keeps both counts)
+        if got[0]:
+            ledger[1] += cost
+        assert [model.prev, model.curr] == ledger
+        assert sw.curr_count == model.curr and sw.prev_count == model.prev
+        assert isinstance(model.curr, int) and isinstance(model.prev, int)
+
+
+def test_a_state_written_under_a_future_clock_recovers_when_time_returns() -> None:
+    """A `now` far in the future (a wrong clock) left state that never rotated, refilled or
+    expired until the clock caught up. A state time more than GW_MAX_STEP_BACK (1 s) ahead of
+    `now` is re-anchored on `now` with its counts: limited at once, recovered within the window.
+    Small steps back stay clamped. Failed before the fix (limited until 1e9)."""
+    sw = SlidingWindow(2, 1.0)
+    sw.check(1e9)
+    sw.check(1e9)
+    assert sw.check(100.0)[0] is False               # the debt is kept, not forgiven
+    assert sw.window_start == 100.0
+    assert sw.check(102.5)[0] is True                # rotated out two windows later
+    log = SlidingLog(1, 1.0)
+    log.check(1e9)
+    assert log.check(100.0)[0] is False
+    assert log.check(100.5)[0] is False              # the hit moved back to 100.0: 1 s window
+    assert log.check(101.25)[0] is True
+    # Within the bound, time going back is clamped as before: nothing rotates or expires.
+    sw = SlidingWindow(1, 1.0)
+    sw.check(10.5)
+    assert sw.check(9.6)[0] is False and sw.window_start == 10.0

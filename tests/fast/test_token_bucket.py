@@ -46,7 +46,7 @@ def test_cost_above_capacity_is_never_satisfiable() -> None:
 def test_time_going_backwards_refills_nothing() -> None:
     tb = TokenBucket(1.0, 2.0)
     tb.try_acquire(100.0, 2.0)
-    assert tb.try_acquire(50.0) == (False, 0.0, 1.0)
+    assert tb.try_acquire(99.5) == (False, 0.0, 1.0)     # within GW_MAX_STEP_BACK (1 s)
     assert tb.last == 100.0
     # Forward again: refilled from the old `last`, once.
     assert tb.try_acquire(101.0) == (True, 0.0, 0.0)
@@ -149,3 +149,17 @@ def test_never_admits_more_than_capacity_plus_refill(rate: float, capacity: floa
         last = max(last, now)
         admitted += tb.try_acquire(now)[0]
         assert admitted <= capacity + rate * forward + 1e-9 * capacity
+
+
+def test_a_bucket_written_under_a_future_clock_refills_when_time_returns() -> None:
+    """A `now` far in the future left `last` there: no refill until the clock caught up. A
+    `last` more than GW_MAX_STEP_BACK (1 s) ahead is moved back to `now`, tokens kept (never
+    minted). Failed before the fix (denied until 1e9)."""
+    tb = TokenBucket(1.0, 2.0)
+    assert tb.try_acquire(1e9, 2.0)[0] is True
+    assert tb.try_acquire(100.0) == (False, 0.0, 1.0)
+    assert tb.last == 100.0
+    assert tb.try_acquire(101.0) == (True, 0.0, 0.0)
+    # A step back within the bound refills nothing and keeps `last`.
+    tb.try_acquire(100.5)
+    assert tb.last == 101.0

@@ -3,15 +3,16 @@
 What the model decides on its own (and the property tests compare exactly):
 - per-key answers: each key owns a TokenBucketModel / SlidingWindowModel, created fresh at its
   first check, so a key's answers are those of a standalone limiter fed only that key's calls;
-- idle forgetting: a key whose recency is more than idle_ttl before `now` starts fresh. Recency
-  is what the table reads from the limiter state: the token bucket's `last` (latest `now` seen)
-  or the sliding window's `window_start` (start of the latest `now`'s window).
+- idle forgetting: a key whose recency is more than idle_ttl away from `now` (either way) starts
+  fresh. Recency is what the table reads from the limiter state: the token bucket's `last` or the
+  sliding window's `window_start`;
+- which keys may lose their slot (`judge_drop`): only idle ones, or, for an insert, *recovered*
+  ones (state at `now` equal to a fresh limiter's); never a key whose eviction would grant;
+- overflow: a new key that finds no such slot is answered by one shared overflow limiter and not
+  stored. With one probe window over the whole table (max_probe >= capacity) the model predicts
+  exactly when that happens (`must_overflow`); otherwise it checks it was possible.
 
-What depends on the slot layout (which idle slot an insert reuses, which live key a full probe
-window evicts) is not predicted; the model instead *judges* each key the table dropped
-(`judge_drop`): legal only if the key was idle at that operation's `now`, or, for an eviction,
-if every slot of the table held a live key and the dropped key had the oldest recency (tests
-use max_probe >= capacity for that, so one probe window is the whole table).
+Which slot an insert reuses depends on the (secret) hash and is not predicted.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class KeyedTableModel:
             recovery = self.p2 / self.p1
         elif algorithm == "sliding_window":
             self.p1, self.p2 = _positive("limit", limit), _positive("window", window)
-            if self.p1 > MAX_WINDOW_LIMIT:
+            if self.p1 > MAX_WINDOW_LIMIT or math.floor(self.p1) != self.p1:
                 raise ValueError("limit")
             recovery = 2.0 * self.p2
         else:
@@ -78,6 +79,7 @@ class KeyedTableModel:
             raise ValueError("idle_ttl")
         self.idle_ttl = float(idle_ttl)
         self.entries: dict[bytes, Entry] = {}
+        self.overflow: Entry | None = None
 
     def _fresh(self) -> TokenBucketModel | SlidingWindowModel:
         if self.algorithm == "token_bucket":
@@ -85,40 +87,60 @@ class KeyedTableModel:
         return SlidingWindowModel(self.p1, self.p2)
 
     def idle(self, k: bytes, now: float) -> bool:
-        return now - self.entries[k].recency > self.idle_ttl
+        return abs(now - self.entries[k].recency) > self.idle_ttl
 
-    def check(self, key: str | bytes, now: float, cost: float = 1.0) -> Answer:
+    def check(self, key: str | bytes, now: float, cost: float = 1.0, overflow: bool = False) -> Answer:
         if not (now >= 0 and math.isfinite(now)):
             raise ValueError("now")
         if not (cost > 0 and math.isfinite(cost)):
             raise ValueError("cost")
         k = key_bytes(key)
         e = self.entries.get(k)
-        if e is None or now - e.recency > self.idle_ttl:
+        if overflow:
+            assert k not in self.entries or self.idle(k, now)
+            e = self.overflow
+            if e is None or abs(now - e.recency) > self.idle_ttl:
+                e = self.overflow = Entry(self._fresh())
+        elif e is None or abs(now - e.recency) > self.idle_ttl:
             e = self.entries[k] = Entry(self._fresh())
         if isinstance(e.limiter, TokenBucketModel):
             return e.limiter.try_acquire(now, cost)
         return e.limiter.check(now, cost)
 
-    def judge_drop(self, k: bytes, now: float, inserted: bytes | None, whole_window: bool) -> str:
-        """The table no longer holds `k` after an operation at `now` that inserted `inserted`
-        (None: no insert). Returns "idle" or "evicted"; AssertionError if neither is legal.
+    def reclaimable(self, k: bytes, now: float) -> bool:
+        """Idle, or recovered: its state at `now` equals a fresh limiter's."""
+        if self.idle(k, now):
+            return True
+        lim = self.entries[k].limiter
+        if isinstance(lim, TokenBucketModel):
+            if now < lim.last:
+                return False
+            return lim.tokens + (now - lim.last) * lim.rate >= lim.capacity
+        if now < lim.window_start:
+            return False
+        w = lim.window
+        start = math.floor(now / w) * w
+        if start > lim.window_start:
+            return lim.curr == 0 if start - lim.window_start < 1.5 * w else True
+        return lim.curr == 0 and lim.prev == 0
 
-        whole_window: one probe window spans the table (max_probe >= capacity), so an eviction
-        is legal only when every slot holds a live key, and only of the oldest. Otherwise the
-        window's contents depend on hashes; only "a live key leaves only for an insert" holds.
-        """
-        e = self.entries[k]
-        if now - e.recency > self.idle_ttl:
+    def unreclaimable(self, now: float, but: bytes) -> int:
+        return sum(1 for k in self.entries if k != but and not self.reclaimable(k, now))
+
+    def must_overflow(self, k: bytes, now: float) -> bool:
+        """One probe window over the whole table: does a check of `k` at `now` overflow?"""
+        if k in self.entries:
+            return False
+        return len(self.entries) == self.capacity and self.unreclaimable(now, k) == self.capacity
+
+    def judge_drop(self, k: bytes, now: float, inserted: bytes | None) -> str:
+        """The table no longer holds `k` after an operation at `now` that inserted `inserted`
+        (None: no insert). Returns "idle" or "recovered"; AssertionError if neither is legal:
+        a key whose eviction would grant requests must never be dropped."""
+        if self.idle(k, now):
             del self.entries[k]
             return "idle"
         assert inserted is not None and inserted != k, f"live key {k!r} dropped without an insert"
-        if not whole_window:
-            del self.entries[k]
-            return "evicted"
-        live = [o for kk, o in self.entries.items() if kk != inserted and now - o.recency <= self.idle_ttl]
-        assert len(live) == self.capacity, (
-            f"live key {k!r} evicted while only {len(live)}/{self.capacity} slots held live keys")
-        assert e.recency == min(o.recency for o in live), f"evicted {k!r} is not the oldest"
+        assert self.reclaimable(k, now), f"key {k!r} dropped while its eviction grants requests"
         del self.entries[k]
-        return "evicted"
+        return "recovered"

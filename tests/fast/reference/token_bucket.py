@@ -33,6 +33,8 @@ class TokenBucketModel:
             # Only forward time refills; a step back changes nothing.
             self.tokens = min(self.tokens + (now - self.last) * self.rate, self.capacity)
             self.last = now
+        elif self.last - now > 1.0:
+            self.last = now         # re-anchored (gateway/_fast/clock.pxd), tokens kept
         if self.tokens >= cost:
             self.tokens = self.tokens - cost
             return True, self.tokens, 0.0

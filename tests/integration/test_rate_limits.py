@@ -1,0 +1,181 @@
+"""Rate limits and quotas through real gateway processes: exact per node across 2 workers, the
+429 on the wire (Retry-After, SPEC §4 JSON, RateLimit-* on every response), identity-keyed
+quotas through the test identity hook, and bad policies refused at start (exit 2)."""
+from __future__ import annotations
+
+import http.client
+import json
+
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    gateway,
+    http_get,
+    socket_owner,
+    upstream,
+    wait_until,
+    worker_pids,
+)
+
+
+def _config(upstream_url: str, limits: str, quotas: str = "") -> str:
+    return (f'[[services]]\nname = "up"\ntargets = [{{ url = "{upstream_url}" }}]\n'
+            f'[[routes]]\nname = "api"\npath = "/"\nservice = "up"\n{limits}\n{quotas}')
+
+
+def _two_workers(gw) -> list[int]:
+    pids = wait_until(lambda: (p := worker_pids(gw.admin_port)) and len(p) == 2 and p)
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    assert isinstance(pids, list)
+    return pids
+
+
+def _get(port: int, headers: dict[str, str] | None = None,
+         pids: list[int] | None = None) -> tuple[int, dict[str, str], bytes, int]:
+    """One request on a fresh connection (so requests spread over the workers); with `pids`,
+    also which of them served it."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/x", headers=headers or {})
+        r = conn.getresponse()
+        body = r.read()
+        owner = socket_owner(port, conn.sock.getsockname()[1], pids) if pids else 0
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body, owner or 0
+    finally:
+        conn.close()
+
+
+def test_a_limit_is_exact_per_node_across_two_workers(gateway, upstream) -> None:  # noqa: F811
+    # A window of an hour: the test never crosses a boundary, so "at most limit" is "exactly".
+    gw = gateway(_config(upstream.url, '[[routes.rate_limits]]\nkey = "ip"\nlimit = 40\nwindow = 3600.0\n'),
+                 env={"GATEWAY_WORKERS": "2"})
+    pids = _two_workers(gw)
+    statuses: list[int] = []
+    owners: set[int] = set()
+    for _ in range(100):
+        status, headers, body, owner = _get(gw.port, pids=pids)
+        statuses.append(status)
+        owners.add(owner)
+        assert headers["ratelimit-limit"] == "40"
+        assert int(headers["ratelimit-remaining"]) == max(0, 40 - statuses.count(200))
+        if status == 429:
+            assert int(headers["retry-after"]) >= 1
+            assert headers["content-type"] == "application/json"
+            doc = json.loads(body)
+            assert doc["error"] == "rate_limited" and doc["request_id"] == headers["x-request-id"]
+    assert statuses.count(200) == 40 and statuses.count(429) == 60
+    assert owners >= set(pids), owners          # both workers answered: one count per node
+    assert gw.stop() == 0
+
+
+def test_hierarchical_quotas_with_identities_across_workers(gateway, upstream) -> None:  # noqa: F811
+    quotas = ('[quotas]\ndefault_user = { limit = 3, window = 3600.0 }\n'
+              '[quotas.orgs.acme]\nlimit = 5\nwindow = 3600.0\n')
+    gw = gateway(_config(upstream.url, "", quotas),
+                 env={"GATEWAY_WORKERS": "2", "_GATEWAY_TEST_IDENTITY": "1"})
+    _two_workers(gw)
+
+    def as_(user: str) -> int:
+        return _get(gw.port, {"X-Test-User": user, "X-Test-Org": "acme"})[0]
+
+    assert [as_("alice") for _ in range(4)] == [200, 200, 200, 429]      # alice's 3
+    assert [as_("bob") for _ in range(3)] == [200, 200, 429]             # the org's 5 in all
+    status, headers, body, _ = _get(gw.port, {"X-Test-User": "carol", "X-Test-Org": "acme"})
+    assert status == 429 and json.loads(body)["error"] == "quota_exceeded"
+    # Anonymous traffic is not under quotas.
+    assert all(_get(gw.port)[0] == 200 for _ in range(5))
+    assert gw.stop() == 0
+
+
+def test_unlimited_routes_carry_no_ratelimit_headers(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(_config(upstream.url, ""))
+    status, headers, _ = http_get(gw.port, "/x")
+    assert status == 200 and "ratelimit-limit" not in headers
+    assert gw.stop() == 0
+
+
+def test_a_bad_policy_exits_2_naming_its_path(tmp_path) -> None:
+    from tests.integration.test_config_faults import assert_refused, run_gateway
+
+    bad = ('[[services]]\nname = "up"\ntargets = ["http://127.0.0.1:9"]\n'
+           '[[routes]]\nname = "api"\npath = "/"\nservice = "up"\n'
+           '[[routes.rate_limits]]\nkey = "ip"\nlimit = 5\nwindow = 1.0\nburst = 2\n')
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    assert_refused(run_gateway("run", env={"GATEWAY_CONFIG": str(path)}), "routes[0].rate_limits[0].burst")
+
+
+def _admin(gw, method: str, path: str, body: object = None, token: str | None = "t0ken") -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.admin_port, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        data = json.dumps(body).encode() if body is not None else None
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=headers)
+        r = conn.getresponse()
+        raw = r.read()
+        return r.status, json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def test_live_adjustment_reaches_every_worker_within_a_second(gateway, upstream) -> None:  # noqa: F811
+    import time
+
+    gw = gateway(_config(upstream.url, ""), env={"GATEWAY_WORKERS": "2", "GATEWAY_ADMIN_TOKEN": "t0ken",
+                                                 "_GATEWAY_TEST_IDENTITY": "1"})
+    pids = _two_workers(gw)
+    assert _get(gw.port)[0] == 200                                  # unlimited so far
+    policy = {"rate_limits": [{"key": "route", "limit": 3, "window": 3600}]}
+    assert _admin(gw, "PUT", "/limits/routes/api", policy, token=None)[0] == 401
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", policy)
+    assert status == 200, doc
+    time.sleep(1.0)                                                 # SPEC §5: applied within 1 s
+    results = [_get(gw.port, pids=pids) for _ in range(30)]
+    assert [r[0] for r in results].count(200) == 3                  # one count for the node
+    assert {r[3] for r in results} >= set(pids)
+    assert all(r[1]["ratelimit-limit"] == "3" for r in results)
+    status, doc = _admin(gw, "GET", "/limits")
+    assert status == 200 and doc["routes"]["api"] == [
+        {"key": "route", "limit": 3, "window": 3600.0, "algorithm": "sliding_window"}]
+    assert doc["overrides"] == ["limits/routes/api"]
+    # Validated like the TOML: 400 naming the field, nothing changed.
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", {"rate_limits": [{"key": "ip", "limit": 0, "window": 1}]})
+    assert status == 400 and "rate_limits[0].limit" in doc["message"], doc
+    status, doc = _admin(gw, "PUT", "/limits/routes/api",
+                         {"rate_limits": [{"key": "ip", "limit": 5, "window": 1, "burst": 2}]})
+    assert status == 400 and "rate_limits[0].burst" in doc["message"], doc
+    assert _admin(gw, "PUT", "/limits/routes/nope", policy)[0] == 404
+    # Quota overrides: set, enforced on every worker, removed.
+    status, doc = _admin(gw, "PUT", "/limits/quotas/orgs/acme", {"limit": 2, "window": 3600})
+    assert status == 200, doc
+    assert _admin(gw, "PUT", "/limits/quotas/users/bob", {"limit": 0, "window": 1})[0] == 400
+    status, doc = _admin(gw, "PUT", "/limits/routes/api", {"rate_limits": []})
+    assert status == 200
+    time.sleep(1.0)
+    who = {"X-Test-User": "alice", "X-Test-Org": "acme"}
+    assert [_get(gw.port, who)[0] for _ in range(4)] == [200, 200, 429, 429]
+    assert _admin(gw, "DELETE", "/limits/quotas/orgs/acme")[0] == 200
+    assert _admin(gw, "DELETE", "/limits/quotas/orgs/acme")[0] == 404
+    time.sleep(1.0)
+    assert _get(gw.port, who)[0] == 200
+    status, spec = _admin(gw, "GET", "/openapi.json")
+    assert {"/limits", "/limits/routes/{route}", "/limits/quotas/orgs/{org}",
+            "/limits/quotas/users/{user}"} <= set(spec["paths"])
+    assert "admin_change" in gw.stderr                              # audited
+    assert gw.stop() == 0
+
+
+def test_ratelimit_top_lists_the_most_limited_keys_node_wide(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(_config(upstream.url, '[[routes.rate_limits]]\nkey = "header:x-tenant"\nlimit = 1\nwindow = 3600.0\n'),
+                 env={"GATEWAY_WORKERS": "2"})
+    _two_workers(gw)
+    for tenant, n in (("heavy", 12), ("light", 4), ("once", 1)):
+        for _ in range(n):
+            _get(gw.port, {"X-Tenant": tenant})
+    status, doc = _admin(gw, "GET", "/ratelimit/top?n=5", token=None)
+    assert status == 200, doc
+    assert [(t["key"], t["rejections"]) for t in doc["top"]] == [("h:heavy", 11), ("h:light", 3)]
+    assert doc["top"][0]["route"] == "api" and doc["top"][0]["policy"] == "0"
+    assert doc["rejections"] == 14
+    assert _admin(gw, "GET", "/ratelimit/top?n=0")[0] == 400
+    assert gw.stop() == 0
