@@ -29,11 +29,19 @@ PoolKey = tuple[str, int]
 PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
-def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None) -> FilterChain:
-    """The route's filters in order. Empty until policies exist: later issues add auth, rate
-    limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
-    The empty chain is one shared instance, which the data plane checks to skip every phase."""
+def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
+                state: NodeState | None = None, loop: Any = None) -> FilterChain:
+    """The route's filters in order: auth first (the identity is what limits and canaries read),
+    then the other policies. The empty chain is one shared instance, which the data plane checks
+    to skip every phase."""
     filters: list[Any] = []
+    if route_config.auth:
+        from .security.auth_filter import AuthFilter
+        from .security.context import security_for
+
+        security = security_for(settings, state, loop)
+        security.place(placer)
+        filters.append(AuthFilter(route_config.name, route_config.auth, route_config.scopes, security))
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 
@@ -123,6 +131,7 @@ def build_runtime(
             targets.append(Target.from_config(tc, pool))
         services[sc.name] = Service(sc.name, targets)
     routes = [
-        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
+        Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer, state, loop))
+        for rc in config.routes
     ]
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

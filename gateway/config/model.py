@@ -40,6 +40,8 @@ class RouteConfig:
     strip_prefix: bool = False
     timeout: float | None = None
     retries: int = 0
+    auth: tuple[str, ...] = ()              # "jwt" | "api_key": any one admits; () = public
+    scopes: tuple[str, ...] = ()            # all required (403 otherwise)
     index: int = 0              # position in the file: ties are broken by declaration order
 
 

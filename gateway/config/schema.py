@@ -310,6 +310,40 @@ def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
     return None
 
 
+AUTH_METHODS = ("jwt", "api_key")
+_SCOPE = re.compile(r"[!#-\[\]-~]{1,128}")                   # RFC 6749 scope-token: printable, no space, '"' or '\\'
+
+
+def _parse_auth(c: _Collector, path: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.error(path, f"expected an array of {' / '.join(AUTH_METHODS)}, got {_kind(value)}")
+        return ()
+    out: list[str] = []
+    for i, m in enumerate(value):
+        if m not in AUTH_METHODS:
+            c.error(f"{path}[{i}]", f"expected one of {', '.join(AUTH_METHODS)}, got {m!r}")
+        elif m not in out:
+            out.append(m)
+    return tuple(out)
+
+
+def _parse_scopes(c: _Collector, path: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.error(path, f"expected an array of scope strings, got {_kind(value)}")
+        return ()
+    out: list[str] = []
+    for i, s in enumerate(value):
+        if not isinstance(s, str) or not _SCOPE.fullmatch(s):
+            c.error(f"{path}[{i}]", f"expected a scope (1-128 printable characters, no spaces or quotes), got {s!r}")
+        elif s not in out:
+            out.append(s)
+    return tuple(out)
+
+
 def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
                  known_services: set[str]) -> RouteConfig | None:
     c.unknown_keys(path, raw, _ROUTE_KEYS)
@@ -326,8 +360,10 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
             c.error(f"{path}.retries", NOT_YET)
     if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
         c.error(f"{path}.websocket", NOT_YET)
-    c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
-    c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
+    auth = _parse_auth(c, f"{path}.auth", raw.get("auth"))
+    scopes = _parse_scopes(c, f"{path}.scopes", raw.get("scopes"))
+    if scopes and not auth:
+        c.error(f"{path}.scopes", "needs auth (scopes come from a credential; set auth = [\"jwt\"] and/or \"api_key\")")
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
     for key in ("canary", "fallback"):
         if key in raw:
@@ -340,7 +376,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index,
+        strip_prefix=strip, timeout=timeout, auth=auth, scopes=scopes, index=index,
     )
 
 
