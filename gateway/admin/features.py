@@ -45,13 +45,25 @@ class AdminContext:
 
 Installer = Callable[["AdminRoutes", AdminContext], None]
 
+def _security(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.security.admin import install  # /keys, /tokens/... (issue 11)
+
+    install(routes, ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = []
+FEATURES: list[Installer] = [_security]
 
 
 MetricSample = tuple[str, str, str, dict[str, str], float]
 # Each feature's metrics, read at scrape time by the /metrics exporter.
-METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = []
+def _security_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.security.admin import failure_samples  # gateway_auth_failures_total
+
+    return failure_samples(ctx)
+
+
+METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_security_metrics]
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:

@@ -121,13 +121,6 @@ def test_jwt_mint_prints_a_token_the_gateway_accepts() -> None:
     assert p.returncode == 2 and "--sub" in p.stderr
 
 
-@pytest.mark.parametrize("cmd", [["apikey", "create", "--name", "n"]])
-def test_later_commands_say_not_supported_yet(cmd: list[str]) -> None:
-    p = gw(*cmd)
-    assert p.returncode == 2
-    assert "not supported yet" in p.stderr
-
-
 def test_unknown_command_and_stray_arguments_exit_2() -> None:
     p = gw("serve")
     assert p.returncode == 2 and "unknown command 'serve'" in p.stderr
