@@ -41,6 +41,7 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(\.{_HOST_LABEL})*")
 # RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %XX escapes. Anything else
 # (space, "?", "#", quotes, controls) could never equal a normalized request path.
 _PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_ENCODED_PLAIN = re.compile(r"%(2[dDeEfF]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")                     # C0 controls (TAB, CR, LF, NUL...) and DEL
 
 _TOP_KEYS = {"services", "routes", "quotas"}
@@ -269,6 +270,11 @@ def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None
         return None
     if not _PATH.fullmatch(p):
         c.error(path, f"expected URL path characters only (no spaces, '?' or '#'), got {s!r}")
+        return None
+    if ";" in p or "//" in p or _ENCODED_PLAIN.search(p):
+        # Request paths reach the router canonical (gateway/http/wire.py _canonical): parameters
+        # removed, slashes merged, %XX of unreserved characters decoded, %2F refused.
+        c.error(path, f"expected a canonical path (no ';', '//', %2F or %XX of a letter, digit or '-._~'), got {s!r}")
         return None
     if any(seg in (".", "..") for seg in p.split("/")):
         # Request paths reach the router with dot-segments resolved: such a route could never match.
