@@ -118,20 +118,26 @@ def build_runtime(
     old_pools = previous.pools if previous is not None else {}
     pools: dict[PoolKey, Any] = {}
     services: dict[str, Service] = {}
-    for sc in config.services:
-        targets: list[Target] = []
-        for tc in sc.targets:
-            key = (tc.host, tc.port)
-            pool = pools.get(key)
+
+    def pool_for(host: str, port: int) -> Any:
+        key = (host, port)
+        pool = pools.get(key)
+        if pool is None:
+            pool = old_pools.get(key)
             if pool is None:
-                pool = old_pools.get(key)
-                if pool is None:
-                    pool = factory(loop, tc.host, tc.port, settings)
-                pools[key] = pool
-            targets.append(Target.from_config(tc, pool))
+                pool = factory(loop, host, port, settings)
+            pools[key] = pool
+        return pool
+
+    for sc in config.services:
+        targets = [Target.from_config(tc, pool_for(tc.host, tc.port)) for tc in sc.targets]
         services[sc.name] = Service(sc.name, targets)
     routes = [
         Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer, state, loop))
         for rc in config.routes
     ]
+    # The gateway's own token service (POST /auth/token, /auth/refresh, /auth/revoke), exact routes.
+    from .security.token_service import internal_routes
+
+    routes = internal_routes(settings, state, config, pool_for) + routes
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

@@ -128,7 +128,11 @@ async def revoke(ctx: AdminContext, jti: str, exp: float, **audit_fields: Any) -
 
 async def sweep(ctx: AdminContext) -> int:
     """Delete revocations whose token has expired; returns how many."""
-    keys = revocation.expired_keys(ctx.state.view.items(revocation.PREFIX), time.time())
+    from .token_service import FAMILY_PREFIX, sweep_keys
+
+    now = time.time()
+    keys = revocation.expired_keys(ctx.state.view.items(revocation.PREFIX), now)
+    keys += sweep_keys(ctx.state.view.items(FAMILY_PREFIX), now)
     for k in keys:
         try:
             await _write(ctx, k, None)
@@ -159,6 +163,9 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
 
     configure(ctx.settings.audit_log)
     _start_sweeper(ctx)
+    from .token_service import start
+
+    start(ctx)          # before the supervisor spawns its workers: they inherit its address
 
     async def create_key(req: AdminRequest) -> AdminResponse:
         name, org, user, scopes, expires_in = parse_key_request(_body(req))

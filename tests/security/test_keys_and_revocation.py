@@ -216,3 +216,60 @@ def test_two_instances_over_redis_keys_and_revocation(up: UpstreamProcess, redis
         assert status == 503 and hdrs.get("retry-after") == "1", body
         # And the admin write fails with 503, changing nothing.
         assert admin(a, "POST", "/keys", {"name": "later"})[0] == 503
+
+
+def post(port: int, path: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    status, _, out = call(port, "POST", path, {"Content-Type": "application/json", **(headers or {})}, body)
+    return status, out
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_token_service_issue_refresh_rotation_reuse_and_revoke(up: UpstreamProcess, workers: str) -> None:
+    env = {"GATEWAY_WORKERS": workers, "GATEWAY_ADMIN_TOKEN": ADMIN, "GATEWAY_JWT_SECRET": SECRET,
+           "GATEWAY_AUDIT_LOG": "off", "GATEWAY_JWT_ISSUER": "https://gw.test"}
+    with GatewayProcess(toml(up), env=env) as gw:
+        wait_until(lambda: call(gw.admin_port, "GET", "/ready")[0] == 200, 15)
+        _, made = admin(gw, "POST", "/keys", {"name": "svc", "user": "erin", "org": "acme", "scopes": ["users:read"]})
+        key = made["key"]
+        wait_until(lambda: post(gw.port, "/auth/token", {}, {"X-API-Key": key})[0] == 200, 5)
+        # No key, a bad key, a key in the query: 401 with the SPEC body.
+        assert post(gw.port, "/auth/token", {})[0] == 401
+        assert post(gw.port, "/auth/token", {}, {"X-API-Key": "gw_000000000000_" + "A" * 43})[0] == 401
+        assert post(gw.port, f"/auth/token?api_key={key}", {})[0] == 401
+        status, pair = post(gw.port, "/auth/token", None, {"Authorization": f"ApiKey {key}"})
+        assert status == 200, pair
+        assert pair["token_type"] == "Bearer" and pair["expires_in"] > 0
+        access, refresh1 = pair["access_token"], pair["refresh_token"]
+        import jwt as pyjwt
+
+        c = pyjwt.decode(access, SECRET, algorithms=["HS256"], options={"verify_aud": False})
+        assert (c["sub"], c["org"], c["scope"], c["iss"]) == ("erin", "acme", "users:read", "https://gw.test")
+        assert isinstance(c["jti"], str)
+        assert statuses(gw.port, {"Authorization": f"Bearer {access}"}, 4) == {200}
+        # A refresh token is never an access token.
+        assert statuses(gw.port, {"Authorization": f"Bearer {refresh1}"}, 4) == {401}
+        # Rotation: refresh1 → (access2, refresh2).
+        status, pair2 = post(gw.port, "/auth/refresh", {"refresh_token": refresh1})
+        assert status == 200, pair2
+        access2, refresh2 = pair2["access_token"], pair2["refresh_token"]
+        assert refresh2 != refresh1 and statuses(gw.port, {"Authorization": f"Bearer {access2}"}, 4) == {200}
+        # Reuse of the rotated refresh1: 401, and the whole family is revoked (refresh2, access tokens).
+        assert post(gw.port, "/auth/refresh", {"refresh_token": refresh1})[0] == 401
+        assert post(gw.port, "/auth/refresh", {"refresh_token": refresh2})[0] == 401
+        t0 = time.monotonic()
+        wait_until(lambda: statuses(gw.port, {"Authorization": f"Bearer {access2}"}, 6) == {401}
+                   and statuses(gw.port, {"Authorization": f"Bearer {access}"}, 6) == {401}, 5)
+        assert time.monotonic() - t0 < 1.5
+        # /auth/revoke on a fresh access token: refused everywhere within 1 s.
+        _, pair3 = post(gw.port, "/auth/token", {}, {"X-API-Key": key})
+        assert statuses(gw.port, {"Authorization": f"Bearer {pair3['access_token']}"}, 4) == {200}
+        assert post(gw.port, "/auth/revoke", {"token": pair3["access_token"]})[0] == 200
+        wait_until(lambda: statuses(gw.port, {"Authorization": f"Bearer {pair3['access_token']}"}, 6) == {401}, 5)
+        # Revoking the refresh token ends its family.
+        assert post(gw.port, "/auth/revoke", {"token": pair3["refresh_token"]})[0] == 200
+        assert post(gw.port, "/auth/refresh", {"refresh_token": pair3["refresh_token"]})[0] == 401
+        # Garbage: 200 for revoke (RFC 7009), 400 for a body that is not JSON.
+        assert post(gw.port, "/auth/revoke", {"token": "x.y.z"})[0] == 200
+        assert call(gw.port, "POST", "/auth/refresh", {"Content-Type": "application/json"}, None)[0] == 400
+        # Only POST.
+        assert call(gw.port, "GET", "/auth/token")[0] in (404, 405)
