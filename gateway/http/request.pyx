@@ -374,8 +374,9 @@ cdef class RequestBuilder:
         else:
             framing = b""
         extra = ctx.upstream_headers
-        if not extra:
-            # X-Forwarded-* for the common case: cached per Host value on this connection.
+        if not extra or not _names_forwarded(extra):
+            # X-Forwarded-* for the common case (also when filters only add other fields, such
+            # as the identity headers of auth): cached per Host value on this connection.
             if ctx.host == self.fwd_host:
                 forwarded = self.fwd_block
             else:
@@ -392,6 +393,18 @@ cdef class RequestBuilder:
             ])
         return request_head(ctx.method, target, ctx.upstream_target.host_header, ctx.headers, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
+
+
+cdef bint _names_forwarded(list extra):
+    """Does any of these extra upstream fields name an X-Forwarded-* field? (12-byte prefix test,
+    no per-request set: the identity headers of every authenticated request pass through here.)"""
+    cdef tuple h
+    cdef bytes name
+    for h in extra:
+        name = h[0]
+        if len(name) > 12 and name[:12].lower() == b"x-forwarded-":
+            return True
+    return False
 
 
 def _is_trusted(peer: str, networks: Any) -> bool:
