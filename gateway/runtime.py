@@ -42,6 +42,13 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
         security = security_for(settings, state, loop)
         security.place(placer)
         filters.append(AuthFilter(route_config.name, route_config.auth, route_config.scopes, security))
+    if route_config.content_types is not None or route_config.security_headers:
+        from .security.hygiene import ContentTypeFilter, SecurityHeadersFilter
+
+        if route_config.security_headers:      # first in the chain: its response phase runs last
+            filters.insert(0, SecurityHeadersFilter())
+        if route_config.content_types is not None:
+            filters.append(ContentTypeFilter(route_config.name, route_config.content_types))
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 

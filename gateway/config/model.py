@@ -42,6 +42,8 @@ class RouteConfig:
     retries: int = 0
     auth: tuple[str, ...] = ()              # "jwt" | "api_key": any one admits; () = public
     scopes: tuple[str, ...] = ()            # all required (403 otherwise)
+    content_types: tuple[str, ...] | None = None   # lowercased type/subtype; None = any
+    security_headers: bool = False          # add the API security response headers
     index: int = 0              # position in the file: ties are broken by declaration order
 
 

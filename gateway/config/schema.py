@@ -50,7 +50,9 @@ _TARGET_KEYS = {"url", "weight", "version"}
 _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
     "retries", "canary", "fallback", "rate_limits", "websocket",
+    "content_types", "security_headers",          # request hygiene (README "Request hygiene")
 }
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _shown_number(value: int | float) -> str:
@@ -320,6 +322,21 @@ AUTH_METHODS = ("jwt", "api_key")
 _SCOPE = re.compile(r"[!#-\[\]-~]{1,128}")                   # RFC 6749 scope-token: printable, no space, '"' or '\\'
 
 
+def _parse_content_types(c: _Collector, path: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        c.error(path, "expected a non-empty array of media types (omit the key to allow any)")
+        return None
+    out: list[str] = []
+    for i, t in enumerate(value):
+        if not isinstance(t, str) or not _MEDIA_TYPE.fullmatch(t):
+            c.error(f"{path}[{i}]", f"expected a media type such as application/json, got {t!r}")
+        elif t.lower() not in out:
+            out.append(t.lower())
+    return tuple(out)
+
+
 def _parse_auth(c: _Collector, path: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -366,6 +383,8 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
             c.error(f"{path}.retries", NOT_YET)
     if "websocket" in raw and c.boolean(f"{path}.websocket", raw["websocket"], False):
         c.error(f"{path}.websocket", NOT_YET)
+    content_types = _parse_content_types(c, f"{path}.content_types", raw.get("content_types"))
+    security_headers = c.boolean(f"{path}.security_headers", raw.get("security_headers"), False)
     auth = _parse_auth(c, f"{path}.auth", raw.get("auth"))
     scopes = _parse_scopes(c, f"{path}.scopes", raw.get("scopes"))
     if scopes and not auth:
@@ -382,7 +401,8 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, auth=auth, scopes=scopes, index=index,
+        strip_prefix=strip, timeout=timeout, auth=auth, scopes=scopes, content_types=content_types,
+        security_headers=security_headers, index=index,
     )
 
 
