@@ -104,7 +104,7 @@ class AuthFilter(Filter):
                       consumer=claims.sub, route=self.route, jti=claims.jti)
                 return self._refuse(ctx, "jwt", "revoked", token)
             ident = CachedIdentity(claims.sub, claims.org, claims.scopes, claims.exp + checker.leeway,
-                                   claims.jti, "jwt")
+                                   claims.jti, "jwt", claims.kid)
             sec.cache_put(token, ident)
         ctx.consumer_id = ident.sub
         ctx.consumer_org = ident.org

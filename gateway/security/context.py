@@ -47,10 +47,11 @@ def failure_index(method: str, reason: str) -> int:
 
 
 class CachedIdentity:
-    __slots__ = ("sub", "org", "scopes", "until", "jti", "headers")
+    __slots__ = ("sub", "org", "scopes", "until", "jti", "headers", "kid")
 
     def __init__(self, sub: str, org: str | None, scopes: frozenset[str], until: float,
-                 jti: str | None, method: str) -> None:
+                 jti: str | None, method: str, kid: str | None = None) -> None:
+        self.kid = kid
         self.sub = sub
         self.org = org
         self.scopes = scopes
@@ -105,8 +106,10 @@ class SecurityContext:
         view = state.view if state is not None else StateView()
         view.subscribe(KEYS_PREFIX, self.keyring.on_change)
         view.subscribe(REVOKED_PREFIX, self.revocations.on_change)
-        if self.jwks is not None and loop is not None:
-            self.jwks.start(loop)
+        if self.jwks is not None:
+            self.jwks.on_replace = self._drop_unpublished
+            if loop is not None:
+                self.jwks.start(loop)
 
     def place(self, placer: Placer | None) -> None:
         """Counters in node memory (once per runtime build: the name stays placed across reloads)."""
@@ -126,6 +129,12 @@ class SecurityContext:
             while len(cache) >= MAX_CACHED:
                 del cache[next(iter(cache))]     # the oldest insertion
         cache[token] = ident
+
+    def _drop_unpublished(self, kids: set[str]) -> None:
+        """A JWKS fetch replaced the key set: tokens verified with a kid no longer published are
+        no longer valid (SPEC §8), cached or not."""
+        for t in [t for t, e in self.cache.items() if e.kid is not None and e.kid not in kids]:
+            del self.cache[t]
 
     def _drop_revoked(self, jti: str) -> None:
         for t in [t for t, e in self.cache.items() if e.jti == jti]:

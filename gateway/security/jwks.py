@@ -133,6 +133,7 @@ class JwksKeys:
         self._pending: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self.on_replace: Callable[[set[str]], None] | None = None   # called with the new kids
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -162,6 +163,8 @@ class JwksKeys:
         try:
             keys = parse_jwks(await self._fetch(self.url))
             self.keys = keys
+            if self.on_replace is not None:
+                self.on_replace(set(keys))
             log.info("JWKS: %d keys from %s", len(keys), self.url)
         except asyncio.CancelledError:
             raise

@@ -112,16 +112,17 @@ def scopes_of(claims: dict[str, Any]) -> frozenset[str] | None:
 class Claims:
     """What a verified token tells: identity, expiry, jti."""
 
-    __slots__ = ("sub", "org", "scopes", "exp", "jti", "kind")
+    __slots__ = ("sub", "org", "scopes", "exp", "jti", "kind", "kid")
 
     def __init__(self, sub: str, org: str | None, scopes: frozenset[str], exp: float,
-                 jti: str | None, kind: str | None) -> None:
+                 jti: str | None, kind: str | None, kid: str | None = None) -> None:
         self.sub = sub
         self.org = org
         self.scopes = scopes
         self.exp = exp
         self.jti = jti
         self.kind = kind          # the gateway's own "typ" claim: "refresh" for refresh tokens
+        self.kid = kid            # the header's key id (a JWKS key that disappears drops cached tokens)
 
 
 KeyLookup = Callable[[str, str | None], Any]     # (alg, kid) → prepared key, or None
@@ -178,7 +179,9 @@ class JwtChecker:
             ok = False
         if not ok:
             raise JwtRefused("bad_signature")
-        return self._claims(claims, now)
+        out = self._claims(claims, now)
+        out.kid = kid
+        return out
 
     def _claims(self, c: dict[str, Any], now: float) -> Claims:
         exp = c.get("exp")
