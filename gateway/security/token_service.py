@@ -48,6 +48,9 @@ FAMILY_PREFIX = "refresh/"
 MAX_BODY = 16 << 10
 MAX_HEAD = 16 << 10
 KEEP_ACCESS = 16                  # access jtis remembered per family (revoked on reuse)
+MAX_CONNECTIONS = 256             # the workers' pools need a few each; a local peer gets no more
+IDLE_TIMEOUT = 75.0               # seconds without a byte in either direction → closed
+MAX_UNREAD = 256 << 10            # answers queued for a peer that does not read → closed
 
 _address: str | None = None       # this process's own service, when it runs here
 
@@ -231,10 +234,13 @@ def _err(code: str, message: str, request_id: str | None) -> dict[str, Any]:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection from a worker's upstream pool: requests in order, bounded."""
 
+    open_connections = 0
+
     def __init__(self, service: TokenService) -> None:
         import httptools
 
         self.service = service
+        self.timer: asyncio.TimerHandle | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.queue: list[tuple[str, dict[bytes, bytes], bytes, bool]] = []
@@ -249,10 +255,27 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        _Connection.open_connections += 1
+        if _Connection.open_connections > MAX_CONNECTIONS:
+            self._close()
+            return
+        self._touch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        _Connection.open_connections -= 1
+        if self.timer is not None:
+            self.timer.cancel()
+        self.transport = None
+
+    def _touch(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._close)
 
     def data_received(self, data: bytes) -> None:
         import httptools
 
+        self._touch()
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, ValueError):
@@ -300,7 +323,8 @@ class _Connection(asyncio.Protocol):
                         f"Content-Length: {len(data)}\r\n{'' if keep else 'Connection: close' + chr(13) + chr(10)}"
                         f"\r\n").encode()
                 self.transport.write(head + data)
-                if not keep:
+                self._touch()
+                if not keep or self.transport.get_write_buffer_size() > MAX_UNREAD:
                     self._close()
         finally:
             self.busy = False

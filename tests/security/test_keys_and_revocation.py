@@ -273,3 +273,35 @@ def test_token_service_issue_refresh_rotation_reuse_and_revoke(up: UpstreamProce
         assert call(gw.port, "POST", "/auth/refresh", {"Content-Type": "application/json"}, None)[0] == 400
         # Only POST.
         assert call(gw.port, "GET", "/auth/token")[0] in (404, 405)
+
+
+def test_token_service_port_bounds_a_hostile_local_peer(up: UpstreamProcess) -> None:
+    # The service's loopback port is reachable by local processes directly: it must hold against a
+    # peer that floods pipelined requests without reading, sends a huge body, or sends garbage.
+    import socket
+
+    env = {"GATEWAY_JWT_SECRET": SECRET, "GATEWAY_AUDIT_LOG": "off"}
+    with GatewayProcess(toml(up), env=env) as gw:
+        addr = gw.wait_stderr("token service on ").split("token service on ", 1)[1].split()[0]
+        host, port = addr.rsplit(":", 1)
+        req = b"POST /auth/revoke HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\n\r\n{\"token\":\"a\"}\n"
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        closed = False
+        try:
+            for _ in range(20000):          # never reading: the service must cut us off
+                s.sendall(req)
+        except OSError:
+            closed = True
+        s.close()
+        assert closed
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"POST /auth/revoke HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 100000)
+        assert s.recv(100) == b""           # over the body bound: closed without an answer
+        s.close()
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"\x00\x01 not http\r\n\r\n")
+        assert s.recv(100) == b""
+        s.close()
+        # Still serving through the gateway.
+        assert call(gw.port, "POST", "/auth/revoke", {"Content-Type": "application/json"}, {"token": "x"})[0] == 200
