@@ -35,17 +35,22 @@ def run_loop(coro: Any) -> int:
     return run(coro)
 
 
-USAGE = """usage: gateway [run | demo | check]
+USAGE = """usage: gateway [run | demo | check | jwt mint ...]
 
   run     serve with the environment and GATEWAY_CONFIG (the default)
   demo    serve a bundled demo config with an in-process demo upstream; prints curl lines
   check   validate the configuration and print the effective settings (secrets masked)
+  jwt mint --sub ID [--org ORG] [--scope "a b"] [--ttl 3600]
+          print an HS256 token signed with GATEWAY_JWT_SECRET
+  apikey create --name N [--org ORG] [--user ID] [--scope "a b"] [--expires-in S] | list | revoke ID
+          manage API keys: in Redis when GATEWAY_REDIS_URL is set, else through the running
+          gateway's admin API (GATEWAY_ADMIN_TOKEN); the key is printed once
 
 Configuration: GATEWAY_* environment variables (see the README) and the optional TOML file named
 by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level (default info).
 """
 
-LATER = {"jwt", "apikey"}
+LATER: set[str] = set()
 SERVING = frozenset({"run", "_worker", "demo"})   # they unblock the start-up signals themselves
 _errors: list[str] = []     # the lines printed by _err: a worker's last words come from here
 
@@ -84,7 +89,12 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
         for line in _config_problem_lines(exc):
             _err(line)
         return settings, None, 2
-    return settings, config, 0
+    from gateway.security.commands import config_problems
+
+    problems = config_problems(settings, config)
+    for line in problems:
+        _err(f"{settings.config}: {line}")
+    return settings, config, 2 if problems else 0
 
 
 def cmd_check() -> int:
@@ -230,6 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if cmd == "_worker":
         return cmd_worker(rest)
+    if cmd == "jwt":
+        settings, _, code = load_all(os.environ, with_config=False)
+        if code:
+            return code
+        from gateway.security.commands import cmd_jwt
+
+        return cmd_jwt(settings, rest, err)
+    if cmd == "apikey":
+        settings, _, code = load_all(os.environ, with_config=False)
+        if code:
+            return code
+        from gateway.security.commands import cmd_apikey
+
+        return cmd_apikey(settings, rest, err)
     if cmd not in ("run", "demo", "check"):
         err(f"unknown command {cmd!r}")
         print(USAGE, end="", file=sys.stderr)

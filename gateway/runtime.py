@@ -37,17 +37,31 @@ PoolFactory = Callable[[Any, str, int, "Settings"], Any]
 
 
 def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
-                quotas: Any = None, emit: Callable[..., Any] | None = None, state: Any = None) -> FilterChain:
-    """The route's filters in order. Empty until policies exist: later issues add auth, rate
-    limits, breaker... here, each behind the route keys that schema.py now refuses as not supported.
-    The empty chain is one shared instance, which the data plane checks to skip every phase.
-    `quotas`: the runtime's compiled `[quotas]` (gateway.filters.ratelimit.Quotas), shared by
-    every route."""
+                quotas: Any = None, emit: Callable[..., Any] | None = None, state: NodeState | None = None,
+                loop: Any = None) -> FilterChain:
+    """The route's filters in order: auth first (the identity is what limits and canaries read),
+    then the other policies. The empty chain is one shared instance, which the data plane checks
+    to skip every phase. `quotas`: the runtime's compiled `[quotas]`
+    (gateway.filters.ratelimit.Quotas), shared by every route."""
     filters: list[Any] = []
     if os.environ.get(TEST_IDENTITY_ENV):
         from .filters.test_identity import TestIdentityFilter
 
         filters.append(TestIdentityFilter())
+    if route_config.auth:
+        from .security.auth_filter import AuthFilter
+        from .security.context import security_for
+
+        security = security_for(settings, state, loop)
+        security.place(placer)
+        filters.append(AuthFilter(route_config.name, route_config.auth, route_config.scopes, security))
+    if route_config.content_types is not None or route_config.security_headers:
+        from .security.hygiene import ContentTypeFilter, SecurityHeadersFilter
+
+        if route_config.security_headers:      # first in the chain: its response phase runs last
+            filters.insert(0, SecurityHeadersFilter())
+        if route_config.content_types is not None:
+            filters.append(ContentTypeFilter(route_config.name, route_config.content_types))
     if route_config.rate_limits or quotas is not None:
         from .filters.ratelimit import build_filter
 
@@ -148,17 +162,19 @@ def build_runtime(
     old_pools = previous.pools if previous is not None else {}
     pools: dict[PoolKey, Any] = {}
     services: dict[str, Service] = {}
-    for sc in config.services:
-        targets: list[Target] = []
-        for tc in sc.targets:
-            key = (tc.host, tc.port)
-            pool = pools.get(key)
+
+    def pool_for(host: str, port: int) -> Any:
+        key = (host, port)
+        pool = pools.get(key)
+        if pool is None:
+            pool = old_pools.get(key)
             if pool is None:
-                pool = old_pools.get(key)
-                if pool is None:
-                    pool = factory(loop, tc.host, tc.port, settings)
-                pools[key] = pool
-            targets.append(Target.from_config(tc, pool))
+                pool = factory(loop, host, port, settings)
+            pools[key] = pool
+        return pool
+
+    for sc in config.services:
+        targets = [Target.from_config(tc, pool_for(tc.host, tc.port)) for tc in sc.targets]
         # Passive health unless a breaker replaces it (SPEC §3).
         services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
                                          passive=getattr(sc, "breaker", None) is None)
@@ -177,11 +193,15 @@ def build_runtime(
         from .filters.ratelimit import build_quotas
 
         quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer)
+    emit = state.emit if state is not None else None
     routes = [
-        Route.from_config(rc, _route_service(rc, services),
-                          build_chain(rc, settings, placer, quotas, state.emit if state is not None else None, state))
+        Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer, quotas, emit, state, loop))
         for rc in route_configs
     ]
+    # The gateway's own token service (POST /auth/token, /auth/refresh, /auth/revoke), exact routes.
+    from .security.token_service import internal_routes
+
+    routes = internal_routes(settings, state, config, pool_for) + routes
     runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
     if state is not None:
         # Registered targets, health records, the worker's health tick (gateway/discovery/wiring.py).

@@ -51,8 +51,14 @@ def _limits(routes: AdminRoutes, ctx: AdminContext) -> None:
     install(routes, ctx)
 
 
+def _security(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.security.admin import install  # /keys, /tokens/... (issue 11)
+
+    install(routes, ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = [_limits]
+FEATURES: list[Installer] = [_limits, _security]
 
 
 MetricSample = tuple[str, str, str, dict[str, str], float]
@@ -65,7 +71,13 @@ def _limits_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
 
 
 # Each feature's metrics, read at scrape time by the /metrics exporter.
-METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_limits_metrics]
+def _security_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.security.admin import failure_samples  # gateway_auth_failures_total
+
+    return failure_samples(ctx)
+
+
+METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_limits_metrics, _security_metrics]
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:

@@ -318,6 +318,49 @@ def _algorithms(raw: str) -> tuple[str, ...]:
     return algs
 
 
+def _jwt_secret(raw: str) -> str:
+    # RFC 7518 §3.2: an HMAC key at least as long as the hash output (SPEC §2: shorter exits 2).
+    if len(raw.encode()) < 32:
+        raise _Bad(f"expected at least 32 bytes (RFC 7518 §3.2), got {len(raw.encode())} (value hidden)")
+    return raw
+
+
+def _public_key_file(raw: str) -> str:
+    # Read and parsed here, so a missing file or a malformed PEM stops `check` and the start with
+    # exit 2 naming the variable, not the first request.
+    from gateway.security.keyset import KeyError_, load_public_key_file
+
+    try:
+        load_public_key_file(raw)
+    except KeyError_ as exc:
+        raise _Bad(f"expected the path of a PEM public key (RSA, EC or Ed25519): {exc}") from None
+    return raw
+
+
+def _jwt_consistency(values: dict[str, Any]) -> list[EnvError]:
+    """GATEWAY_JWT_ALGORITHMS must name algorithms some configured key can verify."""
+    algs = values.get("jwt_algorithms")
+    if not algs:
+        return []
+    from gateway.security.jwt_check import ASYMMETRIC, HS
+    from gateway.security.keyset import load_public_key_file
+
+    usable: set[str] = set()
+    if values.get("jwt_secret"):
+        usable |= set(HS)
+    if values.get("jwt_public_key"):
+        usable |= set(load_public_key_file(values["jwt_public_key"])[1])
+    if values.get("jwt_jwks_url"):
+        usable |= set(ASYMMETRIC)
+    bad = [a for a in algs if a not in usable]
+    if bad:
+        return [EnvError("GATEWAY_JWT_ALGORITHMS",
+                         f"{', '.join(bad)} cannot be verified with the configured keys "
+                         f"(HS* need GATEWAY_JWT_SECRET; RS/PS/ES/EdDSA need GATEWAY_JWT_PUBLIC_KEY of that type "
+                         f"or GATEWAY_JWT_JWKS_URL)")]
+    return []
+
+
 def _no_controls(raw: str, *, secret: bool) -> None:
     # Checked before any parser, for every variable: a CR, LF or NUL inside a value is never
     # meant (nobody types one), and it would travel into file names, URLs, header values or log
@@ -343,12 +386,6 @@ def _refuse_not_off(value: str) -> None:
         raise _Unsupported("not supported yet (only 'off')")
 
 
-def _audit_gate(value: str) -> None:
-    # Nothing is audited yet, so off/stderr are both honest; a file or stdout would promise lines.
-    if value not in ("off", "stderr"):
-        raise _Unsupported("not supported yet (only 'off' or 'stderr')")
-
-
 # field name → (parser, gate or None). Defaults come from the Settings dataclass, so Settings()
 # built directly (tests) and load_settings({}) are the same object.
 _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
@@ -370,14 +407,14 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "admin_max_connections": (_number("GATEWAY_ADMIN_MAX_CONNECTIONS"), None),
     "metrics_allow": (_cidrs, None),
     "trusted_proxies": (_cidrs, None),
-    "jwt_secret": (_text, None),
-    "jwt_public_key": (_text, _refuse_any),
-    "jwt_jwks_url": (_url(("https", "http")), _refuse_any),
-    "jwt_issuer": (_text, _refuse_any),
-    "jwt_audience": (_text, _refuse_any),
-    "jwt_algorithms": (_algorithms, _refuse_any),
-    "jwt_leeway": (_number("GATEWAY_JWT_LEEWAY"), _refuse_any),
-    "jwt_org_claim": (_text, _refuse_any),
+    "jwt_secret": (_jwt_secret, None),
+    "jwt_public_key": (_public_key_file, None),
+    "jwt_jwks_url": (_url(("https", "http")), None),
+    "jwt_issuer": (_text, None),
+    "jwt_audience": (_text, None),
+    "jwt_algorithms": (_algorithms, None),
+    "jwt_leeway": (_number("GATEWAY_JWT_LEEWAY"), None),
+    "jwt_org_claim": (_text, None),
     "header_timeout": (_number("GATEWAY_HEADER_TIMEOUT"), None),
     "body_timeout": (_number("GATEWAY_BODY_TIMEOUT"), None),
     "keepalive_timeout": (_number("GATEWAY_KEEPALIVE_TIMEOUT"), None),
@@ -392,7 +429,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
     "reuse_port": (_switch("shared", "exclusive"), None),
     "access_log": (_log_dest, _refuse_not_off),
-    "audit_log": (_log_dest, _audit_gate),
+    "audit_log": (_log_dest, None),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),
     "alert_secret": (_text, None),
     "tracing": (_switch("on", "off"), _refuse_true),
@@ -423,6 +460,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if values.get("redis_cluster") and "redis_url" not in values and not any(
             e.var == "GATEWAY_REDIS_URL" for e in errors):
         errors.append(EnvError("GATEWAY_REDIS_CLUSTER", "needs GATEWAY_REDIS_URL (a node of the cluster)"))
+    if not any(e.var.startswith("GATEWAY_JWT_") for e in errors):
+        errors += _jwt_consistency(values)
     if not any(e.var in _LISTENER_VARS for e in errors):
         clash = _listener_clash(Settings(**values))
         if clash:   # named after a port variable the operator set (the defaults never clash)

@@ -110,6 +110,10 @@ class RouteConfig:
     timeout: float | None = None
     retries: int = 0
     websocket: bool = False     # Upgrade requests (WebSocket and others) are tunnelled
+    auth: tuple[str, ...] = ()              # "jwt" | "api_key": any one admits; () = public
+    scopes: tuple[str, ...] = ()            # all required (403 otherwise)
+    content_types: tuple[str, ...] | None = None   # lowercased type/subtype; None = any
+    security_headers: bool = False          # add the API security response headers
     index: int = 0              # position in the file: ties are broken by declaration order
     fallback: FallbackConfig | None = None
     canary: CanaryConfig | None = None

@@ -53,6 +53,7 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_HOST_LABEL}(\.{_HOST_LABEL})*")
 # RFC 3986 path characters: unreserved, sub-delims, ":", "@", "/" and %XX escapes. Anything else
 # (space, "?", "#", quotes, controls) could never equal a normalized request path.
 _PATH = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+_ENCODED_PLAIN = re.compile(r"%(2[dDeEfF]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")                     # C0 controls (TAB, CR, LF, NUL...) and DEL
 
 _TOP_KEYS = {"services", "routes", "quotas"}
@@ -61,7 +62,9 @@ _TARGET_KEYS = {"url", "weight", "version"}
 _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
     "retries", "canary", "fallback", "rate_limits", "websocket",
+    "content_types", "security_headers",          # request hygiene (README "Request hygiene")
 }
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _shown_number(value: int | float) -> str:
@@ -324,6 +327,11 @@ def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None
     if not _PATH.fullmatch(p):
         c.error(path, f"expected URL path characters only (no spaces, '?' or '#'), got {s!r}")
         return None
+    if ";" in p or "//" in p or _ENCODED_PLAIN.search(p):
+        # Request paths reach the router canonical (gateway/http/wire.py _canonical): parameters
+        # removed, slashes merged, %XX of unreserved characters decoded, %2F refused.
+        c.error(path, f"expected a canonical path (no ';', '//', %2F or %XX of a letter, digit or '-._~'), got {s!r}")
+        return None
     if any(seg in (".", "..") for seg in p.split("/")):
         # Request paths reach the router with dot-segments resolved: such a route could never match.
         c.error(path, f"expected a path without '.' or '..' segments, got {s!r}")
@@ -364,6 +372,55 @@ def _parse_host(c: _Collector, path: str, value: Any) -> str | None:
     return None
 
 
+AUTH_METHODS = ("jwt", "api_key")
+_SCOPE = re.compile(r"[!#-\[\]-~]{1,128}")                   # RFC 6749 scope-token: printable, no space, '"' or '\\'
+
+
+def _parse_content_types(c: _Collector, path: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        c.error(path, "expected a non-empty array of media types (omit the key to allow any)")
+        return None
+    out: list[str] = []
+    for i, t in enumerate(value):
+        if not isinstance(t, str) or not _MEDIA_TYPE.fullmatch(t):
+            c.error(f"{path}[{i}]", f"expected a media type such as application/json, got {t!r}")
+        elif t.lower() not in out:
+            out.append(t.lower())
+    return tuple(out)
+
+
+def _parse_auth(c: _Collector, path: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.error(path, f"expected an array of {' / '.join(AUTH_METHODS)}, got {_kind(value)}")
+        return ()
+    out: list[str] = []
+    for i, m in enumerate(value):
+        if m not in AUTH_METHODS:
+            c.error(f"{path}[{i}]", f"expected one of {', '.join(AUTH_METHODS)}, got {m!r}")
+        elif m not in out:
+            out.append(m)
+    return tuple(out)
+
+
+def _parse_scopes(c: _Collector, path: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.error(path, f"expected an array of scope strings, got {_kind(value)}")
+        return ()
+    out: list[str] = []
+    for i, s in enumerate(value):
+        if not isinstance(s, str) or not _SCOPE.fullmatch(s):
+            c.error(f"{path}[{i}]", f"expected a scope (1-128 printable characters, no spaces or quotes), got {s!r}")
+        elif s not in out:
+            out.append(s)
+    return tuple(out)
+
+
 def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
                  known_services: set[str]) -> RouteConfig | None:
     c.unknown_keys(path, raw, _ROUTE_KEYS)
@@ -376,8 +433,12 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     timeout = c.seconds(f"{path}.timeout", raw.get("timeout"), "routes[].timeout")
     retries = c.integer(f"{path}.retries", raw["retries"], "routes[].retries") if "retries" in raw else 0
     websocket = c.boolean(f"{path}.websocket", raw.get("websocket"), False)
-    c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
-    c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
+    content_types = _parse_content_types(c, f"{path}.content_types", raw.get("content_types"))
+    security_headers = c.boolean(f"{path}.security_headers", raw.get("security_headers"), False)
+    auth = _parse_auth(c, f"{path}.auth", raw.get("auth"))
+    scopes = _parse_scopes(c, f"{path}.scopes", raw.get("scopes"))
+    if scopes and not auth:
+        c.error(f"{path}.scopes", "needs auth (scopes come from a credential; set auth = [\"jwt\"] and/or \"api_key\")")
     rate_limits = parse_rate_limits(c, f"{path}.rate_limits", raw.get("rate_limits"))
     canary = _parse_canary(c, f"{path}.canary", raw["canary"]) if "canary" in raw else None
     fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
@@ -391,6 +452,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
         strip_prefix=strip, timeout=timeout, retries=retries or 0, websocket=bool(websocket),
         index=index, fallback=fallback, canary=canary, rate_limits=rate_limits,
+        auth=auth, scopes=scopes, content_types=content_types, security_headers=security_headers,
     )
 
 

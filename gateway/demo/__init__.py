@@ -40,7 +40,7 @@ def _client_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def curl_lines(settings: Settings) -> list[str]:
+def curl_lines(settings: Settings, token: str | None = None, key: str | None = None) -> list[str]:
     """The commands printed by `gateway demo`; every one of them works against the demo."""
     base = f"http://{_client_host(settings.host)}:{settings.port}"
     admin = f"http://{_client_host(settings.admin_host)}:{settings.admin_port}"
@@ -62,7 +62,43 @@ def curl_lines(settings: Settings) -> list[str]:
         "# the admin listener",
         f"curl -s {admin}/health",
         f"curl -s {admin}/openapi.json",
+        *(_auth_lines(base, token, key) if token and key else []),
     ]
+
+
+def _auth_lines(base: str, token: str, key: str) -> list[str]:
+    return [
+        "# /secure/* needs a credential with the demo:read scope: none is a 401",
+        f"curl -s -i {base}/secure/users",
+        "# a JWT minted for this demo (sub demo-user, scope demo:read; `gateway jwt mint` makes more)",
+        f"curl -s -H 'Authorization: Bearer {token}' {base}/secure/users/1",
+        "# an API key created for this demo (shown once; `gateway apikey create` makes more)",
+        f"curl -s -H 'X-API-Key: {key}' {base}/secure/users/2",
+        "# the API key exchanged for an access token and a refresh token",
+        f"curl -s -X POST -H 'X-API-Key: {key}' {base}/auth/token",
+    ]
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo signs its own tokens: a random HS256 secret unless GATEWAY_JWT_SECRET is set."""
+    import secrets
+
+    if settings.jwt_secret:
+        return settings
+    return dataclasses.replace(settings, jwt_secret=secrets.token_urlsafe(32), jwt_algorithms=None)
+
+
+async def demo_credentials(settings: Settings, worker: Worker) -> tuple[str, str]:
+    """(a JWT, an API key) for the demo route: the key is written to the node's state like an
+    admin POST /keys would."""
+    from gateway.security import apikeys
+    from gateway.security.commands import mint_token
+
+    token = mint_token(settings, "demo-user", "demo-org", "demo:read", 24 * 3600.0)
+    key, record = apikeys.new_key("demo", "demo-user", "demo-org", ["demo:read"], None)
+    assert worker.state is not None and worker.state.control is not None
+    await worker.state.control.put(apikeys.PREFIX + record["id"], record)
+    return token, key
 
 
 async def run_demo(settings: Settings) -> int:
@@ -81,19 +117,23 @@ async def run_demo(settings: Settings) -> int:
         path.write_text(demo_config_text(f"{host}:{port}"), encoding="utf-8")
         if settings.config:
             log.info("demo: GATEWAY_CONFIG=%s is ignored, the bundled demo config is served", settings.config)
-        settings = dataclasses.replace(settings, config=str(path), workers=1)
+        settings = demo_settings(dataclasses.replace(settings, config=str(path), workers=1))
         config = load_config(str(path))
 
-        def announce(worker: Worker) -> None:
+        async def announce_later(worker: Worker) -> None:
+            token, key = await demo_credentials(settings, worker)
             lines: list[Any] = [
                 f"gateway demo: serving on http://{_client_host(settings.host)}:{settings.port} "
                 f"(demo upstream on {host}:{port}); Ctrl-C stops it. Try:",
                 "",
-                *curl_lines(settings),
+                *curl_lines(settings, token, key),
                 "",
             ]
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
+
+        def announce(worker: Worker) -> None:
+            worker.loop.create_task(announce_later(worker))
 
         return await run_worker(settings, config, config_path=str(path), admin=True, reuse_port=False,
                                 on_listening=announce)

@@ -95,8 +95,8 @@ cdef inline void _hex(char* p, uint64_t v, int digits) noexcept:
 
 cdef Py_ssize_t _plain_target(bytes url) noexcept:
     """One C pass for the fast path of build(): the index of the first '?' (-1 if none) when url is
-    origin-form ("/...") with no "/.", '#', '%' or '\\' anywhere; -2 when normalize_target must decide.
-    (Same verdict as `url[:1] == b"/" and not any(s in url for s in (b"/.", b"#", b"%", b"\\"))`.)"""
+    origin-form ("/...") with no "/.", "//", '#', '%', ';' or '\\' anywhere; -2 when normalize_target
+    must decide (it canonicalizes the path: wire._canonical)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(url)
     cdef Py_ssize_t n = len(url), i, q = -1
     cdef unsigned char c
@@ -104,9 +104,9 @@ cdef Py_ssize_t _plain_target(bytes url) noexcept:
         return -2
     for i in range(n):
         c = p[i]
-        if c == 35 or c == 37 or c == 92:  # '#', '%', '\\'
+        if c == 35 or c == 37 or c == 92 or c == 59:  # '#', '%', '\\', ';' (path parameters)
             return -2
-        if c == 47 and i + 1 < n and p[i + 1] == 46:  # "/."
+        if c == 47 and i + 1 < n and (p[i + 1] == 46 or p[i + 1] == 47):  # "/." or "//"
             return -2
         if c == 63 and q == -1:  # '?'
             q = i
@@ -374,8 +374,9 @@ cdef class RequestBuilder:
         else:
             framing = b""
         extra = ctx.upstream_headers
-        if not extra:
-            # X-Forwarded-* for the common case: cached per Host value on this connection.
+        if not extra or not _names_forwarded(extra):
+            # X-Forwarded-* for the common case (also when filters only add other fields, such
+            # as the identity headers of auth): cached per Host value on this connection.
             if ctx.host == self.fwd_host:
                 forwarded = self.fwd_block
             else:
@@ -392,6 +393,18 @@ cdef class RequestBuilder:
             ])
         return request_head(ctx.method, target, ctx.upstream_target.host_header, ctx.headers, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
+
+
+cdef bint _names_forwarded(list extra):
+    """Does any of these extra upstream fields name an X-Forwarded-* field? (12-byte prefix test,
+    no per-request set: the identity headers of every authenticated request pass through here.)"""
+    cdef tuple h
+    cdef bytes name
+    for h in extra:
+        name = h[0]
+        if len(name) > 12 and name[:12].lower() == b"x-forwarded-":
+            return True
+    return False
 
 
 def _is_trusted(peer: str, networks: Any) -> bool:

@@ -26,6 +26,7 @@ cdef class RequestContext:
     cdef public object consumer_org
     cdef public object scopes
     cdef public object auth_method
+    cdef public object api_key_id
     # --- routing and proxying ---
     cdef public object route
     cdef public object service

@@ -24,6 +24,7 @@ class RequestContext:
     consumer_org: str | None
     scopes: frozenset[str] | None
     auth_method: str | None
+    api_key_id: str | None
     route: Any
     service: Any
     upstream_target: Any

@@ -35,6 +35,7 @@ cdef class RequestContext:
     # consumer_org      str | None
     # scopes            frozenset[str] | None
     # auth_method       str | None: "jwt" | "api_key"
+    # api_key_id        str | None: the API key's public id (12 hex digits) when auth_method is "api_key"
     # --- routing and proxying ---
     # route             gateway.routing.Route | None
     # service           gateway.discovery.service.Service | None
@@ -75,6 +76,7 @@ cdef class RequestContext:
         self.consumer_org = None
         self.scopes = None
         self.auth_method = None
+        self.api_key_id = None
         self.route = None
         self.service = None
         self.upstream_target = None

@@ -105,6 +105,11 @@ def test_env_string_with_a_control_character_inside_is_refused(var: str, char: s
         assert good[1:] not in str(info.value)   # a refused secret is not echoed
 
 
+# Values valid in form that are refused alone: the key file does not exist here, and an algorithm
+# list needs a key that can verify it.
+NEEDS_MORE = {"GATEWAY_JWT_PUBLIC_KEY", "GATEWAY_JWT_ALGORITHMS"}
+
+
 @pytest.mark.parametrize("char", BAD_CHARS, ids=CHAR_IDS)
 @pytest.mark.parametrize("var", sorted(ENV_STRINGS))
 def test_env_string_with_a_trailing_control_character_never_keeps_it(var: str, char: str) -> None:
@@ -114,7 +119,7 @@ def test_env_string_with_a_trailing_control_character_never_keeps_it(var: str, c
         settings = load_settings({var: ENV_STRINGS[var] + char})
     except EnvError as exc:
         assert [e.var for e in exc.errors] == [var]
-        assert char == "\x00" or "not supported yet" in exc.message
+        assert char == "\x00" or "not supported yet" in exc.message or var in NEEDS_MORE
         return
     assert char != "\x00"
     assert not any(c in repr(settings) for c in BAD_CHARS)

@@ -179,8 +179,6 @@ def test_each_error_has_its_path(text: str, problem: str) -> None:
 
 NOT_YET = [
     ('[[services]]\nname = "s"\ntargets = ["http://a:1"]\n[services.breaker]\nfailure_threshold = 5\n', "services[0].breaker: not supported yet"),
-    (SVC + ROUTE + 'auth = ["jwt"]\n', "routes[0].auth: not supported yet"),
-    (SVC + ROUTE + 'scopes = ["users:read"]\n', "routes[0].scopes: not supported yet"),
 ]
 
 
@@ -189,10 +187,16 @@ def test_unbuilt_features_are_refused(text: str, problem: str) -> None:
     assert problem in problems(text)
 
 
-def test_auth_that_is_not_a_list_is_still_refused() -> None:
-    # `auth = "jwt"` (a string instead of a list) must not slip through as "not the empty list"
-    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + 'auth = "jwt"\n')
-    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + 'auth = false\n')
+def test_auth_that_is_not_a_list_is_refused() -> None:
+    # `auth = "jwt"` (a string instead of a list) must not slip through as "no auth"
+    assert "routes[0].auth: expected an array of jwt / api_key, got a string" in problems(SVC + ROUTE + 'auth = "jwt"\n')
+    assert "routes[0].auth: expected an array of jwt / api_key, got a boolean" in problems(SVC + ROUTE + 'auth = false\n')
+    assert "routes[0].auth[0]: expected one of jwt, api_key, got 'basic'" in problems(SVC + ROUTE + 'auth = ["basic"]\n')
+    assert problems(SVC + ROUTE + 'scopes = ["a"]\n') == [
+        'routes[0].scopes: needs auth (scopes come from a credential; set auth = ["jwt"] and/or "api_key")']
+    assert "routes[0].scopes[0]: expected a scope" in problems(SVC + ROUTE + 'auth = ["jwt"]\nscopes = ["a b"]\n')[0]
+    cfg = loads_config(SVC + ROUTE + 'auth = ["jwt", "api_key", "jwt"]\nscopes = ["users:read"]\n')
+    assert (cfg.routes[0].auth, cfg.routes[0].scopes) == (("jwt", "api_key"), ("users:read",))
 
 
 def test_all_problems_are_collected() -> None:
@@ -214,7 +218,6 @@ auth = ["jwt"]
         "services[0].targets[1].weight: expected an integer 1-65535, got 0",
         "routes[0].limt: unknown key",
         "routes[0].path: expected a path starting with '/' (or '=/' for an exact match), got 'nope'",
-        "routes[0].auth: not supported yet",
         "routes[0].service: unknown service 'missing'",
     ]
 
@@ -307,8 +310,6 @@ def test_every_spec_key_is_known_and_each_unbuilt_one_is_refused() -> None:
         # belongs to token_bucket): the one refusal that is not "not supported yet".
         'routes[0].rate_limits[0].burst: only for algorithm = "token_bucket" (a sliding window has no burst)',
         "services[0].breaker: not supported yet",
-        "routes[0].auth: not supported yet",
-        "routes[0].scopes: not supported yet",
     ])
 
 
@@ -377,7 +378,10 @@ def test_deep_nesting_from_a_deep_stack_is_still_a_configuration_error(tmp_path:
 
 def test_nesting_up_to_the_limit_is_judged_on_its_content() -> None:
     # 32 levels below the document: routes, the route table, 30 arrays
-    assert "routes[0].auth: not supported yet" in problems(SVC + ROUTE + "auth = " + "[" * 30 + "]" * 30 + "\n")
+    assert "routes[0].auth[0]: expected one of jwt, api_key, got [[[]]]" in problems(
+        SVC + ROUTE + "auth = " + "[" * 4 + "]" * 4 + "\n")
+    assert any(p.startswith("routes[0].auth[0]: expected one of jwt, api_key") for p in problems(
+        SVC + ROUTE + "auth = " + "[" * 30 + "]" * 30 + "\n"))
 
 
 def test_a_huge_value_is_not_echoed_whole() -> None:

@@ -41,6 +41,13 @@ def test_demo_serves_and_its_curl_lines_work(gateway) -> None:  # noqa: F811
     assert nowhere.startswith("HTTP/1.1 404")
     delete = next(out for line, out in results.items() if "-X DELETE" in line)
     assert delete.startswith("HTTP/1.1 405") and "allow: get" in delete.lower()
+    # The auth lines: no credential 401, the minted JWT and the created key admit, the key buys tokens.
+    assert next(out for line, out in results.items() if line.endswith("/secure/users")).startswith("HTTP/1.1 401")
+    assert json.loads(next(out for line, out in results.items() if "Bearer" in line))["name"] == "Ada Lovelace"
+    assert json.loads(next(out for line, out in results.items() if "X-API-Key" in line and "/secure/" in line))[
+        "name"] == "Alan Turing"
+    pair = json.loads(next(out for line, out in results.items() if line.endswith("/auth/token")))
+    assert pair["token_type"] == "Bearer" and pair["access_token"] and pair["refresh_token"]
     health = next(out for line, out in results.items() if line.endswith("/health"))
     assert json.loads(health)["status"] == "ok"
     assert "GATEWAY_CONFIG=/nonexistent/ignored.toml is ignored" in gw.stderr

@@ -17,6 +17,9 @@ and `seq` (the request's number on that connection). Behaviours are selected by 
   /close                close without sending anything
   /header?name=N&value=V  add one response header (e.g. Server, Connection, X-Powered-By)
 
+The echo also carries `total`: how many requests this process has received so far, this one
+included, on every connection (a test that must show nothing was forwarded compares two totals).
+
 HEAD requests get the head of the echo response (with its Content-Length) and no body. Every
 response also carries `Server: test-upstream` and `X-Powered-By: test` (the gateway must remove
 them) and `Keep-Alive: timeout=30` (hop-by-hop: must not reach the client).
@@ -38,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 import httptools
 
 _conn_counter = 0
+_requests = 0
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -94,6 +98,9 @@ class UpstreamProtocol(asyncio.Protocol):
         self.cur["len"] += len(body)
 
     def on_message_complete(self) -> None:
+        global _requests
+        _requests += 1
+        self.cur["total"] = _requests
         self.cur["method"] = self.parser.get_method().decode()
         self.cur["version"] = self.parser.get_http_version()
         self.cur["keep_alive"] = self.parser.should_keep_alive()
@@ -138,6 +145,7 @@ class UpstreamProtocol(asyncio.Protocol):
             "body_sha256": req["sha"].hexdigest(),
             "conn": self.conn_id,
             "seq": self.seq,
+            "total": req["total"],
         }
         body = json.dumps(echo).encode()
         status = 200
