@@ -64,7 +64,9 @@ def test_failure_metric_reads_node_memory() -> None:
         sec.failed("jwt", "expired", time.monotonic())
     sec.failed("api_key", "unknown_key", time.monotonic())
     # The supervisor's view: no runtime, the counters found in node memory by name.
-    ctx = AdminContext(settings, lambda: None, state)
+    from gateway.config.model import GatewayConfig
+
+    ctx = AdminContext(settings, GatewayConfig, state)
     samples = [s for source in METRIC_SOURCES for s in source(ctx) if s[0] == "gateway_auth_failures_total"]
     by_label = {(s[3]["method"], s[3]["reason"]): s[4] for s in samples}
     assert by_label[("jwt", "expired")] == 3 and by_label[("api_key", "unknown_key")] == 1
