@@ -38,6 +38,7 @@ DATAPLANE_MODULES = {
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: client side, pipelining
+    "recorder": "gateway.observability.recorder",  # request metrics: one call per finished exchange
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

@@ -46,7 +46,7 @@ def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -
 
 
 class Runtime:
-    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "_closed")
+    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "metrics", "_closed")
 
     def __init__(
         self,
@@ -63,6 +63,9 @@ class Runtime:
         self.services = services
         self.pools = pools
         self.placed = placed if placed is not None else set()   # node-memory names this runtime uses
+        # The request metrics' Recorder (gateway/observability): the data plane calls
+        # metrics.observe(ctx) once per finished exchange. None: not recorded (bare runtimes of tests).
+        self.metrics: Any = None
         self._closed = False
 
     def close_unused(self, previous: Runtime | None) -> None:
@@ -125,4 +128,8 @@ def build_runtime(
     routes = [
         Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
     ]
-    return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
+    from .observability.metrics import build_recorder
+
+    runtime.metrics = build_recorder(routes, services.values(), placer)
+    return runtime

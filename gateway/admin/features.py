@@ -54,6 +54,15 @@ MetricSample = tuple[str, str, str, dict[str, str], float]
 METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = []
 
 
+def _observability(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.observability.exporter import install
+
+    install(routes, ctx)
+
+
+FEATURES.append(_observability)
+
+
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
     for install in FEATURES:
         install(routes, ctx)

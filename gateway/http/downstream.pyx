@@ -25,6 +25,7 @@ the same holds for upstream.pyx, pool.pyx and flow.pyx.
 import asyncio
 import logging
 from collections import deque
+from time import monotonic as _monotonic
 from typing import Any
 
 import httptools
@@ -210,7 +211,9 @@ cdef class _DownstreamBase:
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.p_feed = self.parser.feed_data
-        self.l_time = worker.loop.time
+        # time.monotonic: the clock of uvloop's loop.time() (CLOCK_MONOTONIC) at full resolution;
+        # loop.time() counts whole milliseconds, too coarse for the 100 us latency buckets.
+        self.l_time = _monotonic
         self.t_write = None
         self.gate = None  # set in connection_made
         self.builder = None
@@ -1054,8 +1057,7 @@ cdef class _DownstreamBase:
         self.a_up = None
         if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
             self._attempt_end(ctx, None)   # the upstream's response is complete
-        if self._filtered(ctx):
-            ctx.route.chain.run_log(ctx)
+        self._log(ctx)
         if self.closing:
             return 0
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
@@ -1100,6 +1102,10 @@ cdef class _DownstreamBase:
         return 0
 
     cdef int _log(self, RequestContext ctx) except -1:
+        """The exchange is over (last byte sent, or the client gone): metrics, then the log phase."""
+        metrics = self.worker.runtime.metrics
+        if metrics is not None:
+            metrics.observe(ctx)   # gateway/observability/recorder.pyx: a few atomic adds
         if self._filtered(ctx):
             ctx.route.chain.run_log(ctx)
         return 0

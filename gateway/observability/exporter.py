@@ -1,0 +1,181 @@
+"""GET /metrics: the node's metrics in the Prometheus text format, through prometheus-client with a
+custom collector that reads node memory at scrape time.
+
+What a scrape returns, all node totals (every worker's counts live in the same cells):
+- the request metrics of SPEC §6 (gateway_requests_total, gateway_request_duration_seconds,
+  gateway_upstream_duration_seconds, gateway_upstream_errors_total), read by metrics.py;
+- every feature's samples from METRIC_SOURCES (gateway/admin/features.py): breakers, health,
+  limits, auth, alerts...; a source that raises is logged and skipped, never failing the scrape;
+- process metrics: the standard process_* of the process serving /metrics (prometheus-client's
+  ProcessCollector), and gateway_node_* summed over it and its children (the workers).
+
+Readable only from GATEWAY_METRICS_ALLOW (403 otherwise): the allow-list is checked on the TCP
+peer's address, never on a header.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .metrics import HistogramValue, read_request_metrics
+
+if TYPE_CHECKING:
+    from gateway.admin.api import AdminRequest, AdminRoutes
+    from gateway.admin.features import AdminContext
+
+log = logging.getLogger("gateway.metrics")
+
+
+def _buckets(h: HistogramValue) -> list[tuple[str, float]]:
+    return [("+Inf" if le == float("inf") else repr(le), n) for le, n in h.buckets]
+
+
+class NodeCollector(Collector):
+    """Reads node memory and the feature sources at every scrape (no state between scrapes)."""
+
+    def __init__(self, ctx: AdminContext, sources: list[Any]) -> None:
+        self.ctx = ctx
+        self.sources = sources
+        self.last_duration = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        yield from self._requests()
+        yield from self._features()
+        yield from _node_process()
+        g = GaugeMetricFamily("gateway_metrics_scrape_duration_seconds",
+                              "Time the previous scrape of /metrics took to collect")
+        g.add_metric([], self.last_duration)
+        yield g
+        self.last_duration = time.perf_counter() - started
+
+    def _requests(self) -> Iterator[Metric]:
+        memory = self.ctx.state.memory if self.ctx.state is not None else None
+        requests, upstream = read_request_metrics(memory) if memory is not None else ([], [])
+        total = CounterMetricFamily("gateway_requests", "Requests answered, by route, service, method and status code",
+                                    labels=["route", "service", "method", "code"])
+        duration = HistogramMetricFamily("gateway_request_duration_seconds",
+                                         "Time from the request head to the last response byte",
+                                         labels=["route", "service"])
+        for s in requests:
+            for (method, code), n in sorted(s.counts.items()):
+                total.add_metric([s.route, s.service, method, code], n)
+            duration.add_metric([s.route, s.service], _buckets(s.duration), s.duration.sum)
+        up = HistogramMetricFamily("gateway_upstream_duration_seconds",
+                                   "Upstream attempt time, connect to the response's last byte",
+                                   labels=["service", "target"])
+        errors = CounterMetricFamily("gateway_upstream_errors", "Failed upstream attempts by kind",
+                                     labels=["service", "target", "kind"])
+        for u in upstream:
+            up.add_metric([u.service, u.target], _buckets(u.duration), u.duration.sum)
+            for kind, n in u.errors.items():
+                errors.add_metric([u.service, u.target, kind], n)
+        yield from (total, duration, up, errors)
+
+    def _features(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for source in list(self.sources):
+            try:
+                samples = list(source(self.ctx))
+            except Exception:  # noqa: BLE001 - one feature's bug must not hide every metric
+                log.exception("metrics source %s failed", getattr(source, "__qualname__", source))
+                continue
+            for name, kind, help_text, labels, value in samples:
+                base = name[:-6] if kind == "counter" and name.endswith("_total") else name
+                fam = families.get(base)
+                if fam is None:
+                    fam = families[base] = Metric(base, help_text, kind)
+                elif fam.type != kind:
+                    log.warning("metric %s is reported as %s and %s: the second is dropped", base, fam.type, kind)
+                    continue
+                fam.add_sample(base + "_total" if kind == "counter" else base, dict(labels), float(value))
+        yield from families.values()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGESIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _node_process() -> Iterable[Metric]:
+    """CPU, memory and fds of this process and its children (the workers), summed: the node's."""
+    pids = [os.getpid(), *_children(os.getpid())]
+    cpu = rss = fds = 0.0
+    alive = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / _TICKS
+            rss += int(fields[21]) * _PAGE
+            fds += len(os.listdir(f"/proc/{pid}/fd"))
+            alive += 1
+        except (OSError, IndexError, ValueError):
+            continue
+    for name, help_text, value, cls in (
+        ("gateway_node_cpu_seconds", "CPU time of the gateway's processes (supervisor and workers)", cpu,
+         CounterMetricFamily),
+        ("gateway_node_resident_memory_bytes", "Resident memory of the gateway's processes", rss, GaugeMetricFamily),
+        ("gateway_node_open_fds", "Open file descriptors of the gateway's processes", fds, GaugeMetricFamily),
+        ("gateway_node_processes", "The gateway's processes (supervisor and workers)", alive, GaugeMetricFamily),
+    ):
+        m = cls(name, help_text)
+        m.add_metric([], value)
+        yield m
+
+
+class MetricsEndpoint:
+    """The /metrics handler: the allow-list, then one collection."""
+
+    def __init__(self, ctx: AdminContext, sources: list[Any]) -> None:
+        self.allow = tuple(ctx.settings.metrics_allow)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = NodeCollector(ctx, sources)
+        self.registry.register(self.collector)
+        self.registry.register(ProcessCollector(registry=None))
+
+    def allowed(self, client_ip: str | None) -> bool:
+        if client_ip is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(client_ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped     # an IPv4 client of a dual-stack listener
+        return any(addr.version == net.version and addr in net for net in self.allow)
+
+    def __call__(self, req: AdminRequest) -> Any:
+        from gateway.admin.api import AdminResponse, error_response
+
+        if not self.allowed(req.client_ip):
+            return error_response(403, "forbidden", "GATEWAY_METRICS_ALLOW does not include this client")
+        return AdminResponse(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+
+
+def install(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.features import METRIC_SOURCES
+
+    routes.add("GET", "/metrics", MetricsEndpoint(ctx, METRIC_SOURCES), tag="observability",
+               summary="Prometheus metrics of the whole node (GATEWAY_METRICS_ALLOW only)",
+               responses={"200": {"description": "Prometheus text format 0.0.4",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          "403": {"description": "the client is not in GATEWAY_METRICS_ALLOW"}})

@@ -1,0 +1,170 @@
+"""Request metrics: build a runtime's Recorder (its cells placed in node memory) and read every
+worker's counts back at scrape time, from any process that maps node memory.
+
+The write side runs in every worker (build_recorder, called by build_runtime); the read side
+(read_request_metrics) in the process that owns the admin listener, which in a multi-worker node
+is the supervisor: it has no runtime, so it walks node memory's directory for the objects named
+in layout.py and reads their cells. Both sides agree on the layout through layout.py alone.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from gateway._fast.counters import CounterArray, Histogram
+
+from .layout import (
+    BUCKETS,
+    CODES,
+    ERROR_KINDS,
+    METHODS,
+    OTHER_METHOD,
+    REQUESTS_COUNTS,
+    REQUESTS_PREFIX,
+    REQUESTS_SIZE,
+    UPSTREAM_PREFIX,
+    UPSTREAM_SIZE,
+    code_table,
+    requests_name,
+    split_name,
+    upstream_name,
+)
+from .recorder import Recorder, RouteCells, TargetCells
+
+if TYPE_CHECKING:
+    from gateway.state.memory import NodeMemory
+    from gateway.state.node import Placer
+
+# Cells placed after the build (routes of the previous runtime still in flight after a reload,
+# targets registered at run time) are cached up to this many per runtime; past it such requests
+# are not counted rather than growing a table without bound.
+LATE_MAX = 10_000
+
+_HIST_BYTES = 8 * (len(BUCKETS) + 2)
+_KINDS = {k: i for i, k in enumerate(ERROR_KINDS)}
+_METHODS = {m.encode(): i for i, m in enumerate(METHODS[:OTHER_METHOD])}
+_CODES = code_table()
+
+
+def _route_cells(buf: Any) -> RouteCells:
+    if buf is None:
+        return RouteCells(CounterArray(REQUESTS_COUNTS), Histogram(BUCKETS))
+    return RouteCells(CounterArray(REQUESTS_COUNTS, buf, 0), Histogram(BUCKETS, buf, 8 * REQUESTS_COUNTS))
+
+
+def _target_cells(buf: Any) -> TargetCells:
+    if buf is None:
+        return TargetCells(Histogram(BUCKETS), CounterArray(len(ERROR_KINDS)))
+    return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES))
+
+
+def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None) -> Recorder:
+    """The Recorder of one runtime: every route's and target's cells, placed through `placer`
+    (private cells without node memory: a runtime built by a test). Raises SharedMemoryFull, so
+    a config whose metrics do not fit is refused at load, never mid-request."""
+    def place(name: str, size: int) -> Any:
+        return placer.place(name, size, kind="metrics") if placer is not None else None
+
+    route_cells: dict[Any, RouteCells] = {}
+    target_cells: dict[Any, TargetCells] = {}
+    for route in routes:
+        route_cells[route] = _route_cells(place(requests_name(route.name, route.service.name), REQUESTS_SIZE))
+    for service in services:
+        for target in service.targets:
+            target_cells[target] = _target_cells(place(upstream_name(service.name, target.url), UPSTREAM_SIZE))
+    unrouted = _route_cells(place(requests_name("", ""), REQUESTS_SIZE))
+
+    def late(key: Any, is_route: bool) -> Any:
+        # Rare: once per object, then found in the dict. Placing revives a quarantined name with
+        # its counts intact, and the name joins this runtime's placed set (placer.names), so the
+        # worker keeps holding it until a later runtime drops it.
+        table: dict[Any, Any] = route_cells if is_route else target_cells
+        if len(table) >= LATE_MAX:
+            return None
+        if is_route:
+            cells: Any = _route_cells(place(requests_name(key.name, key.service.name), REQUESTS_SIZE))
+        else:
+            owner = _service_of(key, services)
+            if owner is None:
+                return None
+            cells = _target_cells(place(upstream_name(owner, key.url), UPSTREAM_SIZE))
+        table[key] = cells
+        return cells
+
+    return Recorder(route_cells, target_cells, unrouted, _METHODS, OTHER_METHOD, _CODES, len(CODES),
+                    _KINDS, late)
+
+
+def _service_of(target: Any, services: Iterable[Any]) -> str | None:
+    for service in services:
+        if any(t is target for t in service.targets):
+            return service.name
+    return None
+
+
+# --- read side (the exporter) ---------------------------------------------------------------------
+
+class HistogramValue:
+    """A histogram's cumulative buckets [(le, count)], its count and its sum (seconds)."""
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self, cells: memoryview) -> None:
+        raw = cells.cast("Q").tolist()
+        acc, buckets = 0, []
+        for le, n in zip((*BUCKETS, float("inf")), raw[:len(BUCKETS) + 1], strict=True):
+            acc += n
+            buckets.append((le, acc))
+        self.buckets = buckets
+        self.count = acc
+        sum_raw = raw[len(BUCKETS) + 1]
+        self.sum = (sum_raw - (1 << 64) if sum_raw >= 1 << 63 else sum_raw) * 1e-6
+
+
+class RequestSeries:
+    """One (route, service)'s counts {(method, code): n} and duration histogram."""
+    __slots__ = ("route", "service", "counts", "duration")
+
+    def __init__(self, route: str, service: str, counts: dict[tuple[str, str], int], duration: HistogramValue):
+        self.route, self.service, self.counts, self.duration = route, service, counts, duration
+
+
+class UpstreamSeries:
+    __slots__ = ("service", "target", "duration", "errors")
+
+    def __init__(self, service: str, target: str, duration: HistogramValue, errors: dict[str, int]):
+        self.service, self.target, self.duration, self.errors = service, target, duration, errors
+
+
+_ROW = len(CODES)
+
+
+def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[UpstreamSeries]]:
+    """Every worker's request and upstream counts, summed by construction (one set of cells per
+    label child in node memory). Quarantined objects (dropped by a reload) are left out."""
+    requests: list[RequestSeries] = []
+    upstream: list[UpstreamSeries] = []
+    for info in memory.objects():
+        if info.quarantined:
+            continue
+        if info.name.startswith(REQUESTS_PREFIX) and info.size == REQUESTS_SIZE:
+            labels = split_name(info.name, REQUESTS_PREFIX)
+            if labels is None:
+                continue
+            view = memory.view_of(info)
+            counts: dict[tuple[str, str], int] = {}
+            cells = view[:8 * REQUESTS_COUNTS].cast("Q").tolist()
+            for row, method in enumerate(METHODS):
+                base = row * _ROW
+                for col in range(_ROW):
+                    n = cells[base + col]
+                    if n:
+                        counts[(method, CODES[col])] = n
+            requests.append(RequestSeries(*labels, counts, HistogramValue(view[8 * REQUESTS_COUNTS:])))
+        elif info.name.startswith(UPSTREAM_PREFIX) and info.size == UPSTREAM_SIZE:
+            labels = split_name(info.name, UPSTREAM_PREFIX)
+            if labels is None:
+                continue
+            view = memory.view_of(info)
+            errors = dict(zip(ERROR_KINDS, view[_HIST_BYTES:].cast("Q").tolist(), strict=True))
+            upstream.append(UpstreamSeries(*labels, HistogramValue(view[:_HIST_BYTES]), errors))
+    return requests, upstream
