@@ -387,7 +387,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
     "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
     "reuse_port": (_switch("shared", "exclusive"), None),
-    "access_log": (_log_dest, _refuse_not_off),
+    "access_log": (_log_dest, None),
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), _refuse_any),
     "alert_secret": (_text, None),

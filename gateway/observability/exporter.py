@@ -59,7 +59,7 @@ class NodeCollector(Collector):
 
     def _requests(self) -> Iterator[Metric]:
         memory = self.ctx.state.memory if self.ctx.state is not None else None
-        requests, upstream = read_request_metrics(memory) if memory is not None else ([], [])
+        requests, upstream, access = read_request_metrics(memory) if memory is not None else ([], [], [0, 0])
         total = CounterMetricFamily("gateway_requests", "Requests answered, by route, service, method and status code",
                                     labels=["route", "service", "method", "code"])
         duration = HistogramMetricFamily("gateway_request_duration_seconds",
@@ -78,7 +78,11 @@ class NodeCollector(Collector):
             up.add_metric([u.service, u.target], _buckets(u.duration), u.duration.sum)
             for kind, n in u.errors.items():
                 errors.add_metric([u.service, u.target, kind], n)
-        yield from (total, duration, up, errors)
+        lines = CounterMetricFamily("gateway_access_log_lines", "Access log lines: logged (handed to the "
+                                    "writer) or dropped (its backlog full, or a write failed)", labels=["result"])
+        lines.add_metric(["logged"], access[0])
+        lines.add_metric(["dropped"], access[1])
+        yield from (total, duration, up, errors, lines)
 
     def _features(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

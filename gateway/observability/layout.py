@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
+ACCESS_LOG_NAME = "metrics/access_log"     # CounterArray[2]: lines logged, lines dropped
 REQUESTS_PREFIX = "metrics/requests/"
 UPSTREAM_PREFIX = "metrics/upstream/"
 

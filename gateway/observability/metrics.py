@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from gateway._fast.counters import CounterArray, Histogram
 
 from .layout import (
+    ACCESS_LOG_NAME,
     BUCKETS,
     CODES,
     ERROR_KINDS,
@@ -58,10 +59,12 @@ def _target_cells(buf: Any) -> TargetCells:
     return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES))
 
 
-def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None) -> Recorder:
+def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None,
+                   access_log: str = "off", loop: Any = None) -> Recorder:
     """The Recorder of one runtime: every route's and target's cells, placed through `placer`
-    (private cells without node memory: a runtime built by a test). Raises SharedMemoryFull, so
-    a config whose metrics do not fit is refused at load, never mid-request."""
+    (private cells without node memory: a runtime built by a test), and the process's access log
+    when GATEWAY_ACCESS_LOG is not off. Raises SharedMemoryFull, so a config whose metrics do not
+    fit is refused at load, never mid-request; AccessLogError when the log file cannot be opened."""
     def place(name: str, size: int) -> Any:
         return placer.place(name, size, kind="metrics") if placer is not None else None
 
@@ -91,8 +94,16 @@ def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Place
         table[key] = cells
         return cells
 
-    return Recorder(route_cells, target_cells, unrouted, _METHODS, OTHER_METHOD, _CODES, len(CODES),
-                    _KINDS, late)
+    recorder = Recorder(route_cells, target_cells, unrouted, _METHODS, OTHER_METHOD, _CODES, len(CODES),
+                        _KINDS, late)
+    from .access import process_access_log
+
+    access = process_access_log(access_log, loop)
+    if access is not None:
+        buf = place(ACCESS_LOG_NAME, 16)
+        access.counters = CounterArray(2, buf, 0) if buf is not None else CounterArray(2)
+        recorder.access = access
+    return recorder
 
 
 def _service_of(target: Any, services: Iterable[Any]) -> str | None:
@@ -138,15 +149,19 @@ class UpstreamSeries:
 _ROW = len(CODES)
 
 
-def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[UpstreamSeries]]:
+def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[UpstreamSeries], list[int]]:
     """Every worker's request and upstream counts, summed by construction (one set of cells per
-    label child in node memory). Quarantined objects (dropped by a reload) are left out."""
+    label child in node memory), and the access log's [logged, dropped]. Quarantined objects
+    (dropped by a reload) are left out."""
     requests: list[RequestSeries] = []
     upstream: list[UpstreamSeries] = []
+    access = [0, 0]
     for info in memory.objects():
         if info.quarantined:
             continue
-        if info.name.startswith(REQUESTS_PREFIX) and info.size == REQUESTS_SIZE:
+        if info.name == ACCESS_LOG_NAME and info.size == 16:
+            access = memory.view_of(info).cast("Q").tolist()
+        elif info.name.startswith(REQUESTS_PREFIX) and info.size == REQUESTS_SIZE:
             labels = split_name(info.name, REQUESTS_PREFIX)
             if labels is None:
                 continue
@@ -167,4 +182,4 @@ def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[
             view = memory.view_of(info)
             errors = dict(zip(ERROR_KINDS, view[_HIST_BYTES:].cast("Q").tolist(), strict=True))
             upstream.append(UpstreamSeries(*labels, HistogramValue(view[:_HIST_BYTES]), errors))
-    return requests, upstream
+    return requests, upstream, access

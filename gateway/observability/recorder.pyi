@@ -15,6 +15,7 @@ class TargetCells:
     def __init__(self, duration: Histogram, errors: CounterArray) -> None: ...
 
 class Recorder:
+    access: Callable[[RequestContext], None] | None
     def __init__(self, routes: dict[Any, RouteCells], targets: dict[Any, TargetCells], unrouted: RouteCells,
                  methods: dict[bytes, int], other_method: int, codes: list[int], ncodes: int,
                  kinds: dict[str, int], late: Callable[[Any, bool], Any] | None = None) -> None: ...

@@ -7,8 +7,13 @@
 # answered, one more observation or one error add. No allocation, no lock, no Python-level call.
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+import logging
+
 from gateway._fast.counters cimport CounterArray, Histogram
 from gateway.pipeline.context cimport RequestContext
+
+
+_log = logging.getLogger("gateway.access")
 
 
 cdef inline double _now() noexcept:
@@ -62,6 +67,9 @@ cdef class Recorder:
     cdef Py_ssize_t other_code
     cdef dict kinds
     cdef object late
+    # The process's access log (gateway/observability/access.py) or None: called with the context
+    # after the counts, from the same call, so the data plane has one hook per exchange.
+    cdef public object access
 
     def __init__(self, dict routes, dict targets, RouteCells unrouted, dict methods,
                  Py_ssize_t other_method, list codes, Py_ssize_t ncodes, dict kinds, late=None):
@@ -78,9 +86,18 @@ cdef class Recorder:
             self.codes[i] = codes[i]
         self.kinds = kinds
         self.late = late
+        self.access = None
 
     def observe(self, RequestContext ctx not None):
-        """One exchange is over (its last byte sent, or the client gone): count it."""
+        """One exchange is over (its last byte sent, or the client gone): count it, log it."""
+        self._count(ctx)
+        if self.access is not None:
+            try:
+                self.access(ctx)
+            except Exception:   # the log must never break an exchange
+                _log.exception("access log: a line could not be written")
+
+    cdef int _count(self, RequestContext ctx) except -1:
         cdef RouteCells cells
         cdef TargetCells tcells
         cdef int status = ctx.status
@@ -94,7 +111,7 @@ cdef class Recorder:
             if found is None:
                 found = self._late(route, True)
                 if found is None:
-                    return
+                    return 0
             cells = <RouteCells>found
         m = self.methods.get(ctx.method)
         row = self.other_method if m is None else <Py_ssize_t>m
@@ -105,12 +122,12 @@ cdef class Recorder:
             cells.duration.c_observe(_now() - start)
         target = ctx.upstream_target
         if target is None or ctx.upstream_start == 0.0:
-            return
+            return 0
         found = self.targets.get(target)
         if found is None:
             found = self._late(target, False)
             if found is None:
-                return
+                return 0
         tcells = <TargetCells>found
         kind = ctx.upstream_error
         if kind is None:
@@ -120,6 +137,7 @@ cdef class Recorder:
             k = self.kinds.get(kind)
             if k is not None:
                 tcells.errors.add(<Py_ssize_t>k, 1)
+        return 0
 
     cdef object _late(self, object key, bint is_route):
         if self.late is None:

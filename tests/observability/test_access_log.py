@@ -1,0 +1,123 @@
+"""GATEWAY_ACCESS_LOG: JSON lines parsed back, several workers into one file, reopen for rotation,
+a bounded backlog with drops counted."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from gateway.config.env import EnvError, load_settings
+from gateway.observability import access as access_mod
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    gateway,
+    http_get,
+    routes_toml,
+    upstream,
+    wait_until,
+    worker_pids,
+)
+
+
+def lines(path) -> list[dict]:
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_every_request_is_one_parsed_line_from_two_workers(gateway, upstream, tmp_path) -> None:  # noqa: F811
+    path = tmp_path / "access.log"
+    gw = gateway(routes_toml(upstream.url, ["/api"]), env={"GATEWAY_WORKERS": "2", "GATEWAY_ACCESS_LOG": str(path)})
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    ids = []
+    for i in range(20):
+        conn_status, headers, _ = http_get(gw.port, f"/api/item/{i}?token=secret")
+        assert conn_status == 200
+        ids.append(headers["x-request-id"])
+    assert http_get(gw.port, "/missing")[0] == 404
+    got = wait_until(lambda: len(x := lines(path)) == 21 and x, timeout=10)
+    assert isinstance(got, list)
+    by_id = {rec["request_id"]: rec for rec in got}
+    for i, rid in enumerate(ids):
+        rec = by_id[rid]
+        assert rec["method"] == "GET" and rec["status"] == 200
+        assert rec["path"] == f"/api/item/{i}"              # never the query string
+        assert rec["route"] == "api" and rec["service"] == "up" and rec["target"] == upstream.url
+        assert rec["client_ip"] == "127.0.0.1"
+        assert len(rec["trace_id"]) == 32
+        assert rec["bytes_out"] > 0 and 0 <= rec["upstream_duration"] <= rec["duration"] < 10
+        assert rec["time"].endswith("Z")
+    assert "secret" not in path.read_text()
+    missing = [r for r in got if r["status"] == 404]
+    assert len(missing) == 1 and missing[0]["route"] is None
+    body = http_get(gw.admin_port, "/metrics")[2].decode()
+    assert 'gateway_access_log_lines_total{result="logged"} 21.0' in body
+    assert 'gateway_access_log_lines_total{result="dropped"} 0.0' in body
+    assert gw.stop() == 0
+
+
+def test_sighup_and_sigusr1_reopen_the_file_for_rotation(gateway, upstream, tmp_path) -> None:  # noqa: F811
+    path = tmp_path / "access.log"
+    gw = gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_WORKERS": "2", "GATEWAY_ACCESS_LOG": str(path)})
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    for sig, name in ((signal.SIGHUP, "rot1"), (signal.SIGUSR1, "rot2")):
+        assert http_get(gw.port, f"/{name}-before")[0] == 200
+        wait_until(lambda name=name: path.exists() and f"{name}-before" in path.read_text())
+        os.rename(path, tmp_path / name)
+        gw.send_signal(sig)
+        # After the signal every worker writes to a fresh file under the configured name.
+        def after(name: str = name) -> bool:
+            http_get(gw.port, f"/{name}-after")
+            return path.exists() and f"{name}-after" in path.read_text()
+        wait_until(after, timeout=10, interval=0.3)
+        assert f"{name}-after" not in (tmp_path / name).read_text().split(f"{name}-before")[0]
+    assert gw.stop() == 0
+
+
+def test_a_bad_destination_exits_2_naming_the_variable() -> None:
+    with pytest.raises(EnvError) as exc:
+        load_settings({"GATEWAY_ACCESS_LOG": "stdrr"})
+    assert "GATEWAY_ACCESS_LOG" in str(exc.value)
+    for ok in ("off", "stdout", "stderr", "/tmp/x.log"):
+        assert load_settings({"GATEWAY_ACCESS_LOG": ok}).access_log == ok
+
+
+def test_an_unopenable_file_stops_startup_naming_the_variable(gateway, upstream, tmp_path) -> None:  # noqa: F811
+    from tests.support.gateway_proc import GatewayError
+    with pytest.raises(GatewayError) as exc:
+        gateway(routes_toml(upstream.url, ["/"]), env={"GATEWAY_ACCESS_LOG": str(tmp_path / "no" / "dir.log")})
+    assert "GATEWAY_ACCESS_LOG" in str(exc.value)
+
+
+def _ctx(i: int) -> SimpleNamespace:
+    return SimpleNamespace(traceparent=b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01", route=None, service=None,
+                           upstream_target=None, start=time.monotonic(), upstream_start=0.0, upstream_end=0.0,
+                           request_id=b"r%d" % i, client_ip="10.0.0.1", method=b"GET", path=b"/p", status=200,
+                           bytes_in=0, bytes_out=10, upstream_error=None)
+
+
+def test_a_reader_that_never_reads_costs_bounded_memory_and_counted_drops(monkeypatch) -> None:
+    # stdout is a pipe nobody reads: the writer thread blocks on it; the loop never does, the
+    # backlog stops at MAX_PENDING and every line beyond is dropped and counted.
+    r, w = os.pipe()
+    monkeypatch.setattr(access_mod, "MAX_PENDING", 256 * 1024)
+    monkeypatch.setattr(access_mod, "_open", lambda dest: (w, False))
+    log = access_mod.AccessLog("stdout")
+    try:
+        started = time.monotonic()
+        for i in range(20000):
+            log(_ctx(i))
+        log.flush()
+        assert time.monotonic() - started < 10       # never waited on the pipe
+        assert log.dropped > 0 and log.written > 0
+        assert log.writer.pending <= access_mod.MAX_PENDING
+        assert log.written + log.dropped == 20000
+    finally:
+        os.close(r)       # the blocked write fails (EPIPE): the thread ends
+        log.close(timeout=5)
+        os.close(w)
