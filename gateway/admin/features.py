@@ -63,6 +63,15 @@ def _observability(routes: AdminRoutes, ctx: AdminContext) -> None:
 FEATURES.append(_observability)
 
 
+def _alert_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.observability.webhooks import metric_samples
+
+    return metric_samples(ctx)
+
+
+METRIC_SOURCES.append(_alert_metrics)
+
+
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
     for install in FEATURES:
         install(routes, ctx)

@@ -389,7 +389,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "reuse_port": (_switch("shared", "exclusive"), None),
     "access_log": (_log_dest, None),
     "audit_log": (_log_dest, _audit_gate),
-    "alert_webhooks": (_urls(("https", "http")), _refuse_any),
+    "alert_webhooks": (_urls(("https", "http")), None),
     "alert_secret": (_text, None),
     "tracing": (_switch("on", "off"), _refuse_true),
 }
