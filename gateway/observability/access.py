@@ -1,9 +1,10 @@
 """The access log (GATEWAY_ACCESS_LOG = off | stdout | stderr | a file path): one JSON line per
 request, written by a thread so that a slow disk or a reader that stops never stalls the loop.
 
-Per request (called by the Recorder at the end of the exchange) the line is encoded with orjson
-and appended to a buffer; the buffer goes to the writer thread when it holds FLUSH_BYTES, or at
-the next tick (every FLUSH_INTERVAL seconds, one timer per process). The thread's backlog is
+Per request the Recorder (recorder.pyx, at the end of the exchange) formats the line in C into a
+LineBuffer (the route and target parts JSON-encoded once at config load, with orjson); the buffer
+goes to the writer thread when it holds FLUSH_BYTES, or at the next tick (every FLUSH_INTERVAL
+seconds, one timer per process). The thread's backlog is
 bounded (MAX_PENDING bytes): when it is full, lines are dropped and counted (node memory,
 `gateway_access_log_lines_total{result="dropped"}`) rather than held without bound or waited for.
 
@@ -23,10 +24,7 @@ import logging
 import os
 import queue
 import threading
-import time
 from typing import Any
-
-import orjson
 
 log = logging.getLogger("gateway.access")
 
@@ -100,18 +98,19 @@ class _Writer(threading.Thread):
 
 
 class AccessLog:
-    """One per process; `__call__(ctx)` is the per-request entry (loop thread only)."""
+    """One per process. The Recorder (recorder.pyx) formats each request's line into `lines` and
+    calls `flush()` once `flush_bytes` are buffered; a timer flushes the rest every FLUSH_INTERVAL."""
 
     def __init__(self, dest: str, loop: Any = None) -> None:
+        from .recorder import LineBuffer
+
         fd, owned = _open(dest)
         self.dest = dest
-        self.buf: list[bytes] = []
-        self.buf_bytes = 0
+        self.lines = LineBuffer()
+        self.flush_bytes = FLUSH_BYTES
         self.dropped = 0
         self.written = 0
-        self.counters: Any = None     # CounterArray [written, dropped] in node memory, set per runtime
-        self._sec = -1
-        self._sec_text = ""
+        self.counters: Any = None     # CounterArray [logged, dropped] in node memory, set per runtime
         self.writer = _Writer(dest, fd, owned)
         self.writer.start()
         self.loop = loop
@@ -119,50 +118,12 @@ class AccessLog:
         if loop is not None:
             self._timer = loop.call_later(FLUSH_INTERVAL, self._tick)
 
-    # --- per request --------------------------------------------------------------------------------
-    def __call__(self, ctx: Any) -> None:
-        now = time.time()
-        sec = int(now)
-        if sec != self._sec:
-            self._sec = sec
-            self._sec_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        tp = ctx.traceparent
-        route = ctx.route
-        target = ctx.upstream_target
-        start = ctx.start
-        up_start, up_end = ctx.upstream_start, ctx.upstream_end
-        rec = {
-            "time": f"{self._sec_text}.{int((now - sec) * 1000):03d}Z",
-            "request_id": ctx.request_id.decode("ascii", "replace") if ctx.request_id else None,
-            "trace_id": tp[3:35].decode("ascii", "replace") if tp else None,
-            "client_ip": ctx.client_ip,
-            "method": ctx.method.decode("latin-1") if ctx.method else None,
-            "path": ctx.path.decode("utf-8", "backslashreplace") if ctx.path else None,
-            "route": route.name if route is not None else None,
-            "service": ctx.service.name if ctx.service is not None else None,
-            "target": target.url if target is not None else None,
-            "status": ctx.status or 499,
-            "bytes_in": ctx.bytes_in,
-            "bytes_out": ctx.bytes_out,
-            "duration": round(time.monotonic() - start, 6) if start else None,
-            "upstream_duration": round(up_end - up_start, 6) if up_start and up_end else None,
-        }
-        if ctx.upstream_error is not None:
-            rec["upstream_error"] = ctx.upstream_error
-        line = orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
-        self.buf.append(line)
-        self.buf_bytes += len(line)
-        if self.buf_bytes >= FLUSH_BYTES:
-            self.flush()
-
     # --- buffer → thread -----------------------------------------------------------------------------
     def flush(self) -> None:
-        if not self.buf:
+        lines = self.lines.lines
+        if not lines:
             return
-        lines = len(self.buf)
-        data = b"".join(self.buf)
-        self.buf = []
-        self.buf_bytes = 0
+        data = self.lines.take()
         w = self.writer
         with w.lock:
             fits = w.pending + len(data) <= MAX_PENDING

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from gateway._fast.counters import CounterArray, Histogram
 
 from .layout import (
@@ -47,16 +49,19 @@ _METHODS = {m.encode(): i for i, m in enumerate(METHODS[:OTHER_METHOD])}
 _CODES = code_table()
 
 
-def _route_cells(buf: Any) -> RouteCells:
+def _route_cells(buf: Any, route: str | None, service: str | None) -> RouteCells:
+    # The access log's part for this route, JSON-encoded once here (recorder.pyx copies it).
+    frag = b',"route":' + orjson.dumps(route) + b',"service":' + orjson.dumps(service)
     if buf is None:
-        return RouteCells(CounterArray(REQUESTS_COUNTS), Histogram(BUCKETS))
-    return RouteCells(CounterArray(REQUESTS_COUNTS, buf, 0), Histogram(BUCKETS, buf, 8 * REQUESTS_COUNTS))
+        return RouteCells(CounterArray(REQUESTS_COUNTS), Histogram(BUCKETS), frag)
+    return RouteCells(CounterArray(REQUESTS_COUNTS, buf, 0), Histogram(BUCKETS, buf, 8 * REQUESTS_COUNTS), frag)
 
 
-def _target_cells(buf: Any) -> TargetCells:
+def _target_cells(buf: Any, url: str) -> TargetCells:
+    frag = b',"target":' + orjson.dumps(url)
     if buf is None:
-        return TargetCells(Histogram(BUCKETS), CounterArray(len(ERROR_KINDS)))
-    return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES))
+        return TargetCells(Histogram(BUCKETS), CounterArray(len(ERROR_KINDS)), frag)
+    return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES), frag)
 
 
 def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None,
@@ -71,11 +76,13 @@ def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Place
     route_cells: dict[Any, RouteCells] = {}
     target_cells: dict[Any, TargetCells] = {}
     for route in routes:
-        route_cells[route] = _route_cells(place(requests_name(route.name, route.service.name), REQUESTS_SIZE))
+        route_cells[route] = _route_cells(place(requests_name(route.name, route.service.name), REQUESTS_SIZE),
+                                          route.name, route.service.name)
     for service in services:
         for target in service.targets:
-            target_cells[target] = _target_cells(place(upstream_name(service.name, target.url), UPSTREAM_SIZE))
-    unrouted = _route_cells(place(requests_name("", ""), REQUESTS_SIZE))
+            target_cells[target] = _target_cells(place(upstream_name(service.name, target.url), UPSTREAM_SIZE),
+                                                 target.url)
+    unrouted = _route_cells(place(requests_name("", ""), REQUESTS_SIZE), None, None)
 
     def late(key: Any, is_route: bool) -> Any:
         # Rare: once per object, then found in the dict. Placing revives a quarantined name with
@@ -85,12 +92,13 @@ def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Place
         if len(table) >= LATE_MAX:
             return None
         if is_route:
-            cells: Any = _route_cells(place(requests_name(key.name, key.service.name), REQUESTS_SIZE))
+            cells: Any = _route_cells(place(requests_name(key.name, key.service.name), REQUESTS_SIZE),
+                                      key.name, key.service.name)
         else:
             owner = _service_of(key, services)
             if owner is None:
                 return None
-            cells = _target_cells(place(upstream_name(owner, key.url), UPSTREAM_SIZE))
+            cells = _target_cells(place(upstream_name(owner, key.url), UPSTREAM_SIZE), key.url)
         table[key] = cells
         return cells
 

@@ -7,15 +7,24 @@ from gateway.pipeline.context import RequestContext
 class RouteCells:
     counts: CounterArray
     duration: Histogram
-    def __init__(self, counts: CounterArray, duration: Histogram) -> None: ...
+    frag: bytes
+    def __init__(self, counts: CounterArray, duration: Histogram, frag: bytes = b"") -> None: ...
 
 class TargetCells:
     duration: Histogram
     errors: CounterArray
-    def __init__(self, duration: Histogram, errors: CounterArray) -> None: ...
+    frag: bytes
+    def __init__(self, duration: Histogram, errors: CounterArray, frag: bytes = b"") -> None: ...
+
+class LineBuffer:
+    lines: int
+    def __init__(self, cap: int = ...) -> None: ...
+    @property
+    def size(self) -> int: ...
+    def take(self) -> bytes: ...
 
 class Recorder:
-    access: Callable[[RequestContext], None] | None
+    access: Any
     def __init__(self, routes: dict[Any, RouteCells], targets: dict[Any, TargetCells], unrouted: RouteCells,
                  methods: dict[bytes, int], other_method: int, codes: list[int], ncodes: int,
                  kinds: dict[str, int], late: Callable[[Any, bool], Any] | None = None) -> None: ...

@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from gateway.config.env import EnvError, load_settings
 from gateway.observability import access as access_mod
+from gateway.observability.metrics import build_recorder
+from gateway.pipeline.context import RequestContext
 from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
     gateway,
     http_get,
@@ -94,11 +95,32 @@ def test_an_unopenable_file_stops_startup_naming_the_variable(gateway, upstream,
     assert "GATEWAY_ACCESS_LOG" in str(exc.value)
 
 
-def _ctx(i: int) -> SimpleNamespace:
-    return SimpleNamespace(traceparent=b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01", route=None, service=None,
-                           upstream_target=None, start=time.monotonic(), upstream_start=0.0, upstream_end=0.0,
-                           request_id=b"r%d" % i, client_ip="10.0.0.1", method=b"GET", path=b"/p", status=200,
-                           bytes_in=0, bytes_out=10, upstream_error=None)
+def _ctx(i: int, path: bytes = b"/p") -> RequestContext:
+    ctx = RequestContext()
+    ctx.traceparent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    ctx.start = time.monotonic()
+    ctx.request_id = b"r%d" % i
+    ctx.client_ip = "10.0.0.1"
+    ctx.method = b"GET"
+    ctx.path = path
+    ctx.status = 200
+    ctx.bytes_out = 10
+    return ctx
+
+
+def test_lines_are_valid_json_whatever_the_path_bytes(tmp_path) -> None:
+    path = tmp_path / "a.log"
+    log = access_mod.AccessLog(str(path))
+    rec = build_recorder([], [], None)
+    rec.access = log
+    nasty = [b'/a"b\\c', b"/\x00\x1f\x7f", b"/caf\xc3\xa9", b"/\xff\xfe", b"/ok"]
+    for i, p in enumerate(nasty):
+        rec.observe(_ctx(i, p))
+    log.close()
+    got = lines(path)
+    assert [r["path"] for r in got] == [p.decode("latin-1") for p in nasty]
+    assert got[0]["route"] is None and got[0]["target"] is None and got[0]["status"] == 200
+    assert got[0]["trace_id"] == "a" * 32 and got[0]["request_id"] == "r0"
 
 
 def test_a_reader_that_never_reads_costs_bounded_memory_and_counted_drops(monkeypatch) -> None:
@@ -108,10 +130,12 @@ def test_a_reader_that_never_reads_costs_bounded_memory_and_counted_drops(monkey
     monkeypatch.setattr(access_mod, "MAX_PENDING", 256 * 1024)
     monkeypatch.setattr(access_mod, "_open", lambda dest: (w, False))
     log = access_mod.AccessLog("stdout")
+    rec = build_recorder([], [], None)
+    rec.access = log
     try:
         started = time.monotonic()
         for i in range(20000):
-            log(_ctx(i))
+            rec.observe(_ctx(i))
         log.flush()
         assert time.monotonic() - started < 10       # never waited on the pipe
         assert log.dropped > 0 and log.written > 0
