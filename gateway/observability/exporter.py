@@ -146,6 +146,19 @@ def _node_process() -> Iterable[Metric]:
         yield m
 
 
+def client_allowed(allow: tuple[Any, ...], client_ip: str | None) -> bool:
+    """Whether the TCP peer is in GATEWAY_METRICS_ALLOW (an IPv4-mapped IPv6 peer as its IPv4)."""
+    if client_ip is None:
+        return False
+    try:
+        addr = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped     # an IPv4 client of a dual-stack listener
+    return any(addr.version == net.version and addr in net for net in allow)
+
+
 class MetricsEndpoint:
     """The /metrics handler: the allow-list, then one collection."""
 
@@ -157,15 +170,7 @@ class MetricsEndpoint:
         self.registry.register(ProcessCollector(registry=None))
 
     def allowed(self, client_ip: str | None) -> bool:
-        if client_ip is None:
-            return False
-        try:
-            addr = ipaddress.ip_address(client_ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped     # an IPv4 client of a dual-stack listener
-        return any(addr.version == net.version and addr in net for net in self.allow)
+        return client_allowed(self.allow, client_ip)
 
     def __call__(self, req: AdminRequest) -> Any:
         from gateway.admin.api import AdminResponse, error_response
@@ -176,6 +181,7 @@ class MetricsEndpoint:
 
 
 def install(routes: AdminRoutes, ctx: AdminContext) -> None:
+    """GET /metrics, GET /status and GET /dashboard."""
     from gateway.admin.features import METRIC_SOURCES
 
     routes.add("GET", "/metrics", MetricsEndpoint(ctx, METRIC_SOURCES), tag="observability",
@@ -183,3 +189,39 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
                responses={"200": {"description": "Prometheus text format 0.0.4",
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
                           "403": {"description": "the client is not in GATEWAY_METRICS_ALLOW"}})
+    install_status(routes, ctx)
+
+
+def install_status(routes: AdminRoutes, ctx: AdminContext) -> None:
+    """GET /status (JSON) and GET /dashboard (the page that renders it), behind the same
+    allow-list as /metrics: they show the same numbers."""
+    from importlib.resources import files
+
+    from gateway.admin.api import AdminResponse, error_response, json_response
+    from gateway.admin.features import METRIC_SOURCES
+
+    from .status import build_status
+
+    allow = tuple(ctx.settings.metrics_allow)
+    page = files("gateway.observability").joinpath("assets/dashboard.html").read_bytes()
+    # The page is self-contained (no CDN, no external fetch): the policy says so to the browser.
+    csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+           "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'")
+
+    def status(req: AdminRequest) -> Any:
+        if not client_allowed(allow, req.client_ip):
+            return error_response(403, "forbidden", "GATEWAY_METRICS_ALLOW does not include this client")
+        return json_response(build_status(ctx, METRIC_SOURCES), headers=[("Cache-Control", "no-store")])
+
+    def dashboard(req: AdminRequest) -> Any:
+        if not client_allowed(allow, req.client_ip):
+            return error_response(403, "forbidden", "GATEWAY_METRICS_ALLOW does not include this client")
+        return AdminResponse(200, page, "text/html; charset=utf-8",
+                             [("Content-Security-Policy", csp), ("Cache-Control", "no-store")])
+
+    routes.add("GET", "/status", status, tag="observability",
+               summary="Services, targets (health, circuit), routes and limits as JSON (the dashboard's data)")
+    routes.add("GET", "/dashboard", dashboard, tag="observability",
+               summary="Live HTML health dashboard (self-contained, refreshed from /status)",
+               responses={"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}})
+

@@ -8,6 +8,7 @@ supervisor, which has no runtime) finds them by name:
                                        + Histogram(BUCKETS)                     request duration
   metrics/upstream/<service>/<target>  Histogram(BUCKETS)                       upstream duration
                                        + CounterArray[len(ERROR_KINDS)]         upstream errors by kind
+                                       + [last answer, last failure]            CLOCK_MONOTONIC us
 
 Names percent-encode their parts (route and service names, target URLs): a name splits back into
 its label values without ambiguity. Requests no route matched count under route "" service "".
@@ -67,7 +68,7 @@ def _hist_nbytes() -> int:
 
 REQUESTS_COUNTS = len(METHODS) * len(CODES)
 REQUESTS_SIZE = 8 * REQUESTS_COUNTS + _hist_nbytes()     # counts first, then the histogram
-UPSTREAM_SIZE = _hist_nbytes() + 8 * len(ERROR_KINDS)    # histogram first, then the errors
+UPSTREAM_SIZE = _hist_nbytes() + 8 * len(ERROR_KINDS) + 16    # histogram, errors, marks
 
 
 def requests_name(route: str, service: str) -> str:

@@ -57,11 +57,15 @@ def _route_cells(buf: Any, route: str | None, service: str | None) -> RouteCells
     return RouteCells(CounterArray(REQUESTS_COUNTS, buf, 0), Histogram(BUCKETS, buf, 8 * REQUESTS_COUNTS), frag)
 
 
+_MARKS = _HIST_BYTES + 8 * len(ERROR_KINDS)
+
+
 def _target_cells(buf: Any, url: str) -> TargetCells:
     frag = b',"target":' + orjson.dumps(url)
     if buf is None:
-        return TargetCells(Histogram(BUCKETS), CounterArray(len(ERROR_KINDS)), frag)
-    return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES), frag)
+        return TargetCells(Histogram(BUCKETS), CounterArray(len(ERROR_KINDS)), CounterArray(2), frag)
+    return TargetCells(Histogram(BUCKETS, buf, 0), CounterArray(len(ERROR_KINDS), buf, _HIST_BYTES),
+                       CounterArray(2, buf, _MARKS), frag)
 
 
 def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None,
@@ -148,10 +152,14 @@ class RequestSeries:
 
 
 class UpstreamSeries:
-    __slots__ = ("service", "target", "duration", "errors")
+    """One (service, target): duration histogram, errors by kind, and when it last answered and
+    last failed (CLOCK_MONOTONIC seconds, 0.0 = never)."""
+    __slots__ = ("service", "target", "duration", "errors", "last_ok", "last_error")
 
-    def __init__(self, service: str, target: str, duration: HistogramValue, errors: dict[str, int]):
+    def __init__(self, service: str, target: str, duration: HistogramValue, errors: dict[str, int],
+                 last_ok: float = 0.0, last_error: float = 0.0):
         self.service, self.target, self.duration, self.errors = service, target, duration, errors
+        self.last_ok, self.last_error = last_ok, last_error
 
 
 _ROW = len(CODES)
@@ -188,6 +196,7 @@ def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[
             if labels is None:
                 continue
             view = memory.view_of(info)
-            errors = dict(zip(ERROR_KINDS, view[_HIST_BYTES:].cast("Q").tolist(), strict=True))
-            upstream.append(UpstreamSeries(*labels, HistogramValue(view[:_HIST_BYTES]), errors))
+            errors = dict(zip(ERROR_KINDS, view[_HIST_BYTES:_MARKS].cast("Q").tolist(), strict=True))
+            ok, failed = view[_MARKS:].cast("Q").tolist()
+            upstream.append(UpstreamSeries(*labels, HistogramValue(view[:_HIST_BYTES]), errors, ok / 1e6, failed / 1e6))
     return requests, upstream, access

@@ -13,8 +13,9 @@ class RouteCells:
 class TargetCells:
     duration: Histogram
     errors: CounterArray
+    marks: CounterArray
     frag: bytes
-    def __init__(self, duration: Histogram, errors: CounterArray, frag: bytes = b"") -> None: ...
+    def __init__(self, duration: Histogram, errors: CounterArray, marks: CounterArray, frag: bytes = b"") -> None: ...
 
 class LineBuffer:
     lines: int

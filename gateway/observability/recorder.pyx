@@ -12,6 +12,7 @@
 # built as a dict and encoded with orjson per request cost more CPU than the whole proxied exchange
 # (bench/results/observability.md).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -56,15 +57,18 @@ cdef class RouteCells:
 
 
 cdef class TargetCells:
-    """One (service, target)'s cells: upstream duration, upstream errors by kind, and its
-    access-log fragment (`,"target":".."`)."""
+    """One (service, target)'s cells: upstream duration, upstream errors by kind, when it last
+    answered and last failed (CLOCK_MONOTONIC microseconds: the /status page's passive health),
+    and its access-log fragment (`,"target":".."`)."""
     cdef public Histogram duration
     cdef public CounterArray errors
+    cdef public CounterArray marks
     cdef public bytes frag
 
-    def __init__(self, Histogram duration, CounterArray errors, bytes frag=b""):
+    def __init__(self, Histogram duration, CounterArray errors, CounterArray marks, bytes frag=b""):
         self.duration = duration
         self.errors = errors
+        self.marks = marks
         self.frag = frag
 
 
@@ -327,10 +331,13 @@ cdef class Recorder:
                 if kind is None:
                     if ctx.upstream_end > 0.0 and ctx.status != 0:
                         tcells.duration.c_observe(ctx.upstream_end - ctx.upstream_start)
+                        # A plain aligned 8-byte store: the latest writer wins, which is the point.
+                        tcells.marks._p[0] = <uint64_t>(ctx.upstream_end * 1e6)
                 else:
                     k = self.kinds.get(kind)
                     if k is not None:
                         tcells.errors.add(<Py_ssize_t>k, 1)
+                        tcells.marks._p[1] = <uint64_t>(_now() * 1e6)
         if self._lines is not None:
             try:
                 self._lines.add(ctx, cells.frag, tcells.frag if tcells is not None else b',"target":null', status)
