@@ -131,5 +131,5 @@ def build_runtime(
     runtime = Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)
     from .observability.metrics import build_recorder
 
-    runtime.metrics = build_recorder(routes, services.values(), placer, settings.access_log, loop)
+    runtime.metrics = build_recorder(routes, services.values(), placer, settings.access_log, loop, settings.tracing)
     return runtime

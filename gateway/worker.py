@@ -446,6 +446,9 @@ async def run_worker(
     from gateway.observability.access import close_process_log
 
     close_process_log()     # the last buffered lines, written before the exit
+    from gateway.observability.tracing import close_process_tracer
+
+    close_process_tracer()  # the last spans, exported before the exit
     if admin_server is not None:
         admin_server.close()
     await state.close()

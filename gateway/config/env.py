@@ -347,6 +347,16 @@ def _audit_gate(value: str) -> None:
         raise _Unsupported("not supported yet (only 'off' or 'stderr')")
 
 
+def _tracing_gate(value: bool) -> None:
+    # The OpenTelemetry SDK is an optional extra: "on" without it is refused at start, not at the
+    # first request.
+    if value:
+        from gateway.observability.tracing import INSTALL_HINT, sdk_available
+
+        if not sdk_available():
+            raise _Bad(INSTALL_HINT)
+
+
 # field name → (parser, gate or None). Defaults come from the Settings dataclass, so Settings()
 # built directly (tests) and load_settings({}) are the same object.
 _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
@@ -391,7 +401,7 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "audit_log": (_log_dest, _audit_gate),
     "alert_webhooks": (_urls(("https", "http")), None),
     "alert_secret": (_text, None),
-    "tracing": (_switch("on", "off"), _refuse_true),
+    "tracing": (_switch("on", "off"), _tracing_gate),
 }
 
 VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in _VARS)

@@ -59,7 +59,7 @@ class NodeCollector(Collector):
 
     def _requests(self) -> Iterator[Metric]:
         memory = self.ctx.state.memory if self.ctx.state is not None else None
-        requests, upstream, access = read_request_metrics(memory) if memory is not None else ([], [], [0, 0])
+        requests, upstream, extra = read_request_metrics(memory) if memory is not None else ([], [], {})
         total = CounterMetricFamily("gateway_requests", "Requests answered, by route, service, method and status code",
                                     labels=["route", "service", "method", "code"])
         duration = HistogramMetricFamily("gateway_request_duration_seconds",
@@ -80,9 +80,15 @@ class NodeCollector(Collector):
                 errors.add_metric([u.service, u.target, kind], n)
         lines = CounterMetricFamily("gateway_access_log_lines", "Access log lines: logged (handed to the "
                                     "writer) or dropped (its backlog full, or a write failed)", labels=["result"])
-        lines.add_metric(["logged"], access[0])
-        lines.add_metric(["dropped"], access[1])
-        yield from (total, duration, up, errors, lines)
+        logged, dropped = extra.get("access_log", [0, 0])
+        lines.add_metric(["logged"], logged)
+        lines.add_metric(["dropped"], dropped)
+        spans = CounterMetricFamily("gateway_tracing_spans", "Spans handed to the OTLP exporter: exported, "
+                                    "or dropped (export failed: collector down or refusing)", labels=["result"])
+        exported, lost = extra.get("tracing", [0, 0])
+        spans.add_metric(["exported"], exported)
+        spans.add_metric(["dropped"], lost)
+        yield from (total, duration, up, errors, lines, spans)
 
     def _features(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 from urllib.parse import quote, unquote
 
 ACCESS_LOG_NAME = "metrics/access_log"     # CounterArray[2]: lines logged, lines dropped
+TRACING_NAME = "metrics/tracing"           # CounterArray[2]: spans exported, spans dropped
 REQUESTS_PREFIX = "metrics/requests/"
 UPSTREAM_PREFIX = "metrics/upstream/"
 

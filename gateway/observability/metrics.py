@@ -25,6 +25,7 @@ from .layout import (
     REQUESTS_COUNTS,
     REQUESTS_PREFIX,
     REQUESTS_SIZE,
+    TRACING_NAME,
     UPSTREAM_PREFIX,
     UPSTREAM_SIZE,
     code_table,
@@ -69,7 +70,7 @@ def _target_cells(buf: Any, url: str) -> TargetCells:
 
 
 def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Placer | None,
-                   access_log: str = "off", loop: Any = None) -> Recorder:
+                   access_log: str = "off", loop: Any = None, tracing: bool = False) -> Recorder:
     """The Recorder of one runtime: every route's and target's cells, placed through `placer`
     (private cells without node memory: a runtime built by a test), and the process's access log
     when GATEWAY_ACCESS_LOG is not off. Raises SharedMemoryFull, so a config whose metrics do not
@@ -115,6 +116,13 @@ def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Place
         buf = place(ACCESS_LOG_NAME, 16)
         access.counters = CounterArray(2, buf, 0) if buf is not None else CounterArray(2)
         recorder.access = access
+    from .tracing import process_tracer
+
+    tracer = process_tracer(tracing)
+    if tracer is not None:
+        buf = place(TRACING_NAME, 16)
+        tracer.counters = CounterArray(2, buf, 0) if buf is not None else CounterArray(2)
+        recorder.tracer = tracer
     return recorder
 
 
@@ -165,18 +173,18 @@ class UpstreamSeries:
 _ROW = len(CODES)
 
 
-def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[UpstreamSeries], list[int]]:
+def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[UpstreamSeries], dict[str, list[int]]]:
     """Every worker's request and upstream counts, summed by construction (one set of cells per
-    label child in node memory), and the access log's [logged, dropped]. Quarantined objects
-    (dropped by a reload) are left out."""
+    label child in node memory), and {"access_log": [logged, dropped], "tracing": [exported,
+    dropped]}. Quarantined objects (dropped by a reload) are left out."""
     requests: list[RequestSeries] = []
     upstream: list[UpstreamSeries] = []
-    access = [0, 0]
+    extra = {"access_log": [0, 0], "tracing": [0, 0]}
     for info in memory.objects():
         if info.quarantined:
             continue
-        if info.name == ACCESS_LOG_NAME and info.size == 16:
-            access = memory.view_of(info).cast("Q").tolist()
+        if info.name in (ACCESS_LOG_NAME, TRACING_NAME) and info.size == 16:
+            extra[info.name.split("/")[1]] = memory.view_of(info).cast("Q").tolist()
         elif info.name.startswith(REQUESTS_PREFIX) and info.size == REQUESTS_SIZE:
             labels = split_name(info.name, REQUESTS_PREFIX)
             if labels is None:
@@ -199,4 +207,4 @@ def read_request_metrics(memory: NodeMemory) -> tuple[list[RequestSeries], list[
             errors = dict(zip(ERROR_KINDS, view[_HIST_BYTES:_MARKS].cast("Q").tolist(), strict=True))
             ok, failed = view[_MARKS:].cast("Q").tolist()
             upstream.append(UpstreamSeries(*labels, HistogramValue(view[:_HIST_BYTES]), errors, ok / 1e6, failed / 1e6))
-    return requests, upstream, access
+    return requests, upstream, extra

@@ -266,6 +266,8 @@ cdef class Recorder:
     cdef object _access
     cdef LineBuffer _lines
     cdef Py_ssize_t _flush_bytes
+    # GATEWAY_TRACING=on: the process's Tracer (gateway/observability/tracing.py), called last.
+    cdef public object tracer
 
     def __init__(self, dict routes, dict targets, RouteCells unrouted, dict methods,
                  Py_ssize_t other_method, list codes, Py_ssize_t ncodes, dict kinds, late=None):
@@ -284,6 +286,7 @@ cdef class Recorder:
         self.late = late
         self._access = None
         self._lines = None
+        self.tracer = None
 
     @property
     def access(self):
@@ -345,6 +348,11 @@ cdef class Recorder:
                     self._access.flush()
             except Exception:   # the log must never break an exchange
                 _log.exception("access log: a line could not be written")
+        if self.tracer is not None:
+            try:
+                self.tracer(ctx)
+            except Exception:   # nor may tracing
+                _log.exception("tracing: a span could not be recorded")
 
     cdef object _late(self, object key, bint is_route):
         if self.late is None:

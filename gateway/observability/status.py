@@ -51,7 +51,7 @@ def _target_id(url: str) -> str:
 
 def build_status(ctx: Any, sources: Iterable[Any]) -> dict[str, Any]:
     memory = ctx.state.memory if ctx.state is not None else None
-    requests, upstream, _ = read_request_metrics(memory) if memory is not None else ([], [], [0, 0])
+    requests, upstream, _ = read_request_metrics(memory) if memory is not None else ([], [], {})
     samples = _feature_samples(ctx, sources)
     health: dict[tuple[str, str], bool] = {}
     circuit: dict[tuple[str, str], str] = {}
