@@ -90,7 +90,7 @@ class Tracer:
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             exporter = OTLPSpanExporter()       # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, ...
-        self.exporter = _Counting(exporter, self)
+        self.exporter = _counting(exporter, self)
         self.processor = BatchSpanProcessor(self.exporter)
         provider.add_span_processor(self.processor)
         self.provider = provider
@@ -183,32 +183,30 @@ class Tracer:
             log.exception("tracing: shutdown failed")
 
 
-class _Counting:
-    """Wraps the exporter to count what it exported and what was lost (collector down...)."""
+def _counting(inner: Any, owner: Tracer) -> Any:
+    """The exporter wrapped to count what it exported and what was lost (collector down...)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    def __init__(self, inner: Any, owner: Tracer) -> None:
-        self.inner = inner
-        self.owner = owner
+    class Counting(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            try:
+                result = inner.export(spans)
+            except Exception as exc:  # noqa: BLE001 - a broken exporter loses spans, never the worker
+                log.warning("tracing: export failed: %s", exc)
+                result = SpanExportResult.FAILURE
+            if result == SpanExportResult.SUCCESS:
+                owner.count(len(spans), 0)
+            else:
+                owner.count(0, len(spans))
+            return result
 
-    def export(self, spans: Any) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
+        def shutdown(self) -> None:
+            inner.shutdown()
 
-        try:
-            result = self.inner.export(spans)
-        except Exception as exc:  # noqa: BLE001 - a broken exporter loses spans, never the worker
-            log.warning("tracing: export failed: %s", exc)
-            result = SpanExportResult.FAILURE
-        if result == SpanExportResult.SUCCESS:
-            self.owner.count(len(spans), 0)
-        else:
-            self.owner.count(0, len(spans))
-        return result
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(getattr(inner, "force_flush", lambda *_: True)(timeout_millis))
 
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return bool(getattr(self.inner, "force_flush", lambda *_: True)(timeout_millis))
+    return Counting()
 
 
 _process_tracer: Tracer | None = None
