@@ -59,8 +59,17 @@ def browser():
 
 
 def health_of(driver, url: str) -> str | None:
-    rows = driver.find_elements("css selector", f'tr[data-target="{url}"]')
-    return rows[0].get_attribute("data-healthy") if rows else None
+    # One script call: the page re-renders its rows every poll, so an element found in one call
+    # may be gone by the next (a stale reference).
+    return driver.execute_script(
+        "const r = [...document.querySelectorAll('tr[data-target]')].find(e => e.dataset.target === arguments[0]);"
+        "return r ? r.dataset.healthy : null;", url)
+
+
+def route_requests(driver, route: str) -> str | None:
+    return driver.execute_script(
+        "const r = [...document.querySelectorAll('tr[data-route]')].find(e => e.dataset.route === arguments[0]);"
+        "return r ? r.cells[6].textContent : null;", route)
 
 
 def test_dashboard_watches_a_target_go_down_and_come_back(gateway, browser, tmp_path) -> None:  # noqa: F811
@@ -79,8 +88,7 @@ def test_dashboard_watches_a_target_go_down_and_come_back(gateway, browser, tmp_
         for _ in range(5):
             assert http_get(gw.port, "/api/x")[0] == 200
         wait_until(lambda: health_of(browser, url) == "healthy", 15)
-        route_row = browser.find_element("css selector", 'tr[data-route="api"]')
-        assert route_row.find_elements("css selector", "td")[6].text == "5"
+        wait_until(lambda: route_requests(browser, "api") == "5", 15)
         browser.save_screenshot(str(shots / "dashboard-healthy.png"))
 
         stop(up)                                    # the target goes down
