@@ -13,6 +13,13 @@ write is one buffer of whole lines) and reopened on SIGHUP and SIGUSR1, so logro
 rename-then-signal works: lines written before the signal go to the renamed file, later ones to a
 fresh file with the configured name.
 
+Who writes: a regular file is appended to by the loop itself, 64 KiB at a time (nginx's way: the
+page cache takes 64 KiB in ~40 us, 0.2 us a line), because handing every buffer to a Python thread
+cost 1.2x the CPU of a request over TCP (the GIL's hand-offs; bench/results/observability.md).
+A write that ever takes longer than STALL moves that log to the writer thread for good, so a disk
+that hangs costs the loop one slow write, never one per flush. stdout and stderr (pipes, terminals:
+a reader that stops would block a write indefinitely) always go through the writer thread.
+
 Fields: time (UTC, ms), request_id, trace_id, client_ip, method, path (without the query string:
 queries carry tokens and personal data too often to log by default), route, service, target,
 status, bytes_in, bytes_out, duration (seconds, head to last byte), upstream_duration, and
@@ -23,7 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger("gateway.access")
@@ -31,6 +40,7 @@ log = logging.getLogger("gateway.access")
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL = 0.5
 MAX_PENDING = 8 * 1024 * 1024     # bytes handed to the thread and not yet written
+STALL = 0.05                      # seconds: a file append slower than this moves the log to the thread
 
 _REOPEN = object()
 _STOP = object()
@@ -111,8 +121,13 @@ class AccessLog:
         self.dropped = 0
         self.written = 0
         self.counters: Any = None     # CounterArray [logged, dropped] in node memory, set per runtime
+        # A regular file is appended to from the loop itself (see the module docstring); anything
+        # else (a pipe, a terminal) goes through the writer thread.
+        self.fd, self.owned = fd, owned
+        self.direct = owned and stat.S_ISREG(os.fstat(fd).st_mode)
         self.writer = _Writer(dest, fd, owned)
-        self.writer.start()
+        if not self.direct:
+            self.writer.start()
         self.loop = loop
         self._timer: Any = None
         if loop is not None:
@@ -124,6 +139,9 @@ class AccessLog:
         if not lines:
             return
         data = self.lines.take()
+        if self.direct:
+            self._append(data, lines)
+            return
         w = self.writer
         with w.lock:
             fits = w.pending + len(data) <= MAX_PENDING
@@ -134,6 +152,28 @@ class AccessLog:
             self._count(lines, 0)
         else:
             self._count(0, lines)
+
+    def _append(self, data: bytes, lines: int) -> None:
+        """One append to a regular file, from the loop: the page cache takes it in tens of
+        microseconds. If the disk ever holds a write longer than STALL (a hung network file
+        system, dirty-page throttling), the log moves to the writer thread for good."""
+        started = time.monotonic()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            log.warning("access log: write to %s failed (%s): %d lines lost", self.dest, exc.strerror, lines)
+            self._count(0, lines)
+            return
+        self._count(lines, 0)
+        took = time.monotonic() - started
+        if took > STALL:
+            log.warning("access log: a write to %s took %.0f ms; writing from a thread from now on",
+                        self.dest, took * 1000)
+            self.direct = False
+            self.writer.fd = self.fd
+            self.writer.start()
 
     def _count(self, written: int, dropped: int) -> None:
         failed, self.writer.failed = self.writer.failed, 0   # lines the thread could not write
@@ -157,6 +197,15 @@ class AccessLog:
     def reopen(self) -> None:
         """SIGHUP / SIGUSR1: what is buffered goes to the current file, later lines to a new one."""
         self.flush()
+        if self.direct:
+            try:
+                fd, _ = _open(self.dest)
+            except AccessLogError as exc:
+                log.error("access log: reopen failed, still writing to the old file: %s", exc)
+                return
+            os.close(self.fd)
+            self.fd = self.writer.fd = fd
+            return
         self.writer.q.put(_REOPEN)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -164,6 +213,10 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
+        if self.direct:
+            if self.owned:
+                os.close(self.fd)
+            return
         self.writer.q.put(_STOP)
         self.writer.join(timeout)
 

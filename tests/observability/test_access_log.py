@@ -145,3 +145,22 @@ def test_a_reader_that_never_reads_costs_bounded_memory_and_counted_drops(monkey
         os.close(r)       # the blocked write fails (EPIPE): the thread ends
         log.close(timeout=5)
         os.close(w)
+
+
+def test_a_regular_file_is_appended_from_the_loop_until_a_write_stalls(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "a.log"
+    log = access_mod.AccessLog(str(path))
+    rec = build_recorder([], [], None)
+    rec.access = log
+    assert log.direct and not log.writer.is_alive()
+    rec.observe(_ctx(1))
+    log.flush()
+    assert [r["request_id"] for r in lines(path)] == ["r1"]      # written by the flush itself
+    monkeypatch.setattr(access_mod, "STALL", 0.0)                 # every write now counts as a stall
+    rec.observe(_ctx(2))
+    log.flush()
+    assert not log.direct and log.writer.is_alive()               # moved to the writer thread
+    rec.observe(_ctx(3))
+    log.close()
+    assert [r["request_id"] for r in lines(path)] == ["r1", "r2", "r3"]
+    assert log.written == 3 and log.dropped == 0
