@@ -43,6 +43,7 @@ DATAPLANE_MODULES = {
     "reader": "gateway.http.reader",          # _ReaderBase: connection state, reads sliced into the parser
     "exchange": "gateway.http.exchange",      # _ExchangeBase: routing, the upstream exchange, second attempts
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: connection life, parser callbacks, timers
+    "recorder": "gateway.observability.recorder",  # request metrics: one call per finished exchange
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

@@ -4,7 +4,10 @@ response back, through the real DownstreamProtocol, Router, Service, pool and Up
 fake transports (tests/http/harness.py). Syscalls and the event loop are excluded, so this is the
 part of compare.py's cpu_us/req that our Python (and Cython) code costs.
 
-    python bench/dataplane_loop.py [--n 200000] [--profile]
+    python bench/dataplane_loop.py [--n 200000] [--profile] [--metrics] [--access-log PATH]
+
+--metrics records every exchange as a gateway does (the runtime's Recorder, private cells);
+--access-log PATH also writes the access log there (implies --metrics).
 
 --profile prints the cProfile top functions (cProfile inflates small calls; use it for shares,
 the plain run for the figure).
@@ -29,8 +32,13 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 26 Nov 2026 
             % (len(BODY), BODY))
 
 
-def run(n: int) -> float:
+def run(n: int, metrics: bool = False, access_log: str | None = None) -> float:
     h = Harness(root=True)
+    if metrics or access_log:
+        from gateway.observability.metrics import build_recorder
+
+        h.worker.runtime.metrics = build_recorder(h.router.routes, [h.service], None, access_log or "off",
+                                                  h.loop)
     h.feed(REQUEST)          # first exchange opens the (fake) upstream connection
     h.respond(RESPONSE)
     up = h.up()
@@ -52,15 +60,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--metrics", action="store_true")
+    ap.add_argument("--access-log", default=None)
     a = ap.parse_args()
     if a.profile:
         import cProfile
         import pstats
         prof = cProfile.Profile()
-        prof.runcall(run, a.n)
+        prof.runcall(run, a.n, a.metrics, a.access_log)
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
-    runs = sorted(run(a.n) for _ in range(5))
+    runs = sorted(run(a.n, a.metrics, a.access_log) for _ in range(5))
     print(f"data plane, one exchange (no syscalls): median {runs[2]:.2f} us  (min {runs[0]:.2f}, max {runs[-1]:.2f})")
     return 0
 

@@ -98,7 +98,7 @@ def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -
 
 
 class Runtime:
-    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "_closed")
+    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "metrics", "_closed")
 
     def __init__(
         self,
@@ -115,6 +115,9 @@ class Runtime:
         self.services = services
         self.pools = pools
         self.placed = placed if placed is not None else set()   # node-memory names this runtime uses
+        # The request metrics' Recorder (gateway/observability): the data plane calls
+        # metrics.observe(ctx) once per finished exchange. None: not recorded (bare runtimes of tests).
+        self.metrics: Any = None
         self._closed = False
 
     def close_unused(self, previous: Runtime | None) -> None:
@@ -208,4 +211,7 @@ def build_runtime(
         from .discovery.wiring import attach_runtime
 
         attach_runtime(runtime, loop, state, placer, previous, factory)
+    from .observability.metrics import build_recorder
+
+    runtime.metrics = build_recorder(routes, services.values(), placer, settings.access_log, loop, settings.tracing)
     return runtime

@@ -501,10 +501,10 @@ class Supervisor:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
 
     def _usr1(self) -> None:
-        # nginx's "reopen the log files": forwarded (each worker handles it); every log goes to
-        # stderr today, so there is nothing to reopen, but SIGUSR1 must never kill the node.
+        # nginx's "reopen the log files": forwarded, each worker reopens its access log file (the
+        # supervisor writes none); SIGUSR1 must never kill the node.
         self._forward(signal.SIGUSR1)
-        log.info("SIGUSR1: forwarded to %d workers (logs go to stderr: nothing to reopen)", len(self.worker_pids()))
+        log.info("SIGUSR1: forwarded to %d workers (they reopen the access log)", len(self.worker_pids()))
 
     def _reload(self) -> None:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker

@@ -363,9 +363,19 @@ def mtime(path: str) -> int | None:
 
 # --- one worker process ----------------------------------------------------------------------------
 def _usr1() -> None:
-    # nginx's "reopen the log files". Every log goes to stderr today, so there is nothing to
-    # reopen; the point is that SIGUSR1 (default action: terminate) never stops the process.
-    log.debug("SIGUSR1: logs go to stderr, nothing to reopen")
+    # nginx's "reopen the log files": the access log file (gateway/observability/access.py) is
+    # reopened; SIGUSR1 (default action: terminate) never stops the process.
+    from gateway.observability.access import reopen_process_log
+
+    reopen_process_log()
+
+
+def _hup(worker: Worker) -> None:
+    # SIGHUP: reload the TOML, and reopen the access log file (logrotate's postrotate signal).
+    from gateway.observability.access import reopen_process_log
+
+    reopen_process_log()
+    worker.reload()
 
 
 def worker_admin_routes(worker: Worker) -> Any:
@@ -442,7 +452,7 @@ async def run_worker(
         await admin_server.start(loop, settings.admin_host, settings.admin_port)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
-    loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    loop.add_signal_handler(signal.SIGHUP, _hup, worker)
     loop.add_signal_handler(signal.SIGUSR1, _usr1)
     # The handlers exist: what arrived while the process started (held since its first
     # instruction, gateway/signals.py) is delivered now: a SIGTERM drains, a SIGHUP reloads.
@@ -460,6 +470,12 @@ async def run_worker(
     await worker.wait_stopped()
     # Held again for the clean-up: a late SIGTERM waits for the exit instead of cutting it short.
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    from gateway.observability.access import close_process_log
+
+    close_process_log()     # the last buffered lines, written before the exit
+    from gateway.observability.tracing import close_process_tracer
+
+    close_process_tracer()  # the last spans, exported before the exit
     if admin_server is not None:
         admin_server.close()
     await state.close()

@@ -31,7 +31,7 @@ class AdminRequest:
                  as text and encoded UTF-8 (what a UTF-8 client would have sent).
     """
 
-    __slots__ = ("method", "path", "query", "headers", "body", "params", "raw_headers")
+    __slots__ = ("method", "path", "query", "headers", "body", "params", "raw_headers", "client_ip")
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class AdminRequest:
             raw_headers = [(k.lower().encode("latin-1", "replace"), v.encode("utf-8", "surrogateescape"))
                            for k, v in headers.items()]
         self.raw_headers = raw_headers
+        self.client_ip: str | None = None   # the peer's address; None for internal callers
 
     def header_values(self, name: bytes) -> list[bytes]:
         """Every value of field `name` (lowercase bytes), as received, in order."""

@@ -80,6 +80,24 @@ def _security_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
 METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_limits_metrics, _security_metrics]
 
 
+def _observability(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.observability.exporter import install
+
+    install(routes, ctx)
+
+
+FEATURES.append(_observability)
+
+
+def _alert_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.observability.webhooks import metric_samples
+
+    return metric_samples(ctx)
+
+
+METRIC_SOURCES.append(_alert_metrics)
+
+
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
     for install in FEATURES:
         install(routes, ctx)

@@ -153,6 +153,7 @@ class AdminProtocol(asyncio.Protocol):
         self.fresh = True           # no head begun yet on this connection
         self.lingering = 0          # > 0 while closing the nginx way: bytes left to read and drop
         self.local: frozenset[IPAddress] = frozenset()  # the address(es) this connection came in on
+        self.peer: str | None = None    # the client's address (for allow-lists such as /metrics)
         # per request being parsed
         self.url = b""
         self.headers: dict[str, str] = {}
@@ -170,6 +171,8 @@ class AdminProtocol(asyncio.Protocol):
         try:
             self.gate = ReadGate(self.transport)  # type: ignore[arg-type]
             self.local = _local_addresses(transport)
+            peer = transport.get_extra_info("peername")
+            self.peer = peer[0] if isinstance(peer, tuple) and peer else None
             # The first head must be complete within GATEWAY_HEADER_TIMEOUT of the accept (nginx's
             # client_header_timeout): a connection that never speaks holds a slot that long at most.
             self.p_deadline = self.loop.time() + self.t_header
@@ -494,4 +497,5 @@ class AdminProtocol(asyncio.Protocol):
         path = (parsed.path or b"/").decode("utf-8", "replace")
         query = (parsed.query or b"").decode("utf-8", "replace")
         req = AdminRequest(method, path, query, self.headers, bytes(self.body), self.raw_headers)
+        req.client_ip = self.peer
         self.queue.append(_Item(req, None, keep_alive, head_only))

@@ -370,20 +370,16 @@ def _no_controls(raw: str, *, secret: bool) -> None:
         raise _Bad(f"expected a value without control characters (CR, LF, NUL...), {shown}")
 
 
-# --- "not supported yet" gates: called with the parsed value; raise _Unsupported to refuse ----------
+# --- gates: called with the parsed value; raise _Unsupported ("not supported yet") or _Bad to refuse -
 
-def _refuse_any(_value: Any) -> None:
-    raise _Unsupported("not supported yet")
-
-
-def _refuse_true(value: bool) -> None:
+def _tracing_gate(value: bool) -> None:
+    # The OpenTelemetry SDK is an optional extra: "on" without it is refused at start, not at the
+    # first request.
     if value:
-        raise _Unsupported("not supported yet")
+        from gateway.observability.tracing import INSTALL_HINT, sdk_available
 
-
-def _refuse_not_off(value: str) -> None:
-    if value != "off":
-        raise _Unsupported("not supported yet (only 'off')")
+        if not sdk_available():
+            raise _Bad(INSTALL_HINT)
 
 
 # field name → (parser, gate or None). Defaults come from the Settings dataclass, so Settings()
@@ -428,11 +424,11 @@ _VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
     "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
     "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
     "reuse_port": (_switch("shared", "exclusive"), None),
-    "access_log": (_log_dest, _refuse_not_off),
+    "access_log": (_log_dest, None),
     "audit_log": (_log_dest, None),
-    "alert_webhooks": (_urls(("https", "http")), _refuse_any),
+    "alert_webhooks": (_urls(("https", "http")), None),
     "alert_secret": (_text, None),
-    "tracing": (_switch("on", "off"), _refuse_true),
+    "tracing": (_switch("on", "off"), _tracing_gate),
 }
 
 VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in _VARS)

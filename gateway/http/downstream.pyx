@@ -29,6 +29,7 @@ the same holds for upstream.pyx, pool.pyx and flow.pyx.
 import asyncio
 import logging
 from collections import deque
+from time import monotonic as _monotonic
 from typing import Any
 
 import httptools
@@ -79,7 +80,9 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.p_feed = self.parser.feed_data
-        self.l_time = worker.loop.time
+        # time.monotonic: the clock of uvloop's loop.time() (CLOCK_MONOTONIC) at full resolution;
+        # loop.time() counts whole milliseconds, too coarse for the 100 us latency buckets.
+        self.l_time = _monotonic
         self.t_write = None
         self.gate = None  # set in connection_made
         self.builder = None

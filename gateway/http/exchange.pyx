@@ -321,8 +321,7 @@ cdef class _ExchangeBase(_ReaderBase):
             self.u_ctx = None
         if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
             self._attempt_end(ctx, None)   # the upstream's response is complete
-        if self._filtered(ctx):
-            ctx.route.chain.run_log(ctx)
+        self._log(ctx)
         if self.closing:
             return 0
         if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
@@ -406,6 +405,10 @@ cdef class _ExchangeBase(_ReaderBase):
         return 0
 
     cdef int _log(self, RequestContext ctx) except -1:
+        """The exchange is over (last byte sent, or the client gone): metrics, then the log phase."""
+        metrics = self.worker.runtime.metrics
+        if metrics is not None:
+            metrics.observe(ctx)   # gateway/observability/recorder.pyx: a few atomic adds
         if self._filtered(ctx):
             ctx.route.chain.run_log(ctx)
         return 0

@@ -268,6 +268,12 @@ class NodeMemory:
             return arena.info(e) if e >= 0 else None
         return self._locked(find)
 
+    def view_of(self, info: ObjectInfo) -> memoryview:
+        """The bytes of an object listed by objects() or info(), for a reader that never placed it
+        (the metrics exporter in the supervisor). Reading takes no lock: a freed object's bytes
+        stay untouched for the quarantine's grace."""
+        return self._view[info.offset:info.offset + info.size]
+
     def verify(self) -> None:
         """Check every invariant of the metadata (tests, diagnostics); NodeMemoryCorrupt if one
         fails."""

@@ -53,6 +53,9 @@ def make_control_plane(loop: asyncio.AbstractEventLoop, settings: Settings, inst
                        hub: EventHub | None = None) -> ControlPlane:
     """The node's ControlPlane, with the Redis store when GATEWAY_REDIS_URL is set."""
     hub = hub if hub is not None else EventHub(instance)
+    from gateway.observability.webhooks import attach
+
+    attach(hub, loop, settings)     # GATEWAY_ALERT_WEBHOOKS: a sink that POSTs each delivered event
     if not settings.redis_url:
         return ControlPlane(loop, hub)
     url = settings.redis_url

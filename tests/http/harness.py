@@ -114,7 +114,7 @@ class FakeWorker:
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: Settings, router: Router) -> None:
         self.loop = loop
         self.settings = settings
-        self.runtime = type("R", (), {"router": router})()
+        self.runtime = type("R", (), {"router": router, "metrics": None})()
         self.draining = False
         self.connections: set[Any] = set()
 

@@ -1,0 +1,230 @@
+"""GATEWAY_TRACING=on: one span per request exported with the OpenTelemetry SDK (an optional extra:
+`pip install 'gateway[otel]'`), configured by the standard OTEL_* variables (endpoint, headers,
+service name, sampler: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG).
+
+The span is made at the end of the exchange, from the same Recorder call as the metrics and the
+access log, with the request's own start and end times:
+- its trace id and span id are the ones the data plane already sent upstream in `traceparent`, so
+  the upstream's spans are its children and a trace continued from the client keeps its trace id;
+- attributes: http.request.method, url.path, http.response.status_code, http.route,
+  gateway.service, server.address (the target URL), gateway.request_id, error.type (the upstream
+  failure kind), bytes in and out;
+- a child span "upstream" covers the upstream attempt (connect to its last byte). Filters that
+  time their own phase (auth, rate limit) add `(name, start, end)` tuples, CLOCK_MONOTONIC seconds,
+  to ctx.vars["phases"]: each becomes a child span too.
+
+Export never blocks the loop: a BatchSpanProcessor queues finished spans (bounded,
+OTEL_BSP_MAX_QUEUE_SIZE, default 2048) for its own thread; spans that do not fit, or whose export
+fails (collector down), are dropped and counted (`gateway_tracing_spans_total{result}` is kept per
+worker process in node memory).
+
+Limit: the data plane keeps the client's trace id and flags but not its parent span id, so the
+gateway's span is a root span inside the client's trace (linked to it by the trace id), not a child
+of the client's span; the sampler sees a root span (ParentBased falls back to its root sampler).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("gateway.tracing")
+
+INSTALL_HINT = "GATEWAY_TRACING=on needs the OpenTelemetry SDK: pip install 'gateway[otel]'"
+
+
+def sdk_available() -> bool:
+    try:
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Ids(threading.local):
+    trace_id = 0
+    span_id = 0
+
+
+def _make_id_generator() -> Any:
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+
+    class GatewayIds(IdGenerator):
+        """Hands out the ids the data plane chose (once), random ones otherwise (child spans)."""
+
+        def __init__(self) -> None:
+            self.next = _Ids()
+
+        def generate_span_id(self) -> int:
+            sid, self.next.span_id = self.next.span_id, 0
+            return sid or random.getrandbits(64) or 1
+
+        def generate_trace_id(self) -> int:
+            tid, self.next.trace_id = self.next.trace_id, 0
+            return tid or random.getrandbits(128) or 1
+
+    return GatewayIds()
+
+
+class Tracer:
+    """One per process; `__call__(ctx)` after each exchange (loop thread)."""
+
+    def __init__(self, provider: Any = None, exporter: Any = None) -> None:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        self.ids = _make_id_generator()
+        if provider is None:
+            # Resource.create() reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES; the sampler comes
+            # from OTEL_TRACES_SAMPLER (the SDK's default: parentbased_always_on).
+            resource = Resource.create()
+            if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+                resource = resource.merge(Resource({"service.name": "gateway"}))   # unless OTEL_* name one
+            provider = TracerProvider(resource=resource, id_generator=self.ids)
+        else:
+            provider.id_generator = self.ids
+        if exporter is None:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            exporter = OTLPSpanExporter()       # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, ...
+        self.exporter = _counting(exporter, self)
+        self.processor = BatchSpanProcessor(self.exporter)
+        provider.add_span_processor(self.processor)
+        self.provider = provider
+        self.tracer = provider.get_tracer("gateway")
+        self.counters: Any = None       # CounterArray [exported, dropped] in node memory
+        self.exported = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+        # Monotonic → wall clock (span times are epoch nanoseconds), fixed at start.
+        self._offset = time.time() - time.monotonic()
+
+    def count(self, exported: int, dropped: int) -> None:
+        with self._lock:        # the processor's thread reports exports
+            self.exported += exported
+            self.dropped += dropped
+            c = self.counters
+            if c is not None:
+                if exported:
+                    c.inc(0, exported)
+                if dropped:
+                    c.inc(1, dropped)
+
+    def _ns(self, mono: float) -> int:
+        return int((mono + self._offset) * 1e9)
+
+    def __call__(self, ctx: Any) -> None:
+        from opentelemetry import trace
+
+        tp = ctx.traceparent
+        if not tp or len(tp) < 55:
+            return
+        trace_id = int(tp[3:35], 16)
+        span_id = int(tp[36:52], 16)
+        start = ctx.start or time.monotonic()
+        end = time.monotonic()
+        route = ctx.route
+        target = ctx.upstream_target
+        status = ctx.status or 499
+        attrs: dict[str, Any] = {
+            "http.request.method": ctx.method.decode("latin-1") if ctx.method else "",
+            "url.path": ctx.path.decode("utf-8", "replace") if ctx.path else "",
+            "http.response.status_code": status,
+            "gateway.request_id": ctx.request_id.decode("ascii", "replace") if ctx.request_id else "",
+            "http.request.body.size": ctx.bytes_in,
+            "gateway.response.bytes": ctx.bytes_out,
+        }
+        if route is not None:
+            attrs["http.route"] = route.name
+        if ctx.service is not None:
+            attrs["gateway.service"] = ctx.service.name
+        if target is not None:
+            attrs["server.address"] = target.url
+        if ctx.upstream_error is not None:
+            attrs["error.type"] = ctx.upstream_error
+        # Queued per-request exporter drops (the processor's queue full) are not visible to us;
+        # BatchSpanProcessor logs them. Export failures are counted by _Counting.
+        self.ids.next.trace_id = trace_id
+        self.ids.next.span_id = span_id
+        name = f"{attrs['http.request.method']} {route.name if route is not None else '(no route)'}"
+        span = self.tracer.start_span(name, kind=trace.SpanKind.SERVER, attributes=attrs,
+                                      start_time=self._ns(start))
+        self.ids.next.trace_id = self.ids.next.span_id = 0
+        if not span.is_recording():
+            return
+        if status >= 500:
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+        parent = trace.set_span_in_context(span)
+        if ctx.upstream_start > 0.0:
+            up_end = ctx.upstream_end or end
+            child = self.tracer.start_span("upstream", context=parent, kind=trace.SpanKind.CLIENT,
+                                           attributes={"server.address": target.url if target is not None else "",
+                                                       **({"error.type": ctx.upstream_error}
+                                                          if ctx.upstream_error else {})},
+                                           start_time=self._ns(ctx.upstream_start))
+            child.end(end_time=self._ns(up_end))
+        phases = ctx.vars.get("phases") if isinstance(ctx.vars, dict) else None
+        for phase in phases or ():
+            try:
+                pname, pstart, pend = phase
+                self.tracer.start_span(str(pname), context=parent, start_time=self._ns(pstart)).end(
+                    end_time=self._ns(pend))
+            except (TypeError, ValueError):
+                continue
+        span.end(end_time=self._ns(end))
+
+    def close(self) -> None:
+        try:
+            self.provider.shutdown()
+        except Exception:  # noqa: BLE001
+            log.exception("tracing: shutdown failed")
+
+
+def _counting(inner: Any, owner: Tracer) -> Any:
+    """The exporter wrapped to count what it exported and what was lost (collector down...)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    class Counting(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            try:
+                result = inner.export(spans)
+            except Exception as exc:  # noqa: BLE001 - a broken exporter loses spans, never the worker
+                log.warning("tracing: export failed: %s", exc)
+                result = SpanExportResult.FAILURE
+            if result == SpanExportResult.SUCCESS:
+                owner.count(len(spans), 0)
+            else:
+                owner.count(0, len(spans))
+            return result
+
+        def shutdown(self) -> None:
+            inner.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            return bool(getattr(inner, "force_flush", lambda *_: True)(timeout_millis))
+
+    return Counting()
+
+
+_process_tracer: Tracer | None = None
+
+
+def process_tracer(enabled: bool) -> Tracer | None:
+    global _process_tracer
+    if not enabled:
+        return None
+    if _process_tracer is None:
+        if not sdk_available():
+            raise RuntimeError(INSTALL_HINT)
+        _process_tracer = Tracer()
+    return _process_tracer
+
+
+def close_process_tracer() -> None:
+    global _process_tracer
+    if _process_tracer is not None:
+        _process_tracer.close()
+        _process_tracer = None

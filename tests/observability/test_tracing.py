@@ -1,0 +1,168 @@
+"""Tracing: W3C traceparent handling on the wire, and GATEWAY_TRACING=on exporting spans over OTLP
+to a local collector stub that decodes what it receives."""
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from gateway.config.env import EnvError, load_settings
+from tests.support.gateway_proc import (  # noqa: F401 - gateway, upstream are fixtures
+    free_port,
+    gateway,
+    routes_toml,
+    upstream,
+    wait_until,
+)
+
+VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def upstream_traceparent(port: int, traceparent: str | None) -> str:
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/api/x", headers={"traceparent": traceparent} if traceparent is not None else {})
+        r = c.getresponse()
+        echo = json.loads(r.read())
+        assert r.status == 200
+    finally:
+        c.close()
+    got = [v for k, v in echo["headers"] if k.lower() == "traceparent"]
+    assert len(got) == 1, echo["headers"]
+    return got[0]
+
+
+@pytest.mark.parametrize("sent", [
+    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",   # upper case: invalid (W3C: lowercase hex)
+    "00-00000000000000000000000000000000-00f067aa0ba902b7-01",   # all-zero trace id
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",   # all-zero parent id
+    "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",   # version ff is forbidden
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # version 00 has nothing after flags
+    "garbage", "",
+])
+def test_malformed_traceparent_is_replaced_not_passed_on(gateway, upstream, sent) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/api"]))
+    got = upstream_traceparent(gw.port, sent)
+    assert got != sent
+    version, trace_id, parent, flags = got.split("-")
+    assert version == "00" and len(trace_id) == 32 and len(parent) == 16 and len(flags) == 2
+    assert trace_id == trace_id.lower() and trace_id != "0" * 32 and parent != "0" * 16
+    assert trace_id not in sent.lower()
+
+
+def test_valid_traceparent_keeps_trace_id_and_flags_with_a_new_parent(gateway, upstream) -> None:  # noqa: F811
+    gw = gateway(routes_toml(upstream.url, ["/api"]))
+    got = upstream_traceparent(gw.port, VALID)
+    _, trace_id, parent, flags = got.split("-")
+    assert trace_id == VALID.split("-")[1] and flags == "01" and parent != VALID.split("-")[2]
+    # A request without one starts a trace.
+    assert upstream_traceparent(gw.port, None).startswith("00-")
+
+
+class Collector:
+    """An OTLP/HTTP collector stub: POST /v1/traces with protobuf, decoded with opentelemetry-proto."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                req = ExportTraceServiceRequest()
+                req.ParseFromString(body)
+                with outer.lock:
+                    for rs in req.resource_spans:
+                        service = {a.key: a.value.string_value for a in rs.resource.attributes}.get("service.name")
+                        for ss in rs.scope_spans:
+                            for s in ss.spans:
+                                attrs = {}
+                                for a in s.attributes:
+                                    v = a.value
+                                    attrs[a.key] = v.string_value if v.HasField("string_value") else v.int_value
+                                outer.spans.append({"name": s.name, "trace_id": s.trace_id.hex(),
+                                                    "span_id": s.span_id.hex(), "parent": s.parent_span_id.hex(),
+                                                    "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
+                                                    "attrs": attrs, "service": service})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_spans_reach_a_local_otlp_collector(gateway, upstream) -> None:  # noqa: F811
+    pytest.importorskip("opentelemetry.sdk.trace")
+    collector = Collector()
+    try:
+        gw = gateway(routes_toml(upstream.url, ["/api"]), env={
+            "GATEWAY_WORKERS": "2", "GATEWAY_TRACING": "on", "OTEL_SERVICE_NAME": "edge-gw",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector.port}/v1/traces",
+            "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        sent_up = upstream_traceparent(gw.port, VALID)
+        wait_until(lambda: len(collector.spans) >= 2, 15)
+        server = [s for s in collector.spans if s["name"] == "GET api"]
+        assert len(server) == 1
+        span = server[0]
+        # The span is the one the upstream was told about: its children hang under it.
+        assert span["trace_id"] == VALID.split("-")[1]
+        assert span["span_id"] == sent_up.split("-")[2]
+        assert span["service"] == "edge-gw"
+        a = span["attrs"]
+        assert a["http.route"] == "api" and a["gateway.service"] == "up" and a["server.address"] == upstream.url
+        assert a["http.response.status_code"] == 200 and a["http.request.method"] == "GET"
+        up = [s for s in collector.spans if s["name"] == "upstream"]
+        assert len(up) == 1 and up[0]["parent"] == span["span_id"] and up[0]["trace_id"] == span["trace_id"]
+        assert span["start"] <= up[0]["start"] <= up[0]["end"] <= span["end"]
+        assert abs(span["end"] / 1e9 - time.time()) < 60
+        wait_until(lambda: 'gateway_tracing_spans_total{result="exported"} 2.0'
+                   in _get(gw.admin_port, "/metrics"), 10)
+    finally:
+        collector.close()
+
+
+def test_a_collector_that_is_down_drops_and_counts_and_never_blocks(gateway, upstream) -> None:  # noqa: F811
+    pytest.importorskip("opentelemetry.sdk.trace")
+    gw = gateway(routes_toml(upstream.url, ["/api"]), env={
+        "GATEWAY_TRACING": "on", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces",
+        "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"})
+    for _ in range(10):
+        t0 = time.monotonic()
+        upstream_traceparent(gw.port, None)
+        assert time.monotonic() - t0 < 1.0
+    wait_until(lambda: 'gateway_tracing_spans_total{result="dropped"} 20.0' in _get(gw.admin_port, "/metrics"), 20)
+
+
+def test_tracing_on_without_the_sdk_exits_2_naming_the_variable(monkeypatch) -> None:
+    from gateway.observability import tracing
+
+    monkeypatch.setattr(tracing, "sdk_available", lambda: False)
+    with pytest.raises(EnvError) as exc:
+        load_settings({"GATEWAY_TRACING": "on"})
+    assert "GATEWAY_TRACING" in str(exc.value) and "gateway[otel]" in str(exc.value)
+    assert load_settings({"GATEWAY_TRACING": "off"}).tracing is False
+
+
+def _get(port: int, path: str) -> str:
+    from tests.support.gateway_proc import http_get
+
+    return http_get(port, path)[2].decode()
