@@ -79,12 +79,16 @@ def test_dashboard_watches_a_target_go_down_and_come_back(gateway, browser, tmp_
     url = f"http://127.0.0.1:{port}"
     up = start_upstream(port)
     try:
-        gw = gateway(routes_toml(url, ["/api"]), env={"GATEWAY_WORKERS": "2"})
+        # Health as an operator watching a dashboard configures it: active checks, node-wide.
+        health = ('[services.health]\npath = "/healthz"\ninterval = 1.0\ntimeout = 0.5\n'
+                  'healthy_threshold = 1\nunhealthy_threshold = 1\nmax_backoff = 1.0\n')
+        toml = routes_toml(url, ["/api"]).replace("\n\n[[routes]]", "\n" + health + "\n[[routes]]", 1)
+        gw = gateway(toml, env={"GATEWAY_WORKERS": "2"})
         wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
         browser.get(f"http://127.0.0.1:{gw.admin_port}/dashboard")
         assert browser.title == "Gateway dashboard"
-        # Before any request the target is unknown; traffic makes it healthy.
-        wait_until(lambda: health_of(browser, url) == "unknown", 15)
+        # Targets start healthy (discovery's gateway_target_healthy); traffic fills the route row.
+        wait_until(lambda: health_of(browser, url) == "healthy", 15)
         for _ in range(5):
             assert http_get(gw.port, "/api/x")[0] == 200
         wait_until(lambda: health_of(browser, url) == "healthy", 15)
@@ -93,7 +97,7 @@ def test_dashboard_watches_a_target_go_down_and_come_back(gateway, browser, tmp_
 
         stop(up)                                    # the target goes down
         def failing() -> bool:
-            assert http_get(gw.port, "/api/x")[0] == 502
+            assert http_get(gw.port, "/api/x")[0] in (502, 503)   # refused, then out of rotation
             return health_of(browser, url) == "down"
         wait_until(failing, 15, interval=0.3)
         browser.save_screenshot(str(shots / "dashboard-down.png"))
