@@ -3,7 +3,7 @@ custom collector that reads node memory at scrape time.
 
 What a scrape returns, all node totals (every worker's counts live in the same cells):
 - the request metrics of SPEC §6 (gateway_requests_total, gateway_request_duration_seconds,
-  gateway_upstream_duration_seconds, gateway_upstream_errors_total), read by metrics.py and
+  gateway_upstream_duration_seconds; gateway_upstream_errors_total is discovery's), read by metrics.py and
   rendered by textformat.py: these are most of a scrape (19 samples per target, 25,000 for 100
   routes x 10 targets), and prometheus-client's generate_latest spends ~20 us per sample on
   validating and escaping label names we know are valid (0.6 s per scrape, measured); the rest

@@ -56,9 +56,6 @@ def render_request_families(requests: Iterable[RequestSeries], upstream: Iterabl
     labels = [f'service="{_esc(u.service)}",target="{_esc(u.target)}"' for u in upstream]
     for u, lab in zip(upstream, labels, strict=True):
         _histogram(out, "gateway_upstream_duration_seconds", lab, u.duration)
-    out += ["# HELP gateway_upstream_errors_total Failed upstream attempts by kind\n",
-            "# TYPE gateway_upstream_errors_total counter\n"]
-    for u, lab in zip(upstream, labels, strict=True):
-        for kind, n in u.errors.items():
-            out.append(f'gateway_upstream_errors_total{{kind="{kind}",{lab}}} {n}.0\n')
+    # gateway_upstream_errors_total is discovery's (gateway/discovery/admin.py, a METRIC_SOURCE): it
+    # counts every attempt, retries included, where the recorder sees only an exchange's last one.
     return "".join(out).encode()
