@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .discovery import breakers
+from .discovery.fallback import Unavailable
 from .discovery.service import Service, Target
 from .pipeline.chain import EMPTY_CHAIN, FilterChain
 from .routing import Route, Router
@@ -122,7 +124,10 @@ def build_runtime(
                 pools[key] = pool
             targets.append(Target.from_config(tc, pool))
         services[sc.name] = Service(sc.name, targets)
+    breakers.install(services, config, placer)
     routes = [
         Route.from_config(rc, services[rc.service], build_chain(rc, settings, placer)) for rc in config.routes
     ]
+    for route, rc in zip(routes, config.routes, strict=True):
+        route.unavailable = Unavailable(rc.fallback)   # prepared once: its fallback or the 503 JSON
     return Runtime(settings, config, Router(routes), services, pools, placer.names if placer is not None else None)

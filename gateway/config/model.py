@@ -23,10 +23,32 @@ class TargetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """[services.breaker] (SPEC §3): one circuit per target (gateway/discovery/breakers.py)."""
+    failure_threshold: int = 5
+    error_rate: float = 0.5
+    min_requests: int = 20
+    window: float = 10.0
+    open_timeout: float = 60.0           # doubles on repeated trips, capped at 8x (README)
+    half_open_requests: int = 3
+    success_threshold: int = 3
+    failure_statuses: tuple[int, ...] | None = None   # None: every 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """A route's `fallback`: what it answers when its service has no target to use."""
+    status: int = 503
+    body: bytes | None = None            # None: the JSON error body of SPEC §4
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     targets: tuple[TargetConfig, ...]
     balancer: str = "round_robin"
+    breaker: BreakerConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +63,7 @@ class RouteConfig:
     timeout: float | None = None
     retries: int = 0
     index: int = 0              # position in the file: ties are broken by declaration order
+    fallback: FallbackConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

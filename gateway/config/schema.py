@@ -19,7 +19,7 @@ import tomllib
 from typing import Any
 
 from .errors import ConfigErrors
-from .model import GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
+from .model import BreakerConfig, FallbackConfig, GatewayConfig, RouteConfig, ServiceConfig, TargetConfig
 from .ranges import RANGES
 
 log = logging.getLogger("gateway.config")
@@ -231,9 +231,10 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
         c.error(f"{path}.balancer", f"{NOT_YET} (only round_robin)")
     elif balancer != "round_robin":
         c.error(f"{path}.balancer", f"expected one of round_robin, {', '.join(BALANCERS_LATER)}; got {balancer!r}")
-    for key in ("hash_key", "health", "breaker"):
+    for key in ("hash_key", "health"):
         if key in raw:
             c.error(f"{path}.{key}", NOT_YET)
+    breaker = _parse_breaker(c, f"{path}.breaker", raw["breaker"]) if "breaker" in raw else None
     targets: list[TargetConfig] = []
     raw_targets = raw.get("targets")
     if raw_targets is None:
@@ -255,7 +256,107 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
             targets.append(t)
     if name is None:
         return None
-    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer)
+    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, breaker=breaker)
+
+
+_BREAKER_KEYS = {"failure_threshold", "error_rate", "min_requests", "window", "open_timeout",
+                 "half_open_requests", "success_threshold", "failure_statuses"}
+
+
+def _parse_breaker(c: _Collector, path: str, raw: Any) -> BreakerConfig | None:
+    """[services.breaker]: every key optional (BreakerConfig's defaults are SPEC §3's example)."""
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table ([services.breaker]), got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _BREAKER_KEYS)
+    d = BreakerConfig()
+    ok = True
+    values: dict[str, Any] = {}
+    for key in ("failure_threshold", "min_requests", "half_open_requests", "success_threshold"):
+        if key in raw:
+            v = c.integer(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
+            ok &= v is not None
+            values[key] = v
+    for key in ("error_rate", "window", "open_timeout"):
+        if key in raw:
+            v = c.seconds(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
+            ok &= v is not None
+            values[key] = v
+    if values.get("error_rate") == 0.0:
+        # A rate of 0 would open on the first failure of any window: failure_threshold = 1 says so.
+        c.error(f"{path}.error_rate", "expected a fraction in (0, 1] (0 is not a rate: use failure_threshold = 1)")
+        ok = False
+    hor = values.get("half_open_requests") or d.half_open_requests
+    if "success_threshold" in raw:
+        st = values.get("success_threshold")
+        if st is not None and st > hor:
+            c.error(f"{path}.success_threshold",
+                    f"expected at most half_open_requests ({hor}): only that many probes are admitted, got {st}")
+            ok = False
+    else:
+        # Unset: the default 3, or every probe when fewer are admitted (SPEC §8: it is <= them).
+        values["success_threshold"] = min(d.success_threshold, hor)
+    statuses: tuple[int, ...] | None = None
+    if "failure_statuses" in raw:
+        rs = raw["failure_statuses"]
+        if not isinstance(rs, list):
+            c.error(f"{path}.failure_statuses", f"expected an array of HTTP status codes, got {_kind(rs)}")
+            ok = False
+        else:
+            got = [c.integer(f"{path}.failure_statuses[{i}]", v, "services[].breaker.failure_statuses[]")
+                   for i, v in enumerate(rs)]
+            ok &= all(v is not None for v in got)
+            statuses = tuple(sorted({v for v in got if v is not None}))
+    if not ok:
+        return None
+    return BreakerConfig(**{k: v for k, v in values.items() if v is not None}, failure_statuses=statuses)
+
+
+_FALLBACK_KEYS = {"status", "body", "content_type"}
+MAX_FALLBACK_BODY = 64 << 10      # a prepared reply held per route: a page, not a download
+# type/subtype with optional parameters, as RFC 9110 §8.3.1 has it (no controls: it is a header value)
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(\"[^\"\x00-\x1f\x7f]*\"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*")
+
+
+def _parse_fallback(c: _Collector, path: str, raw: Any) -> FallbackConfig | None:
+    """A route's `fallback = { status, body, content_type }` (SPEC §3, §4)."""
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ status = 503, body = \"...\", content_type = \"...\" }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _FALLBACK_KEYS)
+    status = 503
+    ok = True
+    if "status" in raw:
+        v = c.integer(f"{path}.status", raw["status"], "routes[].fallback.status")
+        ok &= v is not None
+        status = v or status
+        if v is not None and v in (204, 205, 304):
+            # These carry no body (RFC 9110 §15.3.5, §15.3.6, §15.4.5): the reply's framing would lie.
+            c.error(f"{path}.status", f"expected a status that carries a body, got {v}")
+            ok = False
+    body: bytes | None = None
+    if "body" in raw:
+        b = c.string(f"{path}.body", raw["body"], plain=False)
+        if b is None:
+            ok = False
+        else:
+            body = b.encode("utf-8")
+            if len(body) > MAX_FALLBACK_BODY:
+                c.error(f"{path}.body", f"expected at most {MAX_FALLBACK_BODY} bytes, got {len(body)}")
+                ok = False
+    ctype = "application/json"
+    if "content_type" in raw:
+        t = c.string(f"{path}.content_type", raw["content_type"], plain=False)
+        if t is None or not _MEDIA_TYPE.fullmatch(t):
+            if t is not None:
+                c.error(f"{path}.content_type", f"expected a media type (text/plain; charset=utf-8), got {t!r}")
+            ok = False
+        elif body is None:
+            c.error(f"{path}.content_type", "only with a body (without one the reply is the JSON error body)")
+            ok = False
+        else:
+            ctype = t
+    return FallbackConfig(status=status, body=body, content_type=ctype) if ok else None
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
@@ -329,9 +430,9 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     c.not_yet_unless_empty(f"{path}.auth", raw.get("auth"), [])
     c.not_yet_unless_empty(f"{path}.scopes", raw.get("scopes"), [])
     c.not_yet_unless_empty(f"{path}.rate_limits", raw.get("rate_limits"), [])
-    for key in ("canary", "fallback"):
-        if key in raw:
-            c.error(f"{path}.{key}", NOT_YET)
+    if "canary" in raw:
+        c.error(f"{path}.canary", NOT_YET)
+    fallback = _parse_fallback(c, f"{path}.fallback", raw["fallback"]) if "fallback" in raw else None
     if service is not None and service not in known_services:
         # Checked here, not in _cross_check, so it is reported even when another key of this
         # route is bad (the route is then dropped before the cross-checks).
@@ -340,7 +441,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         return None
     return RouteConfig(
         name=name, service=service, path=p[0], exact=p[1], methods=methods, host=host,
-        strip_prefix=strip, timeout=timeout, index=index,
+        strip_prefix=strip, timeout=timeout, index=index, fallback=fallback,
     )
 
 

@@ -53,7 +53,7 @@ class Target:
 class Service:
     """A named group of targets; `pick` rotates over the available ones."""
 
-    __slots__ = ("name", "targets", "_next", "observed")
+    __slots__ = ("name", "targets", "_next", "observed", "observers")
 
     def __init__(self, name: str, targets: list[Target]) -> None:
         self.name = name
@@ -62,6 +62,9 @@ class Service:
         # True when something must see each upstream attempt's outcome (passive health, breakers,
         # least_conn, latency EWMA): the data plane then calls record() once per attempt.
         self.observed = False
+        # Who reads the outcomes: each is called observer(ctx, target, kind) by record(), in order
+        # (breakers.py adds one per service with [services.breaker]; set `observed` with it).
+        self.observers: tuple[Any, ...] = ()
 
     def record(self, ctx: RequestContext, target: Target, kind: str | None) -> None:
         """One upstream attempt on `target` ended (called by the data plane when `observed`).
@@ -70,6 +73,8 @@ class Service:
         "reset" or "protocol" for a failure before or during the response, "aborted" when the
         gateway gave the attempt up (the client left, or a local reply cut the request body).
         ctx.upstream_start/upstream_end (loop.time()) bound the attempt. Must not block."""
+        for observe in self.observers:
+            observe(ctx, target, kind)
 
     def pick(self, ctx: RequestContext | None = None) -> Target | None:
         """Next available target in rotation, or None when none is available (→ 503).
