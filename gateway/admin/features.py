@@ -45,13 +45,25 @@ class AdminContext:
 
 Installer = Callable[["AdminRoutes", AdminContext], None]
 
+def _breakers(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.breakers import install
+
+    install(routes, ctx)
+
+
+def _breaker_samples(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.admin.breakers import samples
+
+    return samples(ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = []
+FEATURES: list[Installer] = [_breakers]
 
 
 MetricSample = tuple[str, str, str, dict[str, str], float]
 # Each feature's metrics, read at scrape time by the /metrics exporter.
-METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = []
+METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_breaker_samples]
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
