@@ -99,9 +99,13 @@ class NodeBreakers:
         self._config = config
         memory = self.state.memory
         entries: dict[str, Entry] = {}
-        for sc in getattr(config, "services", ()):
-            if sc.breaker is None:
-                continue
+        services = [sc for sc in getattr(config, "services", ()) if sc.breaker is not None]
+        if memory is not None and services and self._counter is None:
+            self._counter = Counter(memory.place(TRANSITIONS_NAME, Counter.NBYTES, SUPERVISOR_HOLDER, kind="counter"))
+        # Transitions caused here (an allow() past the timeout from the admin view never happens,
+        # but forced and remote moves do) bump the node's counter like the workers' do.
+        bump = (lambda old, new, now, inc=self._counter.inc: inc()) if self._counter is not None else None
+        for sc in services:
             kw = policy(sc.breaker)
             for tc in sc.targets:
                 name = breaker_name(sc.name, tc.id, sc.breaker)
@@ -110,16 +114,14 @@ class NodeBreakers:
                     entries[old.key] = old
                     continue
                 if memory is not None:
-                    b = CircuitBreaker(**kw, buffer=memory.place(name, SHM_SIZE, SUPERVISOR_HOLDER, kind=KIND))
+                    b = CircuitBreaker(**kw, on_transition=bump,
+                                       buffer=memory.place(name, SHM_SIZE, SUPERVISOR_HOLDER, kind=KIND))
                 else:
                     b = CircuitBreaker(**kw)
                 e = Entry(sc.name, tc.id, tc.url, name, b)
                 entries[e.key] = e
         self.entries = entries
         if memory is not None:
-            if entries and self._counter is None:
-                self._counter = Counter(memory.place(TRANSITIONS_NAME, Counter.NBYTES, SUPERVISOR_HOLDER,
-                                                     kind="counter"))
             self._release_dropped(memory)
         # Forced states and live openings from elsewhere apply to new circuits too.
         view = self.state.view
@@ -265,8 +267,10 @@ class NodeBreakers:
                 if e.breaker.force_open(now):
                     e.own_opens += 1
                     e.cause = {"cause": "forced"}
+                    self._observe(e)
             elif value.get("state") == "closed":
-                e.breaker.force_close(now)
+                if e.breaker.force_close(now):
+                    self._observe(e)
         elif key.startswith(OPEN_PREFIX):
             e = self.entries.get(key[len(OPEN_PREFIX):])
             if e is None or not isinstance(value, dict) or value.get("instance") == self.state.instance:
@@ -278,6 +282,7 @@ class NodeBreakers:
             if remaining > 0 and e.breaker.open_for(self.clock(), min(remaining, 86400.0)):
                 e.own_opens += 1
                 e.cause = {"cause": "remote", "instance": value.get("instance")}
+                self._observe(e)
 
     # --- reading ----------------------------------------------------------------------------------
     def describe(self, e: Entry) -> dict[str, Any]:
