@@ -38,6 +38,7 @@ DATAPLANE_MODULES = {
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: client side, pipelining
+    "admission": "gateway.discovery.admission",  # breaker admission and outcomes, per request
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

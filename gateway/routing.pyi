@@ -20,6 +20,7 @@ class Route:
     retries: int
     chain: FilterChain
     config: Any
+    unavailable: Any    # ctx -> LocalReply when pick() finds no target (gateway/discovery/fallback.py)
     def __init__(
         self,
         name: str,

@@ -279,9 +279,9 @@ def _parse_breaker(c: _Collector, path: str, raw: Any) -> BreakerConfig | None:
             values[key] = v
     for key in ("error_rate", "window", "open_timeout"):
         if key in raw:
-            v = c.seconds(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
-            ok &= v is not None
-            values[key] = v
+            f = c.seconds(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
+            ok &= f is not None
+            values[key] = f
     if values.get("error_rate") == 0.0:
         # A rate of 0 would open on the first failure of any window: failure_threshold = 1 says so.
         c.error(f"{path}.error_rate", "expected a fraction in (0, 1] (0 is not a rate: use failure_threshold = 1)")

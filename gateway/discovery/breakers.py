@@ -21,11 +21,13 @@ looks at the breakers only when one of them moved.
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import TYPE_CHECKING, Any
 
 from .._fast.breaker import SHM_SIZE, CircuitBreaker
 from .._fast.counters import Counter
+from .admission import Admission, BreakerObserver  # compiled: they run on every request
+
+__all__ = ["Admission", "BreakerObserver", "breaker_name", "failure_table", "install", "policy"]
 
 if TYPE_CHECKING:
     from ..config.model import BreakerConfig, GatewayConfig, ServiceConfig
@@ -37,9 +39,6 @@ TRANSITIONS_NAME = "breakers/transitions"   # node-wide count of every circuit t
 # open_timeout doubles on every repeated trip up to this multiple of itself (SPEC §3 names no key
 # for the cap: 8x keeps a default 60 s circuit probing at least every 8 minutes).
 MAX_OPEN_FACTOR = 8.0
-
-_monotonic = time.monotonic   # CLOCK_MONOTONIC is system-wide: every worker and the supervisor agree
-
 
 def policy(bc: BreakerConfig) -> dict[str, Any]:
     """CircuitBreaker keyword arguments for a [services.breaker] table."""
@@ -85,51 +84,6 @@ def make_breaker(sc: ServiceConfig, target_id: str, placer: Placer | None,
         return CircuitBreaker(**kw, on_transition=on_transition)
     view = placer.place(breaker_name(sc.name, target_id, sc.breaker), SHM_SIZE, kind=KIND)
     return CircuitBreaker(**kw, on_transition=on_transition, buffer=view)
-
-
-class Admission:
-    """Target.admit for a target with a breaker (see the module docstring)."""
-
-    __slots__ = ("breaker", "_allow")
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-        self._allow = breaker.allow
-
-    def __call__(self, ctx: Any) -> bool:
-        ticket = self._allow(_monotonic())
-        if ctx is not None:
-            ctx.breaker_ticket = ticket if ticket else -1
-        return bool(ticket)
-
-
-class BreakerObserver:
-    """A Service observer: each attempt's outcome → its target's breaker."""
-
-    __slots__ = ("breakers", "failing")
-
-    def __init__(self, breakers: dict[Target, CircuitBreaker], failing: bytes) -> None:
-        self.breakers = breakers
-        self.failing = failing
-
-    def __call__(self, ctx: Any, target: Any, kind: str | None) -> None:
-        b = self.breakers.get(target)
-        ticket = ctx.breaker_ticket
-        if b is None or ticket <= 0:
-            return      # not admitted by this breaker (no ticket): nothing to count it against
-        ctx.breaker_ticket = 0      # one result per admission
-        now = _monotonic()
-        if kind is None:
-            status = ctx.status
-            ok = not (0 <= status < 600 and self.failing[status])
-        elif kind == "aborted":
-            # We gave the attempt up (the client left): no verdict on the upstream.
-            b.cancel(now, ticket)
-            return
-        else:
-            ok = False      # connect, timeout, reset, protocol
-        duration = ctx.upstream_end - ctx.upstream_start
-        b.record(now, ok, duration if duration > 0.0 else 0.0, ticket)
 
 
 def install(services: dict[str, Service], config: GatewayConfig, placer: Placer | None) -> None:
