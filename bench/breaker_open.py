@@ -62,7 +62,17 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"port {port} did not open")
 
 
-def wrk(port: int, path: str, seconds: int, conns: int) -> tuple[float, float, int]:
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the gateway's processes (the supervisor's children too), from /proc."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(port: int, path: str, seconds: int, conns: int) -> tuple[float, float, int, int]:
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -72,7 +82,7 @@ def wrk(port: int, path: str, seconds: int, conns: int) -> tuple[float, float, i
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     total = re.search(r"(\d+) requests in", out)
     assert total is not None
-    return rps, p99, int(total.group(1)) - (int(non2xx.group(1)) if non2xx else 0)
+    return rps, p99, int(total.group(1)) - (int(non2xx.group(1)) if non2xx else 0), int(total.group(1))
 
 
 def main() -> int:
@@ -119,20 +129,28 @@ def main() -> int:
         rows = []
         for r in range(a.rounds):
             for name, path in (("fallback (open circuit)", "/api/x"), ("router 404", "/nothing")):
-                rps, p99, ok = wrk(port, path, a.seconds, a.conns)
+                pids = [gw.pid, *_children(gw.pid)]
+                c0 = cpu_seconds(pids)
+                rps, p99, ok, total = wrk(port, path, a.seconds, a.conns)
+                cpu_us = (cpu_seconds(pids) - c0) / total * 1e6
                 assert ok == 0, f"{name}: {ok} responses were 2xx/3xx"
-                rows.append((r, name, rps, p99))
+                rows.append((r, name, rps, p99, cpu_us))
         stats = json.loads(ask("stats"))
         state = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/breakers"))
         t = state["services"][0]["targets"][0]
         print(f"workers={a.workers} conns={a.conns} seconds={a.seconds} rounds={a.rounds}")
-        print("| round | path | requests/s | p99 ms |\n| --- | --- | --- | --- |")
-        for r, name, rps, p99 in rows:
-            print(f"| {r + 1} | {name} | {rps:,.0f} | {p99:.2f} |")
+        print("| round | path | requests/s | p99 ms | gateway CPU us/req |\n| --- | --- | --- | --- | --- |")
+        for r, name, rps, p99, cpu in rows:
+            print(f"| {r + 1} | {name} | {rps:,.0f} | {p99:.2f} | {cpu:.1f} |")
         for name in ("fallback (open circuit)", "router 404"):
             rs = sorted(x[2] for x in rows if x[1] == name)
             ps = sorted(x[3] for x in rows if x[1] == name)
-            print(f"median {name}: {rs[len(rs) // 2]:,.0f} req/s, p99 {ps[len(ps) // 2]:.2f} ms")
+            cs = sorted(x[4] for x in rows if x[1] == name)
+            print(f"median {name}: {rs[len(rs) // 2]:,.0f} req/s, p99 {ps[len(ps) // 2]:.2f} ms, "
+                  f"{cs[len(cs) // 2]:.1f} us CPU/req")
+        ratio = sorted(f[4] / n[4] for f, n in zip(rows[0::2], rows[1::2], strict=True))
+        print(f"fallback CPU/req over 404 CPU/req, per round: {' '.join(f'{x:.3f}' for x in ratio)}; "
+              f"median {ratio[len(ratio) // 2]:.3f}")
         print(f"upstream during the load: {stats['connections']} connections, {stats['requests']} requests "
               f"(probes); circuit {t['state']}, transitions {t['transitions']}, open_timeout now {t['open_timeout']}")
         return 0
@@ -142,6 +160,19 @@ def main() -> int:
             gw.wait(30)
         up.kill()
         up.wait()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
 
 
 def _get(port: int, path: str) -> int:
