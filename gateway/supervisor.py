@@ -583,9 +583,17 @@ class Supervisor:
         """The GatewayConfig the workers boot from (the last valid snapshot), parsed once per
         snapshot: the supervisor serves no traffic, but feature admin routes read the config."""
         from gateway.config import load_config
+        from gateway.config.schema import loads_config
 
         snap = self._snapshot
         cached = self._config_cache
         if cached is None or cached[0] != snap:
-            cached = self._config_cache = (snap, load_config(snap))
+            # loads_config, not load_config: the snapshot was validated (and warned about) when it
+            # was taken; reading it again must not repeat the "no [[routes]]" warning.
+            if snap is None:
+                config = load_config(None)
+            else:
+                with open(snap, encoding="utf-8") as f:
+                    config = loads_config(f.read(), snap)
+            cached = self._config_cache = (snap, config)
         return cached[1]
