@@ -223,3 +223,22 @@ def test_a_worker_killed_mid_probe_does_not_leave_the_circuit_half_open(gateway:
     c = circuit(gw, fault)
     assert c["state"] == "closed", c
     probe.close()
+
+
+def test_a_reload_keeps_an_unchanged_circuit_and_renews_a_changed_one(gateway: Any, fault: FaultUpstream) -> None:
+    text = config(fault, "failure_threshold = 2\nopen_timeout = 60.0\n")
+    gw = gateway(text, env={"GATEWAY_WORKERS": "2"})
+    fault.mode("status", 500)
+    while circuit(gw, fault)["state"] != "open":
+        get(gw)
+    fault.mode("ok")
+    gw.write_config(text + "\n# touched\n")
+    gw.reload()
+    time.sleep(1.5)
+    assert circuit(gw, fault)["state"] == "open"
+    assert all(get(gw)[0] == 503 for _ in range(6))      # every worker, after the reload
+    gw.write_config(text.replace("open_timeout = 60.0", "open_timeout = 30.0"))
+    gw.reload()
+    wait_until(lambda: circuit(gw, fault)["open_timeout"] == 30.0, timeout=10)
+    assert circuit(gw, fault)["state"] == "closed"
+    wait_until(lambda: all(get(gw)[0] == 200 for _ in range(6)), timeout=10)
