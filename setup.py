@@ -44,6 +44,7 @@ DATAPLANE_MODULES = {
     "exchange": "gateway.http.exchange",      # _ExchangeBase: routing, the upstream exchange, second attempts
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: connection life, parser callbacks, timers
     "recorder": "gateway.observability.recorder",  # request metrics: one call per finished exchange
+    "admission": "gateway.discovery.admission",  # breaker admission and outcomes, per request
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

@@ -21,6 +21,7 @@ class Route:
     websocket: bool
     chain: FilterChain
     config: Any
+    unavailable: Any    # ctx -> LocalReply when pick() finds no target (gateway/discovery/fallback.py)
     def __init__(
         self,
         name: str,

@@ -35,7 +35,7 @@ class Route:
 
     __slots__ = (
         "name", "service", "methods", "allow", "host", "path", "exact", "strip_prefix",
-        "timeout", "retries", "websocket", "chain", "config", "_strip_len",
+        "timeout", "retries", "websocket", "chain", "config", "_strip_len", "unavailable",
     )
 
     def __init__(
@@ -56,6 +56,10 @@ class Route:
     ) -> None:
         self.name = name
         self.service = service
+        # ctx -> LocalReply when the service has no target for a request (circuits open, none
+        # healthy): the route's prepared fallback (gateway/discovery/fallback.py); None: the
+        # data plane's plain 503 (replies.NO_TARGET).
+        self.unavailable: Any = None
         self.path = path.encode("ascii") if isinstance(path, str) else path
         if not self.path.startswith(b"/"):
             raise ValueError(f"route path must start with '/': {self.path!r}")

@@ -15,7 +15,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .discovery import breakers
 from .discovery.balancers import make_service
+from .discovery.fallback import Unavailable
 from .discovery.service import Service, Target
 from .pipeline.chain import EMPTY_CHAIN, FilterChain
 from .routing import Route, Router
@@ -72,11 +74,6 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
                                redis=redis)
         if limiter is not None:
             filters.append(limiter)
-    if route_config.fallback is not None:
-        # Last: a request the policies above refuse is refused whatever the targets' health.
-        from .discovery.fallback import NoHealthyTargetFallback
-
-        filters.append(NoHealthyTargetFallback(route_config.fallback))
     return FilterChain(filters) if filters else EMPTY_CHAIN
 
 
@@ -181,6 +178,7 @@ def build_runtime(
         # Passive health unless a breaker replaces it (SPEC §3).
         services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
                                          passive=getattr(sc, "breaker", None) is None)
+    breakers.install(services, config, placer)
     route_configs = config.routes
     quotas_config = config.quotas
     if state is not None and any(True for _ in state.view.items("limits/")):
@@ -201,6 +199,8 @@ def build_runtime(
         Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer, quotas, emit, state, loop))
         for rc in route_configs
     ]
+    for route, rc in zip(routes, route_configs, strict=True):
+        route.unavailable = Unavailable(rc.fallback)   # prepared once: its fallback or the 503 JSON
     # The gateway's own token service (POST /auth/token, /auth/refresh, /auth/revoke), exact routes.
     from .security.token_service import internal_routes
 

@@ -226,6 +226,7 @@ class Supervisor:
             f.write(data)
         os.replace(tmp, snap)  # atomic: a worker starting now reads the old or the new, whole
         self._snapshot = snap
+        self._config_cache = None   # same path, new content: _config_in_force parses it again
         return []
 
     def worker_pids(self) -> list[int]:

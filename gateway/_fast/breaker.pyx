@@ -227,6 +227,7 @@ cdef extern from *:
         double d; uint64_t bits = __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED);
         __builtin_memcpy(&d, &bits, sizeof d); return d;
     }
+    static inline uint64_t gw_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
     static inline void gw_acquire_fence(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
     static inline void gw_release_fence(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
     static inline void gw_seq_store(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
@@ -234,6 +235,7 @@ cdef extern from *:
     """
     double _load_f64 "gw_load_f64"(const double *p) noexcept nogil
     void gw_acquire_fence() noexcept nogil
+    uint64_t _load_u64 "gw_load_u64"(const uint64_t *p) noexcept nogil
     void gw_release_fence() noexcept nogil
     void _seq_store "gw_seq_store"(uint32_t *p, uint32_t v) noexcept nogil
     void _seq_store_release "gw_seq_store_release"(uint32_t *p, uint32_t v) noexcept nogil
@@ -497,6 +499,47 @@ cdef class CircuitBreaker:
         if tr.happened:
             self._fire(&tr)
         return bool(tr.happened)
+
+    def open_for(self, double now, double timeout):
+        """Open a CLOSED breaker for ``timeout`` seconds (then half-open as usual): another
+        instance saw this target fail (cross-instance propagation). An OPEN or HALF_OPEN breaker is
+        left to its own probes, and the timeout backoff is not touched: the decision to come back
+        stays local. Returns True when the state changed."""
+        cdef gw_transition tr
+        _check_now(now)
+        if not (timeout > 0.0) or not isfinite(timeout):
+            raise ValueError("timeout must be a finite number > 0")
+        tr.happened = 0
+        _write_begin(self._s)
+        now = _clamp(self._s, now)
+        if self._s.state == CLOSED and _set_state(self._s, OPEN, now, &tr) == 0:
+            self._s.open_until = now + timeout
+        _write_end(self._s)
+        if tr.happened:
+            self._fire(&tr)
+        return bool(tr.happened)
+
+    def cancel(self, double now, uint32_t epoch):
+        """A call admitted with ticket ``epoch`` was given up without a result (the client left):
+        while the same half-open period lasts, its probe slot is handed back, so an abandoned
+        probe neither blocks the others nor reads as a silent upstream. Returns True if a slot
+        was freed."""
+        cdef bint freed = False
+        _check_now(now)
+        _write_begin(self._s)
+        _clamp(self._s, now)
+        if (self._s.state == HALF_OPEN and epoch == self._s.epoch
+                and self._s.probes_admitted > self._s.probe_successes):
+            self._s.probes_admitted -= 1
+            freed = True
+        _write_end(self._s)
+        return freed
+
+    def transitions(self):
+        """(to_open, to_half_open, to_closed): node-wide counts, read without the lock (each word
+        is one untorn 8-byte load; the three together may straddle a concurrent transition)."""
+        return (_load_u64(&self._s.to_open), _load_u64(&self._s.to_half_open),
+                _load_u64(&self._s.to_closed))
 
     def _transition(self, int new, double now):
         """Test hook: ask _set_state for a raw move; raises ValueError when it is refused."""

@@ -44,58 +44,8 @@ class AdminContext:
 
 
 Installer = Callable[["AdminRoutes", AdminContext], None]
-
-def _limits(routes: AdminRoutes, ctx: AdminContext) -> None:
-    from gateway.admin.limits import install
-
-    install(routes, ctx)
-
-
-def _security(routes: AdminRoutes, ctx: AdminContext) -> None:
-    from gateway.security.admin import install  # /keys, /tokens/... (issue 11)
-
-    install(routes, ctx)
-
-
-# Each feature's installer, in the order its routes appear in /openapi.json.
-FEATURES: list[Installer] = [_limits, _security]
-
-
 MetricSample = tuple[str, str, str, dict[str, str], float]
-
-
-def _limits_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
-    from gateway.admin.limits import decision_samples
-
-    return decision_samples(ctx)
-
-
-# Each feature's metrics, read at scrape time by the /metrics exporter.
-def _security_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
-    from gateway.security.admin import failure_samples  # gateway_auth_failures_total
-
-    return failure_samples(ctx)
-
-
-METRIC_SOURCES: list[Callable[[AdminContext], Iterable[MetricSample]]] = [_limits_metrics, _security_metrics]
-
-
-def _observability(routes: AdminRoutes, ctx: AdminContext) -> None:
-    from gateway.observability.exporter import install
-
-    install(routes, ctx)
-
-
-FEATURES.append(_observability)
-
-
-def _alert_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
-    from gateway.observability.webhooks import metric_samples
-
-    return metric_samples(ctx)
-
-
-METRIC_SOURCES.append(_alert_metrics)
+MetricSource = Callable[[AdminContext], Iterable[MetricSample]]
 
 
 def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
@@ -104,9 +54,69 @@ def install_features(routes: AdminRoutes, ctx: AdminContext) -> AdminRoutes:
     return routes
 
 
-# --- the features -------------------------------------------------------------------------------
-# Service discovery (issue 8): GET /services, target registration, heartbeats; target health metrics.
-from gateway.discovery import admin as _discovery_admin  # noqa: E402
+# --- the features: each imports its module only when installed or scraped --------------------------
+def _discovery(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.discovery.admin import install  # /services, registration, heartbeats, canary (issue 8)
 
-FEATURES.append(_discovery_admin.install)
-METRIC_SOURCES.append(_discovery_admin.metric_samples)
+    install(routes, ctx)
+
+
+def _discovery_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.discovery.admin import metric_samples  # target health, upstream errors by kind
+
+    return metric_samples(ctx)
+
+
+def _breakers(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.breakers import install  # /breakers (issue 9)
+
+    install(routes, ctx)
+
+
+def _breaker_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.admin.breakers import samples  # gateway_circuit_state, gateway_circuit_transitions_total
+
+    return samples(ctx)
+
+
+def _limits(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.admin.limits import install  # /limits, /ratelimit/top (issue 10)
+
+    install(routes, ctx)
+
+
+def _limits_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.admin.limits import decision_samples  # gateway_ratelimit_decisions_total
+
+    return decision_samples(ctx)
+
+
+def _security(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.security.admin import install  # /keys, /tokens/... (issue 11)
+
+    install(routes, ctx)
+
+
+def _security_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.security.admin import failure_samples  # gateway_auth_failures_total
+
+    return failure_samples(ctx)
+
+
+def _observability(routes: AdminRoutes, ctx: AdminContext) -> None:
+    from gateway.observability.exporter import install  # /metrics, /status, /dashboard (issue 12)
+
+    install(routes, ctx)
+
+
+def _alert_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.observability.webhooks import metric_samples  # gateway_alerts_sent_total
+
+    return metric_samples(ctx)
+
+
+# Each feature's installer, in the order its routes appear in /openapi.json.
+FEATURES: list[Installer] = [_discovery, _breakers, _limits, _security, _observability]
+# Each feature's metrics, read at scrape time by the /metrics exporter.
+METRIC_SOURCES: list[MetricSource] = [_discovery_metrics, _breaker_metrics, _limits_metrics, _security_metrics,
+                                      _alert_metrics]

@@ -34,20 +34,34 @@ class HealthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    """[services.breaker] (SPEC §3): one circuit per target (gateway/discovery/breakers.py)."""
+    failure_threshold: int = 5
+    error_rate: float = 0.5
+    min_requests: int = 20
+    window: float = 10.0
+    open_timeout: float = 60.0           # doubles on repeated trips, capped at 8x (README)
+    half_open_requests: int = 3
+    success_threshold: int = 3
+    failure_statuses: tuple[int, ...] | None = None   # None: every 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """A route's `fallback`: what it answers when its service has no target to use."""
+    status: int = 503
+    body: bytes | None = None            # None: the JSON error body of SPEC §4
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     name: str
     targets: tuple[TargetConfig, ...]
     balancer: str = "round_robin"
     hash_key: str | None = None          # consistent_hash: ip | header:NAME | cookie:NAME | claim:NAME
     health: HealthConfig | None = None   # None: passive health only
-
-
-@dataclass(frozen=True, slots=True)
-class FallbackConfig:
-    """A route's `fallback`: sent as configured when no target can take the request."""
-    status: int = 503
-    body: str | None = None            # None: the JSON error body of SPEC §4 with this status
-    content_type: str = "application/json"
+    breaker: BreakerConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

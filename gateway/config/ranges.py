@@ -111,7 +111,7 @@ _TABLE: tuple[Range, ...] = (
     Range("services[].health.unhealthy_threshold", 1, 1_000_000, "count", _COUNT),
     Range("services[].health.max_backoff", 0.001, DAY, "seconds", _T),
     Range("services[].breaker.failure_threshold", 1, 1_000_000, "count", _COUNT),
-    Range("services[].breaker.error_rate", 0, 1, "ratio", "a fraction of the requests in the window"),
+    Range("services[].breaker.error_rate", 0, 1, "ratio", "a fraction of the requests in the window; 0 itself is refused (use failure_threshold = 1)"),
     Range("services[].breaker.min_requests", 1, 1_000_000, "count", _COUNT),
     Range("services[].breaker.window", 0.001, DAY, "seconds", _T),
     Range("services[].breaker.open_timeout", 0.001, DAY, "seconds", _T),

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import ConfigErrors
 from .limits_schema import parse_quotas, parse_rate_limits
 from .model import (
+    BreakerConfig,
     CanaryConfig,
     FallbackConfig,
     GatewayConfig,
@@ -243,9 +244,7 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
         c.error(f"{path}.balancer", f"expected one of {', '.join(BALANCERS)}; got {balancer!r}")
     hash_key = _parse_hash_key(c, f"{path}.hash_key", raw.get("hash_key"), balancer)
     health = _parse_health(c, f"{path}.health", raw["health"]) if "health" in raw else None
-    for key in ("breaker",):
-        if key in raw:
-            c.error(f"{path}.{key}", NOT_YET)
+    breaker = _parse_breaker(c, f"{path}.breaker", raw["breaker"]) if "breaker" in raw else None
     targets: list[TargetConfig] = []
     raw_targets = raw.get("targets")
     if raw_targets is None:
@@ -267,7 +266,8 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
             targets.append(t)
     if name is None:
         return None
-    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, hash_key=hash_key, health=health)
+    return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, hash_key=hash_key, health=health,
+                         breaker=breaker)
 
 
 def _parse_hash_key(c: _Collector, path: str, value: Any, balancer: str) -> str | None:
@@ -313,6 +313,108 @@ def _parse_health(c: _Collector, path: str, raw: Any) -> HealthConfig | None:
         c.error(f"{path}.max_backoff", f"expected at least interval ({h.interval}), got {h.max_backoff}")
         return None
     return h
+
+
+
+
+_BREAKER_KEYS = {"failure_threshold", "error_rate", "min_requests", "window", "open_timeout",
+                 "half_open_requests", "success_threshold", "failure_statuses"}
+
+
+def _parse_breaker(c: _Collector, path: str, raw: Any) -> BreakerConfig | None:
+    """[services.breaker]: every key optional (BreakerConfig's defaults are SPEC §3's example)."""
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table ([services.breaker]), got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _BREAKER_KEYS)
+    d = BreakerConfig()
+    ok = True
+    values: dict[str, Any] = {}
+    for key in ("failure_threshold", "min_requests", "half_open_requests", "success_threshold"):
+        if key in raw:
+            v = c.integer(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
+            ok &= v is not None
+            values[key] = v
+    for key in ("error_rate", "window", "open_timeout"):
+        if key in raw:
+            f = c.seconds(f"{path}.{key}", raw[key], f"services[].breaker.{key}")
+            ok &= f is not None
+            values[key] = f
+    if values.get("error_rate") == 0.0:
+        # A rate of 0 would open on the first failure of any window: failure_threshold = 1 says so.
+        c.error(f"{path}.error_rate", "expected a fraction in (0, 1] (0 is not a rate: use failure_threshold = 1)")
+        ok = False
+    hor = values.get("half_open_requests") or d.half_open_requests
+    if "success_threshold" in raw:
+        st = values.get("success_threshold")
+        if st is not None and st > hor:
+            c.error(f"{path}.success_threshold",
+                    f"expected at most half_open_requests ({hor}): only that many probes are admitted, got {st}")
+            ok = False
+    else:
+        # Unset: the default 3, or every probe when fewer are admitted (SPEC §8: it is <= them).
+        values["success_threshold"] = min(d.success_threshold, hor)
+    statuses: tuple[int, ...] | None = None
+    if "failure_statuses" in raw:
+        rs = raw["failure_statuses"]
+        if not isinstance(rs, list):
+            c.error(f"{path}.failure_statuses", f"expected an array of HTTP status codes, got {_kind(rs)}")
+            ok = False
+        else:
+            got = [c.integer(f"{path}.failure_statuses[{i}]", v, "services[].breaker.failure_statuses[]")
+                   for i, v in enumerate(rs)]
+            ok &= all(v is not None for v in got)
+            statuses = tuple(sorted({v for v in got if v is not None}))
+    if not ok:
+        return None
+    return BreakerConfig(**{k: v for k, v in values.items() if v is not None}, failure_statuses=statuses)
+
+
+_FALLBACK_KEYS = {"status", "body", "content_type"}
+MAX_FALLBACK_BODY = 64 << 10      # a prepared reply held per route: a page, not a download
+# type/subtype with optional parameters, as RFC 9110 §8.3.1 has it (no controls: it is a header value)
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+([ \t]*;[ \t]*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(\"[^\"\x00-\x1f\x7f]*\"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*")
+
+
+def _parse_fallback(c: _Collector, path: str, raw: Any) -> FallbackConfig | None:
+    """A route's `fallback = { status, body, content_type }` (SPEC §3, §4)."""
+    if not isinstance(raw, dict):
+        c.error(path, f"expected a table {{ status = 503, body = \"...\", content_type = \"...\" }}, got {_kind(raw)}")
+        return None
+    c.unknown_keys(path, raw, _FALLBACK_KEYS)
+    status = 503
+    ok = True
+    if "status" in raw:
+        v = c.integer(f"{path}.status", raw["status"], "routes[].fallback.status")
+        ok &= v is not None
+        status = v or status
+        if v is not None and v in (204, 205, 304):
+            # These carry no body (RFC 9110 §15.3.5, §15.3.6, §15.4.5): the reply's framing would lie.
+            c.error(f"{path}.status", f"expected a status that carries a body, got {v}")
+            ok = False
+    body: bytes | None = None
+    if "body" in raw:
+        b = c.string(f"{path}.body", raw["body"], plain=False)
+        if b is None:
+            ok = False
+        else:
+            body = b.encode("utf-8")
+            if len(body) > MAX_FALLBACK_BODY:
+                c.error(f"{path}.body", f"expected at most {MAX_FALLBACK_BODY} bytes, got {len(body)}")
+                ok = False
+    ctype = "application/json"
+    if "content_type" in raw:
+        t = c.string(f"{path}.content_type", raw["content_type"], plain=False)
+        if t is None or not _MEDIA_TYPE.fullmatch(t):
+            if t is not None:
+                c.error(f"{path}.content_type", f"expected a media type (text/plain; charset=utf-8), got {t!r}")
+            ok = False
+        elif body is None:
+            c.error(f"{path}.content_type", "only with a body (without one the reply is the JSON error body)")
+            ok = False
+        else:
+            ctype = t
+    return FallbackConfig(status=status, body=body, content_type=ctype) if ok else None
 
 
 def _parse_path(c: _Collector, path: str, value: Any) -> tuple[str, bool] | None:
@@ -480,45 +582,6 @@ def _parse_canary(c: _Collector, path: str, raw: Any) -> CanaryConfig | None:
     if version is None:
         return None
     return CanaryConfig(version=version, weight=weight, header=header)
-
-
-_FALLBACK_KEYS = {"status", "body", "content_type"}
-MAX_FALLBACK_BODY = 65536
-# type/subtype with optional parameters (RFC 9110 media-type), printable ASCII only.
-_MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*;\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+=(\"[\x20-\x7e]*\"|[!#$%&'*+.^_`|~0-9A-Za-z-]+))*")
-
-
-def _parse_fallback(c: _Collector, path: str, raw: Any) -> FallbackConfig | None:
-    if not isinstance(raw, dict):
-        c.error(path, f"expected a table {{ status, body, content_type }}, got {_kind(raw)}")
-        return None
-    c.unknown_keys(path, raw, _FALLBACK_KEYS)
-    status = 503
-    if "status" in raw:
-        st = c.integer(f"{path}.status", raw["status"], "routes[].fallback.status")
-        if st is None:
-            return None
-        status = st
-    body = None
-    if "body" in raw:
-        b = raw["body"]
-        if not isinstance(b, str):
-            c.error(f"{path}.body", f"expected a string, got {_kind(b)}")
-            return None
-        if len(b.encode()) > MAX_FALLBACK_BODY:
-            c.error(f"{path}.body", f"expected at most {MAX_FALLBACK_BODY} bytes, got {len(b.encode())}")
-            return None
-        body = b
-    ctype = "application/json"
-    if "content_type" in raw:
-        ct = c.string(f"{path}.content_type", raw["content_type"], plain=False)
-        if ct is None:
-            return None
-        if not _MEDIA_TYPE.fullmatch(ct):
-            c.error(f"{path}.content_type", f"expected a media type like text/plain; charset=utf-8, got {ct!r}")
-            return None
-        ctype = ct
-    return FallbackConfig(status=status, body=body, content_type=ctype)
 
 
 def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],

@@ -1,43 +1,50 @@
-"""A route's `fallback` when no target of its service is healthy: the configured status, body and
-content type with `X-Gateway-Fallback: no-healthy-target` (SPEC §4).
+"""What a route answers when its service has no target to use (SPEC §4, issue 9).
 
-A Filter, last in the route's chain (after auth and limits: a request they refuse is refused
-whatever the targets' health). It answers only when every target is out of rotation (health
-checks or passive health); a pick that then fails because every breaker refused is the breaker
-feature's `circuit-open` case. Synchronous and allocation-free while a target is up: one pass over
-the target list that stops at the first available one.
+pick() returns None when every target is out: its circuit refused it (open, or half-open with
+its probes taken), or it is unavailable (health). The data plane then asks the route's
+`unavailable(ctx)` (gateway/http/replies.py::unavailable) for the reply, which is prepared here
+once per route at config load: the route's `fallback` (status, body and content type as
+configured) or SPEC §4's 503 JSON, each with `X-Gateway-Fallback` saying why. Choosing between
+the two prepared replies is one attribute read, so a fallback costs what a router 404 costs.
+
+Why it says circuit-open: the breaker's admission (breakers.py) leaves ctx.breaker_ticket at -1
+when it refused a candidate of this pick and no later candidate was admitted; otherwise no target
+was available at all (no-healthy-target).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..pipeline.filter import Filter
 from ..pipeline.reply import LocalReply
 
 if TYPE_CHECKING:
     from ..config.model import FallbackConfig
 
-HEADER = (b"X-Gateway-Fallback", b"no-healthy-target")
+HEADER = b"X-Gateway-Fallback"
+CIRCUIT_OPEN = b"circuit-open"
+NO_HEALTHY_TARGET = b"no-healthy-target"
 
 
-def fallback_reply(fb: FallbackConfig, reason: bytes = b"no-healthy-target") -> LocalReply:
-    return LocalReply(fb.status, "no_healthy_target", "No upstream target is available.",
-                      [(b"X-Gateway-Fallback", reason)],
-                      body=fb.body.encode() if fb.body is not None else None,
-                      content_type=fb.content_type.encode("latin-1"))
+def prepared(fallback: FallbackConfig | None, code: str, message: str, why: bytes) -> LocalReply:
+    headers = [(HEADER, why)]
+    if fallback is None:
+        return LocalReply(503, code, message, headers)
+    # A configured body is sent verbatim; without one the reply is the JSON error body with the
+    # configured status (render() builds it, since it carries the request id).
+    return LocalReply(fallback.status, code, message, headers, body=fallback.body,
+                      content_type=fallback.content_type.encode("latin-1"))
 
 
-class NoHealthyTargetFallback(Filter):
-    name = "fallback"
+class Unavailable:
+    """A route's two prepared replies; called with the request's context (see the module doc)."""
 
-    def __init__(self, fb: FallbackConfig) -> None:
-        self.reply = fallback_reply(fb)
+    __slots__ = ("circuit_open", "no_target")
 
-    def access(self, ctx: Any) -> LocalReply | None:
-        service = ctx.service
-        if service is None:
-            return None
-        for t in service.targets:
-            if t.available:
-                return None
-        return self.reply
+    def __init__(self, fallback: FallbackConfig | None = None) -> None:
+        self.circuit_open = prepared(fallback, "circuit_open",
+                                     "The upstream service is unavailable (circuit open).", CIRCUIT_OPEN)
+        self.no_target = prepared(fallback, "no_healthy_target", "No upstream target is available.",
+                                  NO_HEALTHY_TARGET)
+
+    def __call__(self, ctx: Any) -> LocalReply:
+        return self.circuit_open if ctx.breaker_ticket < 0 else self.no_target

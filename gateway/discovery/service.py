@@ -87,7 +87,8 @@ class Service:
 
     # Every balancer's fields are here (balancers.py's subclasses add none), so a round_robin
     # service can switch class in place when registered weights make it weighted.
-    __slots__ = ("name", "targets", "_next", "observed", "balancer", "passive", "_picker", "_key", "_maglev")
+    __slots__ = ("name", "targets", "_next", "observed", "balancer", "passive", "_picker", "_key", "_maglev",
+                 "observers")
 
     def __init__(self, name: str, targets: list[Target]) -> None:
         self.name = name
@@ -96,6 +97,9 @@ class Service:
         # True when something must see each upstream attempt's outcome (passive health, breakers,
         # least_conn, latency EWMA): the data plane then calls record() once per attempt.
         self.observed = False
+        # Who reads the outcomes: each is called observer(ctx, target, kind) by record(), in order
+        # (breakers.py adds one per service with [services.breaker]; set `observed` with it).
+        self.observers: tuple[Any, ...] = ()
         self.balancer = "round_robin"
         self.passive = False       # passive health on (make_service: unless a breaker replaces it)
         self._picker: Any = None
@@ -153,6 +157,8 @@ class Service:
         "reset" or "protocol" for a failure before or during the response, "aborted" when the
         gateway gave the attempt up (the client left, or a local reply cut the request body).
         ctx.upstream_start/upstream_end (loop.time()) bound the attempt. Must not block."""
+        for observe in self.observers:
+            observe(ctx, target, kind)
         if kind is None:
             if target.passive_fails:
                 target.passive_fails = 0

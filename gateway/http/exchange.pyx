@@ -83,7 +83,7 @@ cdef class _ExchangeBase(_ReaderBase):
             return 0
         target = self.c_service.pick(ctx)
         if target is None:
-            self._local(replies.NO_TARGET)
+            self._local(replies.unavailable(ctx))
             return 0
         ctx.upstream_target = target
         ctx.upstream_start = self.l_time()   # the attempt starts now (connect time counts)
@@ -133,7 +133,7 @@ cdef class _ExchangeBase(_ReaderBase):
     cdef int _proxy(self, RequestContext ctx) except -1:
         target = ctx.route.service.pick(ctx)
         if target is None:
-            self._local(replies.NO_TARGET)
+            self._local(replies.unavailable(ctx))
             return 0
         ctx.upstream_target = target
         ctx.upstream_start = self.l_time()

@@ -91,6 +91,16 @@ UPSTREAM_TIMEOUT = LocalReply(504, "gateway_timeout", "The upstream did not answ
 SHUTTING_DOWN = LocalReply(503, "shutting_down", "The gateway is shutting down.", close=True)
 INTERNAL_ERROR = _c(500, "internal_error", "The gateway failed to handle the request.")
 
+
+
+def unavailable(ctx: RequestContext) -> LocalReply:
+    """pick() found no target for ctx: its route's prepared reply (SPEC §4: the route's fallback
+    or the 503 JSON, with X-Gateway-Fallback saying why: gateway/discovery/fallback.py), or
+    NO_TARGET for a route built without one. Prepared at config load: it costs what a 404 does."""
+    choose = getattr(ctx.route, "unavailable", None)
+    return NO_TARGET if choose is None else choose(ctx)
+
+
 UPSTREAM_REPLIES = {
     "connect": UPSTREAM_CONNECT,
     "reset": UPSTREAM_RESET,

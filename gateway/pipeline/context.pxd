@@ -40,6 +40,7 @@ cdef class RequestContext:
     cdef public object upstream_error
     cdef public double upstream_start
     cdef public double upstream_end
+    cdef public long long breaker_ticket
     cdef public long long bytes_in
     cdef public long long bytes_out
     cdef public object vars

@@ -36,6 +36,7 @@ class RequestContext:
     upstream_error: str | None
     upstream_start: float
     upstream_end: float
+    breaker_ticket: int     # > 0: the breaker ticket of this attempt; -1: a breaker refused a candidate
     bytes_in: int
     bytes_out: int
     vars: dict[str, Any] | None

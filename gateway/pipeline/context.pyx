@@ -49,6 +49,9 @@ cdef class RequestContext:
     # upstream_error    str | None: connect | timeout | reset | protocol
     # upstream_start    float: loop.time() when the upstream attempt began: target picked (0.0 if never)
     # upstream_end      float: loop.time() when the attempt ended (complete, failed or aborted; 0.0 while open)
+    # breaker_ticket    int: the circuit breaker's admission of the current attempt's target (its
+    #                   ticket, > 0, handed back with the outcome), -1 when a breaker refused a
+    #                   candidate (pick() found none: the 503 says circuit-open), 0 when none asked
     # bytes_in          int: request body bytes received
     # bytes_out         int: response bytes written downstream
     # vars              dict[str, Any] | None: scratch space for filters, created lazily
@@ -88,6 +91,7 @@ cdef class RequestContext:
         self.upstream_error = None
         self.upstream_start = 0.0
         self.upstream_end = 0.0
+        self.breaker_ticket = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.vars = None

@@ -374,18 +374,21 @@ def test_bad_fallbacks_name_their_path(extra: str, problem: str) -> None:
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
 
 
-def test_fallback_filter_answers_only_when_every_target_is_out() -> None:
-    from gateway.discovery.fallback import NoHealthyTargetFallback
+def test_route_fallback_answers_only_when_every_target_is_out() -> None:
+    # pick() returns None only when no target can be used; the route's prepared reply then says
+    # no-healthy-target (nothing was refused by a breaker: breaker_ticket stays >= 0).
+    from gateway.discovery.fallback import Unavailable
 
     cfg = loads_config(svc("") + 'fallback = { status = 503, body = "down", content_type = "text/plain" }\n')
-    f = NoHealthyTargetFallback(cfg.routes[0].fallback)
+    unavailable = Unavailable(cfg.routes[0].fallback)
     ts = targets(2)
     s = make_service("s", ts, "round_robin")
     c = ctx(service=s)
-    assert f.access(c) is None
+    assert s.pick(c) is not None
     s.set_active(ts[0], False)
-    assert f.access(c) is None
+    assert s.pick(c) is ts[1]
     s.set_active(ts[1], False)
-    reply = f.access(c)
-    assert reply is not None and (reply.status, reply.body, reply.content_type) == (503, b"down", b"text/plain")
+    assert s.pick(c) is None
+    reply = unavailable(c)
+    assert (reply.status, reply.body, reply.content_type) == (503, b"down", b"text/plain")
     assert (b"X-Gateway-Fallback", b"no-healthy-target") in reply.headers

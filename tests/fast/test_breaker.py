@@ -271,7 +271,7 @@ def test_config_is_validated_like_the_reference(kw: dict[str, Any]) -> None:
 steps = st.sampled_from(["zero", "small", "small", "small", "back", "huge"]).flatmap(
     lambda k: {"zero": st.just(0.0), "small": st.floats(0.0, 3.0), "back": st.floats(-3.0, 0.0),
                "huge": st.floats(1e3, 1e9)}[k])
-ops = st.tuples(st.sampled_from(["allow"] * 4 + ["record"] * 6 + ["force_open", "force_close"]),
+ops = st.tuples(st.sampled_from(["allow"] * 4 + ["record"] * 6 + ["force_open", "force_close", "open_for", "cancel"]),
                 steps, st.booleans(), st.sampled_from([0.0, 0.01, 0.5, 3.0]),
                 st.sampled_from([-1, -1, -2, -3, 0]))
 configs = st.fixed_dictionaries({
@@ -304,6 +304,11 @@ def test_compiled_matches_reference(cfg: dict[str, Any], script: list[tuple[Any,
             ticket = tickets[op[4]] if -op[4] < len(tickets) else 0
             b.record(now, op[2], op[3], ticket)
             r.record(now, op[2], op[3], ticket)
+        elif op[0] == "cancel":
+            ticket = tickets[op[4]] if -op[4] < len(tickets) else 0
+            assert b.cancel(now, ticket) == r.cancel(now, ticket)
+        elif op[0] == "open_for":
+            assert b.open_for(now, op[3] + 0.25) == r.open_for(now, op[3] + 0.25)
         else:
             assert getattr(b, op[0])(now) == getattr(r, op[0])(now)
         assert b.state == r.state
@@ -621,3 +626,32 @@ def test_lock_left_by_a_dead_worker_is_broken() -> None:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     raise AssertionError("breaker lock held by a dead pid was never broken")
+
+
+# -- cross-instance opening and abandoned probes (issue 9) -------------------------------------
+
+def test_open_for_opens_a_closed_breaker_for_the_given_time_then_probes_locally() -> None:
+    b = fast.CircuitBreaker(failure_threshold=5, open_timeout=10.0, half_open_requests=1, success_threshold=1)
+    assert b.open_for(1.0, 2.0) is True
+    assert b.state == fast.OPEN and b.allow(2.9) == 0
+    t = b.allow(3.0)                        # 1.0 + 2.0: half-open, our own probe
+    assert t and b.state == fast.HALF_OPEN
+    assert b.open_for(3.1, 50.0) is False   # half-open decides locally
+    b.record(3.2, True, 0.1, t)
+    assert b.state == fast.CLOSED
+    assert b.snapshot()["open_timeout"] == 10.0   # the remote duration never touched the backoff
+    assert b.transitions() == (1, 1, 1)
+
+
+def test_cancel_hands_back_a_probe_slot_of_the_same_half_open_period_only() -> None:
+    b = fast.CircuitBreaker(failure_threshold=1, open_timeout=1.0, half_open_requests=1, success_threshold=1)
+    closed_ticket = b.allow(0.0)
+    b.record(0.0, False, 0.0, closed_ticket)
+    assert b.cancel(0.5, closed_ticket) is False    # open: nothing to hand back
+    t = b.allow(1.0)
+    assert t and b.allow(1.0) == 0                  # the one probe is out
+    assert b.cancel(1.1, closed_ticket) is False    # a ticket of another epoch frees nothing
+    assert b.cancel(1.1, t) is True
+    t2 = b.allow(1.2)
+    assert t2 == t                                  # the slot came back: same period, same ticket
+    assert b.cancel(1.3, t2) is True and b.cancel(1.3, t2) is False

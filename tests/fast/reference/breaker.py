@@ -248,6 +248,25 @@ class ReferenceBreaker:
         self._fire()
         return changed
 
+    def open_for(self, now: float, timeout: float) -> bool:
+        if not (now >= 0.0) or not math.isfinite(now):
+            raise ValueError(f"now must be a finite number >= 0, got {now!r}")
+        if not (timeout > 0.0) or not math.isfinite(timeout):
+            raise ValueError("timeout must be a finite number > 0")
+        now = self._clamp(now)
+        if self.state == CLOSED and self._set_state(OPEN, now):
+            self.open_until = now + timeout
+        changed = self._pending is not None
+        self._fire()
+        return changed
+
+    def cancel(self, now: float, epoch: int) -> bool:
+        self._clamp(now)
+        if self.state == HALF_OPEN and epoch == self.epoch and self.probes_admitted > self.probe_successes:
+            self.probes_admitted -= 1
+            return True
+        return False
+
     def snapshot(self) -> dict[str, Any]:
         s = self.state
         return {
