@@ -207,3 +207,21 @@ def test_drain_keeps_an_established_tunnel_until_the_drain_timeout(ws_up: WsUpst
         assert g.wait(30) == 0
     finally:
         g.kill()
+
+
+def test_reload_keeps_an_established_tunnel(ws_up: WsUpstream) -> None:
+    g = GatewayProcess(config(ws_up.url), env={"GATEWAY_WORKERS": "1"})
+    try:
+        with connect(f"ws://127.0.0.1:{g.port}/ws/echo", ping_interval=None) as ws:
+            ws.send("before")
+            assert ws.recv(timeout=10) == "before"
+            # a reload that drops the route altogether: the tunnel it admitted goes on
+            g.write_config(config(ws_up.url).replace('path = "/ws"', 'path = "/elsewhere"'))
+            g.reload()
+            g.wait_stderr("reloaded", timeout=20)
+            with pytest.raises(InvalidStatus):   # new handshakes see the new routes ...
+                connect(f"ws://127.0.0.1:{g.port}/ws/echo", open_timeout=10)
+            ws.send("after the reload")           # ... the established tunnel is untouched
+            assert ws.recv(timeout=10) == "after the reload"
+    finally:
+        g.kill()
