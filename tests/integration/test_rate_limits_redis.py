@@ -92,6 +92,12 @@ def test_redis_killed_and_restarted_mid_test(gateway, upstream, redis) -> None: 
         for g in gws:
             _get(g.port, f"probe{i}")
     assert time.monotonic() - t0 < 5.0 + 3.0
+    # The promise is "within 5 s": on a loaded machine the probes above can finish sooner than a
+    # worker's link has come back (its reconnect backoff), and what the fallback admits meanwhile
+    # would be counted against carol below. Judge exactness once the 5 s have passed.
+    time.sleep(max(0.0, t0 + 5.5 - time.monotonic()))
+    for g in gws:
+        _get(g.port, "probe-last")
     # Counted in Redis again: over all instances exactly `limit` of a fresh user's requests pass
     # (the fallback alone would admit 20 per instance, 60 + 20 x 3 with the leases).
     statuses = [_get(gws[i % n].port, "carol") for i in range(2 * limit)]
