@@ -14,22 +14,19 @@ survives a restart. Writes need the admin token and are audited.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import orjson
-
 from gateway.admin.api import AdminError, AdminRequest, AdminResponse, json_response
+from gateway.admin.changes import audit_change
 from gateway.discovery.breaker_control import FORCED_PREFIX, OPEN_PREFIX, NodeBreakers
 
 if TYPE_CHECKING:
     from gateway.admin.api import AdminRoutes
     from gateway.admin.features import AdminContext, MetricSample
 
-audit = logging.getLogger("gateway.audit")
 
 # One NodeBreakers per admin context (one per process that serves the admin API).
 _NODES: dict[int, tuple[Any, NodeBreakers]] = {}
@@ -88,12 +85,8 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
                 raise AdminError(503, "state_unavailable", str(exc)) from None
             except StateLimit as exc:
                 raise AdminError(400, "bad_request", str(exc)) from None
-            audit.info(orjson.dumps({
-                "time": time.time(), "event": "admin_change", "request_id": req.headers.get("x-request-id"),
-                "client_ip": None, "consumer": "admin", "route": None,
-                "details": {"action": f"breaker_force_{'open' if state == 'open' else 'close'}",
-                            "service": e.service, "target": e.url},
-            }).decode())
+            audit_change(req, f"breaker_force_{'open' if state == 'open' else 'close'}",
+                         service=e.service, target=e.url)
             return json_response({"service": e.service, "target": e.url, "id": e.id, **nb.describe(e),
                                   "requested": state})
         return handler

@@ -16,12 +16,10 @@ rebuilds its runtime with it (gateway/worker.py), within milliseconds. Every cha
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from gateway.admin.api import AdminError, AdminRequest, AdminResponse, json_response
+from gateway.admin.changes import audit_change, write_state
 from gateway.config.limits_schema import parse_name, parse_policy, parse_quota
 from gateway.filters import limits_live
 
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
     from gateway.admin.api import AdminRoutes
     from gateway.admin.features import AdminContext
 
-audit = logging.getLogger("gateway.audit")
 
 _POLICY_SCHEMA = {
     "type": "object", "required": ["key", "limit", "window"],
@@ -76,27 +73,9 @@ def _body(request: AdminRequest) -> dict[str, Any]:
 
 
 def install(routes: AdminRoutes, ctx: AdminContext) -> None:
-    def state() -> Any:
-        control = ctx.state.control
-        if control is None:
-            raise AdminError(503, "unavailable", "no control plane in this process")
-        return control
-
     async def write(key: str, value: Any) -> AdminResponse:
-        control = state()
-        from gateway.state.control import StateLimit, StateUnavailable
-
-        try:
-            if value is None:
-                await control.delete(key)
-            else:
-                await control.put(key, value)
-        except StateUnavailable as exc:
-            raise AdminError(503, "unavailable", str(exc)) from None
-        except StateLimit as exc:
-            raise AdminError(400, "bad_request", str(exc)) from None
-        audit.info("admin_change %s", orjson.dumps({"event": "admin_change", "key": key,
-                                                    "value": value}).decode())
+        await write_state(ctx, key, value)
+        audit_change(None, "limits_delete" if value is None else "limits_put", key=key, value=value)
         return json_response({"key": key, "value": value})
 
     def get_limits(request: AdminRequest) -> AdminResponse:

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from ..admin.features import AdminContext
 
 log = logging.getLogger("gateway.discovery")
-audit = logging.getLogger("gateway.audit")
 
 FIELDS = {"url", "weight", "version", "metadata", "ttl"}
 MAX_METADATA = 4096          # bytes of JSON
@@ -107,23 +106,15 @@ def _control(ctx: AdminContext) -> Any:
 
 
 async def _write(ctx: AdminContext, key: str, value: Any) -> None:
-    from ..state.control import StateLimit, StateUnavailable
+    from gateway.admin.changes import write_state
 
-    control = _control(ctx)
-    try:
-        if value is None:
-            await control.delete(key)
-        else:
-            await control.put(key, value)
-    except StateUnavailable as exc:
-        raise AdminError(503, "state_unavailable", str(exc)) from None
-    except StateLimit as exc:
-        raise AdminError(507 if "exceed" in str(exc) else 400, "state_limit", str(exc)) from None
+    await write_state(ctx, key, value)
 
 
 def _audit(action: str, service: str, target_id: str, **details: Any) -> None:
-    audit.info("%s", orjson.dumps({"event": "admin", "action": action, "service": service,
-                                   "target": target_id, **details}).decode())
+    from gateway.admin.changes import audit_change
+
+    audit_change(None, action, service=service, target=target_id, **details)
 
 
 def install(routes: AdminRoutes, ctx: AdminContext) -> None:
@@ -191,7 +182,9 @@ def install(routes: AdminRoutes, ctx: AdminContext) -> None:
         except ValueError as exc:
             raise AdminError(400, "bad_request", str(exc)) from None
         await _write(ctx, canary.PREFIX + name, value)
-        audit.info("%s", orjson.dumps({"event": "admin", "action": "canary", "route": name, **value}).decode())
+        from gateway.admin.changes import audit_change
+
+        audit_change(req, "canary", route=name, **value)
         return json_response({"route": name, **value})
 
     def services(req: AdminRequest) -> AdminResponse:

@@ -56,20 +56,9 @@ def _body(req: AdminRequest) -> dict[str, Any]:
 
 
 async def _write(ctx: AdminContext, key: str, value: Any) -> None:
-    from gateway.state.control import StateLimit, StateUnavailable
+    from gateway.admin.changes import write_state
 
-    control = ctx.state.control
-    if control is None:
-        raise AdminError(503, "unavailable", "this process has no control plane")
-    try:
-        if value is None:
-            await control.delete(key)
-        else:
-            await control.put(key, value)
-    except StateUnavailable as exc:
-        raise AdminError(503, "state_unavailable", str(exc)) from None
-    except StateLimit as exc:
-        raise AdminError(400, "bad_request", str(exc)) from None
+    await write_state(ctx, key, value)
 
 
 def parse_key_request(body: dict[str, Any]) -> tuple[str, str | None, str | None, list[str], float | None]:
