@@ -1,0 +1,19 @@
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from .context import RequestContext
+from .filter import Filter
+from .reply import LocalReply
+
+class FilterChain:
+    filters: tuple[Filter, ...]
+    def __init__(self, filters: Sequence[Filter] = ()) -> None: ...
+    @property
+    def empty(self) -> bool: ...
+    def run_access(self, ctx: RequestContext) -> LocalReply | None | Awaitable[LocalReply | None]: ...
+    def run_response(self, ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def run_log(self, ctx: RequestContext) -> None: ...
+
+def _overrides(f: Any, phase: str) -> bool: ...
+
+EMPTY_CHAIN: FilterChain
