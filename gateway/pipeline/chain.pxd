@@ -3,9 +3,15 @@
 from gateway.pipeline.context cimport RequestContext
 
 
+# A filter phase compiled in Cython: bound as a filter's `access`, it is called by the chain as a
+# C method (no argument tuple, no Python frame). Python callers call the instance.
+cdef class CompiledAccess:
+    cdef object c_access(self, RequestContext ctx)
+
+
 cdef class FilterChain:
     cdef readonly tuple filters
-    cdef tuple _access      # (chain index, bound access) per filter overriding access
+    cdef tuple _access      # (chain index, bound access, compiled?) per filter overriding access
     cdef tuple _response    # (chain index, bound response), already reversed
     cdef tuple _log         # bound log per filter overriding log
     cdef int _n

@@ -25,7 +25,7 @@ async def _continue_async(FilterChain chain, RequestContext ctx, pending, Py_ssi
     result = await pending
     if result is not None:
         return result
-    for i, access in chain._access[pos + 1:]:
+    for i, access, _ in chain._access[pos + 1:]:
         step = access(ctx)
         ctx.filters_ran = i + 1
         reply = await step if inspect.isawaitable(step) else step
@@ -35,6 +35,15 @@ async def _continue_async(FilterChain chain, RequestContext ctx, pending, Py_ssi
     return None
 
 
+cdef class CompiledAccess:
+
+    def __call__(self, RequestContext ctx):
+        return self.c_access(ctx)
+
+    cdef object c_access(self, RequestContext ctx):
+        raise NotImplementedError
+
+
 cdef class FilterChain:
 
     def __init__(self, filters=()):
@@ -42,7 +51,8 @@ cdef class FilterChain:
         self._n = len(self.filters)
         # Access filters keep their chain index so the response phase can run exactly the filters
         # whose access phase ran (ctx.filters_ran counts chain positions, not access filters).
-        self._access = tuple((i, f.access) for i, f in enumerate(self.filters) if _overrides(f, "access"))
+        self._access = tuple((i, f.access, isinstance(f.access, CompiledAccess))
+                             for i, f in enumerate(self.filters) if _overrides(f, "access"))
         self._response = tuple(reversed(
             [(i, f.response) for i, f in enumerate(self.filters) if _overrides(f, "response")]))
         self._log = tuple(f.log for f in self.filters if _overrides(f, "log"))
@@ -70,7 +80,10 @@ cdef class FilterChain:
             return None
         ctx.filters_ran = 0
         for entry in self._access:
-            result = entry[1](ctx)
+            if entry[2]:
+                result = (<CompiledAccess>entry[1]).c_access(ctx)   # a C call
+            else:
+                result = entry[1](ctx)
             ctx.filters_ran = <int>entry[0] + 1
             if result is not None:
                 if type(result) is LocalReply or not inspect.isawaitable(result):
