@@ -17,3 +17,6 @@ class FilterChain:
 def _overrides(f: Any, phase: str) -> bool: ...
 
 EMPTY_CHAIN: FilterChain
+
+class CompiledAccess:
+    def __call__(self, ctx: RequestContext) -> Any: ...
