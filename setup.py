@@ -33,6 +33,7 @@ FAST_MODULES = [
 # short name (for GATEWAY_BUILD_ONLY) -> dotted module name
 DATAPLANE_MODULES = {
     "context": "gateway.pipeline.context",    # RequestContext: fields read as C struct members
+    "chain": "gateway.pipeline.chain",        # FilterChain: the route's filters, called per phase from C
     "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
@@ -45,6 +46,8 @@ DATAPLANE_MODULES = {
     "downstream": "gateway.http.downstream",  # DownstreamProtocol: connection life, parser callbacks, timers
     "recorder": "gateway.observability.recorder",  # request metrics: one call per finished exchange
     "admission": "gateway.discovery.admission",  # breaker admission and outcomes, per request
+    "ratelimit_fast": "gateway.filters.ratelimit_fast",  # a rate-limited route's in-memory checks, compiled
+    "auth_fast": "gateway.security.auth_fast",  # a cached JWT's identity on a request, compiled
 }
 
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"

@@ -41,6 +41,8 @@ from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
 
+from .ratelimit_fast import FastAccess, eligible
+
 if TYPE_CHECKING:
     from gateway.config.model import QuotaLimit, QuotasConfig, RateLimitConfig
     from gateway.pipeline.context import RequestContext
@@ -325,14 +327,24 @@ class RateLimitFilter(Filter):
         self.clock = clock
         # Cells: 2*i allowed, 2*i+1 rejected; i = 0 user quota, 1 org quota, 2 + n policy n.
         self.counters = counters if counters is not None else CounterArray(2 * (2 + len(policies)))
+        if eligible(self.policies, self.counters):
+            # The common case compiled (ratelimit_fast.pyx): the same steps without Python frames;
+            # it hands quotas, refusals and odd clocks back to python_access / _reject.
+            self.access = FastAccess(self, self.policies, self.counters, clock)  # type: ignore[method-assign]
 
     async def _after_lease(self, ctx: RequestContext, p: RedisPolicy, key: str, fut: Any) -> LocalReply | None:
         # A Redis-mode key without local tokens: wait for its lease (bounded by the Redis time
         # budget), then decide again; a second miss is decided by the local fallback.
         await p.leases.wait(key, fut)
-        return self.access(ctx, False)
+        return self.python_access(ctx, False)
 
     def access(self, ctx: RequestContext, may_wait: bool = True) -> Any:
+        return self.python_access(ctx, may_wait)
+
+    def _add_headers(self, ctx: RequestContext, p: Policy, remaining: int, reset: float) -> None:
+        ctx.response_headers.extend(_headers(p, remaining, reset))
+
+    def python_access(self, ctx: RequestContext, may_wait: bool = True) -> Any:
         now = self.clock()
         best: tuple[Policy, int, float] | None = None
         taken: list[tuple[Policy, str]] = []

@@ -18,6 +18,7 @@ Every upstream attempt is reported once to a service that observes outcomes (`_a
 """
 import logging
 
+from gateway.pipeline.chain cimport FilterChain
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport Router
 from gateway.pipeline.reply import LocalReply
@@ -69,7 +70,11 @@ cdef class _ExchangeBase(_ReaderBase):
             self._local(replies.UPGRADE_REFUSED)
             return 0
         if self.c_filtered:
-            result = self.c_chain.run_access(ctx)
+            chain = self.c_chain
+            if type(chain) is FilterChain:
+                result = (<FilterChain>chain).c_run_access(ctx)   # a C call
+            else:
+                result = chain.run_access(ctx)
             if result is not None:
                 if type(result) is LocalReply:
                     self._local(result)
@@ -294,9 +299,13 @@ cdef class _ExchangeBase(_ReaderBase):
         ctx.keep_alive = keep
         headers = reply.headers
         route = ctx.route
-        if route is not None and not route.chain.empty:
+        if route is not None and route.chain.filters:
             headers = list(headers)
-            route.chain.run_response(ctx, reply.status, headers)
+            chain = route.chain
+            if type(chain) is FilterChain:
+                (<FilterChain>chain).c_run_response(ctx, reply.status, headers)
+            else:
+                chain.run_response(ctx, reply.status, headers)
         if ctx.response_headers:
             headers = headers + ctx.response_headers
         data = replies.render(reply, ctx.request_id, keep, headers, ctx.method == b"HEAD")
@@ -410,5 +419,9 @@ cdef class _ExchangeBase(_ReaderBase):
         if metrics is not None:
             metrics.observe(ctx)   # gateway/observability/recorder.pyx: a few atomic adds
         if self._filtered(ctx):
-            ctx.route.chain.run_log(ctx)
+            chain = ctx.route.chain
+            if type(chain) is FilterChain:
+                (<FilterChain>chain).c_run_log(ctx)
+            else:
+                chain.run_log(ctx)
         return 0

@@ -36,6 +36,7 @@ from .wire import (
 )
 
 from gateway.http.reader cimport _ReaderBase
+from gateway.pipeline.chain cimport FilterChain
 from gateway.http.parser_stop cimport stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
@@ -525,7 +526,11 @@ cdef class _UpstreamBase:
 
         down = self.down
         if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            ctx.route.chain.run_response(ctx, status, fwd)
+            chain = ctx.route.chain
+            if type(chain) is FilterChain:
+                (<FilterChain>chain).c_run_response(ctx, status, fwd)   # a C call
+            else:
+                chain.run_response(ctx, status, fwd)
         if ctx.response_headers:
             fwd += ctx.response_headers
         line = STATUS_LINES.get(status) or status_line(status)
@@ -553,7 +558,11 @@ cdef class _UpstreamBase:
         self.status = 101
         down = self.down
         if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            ctx.route.chain.run_response(ctx, 101, fwd)
+            chain = ctx.route.chain
+            if type(chain) is FilterChain:
+                (<FilterChain>chain).c_run_response(ctx, 101, fwd)   # a C call
+            else:
+                chain.run_response(ctx, 101, fwd)
         if ctx.response_headers:
             fwd += ctx.response_headers
         line = STATUS_LINES.get(101) or status_line(101)

@@ -21,6 +21,7 @@ from gateway.pipeline.reply import LocalReply
 
 from .apikeys import fingerprint
 from .audit import audit
+from .auth_fast import CachedJwtAccess
 from .context import CachedIdentity, SecurityContext
 from .jwt_check import JwtRefused
 
@@ -56,8 +57,15 @@ class AuthFilter(Filter):
         self.unavailable = LocalReply(503, "auth_unavailable",
                                       "The credential store is unavailable; try again shortly.",
                                       headers=[(b"Retry-After", b"1")])
+        if self.jwt:
+            # A cached token's identity, compiled (auth_fast.pyx); it hands everything else
+            # (a new token, API keys, refusals) to python_access.
+            self.access = CachedJwtAccess(self, security, self.required)  # type: ignore[method-assign]
 
     def access(self, ctx: RequestContext) -> LocalReply | None:
+        return self.python_access(ctx)
+
+    def python_access(self, ctx: RequestContext) -> LocalReply | None:
         authz = None
         key = None
         n_authz = 0

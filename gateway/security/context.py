@@ -19,7 +19,7 @@ from gateway._fast.counters import CounterArray
 
 from .apikeys import PREFIX as KEYS_PREFIX
 from .apikeys import KeyRing
-from .identity import identity_headers
+from .auth_fast import CachedIdentity as CachedIdentity  # compiled: the cache hit reads it in C
 from .jwks import JwksKeys
 from .jwt_check import ASYMMETRIC, HS, JwtChecker
 from .keyset import StaticKeys, load_public_key_file
@@ -44,20 +44,6 @@ SURGE_THRESHOLD = 200         # failures in one window of one worker → auth_fa
 
 def failure_index(method: str, reason: str) -> int:
     return METHODS.index(method) * len(REASONS) + REASONS.index(reason)
-
-
-class CachedIdentity:
-    __slots__ = ("sub", "org", "scopes", "until", "jti", "headers", "kid")
-
-    def __init__(self, sub: str, org: str | None, scopes: frozenset[str], until: float,
-                 jti: str | None, method: str, kid: str | None = None) -> None:
-        self.kid = kid
-        self.sub = sub
-        self.org = org
-        self.scopes = scopes
-        self.until = until
-        self.jti = jti
-        self.headers = identity_headers(sub, org, scopes, method)
 
 
 def build_checker(settings: Settings) -> tuple[JwtChecker | None, JwksKeys | None]:

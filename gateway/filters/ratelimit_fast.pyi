@@ -1,0 +1,9 @@
+from typing import Any
+
+from gateway.pipeline.context import RequestContext
+
+def eligible(policies: Any, counters: Any) -> bool: ...
+
+class FastAccess:
+    def __init__(self, filter: Any, policies: Any, counters: Any, clock: Any) -> None: ...
+    def __call__(self, ctx: RequestContext, may_wait: bool = True) -> Any: ...

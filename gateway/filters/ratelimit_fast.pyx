@@ -1,0 +1,245 @@
+"""RateLimitFilter's common case compiled (gateway/filters/ratelimit.py): a request checked
+against in-memory policies only (embedded mode) and, when `[quotas]` exist, a request without a
+user. It runs the same steps as RateLimitFilter.access in the same order, calling the keyed
+table's C check directly and building the RateLimit-* headers without Python frames; anything
+else (a quota to count, a refusal, a clock reading the tables would refuse) goes to the Python
+code, which stays the one place those are decided.
+"""
+import time
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.list cimport PyList_Append
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.math cimport isfinite
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from gateway._fast.counters cimport CounterArray
+from gateway._fast.keyed_table cimport KeyedLimiterTable
+from gateway.pipeline.chain cimport CompiledAccess
+from gateway.pipeline.context cimport RequestContext
+
+cdef enum:
+    K_IP = 0
+    K_USER = 1
+    K_ORG = 2
+    K_API_KEY = 3
+    K_ROUTE = 4
+    K_HEADER = 5
+
+_KINDS = {"ip": K_IP, "user": K_USER, "org": K_ORG, "api_key": K_API_KEY, "route": K_ROUTE}
+ROUTE_KEY = "route"
+
+# Header fields of small numbers, made once (ratelimit.py's _NUMBERS, as whole fields).
+cdef bytes H_REMAINING = b"RateLimit-Remaining"
+cdef bytes H_RESET = b"RateLimit-Reset"
+cdef tuple _REMAINING = tuple((H_REMAINING, b"%d" % i) for i in range(4096))
+cdef tuple _RESET = tuple((H_RESET, b"%d" % i) for i in range(4096))
+DEF KEY_BUF = 256
+
+
+cdef bytes _digits(long long n):
+    # b"%d" % n for n >= 0, without the format machinery.
+    cdef char buf[24]
+    cdef int i = 24
+    if n == 0:
+        return b"0"
+    while n > 0 and i > 0:
+        i -= 1
+        buf[i] = <char>(48 + n % 10)
+        n //= 10
+    return PyBytes_FromStringAndSize(buf + i, 24 - i)
+
+
+cdef inline tuple _field(tuple small, bytes name, long long n):
+    if 0 <= n < 4096:
+        return <tuple>small[n]
+    return (name, _digits(n)) if n > 0 else (name, b"%d" % n)
+
+
+cdef inline double _monotonic() noexcept:
+    # time.monotonic()'s clock, without the Python call.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef class _Compiled:
+    """One policy as the compiled path reads it (ratelimit.Policy holds the same, in Python)."""
+    cdef object policy          # the ratelimit.Policy (for the refusal path)
+    cdef KeyedLimiterTable table
+    cdef int kind
+    cdef bytes header           # K_HEADER: the lower-case field name
+    cdef tuple limit_header
+    cdef bint bucket
+    cdef double rate, capacity
+    cdef Py_ssize_t cell
+
+
+def eligible(policies, counters):
+    """Whether fast_access can stand for the filter: embedded tables of a known key kind."""
+    if type(counters) is not CounterArray:
+        return False
+    for p in policies:
+        if type(p.table) is not KeyedLimiterTable or getattr(p, "leases", None) is not None:
+            return False
+        key = p.config.key
+        if key not in _KINDS and not key.startswith("header:"):
+            return False
+    return True
+
+
+cdef class FastAccess(CompiledAccess):
+    """Bound as the filter's `access` (see RateLimitFilter.__init__)."""
+    cdef object filter          # the RateLimitFilter: its Python access/_reject for the rest
+    cdef tuple pols
+    cdef CounterArray counters
+    cdef object clock
+    cdef bint monotonic         # clock is time.monotonic: read CLOCK_MONOTONIC directly
+    cdef object quotas
+
+    def __init__(self, filter, policies, CounterArray counters, clock):
+        cdef _Compiled c
+        out = []
+        for p in policies:
+            c = _Compiled()
+            c.policy = p
+            c.table = p.table
+            key = p.config.key
+            if key.startswith("header:"):
+                c.kind = K_HEADER
+                c.header = key[7:].encode("latin-1")
+            else:
+                c.kind = _KINDS[key]
+            c.limit_header = p.limit_header
+            c.bucket = p.bucket
+            c.rate = p.rate
+            c.capacity = p.capacity
+            c.cell = p.cell
+            out.append(c)
+        self.filter = filter
+        self.pols = tuple(out)
+        self.counters = counters
+        self.clock = clock
+        self.monotonic = clock is time.monotonic
+        self.quotas = filter.quotas
+
+    def __call__(self, RequestContext ctx, may_wait=True):
+        return self.c_access(ctx)
+
+    cdef object c_access(self, RequestContext ctx):
+        cdef _Compiled c
+        cdef _Compiled best = None
+        cdef long long best_rem = 0, rem
+        cdef double best_reset = 0.0, reset, left, a, b, nxt, now_d
+        cdef Py_ssize_t n, i, npol
+        cdef const char* data
+        cdef char buf[KEY_BUF]
+        cdef int ok
+        cdef long long r
+        if self.quotas is not None and ctx.consumer_id:
+            return self.filter.python_access(ctx)
+        if self.monotonic:
+            now_d = _monotonic()
+        else:
+            now = self.clock()
+            now_d = now
+            if not (now_d >= 0.0) or not isfinite(now_d):
+                return self.filter.python_access(ctx)   # the table's own error, from the Python path
+        npol = len(self.pols)
+        for i in range(npol):
+            c = <_Compiled>self.pols[i]
+            if _key_bytes(c, ctx, buf, &n):
+                ok = c.table.c_check(buf, <size_t>n, now_d, 1.0, &a, &b)
+            else:
+                key = _key(c, ctx)
+                data = PyUnicode_AsUTF8AndSize(key, &n)
+                ok = c.table.c_check(data, <size_t>n, now_d, 1.0, &a, &b)
+            if c.bucket:
+                # Policy._bucket_check: tokens left -> remaining hits, and when one more comes.
+                left = a
+                rem = <long long>left
+                reset = b
+                if ok:
+                    nxt = rem + 1
+                    reset = 0.0 if nxt > c.capacity else (nxt - left) / c.rate
+            else:
+                rem = <long long>a
+                reset = b
+            if not ok:
+                taken = [((<_Compiled>self.pols[j]).policy, _key(<_Compiled>self.pols[j], ctx)) for j in range(i)]
+                return self.filter._reject(ctx, c.policy, rem, reset, taken, now_d, "rate_limited", c.cell + 1,
+                                           _key(c, ctx))
+            if best is None or rem < best_rem:
+                best, best_rem, best_reset = c, rem, reset
+        if best is not None:
+            headers = ctx.response_headers
+            if not isfinite(best_reset) or type(headers) is not list:
+                self.filter._add_headers(ctx, best.policy, best_rem, best_reset)
+            else:
+                r = <long long>best_reset
+                if best_reset > r:
+                    r += 1                  # ceil, for the finite positive resets of an allowed request
+                PyList_Append(headers, best.limit_header)
+                PyList_Append(headers, _field(_REMAINING, H_REMAINING, best_rem))
+                PyList_Append(headers, _field(_RESET, H_RESET, r))
+            for i in range(npol):
+                self.counters.add((<_Compiled>self.pols[i]).cell, 1)
+        return None
+
+
+cdef inline bint _prefixed(const char* prefix, Py_ssize_t plen, object s, char* buf, Py_ssize_t* n) except -1:
+    # buf = prefix + UTF-8 of s (what the table hashes for the str key prefix + s); False when it
+    # does not fit or s is not a str (the caller then builds the str key).
+    cdef const char* d
+    cdef Py_ssize_t m
+    if type(s) is not str:
+        return False
+    d = PyUnicode_AsUTF8AndSize(s, &m)
+    if plen + m > KEY_BUF:
+        return False
+    memcpy(buf, prefix, plen)
+    memcpy(buf + plen, d, m)
+    n[0] = plen + m
+    return True
+
+
+cdef inline bint _key_bytes(_Compiled c, RequestContext ctx, char* buf, Py_ssize_t* n) except -1:
+    # _key's bytes without making the str (ip, user, org, api_key kinds).
+    cdef int kind = c.kind
+    if kind == K_USER:
+        u = ctx.consumer_id
+        if u:
+            return _prefixed("u:", 2, u, buf, n)
+    elif kind == K_ORG:
+        o = ctx.consumer_org
+        if o:
+            return _prefixed("o:", 2, o, buf, n)
+    elif kind == K_API_KEY:
+        k = ctx.api_key_id
+        if k:
+            return _prefixed("k:", 2, k, buf, n)
+    elif kind != K_IP:
+        return False
+    return _prefixed("ip:", 3, ctx.client_ip, buf, n)
+
+cdef inline str _key(_Compiled c, RequestContext ctx):
+    # ratelimit.py's key functions, in the same words (the tables hash these strings).
+    cdef int kind = c.kind
+    if kind == K_IP:
+        return "ip:" + ctx.client_ip
+    if kind == K_USER:
+        u = ctx.consumer_id
+        return "u:" + u if u else "ip:" + ctx.client_ip
+    if kind == K_ORG:
+        o = ctx.consumer_org
+        return "o:" + o if o else "ip:" + ctx.client_ip
+    if kind == K_API_KEY:
+        k = ctx.api_key_id
+        return "k:" + k if k else "ip:" + ctx.client_ip
+    if kind == K_ROUTE:
+        return ROUTE_KEY
+    for name, value in ctx.headers:
+        if name == c.header:
+            return "h:" + value.decode("latin-1")
+    return "ip:" + ctx.client_ip

@@ -1,0 +1,109 @@
+"""AuthFilter's cache hit compiled (gateway/security/auth_filter.py): one `Authorization: Bearer`
+field (no second one, at most one X-API-Key), a token in the verified-token cache and not past
+its `exp` + leeway. Then the identity goes on the request exactly as AuthFilter._jwt sets it, with
+the identity headers made once per cached token (CachedIdentity.headers). Everything else (a
+first sight of a token, an API key, any refusal) is AuthFilter.python_access, unchanged.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+from gateway.pipeline.chain cimport CompiledAccess
+from gateway.pipeline.context cimport RequestContext
+
+from .identity import identity_headers
+
+cdef bytes AUTHORIZATION = b"authorization"
+cdef bytes X_API_KEY = b"x-api-key"
+cdef const char* BEARER = b"bearer "
+
+
+cdef class CachedIdentity:
+    """A verified token's identity (SecurityContext.cache), valid until `until` (exp + leeway).
+    Compiled so the cache hit reads its fields as C struct members."""
+    cdef public object sub
+    cdef public object org
+    cdef public object scopes
+    cdef public double until
+    cdef public object jti
+    cdef public object headers
+    cdef public object kid
+
+    def __init__(self, sub, org, scopes, until, jti, method, kid=None):
+        self.kid = kid
+        self.sub = sub
+        self.org = org
+        self.scopes = scopes
+        self.until = until
+        self.jti = jti
+        self.headers = identity_headers(sub, org, scopes, method)
+
+
+cdef inline double _wall() noexcept:
+    # time.time()'s clock (CLOCK_REALTIME), without the Python call.
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline bint _space(char c) noexcept:
+    # bytes.strip()'s whitespace (ASCII: space, \t, \n, \v, \f, \r)
+    return c == 32 or 9 <= c <= 13
+
+
+cdef class CachedJwtAccess(CompiledAccess):
+    """Bound as a JWT route's AuthFilter.access (see AuthFilter.__init__)."""
+    cdef object filter
+    cdef dict cache             # SecurityContext.cache (the one dict, changed in place only)
+    cdef object required        # frozenset of the route's scopes; None when there are none
+
+    def __init__(self, filter, sec, required):
+        self.filter = filter
+        self.cache = sec.cache
+        self.required = required if required else None
+
+    cdef object c_access(self, RequestContext ctx):
+        cdef Py_ssize_t n_authz = 0, n_key = 0, n, start, end, i
+        cdef const char* p
+        cdef char c
+        cdef CachedIdentity ident
+        authz = None
+        for name, value in ctx.headers:
+            if name == AUTHORIZATION:
+                authz = value
+                n_authz += 1
+            elif name == X_API_KEY:
+                n_key += 1
+        f = self.filter
+        if n_authz != 1 or n_key > 1 or type(authz) is not bytes:
+            return f.python_access(ctx)
+        # authz[:7].lower() == b"bearer " and authz[7:].strip(), without the three objects.
+        p = PyBytes_AS_STRING(authz)
+        n = PyBytes_GET_SIZE(authz)
+        if n < 7:
+            return f.python_access(ctx)
+        for i in range(7):
+            c = p[i]
+            if 65 <= c <= 90:
+                c = c + 32
+            if c != BEARER[i]:
+                return f.python_access(ctx)
+        start = 7
+        end = n
+        while start < end and _space(p[start]):
+            start += 1
+        while end > start and _space(p[end - 1]):
+            end -= 1
+        found = self.cache.get(PyBytes_FromStringAndSize(p + start, end - start))
+        if found is None or type(found) is not CachedIdentity:
+            return f.python_access(ctx)
+        ident = <CachedIdentity>found
+        if ident.until <= _wall():
+            return f.python_access(ctx)
+        ctx.consumer_id = ident.sub
+        ctx.consumer_org = ident.org
+        ctx.scopes = ident.scopes
+        ctx.auth_method = "jwt"
+        if self.required is not None and not self.required <= ident.scopes:
+            return f._forbidden(ctx, "jwt", f.forbidden_jwt)
+        ctx.upstream_headers = ctx.upstream_headers + ident.headers
+        return None
