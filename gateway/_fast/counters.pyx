@@ -23,6 +23,7 @@ harmless for Prometheus, which tolerates that skew.
 """
 import operator
 
+cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport floor, isfinite
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
@@ -51,6 +52,7 @@ cdef Py_ssize_t _cells_nbytes(str name, object n, Py_ssize_t extra) except -1:
     return 8 * (<Py_ssize_t>n + extra)
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class _Cells:
     """Owns or borrows the 8-aligned memory of a counter-like object (not for direct use)."""
 
@@ -102,6 +104,7 @@ cdef inline long long _check_n(long long n) except -1:
     return n
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class Counter(_Cells):
     """One monotonically increasing uint64 counter."""
 
@@ -137,6 +140,7 @@ cdef class Counter(_Cells):
         return f"Counter(value={self.get()}, shared={self._shared})"
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class CounterArray(_Cells):
     """n counters in one flat array, indexed by an int the caller computed at config load.
 
@@ -188,6 +192,7 @@ cdef class CounterArray(_Cells):
         return [self.get(i) for i in range(self.size)]
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class Histogram(_Cells):
     """Fixed-bucket histogram: `observe(v)` counts v in the first bucket whose bound is >= v.
 

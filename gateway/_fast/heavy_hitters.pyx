@@ -15,6 +15,7 @@ shm.pyx), k, period, start of the current generation, which half is current, tot
 key hash (XXH64 of the whole key), count, error, key length, the key's first 102 bytes (shown;
 the hash identifies it).
 """
+cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.math cimport floor
@@ -52,6 +53,7 @@ def layout_bytes(k: int) -> int:
     return sizeof(hh_header) + 2 * k * sizeof(hh_entry)
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class HeavyHitters:
     """`HeavyHitters(k, period, buffer=None)`; record(key, now); top(n, now)."""
 

@@ -41,6 +41,7 @@ see shm.pyx for what happens when a worker dies holding one); inserts also hold 
 of the key's home slot, so two workers inserting the same new key cannot put it in two slots.
 Lookups walk unlocked and re-check the slot's identity once they hold its lock.
 """
+cimport cython
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.math cimport fabs, floor, isfinite, isnan
@@ -90,6 +91,7 @@ cdef double _positive(str name, object v) except -1.0:
     return d
 
 
+@cython.no_gc_clear   # the buffer must outlive the view on it (released in __dealloc__)
 cdef class KeyedLimiterTable:
     """A fixed-capacity table of per-key limiters; see the module docstring for the rules.
 

@@ -97,7 +97,7 @@ def _org(ctx: RequestContext) -> str:
 
 
 def _api_key(ctx: RequestContext) -> str:
-    # The security layer names the key id `api_key_id`; until a context carries it, the client IP.
+    # ctx.api_key_id: set by the auth filter for an API-key request; without one, the client IP.
     k = getattr(ctx, "api_key_id", None)
     return "k:" + k if k else "ip:" + ctx.client_ip
 

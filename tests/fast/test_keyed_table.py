@@ -429,3 +429,21 @@ def test_mismatched_or_small_buffers_fail_loudly() -> None:
     junk[:16] = bytes(16)
     t = _table(8, SW, buffer=junk)
     assert len(t) == 0 and t.check("k", 0.0) == SlidingWindow(5.0, 1.0).check(0.0)
+
+
+def test_a_table_in_a_reference_cycle_never_frees_its_buffer_before_its_view() -> None:
+    # At exit the garbage collector clears unreachable objects in any order: a table (or counters)
+    # whose buffer field was cleared before __dealloc__ released its view freed the bytes the view
+    # still pointed into ("deallocated bytearray object has exported buffers"). Seen when the rate
+    # limit filter's compiled access (a cycle: filter -> access -> filter) came in; this run of its
+    # tests printed it at exit every time. no_gc_clear keeps the buffer until __dealloc__.
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/pipeline/test_ratelimit_filter.py", "-k", "header_route"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "exported buffers" not in out.stdout + out.stderr, out.stdout + out.stderr

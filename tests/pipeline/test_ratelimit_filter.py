@@ -117,6 +117,23 @@ def test_header_route_and_org_keys() -> None:
     assert isinstance(o.access(ctx("4.4.4.4", user="b", org="acme")), LocalReply)
 
 
+def test_api_key_policies_count_per_key_id_the_auth_filter_sets() -> None:
+    # gateway/security/auth_filter.py sets ctx.api_key_id for an API-key request; a request
+    # without one (JWT or anonymous) is limited by its IP, like every other missing key.
+    def keyed(key_id: str | None, ip: str = "10.0.0.1") -> RequestContext:
+        c = ctx(ip)
+        c.api_key_id = key_id
+        return c
+
+    clock = Clock()
+    f = limiter([RateLimitConfig("api_key", 1, 60.0)], clock)
+    assert f.access(keyed("0123456789ab")) is None
+    assert isinstance(f.access(keyed("0123456789ab", "2.2.2.2")), LocalReply)   # the key's count
+    assert f.access(keyed("ba9876543210")) is None                              # another key
+    assert f.access(keyed(None, "3.3.3.3")) is None                             # no key: by IP
+    assert isinstance(f.access(keyed(None, "3.3.3.3")), LocalReply)
+
+
 def test_headers_come_from_the_tightest_policy_and_refusal_refunds_the_others() -> None:
     clock = Clock(0.0)
     f = limiter([RateLimitConfig("ip", 10, 60.0), RateLimitConfig("route", 3, 60.0)], clock)
