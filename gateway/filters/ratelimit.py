@@ -98,7 +98,7 @@ def _org(ctx: RequestContext) -> str:
 
 def _api_key(ctx: RequestContext) -> str:
     # ctx.api_key_id: set by the auth filter for an API-key request; without one, the client IP.
-    k = getattr(ctx, "api_key_id", None)
+    k = ctx.api_key_id
     return "k:" + k if k else "ip:" + ctx.client_ip
 
 
