@@ -24,7 +24,9 @@ harmless for Prometheus, which tolerates that skew.
 import operator
 
 cimport cython
-from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release
+
+from gateway._fast.pin cimport pin_writable
 from libc.math cimport floor, isfinite
 from libc.stdint cimport int64_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
@@ -59,6 +61,8 @@ cdef class _Cells:
     cdef int _attach(self, object buffer, Py_ssize_t offset, Py_ssize_t nbytes,
                      str what) except -1:
         # nbytes is >= 8 and came from _cells_nbytes (or a constant): no overflow behind it.
+        cdef char* start
+        cdef Py_ssize_t held = 0
         if buffer is None:
             if offset != 0:
                 raise ValueError("offset is only meaningful with a buffer")
@@ -70,13 +74,13 @@ cdef class _Cells:
         else:
             if offset < 0 or offset % 8 != 0:
                 raise ValueError(f"offset must be a multiple of 8 and >= 0, got {offset}")
-            PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+            start = pin_writable(buffer, &self._view, &held)       # see pin.pxd
             self._has_view = True
             # Not `offset + nbytes > len`: that sum wraps for an offset near 2**63.
-            if offset > self._view.len or nbytes > self._view.len - offset:
+            if offset > held or nbytes > held - offset:
                 raise ValueError(f"buffer too small: {what} needs {nbytes} bytes at offset "
-                                 f"{offset}, the buffer has {self._view.len}")
-            self._mem = <char*>self._view.buf + offset
+                                 f"{offset}, the buffer has {held}")
+            self._mem = start + offset
             # Atomics on a cell that straddles cache lines are slow (split locks) or undefined.
             if (<uintptr_t>self._mem) % 8 != 0:
                 raise ValueError("buffer address + offset is not 8-byte aligned")

@@ -16,7 +16,9 @@ key hash (XXH64 of the whole key), count, error, key length, the key's first 102
 the hash identifies it).
 """
 cimport cython
-from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release
+
+from gateway._fast.pin cimport pin_writable
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.math cimport floor
 from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
@@ -82,11 +84,11 @@ cdef class HeavyHitters:
             self._shared = False
         else:
             self._shared = True
-        PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+        cdef Py_ssize_t held = 0
+        cdef unsigned char* base = <unsigned char*>pin_writable(buffer, &self._view, &held)  # pin.pxd
         self._has_view = True
-        if <size_t>self._view.len < need:
-            raise ValueError(f"buffer holds {self._view.len} bytes, k={k} needs {need}")
-        cdef unsigned char* base = <unsigned char*>self._view.buf
+        if <size_t>held < need:
+            raise ValueError(f"buffer holds {held} bytes, k={k} needs {need}")
         if not self._shared:
             base += (64 - (<uintptr_t>base) % 64) % 64       # aligned for the lock word
         self.buffer = buffer

@@ -42,7 +42,9 @@ of the key's home slot, so two workers inserting the same new key cannot put it 
 Lookups walk unlocked and re-check the slot's identity once they hold its lock.
 """
 cimport cython
-from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBuffer_Release
+
+from gateway._fast.pin cimport pin_writable
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.math cimport fabs, floor, isfinite, isnan
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -139,6 +141,7 @@ cdef class KeyedLimiterTable:
         self._bytes = layout_bytes(capacity)
         self._pid = shm_pid_ptr()
         cdef unsigned char* base
+        cdef Py_ssize_t held = 0
         if buffer is None:
             # Anonymous mmap: zeroed pages, committed lazily as keys arrive. Huge pages (where
             # THP is on "madvise") save a TLB miss per lookup in a table of tens of MB.
@@ -151,14 +154,13 @@ cdef class KeyedLimiterTable:
             base = <unsigned char*>self._own
             self._shared = False
         else:
-            PyObject_GetBuffer(buffer, &self._view, PyBUF_WRITABLE)
+            base = <unsigned char*>pin_writable(buffer, &self._view, &held)   # see pin.pxd
             self._has_view = True
-            if <size_t>self._view.len < self._bytes:
-                raise ValueError(f"buffer holds {self._view.len} bytes, a table of {capacity} "
+            if <size_t>held < self._bytes:
+                raise ValueError(f"buffer holds {held} bytes, a table of {capacity} "
                                  f"slots needs {self._bytes} (layout_bytes)")
-            if (<uintptr_t>self._view.buf) % 8:
+            if (<uintptr_t>base) % 8:
                 raise ValueError("buffer must be 8-byte aligned (atomics on its words)")
-            base = <unsigned char*>self._view.buf
             self._shared = True
             self.buffer = buffer
         self._hdr = <kt_header*>base

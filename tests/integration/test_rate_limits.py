@@ -189,3 +189,48 @@ def test_ratelimit_top_lists_the_most_limited_keys_node_wide(gateway, upstream) 
     assert doc["rejections"] == 14
     assert _admin(gw, "GET", "/ratelimit/top?n=0")[0] == 400
     assert gw.stop() == 0
+
+
+def test_live_changes_in_a_tight_loop_never_cost_a_connection(gateway, upstream) -> None:  # noqa: F811
+    # Every live change swaps the runtime; the old one (a garbage cycle holding limiter tables on
+    # node-memory memoryviews) crashed the collector (gateway/_fast/pin.pxd): workers died with
+    # signal 11 within a second of such changes and fresh connections were reset. Changes in a
+    # tight loop while fresh connections arrive: no connection error, no worker replaced.
+    import threading
+    import time
+
+    gw = gateway(_config(upstream.url, ""), env={"GATEWAY_WORKERS": "2", "GATEWAY_ADMIN_TOKEN": "t0ken",
+                                                 "_GATEWAY_TEST_IDENTITY": "1"})
+    pids = _two_workers(gw)
+    deadline = time.monotonic() + 3.0
+    errors: list[str] = []
+    statuses: list[int] = []
+
+    def change() -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            _admin(gw, "PUT", "/limits/quotas/orgs/acme", {"limit": 2 + i % 5, "window": 3600})
+            rl = [{"key": "route", "limit": 1000 + i, "window": 3600}] if i % 2 else []
+            _admin(gw, "PUT", "/limits/routes/api", {"rate_limits": rl})
+            if i % 3 == 0:
+                _admin(gw, "DELETE", "/limits/quotas/orgs/acme")
+
+    def request(n: int) -> None:
+        who = {"X-Test-User": f"u{n}", "X-Test-Org": "acme"} if n % 2 else {}
+        while time.monotonic() < deadline:
+            try:
+                statuses.append(_get(gw.port, who)[0])
+            except OSError as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=change)] + [threading.Thread(target=request, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, (errors[:5], gw.stderr[-4000:])
+    assert statuses and set(statuses) <= {200, 429}, set(statuses)
+    assert "killed by signal" not in gw.stderr and "exported buffer" not in gw.stderr, gw.stderr[-4000:]
+    assert worker_pids(gw.admin_port) == pids          # the same two workers throughout
+    assert gw.stop() == 0
