@@ -193,7 +193,8 @@ def build_runtime(
     if quotas_config is not None:
         from .filters.ratelimit import build_quotas
 
-        quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer)
+        quotas = build_quotas(quotas_config, settings.ratelimit_keys, placer,
+                              (settings, lambda: state.status) if settings.redis_url and state is not None else None)
     emit = state.emit if state is not None else None
     routes = [
         Route.from_config(rc, _route_service(rc, services), build_chain(rc, settings, placer, quotas, emit, state, loop))

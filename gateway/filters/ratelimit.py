@@ -3,6 +3,9 @@
 Embedded mode: every policy is a KeyedLimiterTable in node memory, placed by name through the
 runtime's Placer, so all workers of a node count in the same bytes: a limit is exact per node,
 not per worker. A check is a few hundred nanoseconds of compiled code and creates no task.
+Redis mode (GATEWAY_REDIS_URL): route policies and quotas alike are RedisPolicy objects, counted
+across instances by leases spent locally (ratelimit_redis.py); only a key without local tokens
+returns a coroutine that waits for its lease.
 
 What a request counts against, in this order (the first refusal answers 429):
 1. its quotas (`[quotas]`, authenticated requests only): the user's share (the user's override,
@@ -164,8 +167,8 @@ class RedisPolicy(Policy):
 
     __slots__ = ("leases",)
 
-    def __init__(self, name: str, config: RateLimitConfig, leases: Any, key_of: Callable[[RequestContext], str],
-                 cell: int) -> None:
+    def __init__(self, name: str, config: RateLimitConfig, leases: Any,
+                 key_of: Callable[[RequestContext], str] | None, cell: int) -> None:
         super().__init__(name, config, leases, key_of, False, cell)
         self.leases = leases
         self.check = leases.check
@@ -229,7 +232,8 @@ class Quotas:
 
     __slots__ = ("config", "_user", "_org", "_default_user", "_default_org")
 
-    def __init__(self, config: QuotasConfig, make: TableFactory, keys: int) -> None:
+    def __init__(self, config: QuotasConfig, make: TableFactory, keys: int,
+                 redis: tuple[Any, Callable[[], dict[str, Any]]] | None = None) -> None:
         self.config = config
         user_tables: dict[tuple[int, float], Policy] = {}
         org_tables: dict[tuple[int, float], Policy] = {}
@@ -237,8 +241,20 @@ class Quotas:
         def policy(level: str, q: QuotaLimit, tables: dict[tuple[int, float], Policy]) -> Policy:
             p = tables.get((q.limit, q.window))
             if p is None:
-                t = make(f"quota/{level}", "sliding_window", q.limit, q.window, 0, keys)
-                p = tables[(q.limit, q.window)] = Policy(level, q, t, None, False, 0 if level == "user" else 2)
+                cell = 0 if level == "user" else 2
+                if redis is not None:
+                    # Redis mode: counted across instances like a route policy (leases spent
+                    # locally); the name carries the level, limit and window, as a table's does.
+                    from gateway.config.model import RateLimitConfig
+
+                    as_policy = RateLimitConfig(key=level, limit=q.limit, window=q.window)
+                    leases = redis_leases(f"quota/{level}/{q.limit}/{q.window!r}", as_policy, keys, redis)
+                    p = RedisPolicy(level, as_policy, leases, None, cell)
+                    p.config = q
+                else:
+                    t = make(f"quota/{level}", "sliding_window", q.limit, q.window, 0, keys)
+                    p = Policy(level, q, t, None, False, cell)
+                tables[(q.limit, q.window)] = p
             return p
 
         from gateway.config.model import QuotaLimit
@@ -332,19 +348,39 @@ class RateLimitFilter(Filter):
             # it hands quotas, refusals and odd clocks back to python_access / _reject.
             self.access = FastAccess(self, self.policies, self.counters, clock)  # type: ignore[method-assign]
 
-    async def _after_lease(self, ctx: RequestContext, p: RedisPolicy, key: str, fut: Any) -> LocalReply | None:
+    async def _after_lease(self, ctx: RequestContext, p: RedisPolicy, key: str, fut: Any,
+                           waits: int) -> LocalReply | None:
         # A Redis-mode key without local tokens: wait for its lease (bounded by the Redis time
-        # budget), then decide again; a second miss is decided by the local fallback.
+        # budget), then decide again. The next pass may find another key (the org after the
+        # user, a route policy after the quotas) waiting for its own first lease: it waits too,
+        # at most once per Redis policy (`waits`); a miss after that is decided by after_wait.
         await p.leases.wait(key, fut)
-        return self.python_access(ctx, False)
+        res = self.python_access(ctx, waits - 1)
+        if res is not None and not isinstance(res, LocalReply):     # a coroutine: the next wait
+            res = await res
+        return res
 
     def access(self, ctx: RequestContext, may_wait: bool = True) -> Any:
-        return self.python_access(ctx, may_wait)
+        return self.python_access(ctx, None if may_wait else 0)
+
+    def _leased(self, ctx: RequestContext, p: Policy, key: str, res: Any, taken: list[tuple[Policy, str]],
+                now: float, waits: int | None) -> Any:
+        # `res` is a future (Redis mode, no local token for `key`): wait for it with what this
+        # request took given back (a waiting request holds nothing), or decide without waiting.
+        if waits is None:
+            waits = 2 + len(self.policies)     # one wait per policy the request may meet
+        if waits > 0:
+            for q, k in taken:
+                q.table.refund(k, now, 1.0)
+            return self._after_lease(ctx, p, key, res, waits)  # type: ignore[arg-type]
+        return p.leases.after_wait(key)  # type: ignore[attr-defined]
 
     def _add_headers(self, ctx: RequestContext, p: Policy, remaining: int, reset: float) -> None:
         ctx.response_headers.extend(_headers(p, remaining, reset))
 
-    def python_access(self, ctx: RequestContext, may_wait: bool = True) -> Any:
+    def python_access(self, ctx: RequestContext, waits: int | None = None) -> Any:
+        """None (allowed), a LocalReply (429), or a coroutine (Redis mode: a key waits for its
+        lease). `waits`: how many lease waits this request may still do (None: the first pass)."""
         now = self.clock()
         best: tuple[Policy, int, float] | None = None
         taken: list[tuple[Policy, str]] = []
@@ -354,13 +390,23 @@ class RateLimitFilter(Filter):
             org = ctx.consumer_org
             up, op = quotas.for_request(user, org)
             if up is not None:
-                ok, rem, reset = up.check(user, now)
+                res = up.check(user, now)
+                if type(res) is not tuple:             # Redis mode: no local tokens for the user
+                    res = self._leased(ctx, up, user, res, taken, now, waits)
+                    if type(res) is not tuple:
+                        return res
+                ok, rem, reset = res
                 if not ok:
                     return self._reject(ctx, up, rem, reset, taken, now, "quota_exceeded", 1, user)
                 taken.append((up, user))
                 best = (up, rem, reset)
             if op is not None and org is not None:
-                ok, rem, reset = op.check(org, now)
+                res = op.check(org, now)
+                if type(res) is not tuple:
+                    res = self._leased(ctx, op, org, res, taken, now, waits)
+                    if type(res) is not tuple:
+                        return res
+                ok, rem, reset = res
                 if not ok:
                     return self._reject(ctx, op, rem, reset, taken, now, "quota_exceeded", 3, org)
                 taken.append((op, org))
@@ -370,11 +416,9 @@ class RateLimitFilter(Filter):
             key = p.key_of(ctx)  # type: ignore[misc]
             res = p.check(key, now)
             if type(res) is not tuple:                 # Redis mode: no local tokens for this key
-                if may_wait:
-                    for q, k in taken:
-                        q.table.refund(k, now, 1.0)
-                    return self._after_lease(ctx, p, key, res)  # type: ignore[arg-type]
-                res = p.leases.after_wait(key)  # type: ignore[attr-defined]
+                res = self._leased(ctx, p, key, res, taken, now, waits)
+                if type(res) is not tuple:
+                    return res
             ok, rem, reset = res
             if not ok:
                 return self._reject(ctx, p, rem, reset, taken, now, "rate_limited", p.cell + 1, key)
@@ -420,11 +464,24 @@ class RateLimitFilter(Filter):
                           headers=[(b"Retry-After", b"%d" % max(1, _seconds(retry)))])
 
 
-def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None) -> Quotas | None:
+def redis_leases(name: str, config: RateLimitConfig, keys: int,
+                 redis: tuple[Any, Callable[[], dict[str, Any]]]) -> Any:
+    """A policy's leases in Redis mode (gateway/filters/ratelimit_redis.py), named the same on
+    every instance so that they all count in the same Redis keys."""
+    from .ratelimit_redis import RedisLeases, block_for, process_link
+
+    settings, status = redis
+    return RedisLeases(name, config, process_link(settings), status, block=block_for(config.limit),
+                       workers=settings.workers, fallback_capacity=table_capacity(keys))
+
+
+def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None,
+                 redis: tuple[Any, Callable[[], dict[str, Any]]] | None = None) -> Quotas | None:
+    """`[quotas]` compiled; with `redis` (settings, status), counted across instances."""
     if config is None or (config.default_user is None and config.default_org is None
                           and not config.orgs and not config.users):
         return None
-    return Quotas(config, table_factory(placer), keys)
+    return Quotas(config, table_factory(placer), keys, redis)
 
 
 def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quotas | None,
@@ -438,12 +495,7 @@ def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quot
     for i, pc in enumerate(policies):
         n = 1 if pc.key == "route" else keys
         if redis is not None:
-            from .ratelimit_redis import RedisLeases, block_for, process_link
-
-            settings, status = redis
-            leases = RedisLeases(f"{route}/{i}/{pc.key}/{pc.limit}/{pc.window!r}", pc, process_link(settings),
-                                 status, block=block_for(pc.limit), workers=settings.workers,
-                                 fallback_capacity=table_capacity(n))
+            leases = redis_leases(f"{route}/{i}/{pc.key}/{pc.limit}/{pc.window!r}", pc, n, redis)
             compiled.append(RedisPolicy(str(i), pc, leases, key_function(pc.key), 2 * (2 + i)))
             continue
         table = make(f"ratelimit/{route}/{i}", pc.algorithm, pc.limit, pc.window, pc.burst, n)

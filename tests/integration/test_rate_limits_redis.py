@@ -32,10 +32,11 @@ def _config(upstream_url: str, limit: int, window: float) -> str:
             f'[[routes.rate_limits]]\nkey = "user"\nlimit = {limit}\nwindow = {window}\n')
 
 
-def _instances(gateway, upstream, redis, n: int, limit: int, window: float) -> list:  # noqa: F811
+def _instances(gateway, upstream, redis, n: int, limit: int, window: float,  # noqa: F811
+               config: str | None = None, env: dict[str, str] | None = None) -> list:
     env = {"GATEWAY_REDIS_URL": redis.url, "GATEWAY_REUSE_PORT": "shared", "_GATEWAY_TEST_IDENTITY": "1",
-           "GATEWAY_REDIS_TIMEOUT": "0.5"}
-    gws = [gateway(_config(upstream.url, limit, window), env=env) for _ in range(n)]
+           "GATEWAY_REDIS_TIMEOUT": "0.5", **(env or {})}
+    gws = [gateway(config or _config(upstream.url, limit, window), env=env) for _ in range(n)]
 
     def live() -> bool:
         return all(json.loads(http_get(g.admin_port, "/health")[2])["state"]["instances"] == n
@@ -44,13 +45,19 @@ def _instances(gateway, upstream, redis, n: int, limit: int, window: float) -> l
     return gws
 
 
-def _get(port: int, user: str = "alice") -> int:
+def _get(port: int, user: str = "alice", org: str | None = None) -> int:
+    return _request(port, user, org)[0]
+
+
+def _request(port: int, user: str = "alice", org: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"X-Test-User": user}
+    if org:
+        headers["X-Test-Org"] = org
     try:
-        conn.request("GET", "/x", headers={"X-Test-User": user})
+        conn.request("GET", "/x", headers=headers)
         r = conn.getresponse()
-        r.read()
-        return r.status
+        return r.status, r.read()
     finally:
         conn.close()
 
@@ -102,5 +109,37 @@ def test_redis_killed_and_restarted_mid_test(gateway, upstream, redis) -> None: 
     # (the fallback alone would admit 20 per instance, 60 + 20 x 3 with the leases).
     statuses = [_get(gws[i % n].port, "carol") for i in range(2 * limit)]
     assert limit <= statuses.count(200) <= 1.02 * limit, statuses.count(200)
+    for g in gws:
+        assert g.stop() == 0
+
+
+def test_hierarchical_quotas_hold_across_instances(gateway, upstream, redis) -> None:  # noqa: F811
+    # [quotas] in Redis mode: the user's and the org's counts are shared by every instance (leases,
+    # as route policies), and a request refused at one level consumes nothing at the other.
+    n, user_limit, org_limit = 4, 40, 60
+    config = (f'[[services]]\nname = "up"\ntargets = [{{ url = "{upstream.url}" }}]\n'
+              f'[[routes]]\nname = "api"\npath = "/"\nservice = "up"\n'
+              f'[quotas]\ndefault_user = {{ limit = {user_limit}, window = 3600.0 }}\n'
+              f'[quotas.orgs.acme]\nlimit = {org_limit}\nwindow = 3600.0\n')
+    gws = _instances(gateway, upstream, redis, n, 0, 0.0, config)
+
+    def over_all(user: str, org: str, count: int) -> list[tuple[int, bytes]]:
+        return [_request(gws[i % n].port, user, org) for i in range(count)]
+
+    # The user's share, over all instances: exactly 40 of alice's 80 (40 of acme's 60 used).
+    alice = over_all("alice", "acme", 2 * user_limit)
+    assert {s for s, _ in alice} <= {200, 429}
+    assert user_limit <= [s for s, _ in alice].count(200) <= 1.02 * user_limit, [s for s, _ in alice]
+    assert all(json.loads(b)["error"] == "quota_exceeded" for s, b in alice if s == 429)
+    # The org's total: bob has room (40) but acme has only 20 left. Alice's 40 refusals took
+    # nothing from the org, or bob would get fewer.
+    bob = [s for s, _ in over_all("bob", "acme", 2 * user_limit)]
+    assert org_limit - user_limit <= bob.count(200) <= org_limit * 1.02 - user_limit, bob
+    # Carol: acme is exhausted, so each of her requests is refused by the org; her user share
+    # must be untouched by those: in another org she still gets her full 40.
+    carol_in_acme = [s for s, _ in over_all("carol", "acme", 12)]
+    assert carol_in_acme == [429] * 12, carol_in_acme
+    carol = [s for s, _ in over_all("carol", "other", 2 * user_limit)]
+    assert user_limit <= carol.count(200) <= 1.02 * user_limit, carol
     for g in gws:
         assert g.stop() == 0
