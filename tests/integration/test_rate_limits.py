@@ -234,3 +234,49 @@ def test_live_changes_in_a_tight_loop_never_cost_a_connection(gateway, upstream)
     assert "killed by signal" not in gw.stderr and "exported buffer" not in gw.stderr, gw.stderr[-4000:]
     assert worker_pids(gw.admin_port) == pids          # the same two workers throughout
     assert gw.stop() == 0
+
+
+def test_an_api_key_policy_counts_per_real_api_key(gateway, upstream) -> None:  # noqa: F811
+    # End to end with the security layer: keys created by `gateway apikey create` (through the
+    # admin API) and by POST /keys, sent as X-API-Key (and Authorization: ApiKey); the `api_key`
+    # policy counts per key id, node-wide across the 2 workers.
+    from tests.integration.test_config_faults import run_gateway
+
+    config = _config(upstream.url, 'auth = ["api_key"]\n'
+                     '[[routes.rate_limits]]\nkey = "api_key"\nlimit = 3\nwindow = 3600.0\n')
+    gw = gateway(config, env={"GATEWAY_WORKERS": "2", "GATEWAY_ADMIN_TOKEN": "t0ken"})
+    pids = _two_workers(gw)
+    made = run_gateway("apikey", "create", "--name", "first", env={
+        "GATEWAY_ADMIN_PORT": str(gw.admin_port), "GATEWAY_ADMIN_TOKEN": "t0ken"})
+    assert made.returncode == 0, made.stderr
+    first = json.loads(made.stdout)
+    status, second = _admin(gw, "POST", "/keys", {"name": "second"})
+    assert status == 201, second
+    assert first["id"] != second["id"]
+
+    def with_key(key: str, header: str = "X-API-Key") -> tuple[int, dict[str, str], bytes, int]:
+        value = key if header == "X-API-Key" else f"ApiKey {key}"
+        return _get(gw.port, {header: value}, pids=pids)
+
+    # The key reaches the workers within 1 s (SPEC §5): its first 200 (a 401 before counts
+    # nowhere) is the first of its 3; then 2 more, over both workers.
+    wait_until(lambda: with_key(first["key"])[0] == 200, 5.0)
+    results = [with_key(first["key"]) for _ in range(8)]
+    assert [r[0] for r in results] == [200, 200, 429, 429, 429, 429, 429, 429]
+    assert {r[3] for r in results} >= set(pids)                     # both workers answered
+    assert [r[1]["ratelimit-remaining"] for r in results[:2]] == ["1", "0"]
+    refusal = json.loads(results[2][2])
+    assert refusal["error"] == "rate_limited" and refusal["request_id"] == results[2][1]["x-request-id"]
+    assert int(results[2][1]["retry-after"]) >= 1
+    # Another key, from the same client address: its own 3. Authorization: ApiKey is the same key.
+    assert [with_key(second["key"])[0] for _ in range(2)] == [200, 200]
+    assert with_key(second["key"], "Authorization")[0] == 200
+    assert with_key(second["key"], "Authorization")[0] == 429
+    # No key: refused by auth (401), not counted against any key.
+    assert _get(gw.port)[0] == 401
+    status, top = _admin(gw, "GET", "/ratelimit/top?n=5")
+    assert status == 200
+    keys = {t["key"]: t["rejections"] for t in top["top"]}
+    assert keys == {f"k:{first['id']}": 6, f"k:{second['id']}": 1}, keys
+    assert first["key"] not in json.dumps(top) and second["key"] not in json.dumps(top)   # ids, never keys
+    assert gw.stop() == 0
