@@ -71,7 +71,7 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
         redis = ((settings, lambda: state.status) if settings.redis_url and state is not None else None)
         limiter = build_filter(route_config.name, route_config.rate_limits, quotas,
                                settings.ratelimit_keys, placer, emit=emit, surge=settings.ratelimit_surge,
-                               redis=redis)
+                               redis=redis, audit_log=settings.audit_log)
         if limiter is not None:
             filters.append(limiter)
     return FilterChain(filters) if filters else EMPTY_CHAIN

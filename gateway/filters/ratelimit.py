@@ -43,6 +43,7 @@ from gateway._fast.heavy_hitters import layout_bytes as top_bytes
 from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
+from gateway.security.audit import audit
 
 from .ratelimit_fast import FastAccess, eligible
 
@@ -198,15 +199,18 @@ def _seconds(t: float) -> int:
 
 
 class _Sampler:
-    """At most `rate` log lines a second per process: a flood of 429s must not flood the log."""
+    """At most `rate` rejections a second per process are recorded (a log line and an audit
+    event each): a flood of 429s must not flood either. `skipped` counts the rejections not
+    recorded since the last recorded one; each audit event carries that count."""
 
-    __slots__ = ("rate", "second", "used", "dropped")
+    __slots__ = ("rate", "second", "used", "dropped", "skipped")
 
     def __init__(self, rate: int = 10) -> None:
         self.rate = rate
         self.second = 0
         self.used = 0
         self.dropped = 0
+        self.skipped = 0
 
     def take(self, now: float) -> bool:
         s = int(now)
@@ -218,7 +222,22 @@ class _Sampler:
             self.used += 1
             return True
         self.dropped += 1
+        self.skipped += 1
         return False
+
+    def skipped_since_last(self) -> int:
+        n, self.skipped = self.skipped, 0
+        return n
+
+
+def audit_key(key: str) -> str:
+    """A limited key as the audit log may show it: a header's value (which may be a credential)
+    only as its fingerprint (SPEC §7); ids, addresses and "route" as they are."""
+    if key.startswith("h:"):
+        from gateway.security.apikeys import fingerprint
+
+        return "h#" + fingerprint(key[2:])
+    return key
 
 
 _SAMPLER = _Sampler()
@@ -451,14 +470,19 @@ class RateLimitFilter(Filter):
         self.top.record(f"{self.route}|{p.name}|{key}", now)
         if now - self._surge_at >= 1.0:
             self._check_surge(now)
-        for q, key in taken:               # the request is not served: nothing it took counts
-            q.table.refund(key, now, 1.0)
+        for q, k in taken:                 # the request is not served: nothing it took counts
+            q.table.refund(k, now, 1.0)
         retry = reset if reset != math.inf else p.config.window
         ctx.response_headers.extend(_headers(p, rem, retry))
         if _SAMPLER.take(now):
             log.info("%s request_id=%s route=%s policy=%s client_ip=%s consumer=%s retry_after=%.3f",
                      code, ctx.request_id.decode("latin-1"), self.route, p.name, ctx.client_ip,
                      ctx.consumer_id or "-", retry)
+            # SPEC §7: rate-limit rejections, sampled, in the audit log (GATEWAY_AUDIT_LOG).
+            audit("rate_limited", request_id=ctx.request_id, client_ip=ctx.client_ip,
+                  consumer=ctx.consumer_id, route=self.route, error=code, policy=p.name,
+                  key=audit_key(key), limit=p.limit, window=p.config.window,
+                  retry_after=max(1, _seconds(retry)), not_sampled=_SAMPLER.skipped_since_last())
         what = "quota" if code == "quota_exceeded" else "rate limit"
         return LocalReply(429, code, f"{what} exceeded; retry after {max(1, _seconds(retry))} s",
                           headers=[(b"Retry-After", b"%d" % max(1, _seconds(retry)))])
@@ -487,9 +511,16 @@ def build_quotas(config: QuotasConfig | None, keys: int, placer: Placer | None,
 def build_filter(route: str, policies: tuple[RateLimitConfig, ...], quotas: Quotas | None,
                  keys: int, placer: Placer | None, clock: Callable[[], float] = time.monotonic,
                  emit: Callable[..., Any] | None = None, surge: int = 100,
-                 redis: tuple[Any, Callable[[], dict[str, Any]]] | None = None) -> RateLimitFilter | None:
+                 redis: tuple[Any, Callable[[], dict[str, Any]]] | None = None,
+                 audit_log: str | None = None) -> RateLimitFilter | None:
     if not policies and quotas is None:
         return None
+    if audit_log is not None:
+        # This process's audit destination (GATEWAY_AUDIT_LOG) for the sampled rejection events:
+        # a worker whose routes have no auth would otherwise keep the default (stderr).
+        from gateway.security.audit import configure
+
+        configure(audit_log)
     make = table_factory(placer)
     compiled: list[Policy] = []
     for i, pc in enumerate(policies):

@@ -11,7 +11,8 @@ record and counts it in `dropped`, which GET /health-style callers and tests rea
 
 Events written by this package: auth_failure, revoked_token, key_created, key_revoked,
 token_revoked, token_issued, request_rejected. Other features call `audit("admin_change", ...)`
-for their admin writes (breakers, limits, discovery).
+for their admin writes (breakers, limits, discovery); the rate-limit filter writes sampled
+`rate_limited` events (gateway/filters/ratelimit.py).
 """
 from __future__ import annotations
 

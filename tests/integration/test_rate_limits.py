@@ -280,3 +280,60 @@ def test_an_api_key_policy_counts_per_real_api_key(gateway, upstream) -> None:  
     assert keys == {f"k:{first['id']}": 6, f"k:{second['id']}": 1}, keys
     assert first["key"] not in json.dumps(top) and second["key"] not in json.dumps(top)   # ids, never keys
     assert gw.stop() == 0
+
+
+def test_rejections_are_sampled_audit_events(gateway, upstream, tmp_path) -> None:  # noqa: F811
+    # SPEC §7: rate-limit rejections, sampled, are JSON lines in the audit log (GATEWAY_AUDIT_LOG),
+    # findable by request id; a header's value (maybe a credential) appears only as a fingerprint.
+    import math
+    import time
+
+    audit_file = tmp_path / "audit.jsonl"
+    limits = '[[routes.rate_limits]]\nkey = "header:x-tenant"\nlimit = 1\nwindow = 3600.0\n'
+    quotas = '[quotas]\ndefault_user = { limit = 1, window = 3600.0 }\n'
+    gw = gateway(_config(upstream.url, limits, quotas),
+                 env={"GATEWAY_WORKERS": "1", "GATEWAY_AUDIT_LOG": str(audit_file), "_GATEWAY_TEST_IDENTITY": "1"})
+    tenant = {"X-Tenant": "s3cret-tenant-token"}
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    refused: dict[str, int] = {}
+    started = time.monotonic()
+    for _ in range(120):                      # one keep-alive connection: a fast burst
+        conn.request("GET", "/x", headers=tenant)
+        r = conn.getresponse()
+        r.read()
+        if r.status == 429:
+            refused[r.getheader("X-Request-Id")] = 1
+    elapsed = time.monotonic() - started
+    conn.close()
+    time.sleep(1.1)                           # the next second: the sampler has room again
+    status, headers, body, _ = _get(gw.port, {"X-Test-User": "alice", "X-Tenant": "other"})
+    assert status == 200
+    status, headers, body, _ = _get(gw.port, {"X-Test-User": "alice", "X-Tenant": "third"})
+    assert status == 429 and json.loads(body)["error"] == "quota_exceeded"
+    quota_id = headers["x-request-id"]
+    assert len(refused) == 119
+
+    def records() -> list[dict]:
+        text = audit_file.read_text() if audit_file.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if '"rate_limited"' in line]
+
+    wait_until(lambda: any(r["request_id"] == quota_id for r in records()), 5.0)
+    events = records()
+    burst = [e for e in events if e["details"]["error"] == "rate_limited"]
+    # Sampled: at most 10 a second per process, and what was left out is counted in the next one.
+    assert 10 <= len(burst) <= 10 * (math.ceil(elapsed) + 1), (len(burst), elapsed)
+    assert len(burst) < len(refused)
+    assert all(e["request_id"] in refused for e in burst)
+    # Every rejection is either an event or counted in a later event's not_sampled (the quota
+    # refusal's event, in the next second, carries the burst's last skipped ones).
+    assert sum(e["details"]["not_sampled"] for e in events) + len(burst) == len(refused)
+    first = burst[0]
+    assert first["event"] == "rate_limited" and first["route"] == "api" and first["client_ip"] == "127.0.0.1"
+    assert first["details"]["policy"] == "0" and first["details"]["limit"] == 1
+    assert first["details"]["window"] == 3600.0 and first["details"]["retry_after"] >= 1
+    assert first["details"]["key"].startswith("h#") and len(first["details"]["key"]) == 10
+    assert "s3cret" not in audit_file.read_text()
+    quota = next(e for e in events if e["request_id"] == quota_id)
+    assert quota["consumer"] == "alice" and quota["details"]["error"] == "quota_exceeded"
+    assert quota["details"]["policy"] == "user" and quota["details"]["key"] == "alice"
+    assert gw.stop() == 0
