@@ -249,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = args[1:]
     if cmd in ("-h", "--help", "help"):
         return _help(rest[0] if rest else None)
+    if cmd != "_worker" and any(a in ("-h", "--help") for a in rest):
+        return _help(cmd)                   # `gateway check --help`, `gateway apikey create -h`...
     if cmd in ("--version", "version"):
         from gateway import __version__
 
@@ -256,8 +258,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if cmd == "_worker":
         return cmd_worker(rest)
-    if cmd in ("jwt", "apikey", "run", "demo", "check") and any(a in ("-h", "--help") for a in rest):
-        return _help(cmd)
     if cmd in LATER:
         err(f"{cmd}: not supported yet (it comes with authentication in a later release)")
         return 2
