@@ -380,9 +380,8 @@ def _hup(worker: Worker) -> None:
 
 def worker_admin_routes(worker: Worker) -> Any:
     """/health and /ready of a single-process gateway (admin served by the worker itself)."""
-    from gateway.admin.server import base_routes
-
     from gateway.admin.health import Liveness, readiness
+    from gateway.admin.server import base_routes
 
     control = worker.state.control if worker.state is not None else None
     liveness = Liveness("standalone")

@@ -9,9 +9,8 @@ import dataclasses
 
 import pytest
 
-from gateway.config import VARIABLES, Settings
+from gateway.config import VARIABLES, Settings, reference
 from gateway.config import keys as toml_keys
-from gateway.config import reference
 from gateway.config.env import VARS
 from gateway.config.ranges import RANGES
 
@@ -32,7 +31,7 @@ def test_every_variable_is_documented_with_its_default() -> None:
     doc = reference.DOC.read_text(encoding="utf-8")
     defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
     assert set(VARS) == set(defaults), "every Settings field is a variable of the table and back"
-    for var, default, text, example, _ in reference.env_rows():
+    for var, _default, text, example, _ in reference.env_rows():
         assert text and example, f"{var} needs a doc and an example in gateway/config/env.py VARS"
         assert f"| `{var}` |" in doc
     for name, value in defaults.items():   # the typed default is what the shown one parses to
