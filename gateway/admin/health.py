@@ -94,9 +94,11 @@ class Liveness:
 
 
 def readiness(*, draining: bool, serving: int, expected: int, stalled: int, config: Any,
-              redis: str) -> tuple[bool, dict[str, Any]]:
+              redis: str, **extra: Any) -> tuple[bool, dict[str, Any]]:
     """(ready?, the /ready body). Ready: not draining, a worker serves, none stalled, and a
-    configured Redis reachable (SPEC §8)."""
+    configured Redis reachable (SPEC §8). `extra` fields are added as they are (both kinds of
+    process pass the same ones; each needs its property in READY_SCHEMA, which the tests hold
+    the bodies to), for facts that inform without deciding readiness (a refused reload)."""
     reasons = []
     if draining:
         reasons.append("draining")
@@ -110,5 +112,5 @@ def readiness(*, draining: bool, serving: int, expected: int, stalled: int, conf
         "status": "not_ready" if reasons else "ready", "reasons": reasons, "draining": draining,
         "workers": serving, "expected": expected, "missing": max(expected - serving, 0), "stalled": stalled,
         "services": len(getattr(config, "services", ())), "routes": len(getattr(config, "routes", ())),
-        "redis": redis,
+        "redis": redis, **extra,
     }

@@ -264,11 +264,11 @@ def base_routes(ready: Callable[[], tuple[bool, dict[str, Any]]], health: Callab
     routes = AdminRoutes()
 
     def get_health(req: AdminRequest) -> AdminResponse:
-        return json_response(health())
+        return json_response({"status": "ok", **health()})
 
     def get_ready(req: AdminRequest) -> AdminResponse:
         ok, body = ready()
-        return json_response(body, 200 if ok else 503)
+        return json_response({"status": "ready" if ok else "not_ready", **body}, 200 if ok else 503)
 
     routes.add("GET", "/health", get_health, summary="Liveness: 200 while the process serves", tag="health",
                responses=HEALTH_RESPONSES)
