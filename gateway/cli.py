@@ -91,12 +91,12 @@ CHECK_FLAGS = frozenset({"--dump", "-T", "--bind-test"})
 def cmd_check(flags: set[str]) -> int:
     """Validate; print the settings in force (and with --dump/-T the whole config as TOML)."""
     from gateway.config import unknown_variables
-    from gateway.listen_check import listener_problems
+    from gateway.preflight import listener_problems, log_file_problems
 
     settings, config, code = load_all(os.environ)
     if code:
         return code
-    problems = listener_problems(settings, bind_test="--bind-test" in flags)
+    problems = log_file_problems(settings) + listener_problems(settings, bind_test="--bind-test" in flags)
     for line in problems:
         _err(line)
     if problems:

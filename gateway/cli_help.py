@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
              "curl lines (a demo JWT and API key included). Needs no Redis and no files."),
     "check": (("gateway check [--dump | -T] [--bind-test]",),
               "Validate the environment and the TOML file and print the settings in force (secrets masked). "
-              "Also checks that GATEWAY_HOST and GATEWAY_ADMIN_HOST resolve to addresses of this machine. "
+              "Also checks that GATEWAY_HOST and GATEWAY_ADMIN_HOST resolve to addresses of this machine and "
+              "that log files can be opened (nothing is created). "
               "Exit 0 when valid, 2 with one line per problem.\n"
               "  --dump, -T    also print the whole configuration in force as TOML, every default written out "
               "(as `nginx -T`)\n"

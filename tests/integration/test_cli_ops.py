@@ -189,3 +189,15 @@ def test_start_up_log_names_version_file_counts_and_workers(tmp_path: Path, work
         assert (f"gateway {__version__} starting: config {g.config_path} (1 services, 2 routes), "
                 f"{workers} {plural}, data 127.0.0.1:{g.port}, admin 127.0.0.1:{g.admin_port}") in line
         assert g.stop() == 0
+
+
+@pytest.mark.parametrize("var", ["GATEWAY_ACCESS_LOG", "GATEWAY_AUDIT_LOG"])
+def test_check_refuses_a_log_file_that_cannot_be_opened(tmp_path: Path, var: str) -> None:
+    missing_dir = tmp_path / "no-such-dir" / "gateway.log"
+    p = gw("check", env={**_ports(), var: str(missing_dir)})
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"gateway: {var}: cannot open {str(missing_dir)!r} for appending: No such file or directory"
+    assert not missing_dir.parent.exists()                  # check creates nothing
+    ok = gw("check", env={**_ports(), var: str(tmp_path / "gateway.log")})
+    assert ok.returncode == 0, ok.stderr
+    assert not (tmp_path / "gateway.log").exists()

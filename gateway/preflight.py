@@ -1,7 +1,10 @@
-"""`gateway check`'s look at the two listening addresses: what `gateway run` would refuse there.
+"""`gateway check`'s look at the machine: what `gateway run` would refuse that no parser can see.
 
 Settings already refuse a data and an admin listener that overlap (env.py `_listener_clash`). This
 adds what only the machine can tell:
+
+- a log file (GATEWAY_ACCESS_LOG, GATEWAY_AUDIT_LOG) that could not be opened for appending: the
+  file is not writable, or it does not exist and its directory cannot take it (nothing is created);
 
 - each host resolves, the way its listener resolves it (the data listener binds one address of the
   family its spelling implies, worker.bind_listener; the admin listener every address
@@ -15,6 +18,7 @@ Each problem is one line naming the variable to change, as every configuration e
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -58,6 +62,27 @@ def _bind(family: int, addr: tuple, port: int, *, reuse_port: bool = False) -> N
 def _shown(family: int, addr: tuple, port: int | None = None) -> str:
     ip = f"[{addr[0]}]" if family == socket.AF_INET6 else addr[0]
     return ip if port is None else f"{ip}:{port}"
+
+
+def log_file_problems(settings: Settings) -> list[str]:
+    """One line per log destination that is a path `run` could not open for appending."""
+    problems = []
+    for var, dest in (("GATEWAY_ACCESS_LOG", settings.access_log), ("GATEWAY_AUDIT_LOG", settings.audit_log)):
+        if dest in ("off", "stdout", "stderr"):
+            continue
+        if os.path.isdir(dest):
+            reason = "Is a directory"
+        elif os.path.exists(dest):
+            reason = None if os.access(dest, os.W_OK) else "Permission denied"
+        else:
+            parent = os.path.dirname(os.path.abspath(dest))
+            if not os.path.isdir(parent):
+                reason = "No such file or directory"
+            else:
+                reason = None if os.access(parent, os.W_OK | os.X_OK) else "Permission denied"
+        if reason:
+            problems.append(f"{var}: cannot open {dest!r} for appending: {reason}")
+    return problems
 
 
 def listener_problems(settings: Settings, *, bind_test: bool = False) -> list[str]:
