@@ -70,6 +70,7 @@ def log_file_problems(settings: Settings) -> list[str]:
     for var, dest in (("GATEWAY_ACCESS_LOG", settings.access_log), ("GATEWAY_AUDIT_LOG", settings.audit_log)):
         if dest in ("off", "stdout", "stderr"):
             continue
+        reason: str | None
         if os.path.isdir(dest):
             reason = "Is a directory"
         elif os.path.exists(dest):
