@@ -295,9 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _help(command: str | None) -> int:
-    from gateway.cli_help import COMMANDS, short_usage, usage
+    from gateway.cli_help import COMMANDS, TOPICS, short_usage, usage
 
-    if command is not None and command not in COMMANDS:
+    if command is not None and command not in COMMANDS and command not in TOPICS:
         err(f"help: unknown command {command!r}")
         print(short_usage(), end="", file=sys.stderr)
         return 2

@@ -35,9 +35,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
                "The key is printed once, as JSON {\"id\", \"key\", ...}; only its hash is stored."),
     "version": (("gateway version", "gateway --version"),
                 "Print the gateway's version."),
-    "help": (("gateway help [COMMAND]", "gateway [COMMAND] --help"),
-             "Print this help, or one command's."),
+    "help": (("gateway help [COMMAND]", "gateway help toml", "gateway [COMMAND] --help"),
+             "Print this help, or one command's; `gateway help toml` lists every key of the TOML file."),
 }
+
+TOPICS = ("toml",)     # help topics that are not commands
 
 HELP_FLAGS = frozenset({"-h", "--help"})
 
@@ -57,14 +59,19 @@ def _wrap(text: str, indent: str = "  ", width: int = 100) -> list[str]:
 def _footer() -> str:
     from gateway.config.reference import help_text
 
-    return ("\n" + help_text() + "\nThe TOML file's keys: docs/configuration.md (generated from the same code); "
-            "`gateway check --dump` prints the file in force with every default.\n")
+    return ("\n" + help_text() + "\nThe TOML file's keys: gateway help toml (docs/configuration.md in the source\n"
+            "has the same, generated from the same code); gateway check --dump prints the file in force with\n"
+            "every default.\n")
 
 
 def usage(command: str | None = None) -> str:
     """The help of `command`, or of every command when None."""
     from gateway import __version__
 
+    if command == "toml":
+        from gateway.config.reference import toml_help_text
+
+        return toml_help_text()
     if command is not None:
         synopsis, text = COMMANDS[command]
         lines = ["usage: " + synopsis[0], *("       " + s for s in synopsis[1:]), "", *_wrap(text, "")]

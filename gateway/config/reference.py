@@ -4,8 +4,8 @@
 - `gateway.config.keys.KEYS`: every TOML key, checked against the parsers' own key sets;
 - `ranges.RANGES`: the range of every numeric one.
 
-Three outputs, so that none is a second list: `help_text()` (the variables section of
-`gateway --help`), `readme_table()` (README's "Configuration reference (environment)") and
+Four outputs, so that none is a second list: `help_text()` (the variables section of
+`gateway --help`), `toml_help_text()` (`gateway help toml`), `readme_table()` (README's "Configuration reference (environment)") and
 `document()` (docs/configuration.md). tests/config/test_reference.py fails when the committed
 files differ from what this module generates; regenerate them with
 
@@ -54,6 +54,19 @@ def help_text(width: int = 100) -> str:
         head = f"  {var}" + ("" if default == "unset" else f"={default}") + ("   (secret)" if secret else "")
         out.append(head)
         out += textwrap.wrap(_plain(doc), width, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(out) + "\n"
+
+
+def toml_help_text(width: int = 100) -> str:
+    """Every TOML key with its type, default and range, for `gateway help toml` (plain text)."""
+    out = ["TOML file keys (GATEWAY_CONFIG; []: any element of an array of tables, <name>: a key of your",
+           "choosing; durations in seconds; unknown keys are errors):"]
+    for k in KEYS:
+        facts = [k.type] + ([f"default {k.default}"] if k.default else []) + (
+            [f"range {RANGES[k.path].span}"] if k.path in RANGES else [])
+        out.append(f"  {k.path}   ({', '.join(facts)})")
+        text = _plain(k.doc) + (f". Example: {k.path.rpartition('.')[2]} = {k.example}" if k.example else "")
+        out += textwrap.wrap(text, width, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(out) + "\n"
 
 

@@ -201,3 +201,13 @@ def test_check_refuses_a_log_file_that_cannot_be_opened(tmp_path: Path, var: str
     ok = gw("check", env={**_ports(), var: str(tmp_path / "gateway.log")})
     assert ok.returncode == 0, ok.stderr
     assert not (tmp_path / "gateway.log").exists()
+
+
+def test_help_toml_lists_every_key_of_the_file() -> None:
+    from gateway.config.keys import KEYS
+
+    p = gw("help", "toml")
+    assert p.returncode == 0, p.stderr
+    for k in KEYS:
+        assert f"\n  {k.path}   (" in p.stdout, k.path
+    assert "range 0.001-86400" in p.stdout
