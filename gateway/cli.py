@@ -238,15 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if (args[0] if args else "run") not in SERVING:
         unblock_startup_signals()   # check, help, errors: Ctrl-C and SIGTERM act at once
-    from gateway.logs import LogLevelError, setup_logging
-
-    try:
-        setup_logging(os.environ)
-    except LogLevelError as exc:
-        err(str(exc))
-        return 2
     cmd = args[0] if args else "run"
     rest = args[1:]
+    # Help and version first: they must answer whatever the environment holds.
     if cmd in ("-h", "--help", "help"):
         return _help(rest[0] if rest else None)
     if cmd != "_worker" and any(a in ("-h", "--help") for a in rest):
@@ -256,6 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"gateway {__version__}")
         return 0
+    from gateway.logs import LogLevelError, setup_logging
+
+    try:
+        setup_logging(os.environ)
+    except LogLevelError as exc:
+        err(str(exc))
+        return 2
     if cmd == "_worker":
         return cmd_worker(rest)
     if cmd in LATER:

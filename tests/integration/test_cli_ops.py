@@ -108,6 +108,14 @@ def test_version(argv: list[str]) -> None:
     assert (p.returncode, p.stdout) == (0, f"gateway {__version__}\n")
 
 
+def test_help_and_version_answer_whatever_the_environment_holds() -> None:
+    bad = {"GATEWAY_LOG_LEVEL": "loud", "GATEWAY_PORT": "eighty"}
+    assert gw("check", env=bad).returncode == 2
+    assert gw("--help", env=bad).returncode == 0
+    assert gw("check", "--help", env=bad).returncode == 0
+    assert gw("--version", env=bad).returncode == 0
+
+
 # --- check --dump ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", ["--dump", "-T"])
