@@ -451,14 +451,21 @@ VARS: dict[str, Var] = {
                       "that set it too (an old and a new version during a handover); `exclusive`: a second "
                       "gateway on the same address exits 1", example="shared", shown_default="exclusive"),
     "config": Var(_text, "path of the TOML file (services, routes, policies; see below). Unset: no routes, every "
-                  "request answers 404. An empty file is refused at start (exit 2) and at reload (the running "
-                  "config stays); a file without `[[routes]]` starts with a warning",
+                  "request answers 404. An empty or whitespace-only file is refused at start (exit 2) and at reload "
+                  "(the running config stays: an editor that truncates the file before writing it never empties a "
+                  "serving gateway); a file without `[[routes]]` starts with a warning naming it; nesting deeper "
+                  "than 32 levels of arrays and tables is refused",
                   example="/etc/gateway/gateway.toml"),
     "log_level": Var(_log_level, "`debug`, `info`, `warning`, `error`; logs go to stderr, one line per event: "
-                     "`<UTC time> gateway[pid] LEVEL component: message`", example="debug"),
+                     "`<UTC time> gateway[pid] LEVEL component: message`. An unexpected exception that reaches an event "
+                     "loop is one `ERROR loop:` line (type, message, where it was raised, what the loop was running); "
+                     "repeats of the same type at the same place within 10 s are counted into one `N more "
+                     "suppressed` line; the traceback is kept (folded onto the line) only at `debug`",
+                     example="debug"),
     "admin_host": Var(_listen_host, "address of the admin listener (health, metrics, dashboard, admin API). "
                       "Never the data listener's address: on the same port both hosts must be distinct IP "
-                      "addresses", example="127.0.0.1"),
+                      "addresses (`0.0.0.0` overlaps every IPv4 address, `::` every address, a host name anything), "
+                      "else exit 2 naming the four variables", example="127.0.0.1"),
     "admin_port": Var(_port, "port of the admin listener", example="9901"),
     "admin_token": Var(_text, "bearer token for admin writes and for `GET /config` and `GET /routes` "
                        "(`Authorization: Bearer <token>`, compared byte for byte in constant time). Unset: "
@@ -467,10 +474,13 @@ VARS: dict[str, Var] = {
                        "answers the address a connection came in on and `localhost`, anything else gets 421 "
                        "(DNS rebinding)", example="admin.internal,gw-1"),
     "admin_max_connections": Var(_number("GATEWAY_ADMIN_MAX_CONNECTIONS"),
-                                 "admin connections at once; the next ones get 503 at once and are closed",
+                                 "admin connections at once; the next ones get 503 at once and are closed "
+                                 "(nginx's `limit_conn`), and beyond twice that accepting pauses (connections wait "
+                                 "in the backlog)",
                                  example="16"),
     "metrics_allow": Var(_cidrs, "comma-separated CIDRs whose TCP peer address may read `/metrics`, `/status` "
-                         "and `/dashboard` (403 otherwise; never decided by a header)", example="10.0.0.0/8,::1"),
+                         "and `/dashboard` (403 otherwise; never decided by a header); an invalid CIDR exits 2",
+                         example="10.0.0.0/8,::1"),
     "trusted_proxies": Var(_cidrs, "CIDRs whose `X-Forwarded-For` is believed (the client address of rate "
                            "limits, logs and `ip` hashing)", example="10.0.0.0/8"),
     "redis_url": Var(_url(("redis", "rediss", "unix")), "shared state store: `redis://[:password@]host:port/db`, "
@@ -483,23 +493,31 @@ VARS: dict[str, Var] = {
     "redis_prefix": Var(_redis_prefix, "prefix of every Redis key and channel; up to 64 printable characters, "
                         "no spaces or braces", example="gw-prod:"),
     "redis_timeout": Var(_number("GATEWAY_REDIS_TIMEOUT"), "seconds: the time budget of any one Redis call; a "
-                         "slower answer counts as Redis unavailable for that call", example="0.1"),
+                         "slower answer counts as Redis unavailable for that call. Health probes and full state "
+                         "loads get `max(this, 0.5)`. A call that must open a new pooled connection pays the "
+                         "connect (and with `rediss://` the TLS handshake) inside its budget: with TLS, allow for "
+                         "it", example="0.1"),
     "shm_size": Var(_size("GATEWAY_SHM_SIZE"), "node memory for shared objects (breakers, limiter tables, "
                     "counters), bytes or with a `k`/`m`/`g` suffix; pages are committed only when used. A config "
                     "whose objects do not fit is refused (exit 2, or a refused reload)", example="256m",
                     shown_default="64m"),
     "ratelimit_keys": Var(_number("GATEWAY_RATELIMIT_KEYS"), "keys each rate-limit policy and quota table tracks "
-                          "at once (40 bytes each of node memory)", example="1000000"),
+                          "at once. A table takes 40 bytes per key (32-byte slots at 80 % load, so 2.6 MB at the "
+                          "default) of node memory (`GATEWAY_SHM_SIZE`, committed as keys arrive)",
+                          example="1000000"),
     "ratelimit_surge": Var(_number("GATEWAY_RATELIMIT_SURGE"), "rejections per second on one route, node-wide, "
-                           "at which the `ratelimit_surge` alert fires", example="500"),
+                           "at which the `ratelimit_surge` event fires (details: `route`, `rejections_per_second`, "
+                           "`threshold`); like every event at most once per 60 s per node and route",
+                           example="500"),
     "jwt_secret": Var(_jwt_secret, "HS256/384/512 key, at least 32 bytes (RFC 7518 §3.2; shorter exits 2); also "
                       "signs `gateway jwt mint` and the token service", secret=True,
                       example="$(openssl rand -base64 48)"),
-    "jwt_public_key": Var(_public_key_file, "path of a PEM public key: RSA (RS*/PS*), EC P-256/384/521 "
-                          "(ES256/384/512), Ed25519 (EdDSA); read and checked at start",
+    "jwt_public_key": Var(_public_key_file, "path of a PEM public key: RSA (≥ 2048 bits: RS*/PS*), EC "
+                          "P-256/384/521 (ES256/384/512), Ed25519 (EdDSA). Read and parsed at start: unreadable, "
+                          "malformed, private or unsupported → exit 2 naming it",
                           example="/etc/gateway/jwt.pub.pem"),
-    "jwt_jwks_url": Var(_url(("https", "http")), "JWKS endpoint; fetched at start, every 300 s and on an unknown "
-                        "`kid` (at most once per 10 s)", example="https://idp.example.com/.well-known/jwks.json"),
+    "jwt_jwks_url": Var(_url(("https", "http")), "`http(s)://` JWKS endpoint; fetched at start in the background, "
+                        "every 300 s, and on an unknown `kid` (at most once per 10 s)", example="https://idp.example.com/.well-known/jwks.json"),
     "jwt_issuer": Var(_text, "required `iss` when set", example="https://idp.example.com/"),
     "jwt_audience": Var(_text, "required `aud` when set (`aud` may be a list containing it)", example="api"),
     "jwt_algorithms": Var(_algorithms, "comma-separated allow-list of HS256/384/512, RS256/384/512, "
@@ -518,9 +536,12 @@ VARS: dict[str, Var] = {
     "upstream_connect_timeout": Var(_number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT"), "seconds to connect to a target "
                                     "→ 502", example="1"),
     "upstream_timeout": Var(_number("GATEWAY_UPSTREAM_TIMEOUT"), "seconds from the last request byte written "
-                            "upstream to the response head → 504 (a route's `timeout` overrides it)", example="10"),
-    "max_header_bytes": Var(_number("GATEWAY_MAX_HEADER_BYTES"), "bytes of a request head → 431 (upstream "
-                            "response heads too → 502)", example="32768"),
+                            "upstream to the response head → 504 (upload time never counts; an upstream that stops "
+                            "draining a request body gets `GATEWAY_BODY_TIMEOUT`, then 504); a route's `timeout` "
+                            "overrides it", example="10"),
+    "max_header_bytes": Var(_number("GATEWAY_MAX_HEADER_BYTES"), "bytes of a request head → 431; upstream "
+                            "response heads (and trailers) get the same byte and field limits → 502, the upstream "
+                            "connection closed, one error logged", example="32768"),
     "max_headers": Var(_number("GATEWAY_MAX_HEADERS"), "header fields of a request → 431", example="200"),
     "max_uri_bytes": Var(_number("GATEWAY_MAX_URI_BYTES"), "bytes of a request target → 414", example="16384"),
     "max_body_bytes": Var(_number("GATEWAY_MAX_BODY_BYTES"), "bytes of a request body → 413 (bodies stream, they "
@@ -532,18 +553,23 @@ VARS: dict[str, Var] = {
     "worker_watchdog": Var(_number("GATEWAY_WORKER_WATCHDOG"), "seconds of silence after which a worker is killed "
                            "and replaced; `/ready` counts only workers heard from in the last 3 s", example="20"),
     "access_log": Var(_log_dest, "`off`, `stdout`, `stderr` or a file path (it must contain `/` or `.`): one JSON "
-                      "line per request; a file is appended to and reopened on SIGHUP and SIGUSR1",
+                      "line per request; a file is opened for appending (several workers share it, whole lines per "
+                      "write) and reopened on `SIGHUP` and `SIGUSR1` (logrotate); a file that cannot be opened "
+                      "stops start-up naming this variable",
                       example="/var/log/gateway/access.jsonl"),
     "audit_log": Var(_log_dest, "`off`, `stdout`, `stderr` or a file path: JSON lines for auth failures, key and "
                      "token changes, admin changes, rejected requests", example="/var/log/gateway/audit.jsonl"),
     "alert_webhooks": Var(_urls(("https", "http")), "comma-separated `http(s)://` URLs that receive each alert "
-                          "(JSON POST); shown as scheme and host only (their paths often hold a token)",
+                          "(JSON POST, SPEC §7); a malformed URL exits 2. Shown as scheme and host only (their paths "
+                          "often hold a token)",
                           example="https://hooks.example.com/T000/B000/XXXX"),
     "alert_secret": Var(_text, "HMAC-SHA256 key of `X-Gateway-Signature: sha256=<hex>` on each alert (unset: "
                         "alerts are unsigned, with a warning at start)", secret=True,
                         example="$(openssl rand -hex 32)"),
     "tracing": Var(_switch("on", "off"), "`on`: a span per request exported with the OpenTelemetry SDK over "
-                   "OTLP/HTTP, configured by the standard `OTEL_*` variables (needs `pip install '.[otel]'`)",
+                   "OTLP/HTTP, configured by the standard `OTEL_*` variables (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, "
+                   "`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`...). The SDK is an optional extra: "
+                   "`pip install '.[otel]'`; `on` without it exits 2 naming the variable",
                    gate=_tracing_gate, example="on", shown_default="off"),
 }
 
