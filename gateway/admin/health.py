@@ -61,6 +61,13 @@ READY_SCHEMA = {
         "services": {"type": "integer", "description": "services of the configuration in force"},
         "routes": {"type": "integer", "description": "routes of the configuration in force"},
         "redis": {"enum": ["off", "up", "down"], "description": "off: embedded state (no GATEWAY_REDIS_URL)"},
+        # Filled by the reload bookkeeping (issue 13.6) through readiness(last_reload=...): a refused
+        # reload keeps the node ready (the previous config serves) but says so here.
+        "last_reload": {"type": ["object", "null"], "required": ["ok", "time", "errors"],
+                        "description": "the last SIGHUP reload: null before any; a refused one leaves the "
+                                       "previous configuration serving (the node stays ready)",
+                        "properties": {"ok": {"type": "boolean"}, "time": {"type": "string"},
+                                       "errors": {"type": "array", "items": {"type": "string"}}}},
     },
 }
 
