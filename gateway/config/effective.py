@@ -11,6 +11,7 @@ same services and routes (tests/integration/test_cli_ops.py checks the round tri
 """
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 from .keys import toml_value
@@ -20,45 +21,48 @@ if TYPE_CHECKING:
     from .model import GatewayConfig, QuotaLimit, RouteConfig, ServiceConfig
 
 
-def _service(s: ServiceConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": s.name, "balancer": s.balancer}
-    if s.hash_key is not None:
-        out["hash_key"] = s.hash_key
-    out["targets"] = [{"url": t.url, "weight": t.weight, **({"version": t.version} if t.version else {})}
-                      for t in s.targets]
-    if s.health is not None:
-        h = s.health
-        out["health"] = {"path": h.path, "interval": h.interval, "timeout": h.timeout,
-                         "healthy_threshold": h.healthy_threshold, "unhealthy_threshold": h.unhealthy_threshold,
-                         "max_backoff": h.max_backoff}
-    if s.breaker is not None:
-        b = s.breaker
-        out["breaker"] = {"failure_threshold": b.failure_threshold, "error_rate": b.error_rate,
-                          "min_requests": b.min_requests, "window": b.window, "open_timeout": b.open_timeout,
-                          "half_open_requests": b.half_open_requests, "success_threshold": b.success_threshold}
-        if b.failure_statuses is not None:
-            out["breaker"]["failure_statuses"] = list(b.failure_statuses)
+# Model fields that are not TOML keys: derived from another key (a target's host, port and scheme
+# come from its url; a route's `exact` is the `=` of its path) or internal (a route's file position).
+_DERIVED: dict[str, frozenset[str]] = {
+    "TargetConfig": frozenset({"host", "port", "tls"}),
+    "RouteConfig": frozenset({"index", "exact"}),
+}
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """A config dataclass under its TOML keys: every field, so a key added to the model shows up
+    here without an edit (tests/integration/test_cli_ops.py checks each one is a key the parser
+    takes); nested dataclasses recursively, tuples as lists, bytes as text."""
+    skip = _DERIVED.get(type(obj).__name__, frozenset())
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        if f.name in skip or not f.init:
+            continue
+        out[f.name] = _value(getattr(obj, f.name))
     return out
+
+
+def _value(v: Any) -> Any:
+    if is_dataclass(v) and not isinstance(v, type):
+        return _fields(v)
+    if isinstance(v, tuple):
+        return [_value(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return v
+
+
+def _service(s: ServiceConfig) -> dict[str, Any]:
+    return _fields(s)
 
 
 def route_dict(r: RouteConfig) -> dict[str, Any]:
     """A route under its TOML keys, defaults filled in (`timeout` null: GATEWAY_UPSTREAM_TIMEOUT)."""
-    out: dict[str, Any] = {"name": r.name, "path": ("=" if r.exact else "") + r.path, "service": r.service}
-    if r.host is not None:
-        out["host"] = r.host
-    out["methods"] = list(r.methods) if r.methods is not None else None
-    out.update(strip_prefix=r.strip_prefix, timeout=r.timeout, retries=r.retries, websocket=r.websocket,
-               auth=list(r.auth), scopes=list(r.scopes),
-               content_types=list(r.content_types) if r.content_types is not None else None,
-               security_headers=r.security_headers)
-    if r.canary is not None:
-        out["canary"] = {"version": r.canary.version, "weight": r.canary.weight,
-                         **({"header": r.canary.header} if r.canary.header else {})}
-    if r.fallback is not None:
-        f = r.fallback
-        out["fallback"] = {"status": f.status}
-        if f.body is not None:
-            out["fallback"].update(body=f.body.decode("utf-8"), content_type=f.content_type)
+    out = _fields(r)
+    out["path"] = ("=" if r.exact else "") + r.path
+    if r.fallback is not None and r.fallback.body is None:
+        del out["fallback"]["content_type"]     # only with a body (the JSON error body otherwise)
+    # The TOML's shape: a sliding window has no `burst` key at all.
     out["rate_limits"] = [p.as_dict() for p in r.rate_limits]
     return out
 
@@ -121,7 +125,7 @@ def to_toml(doc: dict[str, Any]) -> str:
     for s in doc["services"]:
         out += ["[[services]]", *_scalars(s, ("health", "breaker"))]
         for sub in ("health", "breaker"):
-            if sub in s:
+            if s.get(sub) is not None:
                 out += ["", f"[services.{sub}]", *_scalars(s[sub], ())]
         out.append("")
     for r in doc["routes"]:
