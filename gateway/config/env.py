@@ -424,7 +424,7 @@ class Var:
     """One environment variable: how it is parsed, and what `--help` and docs/configuration.md say.
 
     The one table of variables (VARS below): load_settings() reads it, `gateway --help` prints it,
-    docs/configuration.md is generated from it (scripts/gen_config_reference.py) and a test keeps
+    docs/configuration.md is generated from it (python -m gateway.config.reference --write) and a test keeps
     that file equal to what this table generates. Defaults come from the Settings dataclass.
     """
 
