@@ -29,14 +29,29 @@ _DERIVED: dict[str, frozenset[str]] = {
 }
 
 
+# Keys the parser takes only together with another (it refuses or warns about them alone): shown
+# only when their condition holds, so the dump reads back as it was. (json_max_bytes and the TLS
+# keys belong to features of other branches; a missing field simply never matches.)
+_ONLY_WITH: dict[tuple[str, str], Any] = {
+    ("FallbackConfig", "content_type"): lambda f: f.body is not None,
+    ("RouteConfig", "json_max_bytes"): lambda r: getattr(r, "json_check", False),
+    ("ServiceConfig", "tls_verify"): lambda s: any(getattr(t, "tls", False) for t in s.targets),
+    ("ServiceConfig", "ca_file"): lambda s: any(getattr(t, "tls", False) for t in s.targets),
+}
+
+
 def _fields(obj: Any) -> dict[str, Any]:
     """A config dataclass under its TOML keys: every field, so a key added to the model shows up
     here without an edit (tests/integration/test_cli_ops.py checks each one is a key the parser
     takes); nested dataclasses recursively, tuples as lists, bytes as text."""
-    skip = _DERIVED.get(type(obj).__name__, frozenset())
+    kind = type(obj).__name__
+    skip = _DERIVED.get(kind, frozenset())
     out: dict[str, Any] = {}
     for f in fields(obj):
         if f.name in skip or not f.init:
+            continue
+        shown_if = _ONLY_WITH.get((kind, f.name))
+        if shown_if is not None and not shown_if(obj):
             continue
         out[f.name] = _value(getattr(obj, f.name))
     return out
@@ -60,8 +75,6 @@ def route_dict(r: RouteConfig) -> dict[str, Any]:
     """A route under its TOML keys, defaults filled in (`timeout` null: GATEWAY_UPSTREAM_TIMEOUT)."""
     out = _fields(r)
     out["path"] = ("=" if r.exact else "") + r.path
-    if r.fallback is not None and r.fallback.body is None:
-        del out["fallback"]["content_type"]     # only with a body (the JSON error body otherwise)
     # The TOML's shape: a sliding window has no `burst` key at all.
     out["rate_limits"] = [p.as_dict() for p in r.rate_limits]
     return out

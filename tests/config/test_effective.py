@@ -43,7 +43,8 @@ def test_every_key_shown_is_a_key_the_parser_takes() -> None:
 
 
 def test_the_dump_reads_back_to_the_same_configuration() -> None:
-    for text in (FULL_TOML, MINIMAL):
+    no_body = MINIMAL + "fallback = { status = 503 }\n"      # content_type is refused without a body
+    for text in (FULL_TOML, MINIMAL, no_body):
         original = loads_config(text)
         dumped = to_toml(effective(load_settings({}), original))
         again = loads_config(dumped)
