@@ -42,8 +42,9 @@ class Key:
     path: str           # "routes[].timeout"
     type: str           # "string", "number (seconds)", "array of strings", "table"...
     doc: str            # markdown
-    default: str = ""   # as written in TOML; "" = none (required, or absent means "off")
+    default: str = ""   # as written in TOML; "" = none (absent means "off", or it is required)
     example: str = ""   # a TOML value
+    required: bool = False
 
 
 KEYS: tuple[Key, ...] = (
@@ -53,16 +54,16 @@ KEYS: tuple[Key, ...] = (
     Key("quotas", "table", "`[quotas]`: hierarchical per-user and per-org quotas applied on every route"),
     # --- [[services]] -----------------------------------------------------------------------------
     Key("services[].name", "string", "the service's name (letters, digits, `.`, `_`, `-`; max 128); "
-        "routes name it in `service`; it is the `service` metric label", example='"users"'),
+        "routes name it in `service`; it is the `service` metric label", example='"users"', required=True),
     Key("services[].balancer", "string", "`round_robin`, `weighted`, `least_conn`, `ip_hash`, "
         "`consistent_hash`, `p2c_ewma`", _default(ServiceConfig, "balancer"), '"least_conn"'),
     Key("services[].hash_key", "string", "what `consistent_hash` hashes: `ip`, `header:NAME`, `cookie:NAME` "
         "or `claim:NAME` (ignored with a warning for other balancers)", '"ip" (consistent_hash)',
         '"header:x-user-id"'),
     Key("services[].targets", "array", "at least one target: `{ url, weight, version }` tables or plain URL "
-        "strings", example='[{ url = "http://10.0.0.5:8080", weight = 2 }]'),
+        "strings", example='[{ url = "http://10.0.0.5:8080", weight = 2 }]', required=True),
     Key("services[].targets[].url", "string", "`http://host[:port]` (port 80 by default); a host name is "
-        "resolved when connecting", example='"http://10.0.0.5:8080"'),
+        "resolved when connecting", example='"http://10.0.0.5:8080"', required=True),
     Key("services[].targets[].weight", "integer", "relative weight for `weighted` (and the canary split)",
         "1", "3"),
     Key("services[].targets[].version", "string", "a version label a route's `canary` selects", example='"v2"'),
@@ -99,13 +100,13 @@ KEYS: tuple[Key, ...] = (
         "(connect errors and timeouts always do)", "every 5xx", "[502, 503, 504]"),
     # --- [[routes]] -------------------------------------------------------------------------------
     Key("routes[].name", "string", "the route's name; the `route` metric label and admin URL part",
-        example='"users-api"'),
+        example='"users-api"', required=True),
     Key("routes[].path", "string", "a path prefix (`/api/`), or an exact path with `=` (`=/health`); "
-        "canonical (no `//`, `;`, dot segments)", example='"/api/users"'),
+        "canonical (no `//`, `;`, dot segments)", example='"/api/users"', required=True),
     Key("routes[].methods", "array of strings", "the methods it takes (others get 405)", "every method",
         '["GET", "POST"]'),
     Key("routes[].host", "string", "the `Host` it matches (no port); unset: any host", example='"api.example.com"'),
-    Key("routes[].service", "string", "the `[[services]]` name it sends to", example='"users"'),
+    Key("routes[].service", "string", "the `[[services]]` name it sends to", example='"users"', required=True),
     Key("routes[].strip_prefix", "boolean", "remove the matched prefix before forwarding",
         _default(RouteConfig, "strip_prefix"), "true"),
     Key("routes[].timeout", "number (seconds)", "overrides `GATEWAY_UPSTREAM_TIMEOUT` for this route → 504",
@@ -125,7 +126,7 @@ KEYS: tuple[Key, ...] = (
     Key("routes[].canary", "table", "`{ version, weight, header }`: send `weight` % of users (sticky) to the "
         "service's targets of `version`; changeable at run time (`PUT /routes/{name}/canary`)"),
     Key("routes[].canary.version", "string", "the targets' `version` that gets the canary share",
-        example='"v2"'),
+        example='"v2"', required=True),
     Key("routes[].canary.weight", "integer", "percent of users sent to `version`", "0", "10"),
     Key("routes[].canary.header", "string", "a request header whose value `always` / `never` overrides the "
         "cohort", example='"x-canary"'),
@@ -139,9 +140,9 @@ KEYS: tuple[Key, ...] = (
     Key("routes[].rate_limits", "array of tables", "`[[routes.rate_limits]]`: every policy must admit a "
         "request (429 otherwise); changeable at run time (`PUT /limits/routes/{route}`)"),
     Key("routes[].rate_limits[].key", "string", "who is counted: `ip`, `user`, `org`, `api_key`, `route` or "
-        "`header:NAME`", example='"user"'),
-    Key("routes[].rate_limits[].limit", "integer", "requests per window", example="100"),
-    Key("routes[].rate_limits[].window", "number (seconds)", "the window", example="60.0"),
+        "`header:NAME`", example='"user"', required=True),
+    Key("routes[].rate_limits[].limit", "integer", "requests per window", example="100", required=True),
+    Key("routes[].rate_limits[].window", "number (seconds)", "the window", example="60.0", required=True),
     Key("routes[].rate_limits[].algorithm", "string", "`sliding_window` or `token_bucket`",
         _default(RateLimitConfig, "algorithm"), '"token_bucket"'),
     Key("routes[].rate_limits[].burst", "integer", "token_bucket only: bucket size above the steady rate",
@@ -154,8 +155,8 @@ KEYS: tuple[Key, ...] = (
     Key("quotas.orgs", "table", "`[quotas.orgs.<org>]`: per-organization overrides"),
     Key("quotas.users", "table", "`[quotas.users.<user>]`: per-user overrides"),
     Key("quotas.<table>.limit", "integer", "requests per window (`<table>`: `default_user`, `default_org`, "
-        "`orgs.<org>`, `users.<user>`)", example="5000"),
-    Key("quotas.<table>.window", "number (seconds)", "the window", example="3600.0"),
+        "`orgs.<org>`, `users.<user>`)", example="5000", required=True),
+    Key("quotas.<table>.window", "number (seconds)", "the window", example="3600.0", required=True),
     Key("quotas.orgs.<org>.user_limit", "integer", "each user's share of this organization's quota",
         example="500"),
 )

@@ -62,7 +62,7 @@ def toml_help_text(width: int = 100) -> str:
     out = ["TOML file keys (GATEWAY_CONFIG; []: any element of an array of tables, <name>: a key of your",
            "choosing; durations in seconds; unknown keys are errors):"]
     for k in KEYS:
-        facts = [k.type] + ([f"default {k.default}"] if k.default else []) + (
+        facts = [k.type] + (["required"] if k.required else [f"default {k.default}"] if k.default else []) + (
             [f"range {RANGES[k.path].span}"] if k.path in RANGES else [])
         out.append(f"  {k.path}   ({', '.join(facts)})")
         text = _plain(k.doc) + (f". Example: {k.path.rpartition('.')[2]} = {k.example}" if k.example else "")
@@ -124,9 +124,8 @@ def document() -> str:
         "## TOML file (`GATEWAY_CONFIG`)",
         "",
         "Durations are seconds (decimals allowed). Unknown keys are errors. Paths use `[]` for any element",
-        "of an array of tables and `<name>` for a table key of your choosing. A default of \"\" means the",
-        "key is optional and its absence turns the feature off, or that it is required where the text",
-        "says so.",
+        "of an array of tables and `<name>` for a table key of your choosing. An empty default means the",
+        "key is optional and its absence turns its feature off.",
         "",
         "| key | type | default | range | meaning | example |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -134,6 +133,8 @@ def document() -> str:
     for k in KEYS:
         # A TOML literal or a variable's name in code font; a phrase ("every 5xx") as text.
         default = f"`{k.default}`" if k.default and " " not in k.default else k.default
+        if k.required:
+            default = "**required**"
         ex = f"`{k.path.rpartition('.')[2]} = {k.example}`" if k.example else ""
         out.append(f"| `{k.path}` | {k.type} | {_cell(default)} | {_range_of(k.path)} | {_cell(k.doc)} | "
                    f"{_cell(ex)} |")

@@ -69,3 +69,41 @@ def test_help_lists_every_variable_with_its_default() -> None:
     for var, default, _, _, _ in reference.env_rows():
         assert (f"  {var}\n" if default == "unset" else f"  {var}={default}") in text.replace("   (secret)", "")
     assert len([line for line in text.splitlines() if line.startswith("  GATEWAY_")]) == len(VARIABLES)
+
+
+def test_keys_marked_required_are_the_ones_the_parser_requires() -> None:
+    import copy
+    import tomllib
+
+    from gateway.config import ConfigErrors, parse_config
+    from tests.integration.test_cli_ops import FULL_TOML
+
+    full = tomllib.loads(FULL_TOML)
+    parse_config(full)                                   # valid as it is
+
+    def drop(doc: dict, path: str) -> None:
+        node: object = doc
+        parts = path.replace("[]", ".0").replace("<table>", "default_user").split(".")
+        for p in parts[:-1]:
+            node = node[int(p)] if p.isdigit() else node[p]   # type: ignore[index]
+        del node[parts[-1]]                                     # type: ignore[attr-defined]
+
+    checked: list[str] = []
+    for k in toml_keys.KEYS:
+        if k.path in ("services", "routes", "quotas") or k.path.startswith("quotas.orgs") or \
+                k.path.startswith("quotas.users") or k.path == "services[].targets[].weight":
+            continue
+        doc = copy.deepcopy(full)
+        try:
+            drop(doc, k.path)
+        except KeyError:
+            continue        # not in the sample (an optional key FULL_TOML leaves out)
+        try:
+            parse_config(doc)
+            required = False
+        except ConfigErrors as exc:
+            required = any(p.endswith(": required") or ": required (" in p for p in exc.problems)
+        assert required == k.required, f"{k.path}: keys.py says required={k.required}, the parser disagrees"
+        checked.append(k.path)
+    assert {k.path for k in toml_keys.KEYS if k.required} <= set(checked)
+    assert len(checked) > 30        # the optional ones were tried too
