@@ -1,4 +1,6 @@
-"""The `gateway` command (SPEC §1): run (default), demo, check.
+"""The `gateway` command (SPEC §1): run (default), demo, check, jwt, apikey, version, help.
+
+Help texts: gateway/cli_help.py (each ends with every variable, from the config code's own table).
 
 Exit codes: 0 success (including a drained shutdown), 2 bad configuration (one line per problem on
 stderr, each naming the variable or the TOML path), 1 a run-time failure such as a port in use (one
@@ -35,20 +37,6 @@ def run_loop(coro: Any) -> int:
     return run(coro)
 
 
-USAGE = """usage: gateway [run | demo | check | jwt mint ...]
-
-  run     serve with the environment and GATEWAY_CONFIG (the default)
-  demo    serve a bundled demo config with an in-process demo upstream; prints curl lines
-  check   validate the configuration and print the effective settings (secrets masked)
-  jwt mint --sub ID [--org ORG] [--scope "a b"] [--ttl 3600]
-          print an HS256 token signed with GATEWAY_JWT_SECRET
-  apikey create --name N [--org ORG] [--user ID] [--scope "a b"] [--expires-in S] | list | revoke ID
-          manage API keys: in Redis when GATEWAY_REDIS_URL is set, else through the running
-          gateway's admin API (GATEWAY_ADMIN_TOKEN); the key is printed once
-
-Configuration: GATEWAY_* environment variables (see the README) and the optional TOML file named
-by GATEWAY_CONFIG. GATEWAY_LOG_LEVEL=debug|info|warning|error sets the log level (default info).
-"""
 
 LATER: set[str] = set()
 SERVING = frozenset({"run", "_worker", "demo"})   # they unblock the start-up signals themselves
@@ -59,8 +47,8 @@ def _err(line: str) -> None:
     _errors.append(line)
     del _errors[:-4]
     err(line)
-# Variables read here rather than by Settings (logging is set up before Settings can fail).
-OWN_VARIABLES = {"GATEWAY_LOG_LEVEL", "GATEWAY_WORKER_INDEX"}  # commands SPEC §1 names whose features come in later issues
+# Set by the supervisor for its workers (gateway/supervisor.py): not an operator's variable.
+INTERNAL_VARIABLES = {"GATEWAY_WORKER_INDEX"}
 
 
 def _config_problem_lines(exc: Any) -> list[str]:
@@ -97,27 +85,54 @@ def load_all(environ: dict[str, str] | os._Environ[str], *, with_config: bool = 
     return settings, config, 2 if problems else 0
 
 
-def cmd_check() -> int:
+CHECK_FLAGS = frozenset({"--dump", "-T", "--bind-test"})
+
+
+def cmd_check(flags: set[str]) -> int:
+    """Validate; print the settings in force (and with --dump/-T the whole config as TOML)."""
     from gateway.config import unknown_variables
+    from gateway.preflight import listener_problems, log_file_problems
 
     settings, config, code = load_all(os.environ)
     if code:
         return code
+    problems = log_file_problems(settings) + listener_problems(settings, bind_test="--bind-test" in flags)
+    for line in problems:
+        _err(line)
+    if problems:
+        return 2
     for name, value in settings.masked().items():
         print(f"{name}={value}")
-    print(f"GATEWAY_LOG_LEVEL={os.environ.get('GATEWAY_LOG_LEVEL', 'info').strip().lower()}")
     for name in unknown_variables(os.environ):
-        if name not in OWN_VARIABLES:
+        if name not in INTERNAL_VARIABLES:
             err(f"warning: {name} is not a gateway variable (typo?)")
     src = settings.config or "(none: no routes, every request answers 404)"
+    if flags & {"--dump", "-T"}:
+        from gateway.config.effective import effective, to_toml
+
+        print(f"\n# configuration in force: {src}, every default written out")
+        print(to_toml(effective(settings, config)), end="")
     print(f"# config {src}: {len(config.services)} services, {len(config.routes)} routes: OK")
     return 0
+
+
+def log_start(settings: Any, config: Any) -> None:
+    """One INFO line that says what is starting: version, file, services, routes, workers, addresses."""
+    import logging
+
+    from gateway import __version__
+
+    logging.getLogger("gateway.cli").info(
+        "gateway %s starting: config %s (%d services, %d routes), %d worker%s, data %s:%d, admin %s:%d",
+        __version__, settings.config or "(none)", len(config.services), len(config.routes), settings.workers,
+        "" if settings.workers == 1 else "s", settings.host, settings.port, settings.admin_host, settings.admin_port)
 
 
 def cmd_run() -> int:
     settings, config, code = load_all(os.environ)
     if code:
         return code
+    log_start(settings, config)
     if settings.workers > 1:
         from gateway.supervisor import Supervisor
 
@@ -223,6 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if (args[0] if args else "run") not in SERVING:
         unblock_startup_signals()   # check, help, errors: Ctrl-C and SIGTERM act at once
+    cmd = args[0] if args else "run"
+    rest = args[1:]
+    # Help and version first: they must answer whatever the environment holds.
+    if cmd in ("-h", "--help", "help"):
+        return _help(rest[0] if rest else None)
+    if cmd != "_worker" and any(a in ("-h", "--help") for a in rest):
+        return _help(cmd)                   # `gateway check --help`, `gateway apikey create -h`...
+    if cmd in ("--version", "version"):
+        from gateway import __version__
+
+        print(f"gateway {__version__}")
+        return 0
     from gateway.logs import LogLevelError, setup_logging
 
     try:
@@ -230,16 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LogLevelError as exc:
         err(str(exc))
         return 2
-    cmd = args[0] if args else "run"
-    rest = args[1:]
-    if cmd in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        return 0
+    if cmd == "_worker":
+        return cmd_worker(rest)
     if cmd in LATER:
         err(f"{cmd}: not supported yet (it comes with authentication in a later release)")
         return 2
-    if cmd == "_worker":
-        return cmd_worker(rest)
     if cmd == "jwt":
         settings, _, code = load_all(os.environ, with_config=False)
         if code:
@@ -254,18 +276,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway.security.commands import cmd_apikey
 
         return cmd_apikey(settings, rest, err)
+    from gateway.cli_help import short_usage
+
     if cmd not in ("run", "demo", "check"):
         err(f"unknown command {cmd!r}")
-        print(USAGE, end="", file=sys.stderr)
+        print(short_usage(), end="", file=sys.stderr)
         return 2
+    if cmd == "check" and set(rest) <= CHECK_FLAGS:
+        return cmd_check(set(rest))
     if rest:
-        err(f"{cmd}: unexpected arguments {' '.join(rest)!r} (configuration is by GATEWAY_* variables)")
+        hint = " (configuration is by GATEWAY_* variables; gateway --help lists them)"
+        if cmd == "check":
+            hint = f" (check takes {', '.join(sorted(CHECK_FLAGS))})"
+        err(f"{cmd}: unexpected arguments {' '.join(rest)!r}{hint}")
         return 2
-    if cmd == "check":
-        return cmd_check()
     if cmd == "demo":
         return cmd_demo()
     return cmd_run()
+
+
+def _help(command: str | None) -> int:
+    from gateway.cli_help import COMMANDS, TOPICS, short_usage, usage
+
+    if command is not None and command not in COMMANDS and command not in TOPICS:
+        err(f"help: unknown command {command!r}")
+        print(short_usage(), end="", file=sys.stderr)
+        return 2
+    print(usage(command), end="")
+    return 0
 
 
 def entry() -> None:

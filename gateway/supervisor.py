@@ -551,32 +551,31 @@ class Supervisor:
         of new connections without accepting them, until the watchdog replaces it. A worker that
         is missing otherwise (crashed, starting, not spawned for want of a resource) only lowers
         the count: the kernel sends its share to the others."""
+        from gateway.admin.health import readiness
+
         now = self.clock()
         serving = sum(1 for s in self.slots if s.serving(now))
         stalled = sum(1 for s in self.slots if s.proc is not None and s.listening and not s.serving(now))
-        expected = len(self.slots)
-        redis_ok = self.control is None or self.control.ready
-        ok = not self.stopping and serving > 0 and stalled == 0 and redis_ok
-        details: dict[str, Any] = {"workers": serving, "expected": expected, "missing": expected - serving,
-                                   "stalled": stalled, "draining": self.stopping}
-        if self.control is not None:
-            details["redis"] = self.control.status["redis"]
-        return ok, details
+        return readiness(draining=self.stopping, serving=serving, expected=len(self.slots), stalled=stalled,
+                         config=self._config_in_force(),
+                         redis=self.control.status["redis"] if self.control is not None else "off")
 
     def _admin_routes(self) -> Any:
+        from gateway.admin.health import Liveness
+
+        liveness = Liveness("supervisor")
+
         def health() -> dict[str, Any]:
             now = self.clock()
             slots = [{"worker": s.index, "pid": s.proc.pid if s.proc is not None else None,
                       "listening": s.listening, "silent": round(now - s.heard, 1) if s.proc is not None else None,
                       "fast_crashes": s.fast_crashes} for s in self.slots]
-            out: dict[str, Any] = {"pid": os.getpid(), "role": "supervisor", "workers": self.worker_pids(),
-                                   "slots": slots, "restarts": self.restarts}
+            state: dict[str, Any] = {}
             if self.control is not None:
                 state = self.control.describe()
                 if self.memory is not None:
                     state["memory"] = describe_memory(self.memory)
-                out["state"] = state
-            return out
+            return liveness.body(workers=self.worker_pids(), slots=slots, restarts=self.restarts, state=state)
 
         from gateway.admin.features import AdminContext, install_features
         from gateway.state.node import NodeState

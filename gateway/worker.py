@@ -380,25 +380,26 @@ def _hup(worker: Worker) -> None:
 
 def worker_admin_routes(worker: Worker) -> Any:
     """/health and /ready of a single-process gateway (admin served by the worker itself)."""
+    from gateway.admin.health import Liveness, readiness
     from gateway.admin.server import base_routes
 
     control = worker.state.control if worker.state is not None else None
+    liveness = Liveness("standalone")
 
     def ready() -> tuple[bool, dict[str, Any]]:
         # Draining: tell load balancers to stop sending before the listener goes away. A configured
-        # Redis that is unreachable also makes the node not ready (SPEC §8).
-        routes = len(getattr(worker.runtime.config, "routes", ()))
-        details = {"routes": routes, "draining": worker.draining, "reloads": worker.reloads}
-        if control is not None:
-            details["redis"] = control.status["redis"]
-        return (not worker.draining and (control is None or control.ready), details)
+        # Redis that is unreachable also makes the node not ready (SPEC §8). A node of one worker:
+        # it serves while it is not draining.
+        serving = 0 if worker.draining else 1
+        return readiness(draining=worker.draining, serving=serving, expected=1, stalled=0,
+                         config=worker.runtime.config,
+                         redis=control.status["redis"] if control is not None else "off")
 
     def health() -> dict[str, Any]:
-        out = {"pid": os.getpid(), "role": "worker", "workers": [os.getpid()],
-               "connections": len(worker.connections)}
-        if worker.state is not None:
-            out["state"] = worker.state.describe()
-        return out
+        pid = os.getpid()
+        slot = {"worker": 0, "pid": pid, "listening": not worker.draining, "silent": 0.0, "fast_crashes": 0}
+        return liveness.body(workers=[pid], slots=[slot], restarts=0,
+                             state=worker.state.describe() if worker.state is not None else {})
 
     from gateway.admin.features import AdminContext, install_features
 

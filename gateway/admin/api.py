@@ -109,7 +109,8 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class AdminRoute:
-    __slots__ = ("method", "pattern", "handler", "write", "summary", "responses", "request_body", "tag", "_regex")
+    __slots__ = ("method", "pattern", "handler", "write", "auth", "summary", "responses", "request_body", "tag",
+                 "_regex")
 
     def __init__(
         self,
@@ -122,11 +123,13 @@ class AdminRoute:
         responses: dict[str, Any] | None,
         request_body: dict[str, Any] | None,
         tag: str,
+        auth: bool | None = None,
     ) -> None:
         self.method = method
         self.pattern = pattern
         self.handler = handler
         self.write = write
+        self.auth = write if auth is None else auth   # needs the admin token (every write does)
         self.summary = summary
         self.responses = responses or {"200": {"description": "OK"}}
         self.request_body = request_body
@@ -166,16 +169,21 @@ class AdminRoutes:
         responses: dict[str, Any] | None = None,
         request_body: dict[str, Any] | None = None,
         tag: str = "admin",
+        auth: bool | None = None,
     ) -> None:
+        """`auth=True` makes a read need the admin token too (what shows the configuration:
+        topology and policies are an attacker's map); writes always need it."""
         method = method.upper()
         if write is None:
             write = method not in ("GET", "HEAD")
+        if write and auth is False:
+            raise ValueError(f"admin route {method} {pattern}: a write always needs the admin token")
         for r in self.routes:
             if r.method == method and r.pattern == pattern:
                 raise ValueError(f"admin route {method} {pattern} already exists")
         self.routes.append(
             AdminRoute(method, pattern, handler, write=write, summary=summary, responses=responses,
-                       request_body=request_body, tag=tag)
+                       request_body=request_body, tag=tag, auth=auth)
         )
         self.version += 1
 
@@ -216,8 +224,11 @@ class AdminApp:
         self.routes = routes
         self._token = admin_token.encode("utf-8", "surrogateescape") if admin_token else None
 
-    def authorize(self, req: AdminRequest) -> AdminResponse | None:
+    def authorize(self, req: AdminRequest, write: bool = True) -> AdminResponse | None:
         if self._token is None:
+            if not write:
+                return error_response(403, "read_only", f"{req.path} needs the admin token: "
+                                      "GATEWAY_ADMIN_TOKEN is not set")
             return error_response(403, "read_only", "admin writes are disabled: GATEWAY_ADMIN_TOKEN is not set")
         values = req.header_values(b"authorization")
         m = _CREDENTIALS.fullmatch(values[0].strip(b" \t")) if len(values) == 1 else None
@@ -233,8 +244,8 @@ class AdminApp:
         if isinstance(found, AdminResponse):
             return found
         route, req.params = found
-        if route.write:
-            denied = self.authorize(req)
+        if route.auth:
+            denied = self.authorize(req, route.write)
             if denied is not None:
                 return denied
         try:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.admin.api import AdminRequest, AdminResponse, AdminRoutes
+from gateway.admin.health import SCHEMAS as HEALTH_SCHEMAS
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -23,7 +24,9 @@ ERROR_SCHEMA = {
 }
 
 
-def build_openapi(routes: AdminRoutes, version: str = "0.1.0") -> dict[str, Any]:
+def build_openapi(routes: AdminRoutes, version: str | None = None) -> dict[str, Any]:
+    if version is None:
+        from gateway import __version__ as version
     paths: dict[str, dict[str, Any]] = {}
     for r in routes.routes:
         op: dict[str, Any] = {
@@ -45,18 +48,19 @@ def build_openapi(routes: AdminRoutes, version: str = "0.1.0") -> dict[str, Any]
                 "required": True,
                 "content": {"application/json": {"schema": r.request_body}},
             }
-        if r.write:
+        if r.auth:
             op["security"] = [{"adminToken": []}]
             op["responses"].setdefault("401", {"description": "Missing or wrong bearer token"})
-            op["responses"].setdefault("403", {"description": "Admin is read-only (GATEWAY_ADMIN_TOKEN unset)"})
+            op["responses"].setdefault("403", {"description": "GATEWAY_ADMIN_TOKEN is unset (admin is read-only)"})
         paths.setdefault(r.pattern, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "gateway admin API",
             "version": version,
-            "description": "Operator API of the gateway. Reads are open on the admin listener; "
-            "writes need `Authorization: Bearer $GATEWAY_ADMIN_TOKEN` (the token's UTF-8 bytes, "
+            "description": "Operator API of the gateway. Reads are open on the admin listener, except "
+            "those that show the configuration (`/config`, `/routes`); writes and those need "
+            "`Authorization: Bearer $GATEWAY_ADMIN_TOKEN` (the token's UTF-8 bytes, "
             "exactly one Authorization field). Every request must name a Host the listener "
             "answers: its own address, `localhost` or a name in GATEWAY_ADMIN_HOSTS (any port), "
             "else 421 `misdirected_request`. Connections beyond GATEWAY_ADMIN_MAX_CONNECTIONS get "
@@ -65,7 +69,7 @@ def build_openapi(routes: AdminRoutes, version: str = "0.1.0") -> dict[str, Any]
         },
         "paths": paths,
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA},
+            "schemas": {"Error": ERROR_SCHEMA, **HEALTH_SCHEMAS},
             "securitySchemes": {"adminToken": {
                 "type": "http", "scheme": "bearer",
                 "description": "GATEWAY_ADMIN_TOKEN, compared byte for byte with the credentials "

@@ -257,21 +257,24 @@ async def _bind(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[s
 
 
 def base_routes(ready: Callable[[], tuple[bool, dict[str, Any]]], health: Callable[[], dict[str, Any]]) -> AdminRoutes:
-    """The routes of issue 2: /health, /ready, /openapi.json. Later issues add theirs to the table."""
+    """/health, /ready, /openapi.json; features add theirs to the table. `health()` and `ready()`
+    build their bodies with gateway/admin/health.py, the one shape of both kinds of process."""
+    from gateway.admin.health import HEALTH_RESPONSES, READY_RESPONSES
+
     routes = AdminRoutes()
 
     def get_health(req: AdminRequest) -> AdminResponse:
         return json_response({"status": "ok", **health()})
 
     def get_ready(req: AdminRequest) -> AdminResponse:
-        ok, details = ready()
-        return json_response({"status": "ready" if ok else "not_ready", **details}, 200 if ok else 503)
+        ok, body = ready()
+        return json_response({"status": "ready" if ok else "not_ready", **body}, 200 if ok else 503)
 
     routes.add("GET", "/health", get_health, summary="Liveness: 200 while the process serves", tag="health",
-               responses={"200": {"description": "The process serves"}})
-    routes.add("GET", "/ready", get_ready, summary="Readiness: 200 when the configuration is loaded "
-               "and the gateway is not draining", tag="health",
-               responses={"200": {"description": "Ready"}, "503": {"description": "Not ready (draining, no workers)"}})
+               responses=HEALTH_RESPONSES)
+    routes.add("GET", "/ready", get_ready, summary="Readiness: 200 when the node should get traffic (the "
+               "configuration is loaded, a worker serves and none is stalled, not draining, a configured "
+               "Redis reachable)", tag="health", responses=READY_RESPONSES)
     routes.add("GET", "/openapi.json", openapi_handler(routes), summary="This OpenAPI 3.1 document", tag="meta",
                responses={"200": {"description": "OpenAPI 3.1 document"}})
     return routes

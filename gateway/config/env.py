@@ -49,7 +49,9 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 1
+    reuse_port: bool = False        # GATEWAY_REUSE_PORT=shared: share the port with other gateways
     config: str | None = None
+    log_level: str = "info"         # applied by gateway/logs.py before Settings exist; here for check/help
     redis_url: str | None = None
     redis_cluster: bool = False
     redis_prefix: str = "gateway:"
@@ -86,7 +88,6 @@ class Settings:
     max_connections: int = 10000
     drain_timeout: float = 30.0
     worker_watchdog: float = 10.0
-    reuse_port: bool = False        # GATEWAY_REUSE_PORT=shared: share the port with other gateways
     access_log: str = "off"
     audit_log: str = "stderr"
     alert_webhooks: tuple[str, ...] = ()
@@ -94,10 +95,12 @@ class Settings:
     tracing: bool = False
 
     def masked(self) -> dict[str, str]:
-        """The effective settings for `gateway check`: env name → display value, secrets hidden.
+        """The effective settings for `gateway check` and `GET /config`: env name → display value.
 
-        Secrets (admin token, JWT secret, alert secret, the password of a Redis URL) show only
-        whether they are set, never a fingerprint short enough to brute-force a weak secret.
+        Secrets (every Var marked secret: admin token, JWT secret, alert secret) show only whether
+        they are set, never a fingerprint short enough to brute-force a weak secret. URLs lose their
+        password (`redis://user:***@host`, a `password=` query parameter too); webhook URLs keep
+        only scheme and host, since their paths commonly are the credential (Slack, Teams...).
         """
         out: dict[str, str] = {}
         for f in fields(self):
@@ -105,8 +108,10 @@ class Settings:
             name = PREFIX + f.name.upper()
             if f.name in SECRET_FIELDS:
                 out[name] = "<unset>" if value is None else "<set, hidden>"
-            elif f.name == "redis_url" and value is not None:
+            elif f.name in ("redis_url", "jwt_jwks_url") and value is not None:
                 out[name] = mask_url_password(value)
+            elif f.name == "alert_webhooks" and value:
+                out[name] = ",".join(mask_url_path(u) for u in value)
             else:
                 out[name] = _display(value)
         return out
@@ -115,9 +120,6 @@ class Settings:
         # The default dataclass repr would print secrets into any log line that shows settings.
         body = ", ".join(f"{k[len(PREFIX):].lower()}={v}" for k, v in self.masked().items())
         return f"Settings({body})"
-
-
-SECRET_FIELDS = frozenset({"admin_token", "jwt_secret", "alert_secret"})
 
 
 def _display(value: Any) -> str:
@@ -134,14 +136,38 @@ def _display(value: Any) -> str:
     return str(value)
 
 
+_PASSWORD_PARAM = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|token|secret|key)=)[^&]*")
+
+
 def mask_url_password(url: str) -> str:
-    """redis://user:secret@host:6379/0 → redis://user:***@host:6379/0 (anything else unchanged)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+    """redis://user:secret@host:6379/0 → redis://user:***@host:6379/0; a `password=` (or token,
+    secret, key) query parameter's value → ***; anything else unchanged."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL, hidden>"
+    if password is not None:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{hostinfo}")
+    if parts.query:
+        parts = parts._replace(query=_PASSWORD_PARAM.sub(r"\1***", parts.query))
+    return parts.geturl()
+
+
+def mask_url_path(url: str) -> str:
+    """https://user:pw@hooks.example.com/T0/B0/XXXX?x=1 → https://hooks.example.com/***: a webhook
+    URL's credential is often its path or query, so only where it goes is shown."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL, hidden>"
+    host = f"[{host}]" if ":" in host else host
+    hidden = "/***" if parts.path.strip("/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{host}{port}{hidden}"
 
 
 # --- value parsers: raw string (stripped, non-empty) → typed value, or _Bad("expected ...") -------
@@ -281,6 +307,17 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _log_level(raw: str) -> str:
+    # The same choices gateway/logs.py applies (it reads the variable itself, before Settings
+    # exist, so that a bad Settings value can already be logged); lowercased as it does.
+    from gateway.logs import LEVELS
+
+    low = raw.lower()
+    if low not in LEVELS:
+        raise _Bad(f"expected one of {', '.join(LEVELS)}, got {_shown(raw)}")
+    return low
+
+
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
@@ -382,63 +419,169 @@ def _tracing_gate(value: bool) -> None:
             raise _Bad(INSTALL_HINT)
 
 
-# field name → (parser, gate or None). Defaults come from the Settings dataclass, so Settings()
-# built directly (tests) and load_settings({}) are the same object.
-_VARS: dict[str, tuple[Callable[[str], Any], Callable[[Any], None] | None]] = {
-    "host": (_listen_host, None),
-    "port": (_port, None),
-    "workers": (_workers, None),
-    "config": (_text, None),
-    "redis_url": (_url(("redis", "rediss", "unix")), None),
-    "redis_cluster": (_switch("1", "0"), None),
-    "redis_prefix": (_redis_prefix, None),
-    "redis_timeout": (_number("GATEWAY_REDIS_TIMEOUT"), None),
-    "shm_size": (_size("GATEWAY_SHM_SIZE"), None),
-    "ratelimit_keys": (_number("GATEWAY_RATELIMIT_KEYS"), None),
-    "ratelimit_surge": (_number("GATEWAY_RATELIMIT_SURGE"), None),
-    "admin_host": (_listen_host, None),
-    "admin_port": (_port, None),
-    "admin_token": (_text, None),
-    "admin_hosts": (_hostnames, None),
-    "admin_max_connections": (_number("GATEWAY_ADMIN_MAX_CONNECTIONS"), None),
-    "metrics_allow": (_cidrs, None),
-    "trusted_proxies": (_cidrs, None),
-    "jwt_secret": (_jwt_secret, None),
-    "jwt_public_key": (_public_key_file, None),
-    "jwt_jwks_url": (_url(("https", "http")), None),
-    "jwt_issuer": (_text, None),
-    "jwt_audience": (_text, None),
-    "jwt_algorithms": (_algorithms, None),
-    "jwt_leeway": (_number("GATEWAY_JWT_LEEWAY"), None),
-    "jwt_org_claim": (_text, None),
-    "header_timeout": (_number("GATEWAY_HEADER_TIMEOUT"), None),
-    "body_timeout": (_number("GATEWAY_BODY_TIMEOUT"), None),
-    "keepalive_timeout": (_number("GATEWAY_KEEPALIVE_TIMEOUT"), None),
-    "upstream_connect_timeout": (_number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT"), None),
-    "upstream_timeout": (_number("GATEWAY_UPSTREAM_TIMEOUT"), None),
-    "max_header_bytes": (_number("GATEWAY_MAX_HEADER_BYTES"), None),
-    "max_headers": (_number("GATEWAY_MAX_HEADERS"), None),
-    "max_uri_bytes": (_number("GATEWAY_MAX_URI_BYTES"), None),
-    "max_body_bytes": (_number("GATEWAY_MAX_BODY_BYTES"), None),
-    "max_connections": (_number("GATEWAY_MAX_CONNECTIONS"), None),
-    "drain_timeout": (_number("GATEWAY_DRAIN_TIMEOUT"), None),
-    "worker_watchdog": (_number("GATEWAY_WORKER_WATCHDOG"), None),
-    "reuse_port": (_switch("shared", "exclusive"), None),
-    "access_log": (_log_dest, None),
-    "audit_log": (_log_dest, None),
-    "alert_webhooks": (_urls(("https", "http")), None),
-    "alert_secret": (_text, None),
-    "tracing": (_switch("on", "off"), _tracing_gate),
+@dataclass(frozen=True, slots=True)
+class Var:
+    """One environment variable: how it is parsed, and what `--help` and docs/configuration.md say.
+
+    The one table of variables (VARS below): load_settings() reads it, `gateway --help` prints it,
+    docs/configuration.md is generated from it (python -m gateway.config.reference --write) and a test keeps
+    that file equal to what this table generates. Defaults come from the Settings dataclass.
+    """
+
+    parse: Callable[[str], Any]
+    doc: str                                    # markdown: what it does, the accepted forms
+    gate: Callable[[Any], None] | None = None   # called with the parsed value; may refuse it
+    secret: bool = False                        # never shown: `<set, hidden>` / `<unset>`
+    example: str | None = None                  # a value to show in the reference
+    shown_default: str | None = None            # the default as an operator writes it, when the
+                                                # typed default reads differently (`64m`, `0`)
+
+
+# field name → Var. Defaults come from the Settings dataclass, so Settings() built directly (tests)
+# and load_settings({}) are the same object.
+VARS: dict[str, Var] = {
+    "host": Var(_listen_host, "address of the data-plane listener (an IP address or a host name that resolves "
+                "to one of this machine's addresses)", example="0.0.0.0"),
+    "port": Var(_port, "port of the data-plane listener", example="8080"),
+    "workers": Var(_workers, "worker processes sharing the port (`SO_REUSEPORT`), 1-62; `auto` = the CPU count "
+                   "(at most 62: node memory marks each object's users with one bit per worker). More than 1 "
+                   "starts a supervisor that runs the admin listener and replaces crashed workers",
+                   example="auto"),
+    "reuse_port": Var(_switch("shared", "exclusive"), "`shared`: share the listening address with other gateways "
+                      "that set it too (an old and a new version during a handover); `exclusive`: a second "
+                      "gateway on the same address exits 1", example="shared", shown_default="exclusive"),
+    "config": Var(_text, "path of the TOML file (services, routes, policies; see below). Unset: no routes, every "
+                  "request answers 404. An empty or whitespace-only file is refused at start (exit 2) and at reload "
+                  "(the running config stays: an editor that truncates the file before writing it never empties a "
+                  "serving gateway); a file without `[[routes]]` starts with a warning naming it; nesting deeper "
+                  "than 32 levels of arrays and tables is refused",
+                  example="/etc/gateway/gateway.toml"),
+    "log_level": Var(_log_level, "`debug`, `info`, `warning`, `error`; logs go to stderr, one line per event: "
+                     "`<UTC time> gateway[pid] LEVEL component: message`. An unexpected exception that reaches an event "
+                     "loop is one `ERROR loop:` line (type, message, where it was raised, what the loop was running); "
+                     "repeats of the same type at the same place within 10 s are counted into one `N more "
+                     "suppressed` line; the traceback is kept (folded onto the line) only at `debug`",
+                     example="debug"),
+    "admin_host": Var(_listen_host, "address of the admin listener (health, metrics, dashboard, admin API). "
+                      "Never the data listener's address: on the same port both hosts must be distinct IP "
+                      "addresses (`0.0.0.0` overlaps every IPv4 address, `::` every address, a host name anything), "
+                      "else exit 2 naming the four variables", example="127.0.0.1"),
+    "admin_port": Var(_port, "port of the admin listener", example="9901"),
+    "admin_token": Var(_text, "bearer token for admin writes and for `GET /config` and `GET /routes` "
+                       "(`Authorization: Bearer <token>`, compared byte for byte in constant time). Unset: "
+                       "the admin API is read-only", secret=True, example="$(openssl rand -hex 32)"),
+    "admin_hosts": Var(_hostnames, "extra `Host` names the admin API answers to (comma-separated); it always "
+                       "answers the address a connection came in on and `localhost`, anything else gets 421 "
+                       "(DNS rebinding)", example="admin.internal,gw-1"),
+    "admin_max_connections": Var(_number("GATEWAY_ADMIN_MAX_CONNECTIONS"),
+                                 "admin connections at once; the next ones get 503 at once and are closed "
+                                 "(nginx's `limit_conn`), and beyond twice that accepting pauses (connections wait "
+                                 "in the backlog)",
+                                 example="16"),
+    "metrics_allow": Var(_cidrs, "comma-separated CIDRs whose TCP peer address may read `/metrics`, `/status` "
+                         "and `/dashboard` (403 otherwise; never decided by a header); an invalid CIDR exits 2",
+                         example="10.0.0.0/8,::1"),
+    "trusted_proxies": Var(_cidrs, "CIDRs whose `X-Forwarded-For` is believed (the client address of rate "
+                           "limits, logs and `ip` hashing)", example="10.0.0.0/8"),
+    "redis_url": Var(_url(("redis", "rediss", "unix")), "shared state store: `redis://[:password@]host:port/db`, "
+                     "`rediss://...` (TLS; a private CA as `?ssl_ca_certs=/path/ca.pem`), "
+                     "`unix:///path/redis.sock`. Unset: embedded state, exact per node across workers. The "
+                     "password is masked wherever the URL is shown", example="redis://:secret@10.0.0.7:6379/0"),
+    "redis_cluster": Var(_switch("1", "0"), "`1`: the URL names a node of a Redis Cluster (every key carries "
+                         "the `{state}` hash tag, so each script touches one slot); needs `GATEWAY_REDIS_URL`",
+                         example="1", shown_default="0"),
+    "redis_prefix": Var(_redis_prefix, "prefix of every Redis key and channel; up to 64 printable characters, "
+                        "no spaces or braces", example="gw-prod:"),
+    "redis_timeout": Var(_number("GATEWAY_REDIS_TIMEOUT"), "seconds: the time budget of any one Redis call; a "
+                         "slower answer counts as Redis unavailable for that call. Health probes and full state "
+                         "loads get `max(this, 0.5)`. A call that must open a new pooled connection pays the "
+                         "connect (and with `rediss://` the TLS handshake) inside its budget: with TLS, allow for "
+                         "it", example="0.1"),
+    "shm_size": Var(_size("GATEWAY_SHM_SIZE"), "node memory for shared objects (breakers, limiter tables, "
+                    "counters), bytes or with a `k`/`m`/`g` suffix; pages are committed only when used. A config "
+                    "whose objects do not fit is refused (exit 2, or a refused reload)", example="256m",
+                    shown_default="64m"),
+    "ratelimit_keys": Var(_number("GATEWAY_RATELIMIT_KEYS"), "keys each rate-limit policy and quota table tracks "
+                          "at once. A table takes 40 bytes per key (32-byte slots at 80 % load, so 2.6 MB at the "
+                          "default) of node memory (`GATEWAY_SHM_SIZE`, committed as keys arrive)",
+                          example="1000000"),
+    "ratelimit_surge": Var(_number("GATEWAY_RATELIMIT_SURGE"), "rejections per second on one route, node-wide, "
+                           "at which the `ratelimit_surge` event fires (details: `route`, `rejections_per_second`, "
+                           "`threshold`); like every event at most once per 60 s per node and route",
+                           example="500"),
+    "jwt_secret": Var(_jwt_secret, "HS256/384/512 key, at least 32 bytes (RFC 7518 §3.2; shorter exits 2); also "
+                      "signs `gateway jwt mint` and the token service", secret=True,
+                      example="$(openssl rand -base64 48)"),
+    "jwt_public_key": Var(_public_key_file, "path of a PEM public key: RSA (≥ 2048 bits: RS*/PS*), EC "
+                          "P-256/384/521 (ES256/384/512), Ed25519 (EdDSA). Read and parsed at start: unreadable, "
+                          "malformed, private or unsupported → exit 2 naming it",
+                          example="/etc/gateway/jwt.pub.pem"),
+    "jwt_jwks_url": Var(_url(("https", "http")), "`http(s)://` JWKS endpoint; fetched at start in the background, "
+                        "every 300 s, and on an unknown `kid` (at most once per 10 s)", example="https://idp.example.com/.well-known/jwks.json"),
+    "jwt_issuer": Var(_text, "required `iss` when set", example="https://idp.example.com/"),
+    "jwt_audience": Var(_text, "required `aud` when set (`aud` may be a list containing it)", example="api"),
+    "jwt_algorithms": Var(_algorithms, "comma-separated allow-list of HS256/384/512, RS256/384/512, "
+                          "PS256/384/512, ES256/384/512, EdDSA; unset: every algorithm of the configured keys. An "
+                          "algorithm no configured key can verify exits 2; `none` never", example="RS256,ES256",
+                          shown_default="from the key types"),
+    "jwt_leeway": Var(_number("GATEWAY_JWT_LEEWAY"), "seconds of clock skew accepted on `exp`, `nbf` and `iat`",
+                      example="5"),
+    "jwt_org_claim": Var(_text, "claim naming the organization (quotas per org)", example="tenant"),
+    "header_timeout": Var(_number("GATEWAY_HEADER_TIMEOUT"), "seconds for the whole request head (absolute, not "
+                          "reset per byte) → 408", example="5"),
+    "body_timeout": Var(_number("GATEWAY_BODY_TIMEOUT"), "seconds without request-body progress → 408; also each "
+                        "stall of a response body", example="60"),
+    "keepalive_timeout": Var(_number("GATEWAY_KEEPALIVE_TIMEOUT"), "idle seconds before a downstream connection "
+                             "is closed", example="30"),
+    "upstream_connect_timeout": Var(_number("GATEWAY_UPSTREAM_CONNECT_TIMEOUT"), "seconds to connect to a target "
+                                    "→ 502", example="1"),
+    "upstream_timeout": Var(_number("GATEWAY_UPSTREAM_TIMEOUT"), "seconds from the last request byte written "
+                            "upstream to the response head → 504 (upload time never counts; an upstream that stops "
+                            "draining a request body gets `GATEWAY_BODY_TIMEOUT`, then 504); a route's `timeout` "
+                            "overrides it", example="10"),
+    "max_header_bytes": Var(_number("GATEWAY_MAX_HEADER_BYTES"), "bytes of a request head → 431; upstream "
+                            "response heads (and trailers) get the same byte and field limits → 502, the upstream "
+                            "connection closed, one error logged", example="32768"),
+    "max_headers": Var(_number("GATEWAY_MAX_HEADERS"), "header fields of a request → 431", example="200"),
+    "max_uri_bytes": Var(_number("GATEWAY_MAX_URI_BYTES"), "bytes of a request target → 414", example="16384"),
+    "max_body_bytes": Var(_number("GATEWAY_MAX_BODY_BYTES"), "bytes of a request body → 413 (bodies stream, they "
+                          "are never buffered whole)", example="104857600"),
+    "max_connections": Var(_number("GATEWAY_MAX_CONNECTIONS"), "downstream connections per worker; beyond it new "
+                           "connections wait in the kernel backlog", example="50000"),
+    "drain_timeout": Var(_number("GATEWAY_DRAIN_TIMEOUT"), "seconds of graceful drain on SIGTERM/SIGINT",
+                         example="60"),
+    "worker_watchdog": Var(_number("GATEWAY_WORKER_WATCHDOG"), "seconds of silence after which a worker is killed "
+                           "and replaced; `/ready` counts only workers heard from in the last 3 s", example="20"),
+    "access_log": Var(_log_dest, "`off`, `stdout`, `stderr` or a file path (it must contain `/` or `.`): one JSON "
+                      "line per request; a file is opened for appending (several workers share it, whole lines per "
+                      "write) and reopened on `SIGHUP` and `SIGUSR1` (logrotate); a file that cannot be opened "
+                      "stops start-up naming this variable",
+                      example="/var/log/gateway/access.jsonl"),
+    "audit_log": Var(_log_dest, "`off`, `stdout`, `stderr` or a file path: JSON lines for auth failures, key and "
+                     "token changes, admin changes, rejected requests", example="/var/log/gateway/audit.jsonl"),
+    "alert_webhooks": Var(_urls(("https", "http")), "comma-separated `http(s)://` URLs that receive each alert "
+                          "(JSON POST, SPEC §7); a malformed URL exits 2. Shown as scheme and host only (their paths "
+                          "often hold a token)",
+                          example="https://hooks.example.com/T000/B000/XXXX"),
+    "alert_secret": Var(_text, "HMAC-SHA256 key of `X-Gateway-Signature: sha256=<hex>` on each alert (unset: "
+                        "alerts are unsigned, with a warning at start)", secret=True,
+                        example="$(openssl rand -hex 32)"),
+    "tracing": Var(_switch("on", "off"), "`on`: a span per request exported with the OpenTelemetry SDK over "
+                   "OTLP/HTTP, configured by the standard `OTEL_*` variables (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, "
+                   "`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`...). The SDK is an optional extra: "
+                   "`pip install '.[otel]'`; `on` without it exits 2 naming the variable",
+                   gate=_tracing_gate, example="on", shown_default="off"),
 }
 
-VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in _VARS)
+VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in VARS)
+SECRET_FIELDS = frozenset(name for name, var in VARS.items() if var.secret)
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Parse every SPEC §2 variable; raise one EnvError listing every bad one."""
     values: dict[str, Any] = {}
     errors: list[EnvError] = []
-    for name, (parse, gate) in _VARS.items():
+    for name, spec in VARS.items():
         var = PREFIX + name.upper()
         raw = environ.get(var)
         if raw is None or not raw.strip():
@@ -446,9 +589,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         raw = raw.strip()
         try:
             _no_controls(raw, secret=name in SECRET_FIELDS)
-            value = parse(raw)
-            if gate is not None:
-                gate(value)
+            value = spec.parse(raw)
+            if spec.gate is not None:
+                spec.gate(value)
         except (_Bad, _Unsupported) as exc:
             errors.append(EnvError(var, str(exc)))
             continue

@@ -65,6 +65,7 @@ _ROUTE_KEYS = {
     "retries", "canary", "fallback", "rate_limits", "websocket",
     "content_types", "security_headers",          # request hygiene (README "Request hygiene")
 }
+_CANARY_KEYS = {"version", "weight", "header"}
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
@@ -562,7 +563,7 @@ def _parse_canary(c: _Collector, path: str, raw: Any) -> CanaryConfig | None:
     if not isinstance(raw, dict):
         c.error(path, f"expected a table {{ version, weight, header }}, got {_kind(raw)}")
         return None
-    c.unknown_keys(path, raw, {"version", "weight", "header"})
+    c.unknown_keys(path, raw, _CANARY_KEYS)
     version = c.name(f"{path}.version", raw.get("version"))
     weight = 0
     if "weight" in raw:
