@@ -15,19 +15,25 @@ Matching rules (what an nginx/Kong/Envoy operator expects; README documents the 
 4. When routes match the path but none allows the method → 405 with `Allow` listing the union of
    their methods. When no route matches the path → 404.
 
-`match` runs on every request, so the tables are built once here: a dict lookup for exact paths, a
-dict keyed by the first path segment holding that segment's prefixes longest-first, and the "/"
-routes. A match costs two dict lookups, at most one slice (the first segment) and a short scan.
+`match` runs on every request, so the tables are built once here: per host tier, a dict for exact
+paths and a trie of prefixes keyed by path segment (like nginx's static location tree and the radix
+trees of Kong and APISIX). A match costs one dict lookup, then one dict lookup per path segment
+while the trie goes that deep, then a walk back up the routed nodes it passed: its cost depends on
+the path's depth and not on how many routes there are. Rebuilding from a route list is linear in it.
 """
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.ref cimport PyObject
+from libc.string cimport memchr
 
 from gateway.pipeline.chain import EMPTY_CHAIN, FilterChain
 from gateway.pipeline.reply import LocalReply
 
 _MISSING: Any = object()
-_SLASH = 47  # ord("/"): indexing bytes yields ints, so the boundary check allocates nothing
-cdef unsigned char _SLASH_C = 47  # the same, as a C byte for find()
+cdef char _SLASH_C = 47  # ord("/")
 
 
 class Route:
@@ -122,71 +128,157 @@ cdef inline tuple _with_methods(rs):
     return tuple([(r.methods, r) for r in rs])
 
 
+cdef inline object _allowed(tuple rs, bytes method):
+    """The first route of (methods, route) pairs that takes the method, else None."""
+    cdef tuple mr
+    for mr in rs:
+        m = mr[0]
+        if m is None or method in m:
+            return mr[1]
+    return None
+
+
+cdef class _Node:
+    """One path segment of a tier's prefix trie. A prefix route lives on the node its last segment
+    leads to: "/a/b" as `bare` on a → b, "/a/b/" as `slash` on the same node (it only matches when
+    the path goes on past b), "/" as `slash` on the root."""
+
+    def __cinit__(self) -> None:
+        self.children = None
+        self.bare = ()
+        self.slash = ()
+        self.up = NULL
+
+    cdef _Node child(self, bytes segment):
+        if self.children is None:
+            self.children = {}
+        node = self.children.get(segment)
+        if node is None:
+            node = self.children[segment] = _Node()
+        return node
+
+
+cdef inline bint _has_routes(_Node node):
+    return len(node.bare) > 0 or len(node.slash) > 0
+
+
 cdef class _Table:
-    """The routes of one host tier, indexed for matching."""
+    """The routes of one host tier, indexed for matching: a dict of exact paths and a segment trie
+    of prefixes. A match costs one dict lookup for the exact path, then one per path segment while
+    the trie has that segment; the number of routes does not enter."""
 
     def __init__(self, routes: Sequence[Route]) -> None:
         exact = {}
-        by_prefix = {}
+        bare = {}
+        slash = {}
         for r in routes:  # declaration order is kept inside every list
-            (exact if r.exact else by_prefix).setdefault(r.path, []).append(r)
+            if r.exact:
+                exact.setdefault(r.path, []).append(r)
+            elif r.path.endswith(b"/"):
+                slash.setdefault(r.path[:len(r.path) - 1], []).append(r)
+            else:
+                bare.setdefault(r.path, []).append(r)
         self.exact = {p: _with_methods(rs) for p, rs in exact.items()}
-        self.root = tuple(by_prefix.pop(b"/", ()))
-        self._root_m = _with_methods(self.root)
-        buckets = {}
-        for prefix, rs in by_prefix.items():
-            # Every path a segment-boundary prefix matches shares the prefix's first segment, so
-            # a request only needs to look at the prefixes of its own first segment.
-            buckets.setdefault(_first_segment(prefix), []).append(
-                (prefix, len(prefix), prefix.endswith(b"/"), _with_methods(rs)))
-        self.buckets = {
-            k: tuple(sorted(v, key=lambda e: -e[1])) for k, v in buckets.items()
-        }
+        self.trie = _Node()
+        cdef _Node node
+        for lists, is_slash in ((bare, False), (slash, True)):
+            for key, rs in lists.items():
+                # key is the prefix without its trailing slash: "" (the "/" route) or "/s1/…/sk"
+                node = self.trie
+                if key:
+                    for segment in key[1:].split(b"/"):
+                        node = node.child(segment)
+                if is_slash:
+                    node.slash = _with_methods(rs)
+                else:
+                    node.bare = _with_methods(rs)
+        self.nodes = _link(self.trie)
+
+    cdef _Node walk(self, bytes path, bint *more):
+        """The deepest trie node the path leads to; *more: the path goes on past it (so that node's
+        slash-ended prefixes match). Every ancestor of that node is a boundary prefix of the path."""
+        cdef _Node node = self.trie
+        cdef const char *s = PyBytes_AS_STRING(path)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(path), start = 1, end
+        cdef const char *slash
+        cdef PyObject *found
+        more[0] = True
+        if n == 0 or s[0] != _SLASH_C:
+            return node  # not a path ("*", ""): only "/" can take it, as it always did
+        while node.children is not None:
+            slash = <const char *>memchr(s + start, _SLASH_C, n - start)
+            end = (slash - s) if slash != NULL else n
+            found = PyDict_GetItem(node.children, PyBytes_FromStringAndSize(s + start, end - start))
+            if found == NULL:
+                return node
+            node = <_Node>found
+            if end == n:
+                more[0] = False
+                return node
+            start = end + 1
+        return node
 
     cdef object find(self, bytes method, bytes path):
         """First route matching path and method, in priority order (the hot path)."""
-        cdef tuple rs, e, mr
-        cdef Py_ssize_t i, n, plen
-        cdef bytes prefix
-        rs = self.exact.get(path)
-        if rs is not None:
-            for mr in rs:
-                m = mr[0]
-                if m is None or method in m:
-                    return mr[1]
-        n = len(path)
-        i = path.find(b"/", 1)
-        b = self.buckets.get(path[:i] if i > 0 else path)
-        if b is not None:
-            for e in b:
-                prefix = e[0]
-                plen = e[1]
-                if path.startswith(prefix) and (e[2] or plen == n or path[plen] == _SLASH_C):
-                    for mr in <tuple>e[3]:
-                        m = mr[0]
-                        if m is None or method in m:
-                            return mr[1]
-        for mr in self._root_m:
-            m = mr[0]
-            if m is None or method in m:
-                return mr[1]
+        cdef PyObject *rs = PyDict_GetItem(self.exact, path)
+        cdef bint more
+        if rs != NULL:
+            r = _allowed(<tuple>rs, method)
+            if r is not None:
+                return r
+        cdef _Node node = self.walk(path, &more)
+        # Longest prefix first: a deeper node's prefixes are longer than its ancestors', and on one
+        # node "/a/b/" is longer than "/a/b".
+        if more and len(node.slash):
+            r = _allowed(node.slash, method)
+            if r is not None:
+                return r
+        if len(node.bare):
+            r = _allowed(node.bare, method)
+            if r is not None:
+                return r
+        while node.up != NULL:
+            node = <_Node>node.up
+            r = _allowed(node.slash, method)
+            if r is None:
+                r = _allowed(node.bare, method)
+            if r is not None:
+                return r
         return None
 
     def path_matches(self, path: bytes) -> Iterator[Route]:
-        """Every route matching the path, any method (only for the 405 answer: not hot)."""
+        """Every route matching the path, any method, in priority order (only for the 405 answer)."""
+        cdef bint more
+        cdef _Node node = self.walk(path, &more)
         for _, r in self.exact.get(path, ()):
             yield r
-        n = len(path)
-        for prefix, plen, slash, rs in self.buckets.get(_first_segment(path), ()):
-            if path.startswith(prefix) and (slash or plen == n or path[plen] == _SLASH):
-                for _, r in rs:
-                    yield r
-        yield from self.root
+        if more:
+            for _, r in node.slash:
+                yield r
+        for _, r in node.bare:
+            yield r
+        while node.up != NULL:
+            node = <_Node>node.up
+            for _, r in node.slash + node.bare:
+                yield r
 
 
-def _first_segment(path: bytes) -> bytes:
-    i = path.find(b"/", 1)
-    return path if i < 0 else path[:i]
+cdef Py_ssize_t _link(_Node root):
+    """Point every node at its nearest proper ancestor holding routes, so that backing out of a
+    walk skips the route-less nodes in between. Iterative: a route's depth is the operator's."""
+    cdef Py_ssize_t count = 0
+    cdef _Node node, child
+    todo = [(root, None)]
+    while todo:
+        node, holder = todo.pop()
+        count += 1
+        node.up = <PyObject *>holder if holder is not None else NULL
+        if _has_routes(node):
+            holder = node
+        if node.children is not None:
+            for child in node.children.values():
+                todo.append((child, holder))
+    return count
 
 
 def normalize_host(host: bytes) -> bytes:

@@ -601,13 +601,15 @@ def _cross_check(c: _Collector, services: list[tuple[int, ServiceConfig]],
             first_route[r.name] = i
     # A route that an earlier one with the same host and path fully covers can never be matched:
     # almost always a copy-paste mistake, so say so instead of serving the first one silently.
-    for k, (i, r) in enumerate(routes):
-        for j, e in routes[:k]:
-            if (e.host, e.path, e.exact) != (r.host, r.path, r.exact):
-                continue
+    # Grouped by (host, path, exact), so 10,000 routes cost 10,000 lookups and not 50 million pairs.
+    earlier: dict[tuple[str | None, str, bool], list[tuple[int, RouteConfig]]] = {}
+    for i, r in routes:
+        same = earlier.setdefault((r.host, r.path, r.exact), [])
+        for j, e in same:
             if e.methods is None or (r.methods is not None and set(r.methods) <= set(e.methods)):
                 c.error(f"routes[{i}]", f"never matched: routes[{j}] has the same host and path and takes all its methods")
                 break
+        same.append((i, r))
 
 
 def parse_config(doc: dict[str, Any], source: str | None = None) -> GatewayConfig:
