@@ -74,7 +74,10 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
                                redis=redis)
         if limiter is not None:
             filters.append(limiter)
-    return FilterChain(filters) if filters else EMPTY_CHAIN
+    if not filters:
+        return EMPTY_CHAIN
+    # Tracing on: each filter's access phase is timed for the span (pipeline/chain.pyx).
+    return FilterChain(filters, timed=settings.tracing)
 
 
 def _route_service(rc: RouteConfig, services: dict[str, Service]) -> Service:

@@ -4,23 +4,31 @@ service name, sampler: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG).
 
 The span is made at the end of the exchange, from the same Recorder call as the metrics and the
 access log, with the request's own start and end times:
-- its trace id and span id are the ones the data plane already sent upstream in `traceparent`, so
-  the upstream's spans are its children and a trace continued from the client keeps its trace id;
+- a SERVER span continuing the client's trace: its parent is the span the client named in a valid
+  `traceparent` (ctx.parent_span_id; the sampler's parent-based decision honours the client's
+  sampled flag), its trace id the client's; its span id is the one the data plane already sent
+  upstream as the parent in `traceparent`, so the upstream's spans are its children. A request
+  without a valid traceparent (absent, malformed, upper-case, all-zero: replaced by the data plane,
+  never passed on) starts a trace: a root span with the trace id the upstream was sent;
 - attributes: http.request.method, url.path, http.response.status_code, http.route,
   gateway.service, server.address (the target URL), gateway.request_id, error.type (the upstream
   failure kind), bytes in and out;
-- a child span "upstream" covers the upstream attempt (connect to its last byte). Filters that
-  time their own phase (auth, rate limit) add `(name, start, end)` tuples, CLOCK_MONOTONIC seconds,
-  to ctx.vars["phases"]: each becomes a child span too.
+- phase timings as attributes of that one span, not child spans (decided so: a child span per
+  phase would triple the spans a gateway exports per request, and an "upstream" child would sit
+  beside the upstream's own server span covering the same interval):
+  `gateway.<phase>.duration_ms` for each access filter the chain timed (`auth`, `ratelimit`,
+  `content_types`...: pipeline/chain.pyx, on when tracing is, including a wait on Redis or JWKS) and
+  for `upstream` (target picked to the attempt's last byte: ctx.upstream_start..upstream_end; the
+  last attempt when there were retries).
 
 Export never blocks the loop: a BatchSpanProcessor queues finished spans (bounded,
 OTEL_BSP_MAX_QUEUE_SIZE, default 2048) for its own thread; spans that do not fit, or whose export
 fails (collector down), are dropped and counted (`gateway_tracing_spans_total{result}` is kept per
 worker process in node memory).
 
-Limit: the data plane keeps the client's trace id and flags but not its parent span id, so the
-gateway's span is a root span inside the client's trace (linked to it by the trace id), not a child
-of the client's span; the sampler sees a root span (ParentBased falls back to its root sampler).
+The sampling decision is taken when the span is made, at the end of the exchange: the flags the
+upstream was sent are the client's (or "01", sampled, for a trace the gateway started), so with a
+ratio sampler the upstream may record a trace whose gateway span was not sampled.
 """
 from __future__ import annotations
 
@@ -145,35 +153,33 @@ class Tracer:
             attrs["server.address"] = target.url
         if ctx.upstream_error is not None:
             attrs["error.type"] = ctx.upstream_error
-        # Queued per-request exporter drops (the processor's queue full) are not visible to us;
-        # BatchSpanProcessor logs them. Export failures are counted by _Counting.
+        phases = ctx.vars.get("phases") if isinstance(ctx.vars, dict) else None
+        for phase in phases or ():
+            try:
+                pname, pstart, pend = phase
+                attrs[f"gateway.{pname}.duration_ms"] = round((pend - pstart) * 1e3, 3)
+            except (TypeError, ValueError):
+                continue
+        if ctx.upstream_start > 0.0:
+            attrs["gateway.upstream.duration_ms"] = round(((ctx.upstream_end or end) - ctx.upstream_start) * 1e3, 3)
+        context = None
+        parent = ctx.parent_span_id
+        if parent is not None:
+            # The client's span, as a remote parent: the span continues the client's trace.
+            context = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, int(parent, 16), is_remote=True,
+                trace_flags=trace.TraceFlags(int(tp[53:55], 16) & 1))))
+        # The ids the data plane chose (the trace id only matters for a root span).
         self.ids.next.trace_id = trace_id
         self.ids.next.span_id = span_id
         name = f"{attrs['http.request.method']} {route.name if route is not None else '(no route)'}"
-        span = self.tracer.start_span(name, kind=trace.SpanKind.SERVER, attributes=attrs,
+        span = self.tracer.start_span(name, context=context, kind=trace.SpanKind.SERVER, attributes=attrs,
                                       start_time=self._ns(start))
         self.ids.next.trace_id = self.ids.next.span_id = 0
         if not span.is_recording():
             return
         if status >= 500:
             span.set_status(trace.Status(trace.StatusCode.ERROR))
-        parent = trace.set_span_in_context(span)
-        if ctx.upstream_start > 0.0:
-            up_end = ctx.upstream_end or end
-            child = self.tracer.start_span("upstream", context=parent, kind=trace.SpanKind.CLIENT,
-                                           attributes={"server.address": target.url if target is not None else "",
-                                                       **({"error.type": ctx.upstream_error}
-                                                          if ctx.upstream_error else {})},
-                                           start_time=self._ns(ctx.upstream_start))
-            child.end(end_time=self._ns(up_end))
-        phases = ctx.vars.get("phases") if isinstance(ctx.vars, dict) else None
-        for phase in phases or ():
-            try:
-                pname, pstart, pend = phase
-                self.tracer.start_span(str(pname), context=parent, start_time=self._ns(pstart)).end(
-                    end_time=self._ns(pend))
-            except (TypeError, ValueError):
-                continue
         span.end(end_time=self._ns(end))
 
     def close(self) -> None:
