@@ -230,3 +230,89 @@ def _get(port: int, path: str) -> str:
     from tests.support.gateway_proc import http_get
 
     return http_get(port, path)[2].decode()
+
+
+@pytest.mark.parametrize("name,arg", [
+    ("always_on", None), ("always_off", None), ("traceidratio", "0.25"), ("parentbased_always_on", None),
+    ("parentbased_always_off", None), ("parentbased_traceidratio", "0.25"), ("parentbased_traceidratio", "0"),
+])
+def test_inline_sampling_agrees_with_the_sdk_sampler(monkeypatch, name: str, arg: str | None) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    import random
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+    from gateway.observability.tracing import _TRACE_ID_LOW, _inline_sampling
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if arg is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    sampler = _get_from_env_or_default()
+    parent_based, bound = _inline_sampling(sampler)
+    assert bound is not None
+    rng = random.Random(7)
+    decisions = set()
+    for _ in range(2000):
+        trace_id = rng.getrandbits(128) or 1
+        parent = rng.choice([None, 0, 1])
+        context = None
+        if parent is not None:
+            context = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, rng.getrandbits(64) or 1, is_remote=True, trace_flags=trace.TraceFlags(parent))))
+        want = sampler.should_sample(context, trace_id, "GET r", trace.SpanKind.SERVER).decision.is_sampled()
+        got = parent == 1 if parent is not None and parent_based else (trace_id & _TRACE_ID_LOW) < bound
+        assert got == want, (name, arg, trace_id, parent)
+        decisions.add(got)
+    if name.endswith("traceidratio") and arg == "0.25":
+        assert decisions == {True, False}
+
+
+def test_another_sampler_is_asked_per_request() -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from gateway.observability.tracing import _inline_sampling
+
+    assert _inline_sampling(ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)) == (False, None)
+    assert _inline_sampling(ParentBased(TraceIdRatioBased(0.5)))[1] == TraceIdRatioBased(0.5).bound
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_the_tracer_makes_a_child_of_the_clients_span(inline: bool) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    from gateway.observability.tracing import Tracer
+    from gateway.pipeline import RequestContext
+
+    # Not inline: a ParentBased sampler whose unsampled-parent branch is not the default.
+    sampler = ParentBased(ALWAYS_ON) if inline else ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_OFF,
+                                                                 remote_parent_sampled=ParentBased(ALWAYS_ON))
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(provider=TracerProvider(sampler=sampler), exporter=exporter)
+    assert (tracer._bound is not None) == inline
+    try:
+        for flags in ("01", "00"):
+            ctx = RequestContext()
+            ctx.method, ctx.path, ctx.status = b"POST", b"/p", 502
+            ctx.traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-" + flags.encode()
+            ctx.parent_span_id = b"00f067aa0ba902b7"
+            ctx.start = time.monotonic() - 0.01
+            ctx.upstream_start, ctx.upstream_end = ctx.start + 0.002, ctx.start + 0.008
+            ctx.vars = {"phases": [("auth", ctx.start, ctx.start + 0.001)]}
+            tracer(ctx)
+        tracer.processor.force_flush()
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 1                          # the unsampled parent ("00") made none
+        span = spans[0]
+        assert span.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736 and span.context.span_id == 0x1111111111111111
+        assert span.parent.span_id == 0x00f067aa0ba902b7 and span.parent.is_remote
+        assert span.name == "POST (no route)" and span.status.status_code.name == "ERROR"
+        assert span.attributes["gateway.auth.duration_ms"] == 1.0
+        assert span.attributes["gateway.upstream.duration_ms"] == 6.0
+        assert 9e6 <= span.end_time - span.start_time <= 60e9
+    finally:
+        tracer.close()
