@@ -74,7 +74,15 @@ def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | 
                                redis=redis, audit_log=settings.audit_log)
         if limiter is not None:
             filters.append(limiter)
-    return FilterChain(filters) if filters else EMPTY_CHAIN
+    body_check = None
+    if route_config.json_check:
+        from .security.hygiene import JsonBodyCheck
+
+        body_check = JsonBodyCheck(route_config.name, route_config.json_max_bytes)
+    if not filters and body_check is None:
+        return EMPTY_CHAIN
+    # Tracing on: each filter's access phase is timed for the span (pipeline/chain.pyx).
+    return FilterChain(filters, timed=settings.tracing, body_check=body_check)
 
 
 def _route_service(rc: RouteConfig, services: dict[str, Service]) -> Service:

@@ -128,6 +128,8 @@ class RouteConfig:
     scopes: tuple[str, ...] = ()            # all required (403 otherwise)
     content_types: tuple[str, ...] | None = None   # lowercased type/subtype; None = any
     security_headers: bool = False          # add the API security response headers
+    json_check: bool = False                # JSON request bodies must parse (400), held up to json_max_bytes (413)
+    json_max_bytes: int = 65536
     index: int = 0              # position in the file: ties are broken by declaration order
     fallback: FallbackConfig | None = None
     canary: CanaryConfig | None = None

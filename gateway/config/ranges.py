@@ -122,6 +122,8 @@ _TABLE: tuple[Range, ...] = (
     Range("routes[].retries", 0, 100, "count", "each retry is another attempt on another target"),
     Range("routes[].canary.weight", 0, 100, "count", "a percentage of users"),
     Range("routes[].fallback.status", 200, 599, "count", "an HTTP status code of a final response"),
+    Range("routes[].json_max_bytes", 1, 16 * MIB, "bytes",
+          "the body is held in memory until it is checked: one such buffer per connection"),
     Range("routes[].rate_limits[].limit", 1, 1_000_000_000, "count", _LIMIT),
     Range("routes[].rate_limits[].window", 0.001, MONTH, "seconds", "up to 31 days, for monthly limits"),
     Range("routes[].rate_limits[].burst", 0, 1_000_000_000, "count", _LIMIT),

@@ -63,7 +63,7 @@ _TARGET_KEYS = {"url", "weight", "version"}
 _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
     "retries", "canary", "fallback", "rate_limits", "websocket",
-    "content_types", "security_headers",          # request hygiene (README "Request hygiene")
+    "content_types", "security_headers", "json_check", "json_max_bytes",   # request hygiene (README "Request hygiene")
 }
 _CANARY_KEYS = {"version", "weight", "header"}
 _MEDIA_TYPE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -538,6 +538,12 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
     websocket = c.boolean(f"{path}.websocket", raw.get("websocket"), False)
     content_types = _parse_content_types(c, f"{path}.content_types", raw.get("content_types"))
     security_headers = c.boolean(f"{path}.security_headers", raw.get("security_headers"), False)
+    json_check = c.boolean(f"{path}.json_check", raw.get("json_check"), False)
+    json_max_bytes = 65536
+    if "json_max_bytes" in raw:
+        json_max_bytes = c.integer(f"{path}.json_max_bytes", raw["json_max_bytes"], "routes[].json_max_bytes") or json_max_bytes
+        if not json_check:
+            c.error(f"{path}.json_max_bytes", "needs json_check = true (it caps the body the JSON check holds)")
     auth = _parse_auth(c, f"{path}.auth", raw.get("auth"))
     scopes = _parse_scopes(c, f"{path}.scopes", raw.get("scopes"))
     if scopes and not auth:
@@ -556,6 +562,7 @@ def _parse_route(c: _Collector, path: str, raw: dict[str, Any], index: int,
         strip_prefix=strip, timeout=timeout, retries=retries or 0, websocket=bool(websocket),
         index=index, fallback=fallback, canary=canary, rate_limits=rate_limits,
         auth=auth, scopes=scopes, content_types=content_types, security_headers=security_headers,
+        json_check=bool(json_check), json_max_bytes=json_max_bytes,
     )
 
 

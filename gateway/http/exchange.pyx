@@ -13,6 +13,7 @@ pipelined request). Off the common path:
   client and a copy of every request byte sent is held (a_sent, bounded);
 - an Upgrade answered 101 (`_switch`): the connection becomes a Tunnel (tunnel.pyx);
 - a local reply (`_local`): 404/405, a filter's refusal, 502/504, ...
+- a route with a body check (`json_check`): the body is held, bounded, until checked (`_hold`).
 
 Every upstream attempt is reported once to a service that observes outcomes (`_attempt_end`).
 """
@@ -31,7 +32,7 @@ from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport K_IDLE, K_NONE, _Queued, _ReaderBase
 from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
-from .wire import CONTINUE_100
+from .wire import CONTINUE_100, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
@@ -82,6 +83,8 @@ cdef class _ExchangeBase(_ReaderBase):
                     # The only per-request task: a filter waiting on I/O (Redis, JWKS...).
                     self.a_task = self.loop.create_task(self._access_wait(ctx, result))
                 return 0
+        if self.c_body is not None and self._hold(ctx):
+            return 0
         # The proxy step, inlined for the common case (a pooled connection, no Expect).
         if self.a_expect:
             self._proxy(ctx)
@@ -110,6 +113,7 @@ cdef class _ExchangeBase(_ReaderBase):
         self.c_filtered = bool(chain.filters)
         self.c_timeout = route.timeout
         self.c_strip = bool(route.strip_prefix)
+        self.c_body = (<FilterChain>chain).body_check if type(chain) is FilterChain else None
         return 0
 
     cdef bint _filtered(self, RequestContext ctx) except -1:
@@ -132,7 +136,7 @@ cdef class _ExchangeBase(_ReaderBase):
             return
         if result is not None:
             self._local(result)
-        else:
+        elif self.c_body is None or not self._hold(ctx):
             self._proxy(ctx)
 
     cdef int _proxy(self, RequestContext ctx) except -1:
@@ -202,6 +206,9 @@ cdef class _ExchangeBase(_ReaderBase):
             if self.a_sent is not None:
                 self._keep_sent(data)
         elif self.a_ctx is not None:
+            if self.a_hold is not None:
+                self._hold_more(self.a_ctx, data, False)
+                return 0
             self.a_pending.append(data)
             self.a_pending_size += len(data)
             if self.a_pending_size > MAX_BUFFERED_BODY:
@@ -290,6 +297,7 @@ cdef class _ExchangeBase(_ReaderBase):
         assert ctx is not None and self.transport is not None
         ctx.local_reply = reply
         ctx.status = reply.status
+        self.a_hold = None
         if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
             self.a_up._abort()
             self.a_up = None
@@ -312,6 +320,73 @@ cdef class _ExchangeBase(_ReaderBase):
         ctx.bytes_out += len(data)
         self.transport.write(data)
         self._exchange_done()
+        return 0
+
+    cdef bint _hold(self, RequestContext ctx) except -1:
+        """The route's body check (json_check) before the proxy step: whether it took the request
+        (holding its body, or refused). The body is held in one buffer bounded by the check's
+        max_bytes (413 as soon as it is crossed), then checked whole: refused, or forwarded
+        unchanged in one write with the head (_proxy). Reading never pauses for the hold (the cap
+        bounds it); the body timeout and GATEWAY_MAX_BODY_BYTES apply as to any body."""
+        verdict = self.c_body.begin(ctx)
+        if verdict is False:
+            return False
+        if type(verdict) is LocalReply:
+            self._local(verdict)
+            return True
+        self.a_hold = bytearray()
+        self.a_hold_max = self.c_body.max_bytes
+        if self.a_expect:
+            # The body is wanted now (a Content-Length over the cap was refused before this 100).
+            self.a_expect = False
+            self.transport.write(CONTINUE_100)
+        # Body read before the hold began (a pipelined request's, or during a filter's wait on
+        # I/O, where reading may have paused at MAX_BUFFERED_BODY: the hold lifts that pause).
+        pieces = self.a_pending
+        self.a_pending = []
+        self.a_pending_size = 0
+        if self.gate.reasons:
+            self.gate.resume(PAUSE_BUFFER)
+        for data in pieces:
+            self._hold_more(ctx, data, False)
+            if self.a_hold is None:
+                return True   # refused, or complete and checked
+        if self.a_body_done:
+            self._hold_more(ctx, None, True)
+        return True
+
+    cdef int _hold_more(self, RequestContext ctx, bytes data, bint done) except -1:
+        """Body bytes for the hold (as _body_out gets them: a chunked body's pieces framed by
+        on_body, its end LAST_CHUNK), or `done` when the body is complete."""
+        cdef bytearray hold = self.a_hold
+        cdef Py_ssize_t i
+        if data is not None:
+            if ctx.chunked:
+                if data == LAST_CHUNK:
+                    done = True
+                else:
+                    i = data.find(b"\r\n") + 2     # "<size>\r\n<bytes>\r\n": one piece from on_body
+                    hold += memoryview(data)[i:len(data) - 2]
+            else:
+                hold += data
+                done = len(hold) >= ctx.content_length
+            if len(hold) > self.a_hold_max:
+                self._local(self.c_body.too_large(ctx))
+                return 0
+        if not done:
+            return 0
+        body = bytes(hold)
+        self.a_hold = None
+        reply = self.c_body.finish(ctx, body)
+        if reply is not None:
+            self._local(reply)
+            return 0
+        if ctx.chunked:
+            self.a_pending = [b"%x\r\n" % len(body), body, b"\r\n", LAST_CHUNK] if body else [LAST_CHUNK]
+        else:
+            self.a_pending = [body]
+        self.a_sent = self.a_pending
+        self._proxy(ctx)
         return 0
 
     def exchange_done(self) -> None:

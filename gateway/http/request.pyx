@@ -343,8 +343,9 @@ cdef class RequestBuilder:
         parsed = parse_traceparent(tp) if tp is not None else None
         if parsed is not None:
             # Continue the caller's trace: same trace id and flags, our own span as the parent.
-            ctx.traceparent = b"00-%s-%016x-%s" % (parsed[0], _rand64() | 1, parsed[1])
+            ctx.traceparent = b"00-%s-%016x-%s" % (parsed[0], _rand64() | 1, parsed[2])
             ctx.tracestate = ts
+            ctx.parent_span_id = parsed[1]   # the caller's span: our span's parent (tracing.py)
         else:
             # An all-zero id (invalid) has probability 2^-64.
             ctx.traceparent = _new_traceparent()

@@ -137,8 +137,9 @@ def sane_request_id(value: bytes) -> bool:
 _TRACEPARENT_RE = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
-def parse_traceparent(value: bytes) -> tuple[bytes, bytes] | None:
-    """(trace_id, flags) of a valid W3C traceparent, else None (then a new trace is started)."""
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(trace_id, parent_id, flags) of a valid W3C traceparent, else None (then a new trace is
+    started). parent_id is the caller's span: the parent of the gateway's span."""
     m = _TRACEPARENT_RE.fullmatch(value.strip())
     if m is None:
         return None
@@ -146,7 +147,7 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes] | None:
     # Version ff is invalid; version 00 allows nothing after the flags; all-zero ids are invalid.
     if version == b"ff" or (version == b"00" and rest) or trace_id == b"0" * 32 or parent_id == b"0" * 16:
         return None
-    return trace_id, flags
+    return trace_id, parent_id, flags
 
 
 # --- request target normalization ---

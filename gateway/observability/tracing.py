@@ -4,28 +4,40 @@ service name, sampler: OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG).
 
 The span is made at the end of the exchange, from the same Recorder call as the metrics and the
 access log, with the request's own start and end times:
-- its trace id and span id are the ones the data plane already sent upstream in `traceparent`, so
-  the upstream's spans are its children and a trace continued from the client keeps its trace id;
+- a SERVER span continuing the client's trace: its parent is the span the client named in a valid
+  `traceparent` (ctx.parent_span_id; the sampler's parent-based decision honours the client's
+  sampled flag), its trace id the client's; its span id is the one the data plane already sent
+  upstream as the parent in `traceparent`, so the upstream's spans are its children. A request
+  without a valid traceparent (absent, malformed, upper-case, all-zero: replaced by the data plane,
+  never passed on) starts a trace: a root span with the trace id the upstream was sent;
 - attributes: http.request.method, url.path, http.response.status_code, http.route,
   gateway.service, server.address (the target URL), gateway.request_id, error.type (the upstream
   failure kind), bytes in and out;
-- a child span "upstream" covers the upstream attempt (connect to its last byte). Filters that
-  time their own phase (auth, rate limit) add `(name, start, end)` tuples, CLOCK_MONOTONIC seconds,
-  to ctx.vars["phases"]: each becomes a child span too.
+- phase timings as attributes of that one span, not child spans (decided so: a child span per
+  phase would triple the spans a gateway exports per request, and an "upstream" child would sit
+  beside the upstream's own server span covering the same interval):
+  `gateway.<phase>.duration_ms` for each access filter the chain timed (`auth`, `ratelimit`,
+  `content_types`...: pipeline/chain.pyx, on when tracing is, including a wait on Redis or JWKS) and
+  for `upstream` (target picked to the attempt's last byte: ctx.upstream_start..upstream_end; the
+  last attempt when there were retries).
 
 Export never blocks the loop: a BatchSpanProcessor queues finished spans (bounded,
 OTEL_BSP_MAX_QUEUE_SIZE, default 2048) for its own thread; spans that do not fit, or whose export
 fails (collector down), are dropped and counted (`gateway_tracing_spans_total{result}` is kept per
 worker process in node memory).
 
-Limit: the data plane keeps the client's trace id and flags but not its parent span id, so the
-gateway's span is a root span inside the client's trace (linked to it by the trace id), not a child
-of the client's span; the sampler sees a root span (ParentBased falls back to its root sampler).
+The sampling decision is taken when the span is made, at the end of the exchange: the flags the
+upstream was sent are the client's (or "01", sampled, for a trace the gateway started), so with a
+ratio sampler the upstream may record a trace whose gateway span was not sampled.
+
+Cost (bench/results/observability.md): the OTEL_TRACES_SAMPLER samplers are decided inline
+(_inline_sampling), so an unsampled request costs ~0.5 us here; a sampled one is built as a
+finished ReadableSpan (~7 us) and the OTLP encoding in the processor's thread costs ~30 us more,
+so a ratio sampler (parentbased_traceidratio) is the setting for busy gateways.
 """
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -44,49 +56,23 @@ def sdk_available() -> bool:
     return True
 
 
-class _Ids(threading.local):
-    trace_id = 0
-    span_id = 0
-
-
-def _make_id_generator() -> Any:
-    from opentelemetry.sdk.trace.id_generator import IdGenerator
-
-    class GatewayIds(IdGenerator):
-        """Hands out the ids the data plane chose (once), random ones otherwise (child spans)."""
-
-        def __init__(self) -> None:
-            self.next = _Ids()
-
-        def generate_span_id(self) -> int:
-            sid, self.next.span_id = self.next.span_id, 0
-            return sid or random.getrandbits(64) or 1
-
-        def generate_trace_id(self) -> int:
-            tid, self.next.trace_id = self.next.trace_id, 0
-            return tid or random.getrandbits(128) or 1
-
-    return GatewayIds()
-
-
 class Tracer:
     """One per process; `__call__(ctx)` after each exchange (loop thread)."""
 
     def __init__(self, provider: Any = None, exporter: Any = None) -> None:
+        from opentelemetry import trace
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-        self.ids = _make_id_generator()
         if provider is None:
             # Resource.create() reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES; the sampler comes
             # from OTEL_TRACES_SAMPLER (the SDK's default: parentbased_always_on).
             resource = Resource.create()
             if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
                 resource = resource.merge(Resource({"service.name": "gateway"}))   # unless OTEL_* name one
-            provider = TracerProvider(resource=resource, id_generator=self.ids)
-        else:
-            provider.id_generator = self.ids
+            provider = TracerProvider(resource=resource)
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             exporter = OTLPSpanExporter()       # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, ...
@@ -94,7 +80,17 @@ class Tracer:
         self.processor = BatchSpanProcessor(self.exporter)
         provider.add_span_processor(self.processor)
         self.provider = provider
-        self.tracer = provider.get_tracer("gateway")
+        self.sampler = provider.sampler
+        # The OTEL_TRACES_SAMPLER samplers decided inline (_inline_sampling), else the SDK is asked.
+        self._parent_based, self._bound = _inline_sampling(self.sampler)
+        self.resource = provider.resource
+        self.scope = InstrumentationScope("gateway")
+        self._api = trace
+        self._readable = ReadableSpan
+        self._sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        self._server = trace.SpanKind.SERVER
+        self._ok = trace.Status(trace.StatusCode.UNSET)
+        self._error = trace.Status(trace.StatusCode.ERROR)
         self.counters: Any = None       # CounterArray [exported, dropped] in node memory
         self.exported = 0
         self.dropped = 0
@@ -117,20 +113,47 @@ class Tracer:
         return int((mono + self._offset) * 1e9)
 
     def __call__(self, ctx: Any) -> None:
-        from opentelemetry import trace
+        trace = self._api
+        ReadableSpan = self._readable  # noqa: N806
 
         tp = ctx.traceparent
         if not tp or len(tp) < 55:
             return
         trace_id = int(tp[3:35], 16)
-        span_id = int(tp[36:52], 16)
+        parent_id = ctx.parent_span_id
+        flags = int(tp[53:55], 16) & 1
+        # Sampled first, so that an unsampled request costs this and nothing more.
+        if self._bound is not None:
+            if parent_id is not None and self._parent_based:
+                sampled = flags == 1            # the client's decision (its sampled flag)
+            else:
+                sampled = (trace_id & _TRACE_ID_LOW) < self._bound
+            if not sampled:
+                return
+            trace_state = None
+            extra = None
+        route = ctx.route
+        method = ctx.method.decode("latin-1") if ctx.method else ""
+        name = f"{method} {route.name if route is not None else '(no route)'}"
+        parent = None
+        if parent_id is not None:
+            # The client's span, as a remote parent: the span continues the client's trace.
+            parent = trace.SpanContext(trace_id, int(parent_id, 16), is_remote=True, trace_flags=trace.TraceFlags(flags))
+        if self._bound is None:
+            # Another sampler: the SDK decides. (Samplers see no attributes: none of the
+            # OTEL_TRACES_SAMPLER ones reads them.)
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+            sampling = self.sampler.should_sample(context, trace_id, name, self._server)
+            if not sampling.decision.is_sampled():
+                return
+            trace_state = sampling.trace_state
+            extra = sampling.attributes
         start = ctx.start or time.monotonic()
         end = time.monotonic()
-        route = ctx.route
         target = ctx.upstream_target
         status = ctx.status or 499
         attrs: dict[str, Any] = {
-            "http.request.method": ctx.method.decode("latin-1") if ctx.method else "",
+            "http.request.method": method,
             "url.path": ctx.path.decode("utf-8", "replace") if ctx.path else "",
             "http.response.status_code": status,
             "gateway.request_id": ctx.request_id.decode("ascii", "replace") if ctx.request_id else "",
@@ -145,42 +168,63 @@ class Tracer:
             attrs["server.address"] = target.url
         if ctx.upstream_error is not None:
             attrs["error.type"] = ctx.upstream_error
-        # Queued per-request exporter drops (the processor's queue full) are not visible to us;
-        # BatchSpanProcessor logs them. Export failures are counted by _Counting.
-        self.ids.next.trace_id = trace_id
-        self.ids.next.span_id = span_id
-        name = f"{attrs['http.request.method']} {route.name if route is not None else '(no route)'}"
-        span = self.tracer.start_span(name, kind=trace.SpanKind.SERVER, attributes=attrs,
-                                      start_time=self._ns(start))
-        self.ids.next.trace_id = self.ids.next.span_id = 0
-        if not span.is_recording():
-            return
-        if status >= 500:
-            span.set_status(trace.Status(trace.StatusCode.ERROR))
-        parent = trace.set_span_in_context(span)
-        if ctx.upstream_start > 0.0:
-            up_end = ctx.upstream_end or end
-            child = self.tracer.start_span("upstream", context=parent, kind=trace.SpanKind.CLIENT,
-                                           attributes={"server.address": target.url if target is not None else "",
-                                                       **({"error.type": ctx.upstream_error}
-                                                          if ctx.upstream_error else {})},
-                                           start_time=self._ns(ctx.upstream_start))
-            child.end(end_time=self._ns(up_end))
         phases = ctx.vars.get("phases") if isinstance(ctx.vars, dict) else None
         for phase in phases or ():
             try:
                 pname, pstart, pend = phase
-                self.tracer.start_span(str(pname), context=parent, start_time=self._ns(pstart)).end(
-                    end_time=self._ns(pend))
+                attrs[f"gateway.{pname}.duration_ms"] = round((pend - pstart) * 1e3, 3)
             except (TypeError, ValueError):
                 continue
-        span.end(end_time=self._ns(end))
+        if ctx.upstream_start > 0.0:
+            attrs["gateway.upstream.duration_ms"] = round(((ctx.upstream_end or end) - ctx.upstream_start) * 1e3, 3)
+        if extra:
+            attrs.update(extra)
+        # The span is complete when it is made (both times are known): a ReadableSpan handed to the
+        # processor, as the SDK's own Span.end() does, without the live-span machinery (locks,
+        # attribute re-validation, start hooks) that cost ~3x as much per span. The span id is the
+        # one the upstream was sent as its parent.
+        span = ReadableSpan(
+            name, context=trace.SpanContext(trace_id, int(tp[36:52], 16), is_remote=False,
+                                            trace_flags=self._sampled, trace_state=trace_state),
+            parent=parent, resource=self.resource, attributes=attrs, kind=self._server,
+            status=self._error if status >= 500 else self._ok, start_time=self._ns(start),
+            end_time=self._ns(end), instrumentation_scope=self.scope)
+        self.processor.on_end(span)
 
     def close(self) -> None:
         try:
             self.provider.shutdown()
         except Exception:  # noqa: BLE001
             log.exception("tracing: shutdown failed")
+
+
+_TRACE_ID_LOW = (1 << 64) - 1      # TraceIdRatioBased decides on the trace id's low 64 bits
+
+
+def _inline_sampling(sampler: Any) -> tuple[bool, int | None]:
+    """(parent_based, bound) for the samplers OTEL_TRACES_SAMPLER names (always_on, always_off,
+    traceidratio and their parentbased_ forms): sampled when a remote parent is sampled (parent
+    based), else when trace_id's low 64 bits < bound. The SDK's sampler costs ~2.4 us a call
+    (contexts, a result object) where this is a compare; tests/observability/test_tracing.py checks
+    the two agree. bound None: another sampler, asked per request."""
+    from opentelemetry.sdk.trace import sampling as s
+
+    def root_bound(root: Any) -> int | None:
+        if root is s.ALWAYS_ON:
+            return _TRACE_ID_LOW + 1
+        if root is s.ALWAYS_OFF:
+            return 0
+        if type(root) is s.TraceIdRatioBased:
+            return int(root.bound)
+        return None
+
+    if isinstance(sampler, s.ParentBased):
+        # (The parent is always remote here: the gateway's span is the first of its process.)
+        if (getattr(sampler, "_remote_parent_sampled", None) is not s.ALWAYS_ON
+                or getattr(sampler, "_remote_parent_not_sampled", None) is not s.ALWAYS_OFF):
+            return False, None
+        return True, root_bound(getattr(sampler, "_root", None))
+    return False, root_bound(sampler)
 
 
 def _counting(inner: Any, owner: Tracer) -> Any:

@@ -15,7 +15,12 @@ cdef class FilterChain:
     cdef tuple _response    # (chain index, bound response), already reversed
     cdef tuple _log         # bound log per filter overriding log
     cdef int _n
+    cdef bint _timed        # GATEWAY_TRACING=on: each access filter's phase is timed (ctx.vars["phases"])
+    # A route policy that needs the whole request body before anything goes upstream (the JSON
+    # check): held by the data plane up to body_check.max_bytes (exchange.pyx, _hold). None: none.
+    cdef readonly object body_check
 
     cdef object c_run_access(self, RequestContext ctx)
+    cdef object _run_access_timed(self, RequestContext ctx)
     cdef int c_run_response(self, RequestContext ctx, int status, list headers) except -1
     cdef int c_run_log(self, RequestContext ctx) except -1

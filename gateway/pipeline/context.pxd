@@ -22,6 +22,7 @@ cdef class RequestContext:
     cdef public object request_id
     cdef public object traceparent
     cdef public object tracestate
+    cdef public object parent_span_id
     cdef public object consumer_id
     cdef public object consumer_org
     cdef public object scopes

@@ -20,6 +20,7 @@ class RequestContext:
     request_id: bytes
     traceparent: bytes
     tracestate: bytes | None
+    parent_span_id: bytes | None
     consumer_id: str | None
     consumer_org: str | None
     scopes: frozenset[str] | None

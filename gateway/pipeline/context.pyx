@@ -31,6 +31,8 @@ cdef class RequestContext:
     # request_id        bytes: sane client X-Request-Id or a generated one
     # traceparent       bytes: W3C traceparent sent upstream (continued or started)
     # tracestate        bytes | None
+    # parent_span_id    bytes | None: the client's span id (16 hex digits) from its valid
+    #                   traceparent, the parent of the gateway's span; None when we started the trace
     # consumer_id       str | None: authenticated user (JWT sub / API key user)
     # consumer_org      str | None
     # scopes            frozenset[str] | None
@@ -75,6 +77,7 @@ cdef class RequestContext:
         self.request_id = b""
         self.traceparent = b""
         self.tracestate = None
+        self.parent_span_id = None
         self.consumer_id = None
         self.consumer_org = None
         self.scopes = None

@@ -31,3 +31,28 @@ class Filter:
 
     def log(self, ctx: RequestContext) -> None:
         return None
+
+
+class BodyCheck:
+    """A route policy that needs the whole request body before anything goes upstream (the JSON
+    check, gateway/security/hygiene.py). Not a Filter: the chain carries it (FilterChain.body_check)
+    and the data plane holds the body for it (gateway/http/exchange.pyx, `_hold`), bounded by
+    `max_bytes`, after the access filters admitted the request. Every method is synchronous.
+
+    begin(ctx)        False: nothing to check for this request (no body, another content type);
+                      True: hold the body; a LocalReply: refuse now (a Content-Length over the cap).
+    too_large(ctx)    the reply when a body being held crosses max_bytes (413).
+    finish(ctx, body) the whole body (chunked framing removed): None forwards it unchanged, a
+                      LocalReply refuses it.
+    """
+
+    max_bytes = 0
+
+    def begin(self, ctx: RequestContext) -> LocalReply | bool:
+        return False
+
+    def too_large(self, ctx: RequestContext) -> LocalReply:
+        raise NotImplementedError
+
+    def finish(self, ctx: RequestContext, body: bytes) -> LocalReply | None:
+        return None

@@ -88,7 +88,7 @@ class Collector:
                                 attrs = {}
                                 for a in s.attributes:
                                     v = a.value
-                                    attrs[a.key] = v.string_value if v.HasField("string_value") else v.int_value
+                                    attrs[a.key] = getattr(v, v.WhichOneof("value"))
                                 outer.spans.append({"name": s.name, "trace_id": s.trace_id.hex(),
                                                     "span_id": s.span_id.hex(), "parent": s.parent_span_id.hex(),
                                                     "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
@@ -110,31 +110,95 @@ class Collector:
         self.server.server_close()
 
 
+def _request(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """(status, the traceparent the upstream received: "" when nothing was forwarded)."""
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        body = r.read()
+    finally:
+        c.close()
+    if r.status != 200:
+        return r.status, ""
+    got = [v for k, v in json.loads(body)["headers"] if k.lower() == "traceparent"]
+    assert len(got) == 1
+    return r.status, got[0]
+
+
+PHASED_ROUTES = """
+[[routes]]
+name = "guarded"
+path = "/guarded"
+service = "up"
+auth = ["jwt"]
+[[routes.rate_limits]]
+key = "user"
+limit = 1000
+window = 60.0
+"""
+
+
 def test_spans_reach_a_local_otlp_collector(gateway, upstream) -> None:  # noqa: F811
     pytest.importorskip("opentelemetry.sdk.trace")
+    from tests.security.tokens import SECRET, claims, raw_token
+
     collector = Collector()
     try:
-        gw = gateway(routes_toml(upstream.url, ["/api"]), env={
+        gw = gateway(routes_toml(upstream.url, ["/api"]) + PHASED_ROUTES, env={
             "GATEWAY_WORKERS": "2", "GATEWAY_TRACING": "on", "OTEL_SERVICE_NAME": "edge-gw",
+            "GATEWAY_JWT_SECRET": SECRET, "GATEWAY_AUDIT_LOG": "off",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{collector.port}/v1/traces",
             "OTEL_BSP_SCHEDULE_DELAY": "100"})
+        token = raw_token({"alg": "HS256", "typ": "JWT"}, claims(), secret=SECRET)
+        unsampled = VALID[:-2] + "00"
+        # The client's sampled flag is honoured (parent-based sampler): no span for this one.
+        _request(gw.port, "/api/unsampled", {"traceparent": unsampled})
         sent_up = upstream_traceparent(gw.port, VALID)
-        wait_until(lambda: len(collector.spans) >= 2, 15)
-        server = [s for s in collector.spans if s["name"] == "GET api"]
-        assert len(server) == 1
-        span = server[0]
-        # The span is the one the upstream was told about: its children hang under it.
-        assert span["trace_id"] == VALID.split("-")[1]
-        assert span["span_id"] == sent_up.split("-")[2]
-        assert span["service"] == "edge-gw"
+        _, guarded_up = _request(gw.port, "/guarded/x", {"traceparent": VALID, "Authorization": f"Bearer {token}"})
+        refused, _ = _request(gw.port, "/guarded/x", {"traceparent": VALID})
+        assert refused == 401
+        _, fresh_up = _request(gw.port, "/api/fresh", {"traceparent": VALID.upper()})
+        wait_until(lambda: len(collector.spans) >= 4, 15)
+        time.sleep(0.5)   # (an unsampled span, were one made, would have been exported by now)
+        by_path = {s["attrs"]["url.path"]: s for s in collector.spans if s["attrs"]["http.response.status_code"] == 200}
+        assert len(collector.spans) == 4 and "/api/unsampled" not in by_path, collector.spans
+        for s in collector.spans:
+            assert s["service"] == "edge-gw"
+            assert s["start"] < s["end"] and abs(s["end"] / 1e9 - time.time()) < 60
+
+        # A child of the client's span, in its trace; the upstream was told the gateway's span.
+        span = by_path["/api/x"]
+        assert span["name"] == "GET api"
+        assert span["trace_id"] == VALID.split("-")[1] and span["parent"] == VALID.split("-")[2]
+        assert span["span_id"] == sent_up.split("-")[2] and sent_up.split("-")[1] == span["trace_id"]
         a = span["attrs"]
         assert a["http.route"] == "api" and a["gateway.service"] == "up" and a["server.address"] == upstream.url
         assert a["http.response.status_code"] == 200 and a["http.request.method"] == "GET"
-        up = [s for s in collector.spans if s["name"] == "upstream"]
-        assert len(up) == 1 and up[0]["parent"] == span["span_id"] and up[0]["trace_id"] == span["trace_id"]
-        assert span["start"] <= up[0]["start"] <= up[0]["end"] <= span["end"]
-        assert abs(span["end"] / 1e9 - time.time()) < 60
-        wait_until(lambda: 'gateway_tracing_spans_total{result="exported"} 2.0'
+        duration_ms = (span["end"] - span["start"]) / 1e6
+        assert 0 < a["gateway.upstream.duration_ms"] <= duration_ms + 0.01
+        assert not any(k in a for k in ("gateway.auth.duration_ms", "gateway.ratelimit.duration_ms"))
+
+        # Auth and rate-limit phases timed, each within the span, with the upstream's.
+        g = by_path["/guarded/x"]
+        assert g["parent"] == VALID.split("-")[2] and g["span_id"] == guarded_up.split("-")[2]
+        ga = g["attrs"]
+        assert ga["http.route"] == "guarded" and ga["http.response.status_code"] == 200
+        phases = [ga["gateway.auth.duration_ms"], ga["gateway.ratelimit.duration_ms"], ga["gateway.upstream.duration_ms"]]
+        assert all(p > 0 for p in phases) and sum(phases) <= (g["end"] - g["start"]) / 1e6 + 0.01, (phases, g)
+
+        # A refusal: the auth phase ran, nothing went upstream.
+        r = next(s for s in collector.spans if s["attrs"]["http.response.status_code"] == 401)
+        assert r["attrs"]["gateway.auth.duration_ms"] > 0 and "gateway.upstream.duration_ms" not in r["attrs"]
+        assert "gateway.ratelimit.duration_ms" not in r["attrs"] and "server.address" not in r["attrs"]
+
+        # An invalid (upper-case) traceparent was replaced: a root span of a new trace.
+        f = by_path["/api/fresh"]
+        assert f["parent"] == "" and f["trace_id"] == fresh_up.split("-")[1] != VALID.split("-")[1]
+        assert f["span_id"] == fresh_up.split("-")[2]
+        wait_until(lambda: 'gateway_tracing_spans_total{result="exported"} 4.0'
                    in _get(gw.admin_port, "/metrics"), 10)
     finally:
         collector.close()
@@ -149,7 +213,7 @@ def test_a_collector_that_is_down_drops_and_counts_and_never_blocks(gateway, ups
         t0 = time.monotonic()
         upstream_traceparent(gw.port, None)
         assert time.monotonic() - t0 < 1.0
-    wait_until(lambda: 'gateway_tracing_spans_total{result="dropped"} 20.0' in _get(gw.admin_port, "/metrics"), 20)
+    wait_until(lambda: 'gateway_tracing_spans_total{result="dropped"} 10.0' in _get(gw.admin_port, "/metrics"), 20)
 
 
 def test_tracing_on_without_the_sdk_exits_2_naming_the_variable(monkeypatch) -> None:
@@ -166,3 +230,89 @@ def _get(port: int, path: str) -> str:
     from tests.support.gateway_proc import http_get
 
     return http_get(port, path)[2].decode()
+
+
+@pytest.mark.parametrize("name,arg", [
+    ("always_on", None), ("always_off", None), ("traceidratio", "0.25"), ("parentbased_always_on", None),
+    ("parentbased_always_off", None), ("parentbased_traceidratio", "0.25"), ("parentbased_traceidratio", "0"),
+])
+def test_inline_sampling_agrees_with_the_sdk_sampler(monkeypatch, name: str, arg: str | None) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    import random
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import _get_from_env_or_default
+
+    from gateway.observability.tracing import _TRACE_ID_LOW, _inline_sampling
+
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", name)
+    if arg is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    sampler = _get_from_env_or_default()
+    parent_based, bound = _inline_sampling(sampler)
+    assert bound is not None
+    rng = random.Random(7)
+    decisions = set()
+    for _ in range(2000):
+        trace_id = rng.getrandbits(128) or 1
+        parent = rng.choice([None, 0, 1])
+        context = None
+        if parent is not None:
+            context = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, rng.getrandbits(64) or 1, is_remote=True, trace_flags=trace.TraceFlags(parent))))
+        want = sampler.should_sample(context, trace_id, "GET r", trace.SpanKind.SERVER).decision.is_sampled()
+        got = parent == 1 if parent is not None and parent_based else (trace_id & _TRACE_ID_LOW) < bound
+        assert got == want, (name, arg, trace_id, parent)
+        decisions.add(got)
+    if name.endswith("traceidratio") and arg == "0.25":
+        assert decisions == {True, False}
+
+
+def test_another_sampler_is_asked_per_request() -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from gateway.observability.tracing import _inline_sampling
+
+    assert _inline_sampling(ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON)) == (False, None)
+    assert _inline_sampling(ParentBased(TraceIdRatioBased(0.5)))[1] == TraceIdRatioBased(0.5).bound
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_the_tracer_makes_a_child_of_the_clients_span(inline: bool) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    from gateway.observability.tracing import Tracer
+    from gateway.pipeline import RequestContext
+
+    # Not inline: a ParentBased sampler whose unsampled-parent branch is not the default.
+    sampler = ParentBased(ALWAYS_ON) if inline else ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_OFF,
+                                                                 remote_parent_sampled=ParentBased(ALWAYS_ON))
+    exporter = InMemorySpanExporter()
+    tracer = Tracer(provider=TracerProvider(sampler=sampler), exporter=exporter)
+    assert (tracer._bound is not None) == inline
+    try:
+        for flags in ("01", "00"):
+            ctx = RequestContext()
+            ctx.method, ctx.path, ctx.status = b"POST", b"/p", 502
+            ctx.traceparent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-" + flags.encode()
+            ctx.parent_span_id = b"00f067aa0ba902b7"
+            ctx.start = time.monotonic() - 0.01
+            ctx.upstream_start, ctx.upstream_end = ctx.start + 0.002, ctx.start + 0.008
+            ctx.vars = {"phases": [("auth", ctx.start, ctx.start + 0.001)]}
+            tracer(ctx)
+        tracer.processor.force_flush()
+        spans = exporter.get_finished_spans()
+        assert len(spans) == 1                          # the unsampled parent ("00") made none
+        span = spans[0]
+        assert span.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736 and span.context.span_id == 0x1111111111111111
+        assert span.parent.span_id == 0x00f067aa0ba902b7 and span.parent.is_remote
+        assert span.name == "POST (no route)" and span.status.status_code.name == "ERROR"
+        assert span.attributes["gateway.auth.duration_ms"] == 1.0
+        assert span.attributes["gateway.upstream.duration_ms"] == 6.0
+        assert 9e6 <= span.end_time - span.start_time <= 60e9
+    finally:
+        tracer.close()

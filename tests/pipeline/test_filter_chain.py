@@ -108,3 +108,53 @@ def test_a_failing_log_filter_does_not_stop_the_others(caplog: pytest.LogCapture
         chain.run_log(RequestContext())
     assert calls == ["log:only"]
     assert "log filter failed" in caplog.text
+
+
+class Slow(Filter):
+    """An access phase that takes `seconds` (busy, synchronous) or waits them (awaitable)."""
+
+    def __init__(self, name: str, seconds: float, wait: bool = False, reply: LocalReply | None = None) -> None:
+        self.name, self.seconds, self.wait, self.reply = name, seconds, wait, reply
+
+    def access(self, ctx: RequestContext):  # type: ignore[no-untyped-def]
+        if self.wait:
+            async def later() -> LocalReply | None:
+                await asyncio.sleep(self.seconds)
+                return self.reply
+            return later()
+        import time
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            pass
+        return self.reply
+
+
+def test_a_timed_chain_records_each_access_phase_including_a_wait() -> None:
+    import time
+
+    chain = FilterChain([Slow("auth", 0.01), LogOnly([]), Slow("ratelimit", 0.03, wait=True), Slow("last", 0.0)],
+                        timed=True)
+    ctx = RequestContext()
+    t0 = time.monotonic()
+    pending = chain.run_access(ctx)
+    assert asyncio.run(pending) is None
+    t1 = time.monotonic()
+    phases = ctx.vars["phases"]
+    assert [p[0] for p in phases] == ["auth", "ratelimit", "last"]
+    (_, a0, a1), (_, r0, r1), (_, l0, l1) = phases
+    assert t0 <= a0 <= a1 <= r0 <= r1 <= l0 <= l1 <= t1       # the clock of ctx.start: time.monotonic
+    assert a1 - a0 >= 0.01 and r1 - r0 >= 0.03 and ctx.filters_ran == 4
+
+
+def test_a_timed_chain_stops_at_a_refusal_with_its_phase_recorded() -> None:
+    chain = FilterChain([Slow("auth", 0.0, reply=LocalReply(401, "unauthorized", "no")), Slow("ratelimit", 0.0)],
+                        timed=True)
+    ctx = RequestContext()
+    assert chain.run_access(ctx).status == 401
+    assert [p[0] for p in ctx.vars["phases"]] == ["auth"]
+
+
+def test_an_untimed_chain_records_nothing() -> None:
+    ctx = RequestContext()
+    assert FilterChain([Slow("auth", 0.0)]).run_access(ctx) is None
+    assert ctx.vars is None
