@@ -25,6 +25,7 @@ from gateway._fast.wire import response_head
 
 from .wire import (
     CRLF,
+    JOIN_MAX,
     LAST_CHUNK,
     R_CONNECTION,
     R_CONTENT_LENGTH,
@@ -37,7 +38,7 @@ from .wire import (
 
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
-from gateway.http.parser_stop cimport stop_offset
+from gateway.http.parser_stop cimport skip_body, stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -46,6 +47,7 @@ log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
+cdef Py_ssize_t cJOIN_MAX = JOIN_MAX
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
@@ -322,6 +324,21 @@ cdef class _UpstreamBase:
         cdef list out
         cdef RequestContext ctx
         cdef _ReaderBase down
+        cdef Py_ssize_t size, i
+        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
+                and skip_body(self.parser, len(data), -1)):
+            # All body of a Content-Length response, short of its end: these very bytes go to the
+            # client, without llhttp's on_body copy and the join (see parser_stop.pxd). As on_body:
+            self.h_raw = 0
+            if not self.paused:
+                self.deadline = self.ticker.now + self.body_timeout
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.bytes_out += len(data)
+            down = self.down
+            if down.transport is not None:
+                down.t_write(data)
+            return
         error = None
         rest = None
         if self.state == S_WAIT_HEAD:
@@ -359,15 +376,27 @@ cdef class _UpstreamBase:
                 error = "protocol"
                 self._too_large("bytes")
         if out:
-            # One write per upstream read (inlined _flush: this runs once per response).
+            # One write per upstream read (inlined _flush: this runs once per response): joined
+            # when small, else as a vector (head and first body bytes, chunks and their framing)
+            # that uvloop sends with one writev instead of copying the body into a new string.
             self.out = []
-            chunk = b"".join(out) if len(out) > 1 else out[0]
             ctx = self.ctx
-            if ctx is not None:
-                ctx.bytes_out += len(chunk)
             down = self.down
+            if len(out) == 1:
+                chunk = out[0]
+                size = len(chunk)
+            else:
+                size = 0
+                for i in range(len(out)):
+                    size += len(<bytes>out[i])
+                chunk = b"".join(out) if size <= cJOIN_MAX else None
+            if ctx is not None:
+                ctx.bytes_out += size
             if down.transport is not None:
-                down.t_write(chunk)
+                if chunk is not None:
+                    down.t_write(chunk)
+                else:
+                    down.transport.writelines(out)
         if error is not None:
             self._fail(error)
         elif rest is not None:
