@@ -172,7 +172,7 @@ class BulkUpstream:
                         r.piece, r.rate, r.t0, r.got = 4096, 4096 / 0.002, time.monotonic(), 0
                     h = hashlib.sha256()
                     t_fast = time.monotonic() + slow / 1000
-                    def sink(b: bytearray) -> None:
+                    def sink(b: bytearray, h=h, t_fast=t_fast) -> None:  # noqa: ANN001
                         h.update(b)
                         if r.rate and time.monotonic() > t_fast:
                             r.rate, r.piece = 0.0, 65536
