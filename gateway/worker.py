@@ -424,11 +424,15 @@ async def run_worker(
 
     Raises ListenError (one line naming GATEWAY_PORT) when the address cannot be bound.
     """
+    from gateway.allocator import Allocator
     from gateway.runtime import build_runtime
     from gateway.signals import current_mask, unblock_startup_signals
     from gateway.state.node import NodeState
 
     loop = asyncio.get_running_loop()
+    # Large bodies without a page fault per read (gateway/allocator.py): before any connection.
+    allocator = Allocator(loop)
+    allocator.start()
     mask = current_mask()       # the start-up signals held since the first instruction (a process)
     # The state first: features built with the runtime subscribe to it. A lone process (admin here)
     # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
@@ -469,6 +473,7 @@ async def run_worker(
     if on_listening is not None:
         on_listening(worker)
     await worker.wait_stopped()
+    allocator.stop()
     # Held again for the clean-up: a late SIGTERM waits for the exit instead of cutting it short.
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     from gateway.observability.access import close_process_log

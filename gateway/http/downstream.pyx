@@ -340,6 +340,11 @@ cdef class _DownstreamBase(_ExchangeBase):
         return 0
 
     def on_body(self, bytes body) -> None:
+        self._on_body(body)
+
+    cdef int _on_body(self, bytes body) except -1:
+        """Body bytes of the request being parsed: from llhttp, from the ChunkDecoder, or a piece
+        of a Content-Length body passed on without llhttp (reader.pyx's _consume)."""
         cdef Py_ssize_t n = len(body)
         cdef RequestContext ctx
         cdef _Queued entry
@@ -354,7 +359,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             # chunks costs one write per read, not one per chunk.
             self.o_body.append(body)
             self.o_size += n
-            return
+            return 0
         ctx = self.p_ctx
         assert ctx is not None
         # Chunk extensions never survive: we re-frame each piece the ChunkDecoder hands us.
@@ -366,6 +371,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             entry.size += len(data)
             if entry.size > MAX_BUFFERED_BODY:
                 self.gate.pause(PAUSE_BUFFER)
+        return 0
 
     def on_message_complete(self) -> None:
         self._message_complete()

@@ -8,9 +8,14 @@
 #  - llhttp_t (llparse's llhttp__internal_t) begins with these fields in every llhttp release since
 #    2.0; llhttp sets `error_pos` to the byte where it stopped, and httptools sets `data` to the
 #    parser object (which is what makes the check reliable).
+#
+# The same layout gives `skip_body`: the bytes of a Content-Length body counted as read without
+# feeding them to llhttp, so that they go on as the read's own `bytes` instead of a copy per
+# on_body call (reader.pyx checks it at import too; `_current` and `content_length` follow `data`
+# in llhttp_t since 2.0).
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uint64_t
 
 
 cdef struct llhttp_prefix:
@@ -21,6 +26,8 @@ cdef struct llhttp_prefix:
     const char* reason
     const char* error_pos
     void* data
+    void* _current
+    uint64_t content_length
 
 
 cdef inline llhttp_prefix* _llhttp(object parser) noexcept:
@@ -35,3 +42,20 @@ cdef inline Py_ssize_t stop_offset(object parser, bytes data) noexcept:
         return -1
     off = st.error_pos - PyBytes_AS_STRING(data)
     return off if 0 <= off <= len(data) else -1
+
+
+cdef inline bint skip_body(object parser, Py_ssize_t n, long long left) noexcept:
+    """Count the next n bytes of a Content-Length body as read by llhttp without feeding them, when
+    more than n bytes of it are left: llhttp would only consume them (its on_body span is all it
+    would report) and stays where it was, inside the body, so the next feed goes on exactly as if
+    these bytes had been fed. The caller knows the parser is past the head of a message with a
+    Content-Length body; `left` (the body bytes it still expects, or -1) must agree with llhttp's
+    count. The last bytes of a body are always fed (llhttp then completes the message)."""
+    cdef llhttp_prefix* st = _llhttp(parser)
+    if st == NULL or st.data != <void*>parser or st.error != 0:
+        return False
+    if st.content_length <= <uint64_t>n or (left >= 0 and st.content_length != <uint64_t>left):
+        return False
+    st.content_length -= <uint64_t>n
+    return True
+

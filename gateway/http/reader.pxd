@@ -126,6 +126,7 @@ cdef class _ReaderBase:
     cdef int _keep_sent(self, bytes data) except -1
     # what a parsed request becomes: defined by _DownstreamBase (downstream.pyx)
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1
+    cdef int _on_body(self, bytes body) except -1
     cdef int _message_complete(self) except -1
     cdef int _reject(self, object reply) except -1
     cdef bint _eof_keep(self) except -1

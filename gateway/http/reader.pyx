@@ -24,10 +24,11 @@ from gateway.pipeline.context cimport RequestContext
 from . import replies
 from .errors import RequestRejected
 from .flow import PAUSE_TURN, PAUSE_UPGRADE
+from .wire import JOIN_MAX
 
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
-from gateway.http.parser_stop cimport stop_offset
+from gateway.http.parser_stop cimport skip_body, stop_offset
 
 log = logging.getLogger("gateway.http")
 cdef int cPAUSE_TURN = PAUSE_TURN
@@ -57,6 +58,18 @@ class _TakeOver(Exception):
     """Raised by on_headers_complete to stop llhttp right after the head of a chunked request."""
 
 
+class _BodyProbe:
+    def __init__(self) -> None:
+        self.body = []
+        self.complete = 0
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete += 1
+
+
 class _LayoutProbe:
     def on_headers_complete(self) -> None:
         raise _TakeOver()
@@ -73,6 +86,17 @@ def _check_parser_layout() -> None:
     if stop_offset(parser, data) != data.index(b"5\r\n"):
         raise ImportError(f"httptools {httptools.__version__}: its parser's layout is not the one "
                           "gateway/http/parser_stop.pxd reads (checked with httptools 0.9)")
+    # skip_body: bytes of a Content-Length body counted without feeding them, for both parsers.
+    for cls, head in ((httptools.HttpRequestParser, b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+                      (httptools.HttpResponseParser, b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")):
+        probe = _BodyProbe()
+        parser = cls(probe)
+        parser.feed_data(head + b"abc")
+        ok = skip_body(parser, 4, 9) and not skip_body(parser, 5, 5)   # (the last bytes are fed)
+        parser.feed_data(b"12345")
+        if not ok or probe.body != [b"abc", b"12345"] or probe.complete != 1:
+            raise ImportError(f"httptools {httptools.__version__}: llhttp's content_length is not where "
+                              "gateway/http/parser_stop.pxd reads it (checked with httptools 0.9)")
 
 
 _check_parser_layout()
@@ -90,6 +114,7 @@ cdef Py_ssize_t SLICE = 16384
 # much as 30 one-byte chunks). About 0.5 ms of CPU on the machine of bench/RESULTS.md; another
 # client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
 cdef Py_ssize_t WORK_PER_TURN = 2048
+cdef Py_ssize_t cJOIN_MAX = JOIN_MAX   # (wire.py: join small pieces, writev large ones)
 
 cdef class _Queued:
     """A pipelined request waiting for the active exchange to finish (uncommon path)."""
@@ -126,6 +151,7 @@ cdef class _ReaderBase:
         request, or a Content-Length body) is one slice: one feed_data call, as before."""
         cdef Py_ssize_t n = len(data), pos = 0, end
         cdef ReadGate gate = self.gate
+        cdef RequestContext ctx
         self.p_work = 0
         while pos < n and not self.closing:
             if gate.reasons:
@@ -139,7 +165,17 @@ cdef class _ReaderBase:
                 self._resume_soon()
                 break
             end = self._plan(data, pos, n)
-            self._feed(data if pos == 0 and end == n else data[pos:end])
+            ctx = self.p_ctx
+            if (self.p_kind == K_BODY and ctx is not None and not ctx.chunked
+                    and skip_body(self.parser, end - pos, ctx.content_length - self.p_body)):
+                # Inside a Content-Length body, short of its end: the bytes go on as they are
+                # (the read itself when it is all body), not as llhttp's on_body copy.
+                try:
+                    self._on_body(data if pos == 0 and end == n else data[pos:end])
+                except RequestRejected as exc:
+                    self._reject(exc.reply)
+            else:
+                self._feed(data if pos == 0 and end == n else data[pos:end])
             pos = end
         if self.o_body:
             self._flush_body()
@@ -229,6 +265,13 @@ cdef class _ReaderBase:
             # Chunk extensions never survive: we re-frame what the ChunkDecoder hands us (one chunk a turn).
             out.insert(0, b"%x\r\n" % size)
             out.append(b"\r\n")
+        if size > cJOIN_MAX and len(out) > 1:
+            # Large pieces go out as they are, in one writev, instead of being copied into one.
+            up.transport.writelines(out)
+            if self.a_sent is not None:
+                for data in out:
+                    self._keep_sent(data)
+            return 0
         data = b"".join(out) if len(out) > 1 else out[0]
         up._send(data)
         if self.a_sent is not None:
@@ -257,7 +300,7 @@ cdef class _ReaderBase:
                     used = chunk.feed(data)
                     if chunk.body is not None:
                         self.p_work += chunk.pieces
-                        self.on_body(chunk.body)
+                        self._on_body(chunk.body)
                     event = chunk.event
                     if event == D_FAILED:
                         if chunk.reply is not None:
@@ -350,6 +393,9 @@ cdef class _ReaderBase:
 
     # --- defined by _DownstreamBase ---
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1:
+        raise NotImplementedError
+
+    cdef int _on_body(self, bytes body) except -1:
         raise NotImplementedError
 
     cdef int _message_complete(self) except -1:

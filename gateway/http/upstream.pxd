@@ -54,6 +54,7 @@ cdef class _UpstreamBase:
     cdef int _arm(self, double seconds) except -1
     cdef int _sent(self) except -1
     cdef int _backed_up(self, _ReaderBase down) except -1
+    cdef int _received(self, bytes data) except -1
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
     cdef bytes _switch_head(self)

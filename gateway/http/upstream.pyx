@@ -16,6 +16,7 @@ section that never ends); over them the exchange fails with 502 and the connecti
 """
 import asyncio
 import logging
+import os
 from typing import Any
 
 import httptools
@@ -25,6 +26,7 @@ from gateway._fast.wire import response_head
 
 from .wire import (
     CRLF,
+    JOIN_MAX,
     LAST_CHUNK,
     R_CONNECTION,
     R_CONTENT_LENGTH,
@@ -35,9 +37,12 @@ from .wire import (
     status_line,
 )
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize
+
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
-from gateway.http.parser_stop cimport stop_offset
+from gateway.http.parser_stop cimport skip_body, stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -46,6 +51,7 @@ log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
+cdef Py_ssize_t cJOIN_MAX = JOIN_MAX
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
@@ -102,6 +108,57 @@ class _Switched(Exception):
 
 class _HeadTooLarge(Exception):
     """A response head (or trailer section) over the field count or byte limit (see on_header)."""
+
+
+# Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once, SMALL_READ while the
+# client's transport still holds bytes (bench/results/bodies.md measures the sizes; the internal
+# variable is for that benchmark only).
+READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 262144))
+SMALL_READ = 65536
+
+
+cdef class _ReadBuffer:
+    """The worker's buffers for upstream reads, shared by every upstream connection: the loop reads
+    one socket at a time, and a read is consumed (parsed, copied or written) before the next, so
+    one buffer serves them all, reused read after read (no fresh memory per read) unless a
+    client's transport kept it (buffer_updated): then the next read takes a new one, and the old
+    one is freed once that transport has sent it. So at most one buffer is held per client that is
+    behind, and it is a small one (SMALL_READ, about one write high-water mark) except for the
+    read that found the client's transport empty."""
+    cdef bytearray big
+    cdef bytearray small
+    cdef object big_view
+    cdef object small_view
+    cdef bytearray last          # the buffer the last get_buffer handed out
+    cdef object last_view
+
+    cdef object take(self, bint small):
+        if small:
+            if self.small is None:
+                self.small = bytearray(SMALL_READ)
+                self.small_view = memoryview(self.small)
+            self.last = self.small
+            self.last_view = self.small_view
+        else:
+            if self.big is None:
+                self.big = bytearray(READ_SIZE)
+                self.big_view = memoryview(self.big)
+            self.last = self.big
+            self.last_view = self.big_view
+        return self.last_view
+
+    cdef int given_away(self) except -1:
+        """The last buffer is a transport's now: the next read takes a new one."""
+        if self.last is self.big:
+            self.big = None
+            self.big_view = None
+        else:
+            self.small = None
+            self.small_view = None
+        return 0
+
+
+cdef _ReadBuffer _reads = _ReadBuffer()
 
 
 cdef class _UpstreamBase:
@@ -310,18 +367,72 @@ cdef class _UpstreamBase:
             if self.sending and self.state == S_WAIT_HEAD:
                 self._arm(-1.0)  # draining again: the body's progress is the client's to keep
 
+    # --- reads (asyncio.BufferedProtocol's two methods, which uvloop calls instead of data_received)
+    def get_buffer(self, Py_ssize_t hint):
+        """Where the next read lands: the worker's shared read buffer (see _ReadBuffer), or its
+        first SMALL_READ bytes when the client is already behind (a read that cannot go out at
+        once is held by the client's transport, so it is kept small: about one high-water mark)."""
+        down = self.down
+        return _reads.take(self.state == S_BODY and down is not None and down.transport is not None
+                           and down.transport.get_write_buffer_size())
+
+    def buffer_updated(self, Py_ssize_t n) -> None:
+        cdef _ReadBuffer rb = _reads
+        cdef RequestContext ctx
+        cdef _ReaderBase down
+        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
+                and self.tunnel is None and self.down is not None and skip_body(self.parser, n, -1)):
+            # All body of a Content-Length response, short of its end: written from the read buffer
+            # itself, without a bytes copy of the read, llhttp's on_body copy and the join (see
+            # parser_stop.pxd). A transport that cannot send it all at once keeps a view of the
+            # buffer (uvloop sends from it later, it does not copy): then the buffer is the
+            # transport's, and the next read gets a new one.
+            view = rb.last_view[:n]
+            self.h_raw = 0
+            if not self.paused:
+                self.deadline = self.ticker.now + self.body_timeout
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.bytes_out += n
+            down = self.down
+            t = down.transport
+            if t is not None:
+                down.t_write(view)
+                if t.get_write_buffer_size():
+                    rb.given_away()
+            return
+        self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(rb.last), n))
+
     def data_received(self, data: bytes) -> None:
+        self._received(data)   # (a TLS transport, or a test's fake one: plain reads)
+
+    cdef int _received(self, bytes data) except -1:
         if self.tunnel is not None:
             self.tunnel.from_up(data)   # switched protocols: bytes, not HTTP
-            return
+            return 0
         if self.down is None:
             # Bytes on an idle connection are never a response to anything: discard the connection.
             self.pool.forget(self)
             self._abort()
-            return
+            return 0
         cdef list out
         cdef RequestContext ctx
         cdef _ReaderBase down
+        cdef Py_ssize_t size, i
+        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
+                and skip_body(self.parser, len(data), -1)):
+            # All body of a Content-Length response, short of its end: these very bytes go to the
+            # client, without llhttp's on_body copy and the join (see parser_stop.pxd). As on_body:
+            self.h_raw = 0
+            if not self.paused:
+                self.deadline = self.ticker.now + self.body_timeout
+            ctx = self.ctx
+            if ctx is not None:
+                ctx.bytes_out += len(data)
+            down = self.down
+            if down.transport is not None:
+                down.t_write(data)
+            return 0
         error = None
         rest = None
         if self.state == S_WAIT_HEAD:
@@ -359,21 +470,34 @@ cdef class _UpstreamBase:
                 error = "protocol"
                 self._too_large("bytes")
         if out:
-            # One write per upstream read (inlined _flush: this runs once per response).
+            # One write per upstream read (inlined _flush: this runs once per response): joined
+            # when small, else as a vector (head and first body bytes, chunks and their framing)
+            # that uvloop sends with one writev instead of copying the body into a new string.
             self.out = []
-            chunk = b"".join(out) if len(out) > 1 else out[0]
             ctx = self.ctx
-            if ctx is not None:
-                ctx.bytes_out += len(chunk)
             down = self.down
+            if len(out) == 1:
+                chunk = out[0]
+                size = len(chunk)
+            else:
+                size = 0
+                for i in range(len(out)):
+                    size += len(<bytes>out[i])
+                chunk = b"".join(out) if size <= cJOIN_MAX else None
+            if ctx is not None:
+                ctx.bytes_out += size
             if down.transport is not None:
-                down.t_write(chunk)
+                if chunk is not None:
+                    down.t_write(chunk)
+                else:
+                    down.transport.writelines(out)
         if error is not None:
             self._fail(error)
         elif rest is not None:
             self._handover(rest)
         elif self.done:
             self._finish()
+        return 0
 
     cdef int _head_done(self, bytes data) except -1:
         """The head of a response to HEAD is complete.
@@ -640,8 +764,11 @@ cdef class _UpstreamBase:
             self._fail("timeout")
 
 
-class UpstreamProtocol(_UpstreamBase, asyncio.Protocol):
-    """The asyncio-facing class: a cdef class cannot inherit asyncio.Protocol, this thin subclass
-    keeps isinstance(up, asyncio.Protocol) true (asyncpg's layout). No instance dict."""
+class UpstreamProtocol(_UpstreamBase, asyncio.BufferedProtocol):
+    """The asyncio-facing class: a cdef class cannot inherit asyncio.BufferedProtocol, this thin
+    subclass keeps isinstance(up, asyncio.BufferedProtocol) true (asyncpg's layout): uvloop then
+    reads into get_buffer's buffer (it does so only for a protocol that is not an
+    asyncio.Protocol). data_received stays for transports that deliver bytes (TLS). No instance
+    dict."""
 
     __slots__ = ()

@@ -298,3 +298,7 @@ def classify_te(values: list[bytes]) -> int:
 CRLF = b"\r\n"
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+# Pieces of one write (a head and its first body bytes, a chunk and its framing) are joined into one
+# bytes up to this size and written as they are beyond it (writelines: one writev, no copy).
+# Joining small pieces is cheaper than the vector; copying large ones costs more than it.
+JOIN_MAX = 16384
