@@ -1,5 +1,6 @@
 """RateLimitFilter's common case compiled (gateway/filters/ratelimit.py): a request checked
-against in-memory policies only (embedded mode) and, when `[quotas]` exist, a request without a
+against in-memory policies only (embedded mode), or against Redis-mode policies whose keys all
+have leased tokens in hand (ratelimit_redis.py), and, when `[quotas]` exist, a request without a
 user. It runs the same steps as RateLimitFilter.access in the same order, calling the keyed
 table's C check directly and building the RateLimit-* headers without Python frames; anything
 else (a quota to count, a refusal, a clock reading the tables would refuse) goes to the Python
@@ -12,7 +13,8 @@ from cpython.list cimport PyList_Append
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from libc.math cimport floor, fmod
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from gateway._fast.counters cimport CounterArray
 from gateway._fast.keyed_table cimport KeyedLimiterTable
@@ -64,10 +66,53 @@ cdef inline double _monotonic() noexcept:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
+cdef inline double _wall() noexcept:
+    # time.time()'s clock, without the Python call.
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline double _floordiv(double x, double y) noexcept:
+    # Python's float `x // y` (floatobject.c), so both paths agree on a window's index.
+    cdef double mod = fmod(x, y)
+    cdef double div = (x - mod) / y
+    cdef double fd
+    if mod and ((y < 0) != (mod < 0)):
+        div -= 1.0
+    if div:
+        fd = floor(div)
+        if div - fd > 0.5:
+            fd += 1.0
+    else:
+        fd = 0.0
+    return fd
+
+
+cdef class Lease:
+    """One key's lease in one process (ratelimit_redis.RedisLeases uses it as a plain object)."""
+    cdef public long long window        # fixed-window index the tokens belong to
+    cdef public long long tokens
+    cdef public long long grant         # size of the last grant (refill threshold: a quarter)
+    cdef public object pending          # the refill's future while one is in flight, else None
+    cdef public int waiters
+    cdef public long long remaining     # the limit's room after the last grant (RateLimit-Remaining)
+    cdef public double denied_until     # Redis had no room: refused locally until then (wall clock)
+    cdef public bint failed             # the last lease call failed (Redis unreachable or too slow)
+
+    def __cinit__(self):
+        self.window = -1
+        self.pending = None
+
+
 cdef class _Compiled:
     """One policy as the compiled path reads it (ratelimit.Policy holds the same, in Python)."""
     cdef object policy          # the ratelimit.Policy (for the refusal path)
     cdef KeyedLimiterTable table
+    cdef object leases          # Redis mode: the RedisLeases (table is then None)
+    cdef dict lease_map         # its key -> Lease
+    cdef object link            # its RedisLink (`up`)
+    cdef double window
     cdef int kind
     cdef bytes header           # K_HEADER: the lower-case field name
     cdef tuple limit_header
@@ -77,16 +122,23 @@ cdef class _Compiled:
 
 
 def eligible(policies, counters):
-    """Whether fast_access can stand for the filter: embedded tables of a known key kind."""
+    """Whether fast_access can stand for the filter: embedded tables of a known key kind, or
+    (Redis mode) leases on the wall clock, all of one kind."""
     if type(counters) is not CounterArray:
         return False
+    leased = 0
     for p in policies:
-        if type(p.table) is not KeyedLimiterTable or getattr(p, "leases", None) is not None:
+        leases = getattr(p, "leases", None)
+        if leases is not None:
+            if leases.clock is not time.time or type(leases.leases) is not dict:
+                return False
+            leased += 1
+        elif type(p.table) is not KeyedLimiterTable:
             return False
         key = p.config.key
         if key not in _KINDS and not key.startswith("header:"):
             return False
-    return True
+    return leased == 0 or leased == len(policies)
 
 
 cdef class FastAccess(CompiledAccess):
@@ -97,14 +149,24 @@ cdef class FastAccess(CompiledAccess):
     cdef object clock
     cdef bint monotonic         # clock is time.monotonic: read CLOCK_MONOTONIC directly
     cdef object quotas
+    cdef bint leased            # Redis mode: every policy spends leased tokens
 
     def __init__(self, filter, policies, CounterArray counters, clock):
         cdef _Compiled c
         out = []
+        self.leased = False
         for p in policies:
             c = _Compiled()
             c.policy = p
-            c.table = p.table
+            leases = getattr(p, "leases", None)
+            if leases is not None:
+                self.leased = True
+                c.leases = leases
+                c.lease_map = leases.leases
+                c.link = leases.link
+                c.window = leases.window
+            else:
+                c.table = p.table
             key = p.config.key
             if key.startswith("header:"):
                 c.kind = K_HEADER
@@ -139,6 +201,8 @@ cdef class FastAccess(CompiledAccess):
         cdef long long r
         if self.quotas is not None and ctx.consumer_id:
             return self.filter.python_access(ctx)
+        if self.leased:
+            return self.leased_access(ctx)
         if self.monotonic:
             now_d = _monotonic()
         else:
@@ -185,6 +249,56 @@ cdef class FastAccess(CompiledAccess):
                 PyList_Append(headers, _field(_RESET, H_RESET, r))
             for i in range(npol):
                 self.counters.add((<_Compiled>self.pols[i]).cell, 1)
+        return None
+
+
+    cdef object leased_access(self, RequestContext ctx):
+        # RedisLeases.check's common case: every policy's key holds a token of the current
+        # window and Redis is up. Checked for all policies first, then spent: nothing is taken
+        # when any of them needs the Python path (a lease to wait for, a refusal, the fallback).
+        cdef _Compiled c
+        cdef Lease lease
+        cdef Py_ssize_t i, npol = len(self.pols)
+        cdef double wall = _wall()
+        cdef long long w, rem, best_rem = 0, r
+        cdef double reset, best_reset = 0.0
+        cdef _Compiled best = None
+        keys = []
+        for i in range(npol):
+            c = <_Compiled>self.pols[i]
+            if not c.link.up:
+                return self.filter.python_access(ctx)
+            key = _key(c, ctx)
+            found = c.lease_map.get(key)
+            if found is None:
+                return self.filter.python_access(ctx)
+            lease = <Lease>found
+            if lease.window != <long long>_floordiv(wall, c.window) or lease.tokens <= 0:
+                return self.filter.python_access(ctx)
+            keys.append(key)
+        for i in range(npol):
+            c = <_Compiled>self.pols[i]
+            lease = <Lease>c.lease_map[keys[i]]
+            w = lease.window
+            lease.tokens -= 1
+            if lease.tokens * 4 <= lease.grant and lease.pending is None:
+                c.leases._refill(keys[i], lease, w)
+            rem = lease.remaining + lease.tokens
+            reset = (w + 1) * c.window - wall
+            if best is None or rem < best_rem:
+                best, best_rem, best_reset = c, rem, reset
+            self.counters.add(c.cell, 1)
+        if best is not None:
+            headers = ctx.response_headers
+            if not isfinite(best_reset) or best_reset < 0 or type(headers) is not list:
+                self.filter._add_headers(ctx, best.policy, best_rem, best_reset)
+            else:
+                r = <long long>best_reset
+                if best_reset > r:
+                    r += 1
+                PyList_Append(headers, best.limit_header)
+                PyList_Append(headers, _field(_REMAINING, H_REMAINING, best_rem))
+                PyList_Append(headers, _field(_RESET, H_RESET, r))
         return None
 
 

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway._fast.keyed_table import KeyedLimiterTable
 
+from .ratelimit_fast import Lease
+
 if TYPE_CHECKING:
     from gateway.config.model import RateLimitConfig
 
@@ -60,18 +62,10 @@ MAX_WAITERS = 64          # requests waiting for one key's lease; beyond: 429
 MAX_KEYS = 100_000        # leases held per process; the least recently refilled go first
 
 
-class _Lease:
-    __slots__ = ("window", "tokens", "grant", "pending", "waiters", "remaining", "denied_until", "failed")
-
-    def __init__(self) -> None:
-        self.window = -1          # fixed-window index the tokens belong to
-        self.tokens = 0
-        self.grant = 0            # size of the last grant (refill threshold: a quarter of it)
-        self.pending: asyncio.Future[None] | None = None
-        self.waiters = 0
-        self.remaining = 0        # the limit's room after the last grant (RateLimit-Remaining)
-        self.denied_until = 0.0   # Redis had no room: refused locally until then (wall clock)
-        self.failed = False       # the last lease call failed (Redis unreachable or too slow)
+# A key's lease (tokens in hand, the pending refill, ...): a compiled class, so that the compiled
+# access (ratelimit_fast.pyx) spends a token without a Python frame; this module uses it as any
+# object with those attributes.
+_Lease = Lease
 
 
 def block_for(limit: int) -> int:
