@@ -61,6 +61,7 @@ from gateway.admin.server import AdminServer, base_routes
 from gateway.process import BOOT_CONFIG_ENV, err, run_loop
 from gateway.signals import STARTUP_SIGNALS, current_mask, unblock_startup_signals
 from gateway.state.client import FD_ENV
+from gateway.state.layout import SUPERVISOR as SUPERVISOR_HOLDER
 from gateway.state.memory import NodeMemory
 from gateway.state.node import (
     SEGMENT_ENV,
@@ -244,6 +245,9 @@ class Supervisor:
         if removed:
             log.info("removed %d shared-memory segment(s) left by dead instances: %s", len(removed), ", ".join(removed))
         self.memory = NodeMemory.create(self.settings.shm_size, new_segment_name())
+        from gateway.observability.node_metrics import bind_supervisor_cells
+
+        bind_supervisor_cells(self.memory, SUPERVISOR_HOLDER)   # its Redis errors; the connection cells
         try:
             return await self._serve(loop)
         finally:
@@ -270,7 +274,7 @@ class Supervisor:
         # spawned below boot from; one forwarded to a starting worker waits in its mask).
         mask = current_mask()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, self._stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGUSR1, self._usr1)
         unblock_startup_signals()
@@ -447,6 +451,9 @@ class Supervisor:
                 # Its objects are released (freed after the quarantine unless a sibling holds them);
                 # the replacement places what it uses again, by name, and finds the same bytes.
                 self.memory.drop_holder(slot.index)
+                from gateway.observability.node_metrics import clear_worker_slot
+
+                clear_worker_slot(self.memory, slot.index, SUPERVISOR_HOLDER)   # its connections died with it
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if slot.stalled:
@@ -502,20 +509,43 @@ class Supervisor:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
 
     def _usr1(self) -> None:
-        # nginx's "reopen the log files": forwarded, each worker reopens its access log file (the
-        # supervisor writes none); SIGUSR1 must never kill the node.
+        # nginx's "reopen the log files": forwarded, each worker reopens its access and audit log
+        # files, and so does the supervisor (it writes audit records: admin changes); SIGUSR1 must
+        # never kill the node.
+        from gateway.security.audit import current as current_audit
+
+        current_audit().reopen()
         self._forward(signal.SIGUSR1)
-        log.info("SIGUSR1: forwarded to %d workers (they reopen the access log)", len(self.worker_pids()))
+        log.info("SIGUSR1: log files reopened, forwarded to %d workers", len(self.worker_pids()))
 
     def _reload(self) -> None:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker
-        # then reloads (or refuses, with its own logged reason) from GATEWAY_CONFIG.
+        # then reloads from GATEWAY_CONFIG. The file is checked here once for the node: a refusal
+        # is logged here (ERROR, every reason) and counted, and the workers, which find the same
+        # problems, say so only at debug level.
+        from gateway.observability.node_metrics import RELOADS
+        from gateway.security.audit import current as current_audit
+        from gateway.worker import log_refused_reload
+
+        current_audit().reopen()     # SIGHUP is logrotate's postrotate signal too
         problems = self._take_snapshot()
-        if not problems:
-            self._config_cache = None    # the snapshot's path stays the same: parse it again
         if problems:
-            log.info("reload: config invalid, replacement workers keep booting from the last valid one")
+            log_refused_reload(self.settings.config, problems)
+            log.info("reload: replacement workers keep booting from the last valid config")
+            RELOADS.record(False, problems)
+        else:
+            self._config_cache = None    # the snapshot's path stays the same: parse it again
+            RELOADS.record(True)
         self._forward(signal.SIGHUP)
+
+    def _stop_signal(self) -> None:
+        """SIGTERM/SIGINT: the first drains; a second one during the drain stops at once (forwarded
+        to the workers as a second SIGTERM: they close their connections and exit)."""
+        if not self.stopping:
+            self.stop()
+            return
+        log.warning("supervisor: second stop signal: workers stop now")
+        self._forward(signal.SIGTERM)
 
     def stop(self) -> None:
         """Drain every worker, then let serve() return (what SIGTERM/SIGINT do)."""
@@ -561,6 +591,9 @@ class Supervisor:
                                    "stalled": stalled, "draining": self.stopping}
         if self.control is not None:
             details["redis"] = self.control.status["redis"]
+        from gateway.observability.node_metrics import RELOADS
+
+        details["last_reload"] = RELOADS.last
         return ok, details
 
     def _admin_routes(self) -> Any:

@@ -25,6 +25,14 @@ from urllib.parse import quote, unquote
 
 ACCESS_LOG_NAME = "metrics/access_log"     # CounterArray[2]: lines logged, lines dropped
 TRACING_NAME = "metrics/tracing"           # CounterArray[2]: spans exported, spans dropped
+ERROR_LOG_NAME = "metrics/error_log"       # CounterArray[2]: error-log lines logged, suppressed
+# Open downstream connections, one int64 cell per worker index (each worker stores its own count;
+# a replacement starts by storing 0 in its slot): gateway_connections{side="downstream"}.
+CONNECTIONS_NAME = "metrics/connections"
+CONNECTION_SLOTS = 64
+# Failed Redis calls by op (gateway_redis_errors_total{op}), every process's RedisLinks adding in.
+REDIS_ERRORS_NAME = "metrics/redis_errors"
+REDIS_OPS: tuple[str, ...] = ("ratelimit", "load", "put", "delete", "heartbeat", "leave", "subscribe", "other")
 REQUESTS_PREFIX = "metrics/requests/"
 UPSTREAM_PREFIX = "metrics/upstream/"
 

@@ -1,0 +1,283 @@
+"""The error log (issue 13.1): one line per failed exchange with the request id the client got,
+over real sockets against a real upstream process; refused heads reported to the metrics, the
+access log, the error log and the audit log alike (issue 12/11 gaps); the rate limit."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+
+import pytest
+
+from gateway.observability.errorlog import ErrorLog
+from gateway.pipeline.context import RequestContext
+from tests.breakers.conftest import FaultUpstream
+from tests.support.gateway_proc import (  # noqa: F401 - gateway is a fixture
+    free_port,
+    gateway,
+    http_get,
+    wait_until,
+)
+
+
+@pytest.fixture
+def fault():
+    up = FaultUpstream()
+    yield up
+    up._ctl.close()
+    up.stop()
+
+
+def exchange(port: int, raw: bytes, *, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read until the gateway closes (every request here ends with a close)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1]) if lines and lines[0].startswith("HTTP/") else 0
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return status, headers, body
+
+
+def error_line(gw, rid: str) -> str:
+    found = wait_until(lambda: next((ln for ln in gw.stderr.splitlines()
+                                     if "failed exchange:" in ln and f"request_id={rid} " in ln), None), timeout=10)
+    assert isinstance(found, str)
+    return found
+
+
+def fields(line: str) -> dict[str, str]:
+    return dict(re.findall(r"(\w+)=(\S+)", line.split("failed exchange:", 1)[1]))
+
+
+def json_lines(path) -> list[dict]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except FileNotFoundError:
+        return []
+
+
+TOML = """
+[[services]]
+name = "flaky"
+targets = [{{ url = "{fault}" }}]
+
+[[services]]
+name = "dead"
+targets = [{{ url = "http://127.0.0.1:{dead}" }}]
+
+[[routes]]
+name = "flaky"
+path = "/flaky"
+service = "flaky"
+timeout = 1
+
+[[routes]]
+name = "dead"
+path = "/dead"
+service = "dead"
+"""
+
+
+@pytest.fixture
+def node(gateway, fault, tmp_path):  # noqa: F811
+    env = {"GATEWAY_HEADER_TIMEOUT": "1", "GATEWAY_MAX_BODY_BYTES": "1000", "GATEWAY_MAX_URI_BYTES": "512",
+           "GATEWAY_MAX_HEADER_BYTES": "2048", "GATEWAY_ACCESS_LOG": str(tmp_path / "access.log"),
+           "GATEWAY_AUDIT_LOG": str(tmp_path / "audit.log"), "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"}
+    gw = gateway(TOML.format(fault=fault.url, dead=free_port()), env=env)
+    return gw, fault, tmp_path
+
+
+UPSTREAM_CASES = [
+    # (fault mode, path, status, kind)
+    (None, "/dead/x", 502, "upstream_connect"),
+    ("reset", "/flaky/x", 502, "upstream_reset"),
+    ("hang", "/flaky/x", 504, "upstream_timeout"),
+]
+
+
+def test_each_upstream_failure_is_one_warning_line_with_the_request_id_the_client_got(node) -> None:
+    gw, fault, tmp = node
+    for mode, path, status, kind in UPSTREAM_CASES:
+        if mode is not None:
+            fault.mode(mode)
+        got, headers, body = exchange(gw.port, f"GET {path}?secret=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".encode())
+        assert got == status, (kind, got, body)
+        rid = headers["x-request-id"]
+        assert json.loads(body)["request_id"] == rid
+        line = error_line(gw, rid)
+        assert " WARNING error: " in line, line
+        f = fields(line)
+        assert f["status"] == str(status) and f["kind"] == kind, line
+        route = path.split("/")[1]
+        assert f["route"] == route and f["service"] == ("dead" if route == "dead" else "flaky"), line
+        assert f["target"].startswith("http://127.0.0.1:") and f["method"] == "GET" and f["path"] == path, line
+        assert f["client"] == "127.0.0.1"
+        assert float(f["duration"]) >= float(f["upstream_duration"]) > 0, line
+        if kind == "upstream_timeout":
+            assert float(f["upstream_duration"]) >= 0.4, line      # the route's 1 s timeout (ticker: 0.5 s resolution)
+        assert "secret" not in line
+    fault.mode("ok")
+    ok_status, ok_headers, _ = http_get(gw.port, "/flaky/fine")
+    assert ok_status == 200
+    time.sleep(0.3)
+    assert ok_headers["x-request-id"] not in gw.stderr      # a successful exchange leaves no line
+    assert gw.stop() == 0
+
+
+# Heads refused before any exchange exists: (raw request, status, kind)
+def _refused_cases() -> list[tuple[str, bytes, int, str]]:
+    return [
+        ("garbage", b"\x16\x03\x01 not http at all\r\n\r\n", 400, "bad_request"),
+        ("bad_host", b"GET /flaky/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "bad_request"),
+        ("uri", b"GET /" + b"u" * 600 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, "uri_too_long"),
+        ("head", b"GET /flaky/a HTTP/1.1\r\nHost: a\r\nX-Big: " + b"h" * 3000 + b"\r\n\r\n", 431,
+         "request_header_fields_too_large"),
+        ("body", b"POST /flaky/a HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000, 413,
+         "payload_too_large"),
+    ]
+
+
+def test_refused_heads_reach_metrics_access_log_error_log_and_audit_with_one_request_id(node) -> None:
+    gw, _, tmp = node
+    seen: dict[str, tuple[str, int, str]] = {}
+    for name, raw, status, kind in _refused_cases():
+        got, headers, body = exchange(gw.port, raw)
+        assert got == status, (name, got, body)
+        rid = headers["x-request-id"]
+        assert json.loads(body)["request_id"] == rid
+        seen[rid] = (name, status, kind)
+        line = error_line(gw, rid)
+        assert " INFO error: " in line, line            # the client's fault: INFO, as nginx
+        f = fields(line)
+        assert f["status"] == str(status) and f["kind"] == kind, line
+    # A head that never completes: 408 once GATEWAY_HEADER_TIMEOUT (1 s) passes.
+    got, headers, _ = exchange(gw.port, b"GET /flaky/slow HTTP/1.1\r\nHost: a\r\n")
+    assert got == 408
+    rid = headers["x-request-id"]
+    seen[rid] = ("timeout", 408, "request_timeout")
+    f = fields(error_line(gw, rid))
+    assert f["kind"] == "request_timeout" and f["path"] == "/flaky/slow" and f["method"] == "GET"
+    assert float(f["duration"]) >= 0.4      # the head's wait, at the ticker's resolution
+
+    # The access log: one line per refusal, same request id and status.
+    access = wait_until(lambda: len(x := [r for r in json_lines(tmp / "access.log") if r["request_id"] in seen]) == len(seen) and x)
+    assert isinstance(access, list)
+    for rec in access:
+        assert rec["status"] == seen[rec["request_id"]][1] and rec["client_ip"] == "127.0.0.1"
+    # The audit log: the malformed ones (400, 414, 431), not the 408 or the 413.
+    malformed = {rid for rid, (_, st, _) in seen.items() if st in (400, 414, 431)}
+    audit = wait_until(lambda: {r["request_id"]: r for r in json_lines(tmp / "audit.log")
+                                if r["event"] == "request_rejected" and r["request_id"] in seen})
+    assert isinstance(audit, dict)
+    wait_until(lambda: set(audit) | {r["request_id"] for r in json_lines(tmp / "audit.log")} >= malformed)
+    audited = {r["request_id"]: r for r in json_lines(tmp / "audit.log") if r["event"] == "request_rejected"}
+    assert set(audited) & set(seen) == malformed
+    for rid in malformed:
+        assert audited[rid]["client_ip"] == "127.0.0.1"
+        assert audited[rid]["details"]["status"] == seen[rid][1]
+    # The metrics: counted under the unrouted series, by status.
+    body = http_get(gw.admin_port, "/metrics")[2].decode()
+    for status, n in ((400, 2), (414, 1), (431, 1), (413, 1), (408, 1)):
+        pattern = rf'gateway_requests_total\{{[^}}]*code="{status}"[^}}]*route=""[^}}]*\}} (\S+)'
+        alt = rf'gateway_requests_total\{{[^}}]*route=""[^}}]*code="{status}"[^}}]*\}} (\S+)'
+        total = sum(float(v) for v in re.findall(pattern, body) + re.findall(alt, body))
+        assert total == n, (status, [ln for ln in body.splitlines() if "gateway_requests_total" in ln and 'route=""' in ln])
+    assert re.search(r'gateway_error_log_lines_total\{result="logged"\} ([0-9.]+)', body)
+    assert gw.stop() == 0
+
+
+def test_connections_gauge_counts_open_client_connections_across_two_workers(gateway, fault) -> None:  # noqa: F811
+    gw = gateway(TOML.format(fault=fault.url, dead=free_port()),
+                 env={"GATEWAY_WORKERS": "2", "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+
+    def gauge() -> float:
+        body = http_get(gw.admin_port, "/metrics")[2].decode()
+        m = re.search(r'gateway_connections\{side="downstream",state="open"\} (\S+)', body)
+        assert m, body
+        return float(m.group(1))
+
+    assert gauge() == 0
+    socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(6)]
+    try:
+        wait_until(lambda: gauge() == 6)
+    finally:
+        for s in socks:
+            s.close()
+    wait_until(lambda: gauge() == 0)
+    body = http_get(gw.admin_port, "/metrics")[2].decode()
+    for op in ("ratelimit", "load", "heartbeat", "subscribe"):
+        assert f'gateway_redis_errors_total{{op="{op}"}} 0.0' in body
+    assert gw.stop() == 0
+
+
+# --- the rate limit, without processes ---------------------------------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _failed(i: int) -> RequestContext:
+    from gateway.http import replies
+
+    ctx = RequestContext()
+    ctx.request_id = b"rid-%d" % i
+    ctx.method = b"GET"
+    ctx.path = b"/p"
+    ctx.start = time.monotonic()
+    ctx.status = 502
+    ctx.local_reply = replies.UPSTREAM_CONNECT
+    ctx.upstream_error = "connect"
+    return ctx
+
+
+def test_the_rate_limit_counts_what_it_suppressed_and_says_so(caplog) -> None:
+    clock = _Clock()
+    elog = ErrorLog(max_lines=5, window=10.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="gateway.error"):
+        for i in range(12):
+            elog.report(_failed(i), 502)
+        clock.t += 10.0          # the window is over: the next line first reports the suppressed count
+        elog.report(_failed(99), 502)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "gateway.error"]
+    assert sum("failed exchange:" in m for m in msgs) == 6
+    assert [m for m in msgs if "more not logged" in m] == [msgs[5]]
+    assert "7 more not logged in the last 10 s" in msgs[5]
+    assert "request_id=rid-99 " in msgs[6]
+
+
+def test_path_bytes_are_escaped_onto_one_token() -> None:
+    ctx = _failed(1)
+    ctx.path = b'/a b\n"\xff'
+    line = ErrorLog().line(ctx, 502, "upstream_connect")
+    assert "path=/a\\x20b\\x0a\\x22\\xff " in line and "\n" not in line
+
+
+def test_policy_refusals_and_upstream_answers_are_not_failures() -> None:
+    from gateway.pipeline.reply import LocalReply
+
+    ctx = _failed(1)
+    ctx.upstream_error = None
+    ctx.local_reply = LocalReply(429, "rate_limited", "Too many requests.")
+    ctx.status = 429
+    assert ErrorLog.classify(ctx, 429) is None
+    ctx.local_reply = None
+    ctx.status = 500             # the upstream's own 500 was proxied: the exchange worked
+    assert ErrorLog.classify(ctx, 500) is None
+    ctx.status = 0               # the client left before the answer
+    assert ErrorLog.classify(ctx, 499) == ("client_closed", logging.INFO)
