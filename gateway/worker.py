@@ -498,10 +498,9 @@ async def run_worker(
     Raises ListenError (one line naming GATEWAY_PORT) when the address cannot be bound.
     """
     from gateway.runtime import build_runtime
+    from gateway.security.audit import configure as configure_audit
     from gateway.signals import current_mask, unblock_startup_signals
     from gateway.state.node import NodeState
-
-    from gateway.security.audit import configure as configure_audit
 
     loop = asyncio.get_running_loop()
     mask = current_mask()       # the start-up signals held since the first instruction (a process)

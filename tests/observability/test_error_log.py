@@ -281,3 +281,31 @@ def test_policy_refusals_and_upstream_answers_are_not_failures() -> None:
     assert ErrorLog.classify(ctx, 500) is None
     ctx.status = 0               # the client left before the answer
     assert ErrorLog.classify(ctx, 499) == ("client_closed", logging.INFO)
+
+
+def test_redis_errors_of_every_link_in_the_process_count_into_node_memory() -> None:
+    from types import SimpleNamespace
+
+    from gateway.observability import node_metrics
+    from gateway.state import redis_link
+    from gateway.state.memory import NodeMemory
+    from gateway.state.node import Placer
+
+    memory = NodeMemory.private(1 << 20)
+    saved = redis_link.error_sink, node_metrics._gauge
+    try:
+        placer = Placer(memory, 0)
+        node_metrics.bind_process_cells(lambda name, size: placer.place(name, size, kind="metrics"), 0)
+        a = redis_link.RedisLink("redis://127.0.0.1:1")
+        b = redis_link.RedisLink("redis://127.0.0.1:1")
+        a.count_error("ratelimit")
+        b.count_error("ratelimit")
+        b.count_error("load")
+        a.count_error("an op nobody declared")     # a label value is never made up at run time
+        samples = node_metrics.metric_samples(SimpleNamespace(state=SimpleNamespace(memory=memory)))
+        errors = {labels["op"]: v for name, _, _, labels, v in samples if name == "gateway_redis_errors_total"}
+        assert errors["ratelimit"] == 2 and errors["load"] == 1 and errors["other"] == 1
+        assert set(errors) == set(node_metrics.REDIS_OPS)
+        assert a.errors == {"ratelimit": 1, "an op nobody declared": 1}   # the link's own view is kept
+    finally:
+        redis_link.error_sink, node_metrics._gauge = saved
