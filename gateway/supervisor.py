@@ -22,8 +22,10 @@ change bus to other instances and this instance's membership heartbeat.
 
 Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
-timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome. SIGUSR1
-→ forwarded (reserved for reopening log files). All four are held from the process's first
+timeout); a second SIGTERM/SIGINT during the drain is forwarded too, and the workers stop at once.
+SIGQUIT → a drain like the first SIGTERM, never escalated (nginx's graceful stop). SIGHUP →
+checked here once for the node (a refusal logged here), then forwarded; each worker reloads the
+TOML on its own. SIGUSR1 → the supervisor's log files reopened, forwarded. All are held from the process's first
 instruction until these handlers exist (gateway/signals.py), and each worker starts with them held
 until its own handlers exist: one sent during start-up is applied then, never fatal.
 
@@ -277,6 +279,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGUSR1, self._usr1)
+        loop.add_signal_handler(signal.SIGQUIT, self._quit)
         unblock_startup_signals()
         for slot in self.slots:
             self._spawn(slot)
@@ -288,7 +291,7 @@ class Supervisor:
             # Held again before the handlers go: a late signal waits for the exit instead of
             # killing the process half-way through its clean-up.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
                 loop.remove_signal_handler(sig)
             poller.cancel()
             discovery.close()
@@ -537,6 +540,12 @@ class Supervisor:
             self._config_cache = None    # the snapshot's path stays the same: parse it again
             RELOADS.record(True)
         self._forward(signal.SIGHUP)
+
+    def _quit(self) -> None:
+        # SIGQUIT: nginx's graceful stop. A drain, never escalated: a terminal's Ctrl-\ reaches
+        # every process of the group, and the workers treat their own SIGQUIT the same way.
+        if not self.stopping:
+            self.stop()
 
     def _stop_signal(self) -> None:
         """SIGTERM/SIGINT: the first drains; a second one during the drain stops at once (forwarded

@@ -533,6 +533,7 @@ async def run_worker(
         loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, _hup, worker)
     loop.add_signal_handler(signal.SIGUSR1, _usr1)
+    loop.add_signal_handler(signal.SIGQUIT, worker.stop)     # nginx's graceful stop: a drain, never escalated
     # The handlers exist: what arrived while the process started (held since its first
     # instruction, gateway/signals.py) is delivered now: a SIGTERM drains, a SIGHUP reloads.
     unblock_startup_signals()

@@ -161,3 +161,30 @@ def test_a_refused_reload_is_one_error_line_per_node_and_ready_reports_it(gatewa
     assert 'gateway_config_reloads_total{result="ok"} 1.0' in metrics
     assert 'gateway_config_reloads_total{result="refused"} 1.0' in metrics
     assert gw.stop() == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigquit_is_a_graceful_stop_as_nginx(gateway, workers: str) -> None:  # noqa: F811
+    from tests.breakers.conftest import FaultUpstream
+
+    fault = FaultUpstream()
+    try:
+        fault.mode("slow", 1500)
+        gw = gateway(SLOW_UPSTREAM_TOML.format(url=fault.url), env={"GATEWAY_WORKERS": workers})
+        if workers != "1":
+            wait_until(lambda: gw.stderr.count("worker: listening on") >= int(workers))
+        c = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        c.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        time.sleep(0.5)                   # in flight upstream
+        gw.send_signal(signal.SIGQUIT)
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+        c.close()
+        assert data.startswith(b"HTTP/1.1 200"), data       # the in-flight request completed
+        assert b"connection: close" in data.lower()
+        assert gw.wait(timeout=15) == 0
+        assert "second stop signal" not in gw.stderr
+    finally:
+        fault._ctl.close()
+        fault.stop()

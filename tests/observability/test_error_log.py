@@ -309,3 +309,89 @@ def test_redis_errors_of_every_link_in_the_process_count_into_node_memory() -> N
         assert a.errors == {"ratelimit": 1, "an op nobody declared": 1}   # the link's own view is kept
     finally:
         redis_link.error_sink, node_metrics._gauge = saved
+
+
+class ScriptedUpstream:
+    """A one-thread upstream that reads a request head and answers with the bytes of the mode set
+    for the path's first segment: `garbage` (not HTTP), `cut` (a head promising 1000 bytes, 10 of
+    them, then a TCP RST), `slow` (nothing for 2 s)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+                if b" /garbage" in head:
+                    conn.sendall(b"this is not an HTTP response\r\n\r\n")
+                elif b" /cut" in head:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+                    time.sleep(0.2)
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                elif b" /slow" in head:
+                    time.sleep(2)       # (never answered in time: the client leaves first)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+SCRIPTED_TOML = """
+[[services]]
+name = "scripted"
+targets = [{{ url = "{url}" }}]
+
+[[routes]]
+name = "scripted"
+path = "/"
+service = "scripted"
+timeout = 30
+"""
+
+
+def test_protocol_errors_cut_responses_and_clients_that_leave_are_logged_with_their_request_id(gateway) -> None:  # noqa: F811
+    up = ScriptedUpstream()
+    try:
+        gw = gateway(SCRIPTED_TOML.format(url=up.url))
+        # An upstream answering garbage: 502, kind upstream_protocol.
+        status, headers, _ = exchange(gw.port, b"GET /garbage HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert status == 502
+        f = fields(error_line(gw, headers["x-request-id"]))
+        assert f["kind"] == "upstream_protocol" and f["status"] == "502" and f["target"] == up.url
+        # A response cut after its head: the client got 200 and a short body; the line says so.
+        status, headers, body = exchange(gw.port, b"GET /cut HTTP/1.1\r\nHost: a\r\nX-Request-Id: cut-1\r\n\r\n")
+        assert status == 200 and len(body) < 1000 and headers["x-request-id"] == "cut-1"
+        line = error_line(gw, "cut-1")
+        assert " WARNING " in line and fields(line)["kind"] == "upstream_reset" and fields(line)["status"] == "200"
+        # A client that leaves before the answer (a reset: a FIN alone is a half-close, and a
+        # half-closed client still gets its response): its own request id, INFO, client_closed.
+        import struct
+
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Request-Id: gone-1\r\n\r\n")
+            time.sleep(0.5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        line = error_line(gw, "gone-1")
+        assert " INFO " in line and fields(line)["kind"] == "client_closed", line
+        assert gw.stop() == 0
+    finally:
+        up.close()
