@@ -12,7 +12,8 @@ What counts as failed, and at which level:
   `upstream_reset`, `upstream_protocol`; with status 502/504, or the status already sent when the
   response was cut), and every 5xx the gateway answered itself (503 no target, 500...);
 - INFO (the client's fault, as nginx logs them): 400, 408, 413, 414 and 431 from the data plane,
-  and `client_closed` (the client left before any byte of the answer: 499 in the metrics).
+  its 501/505 for a Transfer-Encoding or HTTP version it does not support, and `client_closed`
+  (the client left before any byte of the answer: 499 in the metrics).
 Refusals by policy (401, 403, 429, a filter's 4xx) and 404/405 are not failures of the exchange:
 the access log and the audit log have them.
 
@@ -87,8 +88,7 @@ class ErrorLog:
             replies.TE_NOT_IMPLEMENTED, replies.VERSION_NOT_SUPPORTED)}
 
     # --- what failed ------------------------------------------------------------------------------
-    @staticmethod
-    def classify(ctx: Any, status: int) -> tuple[str, int] | None:
+    def classify(self, ctx: Any, status: int) -> tuple[str, int] | None:
         """(kind, level) of a failed exchange, None for one that did not fail."""
         err = ctx.upstream_error
         if err is not None:
@@ -98,10 +98,10 @@ class ErrorLog:
         reply = ctx.local_reply
         if reply is None:
             return None         # the upstream's own answer, whatever its status
+        if status in CLIENT_ERRORS or self._malformed.get(id(reply)) is reply:
+            return reply.code, logging.INFO     # (501/505 too: an unsupported framing or version)
         if status >= 500:
             return reply.code, logging.WARNING
-        if status in CLIENT_ERRORS:
-            return reply.code, logging.INFO
         return None
 
     def report(self, ctx: Any, status: int) -> None:

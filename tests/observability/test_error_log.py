@@ -275,12 +275,20 @@ def test_policy_refusals_and_upstream_answers_are_not_failures() -> None:
     ctx.upstream_error = None
     ctx.local_reply = LocalReply(429, "rate_limited", "Too many requests.")
     ctx.status = 429
-    assert ErrorLog.classify(ctx, 429) is None
+    elog = ErrorLog()
+    assert elog.classify(ctx, 429) is None
     ctx.local_reply = None
     ctx.status = 500             # the upstream's own 500 was proxied: the exchange worked
-    assert ErrorLog.classify(ctx, 500) is None
+    assert elog.classify(ctx, 500) is None
     ctx.status = 0               # the client left before the answer
-    assert ErrorLog.classify(ctx, 499) == ("client_closed", logging.INFO)
+    assert elog.classify(ctx, 499) == ("client_closed", logging.INFO)
+    from gateway.http import replies
+
+    ctx.status = 505             # the client's HTTP version: its fault, INFO
+    ctx.local_reply = replies.VERSION_NOT_SUPPORTED
+    assert elog.classify(ctx, 505) == ("http_version_not_supported", logging.INFO)
+    ctx.local_reply = replies.NO_TARGET   # ours: WARNING
+    assert elog.classify(ctx, 503) == ("no_healthy_target", logging.WARNING)
 
 
 def test_redis_errors_of_every_link_in_the_process_count_into_node_memory() -> None:
