@@ -1,6 +1,7 @@
 """The error log (issue 13.1): one line per failed exchange with the request id the client got,
 over real sockets against a real upstream process; refused heads reported to the metrics, the
-access log, the error log and the audit log alike (issue 12/11 gaps); the rate limit."""
+access log, the error log and the audit log alike (issue 12/11 gaps); the rate limit; the node
+metrics of issue 12's gaps (gateway_connections, gateway_redis_errors_total)."""
 from __future__ import annotations
 
 import json
@@ -198,10 +199,11 @@ def test_refused_heads_reach_metrics_access_log_error_log_and_audit_with_one_req
     assert gw.stop() == 0
 
 
-def test_connections_gauge_counts_open_client_connections_across_two_workers(gateway, fault) -> None:  # noqa: F811
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_connections_gauge_counts_open_client_connections_of_the_node(gateway, fault, workers: str) -> None:  # noqa: F811
     gw = gateway(TOML.format(fault=fault.url, dead=free_port()),
-                 env={"GATEWAY_WORKERS": "2", "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
-    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+                 env={"GATEWAY_WORKERS": workers, "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
+    wait_until(lambda: gw.stderr.count("listening on") >= int(workers))
 
     def gauge() -> float:
         body = http_get(gw.admin_port, "/metrics")[2].decode()
@@ -403,3 +405,35 @@ def test_protocol_errors_cut_responses_and_clients_that_leave_are_logged_with_th
         assert gw.stop() == 0
     finally:
         up.close()
+
+
+def test_redis_errors_of_the_workers_reach_the_nodes_metric(gateway, fault) -> None:  # noqa: F811
+    from tests.support.redis_server import RedisProcess
+
+    with RedisProcess() as redis:
+        toml = (f'[[services]]\nname = "up"\ntargets = [{{ url = "{fault.url}" }}]\n'
+                f'[[routes]]\nname = "api"\npath = "/"\nservice = "up"\n'
+                f'[[routes.rate_limits]]\nkey = "ip"\nlimit = 50\nwindow = 3600\n')
+        gw = gateway(toml, env={"GATEWAY_WORKERS": "2", "GATEWAY_REDIS_URL": redis.url, "GATEWAY_REDIS_TIMEOUT": "0.2",
+                                "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
+        wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+        wait_until(lambda: http_get(gw.admin_port, "/ready")[0] == 200)
+
+        def ratelimit_errors() -> float:
+            body = http_get(gw.admin_port, "/metrics")[2].decode()
+            m = re.search(r'gateway_redis_errors_total\{op="ratelimit"\} (\S+)', body)
+            assert m, body
+            return float(m.group(1))
+
+        for _ in range(10):
+            assert http_get(gw.port, "/x")[0] == 200
+        assert ratelimit_errors() == 0
+        redis.kill()
+        # Every request is still answered (the local fallback decides); the failed calls count.
+        # (A small limit: a lease is 1 % of it, so requests keep asking Redis.)
+        def counted() -> bool:
+            for _ in range(10):
+                assert http_get(gw.port, "/x")[0] in (200, 429)
+            return ratelimit_errors() > 0
+        wait_until(counted, timeout=20, interval=0.2)
+        assert gw.stop() == 0
