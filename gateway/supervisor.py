@@ -409,6 +409,10 @@ class Supervisor:
                 log.info("worker %d serving again after %d failed starts", slot.index, slot.fast_crashes)
         elif t == "fatal":
             slot.error = str(frame.get("error"))[:1000]
+        elif t == "reload_failed":
+            from gateway.observability.node_metrics import RELOADS
+
+            RELOADS.worker_failed(slot.index, str(frame.get("error"))[:1000])
 
     def _watchdog(self) -> None:
         """SIGKILL every worker silent for longer than GATEWAY_WORKER_WATCHDOG (its loop no longer

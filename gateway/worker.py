@@ -297,8 +297,11 @@ class Worker:
                 log.debug("reload refused, keeping the previous config: %s", "; ".join(problems))
             return False
         if not self._swap(config, "reload"):
+            error = self._swap_error or "the runtime could not be built"
             if self.node_reloads:
-                RELOADS.record(False, [self._swap_error or "the runtime could not be built"])
+                RELOADS.record(False, [error])
+            elif self.state is not None and self.state.client is not None:
+                self.state.client.reload_failed(error)   # the supervisor's last_reload says so
             return False
         self.reloads += 1
         if self.node_reloads:

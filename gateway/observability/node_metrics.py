@@ -109,6 +109,19 @@ class Reloads:
         self.counts["ok" if ok else "refused"] += 1
         self.last = {"ok": ok, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": list(errors)}
 
+    def worker_failed(self, worker: int, error: str) -> None:
+        """A worker could not apply the last reload the supervisor found valid: that reload failed
+        for the node (counted refused instead of ok; the worker keeps its previous config)."""
+        last = self.last
+        if last is None:
+            return
+        if last["ok"]:
+            self.counts["ok"] -= 1
+            self.counts["refused"] += 1
+            last["ok"] = False
+        if len(last["errors"]) < 64:
+            last["errors"].append(f"worker {worker}: {error}")
+
 
 RELOADS = Reloads()
 

@@ -188,3 +188,25 @@ def test_sigquit_is_a_graceful_stop_as_nginx(gateway, workers: str) -> None:  # 
     finally:
         fault._ctl.close()
         fault.stop()
+
+
+def test_a_valid_file_a_worker_cannot_apply_makes_last_reload_say_so(gateway, upstream) -> None:  # noqa: F811
+    # Node memory too small for the new config's metric cells: the file is valid (the supervisor
+    # accepts it) but no worker can build its runtime; the node's last_reload must not say ok.
+    gw = gateway(routes_toml(upstream.url, ["/a"]), env={"GATEWAY_WORKERS": "2", "GATEWAY_SHM_SIZE": "4m",
+                                                        "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
+    wait_until(lambda: gw.stderr.count("worker: listening on") >= 2)
+    gw.write_config(routes_toml(upstream.url, ["/a"] + [f"/r{i}" for i in range(1500)]))
+    gw.reload()
+
+    def last() -> dict:
+        return json.loads(http_get(gw.admin_port, "/ready")[2])["last_reload"] or {}
+    wait_until(lambda: last().get("ok") is False and len(last().get("errors", [])) == 2, timeout=20)
+    errors = last()["errors"]
+    assert {e.split(":")[0] for e in errors} == {"worker 0", "worker 1"}, errors
+    assert all("GATEWAY_SHM_SIZE" in e for e in errors), errors
+    metrics = http_get(gw.admin_port, "/metrics")[2].decode()
+    assert 'gateway_config_reloads_total{result="ok"} 0.0' in metrics
+    assert 'gateway_config_reloads_total{result="refused"} 1.0' in metrics
+    assert http_get(gw.port, "/a")[0] == 200 and http_get(gw.port, "/r1")[0] == 404   # the old config serves
+    assert gw.stop() == 0
