@@ -382,11 +382,15 @@ class Heartbeat:
     beats arrive, and kills it after GATEWAY_WORKER_WATCHDOG seconds without one: a frame sent from
     the loop proves that the loop turns, which a live pid does not."""
 
-    __slots__ = ("worker", "client")
+    __slots__ = ("worker", "client", "gauge", "upstream_idle")
 
     def __init__(self, worker: Worker, client: Any) -> None:
+        from gateway.observability.node_metrics import connection_gauge, upstream_idle
+
         self.worker = worker
         self.client = client
+        self.gauge = connection_gauge()     # gateway_connections{side="upstream"}: stored on each beat
+        self.upstream_idle = upstream_idle
 
     def start(self) -> None:
         from gateway.http.flow import ticker_for
@@ -396,6 +400,8 @@ class Heartbeat:
 
     def on_tick(self, now: float) -> None:
         self.client.beat(len(self.worker.connections))
+        if self.gauge is not None:
+            self.gauge.set_upstream_idle(self.upstream_idle(self.worker.runtime))
 
 
 def mtime(path: str) -> int | None:

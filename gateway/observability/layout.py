@@ -26,8 +26,9 @@ from urllib.parse import quote, unquote
 ACCESS_LOG_NAME = "metrics/access_log"     # CounterArray[2]: lines logged, lines dropped
 TRACING_NAME = "metrics/tracing"           # CounterArray[2]: spans exported, spans dropped
 ERROR_LOG_NAME = "metrics/error_log"       # CounterArray[2]: error-log lines logged, suppressed
-# Open downstream connections, one int64 cell per worker index (each worker stores its own count;
-# a replacement starts by storing 0 in its slot): gateway_connections{side="downstream"}.
+# gateway_connections: one int64 cell per worker index for its open client connections, then one
+# per worker index for its idle pooled upstream connections (each worker stores its own counts; a
+# replacement starts by storing 0 in its slots).
 CONNECTIONS_NAME = "metrics/connections"
 CONNECTION_SLOTS = 64
 # Failed Redis calls by op (gateway_redis_errors_total{op}), every process's RedisLinks adding in.

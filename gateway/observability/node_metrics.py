@@ -5,8 +5,10 @@ failed Redis calls (`gateway_redis_errors_total{op}`), error-log lines, and conf
 Write side, per process:
 - connections: each worker stores its own count of open client connections, a plain 8-byte
   store into its own cell (one per worker index, layout.CONNECTIONS_NAME) when a connection opens
-  or closes; a worker starting in a slot stores 0 first (its predecessor's count died with it), and
-  the supervisor clears the slot of a worker it reaped. The exporter sums the cells.
+  or closes, and its idle pooled upstream connections on its heartbeat (every 0.5 s); a worker
+  starting in a slot stores 0 first (its predecessor's counts died with it), and the supervisor
+  clears the slots of a worker it reaped. The exporter sums the cells. A lone process (no
+  heartbeat) has its pools counted at scrape time instead, from its own runtime.
 - Redis errors: every RedisLink of the process counts a failed call into its `errors` dict and,
   through `redis_link.error_sink`, into node memory (layout.REDIS_ERRORS_NAME, atomic adds).
 - reloads: counted by the process that decides them for the node (the supervisor, or the only
@@ -25,7 +27,7 @@ from .layout import CONNECTION_SLOTS, CONNECTIONS_NAME, ERROR_LOG_NAME, REDIS_ER
 if TYPE_CHECKING:
     from gateway.state.memory import NodeMemory
 
-CONNECTIONS_SIZE = 8 * CONNECTION_SLOTS
+CONNECTIONS_SIZE = 8 * 2 * CONNECTION_SLOTS     # [downstream open] * slots, then [upstream idle] * slots
 REDIS_ERRORS_SIZE = 8 * len(REDIS_OPS)
 _OPS = {op: i for i, op in enumerate(REDIS_OPS)}
 _OTHER_OP = _OPS["other"]
@@ -41,9 +43,19 @@ class ConnectionGauge:
         self.cells = view.cast("q")
         self.slot = slot
         self.cells[slot] = 0
+        self.cells[CONNECTION_SLOTS + slot] = 0
 
     def set(self, n: int) -> None:
         self.cells[self.slot] = n
+
+    def set_upstream_idle(self, n: int) -> None:
+        self.cells[CONNECTION_SLOTS + self.slot] = n
+
+
+def upstream_idle(runtime: Any) -> int:
+    """Idle pooled upstream connections of a runtime (O(pools))."""
+    pools = getattr(runtime, "pools", None) or {}
+    return sum(len(getattr(p, "idle", ())) for p in pools.values())
 
 
 class RedisErrorCounts:
@@ -94,7 +106,8 @@ def bind_supervisor_cells(memory: NodeMemory, holder: int) -> None:
 def clear_worker_slot(memory: NodeMemory, slot: int, holder: int) -> None:
     """The supervisor reaped worker `slot`: its connections are gone with it."""
     if 0 <= slot < CONNECTION_SLOTS:
-        memory.place(CONNECTIONS_NAME, CONNECTIONS_SIZE, holder, kind=KIND).cast("q")[slot] = 0
+        cells = memory.place(CONNECTIONS_NAME, CONNECTIONS_SIZE, holder, kind=KIND).cast("q")
+        cells[slot] = cells[CONNECTION_SLOTS + slot] = 0
 
 
 # --- reloads --------------------------------------------------------------------------------------
@@ -139,9 +152,15 @@ def metric_samples(ctx: Any) -> list[tuple[str, str, str, dict[str, str], float]
     out: list[tuple[str, str, str, dict[str, str], float]] = []
     memory = ctx.state.memory if ctx.state is not None else None
     if memory is not None:
-        conns = _cells(memory, CONNECTIONS_NAME) or []
-        out.append(("gateway_connections", "gauge", "Open client connections of the node's workers",
-                    {"side": "downstream", "state": "open"}, float(sum(max(n, 0) for n in conns))))
+        conns = _cells(memory, CONNECTIONS_NAME) or [0] * (2 * CONNECTION_SLOTS)
+        runtime = ctx.runtime() if callable(getattr(ctx, "runtime", None)) else None
+        idle = sum(max(n, 0) for n in conns[CONNECTION_SLOTS:]) + (upstream_idle(runtime) if runtime is not None else 0)
+        out.append(("gateway_connections", "gauge", "Connections of the node's workers: client connections "
+                    "open (downstream), pooled upstream connections idle (upstream)",
+                    {"side": "downstream", "state": "open"}, float(sum(max(n, 0) for n in conns[:CONNECTION_SLOTS]))))
+        out.append(("gateway_connections", "gauge", "Connections of the node's workers: client connections "
+                    "open (downstream), pooled upstream connections idle (upstream)",
+                    {"side": "upstream", "state": "idle"}, float(idle)))
         errors = _cells(memory, REDIS_ERRORS_NAME) or [0] * len(REDIS_OPS)
         for op, n in zip(REDIS_OPS, errors, strict=True):
             out.append(("gateway_redis_errors_total", "counter", "Redis calls that failed or timed out, by operation",

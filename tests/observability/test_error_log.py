@@ -205,13 +205,17 @@ def test_connections_gauge_counts_open_client_connections_of_the_node(gateway, f
                  env={"GATEWAY_WORKERS": workers, "GATEWAY_METRICS_ALLOW": "127.0.0.0/8"})
     wait_until(lambda: gw.stderr.count("listening on") >= int(workers))
 
-    def gauge() -> float:
+    def gauge(side: str = "downstream", state: str = "open") -> float:
         body = http_get(gw.admin_port, "/metrics")[2].decode()
-        m = re.search(r'gateway_connections\{side="downstream",state="open"\} (\S+)', body)
+        m = re.search(rf'gateway_connections\{{side="{side}",state="{state}"\}} (\S+)', body)
         assert m, body
         return float(m.group(1))
 
-    assert gauge() == 0
+    assert gauge() == 0 and gauge("upstream", "idle") == 0
+    # A proxied request leaves its upstream connection in the pool: counted idle (on the next
+    # heartbeat of a supervised worker, at scrape time in a lone process).
+    assert http_get(gw.port, "/flaky/pooled")[0] == 200
+    wait_until(lambda: gauge("upstream", "idle") == 1)
     socks = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(6)]
     try:
         wait_until(lambda: gauge() == 6)
