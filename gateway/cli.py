@@ -9,7 +9,7 @@ line naming the variable to change).
 `gateway _worker N` is internal: the supervisor re-executes the command with it to start worker N
 (see gateway/supervisor.py for why re-exec rather than fork).
 
-Signals: main()'s first instruction holds SIGHUP, SIGTERM, SIGINT and SIGUSR1 (gateway/signals.py);
+Signals: main()'s first instruction holds SIGHUP, SIGTERM, SIGINT, SIGUSR1 and SIGQUIT (gateway/signals.py);
 the serving commands release them once their loop handles them, the others at once. This module
 imports nothing heavy at its top (asyncio alone costs ~50 ms), so that the console script reaches
 that instruction right after the interpreter has started.

@@ -1,7 +1,7 @@
 """The signals a serving process handles, held (blocked) from its first instruction.
 
 A process that has not installed its handlers yet gets the default action: SIGHUP, SIGTERM, SIGINT
-and SIGUSR1 all terminate it. A deploy script that sends SIGHUP right after starting the gateway
+and SIGUSR1 all terminate it (SIGQUIT dumps core). A deploy script that sends SIGHUP right after starting the gateway
 (or an orchestrator that stops it while it is still importing) would kill it, or lose the request.
 So `gateway` blocks them before anything else (gateway/__main__.py, cli.main) and unblocks them
 once its event loop's handlers exist: a signal that arrived meanwhile stays pending and is handled
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import signal
 
-# SIGUSR1: reserved for reopening log files (nginx's meaning); it must never kill the process.
-STARTUP_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
+# SIGUSR1: reopen the log files (nginx's meaning); it must never kill the process. SIGQUIT: a
+# graceful stop, as nginx's (its default action, a core dump, is never what an operator meant).
+STARTUP_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGQUIT})
 
 
 def block_startup_signals() -> set[int | signal.Signals]:

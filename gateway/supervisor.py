@@ -22,8 +22,10 @@ change bus to other instances and this instance's membership heartbeat.
 
 Signals: SIGTERM/SIGINT → forwarded as SIGTERM; each worker drains (GATEWAY_DRAIN_TIMEOUT) and
 exits 0; the supervisor exits 0 when all are gone (SIGKILL for any still alive well after the drain
-timeout). SIGHUP → forwarded; each worker reloads the TOML on its own and logs the outcome. SIGUSR1
-→ forwarded (reserved for reopening log files). All four are held from the process's first
+timeout); a second SIGTERM/SIGINT during the drain is forwarded too, and the workers stop at once.
+SIGQUIT → a drain like the first SIGTERM, never escalated (nginx's graceful stop). SIGHUP →
+checked here once for the node (a refusal logged here), then forwarded; each worker reloads the
+TOML on its own. SIGUSR1 → the supervisor's log files reopened, forwarded. All are held from the process's first
 instruction until these handlers exist (gateway/signals.py), and each worker starts with them held
 until its own handlers exist: one sent during start-up is applied then, never fatal.
 
@@ -61,6 +63,7 @@ from gateway.admin.server import AdminServer, base_routes
 from gateway.process import BOOT_CONFIG_ENV, err, run_loop
 from gateway.signals import STARTUP_SIGNALS, current_mask, unblock_startup_signals
 from gateway.state.client import FD_ENV
+from gateway.state.layout import SUPERVISOR as SUPERVISOR_HOLDER
 from gateway.state.memory import NodeMemory
 from gateway.state.node import (
     SEGMENT_ENV,
@@ -244,6 +247,9 @@ class Supervisor:
         if removed:
             log.info("removed %d shared-memory segment(s) left by dead instances: %s", len(removed), ", ".join(removed))
         self.memory = NodeMemory.create(self.settings.shm_size, new_segment_name())
+        from gateway.observability.node_metrics import bind_supervisor_cells
+
+        bind_supervisor_cells(self.memory, SUPERVISOR_HOLDER)   # its Redis errors; the connection cells
         try:
             return await self._serve(loop)
         finally:
@@ -270,9 +276,10 @@ class Supervisor:
         # spawned below boot from; one forwarded to a starting worker waits in its mask).
         mask = current_mask()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, self._stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGUSR1, self._usr1)
+        loop.add_signal_handler(signal.SIGQUIT, self._quit)
         unblock_startup_signals()
         for slot in self.slots:
             self._spawn(slot)
@@ -284,7 +291,7 @@ class Supervisor:
             # Held again before the handlers go: a late signal waits for the exit instead of
             # killing the process half-way through its clean-up.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
                 loop.remove_signal_handler(sig)
             poller.cancel()
             discovery.close()
@@ -402,6 +409,10 @@ class Supervisor:
                 log.info("worker %d serving again after %d failed starts", slot.index, slot.fast_crashes)
         elif t == "fatal":
             slot.error = str(frame.get("error"))[:1000]
+        elif t == "reload_failed":
+            from gateway.observability.node_metrics import RELOADS
+
+            RELOADS.worker_failed(slot.index, str(frame.get("error"))[:1000])
 
     def _watchdog(self) -> None:
         """SIGKILL every worker silent for longer than GATEWAY_WORKER_WATCHDOG (its loop no longer
@@ -447,6 +458,9 @@ class Supervisor:
                 # Its objects are released (freed after the quarantine unless a sibling holds them);
                 # the replacement places what it uses again, by name, and finds the same bytes.
                 self.memory.drop_holder(slot.index)
+                from gateway.observability.node_metrics import clear_worker_slot
+
+                clear_worker_slot(self.memory, slot.index, SUPERVISOR_HOLDER)   # its connections died with it
             code = proc.returncode
             how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
             if slot.stalled:
@@ -502,20 +516,49 @@ class Supervisor:
             log.info("reload: SIGHUP forwarded to %d workers", len(self.worker_pids()))
 
     def _usr1(self) -> None:
-        # nginx's "reopen the log files": forwarded, each worker reopens its access log file (the
-        # supervisor writes none); SIGUSR1 must never kill the node.
+        # nginx's "reopen the log files": forwarded, each worker reopens its access and audit log
+        # files, and so does the supervisor (it writes audit records: admin changes); SIGUSR1 must
+        # never kill the node.
+        from gateway.security.audit import current as current_audit
+
+        current_audit().reopen()
         self._forward(signal.SIGUSR1)
-        log.info("SIGUSR1: forwarded to %d workers (they reopen the access log)", len(self.worker_pids()))
+        log.info("SIGUSR1: log files reopened, forwarded to %d workers", len(self.worker_pids()))
 
     def _reload(self) -> None:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker
-        # then reloads (or refuses, with its own logged reason) from GATEWAY_CONFIG.
+        # then reloads from GATEWAY_CONFIG. The file is checked here once for the node: a refusal
+        # is logged here (ERROR, every reason) and counted, and the workers, which find the same
+        # problems, say so only at debug level.
+        from gateway.observability.node_metrics import RELOADS
+        from gateway.security.audit import current as current_audit
+        from gateway.worker import log_refused_reload
+
+        current_audit().reopen()     # SIGHUP is logrotate's postrotate signal too
         problems = self._take_snapshot()
-        if not problems:
-            self._config_cache = None    # the snapshot's path stays the same: parse it again
         if problems:
-            log.info("reload: config invalid, replacement workers keep booting from the last valid one")
+            log_refused_reload(self.settings.config, problems)
+            log.info("reload: replacement workers keep booting from the last valid config")
+            RELOADS.record(False, problems)
+        else:
+            self._config_cache = None    # the snapshot's path stays the same: parse it again
+            RELOADS.record(True)
         self._forward(signal.SIGHUP)
+
+    def _quit(self) -> None:
+        # SIGQUIT: nginx's graceful stop. A drain, never escalated: a terminal's Ctrl-\ reaches
+        # every process of the group, and the workers treat their own SIGQUIT the same way.
+        if not self.stopping:
+            self.stop()
+
+    def _stop_signal(self) -> None:
+        """SIGTERM/SIGINT: the first drains; a second one during the drain stops at once (forwarded
+        to the workers as a second SIGTERM: they close their connections and exit)."""
+        if not self.stopping:
+            self.stop()
+            return
+        log.warning("supervisor: second stop signal: workers stop now")
+        self._forward(signal.SIGTERM)
 
     def stop(self) -> None:
         """Drain every worker, then let serve() return (what SIGTERM/SIGINT do)."""
@@ -556,9 +599,12 @@ class Supervisor:
         now = self.clock()
         serving = sum(1 for s in self.slots if s.serving(now))
         stalled = sum(1 for s in self.slots if s.proc is not None and s.listening and not s.serving(now))
+        from gateway.observability.node_metrics import RELOADS
+
         return readiness(draining=self.stopping, serving=serving, expected=len(self.slots), stalled=stalled,
                          config=self._config_in_force(),
-                         redis=self.control.status["redis"] if self.control is not None else "off")
+                         redis=self.control.status["redis"] if self.control is not None else "off",
+                         last_reload=RELOADS.last)
 
     def _admin_routes(self) -> Any:
         from gateway.admin.health import Liveness

@@ -139,6 +139,11 @@ class Worker:
         self.connections: set[Any] = set()
         self.max_connections: int = settings.max_connections
         self.reloads = 0
+        # Whether this process speaks for the node about reloads (logs a refusal at ERROR, counts
+        # gateway_config_reloads_total, /ready's last_reload): the lone process does; a supervised
+        # worker does not, its supervisor checked the same file once for the whole node.
+        self.node_reloads = state is None or state.control is not None
+        self._swap_error: str | None = None
         if protocol_factory is None:
             # Imported here, not at module import: `gateway check` never needs the data plane.
             from gateway.http.downstream import DownstreamProtocol
@@ -153,6 +158,10 @@ class Worker:
         self._stopped = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
         self._limits_pending = False
+        # gateway_connections: this worker's cell in node memory (None for a bare runtime)
+        from gateway.observability.node_metrics import connection_gauge
+
+        self._gauge = connection_gauge()
         if state is not None:
             # Live limits (SPEC §8): a change to limits/... rebuilds the runtime from the config in
             # force plus the new overrides (gateway/filters/limits_live.py), off the hot path.
@@ -182,6 +191,7 @@ class Worker:
             new = build_runtime(config, self.settings, self.loop, previous=old, state=self.state)
         except Exception as exc:  # noqa: BLE001 - SharedMemoryFull included: it names GATEWAY_SHM_SIZE
             log.error("%s refused, keeping the previous config: %s", why, exc)
+            self._swap_error = str(exc)
             return False
         self.runtime = new
         if self.state is not None:
@@ -245,6 +255,8 @@ class Worker:
     # --- called by DownstreamProtocol (keep O(1): they run per connection) -----------------------
     def connection_made(self, proto: Any) -> None:
         self.connections.add(proto)
+        if self._gauge is not None:
+            self._gauge.set(len(self.connections))
         if len(self.connections) >= self.max_connections:
             self._pause_accepting()
         if self.draining:
@@ -253,6 +265,8 @@ class Worker:
 
     def connection_lost(self, proto: Any) -> None:
         self.connections.discard(proto)
+        if self._gauge is not None:
+            self._gauge.set(len(self.connections))
         if not self.connections:
             self._idle.set()
         if self._server is None and len(self.connections) < self.max_connections:
@@ -268,19 +282,30 @@ class Worker:
         upstreams complete and nothing lingers (no timer or request tracking needed).
         """
         from gateway.config import ConfigurationError, load_config
+        from gateway.observability.node_metrics import RELOADS
 
         path = self.config_path
         try:
             config = load_config(path)
-        except ConfigurationError as exc:
-            log.error("reload refused, keeping the previous config: %s", "; ".join(exc.problems))
-            return False
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the worker
-            log.error("reload refused, keeping the previous config: %s: %s", path, exc)
+            problems = list(exc.problems) if isinstance(exc, ConfigurationError) else [f"{path}: {exc}"]
+            if self.node_reloads:
+                log_refused_reload(path, problems)
+                RELOADS.record(False, problems)
+            else:
+                # The supervisor checked the same file and logged why, once for the node.
+                log.debug("reload refused, keeping the previous config: %s", "; ".join(problems))
             return False
         if not self._swap(config, "reload"):
+            error = self._swap_error or "the runtime could not be built"
+            if self.node_reloads:
+                RELOADS.record(False, [error])
+            elif self.state is not None and self.state.client is not None:
+                self.state.client.reload_failed(error)   # the supervisor's last_reload says so
             return False
         self.reloads += 1
+        if self.node_reloads:
+            RELOADS.record(True)
         log.info("reloaded %s: %d routes", path or "(no config file)", len(getattr(config, "routes", ())))
         return True
 
@@ -328,8 +353,27 @@ class Worker:
         log.info("drained")
         self._stopped.set()
 
+    def stop_now(self) -> None:
+        """A second stop signal during the drain: close every connection now (in-flight responses
+        are cut), then the drain ends as soon as they are gone."""
+        self.stop()
+        log.warning("second stop signal: closing %d connections now", len(self.connections))
+        for proto in list(self.connections):
+            transport = getattr(proto, "transport", None)
+            if transport is not None:
+                transport.abort()
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def log_refused_reload(path: str | None, problems: list[str]) -> None:
+    """The node's one ERROR line for a refused reload: the file and every reason."""
+    where = path or "(no config file)"
+    prefix = f"{where}: "
+    reasons = "; ".join(p.removeprefix(prefix) for p in problems) or "no reason given"
+    log.error("reload refused, keeping the previous config: %s: %d problem%s: %s", where, len(problems),
+              "" if len(problems) == 1 else "s", reasons)
 
 
 class Heartbeat:
@@ -338,11 +382,15 @@ class Heartbeat:
     beats arrive, and kills it after GATEWAY_WORKER_WATCHDOG seconds without one: a frame sent from
     the loop proves that the loop turns, which a live pid does not."""
 
-    __slots__ = ("worker", "client")
+    __slots__ = ("worker", "client", "gauge", "upstream_idle")
 
     def __init__(self, worker: Worker, client: Any) -> None:
+        from gateway.observability.node_metrics import connection_gauge, upstream_idle
+
         self.worker = worker
         self.client = client
+        self.gauge = connection_gauge()     # gateway_connections{side="upstream"}: stored on each beat
+        self.upstream_idle = upstream_idle
 
     def start(self) -> None:
         from gateway.http.flow import ticker_for
@@ -352,6 +400,8 @@ class Heartbeat:
 
     def on_tick(self, now: float) -> None:
         self.client.beat(len(self.worker.connections))
+        if self.gauge is not None:
+            self.gauge.set_upstream_idle(self.upstream_idle(self.worker.runtime))
 
 
 def mtime(path: str) -> int | None:
@@ -362,20 +412,50 @@ def mtime(path: str) -> int | None:
 
 
 # --- one worker process ----------------------------------------------------------------------------
-def _usr1() -> None:
-    # nginx's "reopen the log files": the access log file (gateway/observability/access.py) is
-    # reopened; SIGUSR1 (default action: terminate) never stops the process.
+def reopen_log_files() -> None:
+    """nginx's "reopen the log files" (SIGUSR1, and SIGHUP too): the access log and the audit log,
+    when they are files, are opened again under their configured names (logrotate's rename, then
+    signal). The process's own log (the error log) goes to stderr, which is never reopened."""
     from gateway.observability.access import reopen_process_log
+    from gateway.security.audit import current as current_audit
 
     reopen_process_log()
+    current_audit().reopen()
+
+
+def _usr1() -> None:
+    # SIGUSR1 (default action: terminate) never stops the process.
+    reopen_log_files()
 
 
 def _hup(worker: Worker) -> None:
-    # SIGHUP: reload the TOML, and reopen the access log file (logrotate's postrotate signal).
-    from gateway.observability.access import reopen_process_log
-
-    reopen_process_log()
+    # SIGHUP: reload the TOML, and reopen the log files (logrotate's postrotate signal).
+    reopen_log_files()
     worker.reload()
+
+
+class StopSignals:
+    """SIGTERM/SIGINT in a worker: the first drains, a second stops at once (its connections are
+    closed, what is in flight is cut). A supervised worker counts only SIGTERM: a Ctrl-C in a
+    terminal sends SIGINT to the whole process group and the supervisor forwards it as a SIGTERM
+    too, so counting both would turn one Ctrl-C into an immediate stop."""
+
+    __slots__ = ("worker", "supervised", "seen")
+
+    def __init__(self, worker: Worker, supervised: bool) -> None:
+        self.worker = worker
+        self.supervised = supervised
+        self.seen = 0
+
+    def __call__(self, sig: int) -> None:
+        if self.supervised and sig == signal.SIGINT:
+            self.worker.stop()
+            return
+        self.seen += 1
+        if self.seen == 1:
+            self.worker.stop()
+        else:
+            self.worker.stop_now()
 
 
 def worker_admin_routes(worker: Worker) -> Any:
@@ -391,9 +471,12 @@ def worker_admin_routes(worker: Worker) -> Any:
         # Redis that is unreachable also makes the node not ready (SPEC §8). A node of one worker:
         # it serves while it is not draining.
         serving = 0 if worker.draining else 1
+        from gateway.observability.node_metrics import RELOADS
+
         return readiness(draining=worker.draining, serving=serving, expected=1, stalled=0,
                          config=worker.runtime.config,
-                         redis=control.status["redis"] if control is not None else "off")
+                         redis=control.status["redis"] if control is not None else "off",
+                         last_reload=RELOADS.last)
 
     def health() -> dict[str, Any]:
         pid = os.getpid()
@@ -426,6 +509,7 @@ async def run_worker(
     """
     from gateway.allocator import Allocator
     from gateway.runtime import build_runtime
+    from gateway.security.audit import configure as configure_audit
     from gateway.signals import current_mask, unblock_startup_signals
     from gateway.state.node import NodeState
 
@@ -434,6 +518,9 @@ async def run_worker(
     allocator = Allocator(loop)
     allocator.start()
     mask = current_mask()       # the start-up signals held since the first instruction (a process)
+    # The audit destination, whether or not a route has auth: the data plane audits the malformed
+    # requests it refuses (gateway/observability/errorlog.py).
+    configure_audit(settings.audit_log)
     # The state first: features built with the runtime subscribe to it. A lone process (admin here)
     # is its own control plane; a supervised worker gets its changes over the supervisor's channel.
     state = await (NodeState.standalone(loop, settings) if admin else NodeState.for_worker(loop, settings))
@@ -455,10 +542,12 @@ async def run_worker(
 
         admin_server = AdminServer(worker_admin_routes(worker), settings)
         await admin_server.start(loop, settings.admin_host, settings.admin_port)
+    on_stop = StopSignals(worker, supervised=state.client is not None)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, on_stop, sig)
     loop.add_signal_handler(signal.SIGHUP, _hup, worker)
     loop.add_signal_handler(signal.SIGUSR1, _usr1)
+    loop.add_signal_handler(signal.SIGQUIT, worker.stop)     # nginx's graceful stop: a drain, never escalated
     # The handlers exist: what arrived while the process started (held since its first
     # instruction, gateway/signals.py) is delivered now: a SIGTERM drains, a SIGHUP reloads.
     unblock_startup_signals()
@@ -479,6 +568,9 @@ async def run_worker(
     from gateway.observability.access import close_process_log
 
     close_process_log()     # the last buffered lines, written before the exit
+    from gateway.observability.errorlog import close_process_error_log
+
+    close_process_error_log()   # how many failed exchanges went unlogged, if any
     from gateway.observability.tracing import close_process_tracer
 
     close_process_tracer()  # the last spans, exported before the exit

@@ -121,8 +121,14 @@ def _inspect(routes: AdminRoutes, ctx: AdminContext) -> None:
     install(routes, ctx)
 
 
+def _node_metrics(ctx: AdminContext) -> Iterable[MetricSample]:
+    from gateway.observability.node_metrics import metric_samples  # connections, redis errors, reloads
+
+    return metric_samples(ctx)
+
+
 # Each feature's installer, in the order its routes appear in /openapi.json.
 FEATURES: list[Installer] = [_inspect, _discovery, _breakers, _limits, _security, _observability]
 # Each feature's metrics, read at scrape time by the /metrics exporter.
 METRIC_SOURCES: list[MetricSource] = [_discovery_metrics, _breaker_metrics, _limits_metrics, _security_metrics,
-                                      _alert_metrics]
+                                      _alert_metrics, _node_metrics]

@@ -8,3 +8,4 @@ from gateway.pipeline.context cimport RequestContext
 cdef class _DownstreamBase(_ExchangeBase):
     cdef int _reset_parse(self) except -1
     cdef int _upgrade_head(self, RequestContext ctx) except -1
+    cdef int _refused(self, RequestContext ctx, object reply, bytes rid, double head_start) except -1

@@ -407,8 +407,11 @@ cdef class _DownstreamBase(_ExchangeBase):
         """The request being parsed is refused: nothing more is read from this connection."""
         cdef RequestContext ctx
         cdef _Queued entry
+        cdef double head_start = 0.0
         if self.closing:
             return 0
+        if self.p_kind == K_HEADER:
+            head_start = self.p_deadline - self.t_header   # (on the ticker's clock: the loop's, monotonic)
         self.gate.pause(PAUSE_CLOSING)
         self.p_kind = K_NONE
         self.in_head = False
@@ -437,6 +440,37 @@ cdef class _DownstreamBase(_ExchangeBase):
         assert self.transport is not None
         self.transport.write(replies.render(reply, rid, False))
         self._close()
+        self._refused(ctx, reply, rid, head_start)
+        return 0
+
+    cdef int _refused(self, RequestContext ctx, object reply, bytes rid, double head_start) except -1:
+        """A request refused before it became an exchange (a head the parser or a limit refused, a
+        queued request's body): reported where every exchange is (the Recorder: metrics, access
+        log, error log, audit), with the request id its reply carried. Without a context (the head
+        never parsed completely), one is made of what was read: the method when the parser knew
+        it, the target's path (no query, cut at 256 bytes)."""
+        metrics = self.worker.runtime.metrics
+        if metrics is None:
+            return 0
+        if ctx is None:
+            ctx = RequestContext.__new__(RequestContext)
+            ctx.request_id = rid
+            ctx.client_ip = self.peer
+            ctx.keep_alive = False
+            ctx.path = self.p_url.split(b"?", 1)[0][:256]
+            try:
+                ctx.method = self.parser.get_method()
+            except Exception:  # noqa: BLE001 - llhttp had not read a method yet
+                ctx.method = b""
+            # The head's start is known to the ticker's resolution (0.5 s): used for a head that
+            # timed out, where it is the whole story; any other refusal took this read's time.
+            ctx.start = head_start if head_start > 0.0 and reply is replies.HEADER_TIMEOUT else self.l_time()
+        ctx.status = reply.status
+        ctx.local_reply = reply
+        try:
+            metrics.observe(ctx)
+        except Exception:  # noqa: BLE001 - reporting must never break the connection's clean-up
+            log.exception("reporting a refused request failed")
         return 0
 
     cdef int _close(self) except -1:

@@ -25,6 +25,15 @@ from urllib.parse import quote, unquote
 
 ACCESS_LOG_NAME = "metrics/access_log"     # CounterArray[2]: lines logged, lines dropped
 TRACING_NAME = "metrics/tracing"           # CounterArray[2]: spans exported, spans dropped
+ERROR_LOG_NAME = "metrics/error_log"       # CounterArray[2]: error-log lines logged, suppressed
+# gateway_connections: one int64 cell per worker index for its open client connections, then one
+# per worker index for its idle pooled upstream connections (each worker stores its own counts; a
+# replacement starts by storing 0 in its slots).
+CONNECTIONS_NAME = "metrics/connections"
+CONNECTION_SLOTS = 64
+# Failed Redis calls by op (gateway_redis_errors_total{op}), every process's RedisLinks adding in.
+REDIS_ERRORS_NAME = "metrics/redis_errors"
+REDIS_OPS: tuple[str, ...] = ("ratelimit", "load", "put", "delete", "heartbeat", "leave", "subscribe", "other")
 REQUESTS_PREFIX = "metrics/requests/"
 UPSTREAM_PREFIX = "metrics/upstream/"
 

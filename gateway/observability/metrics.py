@@ -20,6 +20,7 @@ from .layout import (
     BUCKETS,
     CODES,
     ERROR_KINDS,
+    ERROR_LOG_NAME,
     METHODS,
     OTHER_METHOD,
     REQUESTS_COUNTS,
@@ -123,6 +124,15 @@ def build_recorder(routes: Iterable[Any], services: Iterable[Any], placer: Place
         buf = place(TRACING_NAME, 16)
         tracer.counters = CounterArray(2, buf, 0) if buf is not None else CounterArray(2)
         recorder.tracer = tracer
+    from .errorlog import process_error_log
+
+    errors = process_error_log(loop)
+    buf = place(ERROR_LOG_NAME, 16)
+    errors.counters = CounterArray(2, buf, 0) if buf is not None else CounterArray(2)
+    recorder.errors = errors
+    from .node_metrics import bind_process_cells
+
+    bind_process_cells(place, placer.holder if placer is not None else -1)
     return recorder
 
 

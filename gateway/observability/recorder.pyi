@@ -27,6 +27,7 @@ class LineBuffer:
 class Recorder:
     access: Any
     tracer: Any
+    errors: Any   # the process's ErrorLog (errorlog.py): report(ctx, status) for a failed exchange
     def __init__(self, routes: dict[Any, RouteCells], targets: dict[Any, TargetCells], unrouted: RouteCells,
                  methods: dict[bytes, int], other_method: int, codes: list[int], ncodes: int,
                  kinds: dict[str, int], late: Callable[[Any, bool], Any] | None = None) -> None: ...

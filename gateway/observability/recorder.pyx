@@ -268,6 +268,11 @@ cdef class Recorder:
     cdef Py_ssize_t _flush_bytes
     # GATEWAY_TRACING=on: the process's Tracer (gateway/observability/tracing.py), called last.
     cdef public object tracer
+    # The process's ErrorLog (gateway/observability/errorlog.py), or None. Called only for the
+    # statuses `fails` marks (400, 408, 413, 414, 431, 499 and 5xx) or an upstream error, so a
+    # successful exchange pays one table read for it.
+    cdef public object errors
+    cdef unsigned char fails[1000]
 
     def __init__(self, dict routes, dict targets, RouteCells unrouted, dict methods,
                  Py_ssize_t other_method, list codes, Py_ssize_t ncodes, dict kinds, late=None):
@@ -287,6 +292,11 @@ cdef class Recorder:
         self._access = None
         self._lines = None
         self.tracer = None
+        self.errors = None
+        for i in range(1000):
+            self.fails[i] = 1 if i >= 500 and i < 600 else 0
+        for i in (400, 408, 413, 414, 431, 499):
+            self.fails[i] = 1
 
     @property
     def access(self):
@@ -353,6 +363,11 @@ cdef class Recorder:
                 self.tracer(ctx)
             except Exception:   # nor may tracing
                 _log.exception("tracing: a span could not be recorded")
+        if self.errors is not None and (self.fails[status if status < 1000 else 0] or ctx.upstream_error is not None):
+            try:
+                self.errors.report(ctx, status)
+            except Exception:   # nor may the error log
+                _log.exception("error log: a line could not be written")
 
     cdef object _late(self, object key, bint is_route):
         if self.late is None:

@@ -37,6 +37,7 @@ class AuditLog:
         self._queue: queue.Queue[bytes] = queue.Queue(max_queued)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._reopen = threading.Event()
 
     def record(self, event: str, fields: dict[str, Any]) -> None:
         if self.destination == "off":
@@ -84,16 +85,44 @@ class AuditLog:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                if own and self._reopen.is_set():
+                    self._reopen.clear()
+                    fd = self._open_again(dest, fd)
                 data = b"".join(batch)
                 while data:
                     n = os.write(fd, data)
                     data = data[n:]
-                self.written += len(batch)
+                self.written += sum(1 for b in batch if b)
         except OSError:
             self.dropped += self._queue.qsize()
         finally:
             if own:
                 os.close(fd)
+
+    def reopen(self) -> None:
+        """SIGUSR1 / SIGHUP (logrotate's rename-then-signal): a file destination is opened again
+        under its name before the next records are written. Before the first record nothing is
+        open yet: the file is opened then anyway."""
+        if self.destination in ("off", "stdout", "stderr") or self._thread is None:
+            return
+        self._reopen.set()
+        try:
+            self._queue.put_nowait(b"")     # wakes the writer (a full queue means it is awake)
+        except queue.Full:
+            pass
+
+    @staticmethod
+    def _open_again(dest: str, fd: int) -> int:
+        try:
+            new = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        except OSError as exc:
+            import logging
+
+            logging.getLogger("gateway.audit").error("audit log: reopen failed, still writing to the old file: %s",
+                                                     exc.strerror)
+            return fd
+        os.close(fd)
+        return new
 
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until the queue is empty: tests and shutdown."""

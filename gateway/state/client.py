@@ -110,6 +110,11 @@ class StateClient:
         """The worker's socket serves: from now on it counts for /ready (while it beats)."""
         self.proto.send({"t": "listening"}, force=True)
 
+    def reload_failed(self, error: str) -> None:
+        """This worker could not apply a config its supervisor found valid (its runtime could not be
+        built: node memory full...): the node's last_reload must say so."""
+        self.proto.send({"t": "reload_failed", "error": error[:2000]}, force=True)
+
     def beat(self, connections: int) -> None:
         """The loop turns (sent on its ticker). Not forced: a supervisor that does not read must not
         grow this worker, and a supervisor that does not read does not check beats either."""

@@ -47,8 +47,9 @@ MAX_STATE = 64 << 20              # bytes of the whole state's JSON: a snapshot 
 MAX_WORKER_FRAME = 64 << 10       # what a worker may send (acks, events)
 WORKER_BUFFER = 8 << 20           # per worker: queued changes beyond this mark the worker stale
 MEMBERSHIP_POLL = 1.0             # seconds between looks at the store's live-instance count
-# Worker frames that only the supervisor reads (through on_worker_frame): liveness and last words.
-LIVENESS_FRAMES = frozenset({"beat", "listening", "fatal"})
+# Worker frames that only the supervisor reads (through on_worker_frame): liveness, last words,
+# and a reload the worker could not apply.
+LIVENESS_FRAMES = frozenset({"beat", "listening", "fatal", "reload_failed"})
 
 
 class StateUnavailable(Exception):

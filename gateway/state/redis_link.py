@@ -140,6 +140,11 @@ def make_client(url: str, *, cluster: bool, timeout: float, max_connections: int
     return Redis(connection_pool=BlockingConnectionPool.from_url(url, **kwargs))
 
 
+# Set by the process that maps node memory (gateway/observability/node_metrics.py): called with
+# the op of every failed call of every RedisLink in the process.
+error_sink: Callable[[str], None] | None = None
+
+
 class RedisLink:
     """One supervised Redis connection (a small pool) per process; see the module docstring.
 
@@ -229,8 +234,11 @@ class RedisLink:
         return ps
 
     def count_error(self, op: str) -> None:
-        """Count a failed Redis operation that did not go through call() (e.g. pub/sub)."""
+        """Count a failed Redis operation (call() does, and pub/sub code that does not go through it)."""
         self.errors[op] = self.errors.get(op, 0) + 1
+        sink = error_sink
+        if sink is not None:
+            sink(op)    # the node's count (gateway_redis_errors_total): node memory
 
     async def call(self, op: str, fn: Callable[[Any], Awaitable[T]], *, slow: bool = False) -> T:
         """Run `fn(client)` within the budget; RedisUnavailable at once if down, or if it fails.

@@ -118,9 +118,9 @@ def test_deep_toml_reload_is_refused_and_the_old_config_serves(gateway, upstream
         wait_until(lambda: gw.stderr.count("worker: listening on") >= int(workers))
     gw.write_config(routes_toml(upstream.url, ["/a", "/b"]) + DEEP_TOML[kind])
     gw.reload()
-    wait_until(lambda: gw.stderr.count("reload refused") >= int(workers))
+    gw.wait_stderr("reload refused")   # once per node (the supervisor, or the lone process)
     if workers != "1":
-        gw.wait_stderr("reload: config invalid")
+        gw.wait_stderr("reload: replacement workers keep booting from the last valid config")
     err = gw.stderr
     assert all(TOO_DEEP in ln for ln in err.splitlines() if "reload refused" in ln), err
     assert "Traceback" not in err and "RecursionError" not in err, err
@@ -152,14 +152,14 @@ def test_an_empty_file_at_reload_is_refused_and_the_old_routes_answer(gateway, u
     assert gw.config_path is not None
     gw.config_path.write_text("")
     gw.reload()
-    wait_until(lambda: gw.stderr.count("reload refused") >= int(workers))
+    gw.wait_stderr("reload refused")   # once per node (the supervisor, or the lone process)
     assert "the file is empty" in gw.stderr
     for _ in range(4):
         assert http_get(gw.port, "/a")[0] == 200
     if workers != "1":
         # The snapshot replacement workers boot from is still the old config: kill one, and its
         # replacement serves /a too.
-        gw.wait_stderr("reload: config invalid")
+        gw.wait_stderr("reload: replacement workers keep booting from the last valid config")
         os.kill(child_pids(gw.pid)[0], signal.SIGKILL)
         wait_until(lambda: gw.stderr.count("worker: listening on") >= 3)
         for _ in range(10):
