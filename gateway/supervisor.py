@@ -256,7 +256,7 @@ class Supervisor:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
-        admin = AdminServer(self._admin_routes(), self.settings)
+        admin = self._admin = AdminServer(self._admin_routes(), self.settings)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
         # Discovery's node-wide duties (active health checks, TTL expiry): once per node, here.
@@ -511,6 +511,8 @@ class Supervisor:
         # Snapshot first, so a worker replaced from now on boots with the new config; each worker
         # then reloads (or refuses, with its own logged reason) from GATEWAY_CONFIG.
         problems = self._take_snapshot()
+        if getattr(self, "_admin", None) is not None:
+            self._admin.reload_tls()     # the admin certificate (GATEWAY_ADMIN_TLS_CERT), served here
         if not problems:
             self._config_cache = None    # the snapshot's path stays the same: parse it again
         if problems:
