@@ -101,7 +101,8 @@ class ServerTLS:
         return cls(cert, key, "GATEWAY_ADMIN_TLS_CERT", "GATEWAY_ADMIN_TLS_KEY") if cert and key else None
 
     def reload(self) -> bool:
-        """Load the files again (a renewed certificate); keep the old context if they do not load."""
+        """Load the files again (a renewed certificate); keep the old context if they do not load.
+        The caller logs the success (`reloaded()`) once new connections really get the new one."""
         try:
             ctx = server_context(self.cert, self.key)
         except TLSError as exc:
@@ -110,8 +111,10 @@ class ServerTLS:
             return False
         self.context = ctx
         self.reloads += 1
-        log.info("TLS certificate reloaded from %s", self.cert)
         return True
+
+    def reloaded(self, listener: str) -> None:
+        log.info("TLS certificate reloaded from %s: new %s connections get it", self.cert, listener)
 
 
 def check_server_pair(cert: str | None, key: str | None, cert_var: str, key_var: str) -> tuple[str, str] | None:

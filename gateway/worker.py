@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.config import Settings
-    from gateway.tls import ServerTLS
     from gateway.runtime import Runtime
     from gateway.state.node import NodeState
+    from gateway.tls import ServerTLS
 
 log = logging.getLogger("gateway.worker")
 
@@ -241,7 +241,8 @@ class Worker:
             return False
         if self._server is not None and not self.draining:
             self.loop.create_task(self._replace_server())
-        # (paused at the connection cap: the next _serve() picks the new context up)
+        else:   # paused at the connection cap: the next _serve() picks the new context up
+            self.tls.reloaded("data-plane")
         return True
 
     async def _replace_server(self) -> None:
@@ -254,6 +255,8 @@ class Worker:
             return
         if old is not None:
             old.close()
+        assert self.tls is not None
+        self.tls.reloaded("data-plane")   # said once the old server no longer accepts
         if self.draining or len(self.connections) >= self.max_connections:
             self._pause_accepting()   # either happened while the new server was being created
 

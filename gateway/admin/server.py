@@ -110,7 +110,12 @@ class AdminServer:
 
     def reload_tls(self) -> bool | None:
         """SIGHUP: load the admin certificate again (None when the admin listener is plain)."""
-        return None if self.tls is None else self.tls.reload()
+        if self.tls is None:
+            return None
+        if not self.tls.reload():
+            return False
+        self.tls.reloaded("admin")     # (each accept reads the context in force: in use already)
+        return True
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
