@@ -157,6 +157,25 @@ def test_https_end_to_end(gateway, upstream, certs) -> None:  # noqa: F811
     assert gw.stop() == 0
 
 
+def test_a_client_close_notify_closes_quietly(gateway, upstream, certs) -> None:  # noqa: F811
+    # TLS has no half-close in uvloop: the client's close_notify ends the connection. Answered
+    # without the warning asyncio logs when a protocol asks to keep a TLS transport open (which
+    # would be one log line per closing client).
+    gw = gateway(routes_toml(upstream.url, ["/"]), env=certs.env())
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
+            tls = certs.client_context().wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            tls.unwrap()       # close_notify, and the gateway's in return
+    assert get(https(gw.port, certs), "/x")[0] == 200
+    assert gw.stop() == 0
+    assert "eof_received" not in gw.stderr, gw.stderr
+
+
 @pytest.mark.parametrize("case", ["garbage-cert", "key-mismatch", "missing-key-file", "cert-only"])
 def test_a_bad_certificate_at_start_exits_2_naming_the_variable(gateway, certs, tmp_path, case) -> None:  # noqa: F811
     env = certs.env()
