@@ -99,20 +99,24 @@ def test_the_wheel_has_every_compiled_extension(dists) -> None:
 
 def test_the_wheel_installs_into_a_fresh_venv_and_the_demo_runs(dists, tmp_path: Path) -> None:
     _, wheel = dists
+    # Nothing of the source tree: without PYTHONPATH (the suite runs with the tree on it), pip
+    # would even find `gateway` "already installed" there and skip the wheel.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "PYTHONPATH"}
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120, env=env)
     py = venv / "bin" / "python"
     # The wheel itself, into the fresh venv (pip of this environment, aimed at that interpreter).
     p = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
-                        "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=300)
+                        "--disable-pip-version-check", str(wheel)], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=str(tmp_path))
     assert p.returncode == 0, p.stdout + p.stderr
+    assert "Successfully installed gateway" in p.stdout, p.stdout
     # Its dependencies without a download: this environment's site-packages, after the venv's own
     # (a plain path line in a .pth: that directory's own .pth files, the editable install of the
     # source tree among them, are not processed).
     site = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                         text=True).strip())
     (site / "zz_test_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_") and k != "PYTHONPATH"}
     where = subprocess.run(
         [str(py), "-c", "import gateway, gateway.http.downstream as d; print(gateway.__file__); print(d.__file__)"],
         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=60)
