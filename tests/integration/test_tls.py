@@ -176,6 +176,58 @@ def test_a_client_close_notify_closes_quietly(gateway, upstream, certs) -> None:
     assert "eof_received" not in gw.stderr, gw.stderr
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_tls_client_that_does_not_read_bounds_gateway_memory(gateway, upstream, certs) -> None:  # noqa: F811
+    # The TLS layer has buffers of its own between our writes and the socket: the client's full
+    # socket must still reach the gateway's flow control (pause_writing) and stop the upstream.
+    gw = gateway(routes_toml(upstream.url, ["/"]), env=certs.env())
+    size = 64 * 1024 * 1024
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=20)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    tls = certs.client_context().wrap_socket(raw, server_hostname="localhost")
+    try:
+        before = _rss_mib(gw.pid)
+        tls.sendall(b"GET /large?bytes=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size)
+        time.sleep(1.5)     # not reading (below GATEWAY_BODY_TIMEOUT's 30 s)
+        grown = _rss_mib(gw.pid) - before
+        assert grown < 16, f"gateway RSS grew {grown:.1f} MiB while the TLS client was not reading"
+        got = 0
+        while got < size:     # and then the whole body arrives
+            chunk = tls.recv(1 << 20)
+            assert chunk, got
+            got += len(chunk)
+    finally:
+        tls.close()
+    assert gw.stop() == 0
+
+
+def test_an_upstream_that_stalls_the_handshake_is_a_502_within_the_connect_timeout(gateway) -> None:  # noqa: F811
+    # A port that accepts and never answers the ClientHello: the handshake counts against
+    # GATEWAY_UPSTREAM_CONNECT_TIMEOUT like the TCP connect does.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        toml = (f'[[services]]\nname = "up"\ntargets = ["https://127.0.0.1:{port}"]\ntls_verify = false\n'
+                '[[routes]]\nname = "all"\npath = "/"\nservice = "up"\n')
+        gw = gateway(toml, env={"GATEWAY_UPSTREAM_CONNECT_TIMEOUT": "1"})
+        c = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        start = time.monotonic()
+        status, _, _ = get(c, "/x")
+        assert status == 502
+        assert 0.9 < time.monotonic() - start < 4
+        gw.wait_stderr("no connection within 1s")
+        assert gw.stop() == 0
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("case", ["garbage-cert", "key-mismatch", "missing-key-file", "cert-only"])
 def test_a_bad_certificate_at_start_exits_2_naming_the_variable(gateway, certs, tmp_path, case) -> None:  # noqa: F811
     env = certs.env()
