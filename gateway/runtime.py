@@ -4,8 +4,8 @@ Built once at start and again on every SIGHUP reload (the worker swaps `worker.r
 request keeps the Route it matched, and through it the service, targets and pools, so in-flight
 requests finish on the runtime they started on.
 
-Pools are keyed by upstream (host, port): two targets naming the same address (in one service or
-several) share one pool, and a reload that still names an address reuses the previous runtime's
+Pools are keyed by upstream (host, port), plus the TLS trust for an https:// target: two targets
+naming the same address the same way (in one service or several) share one pool, and a reload that still names an address reuses the previous runtime's
 pool, so warm keep-alive connections survive the reload. `close_unused(previous)` closes the pools
 the new config dropped.
 """
