@@ -247,15 +247,19 @@ class Worker:
 
     async def _replace_server(self) -> None:
         old = self._server
+        assert self.tls is not None
+        if self.draining or self._sock is None:
+            return      # a drain came first: nothing will accept again
+        if old is None:     # paused at the connection cap meanwhile: the resume takes the new context
+            self.tls.reloaded("data-plane")
+            return
         try:
             await self._serve()
         except Exception:  # noqa: BLE001 - keep serving with the previous server
             log.exception("could not start a listener with the reloaded certificate")
             self._server = old
             return
-        if old is not None:
-            old.close()
-        assert self.tls is not None
+        old.close()
         self.tls.reloaded("data-plane")   # said once the old server no longer accepts
         if self.draining or len(self.connections) >= self.max_connections:
             self._pause_accepting()   # either happened while the new server was being created
