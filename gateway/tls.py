@@ -70,8 +70,26 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError, ValueError) as exc:
-        raise TLSError(f"cannot load certificate {cert!r} with key {key!r}: {_reason(exc)}") from None
+        raise TLSError(f"cannot load certificate {cert!r} with key {key!r}: {_diagnose(cert, key, exc)}") from None
     return ctx
+
+
+def _diagnose(cert: str, key: str, exc: BaseException) -> str:
+    # OpenSSL 3 reports most of these as "[SSL] PEM lib": say which file is wrong and how.
+    try:
+        with open(cert, "rb") as f:
+            cert_text = f.read(1 << 20)
+        with open(key, "rb") as f:
+            key_text = f.read(1 << 20)
+    except OSError as err:
+        return _reason(err)
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return f"{cert!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    if b"PRIVATE KEY-----" not in key_text:
+        return f"{key!r} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return "the private key does not belong to the certificate"
+    return _reason(exc) if not isinstance(exc, ssl.SSLError) or exc.reason else f"{exc} (a malformed PEM block?)"
 
 
 class ServerTLS:

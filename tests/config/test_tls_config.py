@@ -49,8 +49,11 @@ def test_listener_certificates_load(pem: dict[str, str]) -> None:
 @pytest.mark.parametrize(("env", "var", "words"), [
     ({"GATEWAY_TLS_CERT": "cert"}, "GATEWAY_TLS_KEY", "needs GATEWAY_TLS_KEY"),
     ({"GATEWAY_TLS_KEY": "key"}, "GATEWAY_TLS_CERT", "needs GATEWAY_TLS_CERT"),
-    ({"GATEWAY_TLS_CERT": "junk", "GATEWAY_TLS_KEY": "key"}, "GATEWAY_TLS_CERT", "cannot load certificate"),
-    ({"GATEWAY_TLS_CERT": "cert", "GATEWAY_TLS_KEY": "other_key"}, "GATEWAY_TLS_CERT", "cannot load certificate"),
+    ({"GATEWAY_TLS_CERT": "junk", "GATEWAY_TLS_KEY": "key"}, "GATEWAY_TLS_CERT", "holds no PEM certificate"),
+    ({"GATEWAY_TLS_CERT": "key", "GATEWAY_TLS_KEY": "key"}, "GATEWAY_TLS_CERT", "holds no PEM certificate"),
+    ({"GATEWAY_TLS_CERT": "cert", "GATEWAY_TLS_KEY": "cert"}, "GATEWAY_TLS_CERT", "holds no PEM private key"),
+    ({"GATEWAY_TLS_CERT": "cert", "GATEWAY_TLS_KEY": "other_key"}, "GATEWAY_TLS_CERT",
+     "the private key does not belong to the certificate"),
     ({"GATEWAY_TLS_CERT": "cert", "GATEWAY_TLS_KEY": "/nonexistent/key.pem"}, "GATEWAY_TLS_KEY", "not a file"),
     ({"GATEWAY_ADMIN_TLS_CERT": "cert"}, "GATEWAY_ADMIN_TLS_KEY", "needs GATEWAY_ADMIN_TLS_KEY"),
 ])
