@@ -182,7 +182,7 @@ class _Probe:
         self.host = host
         self.port = port
         bracketed = f"[{host}]" if ":" in host else host
-        self.host_header = bracketed if port == 80 else f"{bracketed}:{port}"
+        self.host_header = bracketed if port == (80 if tls is None else 443) else f"{bracketed}:{port}"
         self.cfg = cfg
         self.record = record
         self.task: asyncio.Task[None] | None = None

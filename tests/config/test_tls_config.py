@@ -95,6 +95,15 @@ def test_https_targets_and_their_trust(pem: dict[str, str]) -> None:
     assert off.verify_mode.name == "CERT_NONE" and off.check_hostname is False
 
 
+def test_the_host_sent_upstream_leaves_out_the_scheme_default_port() -> None:
+    from gateway.discovery.service import Target
+
+    assert Target("a.example", 443, url="https://a.example").host_header == b"a.example"
+    assert Target("a.example", 8443, url="https://a.example:8443").host_header == b"a.example:8443"
+    assert Target("a.example", 443, url="http://a.example:443").host_header == b"a.example:443"
+    assert Target("a.example", 80, url="http://a.example").host_header == b"a.example"
+
+
 @pytest.mark.parametrize(("extra", "problem"), [
     ('ca_file = "/nonexistent/ca.pem"', "services[0].ca_file: expected a PEM file of CA certificates"),
     ('ca_file = "JUNK"', "services[0].ca_file: expected a PEM file of CA certificates"),
