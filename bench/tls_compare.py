@@ -17,10 +17,13 @@ Two workloads, each a subject per proxy, measured in rounds (nginx, then the gat
               per worker, and cpu_us/conn the proxy's CPU per handshake-and-request.
 
 Printed per round, then the median ratios over rounds (gateway / nginx): keepalive_cpu_vs_nginx,
-handshake_rate_vs_nginx (higher is better), handshake_cpu_vs_nginx.
+handshake_rate_vs_nginx (higher is better), handshake_cpu_vs_nginx. With --plain, the same two
+proxies without TLS (nginx: ../shared/bench/proxy-nginx.conf; the gateway: a second process of the
+same tree) are measured in the same rounds with keep-alive, giving plain_cpu_vs_nginx and what
+TLS adds per request to each (tls_added_us_gateway, tls_added_us_nginx).
 
 Usage (hold the shared benchmark lock):
-  flock /tmp/gateway-bench.lock python bench/tls_compare.py [--tree .] [--seconds 4] [--rounds 3]
+  flock /tmp/gateway-bench.lock python bench/tls_compare.py [--tree .] [--seconds 4] [--rounds 3] [--plain]
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ sys.path.insert(0, SHARED)
 import compare  # noqa: E402  (../shared/bench/compare.py: wait_port, tree_ticks, HZ, ports)
 
 NGINX_TLS_PORT, GW_TLS_PORT, GW_TLS_ADMIN = 8443, 8444, 9921
+GW_PLAIN_PORT, GW_PLAIN_ADMIN = 8445, 9922
 NGINX_CONF = """worker_processes 1;
 daemon off;
 pid {tmp}/nginx.pid;
@@ -63,11 +67,11 @@ http {{
 """
 
 
-def wrk_https(port: int, seconds: int, conns: int, close: bool) -> dict:
+def wrk_https(port: int, seconds: int, conns: int, close: bool, scheme: str = "https") -> dict:
     cmd = ["taskset", "-c", "0", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s"]
     if close:
         cmd += ["-H", "Connection: close"]
-    cmd.append(f"https://127.0.0.1:{port}/api/users/42")
+    cmd.append(f"{scheme}://127.0.0.1:{port}/api/users/42")
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     n = re.search(r"(\d+) requests in", out)
@@ -77,9 +81,9 @@ def wrk_https(port: int, seconds: int, conns: int, close: bool) -> dict:
             "non2xx": int(bad.group(1)) if bad else 0, "sockerr": sock.group(1) if sock else ""}
 
 
-def measure(name: str, port: int, pid: int, seconds: int, conns: int, close: bool) -> dict:
+def measure(name: str, port: int, pid: int, seconds: int, conns: int, close: bool, scheme: str = "https") -> dict:
     t0 = compare.tree_ticks(pid)
-    r = wrk_https(port, seconds, conns, close)
+    r = wrk_https(port, seconds, conns, close, scheme)
     r["cpu"] = (compare.tree_ticks(pid) - t0) / compare.HZ / r["n"] * 1e6 if r["n"] else float("nan")
     unit = "conn" if close else "req"
     print(f"{name:<22} {unit}/s={r['rps']:>8.0f}  cpu_us/{unit}={r['cpu']:>7.1f}  non2xx={r['non2xx']} "
@@ -99,6 +103,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--handshake-conns", type=int, default=16)
+    ap.add_argument("--plain", action="store_true", help="also both proxies without TLS, keep-alive")
     a = ap.parse_args()
     import trustme
 
@@ -126,7 +131,16 @@ def main() -> int:
                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(GW_TLS_PORT), "GATEWAY_ADMIN_PORT": str(GW_TLS_ADMIN),
                "GATEWAY_WORKERS": "1", "GATEWAY_ACCESS_LOG": "off", "GATEWAY_TLS_CERT": cert, "GATEWAY_TLS_KEY": key}
         gw = start([sys.executable, "-m", "gateway", "run"], 1, env=env, log="gateway.log")
-        for port in (compare.UPSTREAM_PORT, NGINX_TLS_PORT, GW_TLS_PORT):
+        ports = [compare.UPSTREAM_PORT, NGINX_TLS_PORT, GW_TLS_PORT]
+        plain: list[tuple[str, int, int]] = []
+        if a.plain:
+            ngx_plain = start(["nginx", "-c", os.path.join(SHARED, "proxy-nginx.conf")], 1, log="nginx-plain.log")
+            env_plain = {k: v for k, v in env.items() if not k.startswith("GATEWAY_TLS_")}
+            env_plain.update(GATEWAY_PORT=str(GW_PLAIN_PORT), GATEWAY_ADMIN_PORT=str(GW_PLAIN_ADMIN))
+            gw_plain = start([sys.executable, "-m", "gateway", "run"], 1, env=env_plain, log="gateway-plain.log")
+            plain = [("nginx", compare.NGINX_PORT, ngx_plain.pid), ("gateway", GW_PLAIN_PORT, gw_plain.pid)]
+            ports += [compare.NGINX_PORT, GW_PLAIN_PORT]
+        for port in ports:
             if not compare.wait_port(port):
                 print(f"port {port} did not open; see {tmp}", file=sys.stderr)
                 return 2
@@ -136,11 +150,18 @@ def main() -> int:
         errors = False
         for rnd in range(a.rounds):
             print(f"-- round {rnd + 1}/{a.rounds}", flush=True)
+            if plain:
+                prow = {name: measure(f"{name}-plain-keepalive", port, pid, a.seconds, a.conns, False, "http")
+                        for name, port, pid in plain}
+                ratios.setdefault("plain_cpu_vs_nginx", []).append(prow["gateway"]["cpu"] / prow["nginx"]["cpu"])
             for workload, close, conns in (("keepalive", False, a.conns), ("handshake", True, a.handshake_conns)):
                 rows = {name: measure(f"{name}-tls-{workload}", port, pid, a.seconds, conns, close)
                         for name, port, pid in subjects}
                 g, n = rows["gateway"], rows["nginx"]
                 errors |= bool(g["non2xx"] or g["sockerr"] or not g["n"])
+                if plain and not close:
+                    ratios.setdefault("tls_added_us_gateway", []).append(g["cpu"] - prow["gateway"]["cpu"])
+                    ratios.setdefault("tls_added_us_nginx", []).append(n["cpu"] - prow["nginx"]["cpu"])
                 ratios.setdefault(f"{workload}_cpu_vs_nginx", []).append(g["cpu"] / n["cpu"])
                 if close:
                     ratios.setdefault("handshake_rate_vs_nginx", []).append(g["rps"] / n["rps"])
