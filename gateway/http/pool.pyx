@@ -122,7 +122,7 @@ cdef class UpstreamPool:
         rid = "-"
         if ctx is not None:
             ctx.upstream_reason = reason      # for the error log line of this exchange
-            rid = (ctx.request_id or b"-").decode("latin-1")
+            rid = ctx.request_id.decode("latin-1") if isinstance(ctx.request_id, bytes) else str(ctx.request_id)
         now = self.loop.time()
         if now - self.warned_at < LOG_EVERY:
             self.unlogged += 1
