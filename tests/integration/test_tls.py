@@ -423,3 +423,47 @@ def test_a_wrong_host_name_is_refused_even_with_the_right_ca(gateway, tmp_path) 
         assert gw.stop() == 0
     finally:
         up.stop()
+
+
+def test_a_websocket_over_tls_on_both_sides(gateway, certs, tmp_path) -> None:  # noqa: F811
+    # The tunnel over two TLS transports: messages both ways, and the ends' close_notify ends the
+    # tunnel without the asyncio warning a half-close request over TLS would log.
+    from websockets.sync.client import connect
+
+    (tmp_path / "up").mkdir()
+    up_certs = Certs(tmp_path / "up")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "support" / "ws_upstream.py"), "--port", "0",
+         "--tls-cert", str(up_certs.cert), "--tls-key", str(up_certs.key)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening "), line
+        port = int(line.split()[1].rsplit(":", 1)[1])
+        toml = (f'[[services]]\nname = "ws"\ntargets = ["https://localhost:{port}"]\n'
+                f'ca_file = "{up_certs.ca_file}"\n'
+                '[[routes]]\nname = "ws"\npath = "/ws"\nservice = "ws"\nwebsocket = true\n')
+        gw = gateway(toml, env=certs.env())
+        for _ in range(2):
+            with connect(f"wss://localhost:{gw.port}/ws/echo", ssl=certs.client_context(),
+                         ping_interval=None, open_timeout=10) as ws:
+                for i in range(3):
+                    ws.send(f"m{i}")
+                    assert ws.recv(timeout=10) == f"m{i}"
+        # A plain client this time, and the upstream closes first: its close_notify reaches a
+        # tunnel whose client side could take a half-close; over TLS it ends the tunnel.
+        plain = gateway(toml)
+        for _ in range(2):
+            with connect(f"ws://127.0.0.1:{plain.port}/ws/bye", ping_interval=None, open_timeout=10) as ws:
+                assert ws.recv(timeout=10) == "bye"
+                time.sleep(0.3)       # the upstream's close (and its close_notify) arrive meanwhile
+        time.sleep(0.5)
+        for g in (gw, plain):
+            assert g.stop() == 0
+            assert "eof_received" not in g.stderr, g.stderr
+    finally:
+        proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
