@@ -7,6 +7,8 @@ Switches (environment variables):
   GATEWAY_CYTHON_ANNOTATE=1   write the *.html annotation reports next to each .pyx (cython -a)
   GATEWAY_CYTHON_DEBUG=1      -O0 -g, Cython line tracing, bounds/wraparound checks on
   GATEWAY_BUILD_ONLY=a,b      build only these modules (for working on one primitive)
+  GATEWAY_BUILD_JOBS=N        parallel Cython and C compilers (default: every CPU). `pip install` and
+                              `python -m build` run build_ext without -j: this is their parallelism
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ DATAPLANE_MODULES = {
 DEBUG = os.environ.get("GATEWAY_CYTHON_DEBUG") == "1"
 ANNOTATE = os.environ.get("GATEWAY_CYTHON_ANNOTATE") == "1"
 ONLY = {m for m in os.environ.get("GATEWAY_BUILD_ONLY", "").split(",") if m}
+JOBS = int(os.environ.get("GATEWAY_BUILD_JOBS") or os.cpu_count() or 1)
 
 
 def extensions() -> list:
@@ -86,7 +89,8 @@ def extensions() -> list:
     }
     # force=ANNOTATE: an annotation run regenerates the .html even when the .c is up to date.
     return cythonize(exts, compiler_directives=directives, annotate=ANNOTATE, force=ANNOTATE,
-                     include_path=["."])
+                     include_path=["."], nthreads=JOBS if JOBS > 1 else 0)
 
 
-setup(ext_modules=extensions())
+# build_ext's own -j still wins when given (`setup.py build_ext --inplace -j 2`).
+setup(ext_modules=extensions(), options={"build_ext": {"parallel": JOBS}})

@@ -4,8 +4,8 @@ Built once at start and again on every SIGHUP reload (the worker swaps `worker.r
 request keeps the Route it matched, and through it the service, targets and pools, so in-flight
 requests finish on the runtime they started on.
 
-Pools are keyed by upstream (host, port): two targets naming the same address (in one service or
-several) share one pool, and a reload that still names an address reuses the previous runtime's
+Pools are keyed by upstream (host, port), plus the TLS trust for an https:// target: two targets
+naming the same address the same way (in one service or several) share one pool, and a reload that still names an address reuses the previous runtime's
 pool, so warm keep-alive connections survive the reload. `close_unused(previous)` closes the pools
 the new config dropped.
 """
@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 # the other internal variables: not a setting, never documented for operators.
 TEST_IDENTITY_ENV = "_GATEWAY_TEST_IDENTITY"
 
-PoolKey = tuple[str, int]
-PoolFactory = Callable[[Any, str, int, "Settings"], Any]
+# (host, port) for a plain upstream; (host, port, UpstreamTLS) for an https:// one, so that two
+# targets naming one address with different trust (or one plain, one TLS) never share connections.
+PoolKey = tuple[Any, ...]
+PoolFactory = Callable[..., Any]     # (loop, host, port, settings[, tls]) -> pool
 
 
 def build_chain(route_config: RouteConfig, settings: Settings, placer: Placer | None = None,
@@ -94,12 +96,30 @@ def _route_service(rc: RouteConfig, services: dict[str, Service]) -> Service:
     return wrap(services[rc.service], rc.canary)
 
 
-def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings) -> Any:
+def _default_pool_factory(loop: Any, host: str, port: int, settings: Settings, tls: Any = None) -> Any:
     # Imported lazily: gateway.http sits below runtime in the layering and is built separately;
     # config-only users (gateway check) never import the data plane.
     from .http.pool import UpstreamPool
 
-    return UpstreamPool(loop, host, port, settings)
+    return UpstreamPool(loop, host, port, settings, tls)
+
+
+def upstream_tls(sc: Any, tc: Any) -> Any:
+    """The UpstreamTLS of an https:// target of service config `sc` (None for http://)."""
+    if not getattr(tc, "tls", False):
+        return None
+    from .tls import UpstreamTLS
+
+    return UpstreamTLS.of(sc.tls_verify, sc.ca_file)
+
+
+def make_pool(factory: PoolFactory, loop: Any, host: str, port: int, settings: Settings, tls: Any) -> Any:
+    # A plain pool keeps the four-argument call, which the tests' fake pool factories take.
+    return factory(loop, host, port, settings) if tls is None else factory(loop, host, port, settings, tls)
+
+
+def pool_key(host: str, port: int, tls: Any) -> PoolKey:
+    return (host, port) if tls is None else (host, port, tls)
 
 
 class Runtime:
@@ -171,18 +191,18 @@ def build_runtime(
     pools: dict[PoolKey, Any] = {}
     services: dict[str, Service] = {}
 
-    def pool_for(host: str, port: int) -> Any:
-        key = (host, port)
+    def pool_for(host: str, port: int, tls: Any = None) -> Any:
+        key = pool_key(host, port, tls)
         pool = pools.get(key)
         if pool is None:
             pool = old_pools.get(key)
             if pool is None:
-                pool = factory(loop, host, port, settings)
+                pool = make_pool(factory, loop, host, port, settings, tls)
             pools[key] = pool
         return pool
 
     for sc in config.services:
-        targets = [Target.from_config(tc, pool_for(tc.host, tc.port)) for tc in sc.targets]
+        targets = [Target.from_config(tc, pool_for(tc.host, tc.port, upstream_tls(sc, tc))) for tc in sc.targets]
         # Passive health unless a breaker replaces it (SPEC §3).
         services[sc.name] = make_service(sc.name, targets, sc.balancer, sc.hash_key,
                                          passive=getattr(sc, "breaker", None) is None)

@@ -262,7 +262,7 @@ class Supervisor:
     async def _serve(self, loop: asyncio.AbstractEventLoop) -> int:
         assert self._done is not None
         self.control = make_control_plane(loop, self.settings, new_instance_id())
-        admin = AdminServer(self._admin_routes(), self.settings)
+        admin = self._admin = AdminServer(self._admin_routes(), self.settings)
         await admin.start(loop, self.settings.admin_host, self.settings.admin_port)
         await self.control.start()
         # Discovery's node-wide duties (active health checks, TTL expiry): once per node, here.
@@ -536,6 +536,8 @@ class Supervisor:
 
         current_audit().reopen()     # SIGHUP is logrotate's postrotate signal too
         problems = self._take_snapshot()
+        if getattr(self, "_admin", None) is not None:
+            self._admin.reload_tls()     # the admin certificate (GATEWAY_ADMIN_TLS_CERT), served here
         if problems:
             log_refused_reload(self.settings.config, problems)
             log.info("reload: replacement workers keep booting from the last valid config")

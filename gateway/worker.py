@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.runtime import Runtime
     from gateway.state.node import NodeState
+    from gateway.tls import ServerTLS
 
 log = logging.getLogger("gateway.worker")
 
@@ -129,8 +130,10 @@ class Worker:
         config_path: str | None,
         protocol_factory: Callable[[Worker], asyncio.Protocol] | None = None,
         state: NodeState | None = None,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.loop = loop
+        self.tls = tls              # GATEWAY_TLS_CERT/_KEY: HTTPS; the context in force (reload_tls)
         self.settings = settings
         self.runtime = runtime
         self.state = state          # the node's shared state as this process sees it (gateway/state/)
@@ -221,9 +224,55 @@ class Worker:
         dup.setblocking(False)
         # backlog is passed again: create_server calls listen() on the socket, and the default
         # (100) would shrink the accept queue shared with the bound socket.
+        if self.tls is None:
+            self._server = await self.loop.create_server(self._make_protocol, sock=dup, backlog=self._backlog)
+            return
+        # HTTPS: the protocol sees the connection only once the handshake is done, so the handshake
+        # has its own bound, GATEWAY_HEADER_TIMEOUT (a peer that trickles or stalls its ClientHello
+        # holds an fd that long, as a stalled head would); the close_notify exchange at the end is
+        # bounded the same way. The context is the one in force now (reload_tls swaps servers).
         self._server = await self.loop.create_server(
-            self._make_protocol, sock=dup, backlog=self._backlog
+            self._make_protocol, sock=dup, backlog=self._backlog, ssl=self.tls.context,
+            ssl_handshake_timeout=self.settings.header_timeout,
+            ssl_shutdown_timeout=self.settings.header_timeout,
         )
+
+    def reload_tls(self) -> bool | None:
+        """SIGHUP: load the certificate files again; None without TLS, False when refused (logged,
+        the previous certificate stays).
+
+        uvloop binds a server to one SSLContext, so a new certificate means a new server on a fresh
+        dup of the same listening socket: it is started first and the old one closed after, so
+        there is no moment without an accepting server. Closing a server closes only its fd, never
+        the connections it accepted: they keep their context and finish undisturbed."""
+        if self.tls is None:
+            return None
+        if not self.tls.reload():
+            return False
+        if self._server is not None and not self.draining:
+            self.loop.create_task(self._replace_server())
+        else:   # paused at the connection cap: the next _serve() picks the new context up
+            self.tls.reloaded("data-plane")
+        return True
+
+    async def _replace_server(self) -> None:
+        old = self._server
+        assert self.tls is not None
+        if self.draining or self._sock is None:
+            return      # a drain came first: nothing will accept again
+        if old is None:     # paused at the connection cap meanwhile: the resume takes the new context
+            self.tls.reloaded("data-plane")
+            return
+        try:
+            await self._serve()
+        except Exception:  # noqa: BLE001 - keep serving with the previous server
+            log.exception("could not start a listener with the reloaded certificate")
+            self._server = old
+            return
+        old.close()
+        self.tls.reloaded("data-plane")   # said once the old server no longer accepts
+        if self.draining or len(self.connections) >= self.max_connections:
+            self._pause_accepting()   # either happened while the new server was being created
 
     def _make_protocol(self) -> asyncio.Protocol:
         return self._protocol_factory(self)
@@ -376,6 +425,18 @@ def log_refused_reload(path: str | None, problems: list[str]) -> None:
               "" if len(problems) == 1 else "s", reasons)
 
 
+def _server_tls(settings: Settings) -> ServerTLS | None:
+    """The data plane's certificate, loaded again here (settings validation loaded it already, but a
+    replacement worker starts later, and the files may have changed since): a failure is one line
+    naming the variable, as a bind error is."""
+    from gateway.tls import ServerTLS, TLSError
+
+    try:
+        return ServerTLS.data_plane(settings)
+    except TLSError as exc:
+        raise ListenError(0, f"GATEWAY_TLS_CERT: {exc}") from None
+
+
 class Heartbeat:
     """A supervised worker's beat: on every tick of its loop's ticker (0.5 s, gateway/http/flow.pyx)
     one small frame on its state channel. The supervisor counts the worker as serving only while
@@ -428,10 +489,13 @@ def _usr1() -> None:
     reopen_log_files()
 
 
-def _hup(worker: Worker) -> None:
+def _hup(worker: Worker, admin_server: Any = None) -> None:
     # SIGHUP: reload the TOML, and reopen the log files (logrotate's postrotate signal).
     reopen_log_files()
     worker.reload()
+    worker.reload_tls()     # a renewed certificate (GATEWAY_TLS_CERT), for new connections
+    if admin_server is not None:
+        admin_server.reload_tls()
 
 
 class StopSignals:
@@ -530,11 +594,12 @@ async def run_worker(
         await state.close()
         raise
     try:
+        tls = _server_tls(settings)
         sock = bind_listener(settings.host, settings.port, reuse_port=reuse_port)
     except BaseException:
         await state.close()
         raise
-    worker = Worker(loop, settings, runtime, config_path=config_path, state=state)
+    worker = Worker(loop, settings, runtime, config_path=config_path, state=state, tls=tls)
     await worker.start(sock)
     admin_server = None
     if admin:
@@ -545,7 +610,7 @@ async def run_worker(
     on_stop = StopSignals(worker, supervised=state.client is not None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop, sig)
-    loop.add_signal_handler(signal.SIGHUP, _hup, worker)
+    loop.add_signal_handler(signal.SIGHUP, _hup, worker, admin_server)
     loop.add_signal_handler(signal.SIGUSR1, _usr1)
     loop.add_signal_handler(signal.SIGQUIT, worker.stop)     # nginx's graceful stop: a drain, never escalated
     # The handlers exist: what arrived while the process started (held since its first
@@ -557,8 +622,8 @@ async def run_worker(
         worker.reload()
     if state.client is not None:
         Heartbeat(worker, state.client).start()     # supervised: counts for /ready from now on
-    log.info("listening on %s:%d (max %d connections, backlog %d)", settings.host, settings.port,
-             worker.max_connections, worker._backlog)
+    log.info("listening on %s:%d%s (max %d connections, backlog %d)", settings.host, settings.port,
+             " (TLS)" if tls is not None else "", worker.max_connections, worker._backlog)
     if on_listening is not None:
         on_listening(worker)
     await worker.wait_stopped()

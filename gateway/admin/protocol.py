@@ -240,7 +240,9 @@ class AdminProtocol(asyncio.Protocol):
             self._run()
         except Exception:  # noqa: BLE001
             self._fail("admin connection failed")
-        return True
+        # Over TLS there is no half-close (uvloop closes after a close_notify whatever we answer,
+        # and logs a warning for True): replies already written are flushed, then it closes.
+        return self.transport is None or self.transport.get_extra_info("sslcontext") is None
 
     def _fail(self, what: str) -> None:
         """A bug of the listener itself: one log line with the traceback, the connection aborted."""

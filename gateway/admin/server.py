@@ -102,6 +102,20 @@ class AdminServer:
         self._retry_delay = 0.0
         self._failed_accepts = 0
         self._last_report = -INF
+        # GATEWAY_ADMIN_TLS_CERT/_KEY: HTTPS, with the certificate reloaded on SIGHUP (reload_tls);
+        # a connection takes the context in force when it is accepted.
+        from gateway.tls import ServerTLS
+
+        self.tls = ServerTLS.admin(settings)
+
+    def reload_tls(self) -> bool | None:
+        """SIGHUP: load the admin certificate again (None when the admin listener is plain)."""
+        if self.tls is None:
+            return None
+        if not self.tls.reload():
+            return False
+        self.tls.reloaded("admin")     # (each accept reads the context in force: in use already)
+        return True
 
     async def start(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         self.loop = loop
@@ -114,7 +128,8 @@ class AdminServer:
                 f"(set GATEWAY_ADMIN_PORT to a free port, or GATEWAY_ADMIN_HOST)"
             ) from None
         self._resume_accepting()
-        log.info("admin listening on %s:%d (max %d connections)", host, port, self.max_connections)
+        log.info("admin listening on %s:%d%s (max %d connections)", host, port,
+                 " (TLS)" if self.tls is not None else "", self.max_connections)
 
     def close(self) -> None:
         """Stop listening (connections already accepted finish on their own)."""
@@ -208,7 +223,14 @@ class AdminServer:
     async def _connect(self, conn: socket.socket, proto: AdminProtocol) -> None:
         assert self.loop is not None
         try:
-            await self.loop.connect_accepted_socket(lambda: proto, conn)
+            if self.tls is None:
+                await self.loop.connect_accepted_socket(lambda: proto, conn)
+            else:
+                # The handshake is bounded like a head (a peer that stalls it holds a slot only
+                # that long); the connection counts against the cap from accept on.
+                await self.loop.connect_accepted_socket(
+                    lambda: proto, conn, ssl=self.tls.context,
+                    ssl_handshake_timeout=self.settings.header_timeout)
         except Exception as exc:  # noqa: BLE001 - e.g. reset before the transport was set up
             log.debug("admin connection could not be set up: %s", exc)
             conn.close()

@@ -93,6 +93,10 @@ class Settings:
     alert_webhooks: tuple[str, ...] = ()
     alert_secret: str | None = None
     tracing: bool = False
+    tls_cert: str | None = None         # PEM certificate chain: the data-plane listener speaks HTTPS
+    tls_key: str | None = None          # PEM private key of tls_cert (reloaded with it on SIGHUP)
+    admin_tls_cert: str | None = None   # the same for the admin listener (an addition to SPEC §2)
+    admin_tls_key: str | None = None
 
     def masked(self) -> dict[str, str]:
         """The effective settings for `gateway check` and `GET /config`: env name → display value.
@@ -374,6 +378,32 @@ def _public_key_file(raw: str) -> str:
     return raw
 
 
+def _pem_path(raw: str) -> str:
+    # The pair is loaded together in _tls_consistency (a key alone says nothing): here only that
+    # the file is there, so each missing one is named by its own variable.
+    import os.path
+
+    if not os.path.isfile(raw):
+        raise _Bad(f"expected the path of a PEM file, got {_shown(raw)} (not a file)")
+    return raw
+
+
+def _tls_consistency(values: dict[str, Any], errors: list[EnvError]) -> list[EnvError]:
+    """Each listener's certificate and key: both or neither, and they load together (a key that
+    does not match its certificate, an expired-format PEM...): refused at start, exit 2."""
+    from gateway.tls import check_server_pair
+
+    out = []
+    for prefix in ("", "admin_"):
+        cert_var, key_var = f"GATEWAY_{prefix.upper()}TLS_CERT", f"GATEWAY_{prefix.upper()}TLS_KEY"
+        if any(e.var in (cert_var, key_var) for e in errors):
+            continue
+        bad = check_server_pair(values.get(prefix + "tls_cert"), values.get(prefix + "tls_key"), cert_var, key_var)
+        if bad is not None:
+            out.append(EnvError(*bad))
+    return out
+
+
 def _jwt_consistency(values: dict[str, Any]) -> list[EnvError]:
     """GATEWAY_JWT_ALGORITHMS must name algorithms some configured key can verify."""
     algs = values.get("jwt_algorithms")
@@ -571,6 +601,13 @@ VARS: dict[str, Var] = {
                    "`OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`...). The SDK is an optional extra: "
                    "`pip install '.[otel]'`; `on` without it exits 2 naming the variable",
                    gate=_tracing_gate, example="on", shown_default="off"),
+    "tls_cert": Var(_pem_path, "PEM certificate chain: the data-plane listener speaks HTTPS only (TLS 1.2/1.3, ALPN "
+                    "`http/1.1`, `X-Forwarded-Proto: https`); loaded with `GATEWAY_TLS_KEY` at start (both or neither; "
+                    "exit 2 naming it) and again on `SIGHUP` for new connections", example="/etc/gateway/tls/fullchain.pem"),
+    "tls_key": Var(_pem_path, "PEM private key of `GATEWAY_TLS_CERT`", example="/etc/gateway/tls/privkey.pem"),
+    "admin_tls_cert": Var(_pem_path, "the same for the admin listener (an addition to SPEC §2)",
+                          example="/etc/gateway/tls/admin.pem"),
+    "admin_tls_key": Var(_pem_path, "PEM private key of `GATEWAY_ADMIN_TLS_CERT`", example="/etc/gateway/tls/admin.key"),
 }
 
 VARIABLES: tuple[str, ...] = tuple(PREFIX + name.upper() for name in VARS)
@@ -601,6 +638,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         errors.append(EnvError("GATEWAY_REDIS_CLUSTER", "needs GATEWAY_REDIS_URL (a node of the cluster)"))
     if not any(e.var.startswith("GATEWAY_JWT_") for e in errors):
         errors += _jwt_consistency(values)
+    errors += _tls_consistency(values, errors)
     if not any(e.var in _LISTENER_VARS for e in errors):
         clash = _listener_clash(Settings(**values))
         if clash:   # named after a port variable the operator set (the defaults never clash)

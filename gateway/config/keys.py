@@ -62,11 +62,15 @@ KEYS: tuple[Key, ...] = (
         '"header:x-user-id"'),
     Key("services[].targets", "array", "at least one target: `{ url, weight, version }` tables or plain URL "
         "strings", example='[{ url = "http://10.0.0.5:8080", weight = 2 }]', required=True),
-    Key("services[].targets[].url", "string", "`http://host[:port]` (port 80 by default); a host name is "
-        "resolved when connecting", example='"http://10.0.0.5:8080"', required=True),
+    Key("services[].targets[].url", "string", "`http://host[:port]` (port 80 by default) or `https://host[:port]` (port 443; "
+        "verified, SNI from the host); a host name is resolved when connecting", example='"http://10.0.0.5:8080"', required=True),
     Key("services[].targets[].weight", "integer", "relative weight for `weighted` (and the canary split)",
         "1", "3"),
     Key("services[].targets[].version", "string", "a version label a route's `canary` selects", example='"v2"'),
+    Key("services[].tls_verify", "boolean", "`https://` targets: verify the certificate and its host name "
+        "(`false`: encrypt without verifying)", "true", "false"),
+    Key("services[].ca_file", "string", "`https://` targets: a PEM CA bundle to verify against instead of the "
+        "system's (unreadable or not PEM: exit 2 naming it)", "the system's CA bundle", '"/etc/gateway/internal-ca.pem"'),
     Key("services[].health", "table", "`[services.health]`: active health checks; without it health is "
         "passive only (failures seen on real traffic)"),
     Key("services[].health.path", "string", "path probed with GET; 2xx/3xx is healthy",
@@ -121,6 +125,10 @@ KEYS: tuple[Key, ...] = (
         "`auth`", "[]", '["users:read"]'),
     Key("routes[].content_types", "array of strings", "media types a request body may have (415 otherwise)",
         "any", '["application/json"]'),
+    Key("routes[].json_check", "boolean", "JSON request bodies must parse (400, audited); the body is held up to "
+        "`json_max_bytes` (413 beyond) and then forwarded unchanged", "false", "true"),
+    Key("routes[].json_max_bytes", "integer", "the body size `json_check` holds; needs `json_check = true`",
+        "65536", "1048576"),
     Key("routes[].security_headers", "boolean", "add the API security response headers (HSTS, nosniff, "
         "frame-deny, no-referrer, CSP `default-src 'none'`)", _default(RouteConfig, "security_headers"), "true"),
     Key("routes[].canary", "table", "`{ version, weight, header }`: send `weight` % of users (sticky) to the "

@@ -15,6 +15,7 @@ class TargetConfig:
     port: int
     weight: int = 1
     version: str | None = None
+    tls: bool = False           # https://: the pool speaks TLS, SNI and verification on `host`
 
     @property
     def id(self) -> str:
@@ -62,6 +63,8 @@ class ServiceConfig:
     hash_key: str | None = None          # consistent_hash: ip | header:NAME | cookie:NAME | claim:NAME
     health: HealthConfig | None = None   # None: passive health only
     breaker: BreakerConfig | None = None
+    tls_verify: bool = True              # https:// targets: verify the certificate and its host name
+    ca_file: str | None = None           # ... against this CA bundle (PEM) instead of the system's
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,7 +58,7 @@ _ENCODED_PLAIN = re.compile(r"%(2[dDeEfF]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[f
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")                     # C0 controls (TAB, CR, LF, NUL...) and DEL
 
 _TOP_KEYS = {"services", "routes", "quotas"}
-_SERVICE_KEYS = {"name", "balancer", "hash_key", "targets", "health", "breaker"}
+_SERVICE_KEYS = {"name", "balancer", "hash_key", "targets", "health", "breaker", "tls_verify", "ca_file"}
 _TARGET_KEYS = {"url", "weight", "version"}
 _ROUTE_KEYS = {
     "name", "path", "methods", "host", "service", "strip_prefix", "auth", "scopes", "timeout",
@@ -180,18 +180,22 @@ class _Collector:
 
 # --- parts -------------------------------------------------------------------------------------
 
-def _parse_target_url(c: _Collector, path: str, url: Any) -> tuple[str, int] | None:
-    """http://host[:port][/] → (host, port). TLS, paths and credentials upstream are not built."""
-    expected = "expected http://host:port"
+def _parse_target_url(c: _Collector, path: str, url: Any, *, https: bool = False) -> tuple[str, int] | None:
+    """http://host[:port][/] → (host, port); with `https`, https://host[:port][/] too (default port
+    443; the caller reads the scheme from the URL). Paths and credentials upstream are not built.
+    (Registered targets, gateway/discovery/admin.py, are http:// only: a registration carries no
+    trust settings.)"""
+    expected = "expected http://host:port or https://host:port" if https else "expected http://host:port"
     if not isinstance(url, str):
         c.error(path, f"{expected}, got {_kind(url)}")
         return None
-    m = re.fullmatch(r"http://(\[[0-9A-Fa-f:.]+\]|[^/:@\[\]?#\s]+)(?::([0-9]{1,5}))?/?", url)
+    scheme = "https?" if https else "http"
+    m = re.fullmatch(scheme + r"://(\[[0-9A-Fa-f:.]+\]|[^/:@\[\]?#\s]+)(?::([0-9]{1,5}))?/?", url)
     if m is None:
         c.error(path, f"{expected}, got {url!r}")
         return None
     raw_host, raw_port = m.group(1), m.group(2)
-    port = int(raw_port) if raw_port else 80
+    port = int(raw_port) if raw_port else (443 if url.startswith("https:") else 80)
     if not 1 <= port <= 65535:
         c.error(path, f"{expected} with a port 1-65535, got {url!r}")
         return None
@@ -226,7 +230,7 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     if "url" not in raw:
         c.error(f"{path}.url", "required")
         return None
-    hp = _parse_target_url(c, f"{path}.url", raw["url"])
+    hp = _parse_target_url(c, f"{path}.url", raw["url"], https=True)
     weight = 1
     if "weight" in raw:
         w = c.integer(f"{path}.weight", raw["weight"], "services[].targets[].weight")
@@ -234,7 +238,8 @@ def _parse_target(c: _Collector, path: str, raw: Any) -> TargetConfig | None:
     version = c.string(f"{path}.version", raw.get("version"))
     if hp is None:
         return None
-    return TargetConfig(url=raw["url"], host=hp[0], port=hp[1], weight=weight, version=version)
+    return TargetConfig(url=raw["url"], host=hp[0], port=hp[1], weight=weight, version=version,
+                        tls=raw["url"].startswith("https:"))
 
 
 def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConfig | None:
@@ -246,6 +251,8 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
     hash_key = _parse_hash_key(c, f"{path}.hash_key", raw.get("hash_key"), balancer)
     health = _parse_health(c, f"{path}.health", raw["health"]) if "health" in raw else None
     breaker = _parse_breaker(c, f"{path}.breaker", raw["breaker"]) if "breaker" in raw else None
+    tls_verify = c.boolean(f"{path}.tls_verify", raw.get("tls_verify"), True)
+    ca_file = _parse_ca_file(c, f"{path}.ca_file", raw.get("ca_file"))
     targets: list[TargetConfig] = []
     raw_targets = raw.get("targets")
     if raw_targets is None:
@@ -267,8 +274,26 @@ def _parse_service(c: _Collector, path: str, raw: dict[str, Any]) -> ServiceConf
             targets.append(t)
     if name is None:
         return None
+    if (ca_file is not None or "tls_verify" in raw) and targets and not any(t.tls for t in targets):
+        log.warning("%s: tls_verify / ca_file apply to https:// targets only (this service has none): unused", path)
     return ServiceConfig(name=name, targets=tuple(targets), balancer=balancer, hash_key=hash_key, health=health,
-                         breaker=breaker)
+                         breaker=breaker, tls_verify=bool(tls_verify), ca_file=ca_file)
+
+
+def _parse_ca_file(c: _Collector, path: str, value: Any) -> str | None:
+    """A service's own CA bundle (PEM) for its https:// targets, loaded now: a missing file or one
+    without a usable certificate stops the start or the reload (exit 2 naming this path)."""
+    s = c.string(path, value, plain=False)
+    if s is None:
+        return None
+    from gateway.tls import TLSError, UpstreamTLS, client_context
+
+    try:
+        client_context(UpstreamTLS.of(True, s))
+    except TLSError as exc:
+        c.error(path, f"expected a PEM file of CA certificates: {exc}")
+        return None
+    return s
 
 
 def _parse_hash_key(c: _Collector, path: str, value: Any, balancer: str) -> str | None:

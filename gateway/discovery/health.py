@@ -172,15 +172,17 @@ def _now(loop: Any) -> float:
 class _Probe:
     """One checked target: its probe loop and its consecutive counts."""
 
-    __slots__ = ("service", "url", "host", "port", "host_header", "cfg", "record", "task", "fails_down")
+    __slots__ = ("service", "url", "host", "port", "host_header", "cfg", "record", "task", "fails_down", "tls")
 
-    def __init__(self, service: str, url: str, host: str, port: int, cfg: HealthConfig, record: HealthRecord) -> None:
+    def __init__(self, service: str, url: str, host: str, port: int, cfg: HealthConfig, record: HealthRecord,
+                 tls: Any = None) -> None:
         self.service = service
+        self.tls = tls              # gateway.tls.UpstreamTLS of an https:// target: probed over TLS
         self.url = url
         self.host = host
         self.port = port
         bracketed = f"[{host}]" if ":" in host else host
-        self.host_header = bracketed if port == 80 else f"{bracketed}:{port}"
+        self.host_header = bracketed if port == (80 if tls is None else 443) else f"{bracketed}:{port}"
         self.cfg = cfg
         self.record = record
         self.task: asyncio.Task[None] | None = None
@@ -199,12 +201,12 @@ class _Probe:
 class NodeHealth:
     """The node's health checker (one per node, in the control plane's process).
 
-    targets() → iterable of (service, url, host, port, HealthConfig) to check now (the config's
+    targets() → iterable of (service, url, host, port, HealthConfig[, UpstreamTLS]) to check now (the config's
     and the registered targets of services with [services.health]); refresh() re-reads it (after a
     reload or a registration). emit(event, service=, target=, details=) reports transitions."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, memory: Any, holder: int,
-                 targets: Callable[[], Iterable[tuple[str, str, str, int, HealthConfig]]],
+                 targets: Callable[[], Iterable[tuple[Any, ...]]],
                  emit: Callable[..., Any] | None = None, *, seed: int | None = None) -> None:
         self.loop = loop
         self.memory = memory
@@ -219,21 +221,22 @@ class NodeHealth:
     def refresh(self) -> None:
         if self._closed:
             return
-        want: dict[tuple[str, str], tuple[str, int, HealthConfig]] = {}
-        for service, url, host, port, cfg in self._targets():
-            want[(service, url)] = (host, port, cfg)
+        want: dict[tuple[str, str], tuple[str, int, HealthConfig, Any]] = {}
+        for item in self._targets():
+            service, url, host, port, cfg = item[:5]
+            want[(service, url)] = (host, port, cfg, item[5] if len(item) > 5 else None)
         for key in list(self.probes):
             p = self.probes[key]
             w = want.get(key)
-            if w is None or w[2] != p.cfg or (w[0], w[1]) != (p.host, p.port):
+            if w is None or w[2] != p.cfg or (w[0], w[1], w[3]) != (p.host, p.port, p.tls):
                 if p.task is not None:
                     p.task.cancel()
                 del self.probes[key]
-        for key, (host, port, cfg) in want.items():
+        for key, (host, port, cfg, tls) in want.items():
             if key in self.probes:
                 continue
             record = place_record(self.memory, self.holder, key[0], key[1])
-            p = _Probe(key[0], key[1], host, port, cfg, record)
+            p = _Probe(key[0], key[1], host, port, cfg, record, tls)
             self.probes[key] = p
             # The first probe within one interval (spread, so a thousand targets do not all go at once).
             p.task = self.loop.create_task(self._run(p, self._rng.uniform(0.0, min(cfg.interval, 1.0))))
@@ -259,7 +262,13 @@ class NodeHealth:
         writer = None
         try:
             async with asyncio.timeout(p.cfg.timeout):
-                reader, writer = await asyncio.open_connection(p.host, p.port, limit=MAX_RESPONSE_HEAD)
+                if p.tls is None:
+                    reader, writer = await asyncio.open_connection(p.host, p.port, limit=MAX_RESPONSE_HEAD)
+                else:   # the same trust as the data plane's pool (a failed handshake is a failed probe)
+                    from gateway.tls import client_context
+
+                    reader, writer = await asyncio.open_connection(
+                        p.host, p.port, limit=MAX_RESPONSE_HEAD, ssl=client_context(p.tls), server_hostname=p.host)
                 writer.write(f"GET {p.cfg.path} HTTP/1.1\r\nHost: {p.host_header}\r\nUser-Agent: gateway-health\r\n"
                              "Connection: close\r\n\r\n".encode("latin-1"))
                 line = await reader.readuntil(b"\n")

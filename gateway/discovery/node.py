@@ -36,7 +36,9 @@ class NodeDiscovery:
         self._timer: asyncio.TimerHandle | None = None
         self._tend()
 
-    def _checked_targets(self) -> Iterator[tuple[str, str, str, int, Any]]:
+    def _checked_targets(self) -> Iterator[tuple[Any, ...]]:
+        from gateway.tls import UpstreamTLS
+
         config = self._config()
         for sc in getattr(config, "services", ()):
             if sc.health is None:
@@ -44,7 +46,8 @@ class NodeDiscovery:
             seen = set()
             for tc in sc.targets:
                 seen.add(tc.url)
-                yield sc.name, tc.url, tc.host, tc.port, sc.health
+                tls = UpstreamTLS.of(sc.tls_verify, sc.ca_file) if tc.tls else None
+                yield sc.name, tc.url, tc.host, tc.port, sc.health, tls
             for _tid, value in registry.registered(self.control.view, sc.name):
                 try:
                     if value["url"] not in seen:

@@ -53,9 +53,11 @@ class Target:
         self.port = port
         self.weight = weight
         self.version = version
-        # The Host sent upstream (nginx/Kong default, preserve_host off). Port 80 is left out, as
-        # nginx's $proxy_host does: "host" and "host:80" are the same authority (RFC 9110 §4.2.1).
-        self.host_header = (bracketed if port == 80 else self.id).encode("ascii")
+        # The Host sent upstream (nginx/Kong default, preserve_host off). The scheme's default port
+        # (80, or 443 for https://) is left out, as nginx's $proxy_host does: "host" and "host:80"
+        # are the same authority (RFC 9110 §4.2.1).
+        default_port = 443 if self.url.startswith("https:") else 80
+        self.host_header = (bracketed if port == default_port else self.id).encode("ascii")
         self.pool = pool           # gateway.http.pool.UpstreamPool, shared by every target of this (host, port)
         self.available = True      # active and passive health; pick() skips it when False
         # None, or admit(ctx) -> bool asked last, for the candidate pick() is about to return: a

@@ -200,13 +200,19 @@ cdef class _DownstreamBase(_ExchangeBase):
         incomplete pipelined request is dropped with it, and an active exchange whose body can no
         longer arrive closes the connection now (its upstream request is aborted). In a tunnel the
         FIN is passed on to the upstream and the other direction keeps flowing (tunnel.pyx)."""
+        cdef bint keep
         if self.tunnel is not None:
-            return self.tunnel.eof_from_down()
-        self.eof = True
-        self.gate.ended = True  # never resume reading a stream after EOF
-        if self.closing:
-            return False
-        return self._eof_keep()
+            keep = self.tunnel.eof_from_down()
+        else:
+            self.eof = True
+            self.gate.ended = True  # never resume reading a stream after EOF
+            if self.closing:
+                return False
+            keep = self._eof_keep()
+        # Over TLS (GATEWAY_TLS_CERT) an EOF is the client's close_notify, and uvloop has no
+        # half-close: it flushes what was written and closes whatever we answer (and logs a
+        # warning per connection for True). Answered False, as asyncio's streams do.
+        return keep and self.transport.get_extra_info("sslcontext") is None
 
     cdef bint _eof_keep(self) except -1:
         """After EOF: whether a response is still due (or bytes still to parse); drops what cannot complete."""

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
+
+from gateway.tls import UpstreamTLS
 
 from .upstream import UpstreamProtocol
 
 MAX_IDLE: int
 IDLE_TIMEOUT: float
+LOG_EVERY: float
 
 class UpstreamPool:
     loop: asyncio.AbstractEventLoop
@@ -19,7 +23,12 @@ class UpstreamPool:
     idle_timeout: float
     closed: bool
     connecting: set[asyncio.Task[None]]
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any) -> None: ...
+    tls: UpstreamTLS | None
+    ssl: ssl.SSLContext | None
+    warned_at: float
+    unlogged: int
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any,
+                 tls: UpstreamTLS | None = None) -> None: ...
     def acquire(self) -> UpstreamProtocol | None: ...
     def release(self, up: UpstreamProtocol) -> None: ...
     def forget(self, up: UpstreamProtocol) -> None: ...

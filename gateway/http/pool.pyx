@@ -8,6 +8,13 @@ hands it over through a callback, so no future is awaited per request.
 A connection is pooled again only after a complete, error-free exchange (the UpstreamProtocol
 decides); an idle one that the peer closes or that receives unexpected bytes removes itself, and
 `acquire()` skips any whose transport is closing: that is the check before reuse.
+
+An https:// upstream's pool (`tls`) opens its connections with TLS: the SSLContext of its trust
+settings (gateway/tls.py), SNI and the verified name from the target's host, the handshake inside
+GATEWAY_UPSTREAM_CONNECT_TIMEOUT. Pooled TLS connections are reused exactly like plain ones (the
+handshake is paid once per connection). A failed connect, TLS included, is a "connect" failure
+(502, or a second attempt on another target); its reason (refused, certificate verify failed:
+...) goes to ctx.upstream_reason and, at most once per LOG_EVERY seconds per upstream, to the log.
 """
 import asyncio
 import logging
@@ -23,13 +30,25 @@ MAX_IDLE = 256
 # Below the common upstream keep-alive timeouts (nginx 75 s, Node 5 s is the outlier): closing
 # first on our side avoids sending a request onto a connection the upstream is just closing.
 IDLE_TIMEOUT = 4.0
+# A down upstream fails every request: its reason is logged once, then at most once per this many
+# seconds with the number of failures in between (an attack or an outage never floods the log).
+LOG_EVERY = 10.0
 
 
 cdef class UpstreamPool:
     # (attributes: pool.pxd)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any,
+                 tls: Any = None) -> None:
         self.loop = loop
+        self.tls = tls
+        self.ssl = None
+        if tls is not None:
+            from gateway.tls import client_context
+
+            self.ssl = client_context(tls)   # (the CA file was loaded when the config was checked)
+        self.warned_at = -1e18
+        self.unlogged = 0
         self.host = host
         self.port = port
         self.settings = settings
@@ -74,17 +93,45 @@ cdef class UpstreamPool:
         from .upstream import UpstreamProtocol  # (the Python class; imported here, not at init)
 
         try:
-            _, up = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamProtocol(self), self.host, self.port),
-                self.settings.upstream_connect_timeout,
-            )
+            if self.ssl is None:
+                opening = self.loop.create_connection(lambda: UpstreamProtocol(self), self.host, self.port)
+            else:
+                # SNI and the name checked against the certificate: the target's host, never the
+                # client's Host header. (An IP address is sent as no SNI and checked against the
+                # certificate's IP SANs.)
+                opening = self.loop.create_connection(
+                    lambda: UpstreamProtocol(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host, ssl_handshake_timeout=self.settings.upstream_connect_timeout)
+            _, up = await asyncio.wait_for(opening, self.settings.upstream_connect_timeout)
         except (TimeoutError, OSError) as exc:
-            log.debug("connect to %s:%s failed: %r", self.host, self.port, exc)
+            self._connect_failed(down, exc)
             down.upstream_failed("connect")
             return
         except asyncio.CancelledError:
             raise
         down.upstream_ready(up)
+
+    def _connect_failed(self, down: Any, exc: BaseException) -> None:
+        from gateway.tls import describe_failure
+
+        if isinstance(exc, TimeoutError):
+            reason = f"no connection within {self.settings.upstream_connect_timeout:g}s"
+        else:
+            reason = describe_failure(exc)
+        ctx = getattr(down, "a_ctx", None)
+        rid = "-"
+        if ctx is not None:
+            ctx.upstream_reason = reason      # for the error log line of this exchange
+            rid = ctx.request_id.decode("latin-1") if isinstance(ctx.request_id, bytes) else str(ctx.request_id)
+        now = self.loop.time()
+        if now - self.warned_at < LOG_EVERY:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more failures since the last line)" if self.unlogged else ""
+        self.warned_at = now
+        self.unlogged = 0
+        log.warning("connect to %s://%s:%s failed (request %s): %s%s", "https" if self.tls else "http",
+                    self.host, self.port, rid, reason, more)
 
     def close(self) -> None:
         """Close idle connections now; busy ones are closed when their exchange ends."""
@@ -94,4 +141,5 @@ cdef class UpstreamPool:
         self.idle.clear()
 
     def __repr__(self) -> str:
-        return f"UpstreamPool({self.host}:{self.port}, idle={len(self.idle)})"
+        scheme = "https://" if self.tls is not None else ""
+        return f"UpstreamPool({scheme}{self.host}:{self.port}, idle={len(self.idle)})"

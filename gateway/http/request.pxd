@@ -15,6 +15,7 @@ cdef class RequestBuilder:
     cdef bytes last_host_ok
     cdef object fwd_host
     cdef bytes fwd_block
+    cdef public bytes scheme     # b"https" when the data-plane listener has TLS (X-Forwarded-Proto)
     # Verdicts of the last build(), read by the downstream protocol right after it.
     cdef public bint has_body
     cdef public bint expect

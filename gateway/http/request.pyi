@@ -8,6 +8,7 @@ class RequestBuilder:
     peer: str
     peer_b: bytes
     trusted: bool
+    scheme: bytes
     has_body: bool
     expect: bool
     def __init__(self, settings: Any, peer: str) -> None: ...

@@ -192,6 +192,7 @@ cdef class RequestBuilder:
         self.last_host_ok = b""
         self.fwd_host = None
         self.fwd_block = b""
+        self.scheme = b"https" if getattr(settings, "tls_cert", None) else b"http"
         self.has_body = False
         self.expect = False
 
@@ -359,7 +360,7 @@ cdef class RequestBuilder:
                 ctx.upstream_headers = ctx.upstream_headers + xfwd
         else:
             ctx.client_ip = self.peer
-        ctx.scheme = b"http"
+        ctx.scheme = self.scheme
         self.has_body = has_body
         self.expect = expect
         return ctx
@@ -381,7 +382,7 @@ cdef class RequestBuilder:
             if ctx.host == self.fwd_host:
                 forwarded = self.fwd_block
             else:
-                forwarded = b"%sX-Forwarded-Proto: http\r\nX-Forwarded-Host: %s\r\n" % (self.xff_line, ctx.host)
+                forwarded = b"%sX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (self.xff_line, self.scheme, ctx.host)
                 self.fwd_host = ctx.host
                 self.fwd_block = forwarded
         else:
@@ -389,7 +390,7 @@ cdef class RequestBuilder:
             names = {n.lower() for n, _ in extra}
             forwarded = b"".join([
                 self.xff_line if b"x-forwarded-for" not in names else b"",
-                b"X-Forwarded-Proto: http\r\n" if b"x-forwarded-proto" not in names else b"",
+                b"X-Forwarded-Proto: %s\r\n" % self.scheme if b"x-forwarded-proto" not in names else b"",
                 b"X-Forwarded-Host: %s\r\n" % ctx.host if b"x-forwarded-host" not in names else b"",
             ])
         return request_head(ctx.method, target, ctx.upstream_target.host_header, ctx.headers, framing,

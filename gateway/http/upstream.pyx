@@ -346,7 +346,10 @@ cdef class _UpstreamBase:
 
     def eof_received(self) -> bool | None:
         if self.tunnel is not None:
-            return self.tunnel.eof_from_up()   # a half-close passed on; the other way keeps flowing
+            # A half-close passed on; the other way keeps flowing. Not over TLS (an https://
+            # upstream's close_notify): uvloop closes that transport whatever we answer, and logs a
+            # warning for True (the same as the client side, downstream.pyx eof_received).
+            return self.tunnel.eof_from_up() and self.transport.get_extra_info("sslcontext") is None
         return None   # (asyncio's default: the transport closes, connection_lost follows)
 
     def pause_writing(self) -> None:

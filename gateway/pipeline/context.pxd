@@ -39,6 +39,7 @@ cdef class RequestContext:
     cdef public int status
     cdef public object local_reply
     cdef public object upstream_error
+    cdef public object upstream_reason   # str | None: why the upstream failed, when known (a connect's)
     cdef public double upstream_start
     cdef public double upstream_end
     cdef public long long breaker_ticket

@@ -35,6 +35,7 @@ class RequestContext:
     status: int
     local_reply: Any
     upstream_error: str | None
+    upstream_reason: str | None
     upstream_start: float
     upstream_end: float
     breaker_ticket: int     # > 0: the breaker ticket of this attempt; -1: a breaker refused a candidate

@@ -49,6 +49,7 @@ cdef class RequestContext:
     # status            int: status sent downstream (0 until the head is sent)
     # local_reply       LocalReply | None: when the gateway answered itself
     # upstream_error    str | None: connect | timeout | reset | protocol
+    # upstream_reason   str | None: why, when known (a failed connect's: refused, certificate verify failed...)
     # upstream_start    float: loop.time() when the upstream attempt began: target picked (0.0 if never)
     # upstream_end      float: loop.time() when the attempt ended (complete, failed or aborted; 0.0 while open)
     # breaker_ticket    int: the circuit breaker's admission of the current attempt's target (its
@@ -92,6 +93,7 @@ cdef class RequestContext:
         self.status = 0
         self.local_reply = None
         self.upstream_error = None
+        self.upstream_reason = None
         self.upstream_start = 0.0
         self.upstream_end = 0.0
         self.breaker_ticket = 0

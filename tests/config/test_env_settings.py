@@ -37,8 +37,9 @@ def test_direct_construction_has_the_same_defaults() -> None:
 def test_every_spec_variable_is_a_field() -> None:
     names = {f.name for f in dataclasses.fields(Settings)}
     assert {v[len("GATEWAY_"):].lower() for v in VARIABLES} == names
-    # SPEC §2 plus GATEWAY_SHM_SIZE, GATEWAY_REUSE_PORT, GATEWAY_RATELIMIT_KEYS/_SURGE, GATEWAY_LOG_LEVEL (README)
-    assert len(VARIABLES) == 45
+    # SPEC §2 plus GATEWAY_SHM_SIZE, GATEWAY_REUSE_PORT, GATEWAY_RATELIMIT_KEYS/_SURGE, GATEWAY_LOG_LEVEL and the four
+    # GATEWAY_[ADMIN_]TLS_CERT/_KEY (README)
+    assert len(VARIABLES) == 49
 
 
 def test_settings_are_immutable_and_slotted() -> None:

@@ -130,12 +130,13 @@ ERRORS = [
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://h:1", wieght = 2 }]\n', "services[0].targets[0].wieght: unknown key"),
     # bad values
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1" }, { url = "ftp://x" }]\n',
-     "services[0].targets[1].url: expected http://host:port, got 'ftp://x'"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "https://a:1" }]\n', "services[0].targets[0].url: expected http://host:port, got 'https://a:1'"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1/base" }]\n', "services[0].targets[0].url: expected http://host:port, got 'http://a:1/base'"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:70000" }]\n', "services[0].targets[0].url: expected http://host:port with a port 1-65535, got 'http://a:70000'"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = "http://user:pw@a:1" }]\n', "services[0].targets[0].url: expected http://host:port, got 'http://user:pw@a:1'"),
-    ('[[services]]\nname = "s"\ntargets = [{ url = 5 }]\n', "services[0].targets[0].url: expected http://host:port, got an integer"),
+     "services[0].targets[1].url: expected http://host:port or https://host:port, got 'ftp://x'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "https://a:1/x" }]\n',
+     "services[0].targets[0].url: expected http://host:port or https://host:port, got 'https://a:1/x'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1/base" }]\n', "services[0].targets[0].url: expected http://host:port or https://host:port, got 'http://a:1/base'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:70000" }]\n', "services[0].targets[0].url: expected http://host:port or https://host:port with a port 1-65535, got 'http://a:70000'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = "http://user:pw@a:1" }]\n', "services[0].targets[0].url: expected http://host:port or https://host:port, got 'http://user:pw@a:1'"),
+    ('[[services]]\nname = "s"\ntargets = [{ url = 5 }]\n', "services[0].targets[0].url: expected http://host:port or https://host:port, got an integer"),
     ('[[services]]\nname = "s"\ntargets = [{ weight = 1 }]\n', "services[0].targets[0].url: required"),
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = 0 }]\n', "services[0].targets[0].weight: expected an integer 1-65535, got 0"),
     ('[[services]]\nname = "s"\ntargets = [{ url = "http://a:1", weight = true }]\n', "services[0].targets[0].weight: expected an integer 1-65535, got a boolean"),
@@ -204,7 +205,7 @@ auth = ["jwt"]
 '''
     assert problems(text) == [
         "bogus: unknown key",
-        "services[0].targets[0].url: expected http://host:port, got 'ftp://x'",
+        "services[0].targets[0].url: expected http://host:port or https://host:port, got 'ftp://x'",
         "services[0].targets[1].weight: expected an integer 1-65535, got 0",
         "routes[0].limt: unknown key",
         "routes[0].path: expected a path starting with '/' (or '=/' for an exact match), got 'nope'",

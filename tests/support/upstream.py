@@ -223,9 +223,15 @@ class UpstreamProtocol(asyncio.Protocol):
         return req["keep_alive"]
 
 
-async def main(host: str, port: int) -> None:
+async def main(host: str, port: int, cert: str | None = None, key: str | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(UpstreamProtocol, host, port, reuse_address=True, backlog=4096)
+    ssl_ctx = None
+    if cert:   # --tls-cert/--tls-key: an https upstream (the upstream-TLS tests)
+        import ssl
+
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(cert, key)
+    server = await loop.create_server(UpstreamProtocol, host, port, reuse_address=True, backlog=4096, ssl=ssl_ctx)
     bound = server.sockets[0].getsockname()
     print(f"listening {bound[0]}:{bound[1]}", flush=True)
     async with server:
@@ -236,6 +242,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
     args = ap.parse_args()
     try:
         import uvloop
@@ -243,6 +251,6 @@ if __name__ == "__main__":
     except ImportError:  # plain asyncio works too, just slower
         pass
     try:
-        asyncio.run(main(args.host, args.port))
+        asyncio.run(main(args.host, args.port, args.tls_cert, args.tls_key))
     except KeyboardInterrupt:
         sys.exit(0)
