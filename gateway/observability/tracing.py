@@ -22,9 +22,9 @@ access log, with the request's own start and end times:
   last attempt when there were retries).
 
 Export never blocks the loop: a BatchSpanProcessor queues finished spans (bounded,
-OTEL_BSP_MAX_QUEUE_SIZE, default 2048) for its own thread; spans that do not fit, or whose export
-fails (collector down), are dropped and counted (`gateway_tracing_spans_total{result}` is kept per
-worker process in node memory).
+OTEL_BSP_MAX_QUEUE_SIZE, default 2048, a bound this module keeps itself) for its own thread; spans
+that do not fit (a slow collector), or whose export fails (collector down), are dropped and counted
+(`gateway_tracing_spans_total{result}` is kept per worker process in node memory).
 
 The sampling decision is taken when the span is made, at the end of the exchange: the flags the
 upstream was sent are the client's (or "01", sampled, for a trace the gateway started), so with a
@@ -38,6 +38,7 @@ so a ratio sampler (parentbased_traceidratio) is the setting for busy gateways.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -77,7 +78,12 @@ class Tracer:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             exporter = OTLPSpanExporter()       # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, ...
         self.exporter = _counting(exporter, self)
-        self.processor = BatchSpanProcessor(self.exporter)
+        # The queue's bound is ours too: a span that would not fit is dropped and counted here,
+        # never handed to the SDK (which would log a warning per span while a collector is slow).
+        self.max_queued = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        self.processor = BatchSpanProcessor(self.exporter, max_queue_size=self.max_queued)
+        self.queued = 0         # spans handed to the processor (loop thread) ...
+        self.settled = 0        # ... of which the exporter reported (exported or failed)
         provider.add_span_processor(self.processor)
         self.provider = provider
         self.sampler = provider.sampler
@@ -98,8 +104,10 @@ class Tracer:
         # Monotonic → wall clock (span times are epoch nanoseconds), fixed at start.
         self._offset = time.time() - time.monotonic()
 
-    def count(self, exported: int, dropped: int) -> None:
+    def count(self, exported: int, dropped: int, settled: bool = True) -> None:
         with self._lock:        # the processor's thread reports exports
+            if settled:
+                self.settled += exported + dropped
             self.exported += exported
             self.dropped += dropped
             c = self.counters
@@ -189,6 +197,10 @@ class Tracer:
             parent=parent, resource=self.resource, attributes=attrs, kind=self._server,
             status=self._error if status >= 500 else self._ok, start_time=self._ns(start),
             end_time=self._ns(end), instrumentation_scope=self.scope)
+        if self.queued - self.settled >= self.max_queued:
+            self.count(0, 1, settled=False)      # the queue is full (a slow collector): dropped
+            return
+        self.queued += 1
         self.processor.on_end(span)
 
     def close(self) -> None:
@@ -196,6 +208,14 @@ class Tracer:
             self.provider.shutdown()
         except Exception:  # noqa: BLE001
             log.exception("tracing: shutdown failed")
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 _TRACE_ID_LOW = (1 << 64) - 1      # TraceIdRatioBased decides on the trace id's low 64 bits

@@ -316,3 +316,43 @@ def test_the_tracer_makes_a_child_of_the_clients_span(inline: bool) -> None:
         assert 9e6 <= span.end_time - span.start_time <= 60e9
     finally:
         tracer.close()
+
+
+def test_a_full_queue_drops_and_counts_without_a_log_line_per_span(caplog) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from gateway.observability.tracing import Tracer
+    from gateway.pipeline import RequestContext
+
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        """A collector that does not answer until released."""
+
+        def export(self, spans: Any) -> SpanExportResult:
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    tracer = Tracer(provider=TracerProvider(), exporter=Stuck())
+    tracer.max_queued = 10
+    try:
+        t0 = time.monotonic()
+        for i in range(50):
+            ctx = RequestContext()
+            ctx.method, ctx.status = b"GET", 200
+            ctx.traceparent = b"00-%032x-%016x-01" % (i + 1, i + 1)
+            tracer(ctx)
+        assert time.monotonic() - t0 < 1.0                     # never waits for the collector
+        assert tracer.dropped == 40 and tracer.queued == 10
+        assert not [r for r in caplog.records if "Queue full" in r.getMessage()]
+        release.set()
+        wait_until(lambda: tracer.exported == 10, 10)
+        assert tracer.settled == 10 and tracer.dropped == 40
+    finally:
+        release.set()
+        tracer.close()
