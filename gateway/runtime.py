@@ -212,8 +212,8 @@ def build_runtime(
     if settings.redis_url and state is not None:
         # Redis-mode limiters need redis-py (about 1 s to import on a loaded machine): imported at
         # the first build, never inside the swap of a live limit change (SPEC §8: within 1 s).
-        import gateway.filters.ratelimit_redis
-        import gateway.state.redis_link  # noqa: F401
+        from .filters import ratelimit_redis  # noqa: F401
+        from .state import redis_link  # noqa: F401
     if state is not None and any(True for _ in state.view.items("limits/")):
         # Live limits (the admin API's overrides, gateway/filters/limits_live.py) on top of the TOML.
         import dataclasses
