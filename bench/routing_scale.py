@@ -93,7 +93,7 @@ def micro(a: argparse.Namespace) -> int:
 
     settings = load_settings({})
     build_runtime(loads_config(config_text("prefix", 1)), settings, None, pool_factory=NoPool)  # imports
-    print("match: ns per Router.match (best of 5 repeats); reload: seconds for one N-route file:\n"
+    print("match: ns per Router.match (best of 7 repeats); reload: seconds for one N-route file:\n"
           "TOML parse, validation (loads_config minus the parse), build_runtime (everything a reload\n"
           "compiles, router included), the router alone (traced: MB it allocates, trie nodes)")
     print(f"{'mix':<7} {'N':>6} {'first':>7} {'middle':>7} {'last':>7} {'unmatched':>9} | "
@@ -109,12 +109,14 @@ def micro(a: argparse.Namespace) -> int:
             rt = build_runtime(cfg, settings, None, pool_factory=NoPool)
             t3 = time.perf_counter()
             routes = list(rt.router.routes)
-            tracemalloc.start()
             t4 = time.perf_counter()
             router = Router(routes)
             t5 = time.perf_counter()
-            mem = tracemalloc.get_traced_memory()[0] / 1e6   # what the tables hold (routes aside)
+            tracemalloc.start()                       # again, traced: what the tables hold (routes aside)
+            kept = Router(routes)
+            mem = tracemalloc.get_traced_memory()[0] / 1e6
             tracemalloc.stop()
+            del kept
             cells = []
             for label, i in targets(n):
                 host, path = request_for(mix, i)
@@ -123,7 +125,7 @@ def micro(a: argparse.Namespace) -> int:
                 assert (getattr(got, "name", None) == want), (mix, n, label, got)
                 loops = 20000
                 best = min(timeit.repeat(lambda h=host, p=path, m=router.match: m(b"GET", h, p),
-                                         number=loops, repeat=5))
+                                         number=loops, repeat=7))
                 cells.append(best / loops * 1e9)
             t = router._default if mix != "host" else None
             nodes = t.nodes if t is not None else len(router._hosts)
@@ -131,6 +133,105 @@ def micro(a: argparse.Namespace) -> int:
                   f"{t1 - t0:>6.3f} {t2 - t1:>8.3f} {t3 - t2:>7.3f} {t5 - t4:>6.3f} {mem:>5.1f} {nodes:>6}",
                   flush=True)
     return 0
+
+
+# -------------------------------------------------------------------------------------------- reload
+
+def reload_mode(a: argparse.Namespace) -> int:
+    """A running gateway (1 worker) with N prefix routes: rewrite its file with one route added
+    (then removed), SIGHUP, and poll over one keep-alive connection until the change is served.
+    The worker's loop compiles the new config in between, so the time to the first answer that
+    shows the change is what a reload costs (and how long requests wait meanwhile). A route in
+    the middle of the table is asked for after every reload: it must still be routed."""
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="gw-reload-")
+    print(f"reload: seconds from SIGHUP to the change being served (1 worker, prefix mix, {a.rounds} trials)")
+    failed = False
+    for n in a.sizes:
+        added, removed, ok = _reload_trials(n, a.rounds, tmp)
+        failed |= not ok
+        print(f"  N={n:>6}: add " + " ".join(f"{v:.3f}" for v in added) + f"  (median {median(added):.3f})"
+              f" | remove " + " ".join(f"{v:.3f}" for v in removed) + f"  (median {median(removed):.3f})",
+              flush=True)
+    if failed:
+        print("ERRORS: a route untouched by a reload was no longer routed")
+    return 1 if failed else 0
+
+
+class _Polled:
+    """One keep-alive connection to a gateway started on a config file, and SIGHUP timing."""
+
+    def __init__(self, n: int, tmp: str, port: int = 18190) -> None:
+        import http.client
+        import subprocess
+
+        self.cfg = os.path.join(tmp, f"{n}.toml")
+        self.base = config_text("prefix", n)
+        with open(self.cfg, "w") as f:
+            f.write(self.base)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        env.update(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_ADMIN_PORT=str(port + 1),
+                   GATEWAY_WORKERS="1", GATEWAY_ACCESS_LOG="off", GATEWAY_LOG_LEVEL="warning",
+                   GATEWAY_CONFIG=self.cfg, PYTHONPATH=ROOT)
+        with open(os.path.join(tmp, f"gw-{n}.log"), "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run"], env=env, cwd=ROOT,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        end = time.time() + 60
+        while True:
+            try:
+                self.status("/nothing")
+                return
+            except OSError:
+                if time.time() > end:
+                    self.close()
+                    raise
+                self.conn.close()
+                time.sleep(0.1)
+
+    def status(self, path: str) -> int:
+        self.conn.request("GET", path)
+        r = self.conn.getresponse()
+        r.read()
+        return r.status
+
+    def change(self, text: str, path: str, routed: bool) -> float:
+        """Seconds from SIGHUP until `path` is routed (any answer but 404: the upstream may be
+        down) or, routed=False, until it is a 404 again."""
+        import signal
+
+        with open(self.cfg, "w") as f:
+            f.write(text)
+        t0 = time.perf_counter()
+        os.kill(self.proc.pid, signal.SIGHUP)
+        while (self.status(path) != 404) != routed:
+            if time.perf_counter() - t0 > 30:
+                raise SystemExit(f"reload not served after 30 s: see {self.cfg}'s log")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        import signal
+
+        self.conn.close()
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def _reload_trials(n: int, trials: int, tmp: str) -> tuple[list[float], list[float], bool]:
+    gw = _Polled(n, tmp)
+    added, removed, ok = [], [], True
+    mid = f"/api/v1/svc{n // 2}/items/42"
+    try:
+        for k in range(trials):
+            extra = f'\n[[routes]]\nname = "added{k}"\npath = "/api/v1/added{k}/"\nservice = "bench"\n'
+            added.append(gw.change(gw.base + extra, f"/api/v1/added{k}/x", True))
+            ok &= gw.status(mid) != 404
+            removed.append(gw.change(gw.base, f"/api/v1/added{k}/x", False))
+            ok &= gw.status(mid) != 404
+    finally:
+        gw.close()
+    return added, removed, ok
 
 
 # ----------------------------------------------------------------------------------------------- wrk
@@ -170,7 +271,9 @@ def wrk_mode(a: argparse.Namespace) -> int:
                 print(f"-- round {rnd + 1}/{a.rounds}", flush=True)
                 for label, _ in targets(big):
                     cpu = {}
-                    for n in a.sizes:
+                    # Alternate which N goes first, so a trend in the machine's load (a neighbour's
+                    # job starting) does not always land on the same N.
+                    for n in (a.sizes if rnd % 2 == 0 else a.sizes[::-1]):
                         i = dict(targets(n))[label]
                         host, path = request_for(mix, i)
                         r = measure_path(compare, a, gws[n][0], gws[n][1].pid, host, path,
@@ -226,7 +329,7 @@ def median(vals: list[float]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["micro", "wrk"])
+    ap.add_argument("mode", choices=["micro", "wrk", "reload"])
     ap.add_argument("--sizes", default=None, help="comma-separated route counts")
     ap.add_argument("--mixes", default=",".join(MIXES))
     ap.add_argument("--seconds", type=int, default=3)
@@ -237,9 +340,9 @@ def main() -> int:
     a.mixes = [m for m in a.mixes.split(",") if m]
     if any(m not in MIXES for m in a.mixes):
         ap.error(f"mixes are {', '.join(MIXES)}")
-    default = "1,100,1000,10000" if a.mode == "micro" else "1,10000"
+    default = "1,10000" if a.mode == "wrk" else "1,100,1000,10000"
     a.sizes = sorted(int(s) for s in (a.sizes or default).split(","))
-    return micro(a) if a.mode == "micro" else wrk_mode(a)
+    return {"micro": micro, "wrk": wrk_mode, "reload": reload_mode}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ def start_all(procs: Procs) -> dict[str, tuple[int, int]]:
     return subjects
 
 
-def wrk(port: int, seconds: float, conns: int) -> subprocess.Popen[str]:
+def wrk(port: int, seconds: int, conns: int) -> subprocess.Popen[str]:
+    """wrk in the background (its -d takes whole seconds only)."""
     threads = min(2, conns)
     cmd = ["taskset", "-c", CPUS, "wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
            f"http://127.0.0.1:{port}/api/users/42"]
@@ -148,10 +149,12 @@ def balance(a: argparse.Namespace) -> None:
             for conns in a.balance_conns:
                 seen: collections.Counter[str] = collections.Counter()
                 for _ in range(a.trials):
-                    p = wrk(port, 1.5, conns)
-                    time.sleep(0.9)
+                    p = wrk(port, 2, conns)
+                    time.sleep(1.0)
                     per = split(port)
                     p.communicate()
+                    if sum(per.values()) != conns:
+                        print(f"  (a {name} run held {sum(per.values())} connections, not {conns})", flush=True)
                     counts = sorted(per.values(), reverse=True) + [0] * (2 - len(per))
                     seen["/".join(str(c) for c in counts)] += 1
                     time.sleep(0.2)
