@@ -395,6 +395,11 @@ def test_an_untrusted_upstream_certificate_is_a_502_with_the_reason_logged(gatew
     err = gw.wait_stderr("certificate verify failed")
     line = next(ln for ln in err.splitlines() if "certificate verify failed" in ln)
     assert rid in line and f"https://localhost:{up.port}" in line, line
+    # The error log's one line for the exchange names the same request and the TLS reason.
+    err = gw.wait_stderr(f"failed exchange: request_id={rid}")
+    failed = next(ln for ln in err.splitlines() if f"failed exchange: request_id={rid}" in ln)
+    assert "status=502" in failed and "kind=upstream_connect" in failed, failed
+    assert 'reason="' in failed and "certificate verify failed" in failed, failed
     assert gw.stop() == 0
 
 
