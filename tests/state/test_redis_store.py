@@ -146,17 +146,75 @@ def test_bad_puts_are_refused_before_touching_redis(redis_url: str) -> None:
     run(main())
 
 
+async def _write_concurrently(a: Instance, b: Instance, rounds: int) -> list[BaseException]:
+    """A and B write the same three keys at once, `rounds` times; the writes that failed.
+
+    A write may fail: the state layer's 200 ms budget is a product property, so a slow Redis (a
+    loaded machine, a paused server) turns a put into RedisUnavailable rather than a late success.
+    Such a write may still have landed in Redis; its message then applies it everywhere. What must
+    hold either way is that every mirror ends with what Redis holds. Anything other than
+    RedisUnavailable is a bug and is raised."""
+    failed: list[BaseException] = []
+    for i in range(rounds):
+        results = await asyncio.gather(a.store.put(f"k{i % 3}", f"a{i}"), b.store.put(f"k{i % 3}", f"b{i}"),
+                                       a.store.delete(f"k{(i + 1) % 3}"), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                if not isinstance(r, RedisUnavailable):
+                    raise r
+                failed.append(r)
+    return failed
+
+
+async def _converged_after_outage(a: Instance, b: Instance) -> dict[str, Any]:
+    """_converged, once both links are up again (a long stall may have marked one down)."""
+    assert await poll(lambda: a.link.up and b.link.up, 10), "the links never came back up"
+    return await _converged(a, b, timeout=10)
+
+
+def _check_end_state(truth: dict[str, Any], a: Instance, b: Instance) -> None:
+    assert a.mirror.state == b.mirror.state == truth
+    # Only what was written: k0..k2, each holding one of the values A or B put there.
+    for key, value in truth.items():
+        assert key in ("k0", "k1", "k2") and isinstance(value, str) and value[0] in "ab"
+        assert int(value[1:]) % 3 == int(key[1]), (key, value)
+
+
 def test_concurrent_writes_to_one_key_end_the_same_everywhere(redis_url: str) -> None:
     """A and B write the same keys at once: every mirror must end with what Redis holds (the
-    reason own writes go through on_change in version order, not applied by the caller)."""
+    reason own writes go through on_change in version order, not applied by the caller).
+    On a loaded machine a write may exceed the budget and fail: that is the product keeping its
+    budget (tested on purpose below and in test_redis_link), not a broken consistency."""
     async def main() -> None:
         p = _prefix()
         async with instance(redis_url, p, "a") as a, instance(redis_url, p, "b") as b:
-            for i in range(60):
-                await asyncio.gather(a.store.put(f"k{i % 3}", f"a{i}"), b.store.put(f"k{i % 3}", f"b{i}"),
-                                     a.store.delete(f"k{(i + 1) % 3}"))
-            truth = await _converged(a, b)
-            assert a.mirror.state == b.mirror.state == truth
+            failed = await _write_concurrently(a, b, 60)
+            truth = await _converged_after_outage(a, b)
+            _check_end_state(truth, a, b)
+            assert len(failed) < 3 * 60, "not one write got through: this test checked nothing"
+    run(main())
+
+
+def test_concurrent_writes_that_time_out_still_end_the_same_everywhere(server: RedisProcess) -> None:
+    """The same writes while Redis stalls longer than the budget: the puts in flight fail with
+    RedisUnavailable while it is still paused, they may land in Redis all the same when it resumes,
+    and every mirror still ends with what Redis holds. (What the loaded machine did by chance to
+    the test above, done on purpose.)"""
+    async def main() -> None:
+        p = _prefix()
+        async with instance(server.url, p, "a") as a, instance(server.url, p, "b") as b:
+            await _write_concurrently(a, b, 10)
+            server.pause()
+            try:
+                # Paused for as long as it takes: the writes can only end by giving up (the bound
+                # turns a write that waited for Redis into a failure here instead of a hang).
+                failed = await asyncio.wait_for(_write_concurrently(a, b, 1), 5)
+            finally:
+                server.resume()
+            assert failed and all(isinstance(e, RedisUnavailable) for e in failed)
+            failed += await _write_concurrently(a, b, 20)
+            truth = await _converged_after_outage(a, b)
+            _check_end_state(truth, a, b)
     run(main())
 
 
