@@ -53,11 +53,20 @@ class Instance:
         self.link, self.store, self.mirror = link, store, mirror
 
 
+# The call budget of the tests that are about ordering, formats and recovery, not about the budget.
+# With the product's 200 ms, a put on a live, unpaused server failed with RedisUnavailable on a loaded
+# machine (2 cores, load ~10) in test_message_format_on_the_wire: the budget doing its job, which made
+# a format test fail by chance. The budget itself is tested on purpose, by pausing redis-server, with
+# REQUEST_BUDGET (here and in test_redis_link).
+WORK_BUDGET = 1.0
+REQUEST_BUDGET = 0.2
+
+
 @asynccontextmanager
 async def instance(url: str, prefix: str, name: str, *, cluster: bool = False, heartbeat: float = 1.0,
-                   member_ttl: float = 5.0, timeout: float = 0.2) -> AsyncIterator[Instance]:
+                   member_ttl: float = 5.0, timeout: float = WORK_BUDGET) -> AsyncIterator[Instance]:
     """One gateway instance's state layer: its own link, store and mirror; started and synced.
-    (A 200 ms budget: these tests are about ordering and recovery, not about the budget.)"""
+    The call budget is WORK_BUDGET unless a test is about the budget (see there)."""
     link = RedisLink(url, cluster=cluster, prefix=prefix, timeout=timeout, client_name=name)
     mirror = Mirror()
     store = RedisStore(link, name, on_change=mirror.on_change, on_resync=mirror.on_resync,
@@ -146,17 +155,82 @@ def test_bad_puts_are_refused_before_touching_redis(redis_url: str) -> None:
     run(main())
 
 
+async def _write_concurrently(a: Instance, b: Instance, rounds: int) -> list[BaseException]:
+    """A and B write the same three keys at once, `rounds` times; the writes that failed.
+
+    A write may fail: the state layer's call budget is a product property, so a slow Redis (a
+    loaded machine, a paused server) turns a put into RedisUnavailable rather than a late success.
+    Such a write may still have landed in Redis; its message then applies it everywhere. What must
+    hold either way is that every mirror ends with what Redis holds. Anything other than
+    RedisUnavailable is a bug and is raised."""
+    failed: list[BaseException] = []
+    for i in range(rounds):
+        results = await asyncio.gather(a.store.put(f"k{i % 3}", f"a{i}"), b.store.put(f"k{i % 3}", f"b{i}"),
+                                       a.store.delete(f"k{(i + 1) % 3}"), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                if not isinstance(r, RedisUnavailable):
+                    raise r
+                failed.append(r)
+    return failed
+
+
+async def _converged_after_outage(a: Instance, b: Instance) -> dict[str, Any]:
+    """_converged, once both links are up again (a long stall may have marked one down)."""
+    deadline = time.monotonic() + 10
+    while True:
+        assert await poll(lambda: a.link.up and b.link.up, 10), "the links never came back up"
+        try:
+            return await _converged(a, b, timeout=10)
+        except RedisUnavailable:         # the full read itself met a stall: read again
+            if time.monotonic() > deadline:
+                raise
+
+
+def _check_end_state(truth: dict[str, Any], a: Instance, b: Instance) -> None:
+    assert a.mirror.state == b.mirror.state == truth
+    # Only what was written: k0..k2, each holding one of the values A or B put there.
+    for key, value in truth.items():
+        assert key in ("k0", "k1", "k2") and isinstance(value, str) and value[0] in "ab"
+        assert int(value[1:]) % 3 == int(key[1]), (key, value)
+
+
 def test_concurrent_writes_to_one_key_end_the_same_everywhere(redis_url: str) -> None:
     """A and B write the same keys at once: every mirror must end with what Redis holds (the
-    reason own writes go through on_change in version order, not applied by the caller)."""
+    reason own writes go through on_change in version order, not applied by the caller).
+    On a loaded machine a write may exceed the budget and fail: that is the product keeping its
+    budget (tested on purpose below and in test_redis_link), not a broken consistency."""
     async def main() -> None:
         p = _prefix()
         async with instance(redis_url, p, "a") as a, instance(redis_url, p, "b") as b:
-            for i in range(60):
-                await asyncio.gather(a.store.put(f"k{i % 3}", f"a{i}"), b.store.put(f"k{i % 3}", f"b{i}"),
-                                     a.store.delete(f"k{(i + 1) % 3}"))
-            truth = await _converged(a, b)
-            assert a.mirror.state == b.mirror.state == truth
+            failed = await _write_concurrently(a, b, 60)
+            truth = await _converged_after_outage(a, b)
+            _check_end_state(truth, a, b)
+            assert len(failed) < 3 * 60, "not one write got through: this test checked nothing"
+    run(main())
+
+
+def test_concurrent_writes_that_time_out_still_end_the_same_everywhere(server: RedisProcess) -> None:
+    """The same writes while Redis stalls longer than the budget: the puts in flight fail with
+    RedisUnavailable while it is still paused, they may land in Redis all the same when it resumes,
+    and every mirror still ends with what Redis holds. (What the loaded machine did by chance to
+    the test above, done on purpose.)"""
+    async def main() -> None:
+        p = _prefix()
+        async with instance(server.url, p, "a", timeout=REQUEST_BUDGET) as a, \
+                instance(server.url, p, "b", timeout=REQUEST_BUDGET) as b:
+            await _write_concurrently(a, b, 10)
+            server.pause()
+            try:
+                # Paused for as long as it takes: the writes can only end by giving up (the bound
+                # turns a write that waited for Redis into a failure here instead of a hang).
+                failed = await asyncio.wait_for(_write_concurrently(a, b, 1), 5)
+            finally:
+                server.resume()
+            assert failed and all(isinstance(e, RedisUnavailable) for e in failed)
+            failed += await _write_concurrently(a, b, 20)
+            truth = await _converged_after_outage(a, b)
+            _check_end_state(truth, a, b)
     run(main())
 
 
@@ -252,7 +326,7 @@ def test_scripts_survive_a_script_cache_flush(server: RedisProcess) -> None:
     async def main() -> None:
         # A second round trip (NOSCRIPT, then EVAL) must not meet the budget on a busy box: the
         # test is about the reload, so its link gets a second.
-        async with instance(server.url, _prefix(), "a", timeout=1.0) as a:
+        async with instance(server.url, _prefix(), "a") as a:
             await a.store.put("k", 1)
             server.client().script_flush()
             v = await a.store.put("k", 2)
@@ -308,7 +382,8 @@ def test_writes_fail_fast_and_apply_nothing_while_redis_is_down(server: RedisPro
 def test_listener_notices_a_paused_redis_and_resyncs_after(server: RedisProcess) -> None:
     async def main() -> None:
         p = _prefix()
-        async with instance(server.url, p, "a") as a, instance(server.url, p, "b") as b:
+        async with instance(server.url, p, "a", timeout=REQUEST_BUDGET) as a, \
+                instance(server.url, p, "b", timeout=REQUEST_BUDGET) as b:
             await a.store.put("k", 1)
             assert await poll(lambda: b.mirror.state.get("k") == 1, 1)
             resyncs = len(b.mirror.resyncs)
