@@ -24,6 +24,7 @@ cdef class HeaderView:
     # them to the heap, bounded by GATEWAY_MAX_HEADERS (the head is refused past it).
     cdef Field small[24]
     cdef int32_t forward_cls      # the class of the fields that are forwarded (H_FORWARD / R_FORWARD)
+    cdef bint lower               # names written lowercased (a request's, as always) or as received
     cdef public list added        # (lowercased name, value) added by filters; None while none
     cdef Py_ssize_t line_end      # end of the first line (request or status line), CRLF excluded
     cdef readonly Py_ssize_t field_bytes   # sum of name + value + 4 over the fields (the head limit's measure)
@@ -40,6 +41,9 @@ cdef class HeaderView:
 
 
 cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request)
+cdef bytes response_head_view(bytes status_line, HeaderView view, list extra, bytes framing,
+                              bytes request_id, bytes tail)
+cdef list forwarded_pairs(HeaderView view)
 cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept
 cdef int classify_response(const unsigned char* p, Py_ssize_t n) noexcept
 
@@ -63,4 +67,5 @@ cdef class HeadTracker:
     cdef int _measure(self) except -1
     cdef bytes take(self, bytes method)
     cdef int body(self, long long length) except -1
+    cdef int reset(self) except -1
     cdef int failed_at(self, Py_ssize_t pos) except -1

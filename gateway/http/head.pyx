@@ -122,6 +122,7 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
     cdef int cls
     view.buf = buf
     view.forward_cls = forward_cls
+    view.lower = request
     cr = <const unsigned char*>memchr(p, 13, size)
     if cr == NULL:
         raise ValueError("not a head")
@@ -242,8 +243,11 @@ cdef class HeaderView:
             if f.cls != self.forward_cls:
                 continue
             n = f.nlen
-            for k in range(n):
-                p[k] = <char>_low(src[f.name + k])
+            if self.lower:
+                for k in range(n):
+                    p[k] = <char>_low(src[f.name + k])
+            else:
+                memcpy(p, src + f.name, n)
             p[n] = 58   # ':'
             p[n + 1] = 32
             p += n + 2
@@ -385,6 +389,74 @@ cdef class HeaderView:
     def raw(self) -> bytes:
         """The head's bytes as they arrived (request line included)."""
         return self.buf
+
+
+cdef list forwarded_pairs(HeaderView view):
+    """The forwarded fields as (name as received, value) pairs: what response filters are given."""
+    cdef Py_ssize_t i
+    cdef const char* src = PyBytes_AS_STRING(view.buf)
+    cdef list out = []
+    for i in range(view.n):
+        if view.f[i].cls == view.forward_cls:
+            out.append((PyBytes_FromStringAndSize(src + view.f[i].name, view.f[i].nlen), view.c_value(i)))
+    return out
+
+
+cdef bytes response_head_view(bytes status_line, HeaderView view, list extra, bytes framing,
+                              bytes request_id, bytes tail):
+    """gateway._fast.wire.response_head with the upstream's forwarded fields written from the
+    spans of its head (the same bytes), then `extra` (the filters' response_headers)."""
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + view.wire_size() + _pairs_size(extra)
+                            + PyBytes_GET_SIZE(framing) + 14 + PyBytes_GET_SIZE(request_id)
+                            + 35 + PyBytes_GET_SIZE(tail) + 2)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* p = PyBytes_AS_STRING(out)
+    p = _put(p, status_line)
+    p = view.wire_put(p)
+    p = _put_pairs(p, extra)
+    p = _put(p, framing)
+    memcpy(p, b"X-Request-Id: ", 14)
+    p = _put(p + 14, request_id)
+    memcpy(p, b"\r\nX-Content-Type-Options: nosniff\r\n", 35)
+    p = _put(p + 35, tail)
+    p[0] = 13
+    p[1] = 10
+    return out
+
+
+cdef inline char* _put(char* p, bytes b) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    memcpy(p, PyBytes_AS_STRING(b), n)
+    return p + n
+
+
+cdef Py_ssize_t _pairs_size(list fields) except -1:
+    cdef Py_ssize_t total = 0
+    cdef object pair
+    if fields is None:
+        return 0
+    for pair in fields:
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            raise TypeError("header fields must be (name, value) tuples")
+        if type(pair[0]) is not bytes or type(pair[1]) is not bytes:
+            raise TypeError("header names and values must be bytes")
+        total += PyBytes_GET_SIZE(<bytes>pair[0]) + PyBytes_GET_SIZE(<bytes>pair[1]) + 4
+    return total
+
+
+cdef char* _put_pairs(char* p, list fields) noexcept:
+    cdef object pair
+    if fields is None:
+        return p
+    for pair in fields:
+        p = _put(p, <bytes>pair[0])
+        p[0] = 58
+        p[1] = 32
+        p = _put(p + 2, <bytes>pair[1])
+        p[0] = 13
+        p[1] = 10
+        p += 2
+    return p
 
 
 cdef bytes _lower(object name):
@@ -533,6 +605,13 @@ cdef class HeadTracker:
         self.end = end
         self.next = end
         return head
+
+    cdef int reset(self) except -1:
+        """A new stream starts at the next byte fed (an upstream connection's next exchange)."""
+        self.parser = None
+        self.hold = None
+        self.next = 0
+        return 0
 
     cdef int body(self, long long length) except -1:
         """The head just taken is followed by `length` body bytes, then the next message."""
