@@ -36,6 +36,8 @@ cdef class HeaderView:
     cdef bint c_is(self, Py_ssize_t i, const char* lname, Py_ssize_t n) noexcept
     cdef Py_ssize_t c_find(self, const char* lname, Py_ssize_t n, Py_ssize_t start, bint all) noexcept
     cdef Py_ssize_t c_count(self, const char* lname, Py_ssize_t n) noexcept
+    cdef object c_get(self, const char* lname, Py_ssize_t n)
+    cdef Py_ssize_t c_count_all(self, const char* lname, Py_ssize_t n) except -1
     cdef Py_ssize_t wire_size(self) except -1
     cdef char* wire_put(self, char* p) noexcept
 

@@ -221,6 +221,29 @@ cdef class HeaderView:
                 k += 1
         return k
 
+    cdef object c_get(self, const char* lname, Py_ssize_t n):
+        """get() for compiled callers: the first value of the end-to-end fields called lname
+        (lowercase), filters' additions included; None when there is none."""
+        cdef Py_ssize_t i = self.c_find(lname, n, 0, False)
+        if i >= 0:
+            return self.c_value(i)
+        if self.added:
+            key = PyBytes_FromStringAndSize(lname, n)
+            for name, value in self.added:
+                if name.lower() == key:
+                    return value
+        return None
+
+    cdef Py_ssize_t c_count_all(self, const char* lname, Py_ssize_t n) except -1:
+        """count() for compiled callers (filters' additions included)."""
+        cdef Py_ssize_t k = self.c_count(lname, n)
+        if self.added:
+            key = PyBytes_FromStringAndSize(lname, n)
+            for name, _ in self.added:
+                if name.lower() == key:
+                    k += 1
+        return k
+
     cdef Py_ssize_t wire_size(self) except -1:
         cdef Py_ssize_t i, total = 0
         for i in range(self.n):
@@ -276,14 +299,7 @@ cdef class HeaderView:
     def get(self, name: bytes | str) -> bytes | None:
         """The value of the first end-to-end field called `name` (any case), else None."""
         lname = _lower(name)
-        cdef Py_ssize_t i = self.c_find(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname), 0, False)
-        if i >= 0:
-            return self.c_value(i)
-        if self.added:
-            for n, v in self.added:
-                if n.lower() == lname:
-                    return v
-        return None
+        return self.c_get(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
 
     def get_all(self, name: bytes | str) -> list[bytes]:
         """Every value of the end-to-end fields called `name`, in order (filters' additions last)."""
@@ -302,10 +318,7 @@ cdef class HeaderView:
     def count(self, name: bytes | str) -> int:
         """How many end-to-end fields are called `name` (duplicates matter to some policies)."""
         lname = _lower(name)
-        cdef Py_ssize_t k = self.c_count(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
-        if self.added:
-            k += sum(1 for n, _ in self.added if n.lower() == lname)
-        return k
+        return self.c_count_all(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
 
     def __contains__(self, name: object) -> bool:
         return self.count(name) > 0
@@ -463,6 +476,24 @@ cdef bytes _lower(object name):
     if isinstance(name, str):
         return (<str>name).encode("latin-1").lower()
     return (<bytes?>name).lower()
+
+
+def first_value(headers: object, lname: bytes) -> bytes | None:
+    """The first value of field `lname` (lowercase) in ctx.headers, a HeaderView or (set by a
+    filter or a test) a list of (lowercased name, value) pairs."""
+    if type(headers) is HeaderView:
+        return (<HeaderView>headers).c_get(PyBytes_AS_STRING(lname), PyBytes_GET_SIZE(lname))
+    for name, value in headers:
+        if name == lname:
+            return value
+    return None
+
+
+def all_values(headers: object, lname: bytes) -> list[bytes]:
+    """Every value of field `lname` (lowercase) in ctx.headers (a HeaderView or a list of pairs)."""
+    if type(headers) is HeaderView:
+        return (<HeaderView>headers).get_all(lname)
+    return [value for name, value in headers if name == lname]
 
 
 def view_of_request_head(data: bytes) -> HeaderView:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gateway.http.head import all_values
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
 
@@ -33,13 +34,9 @@ class ContentTypeFilter(Filter):
     def access(self, ctx: RequestContext) -> LocalReply | None:
         if not ctx.chunked and not ctx.content_length:
             return None
-        ctype = None
-        for name, value in ctx.headers:
-            if name == b"content-type":
-                if ctype is not None:
-                    ctype = b""          # two Content-Type fields: ambiguous, refused
-                    break
-                ctype = value
+        values = all_values(ctx.headers, b"content-type")
+        # two Content-Type fields: ambiguous, refused
+        ctype = (values[0] if len(values) == 1 else b"") if values else None
         if ctype:
             media = ctype.split(b";", 1)[0].strip().lower()
             if media in self.allowed:
