@@ -267,8 +267,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         if view.n > self.lim_headers or view.field_bytes > self.lim_hbytes:
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
         # (see below: only these two names set llhttp's keep-alive flags)
-        self.p_conn = (view.c_find(b"connection", 10, 0, True) >= 0
-                       or view.c_find(b"proxy-connection", 16, 0, True) >= 0)
+        self.p_conn = view.connection   # (noted by scan_head)
         keep_alive = parser.should_keep_alive()
         # get_http_version() formats a new str per call (the dearest getter, ~0.15 us). llhttp (strict:
         # only 0.9, 1.0, 1.1 and 2.0 parse) says keep-alive for 1.1 unless "close", and for the

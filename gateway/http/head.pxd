@@ -27,6 +27,7 @@ cdef class HeaderView:
     cdef bint lower               # names written lowercased (a request's, as always) or as received
     cdef public list added        # (lowercased name, value) added by filters; None while none
     cdef Py_ssize_t line_end      # end of the first line (request or status line), CRLF excluded
+    cdef bint connection          # a request head with a Connection or Proxy-Connection field
     cdef readonly Py_ssize_t field_bytes   # sum of name + value + 4 over the fields (the head limit's measure)
 
     cdef int _push(self, Py_ssize_t name, Py_ssize_t nlen, Py_ssize_t value, Py_ssize_t vlen,

@@ -21,11 +21,12 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.tuple cimport PyTuple_GET_ITEM
 from libc.stdint cimport int32_t
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
-from .wire import H_DROP, H_FORWARD, H_OWNED, H_XFWD, R_FORWARD, REQUEST_CLASSES, RESPONSE_CLASSES
+from .wire import H_CONNECTION, H_DROP, H_FORWARD, H_OWNED, H_XFWD, R_FORWARD, REQUEST_CLASSES, RESPONSE_CLASSES
 
 cdef int cH_FORWARD = H_FORWARD
+cdef int cH_CONNECTION = H_CONNECTION
 cdef int cH_DROP = H_DROP
 cdef int cH_OWNED = H_OWNED
 cdef int cH_XFWD = H_XFWD
@@ -38,33 +39,48 @@ cdef struct _Entry:
     Py_ssize_t n
     int cls
 
+# Entries sorted by name length; _req_at[n] is where names of length n start (_req_at[n + 1]
+# where they end): a name is compared only with the two or three entries of its own length.
+cdef enum:
+    NAME_MAX = 40
 cdef _Entry _req[64]
-cdef Py_ssize_t _n_req = 0
+cdef Py_ssize_t _req_at[NAME_MAX + 2]
 cdef _Entry _resp[64]
-cdef Py_ssize_t _n_resp = 0
+cdef Py_ssize_t _resp_at[NAME_MAX + 2]
 _keep = []   # the bytes objects the tables point into
+cdef unsigned char _LOWER[256]
 
 
-cdef Py_ssize_t _load(dict classes, _Entry* out, Py_ssize_t cap) except -1:
-    cdef Py_ssize_t k = 0
-    for name, cls in classes.items():
-        if k == cap:
-            raise ImportError("head.pyx: wire.py has more header names than the C table holds")
-        name = bytes(name).lower()
+cdef int _load(dict classes, _Entry* out, Py_ssize_t* at) except -1:
+    names = sorted((bytes(name).lower(), cls) for name, cls in classes.items())
+    names.sort(key=lambda item: len(item[0]))
+    if len(names) > 64 or max(len(n) for n, _ in names) > NAME_MAX:
+        raise ImportError("head.pyx: wire.py's header names do not fit the C tables")
+    cdef Py_ssize_t k = 0, n
+    for n in range(NAME_MAX + 2):
+        at[n] = 0
+    for name, cls in names:
         _keep.append(name)
         out[k].name = PyBytes_AS_STRING(name)
         out[k].n = PyBytes_GET_SIZE(name)
         out[k].cls = cls
         k += 1
-    return k
+    k = 0
+    for n in range(NAME_MAX + 2):
+        while k < len(names) and len(names[k][0]) < n:
+            k += 1
+        at[n] = k
+    return 0
 
 
-_n_req = _load(REQUEST_CLASSES, _req, 64)
-_n_resp = _load(RESPONSE_CLASSES, _resp, 64)
+_load(REQUEST_CLASSES, _req, _req_at)
+_load(RESPONSE_CLASSES, _resp, _resp_at)
+for _c in range(256):
+    _LOWER[_c] = _c + 32 if 65 <= _c <= 90 else _c
 
 
 cdef inline unsigned char _low(unsigned char c) noexcept:
-    return c + 32 if 65 <= c <= 90 else c
+    return _LOWER[c]
 
 
 cdef inline bint _ieq(const unsigned char* p, const char* lname, Py_ssize_t n, bint dash) noexcept:
@@ -72,7 +88,7 @@ cdef inline bint _ieq(const unsigned char* p, const char* lname, Py_ssize_t n, b
     cdef Py_ssize_t i
     cdef unsigned char c
     for i in range(n):
-        c = _low(p[i])
+        c = _LOWER[p[i]]
         if dash and c == 95:
             c = 45
         if c != <unsigned char>lname[i]:
@@ -80,18 +96,20 @@ cdef inline bint _ieq(const unsigned char* p, const char* lname, Py_ssize_t n, b
     return True
 
 
-cdef inline int _lookup(const unsigned char* p, Py_ssize_t n, _Entry* table, Py_ssize_t size,
+cdef inline int _lookup(const unsigned char* p, Py_ssize_t n, _Entry* table, Py_ssize_t* at,
                         bint dash) noexcept:
     cdef Py_ssize_t k
-    for k in range(size):
-        if table[k].n == n and _ieq(p, table[k].name, n, dash):
+    if n > NAME_MAX:
+        return -1
+    for k in range(at[n], at[n + 1]):
+        if _ieq(p, table[k].name, n, dash):
             return table[k].cls
     return -1
 
 
 cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept:
     """wire.py's class of a request field name (REQUEST_CLASSES, then classify_slow), in C."""
-    cdef int cls = _lookup(p, n, _req, _n_req, False)
+    cdef int cls = _lookup(p, n, _req, _req_at, False)
     if cls >= 0:
         return cls
     if n > 11 and _ieq(p, b"x-consumer-", 11, False):
@@ -99,7 +117,7 @@ cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept:
     if n > 12 and _ieq(p, b"x-forwarded-", 12, False):
         return cH_XFWD
     if memchr(p, 95, n) != NULL:  # '_': a look-alike of a name that matters is dropped
-        if (_lookup(p, n, _req, _n_req, True) >= 0 or (n > 11 and _ieq(p, b"x-consumer-", 11, True))
+        if (_lookup(p, n, _req, _req_at, True) >= 0 or (n > 11 and _ieq(p, b"x-consumer-", 11, True))
                 or (n > 12 and _ieq(p, b"x-forwarded-", 12, True))):
             return cH_DROP
     return cH_FORWARD
@@ -107,7 +125,7 @@ cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept:
 
 cdef int classify_response(const unsigned char* p, Py_ssize_t n) noexcept:
     """wire.py's class of a response field name (RESPONSE_CLASSES, else R_FORWARD), in C."""
-    cdef int cls = _lookup(p, n, _resp, _n_resp, False)
+    cdef int cls = _lookup(p, n, _resp, _resp_at, False)
     return cls if cls >= 0 else cR_FORWARD
 
 
@@ -120,6 +138,7 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
     cdef const unsigned char* cr
     cdef HeaderView view = HeaderView.__new__(HeaderView)
     cdef int cls
+    cdef Field* f
     view.buf = buf
     view.forward_cls = forward_cls
     view.lower = request
@@ -135,14 +154,31 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
         eol = cr - p
         if eol == pos:
             break   # the blank line
-        colon = <const unsigned char*>memchr(p + pos, 58, eol - pos) - p
-        if colon < pos:
+        colon = pos
+        while colon < eol and p[colon] != 58:   # ':' (names are short: no memchr call)
+            colon += 1
+        if colon == eol:
             raise ValueError("a field line without a colon")
         v = colon + 1
         while v < eol and (p[v] == 32 or p[v] == 9):
             v += 1
-        cls = classify_request(p + pos, colon - pos) if request else classify_response(p + pos, colon - pos)
-        view._push(pos, colon - pos, v, eol - v, cls)
+        if request:
+            cls = classify_request(p + pos, colon - pos)
+            if cls == cH_CONNECTION or (cls == cH_DROP and colon - pos == 16
+                                        and _ieq(p + pos, b"proxy-connection", 16, False)):
+                view.connection = True
+        else:
+            cls = classify_response(p + pos, colon - pos)
+        if view.n < view.cap:
+            f = &view.f[view.n]
+            f.name = <int32_t>pos
+            f.nlen = <int32_t>(colon - pos)
+            f.value = <int32_t>v
+            f.vlen = <int32_t>(eol - v)
+            f.cls = cls
+            view.n += 1
+        else:
+            view._push(pos, colon - pos, v, eol - v, cls)
         view.field_bytes += (colon - pos) + (eol - v) + 4
         pos = eol + 2
     return view
@@ -158,6 +194,7 @@ cdef class HeaderView:
         self.cap = 24
         self.n = 0
         self.added = None
+        self.connection = False
 
     def __dealloc__(self) -> None:
         if self.f != self.small:
@@ -268,7 +305,7 @@ cdef class HeaderView:
             n = f.nlen
             if self.lower:
                 for k in range(n):
-                    p[k] = <char>_low(src[f.name + k])
+                    p[k] = <char>_LOWER[src[f.name + k]]
             else:
                 memcpy(p, src + f.name, n)
             p[n] = 58   # ':'
@@ -505,6 +542,21 @@ def view_of_response_head(data: bytes) -> HeaderView:
     return scan_head(bytes(data), cR_FORWARD, False)
 
 
+cdef inline Py_ssize_t _head_end(const unsigned char* p, Py_ssize_t start, Py_ssize_t n) noexcept:
+    """The offset after the first CRLF CRLF in p[start:n], -1 if none."""
+    cdef const unsigned char* c
+    cdef Py_ssize_t i = start
+    while i + 3 < n:
+        c = <const unsigned char*>memchr(p + i, 13, n - 3 - i)
+        if c == NULL:
+            return -1
+        i = c - p
+        if p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
+            return i + 4
+        i += 1
+    return -1
+
+
 cdef class HeadTracker:
     """Where each head lies in the bytes a connection feeds to llhttp, so that the head can be
     scanned once llhttp has accepted it (httptools reports no positions).
@@ -614,21 +666,24 @@ cdef class HeadTracker:
             start = self.next
             while start < n and (p[start] == 13 or p[start] == 10):
                 start += 1
-            end = data.find(b"\r\n\r\n", start)
+            end = _head_end(p, start, n)
             if end < 0:
                 return None
-            end += 4
-            head = data[start:end]
+            if end - start < PyBytes_GET_SIZE(method) or memcmp(p + start, PyBytes_AS_STRING(method),
+                                                                 PyBytes_GET_SIZE(method)) != 0:
+                return None
+            self.end = end
+            self.next = end
+            return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
         else:
             tail = bytes(hold[-3:])
             i = (tail + data[:3]).find(b"\r\n\r\n")
             if i >= 0:
                 end = i + 4 - len(tail)
             else:
-                end = data.find(b"\r\n\r\n")
+                end = _head_end(p, 0, n)
                 if end < 0:
                     return None
-                end += 4
             head = bytes(hold) + data[:end]
             self.hold = None
         if not head.startswith(method):
