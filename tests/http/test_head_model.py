@@ -253,3 +253,32 @@ def test_response_view_keeps_the_upstreams_spelling() -> None:
     v = view_of_response_head(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nServer: x\r\nETag: \"e\"\r\n\r\n")
     assert list(v) == [(b"set-cookie", b"a=1"), (b"etag", b'"e"')]
     assert v.get(b"server") is None
+
+
+# --- the held head is bounded ------------------------------------------------------------------
+def test_a_head_of_endless_whitespace_is_refused_at_the_held_bytes_bound() -> None:
+    """Whitespace llhttp drops (a value's leading OWS) counts toward no head limit, but a head that
+    has not ended is held: a client sending it forever gets 431 once the hold's bound is crossed,
+    and the hold never grows past it."""
+    h = Harness(**LIMITS)
+    bound = 4 * (LIMITS["max_header_bytes"] + 8192 + 32) + 4096   # (max_uri_bytes: the default)
+    h.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad:")
+    sent = 0
+    while not h.down.closed and sent < 4 * bound:
+        h.feed(b" " * 1000)
+        sent += 1000
+    assert status_of(h.down.take()) == 431
+    assert bound < sent <= bound + 1000
+    h.close()
+
+
+def test_leading_whitespace_under_the_bound_is_accepted_split_anywhere() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad:" + b" " * 3000 + b"v\r\n\r\n"
+    for pieces in ([head], [head[i:i + 7] for i in range(0, len(head), 7)]):
+        h = Harness(**LIMITS)
+        for piece in pieces:
+            h.feed(piece)
+        assert b"x-pad: v\r\n" in h.all_upstream_bytes()
+        h.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert status_of(h.down.take()) == 200
+        h.close()
