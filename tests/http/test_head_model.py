@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from gateway.http.head import view_of_request_head, view_of_response_head
+
 from tests.http.harness import Harness, status_of
 from tests.http.head_model import request_model, response_model
 
@@ -153,7 +153,7 @@ def test_pipelined_requests_each_get_their_own_fields() -> None:
         h = Harness(**LIMITS)
         for piece in pieces:
             h.feed(piece)
-        for i, head in enumerate(heads):
+        for head in heads:
             up = h.upstream_bytes()
             lines = up.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
             end = next(k for k, line in enumerate(lines) if line.startswith(b"X-Forwarded-For: "))
