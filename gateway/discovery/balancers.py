@@ -26,6 +26,7 @@ from typing import Any
 
 from .._fast.balancer import LeastConnections, P2CEwma, SmoothWeightedRR
 from .._fast.hashing import HashRing, Maglev
+from ..http.head import all_values, first_value
 from .service import Service, Target
 
 BALANCERS = ("round_robin", "weighted", "least_conn", "ip_hash", "consistent_hash", "p2c_ewma")
@@ -173,10 +174,7 @@ def key_function(hash_key: str) -> KeyFn:
         def header(ctx: Any) -> bytes | None:
             if ctx is None:
                 return None
-            for k, v in ctx.headers:
-                if k == lname:
-                    return v or None
-            return None
+            return first_value(ctx.headers, lname) or None
         return header
     if kind == "cookie":
         prefix = name.encode("latin-1") + b"="
@@ -184,12 +182,11 @@ def key_function(hash_key: str) -> KeyFn:
         def cookie(ctx: Any) -> bytes | None:
             if ctx is None:
                 return None
-            for k, v in ctx.headers:
-                if k == b"cookie":
-                    for part in v.split(b";"):
-                        part = part.strip()
-                        if part.startswith(prefix):
-                            return part[len(prefix):] or None
+            for v in all_values(ctx.headers, b"cookie"):
+                for part in v.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix):
+                        return part[len(prefix):] or None
             return None
         return cookie
     if kind == "claim":

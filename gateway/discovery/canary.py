@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .._fast.hashing import xxh64
+from ..http.head import first_value
 from .service import Service, Target
 
 if TYPE_CHECKING:
@@ -106,14 +107,13 @@ class CanaryService(Service):
         if ctx is None:
             return False
         if header is not None:
-            for k, v in ctx.headers:
-                if k == header:
-                    v = v.strip().lower()
-                    if v == b"always":
-                        return True
-                    if v == b"never":
-                        return False
-                    break
+            v = first_value(ctx.headers, header)
+            if v is not None:
+                v = v.strip().lower()
+                if v == b"always":
+                    return True
+                if v == b"never":
+                    return False
         if cut <= 0:
             return False
         if cut >= SCALE:

@@ -41,6 +41,7 @@ from gateway._fast.counters import CounterArray
 from gateway._fast.heavy_hitters import HeavyHitters
 from gateway._fast.heavy_hitters import layout_bytes as top_bytes
 from gateway._fast.keyed_table import KeyedLimiterTable, layout_bytes
+from gateway.http.head import first_value
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
 from gateway.security.audit import audit
@@ -114,10 +115,8 @@ def _header(name: str) -> Callable[[RequestContext], str]:
     lname = name.encode("latin-1")
 
     def key(ctx: RequestContext) -> str:
-        for n, v in ctx.headers:
-            if n == lname:
-                return "h:" + v.decode("latin-1")
-        return "ip:" + ctx.client_ip
+        v = first_value(ctx.headers, lname)
+        return "h:" + v.decode("latin-1") if v is not None else "ip:" + ctx.client_ip
 
     return key
 

@@ -8,7 +8,7 @@ code, which stays the one place those are decided.
 """
 import time
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
@@ -18,6 +18,7 @@ from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 from gateway._fast.counters cimport CounterArray
 from gateway._fast.keyed_table cimport KeyedLimiterTable
+from gateway.http.head cimport HeaderView
 from gateway.pipeline.chain cimport CompiledAccess
 from gateway.pipeline.context cimport RequestContext
 
@@ -353,7 +354,14 @@ cdef inline str _key(_Compiled c, RequestContext ctx):
         return "k:" + k if k else "ip:" + ctx.client_ip
     if kind == K_ROUTE:
         return ROUTE_KEY
-    for name, value in ctx.headers:
+    headers = ctx.headers
+    if type(headers) is HeaderView:
+        # the one field read in place (head.pyx)
+        value = (<HeaderView>headers).c_get(PyBytes_AS_STRING(c.header), PyBytes_GET_SIZE(c.header))
+        if value is not None:
+            return "h:" + value.decode("latin-1")
+        return "ip:" + ctx.client_ip
+    for name, value in headers:
         if name == c.header:
             return "h:" + value.decode("latin-1")
     return "ip:" + ctx.client_ip

@@ -45,14 +45,16 @@ from .reader import MAX_BUFFERED_BODY, MAX_PIPELINE, _TakeOver
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
+from gateway.http.head cimport HeadTracker, HeaderView, scan_head
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
-from .wire import LAST_CHUNK
+from .wire import H_FORWARD, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 cdef int cPAUSE_CLOSING = PAUSE_CLOSING
 cdef int cPAUSE_WRITE = PAUSE_WRITE
+cdef int cH_FORWARD = H_FORWARD
 
 
 cdef class _DownstreamBase(_ExchangeBase):
@@ -98,6 +100,9 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.o_body = []
         self.o_size = 0
         self.chunk = ChunkDecoder(s.max_body_bytes, s.max_header_bytes)
+        # A held head's raw bytes: the limits' bytes plus whitespace llhttp drops, bounded at 4x.
+        self.heads = HeadTracker(4 * (s.max_header_bytes + s.max_uri_bytes + 32) + 4096,
+                                 s.max_headers, s.max_header_bytes)
         self._reset_parse()
         self.p_kind = K_NONE
         self.p_deadline = INF
@@ -118,8 +123,6 @@ cdef class _DownstreamBase(_ExchangeBase):
     cdef int _reset_parse(self) except -1:
         self.in_head = False
         self.p_url = b""
-        self.p_headers = []
-        self.p_hbytes = 0
         self.p_raw = 0
         self.p_body = 0
         self.p_ctx = None
@@ -239,8 +242,6 @@ cdef class _DownstreamBase(_ExchangeBase):
         # (p_ctx/p_entry/p_has_body/p_expect are always set by on_headers_complete before use.)
         self.in_head = True
         self.p_url = b""
-        self.p_headers = []
-        self.p_hbytes = 0
         self.p_body = 0
         self.p_conn = False
         self.p_raw = 0  # (data_received counts this head's bytes after feed_data, if still incomplete)
@@ -253,34 +254,36 @@ cdef class _DownstreamBase(_ExchangeBase):
         if len(self.p_url) > self.lim_uri:
             raise RequestRejected(replies.URI_TOO_LONG)
 
-    def on_header(self, bytes name, bytes value) -> None:
-        cdef list headers = self.p_headers
-        cdef Py_ssize_t n = len(name)
-        headers.append((name, value))
-        if (n == 10 or n == 16) and not self.p_conn:
-            # (see on_headers_complete: only these two names set llhttp's keep-alive flags)
-            lname = name.lower()
-            self.p_conn = lname == b"connection" or lname == b"proxy-connection"
-        self.p_hbytes += len(name) + len(value) + 4
-        if self.p_hbytes > self.lim_hbytes or len(headers) > self.lim_headers:
-            raise RequestRejected(replies.HEADERS_TOO_LARGE)
-
     def on_headers_complete(self) -> None:
         cdef RequestContext ctx
+        cdef HeaderView view
         cdef bint has_body, expect
         cdef _Queued entry
         self.in_head = False
         parser = self.parser
         builder = self.builder
         method = parser.get_method()
+        # The head's bytes, scanned in C now that llhttp accepted them (head.pyx): its fields are
+        # spans, measured against the head limits here as httptools' on_header measured them.
+        head = self.heads.take(method)
+        if head is None:
+            log.error("request head not found where llhttp ended it (stream out of step): 400")
+            raise RequestRejected(replies.BAD_REQUEST)
+        view = scan_head(head, cH_FORWARD, True)
+        if view.n > self.lim_headers or view.field_bytes > self.lim_hbytes:
+            raise RequestRejected(replies.HEADERS_TOO_LARGE)
+        # (see below: only these two names set llhttp's keep-alive flags)
+        self.p_conn = view.connection   # (noted by scan_head)
         keep_alive = parser.should_keep_alive()
         # get_http_version() formats a new str per call (the dearest getter, ~0.15 us). llhttp (strict:
         # only 0.9, 1.0, 1.1 and 2.0 parse) says keep-alive for 1.1 unless "close", and for the
         # others only with a keep-alive token in Connection/Proxy-Connection: so keep-alive with
         # neither field present can only be HTTP/1.1.
         version = "1.1" if keep_alive and not self.p_conn else parser.get_http_version()
-        ctx = builder.build(method, version, self.p_url, self.p_headers,
+        ctx = builder.build(method, version, self.p_url, view,
                             keep_alive and not self.worker.draining)
+        if not ctx.chunked and ctx.content_length is not None:
+            self.heads.body(ctx.content_length)   # where the next head begins
         has_body = builder.has_body
         expect = builder.expect
         self.p_work += HEAD_WORK
@@ -320,11 +323,12 @@ cdef class _DownstreamBase(_ExchangeBase):
         Envoy do, so a client that offers h2c opportunistically is still answered. Any other
         Upgrade is tunnelled on a route with `websocket = true` and refused elsewhere (400,
         _activate). Its connection is never reused for HTTP: a non-101 answer closes it."""
-        cdef tuple h
+        cdef HeaderView view = ctx.headers
+        cdef Py_ssize_t i = view.c_find(b"upgrade", 7, 0, True)
         value = None
-        for h in self.p_headers:
-            if len(<bytes>h[0]) == 7 and (<bytes>h[0]).lower() == b"upgrade":
-                value = h[1] if value is None else value + b", " + h[1]
+        while i >= 0:
+            value = view.c_value(i) if value is None else value + b", " + view.c_value(i)
+            i = view.c_find(b"upgrade", 7, i + 1, True)
         if value is None or value.strip().lower() == b"h2c":
             return 0
         ctx.keep_alive = False

@@ -5,6 +5,7 @@
 # steps declared last below.
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.flow cimport ReadGate, Ticker
+from gateway.http.head cimport HeadTracker
 from gateway.http.request cimport RequestBuilder
 from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
@@ -75,8 +76,7 @@ cdef class _ReaderBase:
     # per request being parsed (p_*)
     cdef public bint in_head
     cdef bytes p_url
-    cdef list p_headers
-    cdef Py_ssize_t p_hbytes
+    cdef HeadTracker heads      # where the heads lie in the bytes fed to llhttp (head.pyx)
     cdef Py_ssize_t p_raw
     cdef long long p_body
     cdef RequestContext p_ctx

@@ -323,8 +323,12 @@ cdef class _ReaderBase:
                 if chunk.active():
                     continue  # (after the first chunk-size line: the body goes on)
                 # the body ended: llhttp reads the next request
+            self.heads.feeding(self.parser, data)
             try:
                 self.p_feed(data)
+                if self.heads.fed(self.in_head):
+                    # a head not complete yet is over a limit: refused before it ends (head.pyx)
+                    raise RequestRejected(replies.HEADERS_TOO_LARGE)
             except RequestRejected as exc:
                 self._reject(exc.reply)
             except httptools.HttpParserUpgrade as exc:
@@ -372,6 +376,8 @@ cdef class _ReaderBase:
                     reply = replies.BAD_TARGET
                 else:
                     reply = replies.BAD_REQUEST
+                    if self.in_head and self.heads.failed_at(stop_offset(self.parser, data)):
+                        reply = replies.HEADERS_TOO_LARGE   # its complete fields were over a limit
                 self._reject(reply)
             except Exception:  # noqa: BLE001 - nothing may escape a protocol callback
                 log.exception("request handling failed")

@@ -20,7 +20,7 @@ cdef class RequestBuilder:
     cdef public bint has_body
     cdef public bint expect
 
-    cdef RequestContext build(self, bytes method, str version, bytes url, list raw_headers,
+    cdef RequestContext build(self, bytes method, str version, bytes url, object head,
                               bint keep_alive)
     cdef bytes upstream_head(self, RequestContext ctx, bint strip)
 

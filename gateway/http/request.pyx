@@ -17,6 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
+from gateway.http.head cimport F_GONE, Field, HeaderView
 from gateway.pipeline.context cimport RequestContext
 
 from . import replies
@@ -35,11 +36,9 @@ from .wire import (
     H_TRANSFER_ENCODING,
     H_XFF,
     H_XFWD,
-    REQUEST_CLASSES,
     TE_BAD,
     TE_UNSUPPORTED,
     TargetError,
-    classify_slow,
     classify_te,
     normalize_target,
     parse_traceparent,
@@ -138,27 +137,6 @@ cdef int cH_TRACESTATE = H_TRACESTATE
 cdef int cH_XFF = H_XFF
 cdef int cH_XFWD = H_XFWD
 
-# Raw header name (as the client spelled it) → (class, lowercased name). One dict lookup per header
-# instead of lower() + lookup; bounded because names are client-controlled (then: the slow path).
-# Only short names are kept: the entry count alone would let 4,096 names of 15 KB each pin 120 MB
-# for the worker's life; real field names are far shorter than _CACHE_NAME_MAX (the longest
-# registered ones are about 40 bytes).
-_name_cache: dict[bytes, tuple[int, bytes]] = {}
-_CACHE_MAX = 4096
-_CACHE_NAME_MAX = 64
-
-
-def _classify(name: bytes) -> tuple[int, bytes]:
-    lname = name.lower()
-    cls = REQUEST_CLASSES.get(lname)
-    if cls is None:
-        cls = classify_slow(lname)
-    entry = (cls, lname)
-    if len(name) <= _CACHE_NAME_MAX and len(_name_cache) < _CACHE_MAX:
-        _name_cache[name] = entry
-    return entry
-
-
 cpdef bytes new_request_id():
     global _id_next
     cdef uint64_t n = _id_next
@@ -196,14 +174,13 @@ cdef class RequestBuilder:
         self.has_body = False
         self.expect = False
 
-    cdef RequestContext build(self, bytes method, str version, bytes url, list raw_headers,
+    cdef RequestContext build(self, bytes method, str version, bytes url, object head,
                               bint keep_alive):
         """The context of a complete head (self.has_body/self.expect set); raises RequestRejected."""
         # C locals for the per-header loop: the class and the counters never box.
         cdef int cls
         cdef Py_ssize_t hosts = 0, cls_count = 0, q
         cdef bint expect = False, chunked = False, has_body
-        cdef tuple entry
         cdef RequestContext ctx
         if version == "1.1":
             http_version = _V11
@@ -226,7 +203,9 @@ cdef class RequestBuilder:
             except TargetError:
                 raise RequestRejected(replies.BAD_TARGET) from None
 
-        cdef list headers = []
+        cdef HeaderView view = head
+        cdef Field* f
+        cdef Py_ssize_t i
         host = None
         cl = None
         te = None
@@ -236,47 +215,42 @@ cdef class RequestBuilder:
         ts = None
         xff = None
         xfwd = None
-        cdef dict cache = _name_cache
-        cdef tuple h
-        for h in raw_headers:
-            # (typed tuple + constant index: PyTuple_GET_ITEM, no iterator for the unpacking)
-            name = h[0]
-            value = h[1]
-            entry = cache.get(name)
-            if entry is None:
-                entry = _classify(name)
-            cls = entry[0]
-            lname = entry[1]
+        for i in range(view.n):
+            # The spans were classified in C by scan_head (head.pyx): end-to-end fields stay in
+            # the view as spans; only the fields the data plane acts on become bytes here.
+            f = &view.f[i]
+            cls = f.cls
             if cls == cH_FORWARD:
-                headers.append((lname, value))
+                continue
             elif cls == cH_HOST:
-                host = value
+                host = view.c_value(i)
                 hosts += 1
             elif cls == cH_CONTENT_LENGTH:
-                cl = value
+                cl = view.c_value(i)
                 cls_count += 1
             elif cls == cH_TRANSFER_ENCODING:
-                te = [value] if te is None else [*te, value]
+                te = [view.c_value(i)] if te is None else [*te, view.c_value(i)]
             elif cls == cH_CONNECTION:
-                conn = value if conn is None else conn + b"," + value
+                conn = view.c_value(i) if conn is None else conn + b"," + view.c_value(i)
             elif cls == cH_EXPECT:
                 # Answered by the gateway itself (downstream.pyx) and never forwarded: the upstream
                 # connection may be pooled and already past the point where 100 means anything.
                 # Other expectations are dropped (RFC 9110 allows ignoring them; nginx does).
-                expect = value.strip().lower() == b"100-continue"
+                expect = view.c_value(i).strip().lower() == b"100-continue"
             elif cls == cH_REQUEST_ID:
-                rid = value  # the last one wins; kept only if it is a sane token (below)
+                rid = view.c_value(i)  # the last one wins; kept only if it is a sane token (below)
             elif cls == cH_TRACEPARENT:
-                tp = value
+                tp = view.c_value(i)
             elif cls == cH_TRACESTATE:
-                ts = value
+                ts = view.c_value(i)
             elif cls == cH_XFF:
                 # Several X-Forwarded-For fields are one list (RFC 9110 §5.3); believed only from
                 # a trusted proxy, otherwise replaced by the peer address.
-                xff = value if xff is None else xff + b", " + value
+                xff = view.c_value(i) if xff is None else xff + b", " + view.c_value(i)
             elif cls == cH_XFWD:
                 if self.trusted:
-                    xfwd = [(lname, value)] if xfwd is None else [*xfwd, (lname, value)]
+                    pair = (view.c_lname(i), view.c_value(i))
+                    xfwd = [pair] if xfwd is None else [*xfwd, pair]
             # H_DROP, H_OWNED: hop-by-hop, look-alikes and gateway-owned fields are never forwarded
 
         # --- framing (llhttp already refused CL+TE, duplicate CL and malformed CL) ---
@@ -325,7 +299,9 @@ cdef class RequestBuilder:
         if conn is not None and conn != b"keep-alive" and conn != b"close" and conn.lower() not in _PLAIN_CONNECTION:
             # Every field the client names in Connection is hop-by-hop for this hop.
             named = {t.strip().lower() for t in conn.split(b",")}
-            headers = [h for h in headers if h[0] not in named]
+            for i in range(view.n):
+                if view.f[i].cls == cH_FORWARD and view.c_lname(i) in named:
+                    view.f[i].cls = F_GONE
             if b"close" in named:
                 keep_alive = False  # (llhttp already says so; kept explicit for mixed lists)
 
@@ -336,7 +312,7 @@ cdef class RequestBuilder:
         ctx.query = query
         ctx.http_version = http_version
         ctx.host = host
-        ctx.headers = headers
+        ctx.headers = view
         ctx.content_length = content_length
         ctx.chunked = chunked
         ctx.keep_alive = keep_alive
@@ -393,8 +369,81 @@ cdef class RequestBuilder:
                 b"X-Forwarded-Proto: %s\r\n" % self.scheme if b"x-forwarded-proto" not in names else b"",
                 b"X-Forwarded-Host: %s\r\n" % ctx.host if b"x-forwarded-host" not in names else b"",
             ])
-        return request_head(ctx.method, target, ctx.upstream_target.host_header, ctx.headers, framing,
+        fields = ctx.headers
+        if type(fields) is HeaderView:
+            return _request_head_view(ctx.method, target, ctx.upstream_target.host_header,
+                                      <HeaderView>fields, framing, extra, forwarded, ctx.request_id,
+                                      ctx.traceparent, ctx.tracestate)
+        # (a filter replaced ctx.headers with a list of (name, value) pairs)
+        return request_head(ctx.method, target, ctx.upstream_target.host_header, fields, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
+
+
+cdef inline char* _put(char* p, bytes b) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    memcpy(p, PyBytes_AS_STRING(b), n)
+    return p + n
+
+
+cdef Py_ssize_t _pairs_size(list fields) except -1:
+    cdef Py_ssize_t total = 0
+    cdef object pair
+    for pair in fields:
+        if type(pair) is not tuple or len(<tuple>pair) != 2:
+            raise TypeError("header fields must be (name, value) tuples")
+        if type(pair[0]) is not bytes or type(pair[1]) is not bytes:
+            raise TypeError("header names and values must be bytes")
+        total += PyBytes_GET_SIZE(<bytes>pair[0]) + PyBytes_GET_SIZE(<bytes>pair[1]) + 4
+    return total
+
+
+cdef char* _put_pairs(char* p, list fields) noexcept:
+    cdef object pair
+    for pair in fields:
+        p = _put(p, <bytes>pair[0])
+        p[0] = 58
+        p[1] = 32
+        p = _put(p + 2, <bytes>pair[1])
+        p[0] = 13
+        p[1] = 10
+        p += 2
+    return p
+
+
+cdef bytes _request_head_view(bytes method, bytes target, bytes host_header, HeaderView view,
+                              bytes framing, list extra, bytes forwarded, bytes request_id,
+                              bytes traceparent, object tracestate):
+    """gateway._fast.wire.request_head with the end-to-end fields written from the head's spans
+    (the same bytes: lowercased names, llhttp's values): one allocation, no object per field."""
+    cdef bytes ts = b"" if tracestate is None else <bytes?>tracestate
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 17
+                            + PyBytes_GET_SIZE(host_header) + 2 + view.wire_size()
+                            + PyBytes_GET_SIZE(framing) + _pairs_size(extra)
+                            + PyBytes_GET_SIZE(forwarded) + 14 + PyBytes_GET_SIZE(request_id)
+                            + 15 + PyBytes_GET_SIZE(traceparent)
+                            + (14 + PyBytes_GET_SIZE(ts) if tracestate is not None else 0) + 4)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+    cdef char* p = PyBytes_AS_STRING(out)
+    p = _put(p, method)
+    p[0] = 32
+    p = _put(p + 1, target)
+    memcpy(p, b" HTTP/1.1\r\nHost: ", 17)
+    p = _put(p + 17, host_header)
+    p[0] = 13
+    p[1] = 10
+    p = view.wire_put(p + 2)
+    p = _put(p, framing)
+    p = _put_pairs(p, extra)
+    p = _put(p, forwarded)
+    memcpy(p, b"X-Request-Id: ", 14)
+    p = _put(p + 14, request_id)
+    memcpy(p, b"\r\ntraceparent: ", 15)
+    p = _put(p + 15, traceparent)
+    if tracestate is not None:
+        memcpy(p, b"\r\ntracestate: ", 14)
+        p = _put(p + 14, ts)
+    memcpy(p, b"\r\n\r\n", 4)
+    return out
 
 
 cdef bint _names_forwarded(list extra):

@@ -2,6 +2,7 @@
 # as C methods and this class calls the downstream's exchange_done/upstream_failed the same way
 # (through _ReaderBase, reader.pxd, which declares them). Exchange state lives in C ints, bints and doubles.
 from gateway.http.flow cimport Ticker
+from gateway.http.head cimport HeadTracker, HeaderView
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport _ReaderBase
 from gateway.http.tunnel cimport Tunnel
@@ -25,7 +26,8 @@ cdef class _UpstreamBase:
     cdef object t_write            # transport.write, bound in connection_made
     cdef public _ReaderBase down
     cdef public RequestContext ctx
-    cdef list headers
+    cdef HeadTracker heads         # where the response heads lie in the bytes read (head.pyx)
+    cdef HeaderView view           # the final response head's fields, as spans
     cdef list out
     cdef public int state
     cdef public int mode

@@ -30,9 +30,9 @@ from .wire import (
     LAST_CHUNK,
     R_CONNECTION,
     R_CONTENT_LENGTH,
+    R_DROP,
     R_FORWARD,
     R_TRANSFER_ENCODING,
-    RESPONSE_CLASSES,
     STATUS_LINES,
     status_line,
 )
@@ -42,6 +42,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
+from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view, scan_head
 from gateway.http.parser_stop cimport skip_body, stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
@@ -70,7 +71,6 @@ _CLOSE = b"Connection: close\r\n"
 _PLAIN_CONNECTION = (b"keep-alive", b"close")
 _KEEP = b"Connection: keep-alive\r\n"
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_FRAMING = (R_CONTENT_LENGTH, R_TRANSFER_ENCODING)
 
 
 # wire.py's response header classes as C ints (an integer compare instead of a boxed one).
@@ -78,25 +78,7 @@ cdef int cR_FORWARD = R_FORWARD
 cdef int cR_CONTENT_LENGTH = R_CONTENT_LENGTH
 cdef int cR_TRANSFER_ENCODING = R_TRANSFER_ENCODING
 cdef int cR_CONNECTION = R_CONNECTION
-
-# Raw response header name → class (R_FORWARD for everything end-to-end): one dict lookup per
-# header, no lower(). Bounded: names come from upstreams, which are not fully trusted either; in
-# entries and in the length of a name kept (see request.pyx's cache).
-cdef dict _name_cache = {}
-cdef Py_ssize_t _CACHE_NAME_MAX = 64
-
-
-cdef object _classify(bytes name):
-    cls = RESPONSE_CLASSES.get(name.lower(), R_FORWARD)
-    if len(name) <= _CACHE_NAME_MAX and len(_name_cache) < 4096:
-        _name_cache[name] = cls
-    return cls
-
-
-def _cached_name_max() -> int:
-    """The longest name held by the cache (for tests)."""
-    return max(map(len, _name_cache), default=0)
-
+cdef int cR_DROP = R_DROP
 
 class _HeadDone(Exception):
     """Stop the parser after the head of a response to HEAD (see on_headers_complete)."""
@@ -182,7 +164,9 @@ cdef class _UpstreamBase:
         self.t_write = None
         self.down = None
         self.ctx = None
-        self.headers = []
+        # (the raw bound of a head, lim_raw, is checked in data_received before this one is reached)
+        self.heads = HeadTracker(2 * self.lim_raw + 4096, self.lim_headers, self.lim_hbytes)
+        self.view = None
         self.out = []
         self.state = S_IDLE
         self.mode = M_RAW
@@ -229,7 +213,8 @@ cdef class _UpstreamBase:
         self.down = down
         self.ctx = ctx
         self.head_request = ctx.method == b"HEAD"
-        self.headers = []
+        self.heads.reset()
+        self.view = None
         self.h_bytes = 0
         self.h_raw = 0
         self.state = S_WAIT_HEAD
@@ -438,10 +423,14 @@ cdef class _UpstreamBase:
             return 0
         error = None
         rest = None
-        if self.state == S_WAIT_HEAD:
+        cdef bint in_head = self.state == S_WAIT_HEAD
+        if in_head:
             self.h_raw += len(data)
+            self.heads.feeding(self.parser, data)
         try:
             self.p_feed(data)
+            if in_head and self.state == S_WAIT_HEAD and not self.done and self.heads.fed(True):
+                raise httptools.HttpParserError("response head over the limits") from _HeadTooLarge()
         except httptools.HttpParserError as exc:
             # A callback's own exception arrives chained as __context__ (httptools wraps it).
             cause = exc.__cause__ or exc.__context__
@@ -529,21 +518,26 @@ cdef class _UpstreamBase:
     # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
     # complete response are caught in on_headers_complete (done already set) or, when they arrive
     # later, by data_received on an idle connection.)
-    def on_header(self, bytes name, bytes value) -> None:
-        # llhttp also reports trailer fields here; they land in the list after the head was built
-        # and are discarded with it when the next exchange starts (start() resets the list). They
-        # count against the same limits: the list is bounded whatever the upstream sends.
-        cdef list headers = self.headers
-        headers.append((name, value))
-        self.h_bytes += len(name) + len(value) + 4
-        if self.h_bytes > self.lim_hbytes or len(headers) > self.lim_headers:
-            raise _HeadTooLarge()
-
     def on_headers_complete(self) -> None:
         if self.done:
             self.broken = True  # a second response to one request: never trust this connection again
             raise httptools.HttpParserError("response after the complete response")
         cdef int status = self.parser.get_status_code()
+        cdef HeaderView view
+        cdef Py_ssize_t i
+        cdef int cls
+        # The head's bytes, scanned in C now that llhttp accepted them (head.pyx). The field
+        # bytes of interim (1xx) heads count with the final head's, the fields per head, as
+        # when on_header counted them.
+        head = self.heads.take(b"HTTP/")
+        if head is None:
+            raise httptools.HttpParserError("response head not where llhttp ended it")
+        view = scan_head(head, cR_FORWARD, False)
+        self.h_bytes += view.field_bytes
+        if view.n > self.lim_headers or self.h_bytes > self.lim_hbytes:
+            raise _HeadTooLarge()
+        self.heads.body(0)   # (a 1xx has no body: the next head follows it)
+        self.view = view
         if status < 200:
             if status == 101:
                 if not self.upgrading:
@@ -553,12 +547,13 @@ cdef class _UpstreamBase:
             # A 1xx has no body (RFC 9110 §15.2), but llhttp reads one when the head has framing
             # fields (except for 100, 102, 103): bytes that could pass for a response of their
             # own. Such an upstream is not trusted with the exchange: 502, connection discarded.
-            for h in self.headers:
-                if RESPONSE_CLASSES.get(h[0].lower()) in _FRAMING:
+            for i in range(view.n):
+                cls = view.f[i].cls
+                if cls == cR_CONTENT_LENGTH or cls == cR_TRANSFER_ENCODING:
                     raise httptools.HttpParserError("interim response with framing fields")
             # 1xx are dropped like nginx does: our own 100 Continue was already sent downstream
             # when the request asked for it, and the final response follows on this connection.
-            self.headers = []
+            self.view = None
             return
         self.status = status
         self.state = S_BODY
@@ -592,33 +587,30 @@ cdef class _UpstreamBase:
         assert ctx is not None
         cdef int cls
         cdef bint keep
+        cdef HeaderView view = self.view
+        cdef Py_ssize_t i
         cl = None
         te = None
         conn = None
-        cdef list fwd = []
-        cdef dict cache = _name_cache
-        cdef tuple h
-        for h in self.headers:
-            name = h[0]
-            value = h[1]
-            c = cache.get(name)
-            if c is None:
-                c = _classify(name)
-            cls = c
+        for i in range(view.n):
+            # Classified in C by scan_head: end-to-end fields stay spans, written as they came.
+            cls = view.f[i].cls
             if cls == cR_FORWARD:
-                fwd.append(h)
+                continue
             elif cls == cR_CONTENT_LENGTH:
-                cl = value
+                cl = view.c_value(i)
             elif cls == cR_TRANSFER_ENCODING:
-                te = value if te is None else te + b"," + value
+                te = view.c_value(i) if te is None else te + b"," + view.c_value(i)
             elif cls == cR_CONNECTION:
-                conn = value if conn is None else conn + b"," + value
+                conn = view.c_value(i) if conn is None else conn + b"," + view.c_value(i)
             # else R_DROP: hop-by-hop, Server, X-Powered-By, X-Request-Id
         # (the exact common spellings first: no lower() copy for nginx's "keep-alive")
         if conn is not None and conn != b"keep-alive" and conn != b"close" and conn.lower() not in _PLAIN_CONNECTION:
             # Only a Connection header naming other fields costs a filtering pass.
             named = {t.strip().lower() for t in conn.split(b",")}
-            fwd = [(n, v) for n, v in fwd if n.lower() not in named]
+            for i in range(view.n):
+                if view.f[i].cls == cR_FORWARD and view.c_lname(i) in named:
+                    view.f[i].cls = F_GONE
 
         keep = ctx.keep_alive
         self.until_close = False
@@ -651,34 +643,34 @@ cdef class _UpstreamBase:
         ctx.keep_alive = keep
         ctx.status = status
 
+        line = STATUS_LINES.get(status) or status_line(status)
+        tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
         down = self.down
         if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
+            # Response filters get (and may edit) the forwarded fields as a list of pairs.
+            fwd = forwarded_pairs(view)
             chain = ctx.route.chain
             if type(chain) is FilterChain:
                 (<FilterChain>chain).c_run_response(ctx, status, fwd)   # a C call
             else:
                 chain.run_response(ctx, status, fwd)
-        if ctx.response_headers:
-            fwd += ctx.response_headers
-        line = STATUS_LINES.get(status) or status_line(status)
-        tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
-        return response_head(line, fwd, framing, ctx.request_id, tail)
+            if ctx.response_headers:
+                fwd += ctx.response_headers
+            return response_head(line, fwd, framing, ctx.request_id, tail)
+        # The common path: the upstream's fields copied from its head, the gateway's spliced in.
+        return response_head_view(line, view, ctx.response_headers, framing, ctx.request_id, tail)
 
     cdef bytes _switch_head(self):
         """The 101 for the client: the upstream's end-to-end fields (Sec-WebSocket-Accept...),
         its Upgrade, and Connection: upgrade; no framing (there is no body)."""
         cdef RequestContext ctx = self.ctx
-        cdef list fwd = []
-        cdef tuple h
+        cdef HeaderView view = self.view
+        cdef list fwd = forwarded_pairs(view)
+        cdef Py_ssize_t i = view.c_find(b"upgrade", 7, 0, True)
         upgrade = None
-        for h in self.headers:
-            c = _name_cache.get(h[0])
-            if c is None:
-                c = _classify(h[0])
-            if c == cR_FORWARD:
-                fwd.append(h)
-            elif (<bytes>h[0]).lower() == b"upgrade":
-                upgrade = h[1] if upgrade is None else upgrade + b", " + h[1]
+        while i >= 0:
+            upgrade = view.c_value(i) if upgrade is None else upgrade + b", " + view.c_value(i)
+            i = view.c_find(b"upgrade", 7, i + 1, True)
         if upgrade is None:   # RFC 9110 §15.2.2: a 101 names the protocol it switches to
             raise httptools.HttpParserError("101 Switching Protocols without Upgrade")
         ctx.status = 101

@@ -19,8 +19,9 @@ cdef class RequestContext:
     # query             bytes: query string without '?', b"" when absent
     # http_version      bytes: b"1.1" or b"1.0"
     # host              bytes: Host (or absolute-form authority) as received, lowercased
-    # headers           list[tuple[bytes, bytes]]: end-to-end request headers, names lowercased;
-    # hop-by-hop, framing and gateway-owned headers already removed
+    # headers           gateway.http.head.HeaderView (a list of (lowercased name, value) pairs when
+    # a filter or a test set one): end-to-end request headers; hop-by-hop, framing and
+    # gateway-owned headers already removed. get/get_all/count/iteration; edits: ARCHITECTURE.md
     # content_length    int | None: declared body length; None for chunked or no body
     # chunked           bool: request body is chunked
     # client_ip         str: downstream peer address (or trusted X-Forwarded-For origin)

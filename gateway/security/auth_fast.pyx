@@ -7,6 +7,7 @@ first sight of a token, an API key, any refusal) is AuthFilter.python_access, un
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
+from gateway.http.head cimport HeaderView
 from gateway.pipeline.chain cimport CompiledAccess
 from gateway.pipeline.context cimport RequestContext
 
@@ -66,13 +67,23 @@ cdef class CachedJwtAccess(CompiledAccess):
         cdef const char* p
         cdef char c
         cdef CachedIdentity ident
+        cdef HeaderView view
         authz = None
-        for name, value in ctx.headers:
-            if name == AUTHORIZATION:
-                authz = value
-                n_authz += 1
-            elif name == X_API_KEY:
-                n_key += 1
+        headers = ctx.headers
+        if type(headers) is HeaderView:
+            # The two fields read in place (head.pyx): no object for the request's other fields.
+            view = <HeaderView>headers
+            n_authz = view.c_count_all(b"authorization", 13)
+            n_key = view.c_count_all(b"x-api-key", 9)
+            if n_authz == 1:
+                authz = view.c_get(b"authorization", 13)
+        else:
+            for name, value in headers:
+                if name == AUTHORIZATION:
+                    authz = value
+                    n_authz += 1
+                elif name == X_API_KEY:
+                    n_key += 1
         f = self.filter
         if n_authz != 1 or n_key > 1 or type(authz) is not bytes:
             return f.python_access(ctx)

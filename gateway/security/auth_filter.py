@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from gateway.http.head import HeaderView, all_values
 from gateway.pipeline.filter import Filter
 from gateway.pipeline.reply import LocalReply
 
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
 
 _BEARER = b"bearer "
 _APIKEY = b"apikey "
+
+
+def _is_apikey(authorization: bytes) -> bool:
+    return authorization[:7].lower() == _APIKEY
 _UNAUTHORIZED_MESSAGE = "Missing or invalid credentials."
 
 
@@ -66,17 +71,12 @@ class AuthFilter(Filter):
         return self.python_access(ctx)
 
     def python_access(self, ctx: RequestContext) -> LocalReply | None:
-        authz = None
-        key = None
-        n_authz = 0
-        n_key = 0
-        for name, value in ctx.headers:
-            if name == b"authorization":
-                authz = value
-                n_authz += 1
-            elif name == b"x-api-key":
-                key = value
-                n_key += 1
+        authzs = all_values(ctx.headers, b"authorization")
+        keys = all_values(ctx.headers, b"x-api-key")
+        n_authz = len(authzs)
+        n_key = len(keys)
+        authz = authzs[-1] if authzs else None
+        key = keys[-1] if keys else None
         if n_authz > 1 or n_key > 1:
             return self._refuse(ctx, "api_key" if n_key > 1 else self.first_method, "malformed", None)
         if authz is not None:
@@ -141,8 +141,13 @@ class AuthFilter(Filter):
                 reason = "unknown_key"
             return self._refuse(ctx, "api_key", reason, raw)
         # API keys are never forwarded (SPEC §4).
-        ctx.headers = [h for h in ctx.headers if h[0] != b"x-api-key" and not (
-            h[0] == b"authorization" and h[1][:7].lower() == _APIKEY)]
+        headers = ctx.headers
+        if isinstance(headers, HeaderView):
+            headers.remove(b"x-api-key")
+            headers.remove_if(b"authorization", _is_apikey)
+        else:
+            ctx.headers = [h for h in headers if h[0] != b"x-api-key" and not (
+                h[0] == b"authorization" and _is_apikey(h[1]))]
         ctx.consumer_id = entry.user
         ctx.consumer_org = entry.org
         ctx.scopes = entry.scopes

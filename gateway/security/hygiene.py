@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from gateway.http.head import all_values
 from gateway.pipeline.filter import BodyCheck, Filter
 from gateway.pipeline.reply import LocalReply
 
@@ -38,13 +39,9 @@ class ContentTypeFilter(Filter):
     def access(self, ctx: RequestContext) -> LocalReply | None:
         if not ctx.chunked and not ctx.content_length:
             return None
-        ctype = None
-        for name, value in ctx.headers:
-            if name == b"content-type":
-                if ctype is not None:
-                    ctype = b""          # two Content-Type fields: ambiguous, refused
-                    break
-                ctype = value
+        values = all_values(ctx.headers, b"content-type")
+        # two Content-Type fields: ambiguous, refused
+        ctype = (values[0] if len(values) == 1 else b"") if values else None
         if ctype:
             media = ctype.split(b";", 1)[0].strip().lower()
             if media in self.allowed:
