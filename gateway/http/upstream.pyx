@@ -42,7 +42,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
-from gateway.http.parser_stop cimport skip_body, stop_offset
+from gateway.http.parser_stop cimport body_left, skip_body, stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -200,6 +200,8 @@ cdef class _UpstreamBase:
         self.uses = 0
         self.upgrading = False
         self.tunnel = None
+        self.cl_body = False
+        self.in_chunk = False
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -236,6 +238,8 @@ cdef class _UpstreamBase:
         self.done = False
         self.uses += 1
         self.upgrading = down.u_ctx is ctx
+        self.cl_body = False
+        self.in_chunk = False
         self.timeout = timeout
         self.held = -1.0
         # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
@@ -378,30 +382,56 @@ cdef class _UpstreamBase:
 
     def buffer_updated(self, Py_ssize_t n) -> None:
         cdef _ReadBuffer rb = _reads
-        cdef RequestContext ctx
-        cdef _ReaderBase down
-        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
-                and self.tunnel is None and self.down is not None and skip_body(self.parser, n, -1)):
-            # All body of a Content-Length response, short of its end: written from the read buffer
-            # itself, without a bytes copy of the read, llhttp's on_body copy and the join (see
-            # parser_stop.pxd). A transport that cannot send it all at once keeps a view of the
-            # buffer (uvloop sends from it later, it does not copy): then the buffer is the
-            # transport's, and the next read gets a new one.
-            view = rb.last_view[:n]
-            self.h_raw = 0
-            if not self.paused:
-                self.deadline = self.ticker.now + self.body_timeout
-            ctx = self.ctx
-            if ctx is not None:
-                ctx.bytes_out += n
-            down = self.down
-            t = down.transport
-            if t is not None:
-                down.t_write(view)
-                if t.get_write_buffer_size():
-                    rb.given_away()
+        if self._pass_body(n):
+            # Written from the read buffer itself. A transport that cannot send it all at once
+            # keeps a view of the buffer (uvloop sends from it later, it does not copy): then the
+            # buffer is the transport's, and the next read takes a new one.
+            t = self._send_body(rb.last_view[:n], n)
+            if t is not None and t.get_write_buffer_size():
+                rb.given_away()
             return
         self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(rb.last), n))
+
+    cdef bint _pass_body(self, Py_ssize_t n) except -1:
+        """Whether the n bytes just read are all body, short of its end (a Content-Length body, or
+        the inside of one upstream chunk): then llhttp counts them as read without seeing them
+        (skip_body, parser_stop.pxd) and they go to the client as they are (_send_body): no copy
+        of the read, no on_body copy, no join. Does what on_body does for them."""
+        if self.state != S_BODY or self.out or self.tunnel is not None or self.down is None:
+            return False
+        if not (self.cl_body or self.in_chunk) or not skip_body(self.parser, n, -1):
+            return False
+        self.h_raw = 0
+        if not self.paused:
+            self.deadline = self.ticker.now + self.body_timeout
+        return True
+
+    cdef object _send_body(self, object data, Py_ssize_t n):
+        """Send body bytes passed by _pass_body (re-framed as one chunk when we chunk); returns the
+        client's transport, or None when it is gone."""
+        cdef RequestContext ctx = self.ctx
+        cdef _ReaderBase down = self.down
+        t = down.transport
+        if self.mode == M_CHUNK:
+            size = b"%x\r\n" % n
+            if ctx is not None:
+                ctx.bytes_out += n + len(size) + 2
+            if t is not None:
+                t.writelines((size, data, CRLF))
+        else:
+            if ctx is not None:
+                ctx.bytes_out += n
+            if t is not None:
+                down.t_write(data)
+        return t
+
+    # (llhttp reports chunk boundaries; inside a chunk, reads can pass as they are: _pass_body)
+    def on_chunk_header(self) -> None:
+        # (the last chunk, size 0, is not "inside": what follows it is trailers, never passed)
+        self.in_chunk = body_left(self.parser) > 0
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
 
     def data_received(self, data: bytes) -> None:
         self._received(data)   # (a TLS transport, or a test's fake one: plain reads)
@@ -419,19 +449,8 @@ cdef class _UpstreamBase:
         cdef RequestContext ctx
         cdef _ReaderBase down
         cdef Py_ssize_t size, i
-        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
-                and skip_body(self.parser, len(data), -1)):
-            # All body of a Content-Length response, short of its end: these very bytes go to the
-            # client, without llhttp's on_body copy and the join (see parser_stop.pxd). As on_body:
-            self.h_raw = 0
-            if not self.paused:
-                self.deadline = self.ticker.now + self.body_timeout
-            ctx = self.ctx
-            if ctx is not None:
-                ctx.bytes_out += len(data)
-            down = self.down
-            if down.transport is not None:
-                down.t_write(data)
+        if self._pass_body(len(data)):
+            self._send_body(data, len(data))   # these very bytes (see buffer_updated)
             return 0
         error = None
         rest = None
@@ -619,12 +638,14 @@ cdef class _UpstreamBase:
 
         keep = ctx.keep_alive
         self.until_close = False
+        self.cl_body = False
         if self.head_request or status == 204 or status == 304:
             self.mode = M_NONE
             # A 304 or a response to HEAD may describe the length of the representation.
             framing = b"Content-Length: %d\r\n" % int(cl) if cl is not None and status != 204 else b""
         elif cl is not None:
             self.mode = M_RAW
+            self.cl_body = True
             # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
             framing = b"Content-Length: " + cl + CRLF if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
         else:
