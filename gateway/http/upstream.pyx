@@ -113,7 +113,7 @@ class _HeadTooLarge(Exception):
 # Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once, SMALL_READ while the
 # client's transport still holds bytes (bench/results/bodies.md measures the sizes; the internal
 # variable is for that benchmark only).
-READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 262144))
+READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 65536))
 SMALL_READ = 65536
 
 
