@@ -97,6 +97,8 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.eof = False
         self.o_body = []
         self.o_size = 0
+        self.o_head = None
+        self.p_turn = False
         self.chunk = ChunkDecoder(s.max_body_bytes, s.max_header_bytes)
         self._reset_parse()
         self.p_kind = K_NONE
@@ -165,6 +167,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         # the object itself may wait for a cyclic garbage collection.
         self.p_rest = b""
         self.o_body = []
+        self.o_head = None
         if self.gate is not None:
             self.gate.on_open = None
         try:
@@ -386,7 +389,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         ctx.bytes_in = self.p_body
         entry = self.p_entry
         if entry is None:
-            if self.o_body:
+            if self.o_body or self.o_head is not None:
                 self._flush_body()  # the body's last pieces before its end
             if ctx is self.a_ctx and not self.a_body_done:
                 if ctx.chunked:
@@ -418,7 +421,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             # body bytes of this turn that came before the refusal go upstream first, as they
             # would have had they arrived in earlier reads: the upstream sees the same aborted
             # prefix however the bytes were split (tests/http/test_segmentation.py).
-            if self.o_body:
+            if self.o_body or self.o_head is not None:
                 self._flush_body()
             if ctx.status == 0:
                 self._local(reply if reply.close else _closing(reply))

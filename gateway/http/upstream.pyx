@@ -248,7 +248,8 @@ cdef class _UpstreamBase:
         self.sending = not down.a_body_done
         self.deadline = INF if self.sending else self.ticker.now + timeout
         assert self.transport is not None
-        self.t_write(data)
+        if data:   # (empty when the head waits for this read's body bytes: exchange.pyx's _send)
+            self.t_write(data)
         if self.w_paused:
             # Pooled with its write buffer still full (it answered before draining a body): the
             # new client waits for the drain like the previous one did.

@@ -25,9 +25,11 @@ class ViewKeepingTransport(FakeTransport):
         self.kept: list[memoryview] = []
         self.kept_size = 0
         self.blocked = False
+        self.writes = 0
 
     def write(self, data: Any) -> None:  # type: ignore[override]
         assert not self.closed, "write after close"
+        self.writes += 1
         if self.blocked or self.kept:
             self.kept.append(memoryview(data))
             self.kept_size += len(data)
@@ -37,6 +39,7 @@ class ViewKeepingTransport(FakeTransport):
     def writelines(self, parts: Any) -> None:  # type: ignore[override]
         for p in parts:
             self.write(p)
+        self.writes -= len(parts) - 1   # one writev
 
     def get_write_buffer_size(self) -> int:
         return self.kept_size
@@ -173,3 +176,29 @@ def test_a_kept_buffer_is_never_read_into_again(h: Any) -> None:
     second = up.get_buffer(-1)
     assert second.obj is not first.obj
     assert len(second) <= 65536, "a small read while the client is behind"
+
+
+@pytest.mark.parametrize("body", [b"x" * 10, b"y" * 100_000])
+@pytest.mark.parametrize("framing", ["sized", "chunked"])
+def test_request_head_and_body_in_one_read_leave_in_one_write(h: Any, body: bytes, framing: str) -> None:
+    """A POST whose body came with its head: one write upstream (head and body), not two."""
+    if framing == "sized":
+        req = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        expect = body
+    else:
+        req = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        expect = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    h.feed(req)
+    t = h.up().transport
+    sent = h.upstream_bytes()
+    assert sent.endswith(b"\r\n\r\n" + expect) and sent.startswith(b"POST /x HTTP/1.1\r\n")
+    # (the chunked body's last chunk is its own write: it follows the body's end)
+    assert t.writes == (1 if framing == "sized" else 2)
+
+
+def test_request_head_waits_only_for_the_turn(h: Any) -> None:
+    """A head whose body has not come yet is not held past the read: the upstream sees it now."""
+    h.feed(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+    assert h.upstream_bytes().startswith(b"POST /x HTTP/1.1\r\n")
+    h.feed(b"hello")
+    assert h.upstream_bytes().endswith(b"\r\n\r\nhello")
