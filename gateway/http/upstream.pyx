@@ -17,6 +17,7 @@ section that never ends); over them the exchange fails with 502 and the connecti
 import asyncio
 import logging
 import os
+import weakref
 from typing import Any
 
 import httptools
@@ -110,11 +111,18 @@ class _HeadTooLarge(Exception):
     """A response head (or trailer section) over the field count or byte limit (see on_header)."""
 
 
-# Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once, SMALL_READ while the
-# client's transport still holds bytes (bench/results/bodies.md measures the sizes; the internal
-# variable is for that benchmark only).
-READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 65536))
+# Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once; SMALL_READ while the
+# client's transport still holds bytes, or while BIG_KEPT_MAX large buffers are held by transports
+# across the worker (bench/results/bodies.md measures the sizes; the internal variable is for that
+# benchmark only).
+READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 262144))
 SMALL_READ = 65536
+BIG_KEPT_MAX = 16
+
+
+class _Buffer(bytearray):
+    """A read buffer that can be watched (weakref): the worker counts the large ones transports keep."""
+    __slots__ = ("__weakref__",)
 
 
 cdef class _ReadBuffer:
@@ -122,26 +130,42 @@ cdef class _ReadBuffer:
     one socket at a time, and a read is consumed (parsed, copied or written) before the next, so
     one buffer serves them all, reused read after read (no fresh memory per read) unless a
     client's transport kept it (buffer_updated): then the next read takes a new one, and the old
-    one is freed once that transport has sent it. So at most one buffer is held per client that is
-    behind, and it is a small one (SMALL_READ, about one write high-water mark) except for the
-    read that found the client's transport empty."""
-    cdef bytearray big
-    cdef bytearray small
+    one is freed once that transport has sent it.
+
+    Memory held for clients that are behind is bounded two ways: a client whose transport still
+    holds bytes gets small reads (SMALL_READ, about one write high-water mark), and at most
+    BIG_KEPT_MAX large buffers may be held by transports at once across the worker (past that,
+    every read is small until one is freed): a large read is held only when it found the client's
+    transport empty yet the kernel could not take it all."""
+    cdef object big
+    cdef object small
     cdef object big_view
     cdef object small_view
-    cdef bytearray last          # the buffer the last get_buffer handed out
+    cdef object last             # the buffer the last get_buffer handed out
     cdef object last_view
+    cdef public int big_kept     # large buffers held by transports now
+    cdef object _freed           # weakref callback: one of them was freed
+    cdef list _refs              # their weakrefs (kept alive until the callback; at most BIG_KEPT_MAX)
+
+    def __init__(self) -> None:
+        self.big_kept = 0
+        self._freed = self._big_freed
+        self._refs = []
+
+    def _big_freed(self, ref) -> None:
+        self.big_kept -= 1
+        self._refs.remove(ref)
 
     cdef object take(self, bint small):
-        if small:
+        if small or self.big_kept >= BIG_KEPT_MAX:
             if self.small is None:
-                self.small = bytearray(SMALL_READ)
+                self.small = _Buffer(SMALL_READ)
                 self.small_view = memoryview(self.small)
             self.last = self.small
             self.last_view = self.small_view
         else:
             if self.big is None:
-                self.big = bytearray(READ_SIZE)
+                self.big = _Buffer(READ_SIZE)
                 self.big_view = memoryview(self.big)
             self.last = self.big
             self.last_view = self.big_view
@@ -150,11 +174,15 @@ cdef class _ReadBuffer:
     cdef int given_away(self) except -1:
         """The last buffer is a transport's now: the next read takes a new one."""
         if self.last is self.big:
+            self.big_kept += 1
+            self._refs.append(weakref.ref(self.big, self._freed))
             self.big = None
             self.big_view = None
         else:
             self.small = None
             self.small_view = None
+        self.last = None
+        self.last_view = None
         return 0
 
 
@@ -391,7 +419,7 @@ cdef class _UpstreamBase:
             if t is not None and t.get_write_buffer_size():
                 rb.given_away()
             return
-        self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(rb.last), n))
+        self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(<bytearray>rb.last), n))
 
     cdef bint _pass_body(self, Py_ssize_t n) except -1:
         """Whether the n bytes just read are all body, short of its end (a Content-Length body, or
