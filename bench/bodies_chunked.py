@@ -5,7 +5,7 @@
 
 This tree's gateway (one worker) in front of tests/support/bulk_peers.py's upstream (chunks cycling
 from 1 byte to 1 MiB, extensions and a trailer); per round and kind, the worker's CPU (utime +
-stime from /proc) over the MiB moved, every body checked by sha256. Hold /tmp/gateway-bench.lock.
+stime from /proc) over the MiB moved, and its read syscalls per MiB, every body checked by sha256. Hold /tmp/gateway-bench.lock.
 """
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / HZ
 
 
+def reads(pid: int) -> int:
+    """read-family syscalls of the process so far (/proc/PID/io syscr)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("syscr:"):
+                return int(line.split()[1])
+    return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=64)
@@ -46,14 +55,14 @@ def main() -> None:
             row = []
             for kind in ("sized download", "chunked download", "sized upload", "chunked upload"):
                 seed = 10 * r + len(row)
-                t0 = cpu(gw.pid)
+                t0, r0 = cpu(gw.pid), reads(gw.pid)
                 if kind.endswith("download"):
                     st, got, sha = download(gw.port, f"/{kind.split()[0]}?n={n}&seed={seed}")
                     assert (st, got, sha) == (200, n, digest(seed, n)), kind
                 else:
                     echo = upload(gw.port, "/sink", seed, n, chunk=kind.startswith("chunked"))
                     assert echo == {"len": n, "sha256": digest(seed, n)}, kind
-                row.append(f"{kind} {(cpu(gw.pid) - t0) * 1e3 / a.mib:.3f}")
+                row.append(f"{kind} {(cpu(gw.pid) - t0) * 1e3 / a.mib:.3f} ({(reads(gw.pid) - r0) / a.mib:.0f} reads/MiB)")
             print(f"round {r + 1} ms/MiB: " + ", ".join(row), flush=True)
     finally:
         gw.kill()

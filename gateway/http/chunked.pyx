@@ -90,6 +90,10 @@ cdef class ChunkDecoder:
     cdef bint active(self) noexcept:
         return self.state != C_OFF
 
+    cdef long long data_left(self) noexcept:
+        """Bytes of chunk data the next feed() will take before any framing byte (0: none)."""
+        return self.size if self.state == C_DATA else 0
+
     cdef int start(self, bint defer) except -1:
         """A chunked body begins; with `defer`, feed() stops after the first valid chunk-size line."""
         self.state = C_SIZE

@@ -212,6 +212,22 @@ cdef class _ReaderBase:
                 if room < 1:
                     room = 1
                 return pos + (room if room < avail else avail)
+        left = self.chunk.data_left()
+        if left > 0:
+            # Inside a chunk's data: these bytes are body whatever they hold (no head can end in
+            # them, no scan for one), and the decoder passes them on as they are (one piece).
+            # Held body (queued, or no upstream yet) is bounded as for Content-Length above.
+            if left < avail:
+                avail = <Py_ssize_t>left
+            if self.p_entry is not None:
+                room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
+            elif self.a_up is None:
+                room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
+            else:
+                return pos + avail
+            if room < 1:
+                room = 1
+            return pos + (room if room < avail else avail)
         if avail > SLICE:
             avail = SLICE
         # At most `room` more heads may complete before the queue is full (the first one becomes

@@ -202,3 +202,38 @@ def test_request_head_waits_only_for_the_turn(h: Any) -> None:
     assert h.upstream_bytes().startswith(b"POST /x HTTP/1.1\r\n")
     h.feed(b"hello")
     assert h.upstream_bytes().endswith(b"\r\n\r\nhello")
+
+
+def test_a_queued_chunked_body_in_one_read_is_held_at_its_bound() -> None:
+    """Inside a chunk's data a read is one slice (no scan for heads), but a queued request's
+    chunked body still stops at the buffer bound, the rest of the read kept unparsed."""
+    from gateway.http import downstream
+    from tests.http.harness import statuses
+
+    hh = Harness()
+    try:
+        body = bytes(range(256)) * 800  # 204,800 bytes in one chunk
+        hh.feed(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+                + b"POST /submit HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        assert not hh.down.reading and len(hh.proto.queue) == 1
+        assert len(hh.proto.p_rest) >= len(body) - downstream.MAX_BUFFERED_BODY - 1
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        hh.respond(ok)
+        hh.spin()
+        assert hh.upstream_bytes().endswith(b"\r\n0\r\n\r\n") and hh.down.reading
+        hb = hh.all_upstream_bytes()
+        sent = hb[hb.index(b"POST /submit"):].split(b"\r\n\r\n", 1)[1]
+        got = []
+        while True:   # the gateway re-frames: collect the chunk data
+            n, _, sent = sent.partition(b"\r\n")
+            size = int(n, 16)
+            if size == 0:
+                break
+            got.append(sent[:size])
+            sent = sent[size + 2:]
+        assert b"".join(got) == body
+        hh.respond(ok)
+        assert statuses(hh.down.take()) == [200, 200]
+    finally:
+        hh.close()
