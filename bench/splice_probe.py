@@ -6,7 +6,7 @@ path) against splice(2) through a pipe (no copy to user space: what HAProxy does
     splice_probe.py [--mib 2048] [--rounds 3] [--piece 262144]
 
 One process each: a sender writing a fixed buffer as fast as it can, the relay (measured: its CPU
-time from os.times over the bytes it moved), a sink reading and dropping. Loopback TCP, blocking
+time from getrusage over the bytes it moved), a sink reading and dropping. Loopback TCP, blocking
 sockets (no event loop: what is compared is the kernel's work per MiB plus one syscall pair per
 piece, the same for both). Prints ms of relay CPU per MiB per round and the ratio splice/user.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import socket
 import time
 from multiprocessing import Process
@@ -46,7 +47,7 @@ def relay(mode: str, total: int, piece: int) -> tuple[float, float]:
     pw = Process(target=sender, args=(src_l.getsockname()[1], total, piece))
     pw.start()
     inp, _ = src_l.accept()
-    t0, w0 = os.times(), time.monotonic()
+    t0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     moved = 0
     if mode == "user":
         buf = bytearray(piece)
@@ -76,7 +77,7 @@ def relay(mode: str, total: int, piece: int) -> tuple[float, float]:
             moved += n
         os.close(r)
         os.close(w)
-    t1, w1 = os.times(), time.monotonic()
+    t1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     out.close()
     inp.close()
     pw.join()
@@ -84,7 +85,7 @@ def relay(mode: str, total: int, piece: int) -> tuple[float, float]:
     src_l.close()
     dst_l.close()
     assert moved == total, (moved, total)
-    return (t1.user - t0.user) + (t1.system - t0.system), w1 - w0
+    return (t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime), w1 - w0
 
 
 def main() -> None:

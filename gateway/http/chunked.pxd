@@ -23,5 +23,6 @@ cdef class ChunkDecoder:
     cdef public Py_ssize_t pieces  # chunk-data runs in `body` (work done, see downstream _consume)
 
     cdef bint active(self) noexcept
+    cdef long long data_left(self) noexcept
     cdef int start(self, bint defer) except -1
     cdef Py_ssize_t feed(self, bytes data) except -1

@@ -15,6 +15,15 @@ No I/O and no callbacks: feed() says what it stopped at (`event`), the protocol 
 keeps this file about bytes only, testable on its own.
 """
 from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    # (raw forms: the body is built in place, then shrunk to the bytes it holds)
+    PyObject* _new_bytes "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n) except NULL
+    char* _bytes_ptr "PyBytes_AS_STRING"(PyObject* o)
+    int _PyBytes_Resize(PyObject** o, Py_ssize_t n) except -1
 
 from . import replies
 
@@ -81,6 +90,10 @@ cdef class ChunkDecoder:
     cdef bint active(self) noexcept:
         return self.state != C_OFF
 
+    cdef long long data_left(self) noexcept:
+        """Bytes of chunk data the next feed() will take before any framing byte (0: none)."""
+        return self.size if self.state == C_DATA else 0
+
     cdef int start(self, bint defer) except -1:
         """A chunked body begins; with `defer`, feed() stops after the first valid chunk-size line."""
         self.state = C_SIZE
@@ -105,7 +118,11 @@ cdef class ChunkDecoder:
         cdef int d
         cdef int event = D_MORE
         cdef unsigned char c
-        cdef list runs = None
+        # Chunk-data runs of this read: the first one is kept as (first, first_len); from the second
+        # on, all are copied once into `out` (a bytes of at most n, shrunk at the end), so a read
+        # of many chunks costs one copy, never one new string per chunk plus a join.
+        cdef Py_ssize_t runs = 0, first = 0, first_len = 0, out_len = 0
+        cdef PyObject* out = NULL
         reply = None
         self.body = None
         self.pieces = 0
@@ -115,9 +132,17 @@ cdef class ChunkDecoder:
         while i < n:
             if st == C_DATA:
                 take = n - i if self.size > n - i else <Py_ssize_t>self.size
-                if runs is None:
-                    runs = []
-                runs.append(data[i:i + take] if take < n else data)
+                if runs == 0:
+                    first = i
+                    first_len = take
+                else:
+                    if out == NULL:
+                        out = _new_bytes(NULL, n)
+                        memcpy(_bytes_ptr(out), p + first, first_len)
+                        out_len = first_len
+                    memcpy(_bytes_ptr(out) + out_len, p + i, take)
+                    out_len += take
+                runs += 1
                 i += take
                 self.size -= take
                 if self.size == 0:
@@ -247,8 +272,13 @@ cdef class ChunkDecoder:
         self.state = st
         self.reply = reply
         self.event = event
-        if runs is not None:
+        if runs:
             # A piece per chunk counts as work: a flood of tiny chunks yields like on_body's.
-            self.pieces = len(runs)
-            self.body = runs[0] if len(runs) == 1 else b"".join(runs)
+            self.pieces = runs
+            if out != NULL:
+                _PyBytes_Resize(&out, out_len)
+                self.body = <object>out
+                Py_DECREF(<object>out)
+            else:
+                self.body = data if first_len == n else data[first:first + first_len]
         return i

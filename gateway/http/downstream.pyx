@@ -99,6 +99,8 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.eof = False
         self.o_body = []
         self.o_size = 0
+        self.o_head = None
+        self.p_turn = False
         self.chunk = ChunkDecoder(s.max_body_bytes, s.max_header_bytes)
         # A held head's raw bytes: the limits' bytes plus whitespace llhttp drops, bounded at 4x.
         self.heads = HeadTracker(4 * (s.max_header_bytes + s.max_uri_bytes + 32) + 4096,
@@ -168,6 +170,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         # the object itself may wait for a cyclic garbage collection.
         self.p_rest = b""
         self.o_body = []
+        self.o_head = None
         if self.gate is not None:
             self.gate.on_open = None
         try:
@@ -396,7 +399,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         ctx.bytes_in = self.p_body
         entry = self.p_entry
         if entry is None:
-            if self.o_body:
+            if self.o_body or self.o_head is not None:
                 self._flush_body()  # the body's last pieces before its end
             if ctx is self.a_ctx and not self.a_body_done:
                 if ctx.chunked:
@@ -431,7 +434,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             # body bytes of this turn that came before the refusal go upstream first, as they
             # would have had they arrived in earlier reads: the upstream sees the same aborted
             # prefix however the bytes were split (tests/http/test_segmentation.py).
-            if self.o_body:
+            if self.o_body or self.o_head is not None:
                 self._flush_body()
             if ctx.status == 0:
                 self._local(reply if reply.close else _closing(reply))

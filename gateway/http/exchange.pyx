@@ -190,6 +190,11 @@ cdef class _ExchangeBase(_ReaderBase):
             self.a_pending_size = 0
         elif not self.a_body_done:
             self.a_pending = []   # (the body still to come is kept in a_sent, not in this list)
+            if self.p_turn:
+                # Parsing a read: its body bytes (a small POST's whole body) leave with the head
+                # in one write at the end of this turn (_flush_body), not in a second one.
+                self.o_head = head
+                head = b""
         up._start(self, ctx, head, self.c_timeout or self.t_upstream)
         if self.gate.reasons:
             self.gate.resume(PAUSE_BUFFER)
@@ -202,6 +207,8 @@ cdef class _ExchangeBase(_ReaderBase):
             return 0
         up = self.a_up
         if up is not None:
+            if self.o_head is not None:
+                self._flush_body()   # the head (and this turn's body pieces) first
             up._send(data)
             if self.a_sent is not None:
                 self._keep_sent(data)
@@ -234,6 +241,7 @@ cdef class _ExchangeBase(_ReaderBase):
         (or the connection closed, when part of the response went out)."""
         cdef RequestContext ctx = self.a_ctx
         self.a_up = None
+        self.o_head = None
         if ctx is None:
             return 0
         if not self.closing and ctx.status == 0 and self.a_sent is not None and self._again(ctx, kind, stale):
@@ -301,6 +309,7 @@ cdef class _ExchangeBase(_ReaderBase):
         if self.a_up is not None:  # an upstream exchange was abandoned (413/400 mid-body)
             self.a_up._abort()
             self.a_up = None
+        self.o_head = None
         self._attempt_end(ctx, "aborted")   # an open attempt (sending or connecting) is given up
         # Unread request body bytes could be parsed as a next request: close instead.
         keep = ctx.keep_alive and not reply.close and self.a_body_done
@@ -401,6 +410,7 @@ cdef class _ExchangeBase(_ReaderBase):
         self.a_ctx = None
         self.a_up = None
         self.a_sent = None
+        self.o_head = None
         if ctx is self.u_ctx:
             self.u_ctx = None
         if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:

@@ -59,3 +59,12 @@ cdef inline bint skip_body(object parser, Py_ssize_t n, long long left) noexcept
     st.content_length -= <uint64_t>n
     return True
 
+
+
+cdef inline long long body_left(object parser) noexcept:
+    """llhttp's count of body bytes left (of a Content-Length body, or of the current chunk right
+    after its size line); -1 if unknown."""
+    cdef llhttp_prefix* st = _llhttp(parser)
+    if st == NULL or st.data != <void*>parser:
+        return -1
+    return <long long>st.content_length

@@ -73,6 +73,10 @@ cdef class _ReaderBase:
     # Body pieces for the active upstream, written once per turn (not once per chunk).
     cdef list o_body
     cdef Py_ssize_t o_size
+    # The upstream head of a request whose first body bytes may be in the read being parsed: it
+    # waits for the end of the turn (_flush_body) and leaves in one write with them.
+    cdef bytes o_head
+    cdef bint p_turn            # a read is being parsed (_consume)
     # per request being parsed (p_*)
     cdef public bint in_head
     cdef bytes p_url
@@ -119,6 +123,7 @@ cdef class _ReaderBase:
 
     # the read path (reader.pyx)
     cdef int _consume(self, bytes data) except -1
+    cdef int _consume_turn(self, bytes data, Py_ssize_t n) except -1
     cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1
     cdef int _feed(self, bytes data) except -1
     cdef int _resume_soon(self) except -1

@@ -149,10 +149,21 @@ cdef class _ReaderBase:
         is bounded by the pipeline queue and the body buffers (not by the size of a read), and no
         connection keeps the loop for more than about a millisecond. The common read (one
         request, or a Content-Length body) is one slice: one feed_data call, as before."""
-        cdef Py_ssize_t n = len(data), pos = 0, end
+        cdef Py_ssize_t n = len(data)
+        self.p_work = 0
+        self.p_turn = True
+        try:
+            self._consume_turn(data, n)
+        finally:
+            self.p_turn = False
+        if self.o_body or self.o_head is not None:
+            self._flush_body()
+        return 0
+
+    cdef int _consume_turn(self, bytes data, Py_ssize_t n) except -1:
+        cdef Py_ssize_t pos = 0, end
         cdef ReadGate gate = self.gate
         cdef RequestContext ctx
-        self.p_work = 0
         while pos < n and not self.closing:
             if gate.reasons:
                 rest = data[pos:] if pos else data
@@ -177,8 +188,6 @@ cdef class _ReaderBase:
             else:
                 self._feed(data if pos == 0 and end == n else data[pos:end])
             pos = end
-        if self.o_body:
-            self._flush_body()
         return 0
 
     cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1:
@@ -203,6 +212,22 @@ cdef class _ReaderBase:
                 if room < 1:
                     room = 1
                 return pos + (room if room < avail else avail)
+        left = self.chunk.data_left()
+        if left > 0:
+            # Inside a chunk's data: these bytes are body whatever they hold (no head can end in
+            # them, no scan for one), and the decoder passes them on as they are (one piece).
+            # Held body (queued, or no upstream yet) is bounded as for Content-Length above.
+            if left < avail:
+                avail = <Py_ssize_t>left
+            if self.p_entry is not None:
+                room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
+            elif self.a_up is None:
+                room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
+            else:
+                return pos + avail
+            if room < 1:
+                room = 1
+            return pos + (room if room < avail else avail)
         if avail > SLICE:
             avail = SLICE
         # At most `room` more heads may complete before the queue is full (the first one becomes
@@ -252,30 +277,36 @@ cdef class _ReaderBase:
         return 0
 
     cdef int _flush_body(self) except -1:
-        """Write the body pieces of this turn to the active upstream in one write (one chunk)."""
+        """Write the body pieces of this turn to the active upstream in one write (one chunk),
+        after the request's head when it waited for them (o_head)."""
         cdef list out = self.o_body
         cdef Py_ssize_t size = self.o_size
         cdef RequestContext ctx = self.a_ctx
+        head = self.o_head
         self.o_body = []
         self.o_size = 0
+        self.o_head = None
         up = self.a_up
         if up is None or ctx is None or self.closing:
             return 0  # the exchange was abandoned (413, upstream failure): the bytes go nowhere
-        if ctx.chunked:
-            # Chunk extensions never survive: we re-frame what the ChunkDecoder hands us (one chunk a turn).
-            out.insert(0, b"%x\r\n" % size)
-            out.append(b"\r\n")
-        if size > cJOIN_MAX and len(out) > 1:
-            # Large pieces go out as they are, in one writev, instead of being copied into one.
-            up.transport.writelines(out)
+        if out:
+            if ctx.chunked:
+                # Chunk extensions never survive: we re-frame what the ChunkDecoder hands us (one chunk a turn).
+                out.insert(0, b"%x\r\n" % size)
+                out.append(b"\r\n")
             if self.a_sent is not None:
                 for data in out:
                     self._keep_sent(data)
+        if head is not None:
+            out.insert(0, head)
+            size += len(head)
+        if not out:
             return 0
-        data = b"".join(out) if len(out) > 1 else out[0]
-        up._send(data)
-        if self.a_sent is not None:
-            self._keep_sent(data)
+        if size > cJOIN_MAX and len(out) > 1:
+            # Large pieces go out as they are, in one writev, instead of being copied into one.
+            up.transport.writelines(out)
+        else:
+            up._send(b"".join(out) if len(out) > 1 else out[0])
         return 0
 
     cdef int _keep_sent(self, bytes data) except -1:

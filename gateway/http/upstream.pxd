@@ -46,6 +46,8 @@ cdef class _UpstreamBase:
     cdef public int uses           # exchanges started on this connection (> 1: it was pooled)
     cdef public bint upgrading     # this exchange forwards an Upgrade: a 101 switches protocols
     cdef public Tunnel tunnel      # after a 101: the bytes go to the tunnel, never parsed again
+    cdef bint cl_body              # the response body is framed by Content-Length
+    cdef bint in_chunk             # llhttp is inside a chunk of the response (between its callbacks)
 
     cdef bint _reusable(self)
     cdef int _start(self, _ReaderBase down, RequestContext ctx, bytes data, double timeout) except -1
@@ -57,6 +59,8 @@ cdef class _UpstreamBase:
     cdef int _sent(self) except -1
     cdef int _backed_up(self, _ReaderBase down) except -1
     cdef int _received(self, bytes data) except -1
+    cdef bint _pass_body(self, Py_ssize_t n) except -1
+    cdef object _send_body(self, object data, Py_ssize_t n)
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
     cdef bytes _switch_head(self)

@@ -17,6 +17,7 @@ section that never ends); over them the exchange fails with 502 and the connecti
 import asyncio
 import logging
 import os
+import weakref
 from typing import Any
 
 import httptools
@@ -43,7 +44,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
 from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view, scan_head
-from gateway.http.parser_stop cimport skip_body, stop_offset
+from gateway.http.parser_stop cimport body_left, skip_body, stop_offset
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -92,11 +93,18 @@ class _HeadTooLarge(Exception):
     """A response head (or trailer section) over the field count or byte limit (see on_header)."""
 
 
-# Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once, SMALL_READ while the
-# client's transport still holds bytes (bench/results/bodies.md measures the sizes; the internal
-# variable is for that benchmark only).
+# Reads of upstream responses (get_buffer): up to READ_SIZE bytes at once; SMALL_READ while the
+# client's transport still holds bytes, or while BIG_KEPT_MAX large buffers are held by transports
+# across the worker (bench/results/bodies.md measures the sizes; the internal variable is for that
+# benchmark only).
 READ_SIZE = int(os.environ.get("_GATEWAY_READ_SIZE", 262144))
 SMALL_READ = 65536
+BIG_KEPT_MAX = 16
+
+
+class _Buffer(bytearray):
+    """A read buffer that can be watched (weakref): the worker counts the large ones transports keep."""
+    __slots__ = ("__weakref__",)
 
 
 cdef class _ReadBuffer:
@@ -104,26 +112,42 @@ cdef class _ReadBuffer:
     one socket at a time, and a read is consumed (parsed, copied or written) before the next, so
     one buffer serves them all, reused read after read (no fresh memory per read) unless a
     client's transport kept it (buffer_updated): then the next read takes a new one, and the old
-    one is freed once that transport has sent it. So at most one buffer is held per client that is
-    behind, and it is a small one (SMALL_READ, about one write high-water mark) except for the
-    read that found the client's transport empty."""
-    cdef bytearray big
-    cdef bytearray small
+    one is freed once that transport has sent it.
+
+    Memory held for clients that are behind is bounded two ways: a client whose transport still
+    holds bytes gets small reads (SMALL_READ, about one write high-water mark), and at most
+    BIG_KEPT_MAX large buffers may be held by transports at once across the worker (past that,
+    every read is small until one is freed): a large read is held only when it found the client's
+    transport empty yet the kernel could not take it all."""
+    cdef object big
+    cdef object small
     cdef object big_view
     cdef object small_view
-    cdef bytearray last          # the buffer the last get_buffer handed out
+    cdef object last             # the buffer the last get_buffer handed out
     cdef object last_view
+    cdef public int big_kept     # large buffers held by transports now
+    cdef object _freed           # weakref callback: one of them was freed
+    cdef list _refs              # their weakrefs (kept alive until the callback; at most BIG_KEPT_MAX)
+
+    def __init__(self) -> None:
+        self.big_kept = 0
+        self._freed = self._big_freed
+        self._refs = []
+
+    def _big_freed(self, ref) -> None:
+        self.big_kept -= 1
+        self._refs.remove(ref)
 
     cdef object take(self, bint small):
-        if small:
+        if small or self.big_kept >= BIG_KEPT_MAX:
             if self.small is None:
-                self.small = bytearray(SMALL_READ)
+                self.small = _Buffer(SMALL_READ)
                 self.small_view = memoryview(self.small)
             self.last = self.small
             self.last_view = self.small_view
         else:
             if self.big is None:
-                self.big = bytearray(READ_SIZE)
+                self.big = _Buffer(READ_SIZE)
                 self.big_view = memoryview(self.big)
             self.last = self.big
             self.last_view = self.big_view
@@ -132,11 +156,15 @@ cdef class _ReadBuffer:
     cdef int given_away(self) except -1:
         """The last buffer is a transport's now: the next read takes a new one."""
         if self.last is self.big:
+            self.big_kept += 1
+            self._refs.append(weakref.ref(self.big, self._freed))
             self.big = None
             self.big_view = None
         else:
             self.small = None
             self.small_view = None
+        self.last = None
+        self.last_view = None
         return 0
 
 
@@ -184,6 +212,8 @@ cdef class _UpstreamBase:
         self.uses = 0
         self.upgrading = False
         self.tunnel = None
+        self.cl_body = False
+        self.in_chunk = False
 
     # --- used by the pool and the downstream protocol (def for Python callers, cdef for C ones) ---
     def reusable(self) -> bool:
@@ -221,6 +251,8 @@ cdef class _UpstreamBase:
         self.done = False
         self.uses += 1
         self.upgrading = down.u_ctx is ctx
+        self.cl_body = False
+        self.in_chunk = False
         self.timeout = timeout
         self.held = -1.0
         # SPEC §8: the upstream timeout runs from the last request byte written upstream, so an
@@ -229,7 +261,8 @@ cdef class _UpstreamBase:
         self.sending = not down.a_body_done
         self.deadline = INF if self.sending else self.ticker.now + timeout
         assert self.transport is not None
-        self.t_write(data)
+        if data:   # (empty when the head waits for this read's body bytes: exchange.pyx's _send)
+            self.t_write(data)
         if self.w_paused:
             # Pooled with its write buffer still full (it answered before draining a body): the
             # new client waits for the drain like the previous one did.
@@ -366,30 +399,56 @@ cdef class _UpstreamBase:
 
     def buffer_updated(self, Py_ssize_t n) -> None:
         cdef _ReadBuffer rb = _reads
-        cdef RequestContext ctx
-        cdef _ReaderBase down
-        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
-                and self.tunnel is None and self.down is not None and skip_body(self.parser, n, -1)):
-            # All body of a Content-Length response, short of its end: written from the read buffer
-            # itself, without a bytes copy of the read, llhttp's on_body copy and the join (see
-            # parser_stop.pxd). A transport that cannot send it all at once keeps a view of the
-            # buffer (uvloop sends from it later, it does not copy): then the buffer is the
-            # transport's, and the next read gets a new one.
-            view = rb.last_view[:n]
-            self.h_raw = 0
-            if not self.paused:
-                self.deadline = self.ticker.now + self.body_timeout
-            ctx = self.ctx
+        if self._pass_body(n):
+            # Written from the read buffer itself. A transport that cannot send it all at once
+            # keeps a view of the buffer (uvloop sends from it later, it does not copy): then the
+            # buffer is the transport's, and the next read takes a new one.
+            t = self._send_body(rb.last_view[:n], n)
+            if t is not None and t.get_write_buffer_size():
+                rb.given_away()
+            return
+        self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(<bytearray>rb.last), n))
+
+    cdef bint _pass_body(self, Py_ssize_t n) except -1:
+        """Whether the n bytes just read are all body, short of its end (a Content-Length body, or
+        the inside of one upstream chunk): then llhttp counts them as read without seeing them
+        (skip_body, parser_stop.pxd) and they go to the client as they are (_send_body): no copy
+        of the read, no on_body copy, no join. Does what on_body does for them."""
+        if self.state != S_BODY or self.out or self.tunnel is not None or self.down is None:
+            return False
+        if not (self.cl_body or self.in_chunk) or not skip_body(self.parser, n, -1):
+            return False
+        self.h_raw = 0
+        if not self.paused:
+            self.deadline = self.ticker.now + self.body_timeout
+        return True
+
+    cdef object _send_body(self, object data, Py_ssize_t n):
+        """Send body bytes passed by _pass_body (re-framed as one chunk when we chunk); returns the
+        client's transport, or None when it is gone."""
+        cdef RequestContext ctx = self.ctx
+        cdef _ReaderBase down = self.down
+        t = down.transport
+        if self.mode == M_CHUNK:
+            size = b"%x\r\n" % n
+            if ctx is not None:
+                ctx.bytes_out += n + len(size) + 2
+            if t is not None:
+                t.writelines((size, data, CRLF))
+        else:
             if ctx is not None:
                 ctx.bytes_out += n
-            down = self.down
-            t = down.transport
             if t is not None:
-                down.t_write(view)
-                if t.get_write_buffer_size():
-                    rb.given_away()
-            return
-        self._received(PyBytes_FromStringAndSize(PyByteArray_AS_STRING(rb.last), n))
+                down.t_write(data)
+        return t
+
+    # (llhttp reports chunk boundaries; inside a chunk, reads can pass as they are: _pass_body)
+    def on_chunk_header(self) -> None:
+        # (the last chunk, size 0, is not "inside": what follows it is trailers, never passed)
+        self.in_chunk = body_left(self.parser) > 0
+
+    def on_chunk_complete(self) -> None:
+        self.in_chunk = False
 
     def data_received(self, data: bytes) -> None:
         self._received(data)   # (a TLS transport, or a test's fake one: plain reads)
@@ -407,19 +466,8 @@ cdef class _UpstreamBase:
         cdef RequestContext ctx
         cdef _ReaderBase down
         cdef Py_ssize_t size, i
-        if (self.state == S_BODY and self.mode == M_RAW and not self.until_close and not self.out
-                and skip_body(self.parser, len(data), -1)):
-            # All body of a Content-Length response, short of its end: these very bytes go to the
-            # client, without llhttp's on_body copy and the join (see parser_stop.pxd). As on_body:
-            self.h_raw = 0
-            if not self.paused:
-                self.deadline = self.ticker.now + self.body_timeout
-            ctx = self.ctx
-            if ctx is not None:
-                ctx.bytes_out += len(data)
-            down = self.down
-            if down.transport is not None:
-                down.t_write(data)
+        if self._pass_body(len(data)):
+            self._send_body(data, len(data))   # these very bytes (see buffer_updated)
             return 0
         error = None
         rest = None
@@ -614,12 +662,14 @@ cdef class _UpstreamBase:
 
         keep = ctx.keep_alive
         self.until_close = False
+        self.cl_body = False
         if self.head_request or status == 204 or status == 304:
             self.mode = M_NONE
             # A 304 or a response to HEAD may describe the length of the representation.
             framing = b"Content-Length: %d\r\n" % int(cl) if cl is not None and status != 204 else b""
         elif cl is not None:
             self.mode = M_RAW
+            self.cl_body = True
             # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
             framing = b"Content-Length: " + cl + CRLF if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
         else:

@@ -111,6 +111,15 @@ def test_bulk_bodies_fault_no_fresh_pages(bulk: tuple[GatewayProcess, BulkUpstre
     assert per_mib < 5, f"{per_mib:.1f} minor page faults per MiB proxied"
 
 
+def test_chunked_to_http10_client_exact(bulk: tuple[GatewayProcess, BulkUpstream]) -> None:
+    """A chunked response to an HTTP/1.0 client is de-chunked and ends with the close: the inside
+    of each upstream chunk passes as it is, sizes, extensions and the trailer never do."""
+    gw, _ = bulk
+    for n in (1, 300_001, 8 * MIB + 3):
+        status, got, sha = download(gw.port, f"/chunked?n={n}&seed=5", version=b"1.0")
+        assert (status, got, sha) == (200, n, digest(5, n))
+
+
 @pytest.mark.parametrize("kind", ["sized", "chunked"])
 def test_download_exact_under_backpressure(bulk: tuple[GatewayProcess, BulkUpstream], kind: str) -> None:
     """A client with a small receive buffer that reads slowly for a while, then fast: the gateway
