@@ -70,5 +70,6 @@ cdef class HeadTracker:
     cdef int _measure(self) except -1
     cdef bytes take(self, bytes method)
     cdef int body(self, long long length) except -1
+    cdef int skipped(self, Py_ssize_t n) except -1
     cdef int reset(self) except -1
     cdef int failed_at(self, Py_ssize_t pos) except -1

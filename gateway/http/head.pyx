@@ -734,3 +734,12 @@ cdef class HeadTracker:
         """The head just taken is followed by `length` body bytes, then the next message."""
         self.next = self.end + length
         return 0
+
+    cdef int skipped(self, Py_ssize_t n) except -1:
+        """`n` body bytes went on without being fed to llhttp (its count advanced instead:
+        parser_stop.pxd's skip_body): the next head begins that much sooner in what is fed next."""
+        if self.next >= n:
+            self.next -= n
+        else:
+            self.next = 0
+        return 0

@@ -181,6 +181,7 @@ cdef class _ReaderBase:
                     and skip_body(self.parser, end - pos, ctx.content_length - self.p_body)):
                 # Inside a Content-Length body, short of its end: the bytes go on as they are
                 # (the read itself when it is all body), not as llhttp's on_body copy.
+                self.heads.skipped(end - pos)   # (the head tracker counts them as fed)
                 try:
                     self._on_body(data if pos == 0 and end == n else data[pos:end])
                 except RequestRejected as exc:
