@@ -392,15 +392,18 @@ def test_sighup_during_startup_never_kills_the_gateway_and_the_reload_is_applied
     changed = False
     deadline = time.monotonic() + 30
     # SIGHUP every ~2 ms from the first instruction until a worker serves. The file changes once
-    # the supervisor has spawned its workers (it has read the file by then): from there on the
+    # the supervisor has spawned a worker (it has read the file by then): from there on the
     # SIGHUPs ask for a reload that must be applied, in the supervisor's snapshot and in workers
-    # that are still starting.
+    # that are still starting. (Waiting to see both workers lost the race on a loaded machine: the
+    # second can be spawned and the first listening within one turn of this loop, which then ended
+    # without ever changing the file. The first worker is seen long before it listens: it imports
+    # the gateway first.)
     while not port_accepts(gw.host, gw.port, timeout=0.05):
         assert time.monotonic() < deadline, gw.stderr
         assert gw.alive(), f"killed during start-up after {sent} SIGHUPs: {gw.proc.returncode}\n{gw.stderr}"
         os.kill(gw.pid, signal.SIGHUP)
         sent += 1
-        if not changed and len(children(gw.pid)) == 2:
+        if not changed and len(children(gw.pid)) >= 1:
             gw.write_config(routes_toml(upstream.url, ["/a", "/b"]))
             changed = True
         time.sleep(0.002)
