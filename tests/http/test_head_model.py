@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from gateway.http.head import view_of_request_head, view_of_response_head
 
+from gateway.http.head import view_of_request_head, view_of_response_head
 from tests.http.harness import Harness, status_of
 from tests.http.head_model import request_model, response_model
 
