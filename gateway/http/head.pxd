@@ -1,6 +1,8 @@
 # A request or response head kept as one bytes object plus the span of each field in it: the
 # fields cost no Python object until a filter (or the data plane) asks for one (head.pyx).
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t
+from libc.string cimport memcpy
 
 
 cdef struct Field:
@@ -73,3 +75,14 @@ cdef class HeadTracker:
     cdef int skipped(self, Py_ssize_t n) except -1
     cdef int reset(self) except -1
     cdef int failed_at(self, Py_ssize_t pos) except -1
+
+
+# Writing a head into one preallocated bytes object (head.pyx, request.pyx): a bytes object's
+# bytes at p; (name, value) pairs as `name: value\r\n` lines (None: none), and their size.
+cdef inline char* put_bytes(char* p, bytes b) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
+    memcpy(p, PyBytes_AS_STRING(b), n)
+    return p + n
+
+cdef Py_ssize_t pairs_size(list fields) except -1
+cdef char* put_pairs(char* p, list fields) noexcept

@@ -487,31 +487,25 @@ cdef bytes response_head_view(bytes status_line, HeaderView view, list extra, by
                               bytes request_id, bytes tail):
     """gateway._fast.wire.response_head with the upstream's forwarded fields written from the
     spans of its head (the same bytes), then `extra` (the filters' response_headers)."""
-    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + view.wire_size() + _pairs_size(extra)
+    cdef Py_ssize_t size = (PyBytes_GET_SIZE(status_line) + view.wire_size() + pairs_size(extra)
                             + PyBytes_GET_SIZE(framing) + 14 + PyBytes_GET_SIZE(request_id)
                             + 35 + PyBytes_GET_SIZE(tail) + 2)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
     cdef char* p = PyBytes_AS_STRING(out)
-    p = _put(p, status_line)
+    p = put_bytes(p, status_line)
     p = view.wire_put(p)
-    p = _put_pairs(p, extra)
-    p = _put(p, framing)
+    p = put_pairs(p, extra)
+    p = put_bytes(p, framing)
     memcpy(p, b"X-Request-Id: ", 14)
-    p = _put(p + 14, request_id)
+    p = put_bytes(p + 14, request_id)
     memcpy(p, b"\r\nX-Content-Type-Options: nosniff\r\n", 35)
-    p = _put(p + 35, tail)
+    p = put_bytes(p + 35, tail)
     p[0] = 13
     p[1] = 10
     return out
 
 
-cdef inline char* _put(char* p, bytes b) noexcept:
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    memcpy(p, PyBytes_AS_STRING(b), n)
-    return p + n
-
-
-cdef Py_ssize_t _pairs_size(list fields) except -1:
+cdef Py_ssize_t pairs_size(list fields) except -1:
     cdef Py_ssize_t total = 0
     cdef object pair
     if fields is None:
@@ -525,15 +519,15 @@ cdef Py_ssize_t _pairs_size(list fields) except -1:
     return total
 
 
-cdef char* _put_pairs(char* p, list fields) noexcept:
+cdef char* put_pairs(char* p, list fields) noexcept:
     cdef object pair
     if fields is None:
         return p
     for pair in fields:
-        p = _put(p, <bytes>pair[0])
+        p = put_bytes(p, <bytes>pair[0])
         p[0] = 58
         p[1] = 32
-        p = _put(p + 2, <bytes>pair[1])
+        p = put_bytes(p + 2, <bytes>pair[1])
         p[0] = 13
         p[1] = 10
         p += 2

@@ -125,6 +125,7 @@ cdef class _ReaderBase:
     cdef int _consume(self, bytes data) except -1
     cdef int _consume_turn(self, bytes data, Py_ssize_t n) except -1
     cdef Py_ssize_t _plan(self, bytes data, Py_ssize_t pos, Py_ssize_t n) except -1
+    cdef Py_ssize_t _body_slice(self, Py_ssize_t avail) noexcept
     cdef int _feed(self, bytes data) except -1
     cdef int _resume_soon(self) except -1
     cdef int _flush_body(self) except -1

@@ -202,17 +202,7 @@ cdef class _ReaderBase:
             if left > 0:
                 if left < avail:
                     avail = left
-                # Body held here (a queued request's, or while no upstream is ready) stops one
-                # byte past its bound, where reading pauses: not a whole read past it.
-                if self.p_entry is not None:
-                    room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
-                elif self.a_up is None:
-                    room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
-                else:
-                    return pos + avail
-                if room < 1:
-                    room = 1
-                return pos + (room if room < avail else avail)
+                return pos + self._body_slice(avail)
         left = self.chunk.data_left()
         if left > 0:
             # Inside a chunk's data: these bytes are body whatever they hold (no head can end in
@@ -220,15 +210,7 @@ cdef class _ReaderBase:
             # Held body (queued, or no upstream yet) is bounded as for Content-Length above.
             if left < avail:
                 avail = <Py_ssize_t>left
-            if self.p_entry is not None:
-                room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
-            elif self.a_up is None:
-                room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
-            else:
-                return pos + avail
-            if room < 1:
-                room = 1
-            return pos + (room if room < avail else avail)
+            return pos + self._body_slice(avail)
         if avail > SLICE:
             avail = SLICE
         # At most `room` more heads may complete before the queue is full (the first one becomes
@@ -252,6 +234,21 @@ cdef class _ReaderBase:
                 return i + 3  # the last byte of this head end goes in the next slice
             k -= 1
             i += 1
+
+    cdef Py_ssize_t _body_slice(self, Py_ssize_t avail) noexcept:
+        """How many of `avail` body bytes to take now. Body held here (a queued request's, or
+        while no upstream is ready) stops one byte past its bound, where reading pauses: not a
+        whole read past it. Bytes for a ready upstream are all taken."""
+        cdef Py_ssize_t room
+        if self.p_entry is not None:
+            room = cMAX_BUFFERED_BODY + 1 - self.p_entry.size
+        elif self.a_up is None:
+            room = cMAX_BUFFERED_BODY + 1 - self.a_pending_size
+        else:
+            return avail
+        if room < 1:
+            room = 1
+        return room if room < avail else avail
 
     def _continue(self) -> None:
         """The rest of a read, held by a yield or a pause, parsed on a later loop turn."""

@@ -17,7 +17,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
-from gateway.http.head cimport F_GONE, Field, HeaderView
+from gateway.http.head cimport F_GONE, Field, HeaderView, pairs_size, put_bytes, put_pairs
 from gateway.pipeline.context cimport RequestContext
 
 from . import replies
@@ -379,37 +379,6 @@ cdef class RequestBuilder:
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
 
 
-cdef inline char* _put(char* p, bytes b) noexcept:
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(b)
-    memcpy(p, PyBytes_AS_STRING(b), n)
-    return p + n
-
-
-cdef Py_ssize_t _pairs_size(list fields) except -1:
-    cdef Py_ssize_t total = 0
-    cdef object pair
-    for pair in fields:
-        if type(pair) is not tuple or len(<tuple>pair) != 2:
-            raise TypeError("header fields must be (name, value) tuples")
-        if type(pair[0]) is not bytes or type(pair[1]) is not bytes:
-            raise TypeError("header names and values must be bytes")
-        total += PyBytes_GET_SIZE(<bytes>pair[0]) + PyBytes_GET_SIZE(<bytes>pair[1]) + 4
-    return total
-
-
-cdef char* _put_pairs(char* p, list fields) noexcept:
-    cdef object pair
-    for pair in fields:
-        p = _put(p, <bytes>pair[0])
-        p[0] = 58
-        p[1] = 32
-        p = _put(p + 2, <bytes>pair[1])
-        p[0] = 13
-        p[1] = 10
-        p += 2
-    return p
-
-
 cdef bytes _request_head_view(bytes method, bytes target, bytes host_header, HeaderView view,
                               bytes framing, list extra, bytes forwarded, bytes request_id,
                               bytes traceparent, object tracestate):
@@ -418,30 +387,30 @@ cdef bytes _request_head_view(bytes method, bytes target, bytes host_header, Hea
     cdef bytes ts = b"" if tracestate is None else <bytes?>tracestate
     cdef Py_ssize_t size = (PyBytes_GET_SIZE(method) + 1 + PyBytes_GET_SIZE(target) + 17
                             + PyBytes_GET_SIZE(host_header) + 2 + view.wire_size()
-                            + PyBytes_GET_SIZE(framing) + _pairs_size(extra)
+                            + PyBytes_GET_SIZE(framing) + pairs_size(extra)
                             + PyBytes_GET_SIZE(forwarded) + 14 + PyBytes_GET_SIZE(request_id)
                             + 15 + PyBytes_GET_SIZE(traceparent)
                             + (14 + PyBytes_GET_SIZE(ts) if tracestate is not None else 0) + 4)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
     cdef char* p = PyBytes_AS_STRING(out)
-    p = _put(p, method)
+    p = put_bytes(p, method)
     p[0] = 32
-    p = _put(p + 1, target)
+    p = put_bytes(p + 1, target)
     memcpy(p, b" HTTP/1.1\r\nHost: ", 17)
-    p = _put(p + 17, host_header)
+    p = put_bytes(p + 17, host_header)
     p[0] = 13
     p[1] = 10
     p = view.wire_put(p + 2)
-    p = _put(p, framing)
-    p = _put_pairs(p, extra)
-    p = _put(p, forwarded)
+    p = put_bytes(p, framing)
+    p = put_pairs(p, extra)
+    p = put_bytes(p, forwarded)
     memcpy(p, b"X-Request-Id: ", 14)
-    p = _put(p + 14, request_id)
+    p = put_bytes(p + 14, request_id)
     memcpy(p, b"\r\ntraceparent: ", 15)
-    p = _put(p + 15, traceparent)
+    p = put_bytes(p + 15, traceparent)
     if tracestate is not None:
         memcpy(p, b"\r\ntracestate: ", 14)
-        p = _put(p + 14, ts)
+        p = put_bytes(p + 14, ts)
     memcpy(p, b"\r\n\r\n", 4)
     return out
 
