@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pipeline import LocalReply
-from gateway.routing import Route, Router, normalize_host
+from gateway.routing import Route, Router
+from tests.support.router_reference import reference as model  # the one plain model of the rules
 
 SEGMENTS = st.sampled_from(["a", "b", "ab", "ba", "x"])
 PATHS = st.builds(
@@ -25,33 +26,6 @@ def routes(draw: st.DrawFn) -> list[Route]:
         out.append(Route(f"r{i}", None, draw(PATHS), exact=draw(st.booleans()), methods=methods,
                          host=draw(HOSTS)))
     return out
-
-
-def path_ok(r: Route, path: bytes) -> bool:
-    if r.exact:
-        return path == r.path
-    if r.path.endswith(b"/"):
-        return path.startswith(r.path)
-    return path == r.path or path.startswith(r.path + b"/")
-
-
-def model(rs: list[Route], method: bytes, host: bytes, path: bytes) -> tuple[str, object]:
-    h = normalize_host(host)
-    tiers = [[r for r in rs if r.host == h], [r for r in rs if r.host is None]]
-    matched: list[Route] = []
-    for tier in tiers:
-        cands = sorted((r for r in tier if path_ok(r, path)), key=lambda r: (not r.exact, -len(r.path), rs.index(r)))
-        for r in cands:
-            if r.methods is None or method in r.methods:
-                return ("route", r.name)
-        matched += cands
-    if not matched:
-        return ("reply", 404)
-    allow: dict[bytes, None] = {}
-    for r in matched:
-        for m in r.allow.split(b", "):
-            allow[m] = None
-    return ("reply", (405, b", ".join(allow)))
 
 
 def actual(router: Router, method: bytes, host: bytes, path: bytes) -> tuple[str, object]:
