@@ -15,8 +15,6 @@ cdef class UpstreamPool:
     cdef public set connecting
     cdef public object tls           # gateway.tls.UpstreamTLS for an https:// upstream, else None
     cdef public object ssl           # its SSLContext (shared by the pools of the same trust), or None
-    cdef public double warned_at     # the last logged connect failure (one line per LOG_EVERY s)
-    cdef public long long unlogged   # failures since then, counted in the next line
     cdef object __weakref__
 
     cpdef object acquire(self)

@@ -11,7 +11,6 @@ from .upstream import UpstreamProtocol
 
 MAX_IDLE: int
 IDLE_TIMEOUT: float
-LOG_EVERY: float
 
 class UpstreamPool:
     loop: asyncio.AbstractEventLoop
@@ -25,8 +24,6 @@ class UpstreamPool:
     connecting: set[asyncio.Task[None]]
     tls: UpstreamTLS | None
     ssl: ssl.SSLContext | None
-    warned_at: float
-    unlogged: int
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, settings: Any,
                  tls: UpstreamTLS | None = None) -> None: ...
     def acquire(self) -> UpstreamProtocol | None: ...

@@ -14,7 +14,7 @@ settings (gateway/tls.py), SNI and the verified name from the target's host, the
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT. Pooled TLS connections are reused exactly like plain ones (the
 handshake is paid once per connection). A failed connect, TLS included, is a "connect" failure
 (502, or a second attempt on another target); its reason (refused, certificate verify failed:
-...) goes to ctx.upstream_reason and, at most once per LOG_EVERY seconds per upstream, to the log.
+...) goes to ctx.upstream_reason, which the error log's line for the exchange names.
 """
 import asyncio
 import logging
@@ -30,9 +30,6 @@ MAX_IDLE = 256
 # Below the common upstream keep-alive timeouts (nginx 75 s, Node 5 s is the outlier): closing
 # first on our side avoids sending a request onto a connection the upstream is just closing.
 IDLE_TIMEOUT = 4.0
-# A down upstream fails every request: its reason is logged once, then at most once per this many
-# seconds with the number of failures in between (an attack or an outage never floods the log).
-LOG_EVERY = 10.0
 
 
 cdef class UpstreamPool:
@@ -47,8 +44,6 @@ cdef class UpstreamPool:
             from gateway.tls import client_context
 
             self.ssl = client_context(tls)   # (the CA file was loaded when the config was checked)
-        self.warned_at = -1e18
-        self.unlogged = 0
         self.host = host
         self.port = port
         self.settings = settings
@@ -112,6 +107,9 @@ cdef class UpstreamPool:
         down.upstream_ready(up)
 
     def _connect_failed(self, down: Any, exc: BaseException) -> None:
+        """Why the connect failed goes on the exchange (ctx.upstream_reason): the error log's one
+        line for it (gateway/observability/errorlog.py, rate-limited there) names it with the
+        request id, target and timings. Here only at debug level, per attempt."""
         from gateway.tls import describe_failure
 
         if isinstance(exc, TimeoutError):
@@ -119,19 +117,9 @@ cdef class UpstreamPool:
         else:
             reason = describe_failure(exc)
         ctx = getattr(down, "a_ctx", None)
-        rid = "-"
         if ctx is not None:
-            ctx.upstream_reason = reason      # for the error log line of this exchange
-            rid = ctx.request_id.decode("latin-1") if isinstance(ctx.request_id, bytes) else str(ctx.request_id)
-        now = self.loop.time()
-        if now - self.warned_at < LOG_EVERY:
-            self.unlogged += 1
-            return
-        more = f" ({self.unlogged} more failures since the last line)" if self.unlogged else ""
-        self.warned_at = now
-        self.unlogged = 0
-        log.warning("connect to %s://%s:%s failed (request %s): %s%s", "https" if self.tls else "http",
-                    self.host, self.port, rid, reason, more)
+            ctx.upstream_reason = reason
+        log.debug("connect to %s://%s:%s failed: %s", "https" if self.tls else "http", self.host, self.port, reason)
 
     def close(self) -> None:
         """Close idle connections now; busy ones are closed when their exchange ends."""

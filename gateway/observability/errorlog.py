@@ -127,7 +127,7 @@ class ErrorLog:
         up = ctx.upstream_end - ctx.upstream_start if ctx.upstream_start > 0.0 and ctx.upstream_end > 0.0 else 0.0
         reply = ctx.local_reply
         detail = f' detail="{reply.message}"' if reply is not None and reply.message else ""
-        reason = getattr(ctx, "upstream_reason", None)      # a failed connect's own why (TLS verify, refused)
+        reason = ctx.upstream_reason        # a failed connect's own why (TLS verify, refused: pool.pyx)
         if reason:
             text = str(reason)[:PATH_MAX]
             text = "".join(c if 0x20 <= ord(c) < 0x7f and c not in '"\\' else f"\\x{ord(c):02x}" for c in text)
