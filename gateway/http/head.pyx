@@ -699,6 +699,8 @@ cdef class HeadTracker:
                 return None
             self.end = end
             self.next = end
+            if start == 0 and end == n:
+                return data   # the read is this head and nothing else (most GETs): no copy
             return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
         else:
             tail = bytes(hold[-3:])
