@@ -22,7 +22,10 @@ import logging
 from gateway.pipeline.chain cimport FilterChain
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport Router
+from gateway.routing import Route
+from gateway.http.request cimport STRIP_ASK
 from gateway.pipeline.reply import LocalReply
+from gateway.discovery.service import Service
 
 from . import replies
 from .flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPGRADE, PAUSE_UPSTREAM, PAUSE_WRITE
@@ -40,6 +43,29 @@ cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 cdef int cPAUSE_WRITE = PAUSE_WRITE
 # Methods a retry may send again to another target (RFC 9110 §9.2.2; TRACE is never proxied far).
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
+
+
+cdef inline object _pick(object service, RequestContext ctx):
+    """service.pick(ctx), with Service.pick's own fast path inlined for a plain round_robin
+    service of one target (most services): the same answer without a Python frame per request.
+    Every other case (a balancer subclass, several targets, an admit() hook) asks pick()."""
+    if type(service) is Service:
+        targets = service.targets
+        if type(targets) is list and len(<list>targets) == 1:
+            t = (<list>targets)[0]
+            if t.admit is None:
+                if not t.available:
+                    return None
+                service._next = 0
+                return t
+    return service.pick(ctx)
+
+
+cdef inline bint _nothing_to_record(object service, object target) except -1:
+    """Whether Service.record(ctx, target, None) would do nothing: a plain service with no
+    observers, whose target has no passive failures to forget (the common success)."""
+    return (type(service) is Service and not service.observers
+            and target is not None and not target.passive_fails)
 
 
 cdef class _ExchangeBase(_ReaderBase):
@@ -89,7 +115,7 @@ cdef class _ExchangeBase(_ReaderBase):
         if self.a_expect:
             self._proxy(ctx)
             return 0
-        target = self.c_service.pick(ctx)
+        target = _pick(self.c_service, ctx)
         if target is None:
             self._local(replies.unavailable(ctx))
             return 0
@@ -112,7 +138,12 @@ cdef class _ExchangeBase(_ReaderBase):
         self.c_chain = chain
         self.c_filtered = bool(chain.filters)
         self.c_timeout = route.timeout
-        self.c_strip = bool(route.strip_prefix)
+        if not route.strip_prefix:
+            self.c_strip = -1
+        elif type(route) is Route:
+            self.c_strip = route._strip_len   # stripped in C (request.pyx)
+        else:
+            self.c_strip = STRIP_ASK          # its own upstream_path() says
         self.c_body = (<FilterChain>chain).body_check if type(chain) is FilterChain else None
         return 0
 
@@ -492,6 +523,8 @@ cdef class _ExchangeBase(_ReaderBase):
         ctx.upstream_end = self.l_time()
         service = ctx.service
         if service is not None and service.observed:
+            if kind is None and _nothing_to_record(service, ctx.upstream_target):
+                return 0
             try:
                 service.record(ctx, ctx.upstream_target, kind)
             except Exception:  # noqa: BLE001 - an observer must never break the exchange

@@ -119,7 +119,7 @@ cdef class _ReaderBase:
     cdef object c_chain
     cdef bint c_filtered
     cdef object c_timeout
-    cdef bint c_strip
+    cdef Py_ssize_t c_strip    # -1: no strip_prefix; else request.pyx's upstream_head says
 
     # the read path (reader.pyx)
     cdef int _consume(self, bytes data) except -1

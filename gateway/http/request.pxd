@@ -2,6 +2,9 @@
 # calls, typed arguments) and reads the per-request verdicts from C fields.
 from gateway.pipeline.context cimport RequestContext
 
+cdef enum:
+    STRIP_ASK = -2   # upstream_head's strip: ask the route's upstream_path()
+
 
 cdef class RequestBuilder:
     cdef public object settings
@@ -22,7 +25,7 @@ cdef class RequestBuilder:
 
     cdef RequestContext build(self, bytes method, str version, bytes url, object head,
                               bint keep_alive)
-    cdef bytes upstream_head(self, RequestContext ctx, bint strip)
+    cdef bytes upstream_head(self, RequestContext ctx, Py_ssize_t strip)
 
 
 cpdef bytes new_request_id()

@@ -341,10 +341,17 @@ cdef class RequestBuilder:
         self.expect = expect
         return ctx
 
-    cdef bytes upstream_head(self, RequestContext ctx, bint strip):
+    cdef bytes upstream_head(self, RequestContext ctx, Py_ssize_t strip):
         """The canonical request head, one buffer (gateway._fast.wire.request_head)."""
-        # (strip: ctx.route.strip_prefix, which the downstream protocol has already read)
-        target = ctx.route.upstream_path(ctx.target) if strip else ctx.target
+        # strip (the downstream protocol read it from ctx.route, exchange.pyx's _route_plan): -1
+        # no strip_prefix; >= 0 the bytes it strips (Route._strip_len), done here in C;
+        # STRIP_ASK a route object of another class, whose upstream_path() is asked.
+        if strip == -1:
+            target = ctx.target
+        elif strip >= 0:
+            target = _stripped(ctx.target, strip)
+        else:
+            target = ctx.route.upstream_path(ctx.target)
         if ctx.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif ctx.content_length is not None:
@@ -377,6 +384,24 @@ cdef class RequestBuilder:
         # (a filter replaced ctx.headers with a list of (name, value) pairs)
         return request_head(ctx.method, target, ctx.upstream_target.host_header, fields, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
+
+
+cdef bytes _stripped(bytes path, Py_ssize_t k):
+    """Route.upstream_path(path) for a route whose strip_prefix removes k bytes: the rest,
+    always starting with "/" (routing.py's docstring has the cases)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
+    cdef const char* p = PyBytes_AS_STRING(path)
+    cdef bytes out
+    if k == 0 and n > 0 and p[0] == 47:
+        return path
+    if k < n and p[k] == 47:
+        return PyBytes_FromStringAndSize(p + k, n - k)
+    if k > n:
+        k = n
+    out = PyBytes_FromStringAndSize(NULL, n - k + 1)
+    PyBytes_AS_STRING(out)[0] = 47
+    memcpy(PyBytes_AS_STRING(out) + 1, p + k, n - k)
+    return out
 
 
 cdef bytes _request_head_view(bytes method, bytes target, bytes host_header, HeaderView view,
