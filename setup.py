@@ -39,6 +39,7 @@ DATAPLANE_MODULES = {
     "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
+    "llstate": "gateway.http.llstate",        # httptools' getters read from llhttp's state in C
     "head": "gateway.http.head",              # HeaderView, HeadTracker: head fields as spans, scanned in C
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "tunnel": "gateway.http.tunnel",          # Tunnel: bytes both ways after a 101 (WebSocket)

@@ -46,6 +46,7 @@ from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport HeadTracker, HeaderView, scan_head
+from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
 from .wire import H_FORWARD, LAST_CHUNK
@@ -265,7 +266,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.in_head = False
         parser = self.parser
         builder = self.builder
-        method = parser.get_method()
+        method = request_method(parser)
         # The head's bytes, scanned in C now that llhttp accepted them (head.pyx): its fields are
         # spans, measured against the head limits here as httptools' on_header measured them.
         head = self.heads.take(method)
@@ -277,7 +278,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
         # (see below: only these two names set llhttp's keep-alive flags)
         self.p_conn = view.connection   # (noted by scan_head)
-        keep_alive = parser.should_keep_alive()
+        keep_alive = request_keep_alive(parser)
         # get_http_version() formats a new str per call (the dearest getter, ~0.15 us). llhttp (strict:
         # only 0.9, 1.0, 1.1 and 2.0 parse) says keep-alive for 1.1 unless "close", and for the
         # others only with a keep-alive token in Connection/Proxy-Connection: so keep-alive with
@@ -291,7 +292,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         expect = builder.expect
         self.p_work += HEAD_WORK
         # (An Upgrade needs `Connection: upgrade`: p_conn spares the common request this call.)
-        if (self.p_conn or has_body) and parser.should_upgrade():
+        if (self.p_conn or has_body) and should_upgrade(parser):
             if has_body:
                 raise RequestRejected(replies.BAD_REQUEST)  # see reader.pyx's HttpParserUpgrade
             self._upgrade_head(ctx)

@@ -45,6 +45,7 @@ from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
 from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view, scan_head
 from gateway.http.parser_stop cimport body_left, skip_body, stop_offset
+from gateway.http.llstate cimport response_keep_alive, status_code
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -570,7 +571,7 @@ cdef class _UpstreamBase:
         if self.done:
             self.broken = True  # a second response to one request: never trust this connection again
             raise httptools.HttpParserError("response after the complete response")
-        cdef int status = self.parser.get_status_code()
+        cdef int status = status_code(self.parser)
         cdef HeaderView view
         cdef Py_ssize_t i
         cdef int cls
@@ -625,7 +626,7 @@ cdef class _UpstreamBase:
             return  # the end of a 1xx: the final response follows
         if self.mode == M_CHUNK:
             self.out.append(LAST_CHUNK)
-        if not self.parser.should_keep_alive():
+        if not response_keep_alive(self.parser):
             self.broken = True
         self.done = True
 
