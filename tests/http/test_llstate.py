@@ -64,19 +64,14 @@ def test_random_pipelines_on_one_parser() -> None:
     # Several messages on one parser (keep-alive): the state read is each message's own.
     rng = random.Random(7)
     for _ in range(200):
-        seen: list = []
-
-        class Probe:
-            def on_headers_complete(self) -> None:
-                seen.append((llstate.verdicts(parser, False), llstate.getters(parser, False)))
-
-        parser = httptools.HttpRequestParser(Probe())
+        probe = llstate._Probe(False)   # records (direct answers, getters' answers) per callback
+        probe.parser = httptools.HttpRequestParser(probe)
         stream = b"".join(
             _head(rng.choice([b"GET", b"POST", b"PUT", b"DELETE"]) + b" / HTTP/1.1",
                   rng.choice([None, b"keep-alive", b"foo"]), rng.choice(FRAMING[:3]), False)
             for _ in range(rng.randint(1, 5)))
-        parser.feed_data(stream)
-        assert seen and all(direct == slow for direct, slow in seen)
+        probe.parser.feed_data(stream)
+        assert probe.seen and all(direct == slow for direct, slow in probe.seen)
 
 
 def test_the_method_is_one_shared_bytes_object_per_method() -> None:
