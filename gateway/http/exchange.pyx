@@ -54,10 +54,9 @@ cdef inline object _pick(object service, RequestContext ctx):
         if type(targets) is list and len(<list>targets) == 1:
             t = (<list>targets)[0]
             if t.admit is None:
-                if not t.available:
-                    return None
-                service._next = 0
-                return t
+                # (pick() also sets service._next = 0 here: with one target the rotation index is
+                # never read, and set_targets() restarts a longer rotation safely from any index.)
+                return t if t.available else None
     return service.pick(ctx)
 
 

@@ -85,11 +85,21 @@ cdef inline uint64_t _rand64() noexcept:
     return z ^ (z >> 31)
 
 
+cdef char _HEX2[512]   # "000102...ff": two digits per byte (ids and traceparents are per request)
+for _b in range(256):
+    _HEX2[2 * _b] = _HEX[_b >> 4]
+    _HEX2[2 * _b + 1] = _HEX[_b & 15]
+
+
 cdef inline void _hex(char* p, uint64_t v, int digits) noexcept:
-    cdef int i
-    for i in range(digits - 1, -1, -1):
-        p[i] = _HEX[v & 15]
-        v >>= 4
+    """The low `digits` hex digits of v, most significant first, at p."""
+    cdef int i = digits
+    while i >= 2:
+        i -= 2
+        memcpy(p + i, &_HEX2[2 * (v & 255)], 2)
+        v >>= 8
+    if i:
+        p[0] = _HEX[v & 15]
 
 
 cdef Py_ssize_t _plain_target(bytes url) noexcept:
