@@ -16,11 +16,12 @@ for. The data plane writes the forwarded fields straight from the spans (`wire_p
 Names are classified in C against wire.py's tables (REQUEST_CLASSES, classify_slow,
 RESPONSE_CLASSES), read once at import: wire.py stays the one place that says what a name is.
 """
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.tuple cimport PyTuple_GET_ITEM
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
 from .wire import H_CONNECTION, H_DROP, H_FORWARD, H_OWNED, H_XFWD, R_FORWARD, REQUEST_CLASSES, RESPONSE_CLASSES
@@ -81,6 +82,34 @@ for _c in range(256):
 
 cdef inline unsigned char _low(unsigned char c) noexcept:
     return _LOWER[c]
+
+
+cdef inline void _lower_in_place(char* q, Py_ssize_t n) noexcept:
+    """ASCII A-Z to a-z over q[:n], eight bytes per step (SWAR): a forwarded request's names are
+    written lowercased, ~200 name bytes in a browser's head, which a table lookup per byte made
+    ~1,200 instructions per request. Bytes over 0x7f are left alone (and cause no carry)."""
+    cdef uint64_t w, h, m
+    while n >= 8:
+        memcpy(&w, q, 8)
+        h = w & <uint64_t>0x7f7f7f7f7f7f7f7f
+        # bit 7 of each byte of (h + 0x3f) is set from 'A' up, of (h + 0x25) from '[' up
+        m = ((h + <uint64_t>0x3f3f3f3f3f3f3f3f) & ~(h + <uint64_t>0x2525252525252525)
+             & ~w & <uint64_t>0x8080808080808080)
+        w |= m >> 2
+        memcpy(q, &w, 8)
+        q += 8
+        n -= 8
+    while n > 0:
+        q[0] = <char>_LOWER[<unsigned char>q[0]]
+        q += 1
+        n -= 1
+
+
+def lowered(data: bytes) -> bytes:
+    """_lower_in_place on a copy (for tests)."""
+    out = bytearray(data)
+    _lower_in_place(<char*>out, len(out))
+    return bytes(out)
 
 
 cdef inline bint _ieq(const unsigned char* p, const char* lname, Py_ssize_t n, bint dash) noexcept:
@@ -158,11 +187,10 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
         eol = cr - p
         if eol == pos:
             break   # the blank line
-        colon = pos
-        while colon < eol and p[colon] != 58:   # ':' (names are short: no memchr call)
-            colon += 1
-        if colon == eol:
+        cr = <const unsigned char*>memchr(p + pos, 58, eol - pos)   # ':'
+        if cr == NULL:
             raise ValueError("a field line without a colon")
+        colon = cr - p
         v = colon + 1
         while v < eol and (p[v] == 32 or p[v] == 9):
             v += 1
@@ -188,6 +216,7 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
     return view
 
 
+@cython.freelist(16)   # two per exchange; ~600 bytes each, over pymalloc's small-object bound
 cdef class HeaderView:
     """The fields of one head, read in place (module docstring). As `ctx.headers` it lists the
     end-to-end fields: the ones the data plane itself acts on (Host, framing, Connection,
@@ -327,18 +356,15 @@ cdef class HeaderView:
                 if self.lower:
                     for k in range(i, j):
                         g = &self.f[k]
-                        for n in range(g.name - start, g.name - start + g.nlen):
-                            p[n] = <char>_LOWER[<unsigned char>p[n]]
+                        _lower_in_place(p + (g.name - start), g.nlen)
                 p += end - start
                 i = j
                 continue
             i += 1
             n = f.nlen
+            memcpy(p, src + f.name, n)
             if self.lower:
-                for k in range(n):
-                    p[k] = <char>_LOWER[src[f.name + k]]
-            else:
-                memcpy(p, src + f.name, n)
+                _lower_in_place(p, n)
             p[n] = 58   # ':'
             p[n + 1] = 32
             p += n + 2

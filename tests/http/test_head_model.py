@@ -282,3 +282,17 @@ def test_leading_whitespace_under_the_bound_is_accepted_split_anywhere() -> None
         h.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         assert status_of(h.down.take()) == 200
         h.close()
+
+
+def test_swar_lowercasing_is_bytes_lower() -> None:
+    # head.pyx lowercases forwarded names eight bytes at a time: every byte value, every length
+    # and alignment, bytes over 0x7f included (they must neither change nor carry).
+    from gateway.http.head import lowered
+
+    rng = random.Random(11)
+    alphabet = bytes(range(256))
+    for n in range(0, 70):
+        for _ in range(40):
+            data = bytes(rng.choice(alphabet) for _ in range(n))
+            assert lowered(data) == data.lower()
+    assert lowered(b"@AZ[`az{\xc1\xda" * 3) == b"@az[`az{\xc1\xda" * 3
