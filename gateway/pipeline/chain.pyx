@@ -80,6 +80,7 @@ cdef class FilterChain:
         self._response = tuple(reversed(
             [(i, f.response) for i, f in enumerate(self.filters) if _overrides(f, "response")]))
         self._log = tuple(f.log for f in self.filters if _overrides(f, "log"))
+        self.has_response = bool(self._response)
 
     @property
     def empty(self):
