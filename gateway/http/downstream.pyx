@@ -45,7 +45,7 @@ from .reader import MAX_BUFFERED_BODY, MAX_PIPELINE, _TakeOver
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
-from gateway.http.head cimport HeadTracker, HeaderView, scan_head
+from gateway.http.head cimport HeadTracker, HeaderView
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
@@ -269,11 +269,10 @@ cdef class _DownstreamBase(_ExchangeBase):
         method = request_method(parser)
         # The head's bytes, scanned in C now that llhttp accepted them (head.pyx): its fields are
         # spans, measured against the head limits here as httptools' on_header measured them.
-        head = self.heads.take(method)
-        if head is None:
+        view = self.heads.take_view(method, cH_FORWARD, True)
+        if view is None:
             log.error("request head not found where llhttp ended it (stream out of step): 400")
             raise RequestRejected(replies.BAD_REQUEST)
-        view = scan_head(head, cH_FORWARD, True)
         if view.n > self.lim_headers or view.field_bytes > self.lim_hbytes:
             raise RequestRejected(replies.HEADERS_TOO_LARGE)
         # (see below: only these two names set llhttp's keep-alive flags)

@@ -31,9 +31,11 @@ cdef class HeaderView:
     cdef Py_ssize_t line_end      # end of the first line (request or status line), CRLF excluded
     cdef bint connection          # a request head with a Connection or Proxy-Connection field
     cdef readonly Py_ssize_t field_bytes   # sum of name + value + 4 over the fields (the head limit's measure)
+    cdef Py_ssize_t end           # offset after the head's blank line in buf (set by the scan)
 
     cdef int _push(self, Py_ssize_t name, Py_ssize_t nlen, Py_ssize_t value, Py_ssize_t vlen,
                    int cls) except -1
+    cdef int _rebase(self, bytes buf, Py_ssize_t start) except -1
     cdef bytes c_value(self, Py_ssize_t i)
     cdef bytes c_lname(self, Py_ssize_t i)
     cdef bint c_is(self, Py_ssize_t i, const char* lname, Py_ssize_t n) noexcept
@@ -71,6 +73,7 @@ cdef class HeadTracker:
     cdef int fed(self, bint in_head) except -1
     cdef int _measure(self) except -1
     cdef bytes take(self, bytes method)
+    cdef HeaderView take_view(self, bytes method, int32_t forward_cls, bint request)
     cdef int body(self, long long length) except -1
     cdef int skipped(self, Py_ssize_t n) except -1
     cdef int reset(self) except -1

@@ -138,10 +138,6 @@ cdef inline int _lookup(const unsigned char* p, Py_ssize_t n, _Entry* table, Py_
 
 cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept:
     """wire.py's class of a request field name (REQUEST_CLASSES, then classify_slow), in C."""
-    return _classify_req(p, n, memchr(p, 95, n) != NULL)
-
-
-cdef inline int _classify_req(const unsigned char* p, Py_ssize_t n, bint underscore) noexcept:
     cdef int cls = _lookup(p, n, _req, _req_at, False)
     if cls >= 0:
         return cls
@@ -149,7 +145,9 @@ cdef inline int _classify_req(const unsigned char* p, Py_ssize_t n, bint undersc
         return cH_OWNED
     if n > 12 and _ieq(p, b"x-forwarded-", 12, False):
         return cH_XFWD
-    if underscore:  # '_' in the name: a look-alike of a name that matters is dropped
+    # A '_' in the name: a look-alike of a name that matters is dropped. (Looked for only here,
+    # for the names no table knows: most of a browser's fields.)
+    if memchr(p, 95, n) != NULL:
         if (_lookup(p, n, _req, _req_at, True) >= 0 or (n > 11 and _ieq(p, b"x-consumer-", 11, True))
                 or (n > 12 and _ieq(p, b"x-forwarded-", 12, True))):
             return cH_DROP
@@ -166,6 +164,14 @@ cdef int classify_response(const unsigned char* p, Py_ssize_t n) noexcept:
 cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
     """The view of a head llhttp accepted: buf runs from the first byte of the request (or status)
     line to the blank line's LF included."""
+    return _scan(buf, 0, forward_cls, request, True)
+
+
+cdef HeaderView _scan(bytes buf, Py_ssize_t start, int32_t forward_cls, bint request, bint whole):
+    """The view of the head llhttp accepted that begins at buf[start] (more bytes may follow it:
+    a body, the next request). Offsets are buf's; `end` is set after the blank line's LF. Raises
+    ValueError when buf holds no complete head there (`whole`: buf is the head, its blank line
+    may be left out)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(buf), pos, eol, colon, v
     cdef const unsigned char* cr
@@ -175,17 +181,25 @@ cdef HeaderView scan_head(bytes buf, int32_t forward_cls, bint request):
     view.buf = buf
     view.forward_cls = forward_cls
     view.lower = request
-    cr = <const unsigned char*>memchr(p, 13, size)
+    cr = <const unsigned char*>memchr(p + start, 13, size - start)
     if cr == NULL:
         raise ValueError("not a head")
     view.line_end = cr - p
     pos = view.line_end + 2
-    while pos < size:
+    while True:
+        if pos >= size:
+            if whole:
+                view.end = size
+                break
+            raise ValueError("not a head")
         cr = <const unsigned char*>memchr(p + pos, 13, size - pos)
         if cr == NULL:
             raise ValueError("not a head")
         eol = cr - p
         if eol == pos:
+            if eol + 1 >= size:
+                raise ValueError("not a head")
+            view.end = eol + 2
             break   # the blank line
         cr = <const unsigned char*>memchr(p + pos, 58, eol - pos)   # ':'
         if cr == NULL:
@@ -256,6 +270,18 @@ cdef class HeaderView:
         return 0
 
     # --- for compiled callers ---
+    cdef int _rebase(self, bytes buf, Py_ssize_t start) except -1:
+        """The head moves to its own bytes object buf, which holds what began at `start`."""
+        cdef Py_ssize_t i
+        self.buf = buf
+        if start:
+            for i in range(self.n):
+                self.f[i].name -= <int32_t>start
+                self.f[i].value -= <int32_t>start
+            self.line_end -= start
+            self.end -= start
+        return 0
+
     cdef bytes c_value(self, Py_ssize_t i):
         return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self.buf) + self.f[i].value, self.f[i].vlen)
 
@@ -744,6 +770,41 @@ cdef class HeadTracker:
         self.end = end
         self.next = end
         return head
+
+    cdef HeaderView take_view(self, bytes method, int32_t forward_cls, bint request):
+        """take() and scan_head() in one pass over the bytes (in on_headers_complete): the view of
+        the head llhttp has just completed, or None if it is not where it must be. A head within
+        the bytes being fed is scanned where it lies (its end found by the scan itself), then
+        given its own bytes object unless it is that whole read; a head begun in earlier reads
+        is joined first (take())."""
+        cdef bytes data = self.data
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start, end, m = PyBytes_GET_SIZE(method)
+        cdef HeaderView view
+        if self.hold is not None and self.hold:
+            head = self.take(method)
+            if head is None:
+                return None
+            try:
+                return _scan(head, 0, forward_cls, request, False)
+            except ValueError:
+                return None
+        start = self.next
+        while start < n and (p[start] == 13 or p[start] == 10):
+            start += 1
+        if n - start < m or memcmp(p + start, PyBytes_AS_STRING(method), m) != 0:
+            return None
+        try:
+            view = _scan(data, start, forward_cls, request, False)
+        except ValueError:
+            return None
+        end = view.end
+        self.end = end
+        self.next = end
+        if start != 0 or end != n:
+            # (the view must not keep the whole read: a body, or pipelined requests, may follow)
+            view._rebase(PyBytes_FromStringAndSize(<const char*>p + start, end - start), start)
+        return view
 
     cdef int reset(self) except -1:
         """A new stream starts at the next byte fed (an upstream connection's next exchange)."""

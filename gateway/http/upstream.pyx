@@ -43,7 +43,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
-from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view, scan_head
+from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view
 from gateway.http.parser_stop cimport body_left, skip_body, stop_offset
 from gateway.http.llstate cimport response_keep_alive, status_code
 from gateway.http.pool cimport UpstreamPool
@@ -578,10 +578,9 @@ cdef class _UpstreamBase:
         # The head's bytes, scanned in C now that llhttp accepted them (head.pyx). The field
         # bytes of interim (1xx) heads count with the final head's, the fields per head, as
         # when on_header counted them.
-        head = self.heads.take(b"HTTP/")
-        if head is None:
+        view = self.heads.take_view(b"HTTP/", cR_FORWARD, False)
+        if view is None:
             raise httptools.HttpParserError("response head not where llhttp ended it")
-        view = scan_head(head, cR_FORWARD, False)
         self.h_bytes += view.field_bytes
         if view.n > self.lim_headers or self.h_bytes > self.lim_hbytes:
             raise _HeadTooLarge()
