@@ -17,30 +17,8 @@ tests/http/test_llstate.py checks both on generated heads.
 """
 import httptools
 
-from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
+from gateway.http.parser_stop cimport _llhttp, llhttp_prefix
 
-
-cdef struct _State:   # llhttp 9.x's llhttp__internal_t, up to status_code
-    int32_t _index
-    void* _span_pos0
-    void* _span_cb0
-    int32_t error
-    const char* reason
-    const char* error_pos
-    void* data
-    void* _current
-    uint64_t content_length
-    uint8_t type
-    uint8_t method
-    uint8_t http_major
-    uint8_t http_minor
-    uint8_t header_state
-    uint16_t lenient_flags
-    uint8_t upgrade
-    uint8_t finish
-    uint16_t flags
-    uint16_t status_code
 
 # llhttp_flags (llhttp.h; the same values since llhttp 2.0)
 cdef enum:
@@ -53,16 +31,16 @@ cdef bint _direct = False
 cdef list _methods = [None] * 256
 
 
-cdef inline _State* _state(object parser) noexcept:
-    """httptools' HttpParser: PyObject_HEAD, its vtable, then `llhttp_t* _cparser` (parser_stop.pxd)."""
-    cdef _State* s = (<_State**>(<char*><PyObject*>parser + sizeof(PyObject) + sizeof(void*)))[0]
+cdef inline llhttp_prefix* _state(object parser) noexcept:
+    """llhttp's state inside httptools' parser (parser_stop.pxd), NULL if it is not where expected."""
+    cdef llhttp_prefix* s = _llhttp(parser)
     if s == NULL or s.data != <void*>parser:
         return NULL
     return s
 
 
 cdef bytes request_method(object parser):
-    cdef _State* s
+    cdef llhttp_prefix* s
     if _direct:
         s = _state(parser)
         if s != NULL:
@@ -75,7 +53,7 @@ cdef bytes request_method(object parser):
 
 
 cdef bint request_keep_alive(object parser) except -1:
-    cdef _State* s
+    cdef llhttp_prefix* s
     if _direct:
         s = _state(parser)
         if s != NULL and s.http_major == 1 and s.http_minor == 1:
@@ -85,7 +63,7 @@ cdef bint request_keep_alive(object parser) except -1:
 
 
 cdef bint response_keep_alive(object parser) except -1:
-    cdef _State* s
+    cdef llhttp_prefix* s
     if _direct:
         s = _state(parser)
         if (s != NULL and s.http_major == 1 and s.http_minor == 1
@@ -96,7 +74,7 @@ cdef bint response_keep_alive(object parser) except -1:
 
 
 cdef int status_code(object parser) except -1:
-    cdef _State* s
+    cdef llhttp_prefix* s
     if _direct:
         s = _state(parser)
         if s != NULL:
@@ -105,7 +83,7 @@ cdef int status_code(object parser) except -1:
 
 
 cdef bint should_upgrade(object parser) except -1:
-    cdef _State* s
+    cdef llhttp_prefix* s
     if _direct:
         s = _state(parser)
         if s != NULL:
@@ -167,37 +145,28 @@ PROBE_RESPONSES = [
 ]
 
 
+def _answers(bytes head, bint response) -> list:
+    """(direct answers, getters' answers) at each callback of a fresh parser fed `head`."""
+    probe = _Probe(response)
+    parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(probe)
+    probe.parser = parser
+    try:
+        parser.feed_data(head)
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        pass   # (an upgrade's pause, or a head llhttp refuses: what it saw first still counts)
+    return probe.seen
+
+
 def disagreements(heads: list, bint response) -> list:
     """Heads on which a direct answer differs from httptools' getter (each on a fresh parser)."""
-    out = []
-    for head in heads:
-        probe = _Probe(response)
-        parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(probe)
-        probe.parser = parser
-        try:
-            parser.feed_data(head)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            pass   # (an upgrade's pause, or a head llhttp refuses: what it saw first still counts)
-        for direct, slow in probe.seen:
-            if direct != slow:
-                out.append((head, direct, slow))
-    return out
+    return [(head, direct, slow) for head in heads
+            for direct, slow in _answers(head, response) if direct != slow]
 
 
 def _seen_everything() -> bool:
     """Every probe head reached its callbacks (a comparison that saw nothing proves nothing)."""
-    for heads, response in ((PROBE_REQUESTS, False), (PROBE_RESPONSES, True)):
-        for head in heads:
-            probe = _Probe(response)
-            parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(probe)
-            probe.parser = parser
-            try:
-                parser.feed_data(head)
-            except httptools.HttpParserUpgrade:
-                pass
-            if not probe.seen:
-                return False
-    return True
+    return all(_answers(head, response) for heads, response in ((PROBE_REQUESTS, False), (PROBE_RESPONSES, True))
+               for head in heads)
 
 
 def _check() -> bool:

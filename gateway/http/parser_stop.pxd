@@ -15,7 +15,7 @@
 # in llhttp_t since 2.0).
 from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 
 
 cdef struct llhttp_prefix:
@@ -28,6 +28,17 @@ cdef struct llhttp_prefix:
     void* data
     void* _current
     uint64_t content_length
+    # (the rest of llhttp 9.x's prefix: read by llstate.pyx, which checks it at import)
+    uint8_t type
+    uint8_t method
+    uint8_t http_major
+    uint8_t http_minor
+    uint8_t header_state
+    uint16_t lenient_flags
+    uint8_t upgrade
+    uint8_t finish
+    uint16_t flags
+    uint16_t status_code
 
 
 cdef inline llhttp_prefix* _llhttp(object parser) noexcept:
