@@ -8,16 +8,12 @@ read by clock_gettime(CLOCK_MONOTONIC): the clock of time.monotonic() and of the
 same in every process of the node.
 """
 from libc.stdint cimport uint32_t
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from gateway._fast.clock cimport monotonic_now as _now
 
 from gateway._fast.breaker cimport CircuitBreaker
 from gateway.pipeline.context cimport RequestContext
 
 
-cdef inline double _now() noexcept:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef class Admission:

@@ -14,7 +14,9 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.string cimport memcpy
 from libc.math cimport floor, fmod
-from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+from gateway._fast.clock cimport monotonic_now
 
 from gateway._fast.counters cimport CounterArray
 from gateway._fast.keyed_table cimport KeyedLimiterTable
@@ -58,13 +60,6 @@ cdef inline tuple _field(tuple small, bytes name, long long n):
     if 0 <= n < 4096:
         return <tuple>small[n]
     return (name, _digits(n)) if n > 0 else (name, b"%d" % n)
-
-
-cdef inline double _monotonic() noexcept:
-    # time.monotonic()'s clock, without the Python call.
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef inline double _wall() noexcept:
@@ -205,7 +200,7 @@ cdef class FastAccess(CompiledAccess):
         if self.leased:
             return self.leased_access(ctx)
         if self.monotonic:
-            now_d = _monotonic()
+            now_d = monotonic_now()   # time.monotonic()'s clock, without the Python call
         else:
             now = self.clock()
             now_d = now

@@ -29,7 +29,6 @@ the same holds for upstream.pyx, pool.pyx and flow.pyx.
 import asyncio
 import logging
 from collections import deque
-from time import monotonic as _monotonic
 from typing import Any
 
 import httptools
@@ -46,6 +45,7 @@ from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport HeadTracker, HeaderView
+from gateway._fast.clock cimport monotonic_now
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
@@ -83,9 +83,6 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.transport = None
         self.parser = httptools.HttpRequestParser(self)
         self.p_feed = self.parser.feed_data
-        # time.monotonic: the clock of uvloop's loop.time() (CLOCK_MONOTONIC) at full resolution;
-        # loop.time() counts whole milliseconds, too coarse for the 100 us latency buckets.
-        self.l_time = _monotonic
         self.t_write = None
         self.gate = None  # set in connection_made
         self.builder = None
@@ -295,7 +292,7 @@ cdef class _DownstreamBase(_ExchangeBase):
             if has_body:
                 raise RequestRejected(replies.BAD_REQUEST)  # see reader.pyx's HttpParserUpgrade
             self._upgrade_head(ctx)
-        ctx.start = self.l_time()
+        ctx.start = monotonic_now()
         self.p_ctx = ctx
         self.p_entry = None
         self.p_has_body = has_body
@@ -477,7 +474,7 @@ cdef class _DownstreamBase(_ExchangeBase):
                 ctx.method = b""
             # The head's start is known to the ticker's resolution (0.5 s): used for a head that
             # timed out, where it is the whole story; any other refusal took this read's time.
-            ctx.start = head_start if head_start > 0.0 and reply is replies.HEADER_TIMEOUT else self.l_time()
+            ctx.start = head_start if head_start > 0.0 and reply is replies.HEADER_TIMEOUT else monotonic_now()
         ctx.status = reply.status
         ctx.local_reply = reply
         try:

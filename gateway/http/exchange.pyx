@@ -31,6 +31,7 @@ from . import replies
 from .flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPGRADE, PAUSE_UPSTREAM, PAUSE_WRITE
 from .reader import MAX_BUFFERED_BODY, MAX_PIPELINE
 
+from gateway._fast.clock cimport monotonic_now
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport K_IDLE, K_NONE, _Queued, _ReaderBase
 from gateway.http.tunnel cimport Tunnel
@@ -119,7 +120,7 @@ cdef class _ExchangeBase(_ReaderBase):
             self._local(replies.unavailable(ctx))
             return 0
         ctx.upstream_target = target
-        ctx.upstream_start = self.l_time()   # the attempt starts now (connect time counts)
+        ctx.upstream_start = monotonic_now()   # the attempt starts now (connect time counts)
         pool = target.pool
         # (a C call for the real pool class and its subclasses; cpdef still honours overrides)
         up = (<UpstreamPool>pool).acquire() if isinstance(pool, UpstreamPool) else pool.acquire()
@@ -175,7 +176,7 @@ cdef class _ExchangeBase(_ReaderBase):
             self._local(replies.unavailable(ctx))
             return 0
         ctx.upstream_target = target
-        ctx.upstream_start = self.l_time()
+        ctx.upstream_start = monotonic_now()
         if self.a_expect:
             # We answer the client's Expect ourselves (nginx does too) and never forward it: the
             # body then streams to whatever upstream connection we pick.
@@ -318,7 +319,7 @@ cdef class _ExchangeBase(_ReaderBase):
         log.info("request %s: upstream %s failed (%s) before any response byte; retry %d of %d on %s",
                  ctx.request_id, ctx.upstream_target.url, kind, self.a_retries, route.retries, target.url)
         ctx.upstream_target = target
-        ctx.upstream_start = self.l_time()
+        ctx.upstream_start = monotonic_now()
         ctx.upstream_end = 0.0
         self.a_pending = self.a_sent
         pool = target.pool
@@ -519,7 +520,7 @@ cdef class _ExchangeBase(_ReaderBase):
         tells the service when it observes outcomes (passive health, breakers, least_conn, EWMA)."""
         if ctx.upstream_end != 0.0 or ctx.upstream_start == 0.0:
             return 0   # already reported, or never sent (failed before a connection was ours)
-        ctx.upstream_end = self.l_time()
+        ctx.upstream_end = monotonic_now()
         service = ctx.service
         if service is not None and service.observed:
             if kind is None and _nothing_to_record(service, ctx.upstream_target):

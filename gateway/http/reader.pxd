@@ -52,11 +52,10 @@ cdef class _ReaderBase:
     cdef public object transport
     cdef readonly object parser
     # Bound methods taken once (a method lookup per call otherwise): the transport's write (set
-    # in connection_made), the parser's feed_data (re-taken whenever the parser is replaced) and
-    # loop.time.
+    # in connection_made) and the parser's feed_data (re-taken whenever the parser is replaced).
+    # (Times are read with gateway._fast.clock's monotonic_now, in C.)
     cdef object t_write
     cdef object p_feed
-    cdef object l_time
     cdef public ReadGate gate
     cdef public str peer
     cdef public object queue

@@ -16,7 +16,9 @@ from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+from gateway._fast.clock cimport monotonic_now
 
 import logging
 import time
@@ -38,9 +40,9 @@ cdef inline double _clock(int which) noexcept:
 
 
 cdef inline double _now() noexcept:
-    # CLOCK_MONOTONIC, the clock of time.monotonic() and so of ctx.start (the data plane's l_time);
+    # CLOCK_MONOTONIC, the clock of time.monotonic() and so of ctx.start (the data plane's clock);
     # uvloop's loop.time() would do too but has millisecond resolution, too coarse for 100 us buckets.
-    return _clock(CLOCK_MONOTONIC)
+    return monotonic_now()
 
 
 cdef class RouteCells:

@@ -15,7 +15,7 @@ clock of ctx.start), including the wait of a filter that waits on I/O; the span 
 import inspect
 import logging
 
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from gateway._fast.clock cimport monotonic_now as _now
 
 from gateway.pipeline.context cimport RequestContext
 
@@ -29,10 +29,6 @@ def _overrides(f, phase):
     return getattr(type(f), phase) is not getattr(Filter, phase)
 
 
-cdef inline double _now() noexcept:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 async def _continue_async(FilterChain chain, RequestContext ctx, pending, Py_ssize_t pos,
