@@ -207,14 +207,16 @@ def test_timed_out_connections_are_never_reused(server: RedisProcess) -> None:
 
 
 def test_calls_abandoned_mid_reply_leave_no_bytes_behind(server: RedisProcess) -> None:
-    """A 16 MiB reply takes about 50 ms to read here: with a 20 ms budget the calls give up
-    halfway through it. Every socket of the pool (4) was abandoned that way; the calls after
-    must still read their own replies, never the rest of the big one."""
+    """A 64 MiB reply takes 80 ms or more to read here: with a 20 ms budget the calls give up
+    partway through it. Every socket of the pool (4) was abandoned that way; the calls after
+    must still read their own replies, never the rest of the big one. (With 16 MiB, an idle
+    machine read the whole reply within the budget 8 times in 30: the precondition, not the
+    property, failed a CI run.)"""
     async def main() -> None:
         link = await _up_link(server.url, timeout=0.02, max_connections=4)
         try:
             sync = server.client()
-            sync.set("big", b"x" * (16 << 20))
+            sync.set("big", b"x" * (64 << 20))
             sync.mset({f"k{i}": f"v{i}".encode() for i in range(64)})
             results = await asyncio.gather(*(link.call("big", lambda c: c.get("big")) for _ in range(4)),
                                            return_exceptions=True)
