@@ -251,7 +251,10 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.p_deadline = self.ticker.now + self.t_header
 
     def on_url(self, url: bytes) -> None:
-        self.p_url += url
+        if self.p_url:
+            self.p_url += url   # (a target split across reads)
+        else:
+            self.p_url = url
         if len(self.p_url) > self.lim_uri:
             raise RequestRejected(replies.URI_TOO_LONG)
 

@@ -650,7 +650,6 @@ cdef class _UpstreamBase:
         cdef bint keep
         cdef HeaderView view = self.view
         cdef Py_ssize_t i, cl_i = -1
-        cl = None
         te = None
         conn = None
         for i in range(view.n):
@@ -659,8 +658,7 @@ cdef class _UpstreamBase:
             if cls == cR_FORWARD:
                 continue
             elif cls == cR_CONTENT_LENGTH:
-                cl = view.c_value(i)
-                cl_i = i
+                cl_i = i   # (llhttp allows one; its value becomes bytes only where it is needed)
             elif cls == cR_TRANSFER_ENCODING:
                 te = view.c_value(i) if te is None else te + b"," + view.c_value(i)
             elif cls == cR_CONNECTION:
@@ -680,12 +678,15 @@ cdef class _UpstreamBase:
         if self.head_request or status == 204 or status == 304:
             self.mode = M_NONE
             # A 304 or a response to HEAD may describe the length of the representation.
-            framing = b"Content-Length: %d\r\n" % int(cl) if cl is not None and status != 204 else b""
-        elif cl is not None:
+            framing = b"Content-Length: %d\r\n" % int(view.c_value(cl_i)) if cl_i >= 0 and status != 204 else b""
+        elif cl_i >= 0:
             self.mode = M_RAW
             self.cl_body = True
             # Canonical decimal: llhttp checked the digits; only leading zeros need rewriting.
-            framing = _field_line(b"Content-Length: ", view, cl_i) if cl[:1] != b"0" else b"Content-Length: %d\r\n" % int(cl)
+            if PyBytes_AS_STRING(view.buf)[view.f[cl_i].value] != 48:   # not a leading '0'
+                framing = _field_line(b"Content-Length: ", view, cl_i)
+            else:
+                framing = b"Content-Length: %d\r\n" % int(view.c_value(cl_i))
         else:
             if te is not None and te.rstrip(b" ").lower() != b"chunked":
                 # Only `chunked` itself, spelled as llhttp decodes it (nothing but spaces after the
