@@ -10,11 +10,12 @@ bench/dataplane_loop.py (the protocols on fake transports), this includes uvloop
 hand-overs of its callbacks, the metrics recorder and the real config; unlike compare.py it
 leaves out the kernel (syscalls, TCP), which is 60-70 % of both proxies' CPU.
 
-    python bench/live_instructions.py [--tree PATH] [--traffic bare|realistic] [--seconds 10] [--top 40]
+    python bench/live_instructions.py [--tree PATH | --nginx] [--traffic bare|realistic] [--seconds 10] [--top 40]
 
-`--tree` runs another checkout (built in place) for an A/B in the same conditions. Callgrind slows
-the process ~50x, so rps is low; the counts per request are what matter. Figures:
-bench/results/headers.md.
+`--tree` runs another checkout (built in place) for an A/B in the same conditions; `--nginx` counts
+compare.py's nginx proxy instead (proxy-nginx.conf as a single process: master_process off), the
+same way. Callgrind slows the process ~50x, so rps is low; the counts per request are what
+matter. Figures: bench/results/headers.md.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def split(path: str, requests: int, top: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", default=ROOT)
+    ap.add_argument("--nginx", action="store_true", help="count compare.py's nginx proxy instead")
     ap.add_argument("--traffic", choices=["bare", "realistic"], default="bare")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=40)
@@ -87,30 +89,43 @@ def main() -> int:
     with bench_lock(), Procs("gw-live-") as procs:
         upstream = "upstream-nginx.conf" if a.traffic == "bare" else "upstream-nginx-realistic.conf"
         procs.start(["nginx", "-c", os.path.join(SHARED_BENCH, upstream)], 0, log="upstream.log")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        env.update(GATEWAY_CONFIG=os.path.join(SHARED_BENCH, "gateway-plain.toml"), GATEWAY_HOST="127.0.0.1",
-                   GATEWAY_PORT=str(PORT), GATEWAY_ADMIN_PORT=str(ADMIN), GATEWAY_WORKERS="1",
-                   GATEWAY_ACCESS_LOG="off", PYTHONPATH=tree, PYTHONHASHSEED="0")
-        gw = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                          sys.executable, "-m", "gateway", "run"], 1, env=env, cwd=tree, log="gateway.log")
+        if a.nginx:
+            conf = os.path.join(procs.tmp, "proxy-nginx.conf")
+            with open(os.path.join(SHARED_BENCH, "proxy-nginx.conf")) as f:
+                text = f.read()
+            text = re.sub(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{PORT}", text)
+            text = re.sub(r"pid [^;]+;", f"pid {procs.tmp}/nginx.pid;", text)
+            with open(conf, "w") as f:
+                f.write("master_process off;\n" + text)
+            cmd = ["nginx", "-c", conf]
+            env, cwd = None, procs.tmp
+        else:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+            env.update(GATEWAY_CONFIG=os.path.join(SHARED_BENCH, "gateway-plain.toml"), GATEWAY_HOST="127.0.0.1",
+                       GATEWAY_PORT=str(PORT), GATEWAY_ADMIN_PORT=str(ADMIN), GATEWAY_WORKERS="1",
+                       GATEWAY_ACCESS_LOG="off", PYTHONPATH=tree, PYTHONHASHSEED="0")
+            cmd = [sys.executable, "-m", "gateway", "run"]
+            cwd = tree
+        proc = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+                          *cmd], 1, env=env, cwd=cwd, log="subject.log")
         deadline = time.monotonic() + 120
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{PORT}/api/users/42", timeout=5).read()
                 break
             except OSError:
-                if time.monotonic() > deadline or gw.poll() is not None:
-                    raise SystemExit(f"the gateway did not start under valgrind; see {procs.tmp}") from None
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"the subject did not start under valgrind; see {procs.tmp}") from None
                 time.sleep(1)
         wrk(3, headers)                      # warm-up: connections, caches, the pool
-        subprocess.run(["callgrind_control", "-i", "on", str(gw.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
         requests = wrk(a.seconds, headers)
-        subprocess.run(["callgrind_control", "-i", "off", str(gw.pid)], capture_output=True, check=True)
-        subprocess.run(["callgrind_control", "-d", str(gw.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
     dumps = sorted(p for p in os.listdir(os.path.dirname(out)) if p.startswith("callgrind.out."))
     if not dumps or not requests:
         raise SystemExit("no dump or no requests")
-    print(f"tree {tree}, traffic {a.traffic}")
+    print(f"{'nginx' if a.nginx else 'tree ' + tree}, traffic {a.traffic}")
     split(os.path.join(os.path.dirname(out), dumps[-1]), requests, a.top)
     return 0
 
