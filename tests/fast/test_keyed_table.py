@@ -447,3 +447,24 @@ def test_a_table_in_a_reference_cycle_never_frees_its_buffer_before_its_view() -
                          cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "exported buffers" not in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="known bug: a key reclaimed as 'recovered' at a later `now` "
+                   "comes back fresh after a clock step back (see the test's docstring)")
+def test_a_reclaimed_recovered_key_is_not_more_generous_after_a_clock_step_back() -> None:
+    """_reclaimable judges a key 'recovered' at the inserting key's `now`: its state refilled to
+    `now` equals a fresh limiter's. The reclaimed key may come back at an earlier time (the clock
+    stepped back: tests/fast/reference.timeline draws such steps), when its own state would not
+    have been full: coming back fresh, it is granted more than the limiter it had. Capacity 1
+    makes the reclaim certain. In tests/pipeline/test_ratelimit_filter.py's
+    test_answers_match_the_reference_models_per_key it can happen only when two of its three keys'
+    probe windows meet (secret hash): the likely cause of that test failing about once in 40 runs
+    (the filter one more remaining than the model).
+    Fixing it means changing what 'recovered' means in the table and in the model's judge_drop
+    (tests/fast/reference/keyed_table.py) together."""
+    t = KeyedLimiterTable(1, "token_bucket", rate=1.0, bucket=4.0)
+    for _ in range(3):
+        t.check("a", 100.0)              # a: 1 token left at t=100
+    t.check("b", 103.5)                  # a refilled to 103.5 would be full: its slot goes to b
+    allowed, remaining, _ = t.check("a", 101.0)   # the clock stepped back 2.5 s
+    assert allowed and remaining == 1.0  # a's own limiter: 1 + 1 s x 1/s = 2 tokens, one taken
