@@ -619,21 +619,6 @@ def view_of_response_head(data: bytes) -> HeaderView:
     return scan_head(bytes(data), cR_FORWARD, False)
 
 
-cdef inline Py_ssize_t _head_end(const unsigned char* p, Py_ssize_t start, Py_ssize_t n) noexcept:
-    """The offset after the first CRLF CRLF in p[start:n], -1 if none."""
-    cdef const unsigned char* c
-    cdef Py_ssize_t i = start
-    while i + 3 < n:
-        c = <const unsigned char*>memchr(p + i, 13, n - 3 - i)
-        if c == NULL:
-            return -1
-        i = c - p
-        if p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
-            return i + 4
-        i += 1
-    return -1
-
-
 cdef class HeadTracker:
     """Where each head lies in the bytes a connection feeds to llhttp, so that the head can be
     scanned once llhttp has accepted it (httptools reports no positions).
@@ -732,39 +717,23 @@ cdef class HeadTracker:
         self.data = data[:pos]
         return self.fed(True)
 
-    cdef bytes take(self, bytes method):
-        """The bytes of the head llhttp has just completed (in on_headers_complete); None if they
-        are not where they must be (then the stream is out of step: never expected)."""
+    cdef bytes _join_held(self, bytes method):
+        """The bytes of a head begun in earlier reads (held) and completed in this one, joined;
+        None if they are not where they must be (the stream out of step: never expected)."""
         cdef bytes data = self.data
-        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start, end, i
         cdef bytearray hold = self.hold
-        if hold is None or not hold:
-            start = self.next
-            while start < n and (p[start] == 13 or p[start] == 10):
-                start += 1
-            end = _head_end(p, start, n)
+        cdef Py_ssize_t end
+        tail = bytes(hold[-3:])
+        end = (tail + data[:3]).find(b"\r\n\r\n")   # a blank line across the two
+        if end >= 0:
+            end += 4 - len(tail)
+        else:
+            end = find_crlfcrlf(PyBytes_AS_STRING(data), 0, PyBytes_GET_SIZE(data))
             if end < 0:
                 return None
-            if end - start < PyBytes_GET_SIZE(method) or memcmp(p + start, PyBytes_AS_STRING(method),
-                                                                 PyBytes_GET_SIZE(method)) != 0:
-                return None
-            self.end = end
-            self.next = end
-            if start == 0 and end == n:
-                return data   # the read is this head and nothing else (most GETs): no copy
-            return PyBytes_FromStringAndSize(<const char*>p + start, end - start)
-        else:
-            tail = bytes(hold[-3:])
-            i = (tail + data[:3]).find(b"\r\n\r\n")
-            if i >= 0:
-                end = i + 4 - len(tail)
-            else:
-                end = _head_end(p, 0, n)
-                if end < 0:
-                    return None
-            head = bytes(hold) + data[:end]
-            self.hold = None
+            end += 4
+        head = bytes(hold) + data[:end]
+        self.hold = None
         if not head.startswith(method):
             return None
         self.end = end
@@ -772,17 +741,16 @@ cdef class HeadTracker:
         return head
 
     cdef HeaderView take_view(self, bytes method, int32_t forward_cls, bint request):
-        """take() and scan_head() in one pass over the bytes (in on_headers_complete): the view of
-        the head llhttp has just completed, or None if it is not where it must be. A head within
-        the bytes being fed is scanned where it lies (its end found by the scan itself), then
-        given its own bytes object unless it is that whole read; a head begun in earlier reads
-        is joined first (take())."""
+        """The view of the head llhttp has just completed (in on_headers_complete), or None if it
+        is not where it must be. A head within the bytes being fed is scanned where it lies (its
+        end found by the scan itself), then given its own bytes object unless it is that whole
+        read; a head begun in earlier reads is joined first (_join_held)."""
         cdef bytes data = self.data
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), start, end, m = PyBytes_GET_SIZE(method)
         cdef HeaderView view
-        if self.hold is not None and self.hold:
-            head = self.take(method)
+        if self.hold:
+            head = self._join_held(method)
             if head is None:
                 return None
             try:

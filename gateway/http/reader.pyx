@@ -17,7 +17,6 @@ import logging
 import httptools
 
 from cpython.bytes cimport PyBytes_AS_STRING
-from libc.string cimport memchr
 
 from gateway.http.upstream cimport _UpstreamBase
 from gateway.pipeline.context cimport RequestContext
@@ -29,6 +28,7 @@ from .wire import JOIN_MAX
 
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
+from gateway.http.head cimport find_crlfcrlf
 from gateway.http.parser_stop cimport skip_body, stop_offset
 
 log = logging.getLogger("gateway.http")
@@ -116,22 +116,6 @@ cdef Py_ssize_t SLICE = 16384
 # client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
 cdef Py_ssize_t WORK_PER_TURN = 2048
 cdef Py_ssize_t cJOIN_MAX = JOIN_MAX   # (wire.py: join small pieces, writev large ones)
-
-cdef inline Py_ssize_t _crlfcrlf(const char* p, Py_ssize_t i, Py_ssize_t end) noexcept:
-    """data.find(b"\\r\\n\\r\\n", i, end) in C: memchr from CR to CR (a few per field line)
-    instead of bytes.find's byte-by-byte search, which cost a realistic 1 KiB head 2,100
-    instructions (bench/results/headers.md)."""
-    cdef const char* c
-    while i + 3 < end:
-        c = <const char*>memchr(p + i, 13, end - 3 - i)
-        if c == NULL:
-            return -1
-        i = c - p
-        if p[i + 1] == 10 and p[i + 2] == 13 and p[i + 3] == 10:
-            return i
-        i += 1
-    return -1
-
 
 cdef class _Queued:
     """A pipelined request waiting for the active exchange to finish (uncommon path)."""
@@ -244,7 +228,7 @@ cdef class _ReaderBase:
         k = room - (1 if self.in_head else 0)
         i = pos
         while True:
-            i = _crlfcrlf(PyBytes_AS_STRING(data), i, pos + avail)
+            i = find_crlfcrlf(PyBytes_AS_STRING(data), i, pos + avail)
             if i < 0:
                 return pos + avail
             if k == 0:
