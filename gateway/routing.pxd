@@ -5,6 +5,9 @@
 from cpython.ref cimport PyObject
 
 
+cdef bytes stripped_path(bytes path, Py_ssize_t k)
+
+
 cdef class _Node:
     cdef dict children      # next path segment -> _Node; None on a leaf
     cdef tuple bare         # (methods, route) pairs of the prefix ending here, no trailing slash

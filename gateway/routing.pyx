@@ -27,7 +27,7 @@ from typing import Any
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.ref cimport PyObject
-from libc.string cimport memchr
+from libc.string cimport memchr, memcpy
 
 from gateway.pipeline.chain import EMPTY_CHAIN, FilterChain
 from gateway.pipeline.reply import LocalReply
@@ -109,12 +109,7 @@ class Route:
         Route "/api/users" with strip_prefix: /api/users/42 → /42, /api/users → /,
         /api/users?x=1 → /?x=1. Without strip_prefix the path is returned unchanged.
         """
-        if not self.strip_prefix:
-            return path
-        rest = path[self._strip_len:]
-        if rest[:1] != b"/":
-            return b"/" + rest
-        return rest
+        return stripped_path(path, self._strip_len) if self.strip_prefix else path
 
     def allows(self, method: bytes) -> bool:
         return self.methods is None or method in self.methods
@@ -122,6 +117,22 @@ class Route:
     def __repr__(self) -> str:
         where = (self.host or b"*").decode() + ("=" if self.exact else "") + self.path.decode()
         return f"Route({self.name!r}, {where})"
+
+
+cdef bytes stripped_path(bytes path, Py_ssize_t k):
+    """path with its first k bytes (a route's strip_prefix) removed, always starting with "/":
+    Route.upstream_path, and the data plane's C call for it (request.pyx)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
+    cdef const char* p = PyBytes_AS_STRING(path)
+    cdef bytes out
+    if k > n:
+        k = n
+    if k < n and p[k] == 47:
+        return path if k == 0 else PyBytes_FromStringAndSize(p + k, n - k)
+    out = PyBytes_FromStringAndSize(NULL, n - k + 1)
+    PyBytes_AS_STRING(out)[0] = 47
+    memcpy(PyBytes_AS_STRING(out) + 1, p + k, n - k)
+    return out
 
 
 cdef inline tuple _with_methods(rs):

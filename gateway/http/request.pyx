@@ -19,6 +19,7 @@ from libc.string cimport memcpy
 
 from gateway.http.head cimport F_GONE, Field, HeaderView, pairs_size, put_bytes, put_pairs
 from gateway.pipeline.context cimport RequestContext
+from gateway.routing cimport stripped_path
 
 from . import replies
 from .errors import RequestRejected
@@ -359,7 +360,7 @@ cdef class RequestBuilder:
         if strip == -1:
             target = ctx.target
         elif strip >= 0:
-            target = _stripped(ctx.target, strip)
+            target = stripped_path(ctx.target, strip)
         else:
             target = ctx.route.upstream_path(ctx.target)
         if ctx.chunked:
@@ -394,24 +395,6 @@ cdef class RequestBuilder:
         # (a filter replaced ctx.headers with a list of (name, value) pairs)
         return request_head(ctx.method, target, ctx.upstream_target.host_header, fields, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
-
-
-cdef bytes _stripped(bytes path, Py_ssize_t k):
-    """Route.upstream_path(path) for a route whose strip_prefix removes k bytes: the rest,
-    always starting with "/" (routing.py's docstring has the cases)."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
-    cdef const char* p = PyBytes_AS_STRING(path)
-    cdef bytes out
-    if k == 0 and n > 0 and p[0] == 47:
-        return path
-    if k < n and p[k] == 47:
-        return PyBytes_FromStringAndSize(p + k, n - k)
-    if k > n:
-        k = n
-    out = PyBytes_FromStringAndSize(NULL, n - k + 1)
-    PyBytes_AS_STRING(out)[0] = 47
-    memcpy(PyBytes_AS_STRING(out) + 1, p + k, n - k)
-    return out
 
 
 cdef bytes _request_head_view(bytes method, bytes target, bytes host_header, HeaderView view,
