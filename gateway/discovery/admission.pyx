@@ -14,8 +14,6 @@ from gateway._fast.breaker cimport CircuitBreaker
 from gateway.pipeline.context cimport RequestContext
 
 
-
-
 cdef class Admission:
     """Target.admit: admit(ctx) -> bool; notes the ticket on ctx.breaker_ticket (-1: refused)."""
 

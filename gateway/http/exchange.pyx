@@ -171,7 +171,7 @@ cdef class _ExchangeBase(_ReaderBase):
             self._proxy(ctx)
 
     cdef int _proxy(self, RequestContext ctx) except -1:
-        target = ctx.route.service.pick(ctx)
+        target = _pick(ctx.route.service, ctx)
         if target is None:
             self._local(replies.unavailable(ctx))
             return 0

@@ -56,17 +56,6 @@ cdef double INF = float("inf")  # a C double: compared per request without a glo
 
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
 
-
-cdef bytes _field_line(bytes name, HeaderView view, Py_ssize_t i):
-    """name + the value of view's field i + CRLF, in one allocation (was two concatenations)."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), v = view.f[i].vlen
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + v + 2)
-    cdef char* p = PyBytes_AS_STRING(out)
-    memcpy(p, PyBytes_AS_STRING(name), n)
-    memcpy(p + n, PyBytes_AS_STRING(view.buf) + view.f[i].value, v)
-    p[n + v] = 13
-    p[n + v + 1] = 10
-    return out
 cdef Py_ssize_t cJOIN_MAX = JOIN_MAX
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
@@ -183,6 +172,19 @@ cdef class _ReadBuffer:
 
 
 cdef _ReadBuffer _reads = _ReadBuffer()
+
+
+
+cdef bytes _field_line(bytes name, HeaderView view, Py_ssize_t i):
+    """name + the value of view's field i + CRLF, in one allocation (was two concatenations)."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), v = view.f[i].vlen
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + v + 2)
+    cdef char* p = PyBytes_AS_STRING(out)
+    memcpy(p, PyBytes_AS_STRING(name), n)
+    memcpy(p + n, PyBytes_AS_STRING(view.buf) + view.f[i].value, v)
+    p[n + v] = 13
+    p[n + v + 1] = 10
+    return out
 
 
 cdef class _UpstreamBase:
@@ -716,7 +718,7 @@ cdef class _UpstreamBase:
             # Response filters get (and may edit) the forwarded fields as a list of pairs, built
             # only for a route that has one: an access-only chain (JWT, a rate limit) takes the
             # common path below, whose bytes are the same when no filter edits them.
-            if type(chain) is not FilterChain or (<FilterChain>chain).has_response:
+            if type(chain) is not FilterChain or (<FilterChain>chain)._response:
                 fwd = forwarded_pairs(view)
                 if type(chain) is FilterChain:
                     (<FilterChain>chain).c_run_response(ctx, status, fwd)   # a C call

@@ -18,7 +18,9 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
 
-from gateway._fast.clock cimport monotonic_now
+# CLOCK_MONOTONIC, the clock of ctx.start; uvloop's loop.time() would do too but has millisecond
+# resolution, too coarse for the 100 us buckets.
+from gateway._fast.clock cimport monotonic_now as _now
 
 import logging
 import time
@@ -37,12 +39,6 @@ cdef inline double _clock(int which) noexcept:
     cdef timespec ts
     clock_gettime(which, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef inline double _now() noexcept:
-    # CLOCK_MONOTONIC, the clock of time.monotonic() and so of ctx.start (the data plane's clock);
-    # uvloop's loop.time() would do too but has millisecond resolution, too coarse for 100 us buckets.
-    return monotonic_now()
 
 
 cdef class RouteCells:

@@ -13,8 +13,6 @@ cdef class FilterChain:
     cdef readonly tuple filters
     cdef tuple _access      # (chain index, bound access, compiled?) per filter overriding access
     cdef tuple _response    # (chain index, bound response), already reversed
-    cdef readonly bint has_response   # some filter overrides response (the data plane then builds
-                                      # the list of response fields it edits; otherwise it does not)
     cdef tuple _log         # bound log per filter overriding log
     cdef int _n
     cdef bint _timed        # GATEWAY_TRACING=on: each access filter's phase is timed (ctx.vars["phases"])

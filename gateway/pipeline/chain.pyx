@@ -29,8 +29,6 @@ def _overrides(f, phase):
     return getattr(type(f), phase) is not getattr(Filter, phase)
 
 
-
-
 async def _continue_async(FilterChain chain, RequestContext ctx, pending, Py_ssize_t pos,
                           list phases=None, double t0=0.0):
     # phases (a timed chain): the waiting filter's phase ends when its awaitable does.
@@ -76,7 +74,12 @@ cdef class FilterChain:
         self._response = tuple(reversed(
             [(i, f.response) for i, f in enumerate(self.filters) if _overrides(f, "response")]))
         self._log = tuple(f.log for f in self.filters if _overrides(f, "log"))
-        self.has_response = bool(self._response)
+
+    @property
+    def has_response(self):
+        """Some filter overrides response (the data plane builds the list of response fields for
+        it to edit only then; it reads _response directly)."""
+        return bool(self._response)
 
     @property
     def empty(self):
