@@ -17,6 +17,7 @@ a chatty gateway can then never block on a full pipe while a test waits on it.
 """
 from __future__ import annotations
 
+import collections
 import http.client
 import os
 import signal
@@ -33,11 +34,22 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Ports free_port handed out lately in this process: bind-to-0 may give the port it gave a moment
+# ago (2 calls in 20,000 back to back here), and callers take two at once for a data and an admin
+# listener (a CI run failed on "the admin listener overlaps the data listener"). Bounded.
+_GIVEN: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (bind to 0, read it, close: racy, but fine for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now and not handed out lately by this process (bind to 0,
+    read it, close: another process may still take it, but two callers here never share one)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.append(port)
+            return port
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:

@@ -17,11 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.gateway_proc import free_port
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], port: int, logfile: str, deadline: float) -> None:
