@@ -137,6 +137,8 @@ cdef class KeyedLimiterTable:
     cdef void _fresh(self, kt_slot* s, double now) noexcept nogil
     cdef double _recency(self, kt_slot* s) noexcept nogil
     cdef bint _reclaimable(self, kt_slot* s, double now) noexcept nogil
+    cdef bint _idle(self, kt_slot* s, double now) noexcept nogil
+    cdef bint _recovered(self, kt_slot* s, double now) noexcept nogil
     cdef void _hash(self, const char* key, size_t n, uint64_t* h, uint32_t* chk) noexcept nogil
     cdef int _overflow(self, double now, double cost, double* out1, double* out2) noexcept nogil
     cdef int _insert(self, uint64_t home, uint64_t h, uint32_t chk, double now, double cost,

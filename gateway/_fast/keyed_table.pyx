@@ -23,11 +23,20 @@ recency further than that in the *future* was written under a wrong clock that h
 back: it is forgotten too, rather than frozen until the clock catches up; smaller steps back
 re-anchor the state with its debt, see clock.pxd.)
 
-Full probe window. An insert may reuse only a slot whose key's eviction changes no answer: empty,
-tombstone, idle, or *recovered* (its state at `now` equals a fresh limiter's: a full bucket, an
-empty window). When none is left among the ``max_probe`` slots, no key is evicted: the new key is
-checked against the table's one shared *overflow limiter* (the same policy, in the header) and
-not inserted; `overflows` counts those checks. So no flood of keys, crafted or random, lets a
+Full probe window. An insert takes a free slot (empty or tombstone) of its window if it has one;
+only when it has none may it reuse a slot whose key's eviction changes no answer: idle, or else
+*recovered* (its state at `now` equals a fresh limiter's: a full bucket, an empty window). So a
+live key loses its slot only under pressure. When no slot can go among the ``max_probe`` slots,
+no key is evicted: the new key is checked against the table's one shared *overflow limiter* (the
+same policy, in the header) and not inserted; `overflows` counts those checks.
+
+"Changes no answer" holds for a clock that does not step back. A key forgotten at `now` (idle or
+recovered) that comes back after the clock stepped back `s` seconds below `now` starts fresh
+where its own limiter would have had up to `s` seconds of recovery left to do: it can be granted
+at most what its limiter recovers in `s` seconds (token bucket: s x rate tokens) more than the
+limiter it had. Memory is bounded, so some key must be forgettable; forgetting only under
+pressure keeps this to tables whose windows are full
+(tests/fast/test_keyed_table.py::test_a_key_reclaimed_before_a_clock_step_back_gains_at_most_the_step). So no flood of keys, crafted or random, lets a
 limited key through; at worst the flood's new keys share one key's limit until slots recover.
 Size the table for the live key count with headroom: filling 1M keys into 1.25M slots (load 0.8)
 overflowed 6275 inserts with max_probe=32, 1142 with 64 and 70 with 128 (the default).
@@ -238,7 +247,7 @@ cdef class KeyedLimiterTable:
                     double* o2) noexcept nogil:
         # Caller holds the slot (lock, or private table). Idle past the TTL: forget the key.
         # (The limiter itself then advances the recency: tb `last`, sw `window_start`.)
-        if fabs(now - self._recency(s)) > self._ttl:
+        if self._idle(s, now):
             self._fresh(s, now)
         cdef int r
         if self._algo == KT_TOKEN_BUCKET:
@@ -261,13 +270,19 @@ cdef class KeyedLimiterTable:
         return s.st.sw.window_start
 
     cdef bint _reclaimable(self, kt_slot* s, double now) noexcept nogil:
-        # May this key's slot go to another key without changing any answer? Idle (see the
-        # module docstring), or recovered: its state at `now` equals a fresh limiter's, so the
-        # key coming back fresh gets exactly the answers it would have got. Only for a state not
-        # ahead of `now`: one ahead refills or rotates later than a fresh one would.
-        cdef double rec = self._recency(s), t, start
-        if fabs(now - rec) > self._ttl:
-            return True
+        # May this key's slot go to another key without changing any answer? Idle or recovered
+        # (module docstring).
+        return self._idle(s, now) or self._recovered(s, now)
+
+    cdef bint _idle(self, kt_slot* s, double now) noexcept nogil:
+        # Recency more than the TTL away from `now`, either way (module docstring).
+        return fabs(now - self._recency(s)) > self._ttl
+
+    cdef bint _recovered(self, kt_slot* s, double now) noexcept nogil:
+        # Its state at `now` equals a fresh limiter's, so the key coming back fresh gets exactly
+        # the answers it would have got. Only for a state not ahead of `now`: one ahead refills
+        # or rotates later than a fresh one would.
+        cdef double t, start
         if self._algo == KT_TOKEN_BUCKET:
             if now < s.st.tb.last:
                 return False
@@ -335,15 +350,20 @@ cdef class KeyedLimiterTable:
         # Miss path. Shared mode: the caller holds this home's stripe lock, so no other process
         # inserts this key meanwhile; other keys may still take or free slots of the window, so
         # every choice is re-checked under the chosen slot's lock and the walk redone if stale.
+        # Choice: the first free slot (tombstone or empty) of the window; without one, the first
+        # idle key's slot; without one, the first recovered key's (module docstring: a live
+        # key is forgotten only under pressure, idle ones first).
         cdef kt_slot* s
         cdef kt_slot* cand
-        cdef uint64_t i, hv, cand_hash
+        cdef kt_slot* idle
+        cdef kt_slot* recovered
+        cdef uint64_t i, hv, cand_hash, idle_hash, recovered_hash
         cdef uint32_t p
         cdef bint shared = self._shared, ok
         cdef int r
         while True:
-            cand = NULL
-            cand_hash = 0
+            cand = idle = recovered = NULL
+            cand_hash = idle_hash = recovered_hash = 0
             i = home
             for p in range(self._max_probe):
                 s = &self._slots[i]
@@ -366,12 +386,19 @@ cdef class KeyedLimiterTable:
                     if cand == NULL:
                         cand = s
                         cand_hash = KT_TOMBSTONE
-                elif cand == NULL and self._reclaimable(s, now):
-                    cand = s
-                    cand_hash = hv
+                elif cand == NULL and idle == NULL:
+                    if self._idle(s, now):
+                        idle = s
+                        idle_hash = hv
+                    elif recovered == NULL and self._recovered(s, now):
+                        recovered = s
+                        recovered_hash = hv
                 i += 1
                 if i == self._cap:
                     i = 0
+            if cand == NULL:
+                cand = idle if idle != NULL else recovered
+                cand_hash = idle_hash if idle != NULL else recovered_hash
             if cand == NULL:
                 # Every slot of the window holds a key whose eviction would grant requests.
                 return self._overflow(now, cost, out1, out2)
@@ -504,10 +531,10 @@ cdef class KeyedLimiterTable:
         for k in range(n):
             s = &self._slots[i]
             hv = gw_atomic_load_u64(&s.hash)
-            if hv >= 2 and fabs(now - self._recency(s)) > self._ttl:
+            if hv >= 2 and self._idle(s, now):
                 if self._shared:
                     shm_lock(&s.lock, self._pid[0])
-                if s.hash == hv and fabs(now - self._recency(s)) > self._ttl:
+                if s.hash == hv and self._idle(s, now):
                     # Tombstone, not empty: later keys of the same window stay reachable.
                     gw_atomic_store_u64(&s.hash, KT_TOMBSTONE)
                     gw_atomic_add_i64(&self._hdr.count, -1)

@@ -7,7 +7,9 @@ What the model decides on its own (and the property tests compare exactly):
   fresh. Recency is what the table reads from the limiter state: the token bucket's `last` or the
   sliding window's `window_start`;
 - which keys may lose their slot (`judge_drop`): only idle ones, or, for an insert, *recovered*
-  ones (state at `now` equal to a fresh limiter's); never a key whose eviction would grant;
+  ones (state at `now` equal to a fresh limiter's); never a key whose eviction would grant; and
+  an insert takes a live key's slot (idle or recovered) only when its window has no free slot:
+  with one window over the whole table, only when the table is full;
 - overflow: a new key that finds no such slot is answered by one shared overflow limiter and not
   stored. With one probe window over the whole table (max_probe >= capacity) the model predicts
   exactly when that happens (`must_overflow`); otherwise it checks it was possible.
@@ -133,14 +135,22 @@ class KeyedTableModel:
             return False
         return len(self.entries) == self.capacity and self.unreclaimable(now, k) == self.capacity
 
-    def judge_drop(self, k: bytes, now: float, inserted: bytes | None) -> str:
+    def judge_drop(self, k: bytes, now: float, inserted: bytes | None, one_window: bool) -> str:
         """The table no longer holds `k` after an operation at `now` that inserted `inserted`
-        (None: no insert). Returns "idle" or "recovered"; AssertionError if neither is legal:
-        a key whose eviction would grant requests must never be dropped."""
+        (None: no insert; the model's check has already added it). `one_window`: the table's
+        probe window covers all of it. Returns "idle" or "recovered"; AssertionError if neither
+        is legal: a key whose eviction would grant requests must never be dropped, nor a live
+        one for an insert that had a free slot."""
+        full = len(self.entries) > self.capacity   # the inserted key is in entries already
         if self.idle(k, now):
+            assert inserted is None or not one_window or full, \
+                f"idle key {k!r} dropped for {inserted!r} while the table had a free slot"
             del self.entries[k]
             return "idle"
         assert inserted is not None and inserted != k, f"live key {k!r} dropped without an insert"
+        assert not one_window or full, f"key {k!r} dropped for {inserted!r} while the table had a free slot"
+        assert not one_window or not any(self.idle(j, now) for j in self.entries if j != inserted), \
+            f"recovered key {k!r} dropped while an idle one could go"
         assert self.reclaimable(k, now), f"key {k!r} dropped while its eviction grants requests"
         del self.entries[k]
         return "recovered"
