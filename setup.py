@@ -35,6 +35,8 @@ FAST_MODULES = [
 # short name (for GATEWAY_BUILD_ONLY) -> dotted module name
 DATAPLANE_MODULES = {
     "context": "gateway.pipeline.context",    # RequestContext: fields read as C struct members
+    "runtime_core": "gateway.runtime_core",   # Worker/Runtime fields the protocols read per request
+    "service_core": "gateway.discovery.service_core",  # Target/Service fields read per request
     "chain": "gateway.pipeline.chain",        # FilterChain: the route's filters, called per phase from C
     "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses

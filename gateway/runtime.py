@@ -21,6 +21,7 @@ from .discovery.fallback import Unavailable
 from .discovery.service import Service, Target
 from .pipeline.chain import EMPTY_CHAIN, FilterChain
 from .routing import Route, Router
+from .runtime_core import RuntimeCore
 
 if TYPE_CHECKING:
     import asyncio
@@ -122,8 +123,9 @@ def pool_key(host: str, port: int, tls: Any) -> PoolKey:
     return (host, port) if tls is None else (host, port, tls)
 
 
-class Runtime:
-    __slots__ = ("settings", "config", "router", "services", "pools", "placed", "metrics", "_closed")
+class Runtime(RuntimeCore):
+    # router and metrics are RuntimeCore's C fields (read per request; runtime_core.pxd).
+    __slots__ = ("settings", "config", "services", "pools", "placed", "_closed")
 
     def __init__(
         self,

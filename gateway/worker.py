@@ -26,6 +26,8 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway.runtime_core import WorkerCore
+
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.runtime import Runtime
@@ -118,8 +120,10 @@ def bind_listener(host: str, port: int, *, reuse_port: bool, backlog: int | None
     return sock
 
 
-class Worker:
-    """One process's data plane: listener, live connections, drain, reload (see module doc)."""
+class Worker(WorkerCore):
+    """One process's data plane: listener, live connections, drain, reload (see module doc).
+
+    runtime and draining are WorkerCore's C fields (the protocols read them per request)."""
 
     def __init__(
         self,

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .service_core import ServiceCore, TargetCore
+
 if TYPE_CHECKING:
     from ..config.model import TargetConfig
     from ..pipeline.context import RequestContext
@@ -32,10 +34,11 @@ ERROR_KINDS = ("connect", "timeout", "reset", "protocol")     # gateway_upstream
 _ERROR_INDEX = {k: i for i, k in enumerate(ERROR_KINDS)}
 
 
-class Target:
-    __slots__ = ("id", "url", "host", "port", "weight", "version", "host_header", "pool", "available", "admit",
-                 "slot", "active_ok", "passive_fails", "passive_until", "passive_trips", "source", "reg_id",
-                 "metadata", "breaker", "health", "errors")
+class Target(TargetCore):
+    # pool, admit, host_header, available and passive_fails are TargetCore's C fields (the data
+    # plane reads them per request; service_core.pxd).
+    __slots__ = ("id", "url", "host", "port", "weight", "version", "slot", "active_ok", "passive_until",
+                 "passive_trips", "source", "reg_id", "metadata", "breaker", "health", "errors")
 
     def __init__(
         self,
@@ -84,13 +87,13 @@ class Target:
         return f"Target({self.id}{'' if self.available else ', unavailable'})"
 
 
-class Service:
+class Service(ServiceCore):
     """A named group of targets; `pick` rotates over the available ones (round_robin)."""
 
     # Every balancer's fields are here (balancers.py's subclasses add none), so a round_robin
-    # service can switch class in place when registered weights make it weighted.
-    __slots__ = ("name", "targets", "_next", "observed", "balancer", "passive", "_picker", "_key", "_maglev",
-                 "observers")
+    # service can switch class in place when registered weights make it weighted. targets,
+    # observers and observed are ServiceCore's C fields (read per request; service_core.pxd).
+    __slots__ = ("name", "_next", "balancer", "passive", "_picker", "_key", "_maglev")
 
     def __init__(self, name: str, targets: list[Target]) -> None:
         self.name = name

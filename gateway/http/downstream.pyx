@@ -49,6 +49,7 @@ from gateway._fast.clock cimport monotonic_now
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
+from gateway.runtime_core cimport draining, metrics_of
 from .wire import H_FORWARD, LAST_CHUNK
 
 log = logging.getLogger("gateway.http")
@@ -284,7 +285,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         # neither field present can only be HTTP/1.1.
         version = "1.1" if keep_alive and not self.p_conn else parser.get_http_version()
         ctx = builder.build(method, version, self.p_url, view,
-                            keep_alive and not self.worker.draining)
+                            keep_alive and not draining(self.worker))
         if not ctx.chunked and ctx.content_length is not None:
             self.heads.body(ctx.content_length)   # where the next head begins
         has_body = builder.has_body
@@ -462,7 +463,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         log, error log, audit), with the request id its reply carried. Without a context (the head
         never parsed completely), one is made of what was read: the method when the parser knew
         it, the target's path (no query, cut at 256 bytes)."""
-        metrics = self.worker.runtime.metrics
+        metrics = metrics_of(self.worker)
         if metrics is None:
             return 0
         if ctx is None:

@@ -26,6 +26,8 @@ from gateway.routing import Route
 from gateway.http.request cimport STRIP_ASK
 from gateway.pipeline.reply import LocalReply
 from gateway.discovery.service import Service
+from gateway.discovery.service_core cimport ServiceCore, TargetCore, pool_of
+from gateway.runtime_core cimport draining, metrics_of, router_of
 
 from . import replies
 from .flow import PAUSE_BUFFER, PAUSE_PIPELINE, PAUSE_UPGRADE, PAUSE_UPSTREAM, PAUSE_WRITE
@@ -51,21 +53,21 @@ cdef inline object _pick(object service, RequestContext ctx):
     service of one target (most services): the same answer without a Python frame per request.
     Every other case (a balancer subclass, several targets, an admit() hook) asks pick()."""
     if type(service) is Service:
-        targets = service.targets
+        targets = (<ServiceCore>service).targets
         if type(targets) is list and len(<list>targets) == 1:
             t = (<list>targets)[0]
-            if t.admit is None:
+            if isinstance(t, TargetCore) and (<TargetCore>t).admit is None:
                 # (pick() also sets service._next = 0 here: with one target the rotation index is
                 # never read, and set_targets() restarts a longer rotation safely from any index.)
-                return t if t.available else None
+                return t if (<TargetCore>t).available else None
     return service.pick(ctx)
 
 
 cdef inline bint _nothing_to_record(object service, object target) except -1:
     """Whether Service.record(ctx, target, None) would do nothing: a plain service with no
     observers, whose target has no passive failures to forget (the common success)."""
-    return (type(service) is Service and not service.observers
-            and target is not None and not target.passive_fails)
+    return (type(service) is Service and not (<ServiceCore>service).observers
+            and isinstance(target, TargetCore) and (<TargetCore>target).passive_fails == 0)
 
 
 cdef class _ExchangeBase(_ReaderBase):
@@ -81,7 +83,7 @@ cdef class _ExchangeBase(_ReaderBase):
         self.a_resent = False
         self.a_retries = 0
         self.a_sent = self.a_pending   # (what a second attempt would send; see _send)
-        router = self.worker.runtime.router
+        router = router_of(self.worker)
         if type(router) is Router:
             route = (<Router>router).match(ctx.method, ctx.host, ctx.path)  # a C call
         else:
@@ -121,7 +123,7 @@ cdef class _ExchangeBase(_ReaderBase):
             return 0
         ctx.upstream_target = target
         ctx.upstream_start = monotonic_now()   # the attempt starts now (connect time counts)
-        pool = target.pool
+        pool = pool_of(target)
         # (a C call for the real pool class and its subclasses; cpdef still honours overrides)
         up = (<UpstreamPool>pool).acquire() if isinstance(pool, UpstreamPool) else pool.acquire()
         if up is not None:
@@ -183,11 +185,12 @@ cdef class _ExchangeBase(_ReaderBase):
             self.a_expect = False
             assert self.transport is not None
             self.transport.write(CONTINUE_100)
-        up = target.pool.acquire()
+        pool = pool_of(target)
+        up = pool.acquire()
         if up is not None:
             self._send(up)
         else:
-            target.pool.connect(self)
+            pool.connect(self)
         return 0
 
     def upstream_ready(self, _UpstreamBase up) -> None:
@@ -302,7 +305,7 @@ cdef class _ExchangeBase(_ReaderBase):
         if stale and not self.a_resent:
             self.a_resent = True
             self.a_pending = self.a_sent
-            ctx.upstream_target.pool.connect(self)   # never another pooled one: it may be stale too
+            pool_of(ctx.upstream_target).connect(self)   # never another pooled one: it may be stale too
             return True
         route = ctx.route
         if (kind != "connect" and kind != "reset") or route is None or self.a_retries >= route.retries:
@@ -322,7 +325,7 @@ cdef class _ExchangeBase(_ReaderBase):
         ctx.upstream_start = monotonic_now()
         ctx.upstream_end = 0.0
         self.a_pending = self.a_sent
-        pool = target.pool
+        pool = pool_of(target)
         up = pool.acquire()
         if up is not None:
             self._send(up)
@@ -449,7 +452,7 @@ cdef class _ExchangeBase(_ReaderBase):
         self._log(ctx)
         if self.closing:
             return 0
-        if not ctx.keep_alive or not self.a_body_done or self.worker.draining:
+        if not ctx.keep_alive or not self.a_body_done or draining(self.worker):
             self._close()
             return 0
         if self.gate.reasons & cPAUSE_UPSTREAM:
@@ -522,7 +525,8 @@ cdef class _ExchangeBase(_ReaderBase):
             return 0   # already reported, or never sent (failed before a connection was ours)
         ctx.upstream_end = monotonic_now()
         service = ctx.service
-        if service is not None and service.observed:
+        if service is not None and ((<ServiceCore>service).observed if isinstance(service, ServiceCore)
+                                    else service.observed):
             if kind is None and _nothing_to_record(service, ctx.upstream_target):
                 return 0
             try:
@@ -533,7 +537,7 @@ cdef class _ExchangeBase(_ReaderBase):
 
     cdef int _log(self, RequestContext ctx) except -1:
         """The exchange is over (last byte sent, or the client gone): metrics, then the log phase."""
-        metrics = self.worker.runtime.metrics
+        metrics = metrics_of(self.worker)
         if metrics is not None:
             metrics.observe(ctx)   # gateway/observability/recorder.pyx: a few atomic adds
         if self._filtered(ctx):

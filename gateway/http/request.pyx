@@ -20,6 +20,7 @@ from libc.string cimport memcpy
 from gateway.http.head cimport F_GONE, Field, HeaderView, pairs_size, put_bytes, put_pairs
 from gateway.pipeline.context cimport RequestContext
 from gateway.routing cimport stripped_path
+from gateway.discovery.service_core cimport host_header_of
 
 from . import replies
 from .errors import RequestRejected
@@ -389,11 +390,11 @@ cdef class RequestBuilder:
             ])
         fields = ctx.headers
         if type(fields) is HeaderView:
-            return _request_head_view(ctx.method, target, ctx.upstream_target.host_header,
+            return _request_head_view(ctx.method, target, host_header_of(ctx.upstream_target),
                                       <HeaderView>fields, framing, extra, forwarded, ctx.request_id,
                                       ctx.traceparent, ctx.tracestate)
         # (a filter replaced ctx.headers with a list of (name, value) pairs)
-        return request_head(ctx.method, target, ctx.upstream_target.host_header, fields, framing,
+        return request_head(ctx.method, target, host_header_of(ctx.upstream_target), fields, framing,
                             extra, forwarded, ctx.request_id, ctx.traceparent, ctx.tracestate)
 
 
