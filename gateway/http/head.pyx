@@ -565,9 +565,10 @@ cdef Py_ssize_t pairs_size(list fields) except -1:
     for pair in fields:
         if type(pair) is not tuple or len(<tuple>pair) != 2:
             raise TypeError("header fields must be (name, value) tuples")
-        if type(pair[0]) is not bytes or type(pair[1]) is not bytes:
+        # (<tuple> casts: a tuple item read, not a generic item lookup per field)
+        if type((<tuple>pair)[0]) is not bytes or type((<tuple>pair)[1]) is not bytes:
             raise TypeError("header names and values must be bytes")
-        total += PyBytes_GET_SIZE(<bytes>pair[0]) + PyBytes_GET_SIZE(<bytes>pair[1]) + 4
+        total += PyBytes_GET_SIZE(<bytes>(<tuple>pair)[0]) + PyBytes_GET_SIZE(<bytes>(<tuple>pair)[1]) + 4
     return total
 
 
@@ -575,11 +576,11 @@ cdef char* put_pairs(char* p, list fields) noexcept:
     cdef object pair
     if fields is None:
         return p
-    for pair in fields:
-        p = put_bytes(p, <bytes>pair[0])
+    for pair in fields:   # (checked by pairs_size: tuples of two bytes)
+        p = put_bytes(p, <bytes>(<tuple>pair)[0])
         p[0] = 58
         p[1] = 32
-        p = put_bytes(p + 2, <bytes>pair[1])
+        p = put_bytes(p + 2, <bytes>(<tuple>pair)[1])
         p[0] = 13
         p[1] = 10
         p += 2

@@ -282,3 +282,54 @@ def test_a_route_built_without_a_runtime_keeps_the_plain_503() -> None:
     ctx = RequestContext()
     ctx.route = route
     assert replies.unavailable(ctx) is replies.NO_TARGET
+
+
+def _breaker_harness(python_path: bool) -> tuple[Harness, CircuitBreaker]:
+    """A one-target service with a breaker, as breakers.install wires it. python_path: the
+    service is a Service subclass, so the data plane asks pick() and record() (Python) instead of
+    its compiled one-target pick and success record (exchange.pyx: _pick, _recorded_success)."""
+    h = Harness()
+    b = CircuitBreaker(failure_threshold=3, error_rate=0.5, min_requests=4, window=10.0, open_timeout=30.0,
+                       half_open_requests=1, success_threshold=1)
+    cfg = loads_config(CONFIG).services[0].breaker
+    assert cfg is not None
+    h.target.admit = Admission(b)
+    h.service.observers = (BreakerObserver({h.target: b}, failure_table(cfg)),)
+    h.service.observed = True
+    h.service.passive = False
+    if python_path:
+        h.service.__class__ = type("Subclassed", (Service,), {"__slots__": ()})
+    for route in h.router.routes:
+        route.unavailable = Unavailable(None)
+    return h, b
+
+
+@pytest.mark.parametrize("python_path", [False, True])
+def test_the_compiled_one_target_pick_and_record_count_as_pick_and_record_do(
+        python_path: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Successes and failure statuses through the data plane reach the breaker once each, and the
+    circuit opens on the same request with the compiled path as with Service.pick/record."""
+    h, b = _breaker_harness(python_path)
+    if not python_path:
+        def python_called(*a: Any) -> None:
+            raise AssertionError("the compiled path called a Python Service method")
+        # (an attempt that ends without a response still goes through record(); a complete
+        # response, whatever its status, is recorded in C)
+        real_record = Service.record
+        monkeypatch.setattr(Service, "pick", python_called)
+        monkeypatch.setattr(Service, "record", lambda self, ctx, target, kind:
+                            python_called() if kind is None else real_record(self, ctx, target, kind))
+    answers = [b"200 OK", b"200 OK", b"503 Busy", b"502 Bad", b"503 Busy", b"200 OK"]
+    statuses = []
+    for line in answers:
+        sent = len(h.all_upstream_bytes())
+        h.feed(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        if len(h.all_upstream_bytes()) > sent:          # forwarded: the upstream answers
+            h.respond(b"HTTP/1.1 " + line + b"\r\nContent-Length: 0\r\n\r\n")
+        out = h.down.take()
+        statuses.append((status_of(out), b"X-Gateway-Fallback: circuit-open" in out))
+    # Two failures in four requests (min_requests 4, rate 0.5 >= error_rate): open after the 4th;
+    # the 5th and 6th are answered by the gateway, and reach no upstream.
+    assert statuses == [(200, False), (200, False), (503, False), (502, False), (503, True), (503, True)]
+    assert b.state == 2                                  # open
+    h.close()
