@@ -10,11 +10,13 @@ bench/dataplane_loop.py (the protocols on fake transports), this includes uvloop
 hand-overs of its callbacks, the metrics recorder and the real config; unlike compare.py it
 leaves out the kernel (syscalls, TCP), which is 60-70 % of both proxies' CPU.
 
-    python bench/live_instructions.py [--tree PATH | --nginx] [--traffic bare|realistic] [--seconds 10] [--top 40]
+    python bench/live_instructions.py [--tree PATH | --nginx] [--profile plain|full] [--traffic bare|realistic]
+                                      [--seconds 10] [--top 40]
 
 `--tree` runs another checkout (built in place) for an A/B in the same conditions; `--nginx` counts
 compare.py's nginx proxy instead (proxy-nginx.conf as a single process: master_process off), the
-same way. Callgrind slows the process ~50x, so rps is low; the counts per request are what
+same way. `--profile full` runs compare.py's full profile (gateway-full.toml: JWT, rate limit,
+breaker) with its bearer token. Callgrind slows the process ~50x, so rps is low; the counts per request are what
 matter. Figures: bench/results/headers.md.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,6 +80,8 @@ def main() -> int:
     ap.add_argument("--tree", default=ROOT)
     ap.add_argument("--nginx", action="store_true", help="count compare.py's nginx proxy instead")
     ap.add_argument("--traffic", choices=["bare", "realistic"], default="bare")
+    ap.add_argument("--profile", choices=["plain", "full"], default="plain",
+                    help="compare.py's gateway config (full: JWT + rate limit + breaker, with its token)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=40)
     a = ap.parse_args()
@@ -84,7 +89,12 @@ def main() -> int:
         if not shutil.which(tool):
             raise SystemExit(f"missing {tool} (Debian: valgrind, wrk, nginx-light)")
     tree = os.path.abspath(a.tree)
-    headers = compare.REALISTIC_REQUEST_HEADERS if a.traffic == "realistic" else []
+    headers = list(compare.REALISTIC_REQUEST_HEADERS) if a.traffic == "realistic" else []
+    if a.profile == "full" and not a.nginx:
+        import jwt  # PyJWT: the token compare.py sends to its full subject
+        token = jwt.encode({"sub": "bench-user", "org": "bench", "scope": "bench:read",
+                            "exp": int(time.time()) + 3600}, compare.JWT_SECRET, algorithm="HS256")
+        headers.append(f"Authorization: Bearer {token}")
     out = os.path.join(tempfile.mkdtemp(prefix="gw-live-"), "callgrind.out")
     with bench_lock(), Procs("gw-live-") as procs:
         upstream = "upstream-nginx.conf" if a.traffic == "bare" else "upstream-nginx-realistic.conf"
@@ -101,7 +111,8 @@ def main() -> int:
             env, cwd = None, procs.tmp
         else:
             env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-            env.update(GATEWAY_CONFIG=os.path.join(SHARED_BENCH, "gateway-plain.toml"), GATEWAY_HOST="127.0.0.1",
+            env.update(GATEWAY_CONFIG=os.path.join(SHARED_BENCH, f"gateway-{a.profile}.toml"), GATEWAY_HOST="127.0.0.1",
+                       GATEWAY_JWT_SECRET=compare.JWT_SECRET,
                        GATEWAY_PORT=str(PORT), GATEWAY_ADMIN_PORT=str(ADMIN), GATEWAY_WORKERS="1",
                        GATEWAY_ACCESS_LOG="off", PYTHONPATH=tree, PYTHONHASHSEED="0")
             cmd = [sys.executable, "-m", "gateway", "run"]
@@ -111,7 +122,11 @@ def main() -> int:
         deadline = time.monotonic() + 120
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{PORT}/api/users/42", timeout=5).read()
+                # (any answer, a 401 of the full profile included, says the subject is up)
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{PORT}/api/users/42", timeout=5).read()
+                except urllib.error.HTTPError:
+                    pass
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
@@ -125,7 +140,7 @@ def main() -> int:
     dumps = sorted(p for p in os.listdir(os.path.dirname(out)) if p.startswith("callgrind.out."))
     if not dumps or not requests:
         raise SystemExit("no dump or no requests")
-    print(f"{'nginx' if a.nginx else 'tree ' + tree}, traffic {a.traffic}")
+    print(f"{'nginx' if a.nginx else 'tree ' + tree + ', profile ' + a.profile}, traffic {a.traffic}")
     split(os.path.join(os.path.dirname(out), dumps[-1]), requests, a.top)
     return 0
 
