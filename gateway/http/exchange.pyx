@@ -178,6 +178,13 @@ cdef class _ExchangeBase(_ReaderBase):
             return self.c_filtered
         return bool(route.chain.filters)
 
+    cdef object _chain(self, RequestContext ctx):
+        """ctx.route's FilterChain (the cached one for the last matched route: no attribute read)."""
+        route = ctx.route
+        if route is self.c_route:
+            return self.c_chain
+        return route.chain
+
     async def _access_wait(self, RequestContext ctx, pending):
         try:
             result = await pending
@@ -561,7 +568,7 @@ cdef class _ExchangeBase(_ReaderBase):
         if metrics is not None:
             metrics.observe(ctx)   # gateway/observability/recorder.pyx: a few atomic adds
         if self._filtered(ctx):
-            chain = ctx.route.chain
+            chain = self._chain(ctx)
             if type(chain) is FilterChain:
                 (<FilterChain>chain).c_run_log(ctx)
             else:

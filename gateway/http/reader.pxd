@@ -139,6 +139,7 @@ cdef class _ReaderBase:
     # what the upstream protocol calls (upstream.pxd types its client as a _ReaderBase: a cimport
     # of downstream.pxd there would make the modules import each other at load time)
     cdef bint _filtered(self, RequestContext ctx) except -1
+    cdef object _chain(self, RequestContext ctx)
     cdef int _upstream_failed(self, str kind, bint stale) except -1
     cdef int _exchange_done(self) except -1
     cdef int _switch(self, _UpstreamBase up, bytes rest) except -1

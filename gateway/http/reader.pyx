@@ -449,6 +449,9 @@ cdef class _ReaderBase:
     cdef bint _filtered(self, RequestContext ctx) except -1:
         raise NotImplementedError
 
+    cdef object _chain(self, RequestContext ctx):
+        raise NotImplementedError
+
     cdef int _upstream_failed(self, str kind, bint stale) except -1:
         raise NotImplementedError
 

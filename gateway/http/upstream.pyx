@@ -717,7 +717,7 @@ cdef class _UpstreamBase:
         tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
         down = self.down
         if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            chain = ctx.route.chain
+            chain = down._chain(ctx) if down is not None else ctx.route.chain
             # Response filters get (and may edit) the forwarded fields as a list of pairs, built
             # only for a route that has one: an access-only chain (JWT, a rate limit) takes the
             # common path below, whose bytes are the same when no filter edits them.
@@ -750,7 +750,7 @@ cdef class _UpstreamBase:
         self.status = 101
         down = self.down
         if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            chain = ctx.route.chain
+            chain = down._chain(ctx) if down is not None else ctx.route.chain
             if type(chain) is FilterChain:
                 (<FilterChain>chain).c_run_response(ctx, 101, fwd)   # a C call
             else:
