@@ -16,7 +16,8 @@ leaves out the kernel (syscalls, TCP), which is 60-70 % of both proxies' CPU.
 `--tree` runs another checkout (built in place) for an A/B in the same conditions; `--nginx` counts
 compare.py's nginx proxy instead (proxy-nginx.conf as a single process: master_process off), the
 same way. `--profile full` runs compare.py's full profile (gateway-full.toml: JWT, rate limit,
-breaker) with its bearer token. Callgrind slows the process ~50x, so rps is low; the counts per request are what
+breaker) with its bearer token. `--cache-sim` adds valgrind's cache and branch-predictor model
+(misses per request: a rough guide to where cycles go beyond the instruction count). Callgrind slows the process ~50x, so rps is low; the counts per request are what
 matter. Figures: bench/results/headers.md.
 """
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main() -> int:
                     help="compare.py's gateway config (full: JWT + rate limit + breaker, with its token)")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--cache-sim", action="store_true",
+                    help="also simulate caches and branch predictors (valgrind's model, not the CPU's): "
+                         "misses per request")
     a = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -117,8 +121,9 @@ def main() -> int:
                        GATEWAY_ACCESS_LOG="off", PYTHONPATH=tree, PYTHONHASHSEED="0")
             cmd = [sys.executable, "-m", "gateway", "run"]
             cwd = tree
-        proc = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                          *cmd], 1, env=env, cwd=cwd, log="subject.log")
+        sim = ["--cache-sim=yes", "--branch-sim=yes"] if a.cache_sim else []
+        proc = procs.start(["valgrind", "--tool=callgrind", "--instr-atstart=no", *sim,
+                            f"--callgrind-out-file={out}", *cmd], 1, env=env, cwd=cwd, log="subject.log")
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -142,7 +147,24 @@ def main() -> int:
         raise SystemExit("no dump or no requests")
     print(f"{'nginx' if a.nginx else 'tree ' + tree + ', profile ' + a.profile}, traffic {a.traffic}")
     split(os.path.join(os.path.dirname(out), dumps[-1]), requests, a.top)
+    if a.cache_sim:
+        simulated(os.path.join(os.path.dirname(out), dumps[-1]), requests)
     return 0
+
+
+def simulated(path: str, requests: int) -> None:
+    """Per request: instruction-cache (I1mr), data-cache read/write (D1mr, D1mw) misses and
+    conditional/indirect branch mispredictions (Bcm, Bim), from the dump's totals."""
+    out = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100", path],
+                         capture_output=True, text=True, check=True).stdout
+    events = re.search(r"^Events shown:\s+(.*)$", out, re.M)
+    totals = next((line for line in out.splitlines() if "PROGRAM TOTALS" in line), None)
+    if not events or not totals:
+        return
+    values = [int(v.replace(",", "")) for v in re.sub(r"\([^)]*\)", "", totals).split()[:-2]]
+    per = dict(zip(events.group(1).split(), values, strict=False))
+    print("per request, simulated: " + "  ".join(f"{k} {per[k] / requests:,.0f}"
+                                                for k in ("I1mr", "D1mr", "D1mw", "Bcm", "Bim") if k in per))
 
 
 if __name__ == "__main__":
