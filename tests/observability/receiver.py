@@ -1,12 +1,15 @@
 """A real HTTP webhook receiver for tests: a thread serving http.server on 127.0.0.1, recording every
 POST (headers and raw body) and answering with a status the test chooses; it can be stopped and
-started again on the same port (a receiver that is down, then back)."""
+started again on the same port (a receiver that is down, then back). `reserve()` holds a port for
+a receiver that is down: bound but not listening, so connections are refused and no other process
+can take the port before start() listens on that same socket."""
 from __future__ import annotations
 
 import hashlib
 import hmac
 import http.server
 import json
+import socket
 import threading
 from typing import Any
 
@@ -19,6 +22,15 @@ class Receiver:
         self.port = port
         self.server: http.server.ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
+        self.reserved: socket.socket | None = None
+
+    def reserve(self) -> Receiver:
+        """Bind a port without listening: connections to it are refused until start()."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", self.port))
+        self.reserved = sock
+        self.port = sock.getsockname()[1]
+        return self
 
     def start(self) -> Receiver:
         outer = self
@@ -37,8 +49,15 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.allow_reuse_address = True
+        if self.reserved is not None:
+            # The reserved socket itself starts listening: the port was never free in between.
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler, bind_and_activate=False)
+            self.server.socket.close()
+            self.server.socket, self.reserved = self.reserved, None
+            self.server.server_address = self.server.socket.getsockname()
+            self.server.server_activate()
+        else:
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
