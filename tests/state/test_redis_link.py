@@ -160,11 +160,15 @@ def test_budget_holds_against_a_paused_server(server: RedisProcess) -> None:
     run(main())
 
 
-async def _check_replies_match(link: RedisLink, n_keys: int) -> int:
+async def _check_replies_match(link: RedisLink, n_keys: int, want: int = 500, give_up: float = 60.0) -> int:
     """Many concurrent GETs and ECHOs (more than the pool has sockets); every reply that comes
-    back must be the one for its own request. Returns how many did come back."""
+    back must be the one for its own request. Rounds of 200 GETs go on until `want` replies came
+    back (or `give_up` seconds pass): a call that outlives the link's budget (0.1 s here; a busy
+    machine starves the loop for longer) is allowed to fail, so a busy run takes more rounds
+    instead of checking too few replies. Returns how many did come back."""
     answered = 0
-    for _ in range(5):
+    end = time.monotonic() + give_up
+    while answered < want and time.monotonic() < end:
         got = await asyncio.gather(
             *(link.call("get", lambda c, i=i: c.get(f"k{i % n_keys}")) for i in range(200)),
             return_exceptions=True)
@@ -197,7 +201,7 @@ def test_timed_out_connections_are_never_reused(server: RedisProcess) -> None:
                 return_exceptions=True)
             server.resume()   # Redis now answers the 16 abandoned GETs on their old sockets
             assert all(isinstance(r, RedisUnavailable) for r in results), results
-            assert await _check_replies_match(link, 64) > 500
+            assert await _check_replies_match(link, 64) >= 500
             assert t.kinds() == ["up"], "the pause was shorter than the health PING's budget"
         finally:
             if server.paused:
