@@ -14,13 +14,20 @@ cdef extern from *:
     const double GW_MAX_STEP_BACK
 
 
-# The data plane's clock: CLOCK_MONOTONIC in seconds, the clock of time.monotonic() (and of
-# ctx.start, the attempt times and the latency histograms), read in C: a Python call to
-# time.monotonic() cost ~180 instructions, three times per request.
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+# The data plane's clocks, read in C (a Python call to time.monotonic() cost ~180 instructions,
+# three times per request): monotonic_now is CLOCK_MONOTONIC in seconds, the clock of
+# time.monotonic() (and of ctx.start, the attempt times and the latency histograms); wall_now is
+# CLOCK_REALTIME, time.time()'s (token expiry, RateLimit-Reset's wall windows, access-log times).
+from posix.time cimport CLOCK_MONOTONIC, CLOCK_REALTIME, clock_gettime, timespec
 
 
 cdef inline double monotonic_now() noexcept:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline double wall_now() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9

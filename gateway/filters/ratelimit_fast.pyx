@@ -14,9 +14,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.string cimport memcpy
 from libc.math cimport floor, fmod
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
-
-from gateway._fast.clock cimport monotonic_now
+from gateway._fast.clock cimport monotonic_now, wall_now as _wall
 
 from gateway._fast.counters cimport CounterArray
 from gateway._fast.keyed_table cimport KeyedLimiterTable
@@ -60,13 +58,6 @@ cdef inline tuple _field(tuple small, bytes name, long long n):
     if 0 <= n < 4096:
         return <tuple>small[n]
     return (name, _digits(n)) if n > 0 else (name, b"%d" % n)
-
-
-cdef inline double _wall() noexcept:
-    # time.time()'s clock, without the Python call.
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef inline double _floordiv(double x, double y) noexcept:

@@ -16,11 +16,9 @@ from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
-
 # CLOCK_MONOTONIC, the clock of ctx.start; uvloop's loop.time() would do too but has millisecond
 # resolution, too coarse for the 100 us buckets.
-from gateway._fast.clock cimport monotonic_now as _now
+from gateway._fast.clock cimport monotonic_now as _now, wall_now
 
 import logging
 import time
@@ -33,12 +31,6 @@ cdef extern from "Python.h":
 
 
 _log = logging.getLogger("gateway.access")
-
-
-cdef inline double _clock(int which) noexcept:
-    cdef timespec ts
-    clock_gettime(which, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef class RouteCells:
@@ -180,7 +172,7 @@ cdef class LineBuffer:
         return 0
 
     cdef int add(self, RequestContext ctx, bytes route_frag, bytes target_frag, int status) except -1:
-        cdef double wall = _clock(CLOCK_REALTIME)
+        cdef double wall = wall_now()
         cdef long long sec = <long long>wall
         cdef int ms = <int>((wall - sec) * 1000.0)
         cdef double start = ctx.start

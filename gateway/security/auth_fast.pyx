@@ -5,7 +5,7 @@ the identity headers made once per cached token (CachedIdentity.headers). Everyt
 first sight of a token, an API key, any refusal) is AuthFilter.python_access, unchanged.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+from gateway._fast.clock cimport wall_now as _wall   # time.time()'s clock, without the Python call
 
 from gateway.http.head cimport HeaderView
 from gateway.pipeline.chain cimport CompiledAccess
@@ -37,13 +37,6 @@ cdef class CachedIdentity:
         self.until = until
         self.jti = jti
         self.headers = identity_headers(sub, org, scopes, method)
-
-
-cdef inline double _wall() noexcept:
-    # time.time()'s clock (CLOCK_REALTIME), without the Python call.
-    cdef timespec ts
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
 cdef inline bint _space(char c) noexcept:
