@@ -64,6 +64,7 @@ cdef class _UpstreamBase:
     cdef int _head_done(self, bytes data) except -1
     cdef bytes _response_head(self, int status)
     cdef bytes _switch_head(self)
+    cdef object _filter_chain(self, RequestContext ctx)
     cdef int _handover(self, bytes rest) except -1
     cdef int _flush(self) except -1
     cdef int _finish(self) except -1

@@ -58,7 +58,6 @@ log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
-
 cdef Py_ssize_t cJOIN_MAX = JOIN_MAX
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
@@ -175,7 +174,6 @@ cdef class _ReadBuffer:
 
 
 cdef _ReadBuffer _reads = _ReadBuffer()
-
 
 
 cdef bytes _field_line(bytes name, HeaderView view, Py_ssize_t i):
@@ -715,9 +713,8 @@ cdef class _UpstreamBase:
 
         line = _STATUS_LINES.get(status) or status_line(status)
         tail = _CLOSE if not keep else (_KEEP if ctx.http_version == b"1.0" else b"")
-        down = self.down
-        if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            chain = down._chain(ctx) if down is not None else ctx.route.chain
+        chain = self._filter_chain(ctx)
+        if chain is not None:
             # Response filters get (and may edit) the forwarded fields as a list of pairs, built
             # only for a route that has one: an access-only chain (JWT, a rate limit) takes the
             # common path below, whose bytes are the same when no filter edits them.
@@ -732,6 +729,15 @@ cdef class _UpstreamBase:
                 return response_head(line, fwd, framing, ctx.request_id, tail)
         # The common path: the upstream's fields copied from its head, the gateway's spliced in.
         return response_head_view(line, view, ctx.response_headers, framing, ctx.request_id, tail)
+
+    cdef object _filter_chain(self, RequestContext ctx):
+        """ctx.route's FilterChain when it has filters, else None: from the client connection's
+        cached route plan (no attribute reads) when there is a client connection."""
+        down = self.down
+        if down is not None:
+            return down._chain(ctx) if down._filtered(ctx) else None
+        chain = ctx.route.chain
+        return chain if chain.filters else None
 
     cdef bytes _switch_head(self):
         """The 101 for the client: the upstream's end-to-end fields (Sec-WebSocket-Accept...),
@@ -748,9 +754,8 @@ cdef class _UpstreamBase:
             raise httptools.HttpParserError("101 Switching Protocols without Upgrade")
         ctx.status = 101
         self.status = 101
-        down = self.down
-        if down._filtered(ctx) if down is not None else bool(ctx.route.chain.filters):
-            chain = down._chain(ctx) if down is not None else ctx.route.chain
+        chain = self._filter_chain(ctx)
+        if chain is not None:
             if type(chain) is FilterChain:
                 (<FilterChain>chain).c_run_response(ctx, 101, fwd)   # a C call
             else:
