@@ -17,7 +17,8 @@ cdef class ServiceCore:
     cdef public bint observed        # record() is called once per attempt
 
 
-# Reads for any target-like object: a C read for a Target, getattr for anything else (tests' fakes).
+# Reads for any target- or service-like object: a C read for a Target or Service, getattr for
+# anything else (tests' fakes).
 cdef inline object pool_of(object target):
     if isinstance(target, TargetCore):
         return (<TargetCore>target).pool
@@ -28,3 +29,9 @@ cdef inline object host_header_of(object target):
     if isinstance(target, TargetCore):
         return (<TargetCore>target).host_header
     return target.host_header
+
+
+cdef inline bint is_observed(object service) except -1:
+    if isinstance(service, ServiceCore):
+        return (<ServiceCore>service).observed
+    return bool(service.observed)

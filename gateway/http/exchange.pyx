@@ -26,7 +26,7 @@ from gateway.routing import Route
 from gateway.http.request cimport STRIP_ASK
 from gateway.pipeline.reply import LocalReply
 from gateway.discovery.service import Service
-from gateway.discovery.service_core cimport ServiceCore, TargetCore, pool_of
+from gateway.discovery.service_core cimport ServiceCore, TargetCore, is_observed, pool_of
 from gateway.discovery.admission cimport Admission, BreakerObserver
 from gateway.runtime_core cimport draining, metrics_of, router_of
 
@@ -552,8 +552,7 @@ cdef class _ExchangeBase(_ReaderBase):
             return 0   # already reported, or never sent (failed before a connection was ours)
         ctx.upstream_end = monotonic_now()
         service = ctx.service
-        if service is not None and ((<ServiceCore>service).observed if isinstance(service, ServiceCore)
-                                    else service.observed):
+        if service is not None and is_observed(service):
             try:
                 if kind is None and _recorded_success(service, ctx, ctx.upstream_target):
                     return 0
