@@ -93,7 +93,7 @@ class Service(ServiceCore):
     # Every balancer's fields are here (balancers.py's subclasses add none), so a round_robin
     # service can switch class in place when registered weights make it weighted. targets,
     # observers and observed are ServiceCore's C fields (read per request; service_core.pxd).
-    __slots__ = ("name", "_next", "balancer", "passive", "_picker", "_key", "_maglev")
+    __slots__ = ("name", "balancer", "passive", "_picker", "_key", "_maglev")
 
     def __init__(self, name: str, targets: list[Target]) -> None:
         self.name = name
@@ -155,20 +155,10 @@ class Service(ServiceCore):
                 self._update(t)
 
     # --- outcomes --------------------------------------------------------------------------------
-    def record(self, ctx: RequestContext, target: Target, kind: str | None) -> None:
-        """One upstream attempt on `target` ended (called by the data plane when `observed`).
-
-        kind: None for a complete response (ctx.status holds its status), "connect", "timeout",
-        "reset" or "protocol" for a failure before or during the response, "aborted" when the
-        gateway gave the attempt up (the client left, or a local reply cut the request body).
-        ctx.upstream_start/upstream_end (loop.time()) bound the attempt. Must not block."""
-        for observe in self.observers:
-            observe(ctx, target, kind)
-        if kind is None:
-            if target.passive_fails:
-                target.passive_fails = 0
-                target.passive_trips = 0
-            return
+    # record(ctx, target, kind) is ServiceCore's (service_core.pyx): the observers, then a
+    # success's reset of passive health here in C, a failure's bookkeeping below.
+    def _record_failure(self, ctx: RequestContext, target: Target, kind: str) -> None:
+        """record()'s rest for a failed or aborted attempt: its error counter, passive health."""
         errors = target.errors
         if errors is not None:
             i = _ERROR_INDEX.get(kind)
@@ -190,36 +180,7 @@ class Service(ServiceCore):
             passive_down(self, target)
 
     # --- picks -----------------------------------------------------------------------------------
-    def pick(self, ctx: RequestContext | None = None) -> Target | None:
-        """Next available target in rotation, or None when none is available (→ 503).
-
-        One index per service per worker: plain rotation with no lock, because a worker is one
-        thread. The common case (the next target is available) is one list index and one compare.
-        """
-        targets = self.targets
-        n = len(targets)
-        if n == 1:
-            # A single target (most services): the loop below, unrolled (its range iterator is
-            # most of this method's cost per request). Same result and the same _next.
-            t = targets[0]
-            if t.available and (t.admit is None or t.admit(ctx)):
-                self._next = 0
-                return t
-            return None
-        if n == 0:
-            return None
-        i = self._next
-        if i >= n:          # targets may shrink (dynamic registration)
-            i = 0
-        for _ in range(n):
-            t = targets[i]
-            i += 1
-            if i == n:
-                i = 0
-            if t.available and (t.admit is None or t.admit(ctx)):
-                self._next = i
-                return t
-        return None
+    # pick(ctx) is ServiceCore's (service_core.pyx): the round robin, compiled.
 
     def pick_retry(self, ctx: RequestContext | None, failed: Target | None) -> Target | None:
         """Another usable target for a retry: never `failed`, never an unavailable one, and one

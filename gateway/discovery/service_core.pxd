@@ -2,6 +2,8 @@
 # members: gateway/discovery/service.py's Target and Service subclass these, so Python code reads
 # and writes them as before (member descriptors), while exchange.pyx and request.pyx read them in
 # one instruction instead of a generic attribute lookup (~140 instructions each, ten a request).
+# ServiceCore also holds the round-robin pick and the record of an outcome (the data plane calls
+# them in C on a plain Service; a balancer subclass overrides them in Python).
 
 cdef class TargetCore:
     cdef public object pool          # gateway.http.pool.UpstreamPool of this (host, port)
@@ -15,6 +17,12 @@ cdef class ServiceCore:
     cdef public object targets       # list[Target]
     cdef public object observers     # tuple of observer(ctx, target, kind)
     cdef public bint observed        # record() is called once per attempt
+    cdef public Py_ssize_t _next     # the rotation's next index (round robin)
+
+    # pick() and record() (def, overridable by the balancers' Python subclasses) in C, for the
+    # data plane to call on a plain Service without a Python call
+    cdef object c_pick(self, object ctx)
+    cdef int c_record(self, object ctx, object target, object kind) except -1
 
 
 # Reads for any target- or service-like object: a C read for a Target or Service, getattr for

@@ -11,3 +11,6 @@ class ServiceCore:
     targets: Any
     observers: tuple[Any, ...]
     observed: bool
+    _next: int
+    def pick(self, ctx: Any = None) -> Any: ...
+    def record(self, ctx: Any, target: Any, kind: str | None) -> None: ...

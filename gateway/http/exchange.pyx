@@ -26,8 +26,7 @@ from gateway.routing import Route
 from gateway.http.request cimport STRIP_ASK
 from gateway.pipeline.reply import LocalReply
 from gateway.discovery.service import Service
-from gateway.discovery.service_core cimport ServiceCore, TargetCore, is_observed, pool_of
-from gateway.discovery.admission cimport Admission, BreakerObserver
+from gateway.discovery.service_core cimport ServiceCore, is_observed, pool_of
 from gateway.runtime_core cimport draining, metrics_of, router_of
 
 from . import replies
@@ -50,44 +49,11 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"))
 
 
 cdef inline object _pick(object service, RequestContext ctx):
-    """service.pick(ctx), with Service.pick's own fast path inlined for a plain round_robin
-    service of one target (most services) with no admit() hook or a breaker's: the same answer
-    without a Python frame per request. Every other case (a balancer subclass, several targets,
-    another admit() hook) asks pick()."""
-    cdef TargetCore tc
+    """service.pick(ctx): for a plain Service its C implementation (ServiceCore.c_pick), for any
+    other class (a balancer's override) the Python method."""
     if type(service) is Service:
-        targets = (<ServiceCore>service).targets
-        if type(targets) is list and len(<list>targets) == 1:
-            t = (<list>targets)[0]
-            if isinstance(t, TargetCore):
-                tc = <TargetCore>t
-                # (pick() also sets service._next = 0 here: with one target the rotation index is
-                # never read, and set_targets() restarts a longer rotation safely from any index.)
-                if tc.admit is None:
-                    return t if tc.available else None
-                if type(tc.admit) is Admission:
-                    # pick()'s order: admit() is asked only for an available candidate
-                    return t if tc.available and (<Admission>tc.admit).c_admit(ctx) else None
+        return (<ServiceCore>service).c_pick(ctx)
     return service.pick(ctx)
-
-
-cdef inline bint _recorded_success(object service, RequestContext ctx, object target) except -1:
-    """Service.record(ctx, target, None) done here when it needs no Python frame, and whether it
-    was: a plain service whose observers are none or breakers' (each told as record() would,
-    in order), and whose target has no passive failures to forget (the common success). False:
-    nothing was done, the caller asks record()."""
-    if type(service) is not Service or not isinstance(target, TargetCore) \
-            or (<TargetCore>target).passive_fails != 0:
-        return False
-    observers = (<ServiceCore>service).observers
-    if type(observers) is not tuple:
-        return False
-    for observer in <tuple>observers:
-        if type(observer) is not BreakerObserver:
-            return False
-    for observer in <tuple>observers:
-        (<BreakerObserver>observer).c_observe(ctx, target, None)
-    return True
 
 
 cdef class _ExchangeBase(_ReaderBase):
@@ -554,9 +520,10 @@ cdef class _ExchangeBase(_ReaderBase):
         service = ctx.service
         if service is not None and is_observed(service):
             try:
-                if kind is None and _recorded_success(service, ctx, ctx.upstream_target):
-                    return 0
-                service.record(ctx, ctx.upstream_target, kind)
+                if type(service) is Service:
+                    (<ServiceCore>service).c_record(ctx, ctx.upstream_target, kind)   # a C call
+                else:
+                    service.record(ctx, ctx.upstream_target, kind)
             except Exception:  # noqa: BLE001 - an observer must never break the exchange
                 log.exception("service %s: recording an upstream outcome failed", service.name)
         return 0
