@@ -5,9 +5,9 @@ service with a breaker, and as Python objects (a __call__, time.monotonic(), the
 methods) they cost about a tenth of a plain proxied request's CPU (bench/results/breakers.md).
 Here each is a C call into the breaker (c_allow lock-free while closed, c_record) with the clock
 read by clock_gettime(CLOCK_MONOTONIC): the clock of time.monotonic() and of the event loop, the
-same in every process of the node. The data plane calls them as C methods too (c_admit,
-c_observe: exchange.pyx's one-target pick and success record), so a breaker service's request
-runs no Python frame for them; Python callers (Service.pick, Service.record) use __call__.
+same in every process of the node. Service's pick and record (service_core.pyx) call them as C
+methods (c_admit, c_observe), so a breaker service's request runs no Python frame for them;
+other callers (the balancers' Python picks) use __call__.
 """
 from libc.stdint cimport uint32_t
 from gateway._fast.clock cimport monotonic_now as _now
