@@ -42,6 +42,7 @@ DATAPLANE_MODULES = {
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
     "llstate": "gateway.http.llstate",        # httptools' getters read from llhttp's state in C
+    "llhooks": "gateway.http.llhooks",        # llhttp's callbacks and execute called from C
     "head": "gateway.http.head",              # HeaderView, HeadTracker: head fields as spans, scanned in C
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "tunnel": "gateway.http.tunnel",          # Tunnel: bytes both ways after a 101 (WebSocket)

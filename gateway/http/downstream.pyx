@@ -1,4 +1,4 @@
-"""DownstreamProtocol: one client connection, parsed with httptools.HttpRequestParser.
+"""DownstreamProtocol: one client connection, parsed by llhttp (httptools' parser, driven from C: llhooks.pyx).
 
 Attributes come in three groups (the uvicorn layout):
 - per worker (shared, read-only): worker, loop, settings, ticker;
@@ -31,8 +31,6 @@ import logging
 from collections import deque
 from typing import Any
 
-import httptools
-
 from gateway.pipeline.context cimport RequestContext
 from gateway.pipeline.reply import LocalReply
 
@@ -46,7 +44,9 @@ from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport HeadTracker, HeaderView
 from gateway._fast.clock cimport monotonic_now
+from gateway.http.llhooks cimport Hooks, failed, headers_done, hooked_parser
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
+from gateway.http.parser_stop cimport llhttp_prefix
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.runtime_core cimport draining, metrics_of
@@ -62,7 +62,7 @@ cdef int cH_FORWARD = H_FORWARD
 cdef class _DownstreamBase(_ExchangeBase):
     """The protocol's state and logic; DownstreamProtocol (below) adds asyncio.Protocol as a base.
 
-    (Attributes: reader.pxd. `def` methods are what asyncio/uvloop, httptools, the pool, the
+    (Attributes: reader.pxd. `def` methods are what asyncio/uvloop, the pool, the
     worker, the ticker and tests call; `cdef` methods are the internal steps.)
     """
 
@@ -82,8 +82,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         self.t_keepalive = s.keepalive_timeout
         self.t_upstream = s.upstream_timeout
         self.transport = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.p_feed = self.parser.feed_data
+        self.parser = self._new_parser()
         self.t_write = None
         self.gate = None  # set in connection_made
         self.builder = None
@@ -240,7 +239,11 @@ cdef class _DownstreamBase(_ExchangeBase):
         return self.a_ctx is not None or bool(self.queue) or self.reject_after is not None
 
     # ------------------------------------------------------------------ parser callbacks
-    def on_message_begin(self) -> None:
+    # (called by llhttp through the C functions of _HOOKS, below: llhooks.pyx)
+    cdef object _new_parser(self):
+        return hooked_parser(False, self, &_HOOKS)
+
+    cdef int _message_begin(self) except -1:
         # (p_ctx/p_entry/p_has_body/p_expect are always set by on_headers_complete before use.)
         self.in_head = True
         self.p_url = b""
@@ -250,16 +253,18 @@ cdef class _DownstreamBase(_ExchangeBase):
         # Absolute deadline from the first byte of the head; never moved while the head trickles in.
         self.p_kind = K_HEADER
         self.p_deadline = self.ticker.now + self.t_header
+        return 0
 
-    def on_url(self, url: bytes) -> None:
+    cdef int _url(self, bytes url) except -1:
         if self.p_url:
             self.p_url += url   # (a target split across reads)
         else:
             self.p_url = url
         if len(self.p_url) > self.lim_uri:
             raise RequestRejected(replies.URI_TOO_LONG)
+        return 0
 
-    def on_headers_complete(self) -> None:
+    cdef int _headers_complete(self) except -1:
         cdef RequestContext ctx
         cdef HeaderView view
         cdef bint has_body, expect
@@ -318,6 +323,7 @@ cdef class _DownstreamBase(_ExchangeBase):
                 self._dispatch(ctx, True, True)
             raise _TakeOver()
         self._dispatch(ctx, has_body, expect)
+        return 0
 
     cdef int _upgrade_head(self, RequestContext ctx) except -1:
         """A request asking to switch protocols (Connection: upgrade, Upgrade: ...).
@@ -353,9 +359,6 @@ cdef class _DownstreamBase(_ExchangeBase):
                 self.gate.pause(PAUSE_PIPELINE)
         return 0
 
-    def on_body(self, bytes body) -> None:
-        self._on_body(body)
-
     cdef int _on_body(self, bytes body) except -1:
         """Body bytes of the request being parsed: from llhttp, from the ChunkDecoder, or a piece
         of a Content-Length body passed on without llhttp (reader.pyx's _consume)."""
@@ -386,9 +389,6 @@ cdef class _DownstreamBase(_ExchangeBase):
             if entry.size > MAX_BUFFERED_BODY:
                 self.gate.pause(PAUSE_BUFFER)
         return 0
-
-    def on_message_complete(self) -> None:
-        self._message_complete()
 
     cdef int _message_complete(self) except -1:
         cdef RequestContext ctx = self.p_ctx
@@ -522,6 +522,58 @@ cdef class _DownstreamBase(_ExchangeBase):
             self._reject(replies.HEADER_TIMEOUT)
         elif kind == K_BODY and not self.gate.reasons:
             self._reject(replies.BODY_TIMEOUT)
+
+
+# --- llhttp's callbacks (llhooks.pyx): `data` is the connection, the methods are _DownstreamBase's.
+# No chunk callbacks: a chunked request body is the ChunkDecoder's (llhttp stops after its head).
+cdef int _ll_message_begin(llhttp_prefix* p) noexcept:
+    try:
+        (<_DownstreamBase>p.data)._message_begin()
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef int _ll_url(llhttp_prefix* p, const char* at, size_t n) noexcept:
+    try:
+        (<_DownstreamBase>p.data)._url(at[:n])
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef int _ll_headers_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<_DownstreamBase>p.data)._headers_complete()
+    except BaseException as exc:
+        return failed(p, exc)
+    return headers_done(p)
+
+
+cdef int _ll_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
+    try:
+        (<_DownstreamBase>p.data)._on_body(at[:n])
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef int _ll_message_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<_DownstreamBase>p.data)._message_complete()
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef Hooks _HOOKS
+_HOOKS.on_message_begin = _ll_message_begin
+_HOOKS.on_url = _ll_url
+_HOOKS.on_headers_complete = _ll_headers_complete
+_HOOKS.on_body = _ll_body
+_HOOKS.on_message_complete = _ll_message_complete
+_HOOKS.on_chunk_header = NULL
+_HOOKS.on_chunk_complete = NULL
 
 
 def _closing(reply: LocalReply) -> LocalReply:

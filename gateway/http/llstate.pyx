@@ -17,7 +17,7 @@ tests/http/test_llstate.py checks both on generated heads.
 """
 import httptools
 
-from gateway.http.parser_stop cimport _llhttp, llhttp_prefix
+from gateway.http.parser_stop cimport _known, llhttp_prefix
 
 
 # llhttp_flags (llhttp.h; the same values since llhttp 2.0)
@@ -33,10 +33,7 @@ cdef list _methods = [None] * 256
 
 cdef inline llhttp_prefix* _state(object parser) noexcept:
     """llhttp's state inside httptools' parser (parser_stop.pxd), NULL if it is not where expected."""
-    cdef llhttp_prefix* s = _llhttp(parser)
-    if s == NULL or s.data != <void*>parser:
-        return NULL
-    return s
+    return _known(parser)
 
 
 cdef bytes request_method(object parser):

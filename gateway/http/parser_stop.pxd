@@ -6,8 +6,10 @@
 #  - httptools.parser.HttpParser is a Cython cdef class with cdef methods: PyObject_HEAD, its vtable
 #    pointer, then its first field, `llhttp_t* _cparser`;
 #  - llhttp_t (llparse's llhttp__internal_t) begins with these fields in every llhttp release since
-#    2.0; llhttp sets `error_pos` to the byte where it stopped, and httptools sets `data` to the
-#    parser object (which is what makes the check reliable).
+#    2.0; llhttp sets `error_pos` to the byte where it stopped. httptools sets `data` to the parser
+#    object, and llhooks.pyx, which takes its callbacks over, to the protocol that owns the parser:
+#    llhooks.pyx checks at import that `data` and `settings` are where this struct says (the
+#    parser, and httptools' settings block), so a parser whose `data` is NULL is not one of these.
 #
 # The same layout gives `skip_body`: the bytes of a Content-Length body counted as read without
 # feeding them to llhttp, so that they go on as the read's own `bytes` instead of a copy per
@@ -39,17 +41,28 @@ cdef struct llhttp_prefix:
     uint8_t finish
     uint16_t flags
     uint16_t status_code
+    # (llhooks.pyx: llhttp's settings pointer, checked at import against httptools' own)
+    uint8_t initial_message_completed
+    void* settings
 
 
 cdef inline llhttp_prefix* _llhttp(object parser) noexcept:
     return (<llhttp_prefix**>(<char*><PyObject*>parser + sizeof(PyObject) + sizeof(void*)))[0]
 
 
+cdef inline llhttp_prefix* _known(object parser) noexcept:
+    """llhttp's state of an httptools parser, or NULL if it does not look like one (no `data`)."""
+    cdef llhttp_prefix* st = _llhttp(parser)
+    if st == NULL or st.data == NULL:
+        return NULL
+    return st
+
+
 cdef inline Py_ssize_t stop_offset(object parser, bytes data) noexcept:
     """Offset in data where parser stopped in feed_data(data) after a callback raised; -1 if unknown."""
-    cdef llhttp_prefix* st = _llhttp(parser)
+    cdef llhttp_prefix* st = _known(parser)
     cdef Py_ssize_t off
-    if st == NULL or st.data != <void*>parser or st.error_pos == NULL:
+    if st == NULL or st.error_pos == NULL:
         return -1
     off = st.error_pos - PyBytes_AS_STRING(data)
     return off if 0 <= off <= len(data) else -1
@@ -62,8 +75,8 @@ cdef inline bint skip_body(object parser, Py_ssize_t n, long long left) noexcept
     these bytes had been fed. The caller knows the parser is past the head of a message with a
     Content-Length body; `left` (the body bytes it still expects, or -1) must agree with llhttp's
     count. The last bytes of a body are always fed (llhttp then completes the message)."""
-    cdef llhttp_prefix* st = _llhttp(parser)
-    if st == NULL or st.data != <void*>parser or st.error != 0:
+    cdef llhttp_prefix* st = _known(parser)
+    if st == NULL or st.error != 0:
         return False
     if st.content_length <= <uint64_t>n or (left >= 0 and st.content_length != <uint64_t>left):
         return False
@@ -75,7 +88,7 @@ cdef inline bint skip_body(object parser, Py_ssize_t n, long long left) noexcept
 cdef inline long long body_left(object parser) noexcept:
     """llhttp's count of body bytes left (of a Content-Length body, or of the current chunk right
     after its size line); -1 if unknown."""
-    cdef llhttp_prefix* st = _llhttp(parser)
-    if st == NULL or st.data != <void*>parser:
+    cdef llhttp_prefix* st = _known(parser)
+    if st == NULL:
         return -1
     return <long long>st.content_length

@@ -51,11 +51,10 @@ cdef class _ReaderBase:
     # per connection
     cdef public object transport
     cdef readonly object parser
-    # Bound methods taken once (a method lookup per call otherwise): the transport's write (set
-    # in connection_made) and the parser's feed_data (re-taken whenever the parser is replaced).
-    # (Times are read with gateway._fast.clock's monotonic_now, in C.)
+    # The transport's write, bound once (set in connection_made; a method lookup per call
+    # otherwise). The parser is fed from C (llhooks.pyx's feed). (Times are read with
+    # gateway._fast.clock's monotonic_now, in C.)
     cdef object t_write
-    cdef object p_feed
     cdef public ReadGate gate
     cdef public str peer
     cdef public object queue
@@ -130,6 +129,7 @@ cdef class _ReaderBase:
     cdef int _flush_body(self) except -1
     cdef int _keep_sent(self, bytes data) except -1
     # what a parsed request becomes: defined by _DownstreamBase (downstream.pyx)
+    cdef object _new_parser(self)
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1
     cdef int _on_body(self, bytes body) except -1
     cdef int _message_complete(self) except -1

@@ -29,6 +29,7 @@ from .wire import JOIN_MAX
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport find_crlfcrlf
+from gateway.http.llhooks cimport feed
 from gateway.http.parser_stop cimport skip_body, stop_offset
 
 log = logging.getLogger("gateway.http")
@@ -353,9 +354,10 @@ cdef class _ReaderBase:
                 if chunk.active():
                     continue  # (after the first chunk-size line: the body goes on)
                 # the body ended: llhttp reads the next request
-            self.heads.feeding(self.parser, data)
+            parser = self.parser   # (a reference held while llhttp runs on it)
+            self.heads.feeding(parser, data)
             try:
-                self.p_feed(data)
+                feed(parser, data)
                 if self.heads.fed(self.in_head):
                     # a head not complete yet is over a limit: refused before it ends (head.pyx)
                     raise RequestRejected(replies.HEADERS_TOO_LARGE)
@@ -369,8 +371,7 @@ cdef class _ReaderBase:
                 # closes the connection). An ignored Upgrade (h2c) was proxied as a plain request:
                 # parsing goes on with a fresh parser at the next byte.
                 offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-                self.parser = httptools.HttpRequestParser(self)
-                self.p_feed = self.parser.feed_data
+                self.parser = self._new_parser()
                 self._message_complete()
                 data = data[offset:]
                 if self.u_ctx is not None and not self.closing:
@@ -380,15 +381,14 @@ cdef class _ReaderBase:
                 if data and not self.closing:
                     continue
             except httptools.HttpParserError as exc:
-                # httptools wraps an exception raised by a callback in HttpParserCallbackError and
-                # chains the original (__context__): our RequestRejected carries the reply to send.
+                # An exception raised by a callback arrives wrapped in HttpParserCallbackError,
+                # chained (llhooks.pyx): our RequestRejected carries the reply to send.
                 cause = exc.__cause__ or exc.__context__
                 if type(cause) is _TakeOver:
                     # on_headers_complete gave the chunked body to the ChunkDecoder: llhttp stopped right
                     # after the head; a fresh parser takes over again after the body.
                     offset = stop_offset(self.parser, data)
-                    self.parser = httptools.HttpRequestParser(self)
-                    self.p_feed = self.parser.feed_data
+                    self.parser = self._new_parser()
                     if offset < 0:  # (the layout is checked at import: never expected)
                         log.error("no parser offset after a chunked head")
                         self._reject(replies.INTERNAL_ERROR)
@@ -428,6 +428,9 @@ cdef class _ReaderBase:
         return 0
 
     # --- defined by _DownstreamBase ---
+    cdef object _new_parser(self):
+        raise NotImplementedError
+
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1:
         raise NotImplementedError
 

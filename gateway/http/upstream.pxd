@@ -22,7 +22,6 @@ cdef class _UpstreamBase:
     cdef Py_ssize_t h_raw
     cdef public object transport
     cdef readonly object parser
-    cdef object p_feed             # parser.feed_data, bound once (re-taken with a new parser)
     cdef object t_write            # transport.write, bound in connection_made
     cdef public _ReaderBase down
     cdef public RequestContext ctx
@@ -62,6 +61,10 @@ cdef class _UpstreamBase:
     cdef bint _pass_body(self, Py_ssize_t n) except -1
     cdef object _send_body(self, object data, Py_ssize_t n)
     cdef int _head_done(self, bytes data) except -1
+    # llhttp's callbacks (called from C: llhooks.pyx)
+    cdef int _headers_complete(self) except -1
+    cdef int _body(self, bytes body) except -1
+    cdef int _message_complete(self) except -1
     cdef bytes _response_head(self, int status)
     cdef bytes _switch_head(self)
     cdef object _filter_chain(self, RequestContext ctx)

@@ -1,10 +1,11 @@
 """UpstreamProtocol: one keep-alive connection to an upstream, driven by parser callbacks.
 
-During an exchange the response is parsed with httptools.HttpResponseParser and re-framed
+During an exchange the response is parsed by llhttp (httptools' parser, driven from C:
+llhooks.pyx) and re-framed
 straight into the downstream transport: callbacks append to `out`, and `data_received` flushes
 it with one `write` per upstream read (head and first body bytes usually leave in one segment).
-No task or future is involved; `on_message_complete` only sets a flag and the exchange is finished
-after `feed_data` returns, so the next pipelined request never starts from inside a parser callback.
+No task or future is involved; `_message_complete` only sets a flag and the exchange is finished
+after the feed returns, so the next pipelined request never starts from inside a parser callback.
 
 Flow control is coupled both ways: the downstream protocol pauses our reading when its own write
 buffer is full (a slow client never makes us buffer a whole response), and our pause_writing pauses
@@ -45,7 +46,8 @@ from libc.string cimport memcpy
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
 from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view
-from gateway.http.parser_stop cimport body_left, skip_body, stop_offset
+from gateway.http.llhooks cimport Hooks, failed, feed, headers_done, hooked_parser
+from gateway.http.parser_stop cimport llhttp_prefix, skip_body, stop_offset
 from gateway.http.llstate cimport response_keep_alive, status_code
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
@@ -204,8 +206,7 @@ cdef class _UpstreamBase:
         self.h_raw = 0
         self.ticker = ticker_for(pool.loop)
         self.transport = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.p_feed = self.parser.feed_data
+        self.parser = hooked_parser(True, self, &_HOOKS)
         self.t_write = None
         self.down = None
         self.ctx = None
@@ -459,13 +460,8 @@ cdef class _UpstreamBase:
                 down.t_write(data)
         return t
 
-    # (llhttp reports chunk boundaries; inside a chunk, reads can pass as they are: _pass_body)
-    def on_chunk_header(self) -> None:
-        # (the last chunk, size 0, is not "inside": what follows it is trailers, never passed)
-        self.in_chunk = body_left(self.parser) > 0
-
-    def on_chunk_complete(self) -> None:
-        self.in_chunk = False
+    # (llhttp reports chunk boundaries, _ll_chunk_header and _ll_chunk_complete below, which set
+    # in_chunk; inside a chunk, reads can pass as they are: _pass_body)
 
     def data_received(self, data: bytes) -> None:
         self._received(data)   # (a TLS transport, or a test's fake one: plain reads)
@@ -492,12 +488,13 @@ cdef class _UpstreamBase:
         if in_head:
             self.h_raw += len(data)
             self.heads.feeding(self.parser, data)
+        parser = self.parser   # (held: a callback may replace self.parser)
         try:
-            self.p_feed(data)
+            feed(parser, data)
             if in_head and self.state == S_WAIT_HEAD and not self.done and self.heads.fed(True):
                 raise httptools.HttpParserError("response head over the limits") from _HeadTooLarge()
         except httptools.HttpParserError as exc:
-            # A callback's own exception arrives chained as __context__ (httptools wraps it).
+            # A callback's own exception arrives chained (llhooks.pyx wraps it).
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _HeadDone):
                 self._head_done(data)
@@ -567,8 +564,7 @@ cdef class _UpstreamBase:
         """
         self.done = True
         if data.find(b"\r\n\r\n") == len(data) - 4:
-            self.parser = httptools.HttpResponseParser(self)
-            self.p_feed = self.parser.feed_data
+            self.parser = hooked_parser(True, self, &_HOOKS)
         else:
             self.broken = True
         return 0
@@ -579,11 +575,11 @@ cdef class _UpstreamBase:
                   self.pool.host, self.pool.port, what, self.lim_hbytes, self.lim_headers)
         return 0
 
-    # --- httptools callbacks (accumulate; no I/O except appending to `out`) ---
-    # (No on_message_begin: every callback defined costs a Python call per response. Bytes after a
-    # complete response are caught in on_headers_complete (done already set) or, when they arrive
-    # later, by data_received on an idle connection.)
-    def on_headers_complete(self) -> None:
+    # --- llhttp's callbacks (accumulate; no I/O except appending to `out`), called from C through
+    # _HOOKS below (llhooks.pyx). (No on_message_begin: bytes after a complete response are caught
+    # in _headers_complete (done already set) or, when they arrive later, by data_received on an
+    # idle connection.)
+    cdef int _headers_complete(self) except -1:
         if self.done:
             self.broken = True  # a second response to one request: never trust this connection again
             raise httptools.HttpParserError("response after the complete response")
@@ -618,15 +614,16 @@ cdef class _UpstreamBase:
             # 1xx are dropped like nginx does: our own 100 Continue was already sent downstream
             # when the request asked for it, and the final response follows on this connection.
             self.view = None
-            return
+            return 0
         self.status = status
         self.state = S_BODY
         self.deadline = self.ticker.now + self.body_timeout
         self.out.append(self._response_head(status))
         if self.head_request:
             raise _HeadDone()
+        return 0
 
-    def on_body(self, body: bytes) -> None:
+    cdef int _body(self, bytes body) except -1:
         if self.state != S_BODY:  # (a 1xx body: on_headers_complete refuses the heads that have one)
             raise httptools.HttpParserError("body bytes outside a final response")
         if self.mode == M_CHUNK:
@@ -635,15 +632,17 @@ cdef class _UpstreamBase:
             self.out.append(body)
         if not self.paused:
             self.deadline = self.ticker.now + self.body_timeout
+        return 0
 
-    def on_message_complete(self) -> None:
+    cdef int _message_complete(self) except -1:
         if self.state != S_BODY:
-            return  # the end of a 1xx: the final response follows
+            return 0  # the end of a 1xx: the final response follows
         if self.mode == M_CHUNK:
             self.out.append(LAST_CHUNK)
         if not response_keep_alive(self.parser):
             self.broken = True
         self.done = True
+        return 0
 
     # --- response head ---
     cdef bytes _response_head(self, int status):
@@ -835,6 +834,53 @@ cdef class _UpstreamBase:
             self._abort()
         else:
             self._fail("timeout")
+
+
+# --- llhttp's callbacks (llhooks.pyx): `data` is the connection, the methods are _UpstreamBase's.
+cdef int _ll_headers_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<_UpstreamBase>p.data)._headers_complete()
+    except BaseException as exc:
+        return failed(p, exc)
+    return headers_done(p)
+
+
+cdef int _ll_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
+    try:
+        (<_UpstreamBase>p.data)._body(at[:n])
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef int _ll_message_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<_UpstreamBase>p.data)._message_complete()
+    except BaseException as exc:
+        return failed(p, exc)
+    return 0
+
+
+cdef int _ll_chunk_header(llhttp_prefix* p) noexcept:
+    # llhttp holds the chunk's size in content_length here. The last chunk (size 0) is not
+    # "inside": what follows it is trailers, never passed.
+    (<_UpstreamBase>p.data).in_chunk = p.content_length > 0
+    return 0
+
+
+cdef int _ll_chunk_complete(llhttp_prefix* p) noexcept:
+    (<_UpstreamBase>p.data).in_chunk = False
+    return 0
+
+
+cdef Hooks _HOOKS
+_HOOKS.on_message_begin = NULL
+_HOOKS.on_url = NULL
+_HOOKS.on_headers_complete = _ll_headers_complete
+_HOOKS.on_body = _ll_body
+_HOOKS.on_message_complete = _ll_message_complete
+_HOOKS.on_chunk_header = _ll_chunk_header
+_HOOKS.on_chunk_complete = _ll_chunk_complete
 
 
 class UpstreamProtocol(_UpstreamBase, asyncio.BufferedProtocol):
