@@ -3,7 +3,9 @@
 
 compare.py reports utime+stime together. This splits them, on compare.py's topology (the proxy on
 CPU 1, wrk and the upstream nginx on CPU 0, one gateway worker, ../shared/bench/gateway-plain.toml),
-to say which side of the syscall boundary a gap between the two proxies is on: the kernel's work per
+to say which side of the syscall boundary a gap between the two proxies is on (and, as `cpu1`, all
+the time CPU 1 was busy per request: the proxy's own plus kernel work not charged to it, such as
+softirq time; see cpu_busy): the kernel's work per
 request (TCP, epoll, copies) is the same kind for both (same packets per request: `nstat`), so a
 difference there points at how the proxy drives the kernel, and a difference in user time at its
 own code.
@@ -48,6 +50,19 @@ def split_ticks(pid: int) -> tuple[int, int]:
     return user, system
 
 
+def cpu_busy(cpu: int) -> tuple[int, int]:
+    """(busy ticks of one CPU, of which irq + softirq) from /proc/stat: user, nice, system, irq,
+    softirq (not idle, iowait or steal). Everything the kernel did on that CPU, charged to a
+    process or not: softirq work (loopback TCP receive processing) runs there in the sender's
+    context or in ksoftirqd, and with IRQ time accounting it is not in the sender's stime."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[0] + v[1] + v[2] + v[5] + v[6], v[5] + v[6]
+    return 0, 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", default=ROOT, help="gateway source tree, built in place")
@@ -71,22 +86,26 @@ def main() -> int:
                 return 2
         headers = compare.REALISTIC_REQUEST_HEADERS if a.traffic == "realistic" else []
         print(f"tree {a.tree}, traffic {a.traffic}; µs of CPU per request")
-        ratios: dict[str, list[float]] = {"user": [], "sys": []}
+        ratios: dict[str, list[float]] = {"user": [], "sys": [], "cpu1": []}
         for rnd in range(a.rounds):
             row = {}
             for name, port, pid in (("nginx", compare.NGINX_PORT, ngx.pid), ("gateway", compare.GW_PORT, gw.pid)):
                 u0, s0 = split_ticks(pid)
+                b0, q0 = cpu_busy(1)
                 r = compare.wrk(port, a.seconds, a.conns, headers)
                 u1, s1 = split_ticks(pid)
-                n = max(r["n"], 1)
-                row[name] = ((u1 - u0) / compare.HZ / n * 1e6, (s1 - s0) / compare.HZ / n * 1e6)
-            (nu, ns), (gu, gs) = row["nginx"], row["gateway"]
+                b1, q1 = cpu_busy(1)
+                per = 1e6 / compare.HZ / max(r["n"], 1)
+                row[name] = ((u1 - u0) * per, (s1 - s0) * per, (b1 - b0) * per, (q1 - q0) * per)
+            (nu, ns, nb, nq), (gu, gs, gb, gq) = row["nginx"], row["gateway"]
             ratios["user"].append(gu / nu)
             ratios["sys"].append(gs / ns)
-            print(f"round {rnd + 1}: nginx user {nu:5.2f} sys {ns:5.2f} | gateway user {gu:5.2f} sys {gs:5.2f}"
-                  f" | gateway/nginx user {gu / nu:.2f} sys {gs / ns:.2f}", flush=True)
+            ratios["cpu1"].append(gb / nb)
+            print(f"round {rnd + 1}: nginx user {nu:5.2f} sys {ns:5.2f} cpu1 {nb:5.2f} (irq {nq:4.2f})"
+                  f" | gateway user {gu:5.2f} sys {gs:5.2f} cpu1 {gb:5.2f} (irq {gq:4.2f})"
+                  f" | gateway/nginx user {gu / nu:.2f} sys {gs / ns:.2f} cpu1 {gb / nb:.2f}", flush=True)
         print(f"median gateway/nginx: user {statistics.median(ratios['user']):.2f} "
-              f"sys {statistics.median(ratios['sys']):.2f}")
+              f"sys {statistics.median(ratios['sys']):.2f} cpu1 {statistics.median(ratios['cpu1']):.2f}")
     return 0
 
 
