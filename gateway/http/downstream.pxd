@@ -6,10 +6,6 @@ from gateway.pipeline.context cimport RequestContext
 
 
 cdef class _DownstreamBase(_ExchangeBase):
-    # llhttp's callbacks (called from C: llhooks.pyx)
-    cdef int _message_begin(self) except -1
-    cdef int _url(self, bytes url) except -1
-    cdef int _headers_complete(self) except -1
     cdef int _reset_parse(self) except -1
     cdef int _upgrade_head(self, RequestContext ctx) except -1
     cdef int _refused(self, RequestContext ctx, object reply, bytes rid, double head_start) except -1

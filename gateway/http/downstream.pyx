@@ -44,9 +44,7 @@ from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport HeadTracker, HeaderView
 from gateway._fast.clock cimport monotonic_now
-from gateway.http.llhooks cimport Hooks, failed, headers_done, hooked_parser
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
-from gateway.http.parser_stop cimport llhttp_prefix
 from gateway.http.reader cimport HEAD_WORK, K_BODY, K_HEADER, K_IDLE, K_NONE, _Queued
 from gateway.http.request cimport RequestBuilder, new_request_id
 from gateway.runtime_core cimport draining, metrics_of
@@ -239,10 +237,7 @@ cdef class _DownstreamBase(_ExchangeBase):
         return self.a_ctx is not None or bool(self.queue) or self.reject_after is not None
 
     # ------------------------------------------------------------------ parser callbacks
-    # (called by llhttp through the C functions of _HOOKS, below: llhooks.pyx)
-    cdef object _new_parser(self):
-        return hooked_parser(False, self, &_HOOKS)
-
+    # (ParserOwner's methods, called by llhttp through llhooks.pyx's C functions)
     cdef int _message_begin(self) except -1:
         # (p_ctx/p_entry/p_has_body/p_expect are always set by on_headers_complete before use.)
         self.in_head = True
@@ -522,58 +517,6 @@ cdef class _DownstreamBase(_ExchangeBase):
             self._reject(replies.HEADER_TIMEOUT)
         elif kind == K_BODY and not self.gate.reasons:
             self._reject(replies.BODY_TIMEOUT)
-
-
-# --- llhttp's callbacks (llhooks.pyx): `data` is the connection, the methods are _DownstreamBase's.
-# No chunk callbacks: a chunked request body is the ChunkDecoder's (llhttp stops after its head).
-cdef int _ll_message_begin(llhttp_prefix* p) noexcept:
-    try:
-        (<_DownstreamBase>p.data)._message_begin()
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _ll_url(llhttp_prefix* p, const char* at, size_t n) noexcept:
-    try:
-        (<_DownstreamBase>p.data)._url(at[:n])
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _ll_headers_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_DownstreamBase>p.data)._headers_complete()
-    except BaseException as exc:
-        return failed(p, exc)
-    return headers_done(p)
-
-
-cdef int _ll_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
-    try:
-        (<_DownstreamBase>p.data)._on_body(at[:n])
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _ll_message_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_DownstreamBase>p.data)._message_complete()
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef Hooks _HOOKS
-_HOOKS.on_message_begin = _ll_message_begin
-_HOOKS.on_url = _ll_url
-_HOOKS.on_headers_complete = _ll_headers_complete
-_HOOKS.on_body = _ll_body
-_HOOKS.on_message_complete = _ll_message_complete
-_HOOKS.on_chunk_header = NULL
-_HOOKS.on_chunk_complete = NULL
 
 
 def _closing(reply: LocalReply) -> LocalReply:

@@ -1,31 +1,31 @@
-# llhttp's callbacks and its execute, called from C (llhooks.pyx): the request and response
-# parsers still come from httptools (llhttp_t allocated and initialised there), but llhttp calls
-# the protocols' cdef methods through the C functions in `Hooks`, with `data` pointing at the
-# protocol, and `feed` runs llhttp_execute without a Python call.
-from gateway.http.parser_stop cimport llhttp_prefix
+# llhttp driven from C (llhooks.pyx): the request and response parsers still come from httptools
+# (llhttp_t allocated and initialised there), but llhttp calls the owner's cdef methods through
+# C functions, with `data` pointing at the owner, and `feed` runs llhttp_execute without a Python
+# call.
+from libc.stdint cimport uint64_t
 
-ctypedef int (*ll_cb)(llhttp_prefix*) noexcept
-ctypedef int (*ll_data_cb)(llhttp_prefix*, const char*, size_t) noexcept
-
-
-cdef struct Hooks:
-    # NULL: not called. `data` of the llhttp_prefix is the owner given to hooked_parser.
-    # A callback returns 0, or failed(p, exc) when its method raised.
-    ll_cb on_message_begin
-    ll_data_cb on_url
-    ll_cb on_headers_complete       # returns headers_done(p) when all went well
-    ll_data_cb on_body
-    ll_cb on_message_complete
-    ll_cb on_chunk_header
-    ll_cb on_chunk_complete
+# Which of llhttp's callbacks an owner takes (the others are not called): hooked_parser's `wanted`.
+cdef enum:
+    W_MESSAGE_BEGIN = 1
+    W_URL = 2
+    W_BODY = 4
+    W_MESSAGE_COMPLETE = 8
+    W_CHUNKS = 16          # on_chunk_header and on_chunk_complete
+    # (on_headers_complete is always called)
 
 
-cdef object hooked_parser(bint response, object owner, const Hooks* hooks)
+cdef class ParserOwner:
+    """What llhttp calls, as cdef methods (vtable calls from llhooks.pyx's C callbacks): the base
+    of the client and upstream protocols. An exception raised here stops llhttp where it is, and
+    `feed` raises HttpParserCallbackError from it, as httptools' feed_data does."""
+    cdef int _message_begin(self) except -1
+    cdef int _url(self, bytes url) except -1
+    cdef int _headers_complete(self) except -1
+    cdef int _on_body(self, bytes body) except -1
+    cdef int _message_complete(self) except -1
+    cdef int _chunk_header(self, uint64_t size) except -1   # the chunk's size (0: the last)
+    cdef int _chunk_complete(self) except -1
+
+
+cdef object hooked_parser(bint response, ParserOwner owner, int wanted)
 cdef int feed(object parser, bytes data) except -1
-cdef int failed(llhttp_prefix* p, BaseException exc) noexcept
-
-
-cdef inline int headers_done(llhttp_prefix* p) noexcept:
-    """on_headers_complete's answer when the owner accepted the head: 1 (no body: llhttp then
-    pauses with HPE_PAUSED_UPGRADE) for an upgrade, as httptools answers."""
-    return 1 if p.upgrade else 0

@@ -3,10 +3,10 @@ without a Python method call.
 
 httptools calls each llhttp callback as a Python method of the protocol (a C trampoline, a
 bound-method call, argument parsing, a try block), and `feed_data` is a Python method too. A bare
-proxied exchange makes seven callbacks and two feeds: about 1,400 of its ~22,500 user-space
+proxied exchange makes seven callbacks and two feeds: about 1,050 of its ~22,500 user-space
 instructions (bench/results/headers.md, live callgrind). Here llhttp calls the protocols' cdef
-methods through the C functions of a `Hooks` table (downstream.pyx, upstream.pyx), and `feed`
-calls llhttp_execute itself, raising what httptools' feed_data raises, only when it fails.
+methods (they subclass ParserOwner) through the C functions below, and `feed` calls
+llhttp_execute itself, raising what httptools' feed_data raises, only when it fails.
 
 httptools still makes the parsers (its HttpParser allocates and initialises llhttp_t and the
 settings block), and its getters still answer where llstate.pyx does not. What is taken over:
@@ -14,7 +14,7 @@ settings block), and its getters still answer where llstate.pyx does not. What i
     release inside httptools, so they are found at import (`_find_slots`): parsers are made for
     protocols with and without each callback httptools knows, and the slot httptools fills for
     exactly that callback is its slot. Every slot httptools may fill is written by
-    `hooked_parser`: ours, or NULL;
+    `hooked_parser`: one of the C functions below, or NULL;
   - llhttp_t's `data`, which becomes the protocol (httptools' callbacks, which read it as their
     parser, are never left in place). The protocol owns the parser and is the only one feeding
     it, so `data` never outlives it;
@@ -29,6 +29,8 @@ import httptools
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
+
+from libc.stdint cimport uint64_t
 
 from gateway.http.parser_stop cimport _llhttp, llhttp_prefix
 
@@ -62,7 +64,7 @@ cdef Py_ssize_t MAX_SLOT = 48
 
 cdef execute_fn _execute = NULL
 cdef Py_ssize_t _slot[K_COUNT]
-# The exception a callback raised: set by failed(), taken by feed() right after llhttp returns
+# The exception a callback raised: set by _failed(), taken by feed() right after llhttp returns
 # (a callback that fails makes llhttp return at once, so no other feed can come in between).
 cdef object _failure = None
 
@@ -85,32 +87,115 @@ class _Quiet:
 _QUIET = _Quiet()
 
 
-cdef object hooked_parser(bint response, object owner, const Hooks* h):
-    """A new httptools parser whose callbacks are h's, called with `data` = owner (borrowed: the
-    owner keeps the parser and is the only one to feed it)."""
-    parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(_QUIET)
-    cdef llhttp_prefix* st = _llhttp(parser)
-    cdef void** s = <void**>st.settings
-    s[_slot[K_MESSAGE_BEGIN]] = <void*>h.on_message_begin
-    s[_slot[K_URL]] = <void*>h.on_url
-    s[_slot[K_STATUS]] = NULL
-    s[_slot[K_HEADER_FIELD]] = NULL
-    s[_slot[K_HEADER_VALUE]] = NULL
-    s[_slot[K_HEADERS_COMPLETE]] = <void*>h.on_headers_complete
-    s[_slot[K_BODY]] = <void*>h.on_body
-    s[_slot[K_MESSAGE_COMPLETE]] = <void*>h.on_message_complete
-    s[_slot[K_CHUNK_HEADER]] = <void*>h.on_chunk_header
-    s[_slot[K_CHUNK_COMPLETE]] = <void*>h.on_chunk_complete
-    st.data = <void*>owner
-    return parser
+cdef class ParserOwner:
+    """(llhooks.pxd) Each callback does nothing unless the owner overrides it."""
+    cdef int _message_begin(self) except -1:
+        return 0
+
+    cdef int _url(self, bytes url) except -1:
+        return 0
+
+    cdef int _headers_complete(self) except -1:
+        return 0
+
+    cdef int _on_body(self, bytes body) except -1:
+        return 0
+
+    cdef int _message_complete(self) except -1:
+        return 0
+
+    cdef int _chunk_header(self, uint64_t size) except -1:
+        return 0
+
+    cdef int _chunk_complete(self) except -1:
+        return 0
 
 
-cdef int failed(llhttp_prefix* p, BaseException exc) noexcept:
-    """A callback's method raised exc: llhttp stops there (-1), feed raises from exc."""
+# --- llhttp's callbacks: `data` is the owner ------------------------------------------------------
+cdef int _failed(llhttp_prefix* p, BaseException exc) noexcept:
+    """The owner's method raised exc: llhttp stops there (-1), feed raises from exc."""
     global _failure
     _failure = exc
     p.reason = "callback error"   # (llhttp names the callback itself for the notifying ones)
     return -1
+
+
+cdef int _ll_message_begin(llhttp_prefix* p) noexcept:
+    try:
+        (<ParserOwner>p.data)._message_begin()
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef int _ll_url(llhttp_prefix* p, const char* at, size_t n) noexcept:
+    try:
+        (<ParserOwner>p.data)._url(at[:n])
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef int _ll_headers_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<ParserOwner>p.data)._headers_complete()
+    except BaseException as exc:
+        return _failed(p, exc)
+    # 1 (no body: llhttp then pauses with HPE_PAUSED_UPGRADE) for an upgrade, as httptools answers
+    return 1 if p.upgrade else 0
+
+
+cdef int _ll_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
+    try:
+        (<ParserOwner>p.data)._on_body(at[:n])
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef int _ll_message_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<ParserOwner>p.data)._message_complete()
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef int _ll_chunk_header(llhttp_prefix* p) noexcept:
+    try:
+        (<ParserOwner>p.data)._chunk_header(p.content_length)   # (the chunk's size, here)
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef int _ll_chunk_complete(llhttp_prefix* p) noexcept:
+    try:
+        (<ParserOwner>p.data)._chunk_complete()
+    except BaseException as exc:
+        return _failed(p, exc)
+    return 0
+
+
+cdef object hooked_parser(bint response, ParserOwner owner, int wanted):
+    """A new httptools parser whose callbacks are the owner's methods named by `wanted` (W_*) and
+    its _headers_complete, called with `data` = owner (borrowed: the owner keeps the parser and is
+    the only one to feed it)."""
+    parser = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(_QUIET)
+    cdef llhttp_prefix* st = _llhttp(parser)
+    cdef void** s = <void**>st.settings
+    s[_slot[K_MESSAGE_BEGIN]] = <void*>_ll_message_begin if wanted & W_MESSAGE_BEGIN else NULL
+    s[_slot[K_URL]] = <void*>_ll_url if wanted & W_URL else NULL
+    s[_slot[K_STATUS]] = NULL
+    s[_slot[K_HEADER_FIELD]] = NULL
+    s[_slot[K_HEADER_VALUE]] = NULL
+    s[_slot[K_HEADERS_COMPLETE]] = <void*>_ll_headers_complete
+    s[_slot[K_BODY]] = <void*>_ll_body if wanted & W_BODY else NULL
+    s[_slot[K_MESSAGE_COMPLETE]] = <void*>_ll_message_complete if wanted & W_MESSAGE_COMPLETE else NULL
+    s[_slot[K_CHUNK_HEADER]] = <void*>_ll_chunk_header if wanted & W_CHUNKS else NULL
+    s[_slot[K_CHUNK_COMPLETE]] = <void*>_ll_chunk_complete if wanted & W_CHUNKS else NULL
+    st.data = <void*>owner
+    return parser
 
 
 cdef int feed(object parser, bytes data) except -1:
@@ -227,7 +312,7 @@ def _find_execute() -> None:
 
 
 # --- the check at import, and the tests' window -------------------------------------------------
-cdef class _Recorder:
+cdef class _Recorder(ParserOwner):
     """A hooked parser's owner that writes down each callback, and raises at one of them."""
     cdef list events
     cdef object parser
@@ -236,7 +321,7 @@ cdef class _Recorder:
     def __init__(self, bint response, raise_at) -> None:
         self.events = []
         self.raise_at = raise_at
-        self.parser = hooked_parser(response, self, &_RECORDER_HOOKS)
+        self.parser = hooked_parser(response, self, W_MESSAGE_BEGIN | W_URL | W_BODY | W_MESSAGE_COMPLETE | W_CHUNKS)
 
     cdef int note(self, str name, object arg) except -1:
         self.events.append((name, arg))
@@ -244,75 +329,31 @@ cdef class _Recorder:
             raise _Planted(name)
         return 0
 
+    cdef int _message_begin(self) except -1:
+        return self.note("begin", None)
+
+    cdef int _url(self, bytes url) except -1:
+        return self.note("url", url)
+
+    cdef int _headers_complete(self) except -1:
+        cdef llhttp_prefix* st = _llhttp(self.parser)
+        return self.note("headers", (st.method, st.status_code))
+
+    cdef int _on_body(self, bytes body) except -1:
+        return self.note("body", body)
+
+    cdef int _message_complete(self) except -1:
+        return self.note("complete", None)
+
+    cdef int _chunk_header(self, uint64_t size) except -1:
+        return self.note("chunk_header", size)
+
+    cdef int _chunk_complete(self) except -1:
+        return self.note("chunk_complete", None)
+
 
 class _Planted(Exception):
     """Raised by a recorder's callback on purpose."""
-
-
-cdef int _r_begin(llhttp_prefix* p) noexcept:
-    try:
-        (<_Recorder>p.data).note("begin", None)
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _r_url(llhttp_prefix* p, const char* at, size_t n) noexcept:
-    try:
-        (<_Recorder>p.data).note("url", at[:n])
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _r_headers(llhttp_prefix* p) noexcept:
-    try:
-        (<_Recorder>p.data).note("headers", (p.method, p.status_code))
-    except BaseException as exc:
-        return failed(p, exc)
-    return headers_done(p)
-
-
-cdef int _r_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
-    try:
-        (<_Recorder>p.data).note("body", at[:n])
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _r_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_Recorder>p.data).note("complete", None)
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _r_chunk_header(llhttp_prefix* p) noexcept:
-    try:
-        (<_Recorder>p.data).note("chunk_header", p.content_length)
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _r_chunk_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_Recorder>p.data).note("chunk_complete", None)
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef Hooks _RECORDER_HOOKS
-_RECORDER_HOOKS.on_message_begin = _r_begin
-_RECORDER_HOOKS.on_url = _r_url
-_RECORDER_HOOKS.on_headers_complete = _r_headers
-_RECORDER_HOOKS.on_body = _r_body
-_RECORDER_HOOKS.on_message_complete = _r_complete
-_RECORDER_HOOKS.on_chunk_header = _r_chunk_header
-_RECORDER_HOOKS.on_chunk_complete = _r_chunk_complete
 
 
 class _PyRecorder:

@@ -6,6 +6,7 @@
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.flow cimport ReadGate, Ticker
 from gateway.http.head cimport HeadTracker
+from gateway.http.llhooks cimport ParserOwner
 from gateway.http.request cimport RequestBuilder
 from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
@@ -32,7 +33,7 @@ cdef class _Queued:
     cdef bint expect
 
 
-cdef class _ReaderBase:
+cdef class _ReaderBase(ParserOwner):
     # per worker (shared, read-only)
     cdef public object worker
     cdef public object loop
@@ -128,11 +129,10 @@ cdef class _ReaderBase:
     cdef int _resume_soon(self) except -1
     cdef int _flush_body(self) except -1
     cdef int _keep_sent(self, bytes data) except -1
-    # what a parsed request becomes: defined by _DownstreamBase (downstream.pyx)
     cdef object _new_parser(self)
+    # what a parsed request becomes: defined by _DownstreamBase (downstream.pyx)
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1
-    cdef int _on_body(self, bytes body) except -1
-    cdef int _message_complete(self) except -1
+    # (and llhttp's callbacks: ParserOwner's, llhooks.pxd)
     cdef int _reject(self, object reply) except -1
     cdef bint _eof_keep(self) except -1
     cdef int _close(self) except -1

@@ -29,7 +29,7 @@ from .wire import JOIN_MAX
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
 from gateway.http.head cimport find_crlfcrlf
-from gateway.http.llhooks cimport feed
+from gateway.http.llhooks cimport W_BODY, W_MESSAGE_BEGIN, W_MESSAGE_COMPLETE, W_URL, feed, hooked_parser
 from gateway.http.parser_stop cimport skip_body, stop_offset
 
 log = logging.getLogger("gateway.http")
@@ -427,17 +427,13 @@ cdef class _ReaderBase:
                 self._reject(replies.HEADERS_TOO_LARGE)
         return 0
 
-    # --- defined by _DownstreamBase ---
     cdef object _new_parser(self):
-        raise NotImplementedError
+        """A request parser whose callbacks are this connection's (llhooks.pyx; no chunk
+        callbacks: a chunked body is the ChunkDecoder's, llhttp stops after its head)."""
+        return hooked_parser(False, self, W_MESSAGE_BEGIN | W_URL | W_BODY | W_MESSAGE_COMPLETE)
 
+    # --- defined by _DownstreamBase ---
     cdef int _dispatch(self, RequestContext ctx, bint has_body, bint expect) except -1:
-        raise NotImplementedError
-
-    cdef int _on_body(self, bytes body) except -1:
-        raise NotImplementedError
-
-    cdef int _message_complete(self) except -1:
         raise NotImplementedError
 
     cdef int _reject(self, object reply) except -1:

@@ -3,13 +3,14 @@
 # (through _ReaderBase, reader.pxd, which declares them). Exchange state lives in C ints, bints and doubles.
 from gateway.http.flow cimport Ticker
 from gateway.http.head cimport HeadTracker, HeaderView
+from gateway.http.llhooks cimport ParserOwner
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport _ReaderBase
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
 
 
-cdef class _UpstreamBase:
+cdef class _UpstreamBase(ParserOwner):
     cdef public UpstreamPool pool
     cdef object settings
     cdef Ticker ticker
@@ -61,10 +62,8 @@ cdef class _UpstreamBase:
     cdef bint _pass_body(self, Py_ssize_t n) except -1
     cdef object _send_body(self, object data, Py_ssize_t n)
     cdef int _head_done(self, bytes data) except -1
-    # llhttp's callbacks (called from C: llhooks.pyx)
-    cdef int _headers_complete(self) except -1
-    cdef int _body(self, bytes body) except -1
-    cdef int _message_complete(self) except -1
+    cdef object _new_parser(self)
+    # (and llhttp's callbacks: ParserOwner's, llhooks.pxd)
     cdef bytes _response_head(self, int status)
     cdef bytes _switch_head(self)
     cdef object _filter_chain(self, RequestContext ctx)

@@ -41,13 +41,14 @@ from .wire import (
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from gateway.http.reader cimport _ReaderBase
 from gateway.pipeline.chain cimport FilterChain
 from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view
-from gateway.http.llhooks cimport Hooks, failed, feed, headers_done, hooked_parser
-from gateway.http.parser_stop cimport llhttp_prefix, skip_body, stop_offset
+from gateway.http.llhooks cimport W_BODY, W_CHUNKS, W_MESSAGE_COMPLETE, feed, hooked_parser
+from gateway.http.parser_stop cimport skip_body, stop_offset
 from gateway.http.llstate cimport response_keep_alive, status_code
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
@@ -206,7 +207,7 @@ cdef class _UpstreamBase:
         self.h_raw = 0
         self.ticker = ticker_for(pool.loop)
         self.transport = None
-        self.parser = hooked_parser(True, self, &_HOOKS)
+        self.parser = self._new_parser()
         self.t_write = None
         self.down = None
         self.ctx = None
@@ -460,8 +461,19 @@ cdef class _UpstreamBase:
                 down.t_write(data)
         return t
 
-    # (llhttp reports chunk boundaries, _ll_chunk_header and _ll_chunk_complete below, which set
-    # in_chunk; inside a chunk, reads can pass as they are: _pass_body)
+    cdef object _new_parser(self):
+        """A response parser whose callbacks are this connection's (llhooks.pyx)."""
+        return hooked_parser(True, self, W_BODY | W_MESSAGE_COMPLETE | W_CHUNKS)
+
+    # (llhttp reports chunk boundaries; inside a chunk, reads can pass as they are: _pass_body)
+    cdef int _chunk_header(self, uint64_t size) except -1:
+        # (the last chunk, size 0, is not "inside": what follows it is trailers, never passed)
+        self.in_chunk = size > 0
+        return 0
+
+    cdef int _chunk_complete(self) except -1:
+        self.in_chunk = False
+        return 0
 
     def data_received(self, data: bytes) -> None:
         self._received(data)   # (a TLS transport, or a test's fake one: plain reads)
@@ -488,7 +500,7 @@ cdef class _UpstreamBase:
         if in_head:
             self.h_raw += len(data)
             self.heads.feeding(self.parser, data)
-        parser = self.parser   # (held: a callback may replace self.parser)
+        parser = self.parser   # (a reference held while llhttp runs on it)
         try:
             feed(parser, data)
             if in_head and self.state == S_WAIT_HEAD and not self.done and self.heads.fed(True):
@@ -564,7 +576,7 @@ cdef class _UpstreamBase:
         """
         self.done = True
         if data.find(b"\r\n\r\n") == len(data) - 4:
-            self.parser = hooked_parser(True, self, &_HOOKS)
+            self.parser = self._new_parser()
         else:
             self.broken = True
         return 0
@@ -575,8 +587,8 @@ cdef class _UpstreamBase:
                   self.pool.host, self.pool.port, what, self.lim_hbytes, self.lim_headers)
         return 0
 
-    # --- llhttp's callbacks (accumulate; no I/O except appending to `out`), called from C through
-    # _HOOKS below (llhooks.pyx). (No on_message_begin: bytes after a complete response are caught
+    # --- llhttp's callbacks (accumulate; no I/O except appending to `out`): ParserOwner's methods,
+    # called from C (llhooks.pyx). (No on_message_begin: bytes after a complete response are caught
     # in _headers_complete (done already set) or, when they arrive later, by data_received on an
     # idle connection.)
     cdef int _headers_complete(self) except -1:
@@ -623,7 +635,7 @@ cdef class _UpstreamBase:
             raise _HeadDone()
         return 0
 
-    cdef int _body(self, bytes body) except -1:
+    cdef int _on_body(self, bytes body) except -1:
         if self.state != S_BODY:  # (a 1xx body: on_headers_complete refuses the heads that have one)
             raise httptools.HttpParserError("body bytes outside a final response")
         if self.mode == M_CHUNK:
@@ -834,53 +846,6 @@ cdef class _UpstreamBase:
             self._abort()
         else:
             self._fail("timeout")
-
-
-# --- llhttp's callbacks (llhooks.pyx): `data` is the connection, the methods are _UpstreamBase's.
-cdef int _ll_headers_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_UpstreamBase>p.data)._headers_complete()
-    except BaseException as exc:
-        return failed(p, exc)
-    return headers_done(p)
-
-
-cdef int _ll_body(llhttp_prefix* p, const char* at, size_t n) noexcept:
-    try:
-        (<_UpstreamBase>p.data)._body(at[:n])
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _ll_message_complete(llhttp_prefix* p) noexcept:
-    try:
-        (<_UpstreamBase>p.data)._message_complete()
-    except BaseException as exc:
-        return failed(p, exc)
-    return 0
-
-
-cdef int _ll_chunk_header(llhttp_prefix* p) noexcept:
-    # llhttp holds the chunk's size in content_length here. The last chunk (size 0) is not
-    # "inside": what follows it is trailers, never passed.
-    (<_UpstreamBase>p.data).in_chunk = p.content_length > 0
-    return 0
-
-
-cdef int _ll_chunk_complete(llhttp_prefix* p) noexcept:
-    (<_UpstreamBase>p.data).in_chunk = False
-    return 0
-
-
-cdef Hooks _HOOKS
-_HOOKS.on_message_begin = NULL
-_HOOKS.on_url = NULL
-_HOOKS.on_headers_complete = _ll_headers_complete
-_HOOKS.on_body = _ll_body
-_HOOKS.on_message_complete = _ll_message_complete
-_HOOKS.on_chunk_header = _ll_chunk_header
-_HOOKS.on_chunk_complete = _ll_chunk_complete
 
 
 class UpstreamProtocol(_UpstreamBase, asyncio.BufferedProtocol):
