@@ -11,8 +11,11 @@ class CachedIdentity:
     jti: str | None
     headers: list[tuple[bytes, bytes]]
     kid: str | None
+    token: bytes | None
     def __init__(self, sub: str, org: str | None, scopes: frozenset[str], until: float,
                  jti: str | None, method: str, kid: str | None = None) -> None: ...
+
+def token_key(token: bytes) -> int: ...
 
 class CachedJwtAccess:
     def __init__(self, filter: Any, sec: Any, required: frozenset[str]) -> None: ...

@@ -96,7 +96,7 @@ class AuthFilter(Filter):
     def _jwt(self, ctx: RequestContext, token: bytes) -> LocalReply | None:
         sec = self.sec
         now = time.time()
-        ident = sec.cache.get(token)
+        ident = sec.cached(token)
         if ident is None or ident.until <= now:
             checker = sec.checker
             if checker is None:

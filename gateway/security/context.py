@@ -5,9 +5,10 @@ One per process (per NodeState), built when the first runtime is built and kept 
 the verified-token cache, the API-key ring and the revocation set (both fed by the process's
 StateView), and the failure counters in node memory.
 
-The verified-token cache: token bytes → CachedIdentity, bounded (MAX_CACHED), each entry valid
-until its token's `exp` (+ leeway) and dropped the moment its jti is revoked. A repeated token
-costs one dict lookup and one float compare instead of a signature check.
+The verified-token cache: token_key(token) (an int of its last bytes: auth_fast.pyx says why) →
+CachedIdentity holding the whole token, bounded (MAX_CACHED), each entry valid until its token's
+`exp` (+ leeway) and dropped the moment its jti is revoked. A repeated token costs one dict
+lookup, one comparison of the whole token and one float compare instead of a signature check.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway._fast.counters import CounterArray
 from .apikeys import PREFIX as KEYS_PREFIX
 from .apikeys import KeyRing
 from .auth_fast import CachedIdentity as CachedIdentity  # compiled: the cache hit reads it in C
+from .auth_fast import token_key
 from .jwks import JwksKeys
 from .jwt_check import ASYMMETRIC, HS, JwtChecker
 from .keyset import StaticKeys, load_public_key_file
@@ -85,7 +87,8 @@ class SecurityContext:
         self.keyring = KeyRing()
         self.revocations = Revocations()
         self.revocations.listeners.append(self._drop_revoked)
-        self.cache: dict[bytes, CachedIdentity] = {}
+        # token_key(token) -> its identity; ident.token is the whole token (auth_fast.pyx).
+        self.cache: dict[int, CachedIdentity] = {}
         self.failures = CounterArray(len(METHODS) * len(REASONS))
         self._surge_start = 0.0
         self._surge_count = 0
@@ -106,6 +109,11 @@ class SecurityContext:
             self.failures = CounterArray(len(METHODS) * len(REASONS), buf)
 
     # --- the token cache ------------------------------------------------------------------------
+    def cached(self, token: bytes) -> CachedIdentity | None:
+        """The cached identity of exactly this token, if any (expired or not)."""
+        ident = self.cache.get(token_key(token))
+        return ident if ident is not None and ident.token == token else None
+
     def cache_put(self, token: bytes, ident: CachedIdentity) -> None:
         cache = self.cache
         if len(cache) >= MAX_CACHED:
@@ -114,7 +122,8 @@ class SecurityContext:
                 del cache[t]
             while len(cache) >= MAX_CACHED:
                 del cache[next(iter(cache))]     # the oldest insertion
-        cache[token] = ident
+        ident.token = token
+        cache[token_key(token)] = ident
 
     def _drop_unpublished(self, kids: set[str]) -> None:
         """A JWKS fetch replaced the key set: tokens verified with a kid no longer published are

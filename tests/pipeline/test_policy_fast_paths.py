@@ -16,7 +16,7 @@ from gateway.filters.ratelimit import build_filter
 from gateway.filters.ratelimit_fast import FastAccess
 from gateway.pipeline.chain import FilterChain
 from gateway.pipeline.context import RequestContext
-from gateway.security.auth_fast import CachedJwtAccess
+from gateway.security.auth_fast import CachedJwtAccess, token_key
 from gateway.security.auth_filter import AuthFilter
 from gateway.security.context import SecurityContext
 
@@ -123,8 +123,38 @@ def test_an_expired_cached_token_is_checked_again() -> None:
     f = AuthFilter("r", ("jwt",), (), sec)
     t = token("read")
     assert f.access(auth_ctx([(b"authorization", b"Bearer " + t)])) is None
-    sec.cache[t].until = time.time() - 1     # past exp + leeway: the hit must not be trusted
-    assert sec.cache[t].until < time.time()
+    ident = sec.cached(t)
+    assert ident is not None
+    ident.until = time.time() - 1     # past exp + leeway: the hit must not be trusted
     c = auth_ctx([(b"authorization", b"Bearer " + t)])
     assert f.access(c) is None and c.consumer_id == "ann"
-    assert sec.cache[t].until > time.time()  # verified again and cached anew
+    ident = sec.cached(t)
+    assert ident is not None and ident.until > time.time()  # verified again and cached anew
+
+
+def test_a_token_ending_like_a_cached_one_is_verified_not_served_from_the_cache() -> None:
+    """The cache is keyed by a token's last bytes (auth_fast.pyx, KEY_BYTES); a hit needs the whole
+    token. A forged token that ends with a cached token's signature gets no identity, in the
+    compiled path or the Python one, and leaves the cached one as it was."""
+    sec = SecurityContext(load_settings({"GATEWAY_JWT_SECRET": SECRET, "GATEWAY_AUDIT_LOG": "off"}))
+    f = AuthFilter("r", ("jwt",), (), sec)
+    good = token("read")
+    assert f.access(auth_ctx([(b"authorization", b"Bearer " + good)])) is None
+    head, claims, sig = good.split(b".")
+    forged = jwt.encode({"sub": "eve", "org": "acme", "exp": int(time.time() + 600)}, "other-secret-" + SECRET,
+                        algorithm="HS256").encode()
+    forged = b".".join(forged.split(b".")[:2] + [sig])     # eve's claims, ann's signature
+    assert token_key(forged) == token_key(good) and forged != good
+    for access in (f.access, f.python_access):
+        c = auth_ctx([(b"authorization", b"Bearer " + forged)])
+        reply = access(c)
+        assert reply is not None and reply.status == 401 and c.consumer_id is None  # type: ignore[attr-defined]
+    ident = sec.cached(good)
+    assert ident is not None and ident.sub == "ann" and len(sec.cache) == 1
+    assert sec.cached(good[:10]) is None
+
+
+def test_the_cache_key_is_the_tokens_last_bytes() -> None:
+    assert token_key(b"abcdefghij") == int.from_bytes(b"cdefghij", "little")
+    assert token_key(b"xyz") == int.from_bytes(b"xyz", "little")   # shorter than the key
+    assert token_key(b"") == 0
