@@ -48,12 +48,15 @@ cdef class CachedIdentity:
     Compiled so the cache hit reads its fields as C struct members."""
     cdef public object sub
     cdef public object org
-    cdef public object scopes
+    cdef readonly object scopes   # (readonly: `granted` relies on it never changing)
     cdef public double until
     cdef public object jti
     cdef public object headers
     cdef public object kid
     cdef public bytes token     # the whole token (set by SecurityContext.cache_put)
+    # The last route scopes (a frozenset) found within `scopes`: the next request of the same
+    # route skips the subset test (frozensets never change, so identity is enough).
+    cdef object granted
 
     def __init__(self, sub, org, scopes, until, jti, method, kid=None):
         self.kid = kid
@@ -83,16 +86,30 @@ cdef class CachedJwtAccess(CompiledAccess):
         self.required = required if required else None
 
     cdef object c_access(self, RequestContext ctx):
-        cdef Py_ssize_t n_authz = 0, n_key = 0, n, start, end, i
-        cdef const char* p
+        cdef Py_ssize_t n_authz = 0, n_key = 0, n = 0, start, end, i, at = -1
+        cdef const char* p = NULL
         cdef char c
         cdef CachedIdentity ident
         cdef HeaderView view
         authz = None
         headers = ctx.headers
-        if type(headers) is HeaderView:
-            # The two fields read in place (head.pyx): no object for the request's other fields.
+        if type(headers) is HeaderView and not (<HeaderView>headers).added:
+            # The two fields read in place (head.pyx), in one pass over the head's fields: no
+            # object for them or for the request's other fields, the token read where it lies.
             view = <HeaderView>headers
+            for i in range(view.n):
+                if view.f[i].cls != view.forward_cls:
+                    continue
+                if view.c_is(i, b"authorization", 13):
+                    n_authz += 1
+                    at = i
+                elif view.c_is(i, b"x-api-key", 9):
+                    n_key += 1
+            if n_authz == 1:
+                p = PyBytes_AS_STRING(view.buf) + view.f[at].value
+                n = view.f[at].vlen
+        elif type(headers) is HeaderView:
+            view = <HeaderView>headers   # (with filters' additions: rare)
             n_authz = view.c_count_all(b"authorization", 13)
             n_key = view.c_count_all(b"x-api-key", 9)
             if n_authz == 1:
@@ -105,11 +122,14 @@ cdef class CachedJwtAccess(CompiledAccess):
                 elif name == X_API_KEY:
                     n_key += 1
         f = self.filter
-        if n_authz != 1 or n_key > 1 or type(authz) is not bytes:
+        if n_authz != 1 or n_key > 1:
             return f.python_access(ctx)
+        if p == NULL:
+            if type(authz) is not bytes:
+                return f.python_access(ctx)
+            p = PyBytes_AS_STRING(authz)
+            n = PyBytes_GET_SIZE(authz)
         # authz[:7].lower() == b"bearer " and authz[7:].strip(), without the three objects.
-        p = PyBytes_AS_STRING(authz)
-        n = PyBytes_GET_SIZE(authz)
         if n < 7:
             return f.python_access(ctx)
         for i in range(7):
@@ -138,7 +158,9 @@ cdef class CachedJwtAccess(CompiledAccess):
         ctx.consumer_org = ident.org
         ctx.scopes = ident.scopes
         ctx.auth_method = "jwt"
-        if self.required is not None and not self.required <= ident.scopes:
-            return f._forbidden(ctx, "jwt", f.forbidden_jwt)
+        if self.required is not None and ident.granted is not self.required:
+            if not self.required <= ident.scopes:
+                return f._forbidden(ctx, "jwt", f.forbidden_jwt)
+            ident.granted = self.required
         ctx.upstream_headers = ctx.upstream_headers + ident.headers
         return None

@@ -14,6 +14,7 @@ from gateway.config.env import load_settings
 from gateway.config.model import RateLimitConfig
 from gateway.filters.ratelimit import build_filter
 from gateway.filters.ratelimit_fast import FastAccess
+from gateway.http.head import HeaderView, view_of_request_head
 from gateway.pipeline.chain import FilterChain
 from gateway.pipeline.context import RequestContext
 from gateway.security.auth_fast import CachedJwtAccess, token_key
@@ -110,12 +111,54 @@ def test_compiled_jwt_cache_hit_sets_what_the_python_code_sets() -> None:
         [],
     ]
     for headers in cases:
-        for _ in range(2):                    # the first sight fills the cache, the second hits it
-            a, b = auth_ctx(list(headers)), auth_ctx(list(headers))
-            ra, rb = f.access(a), f.python_access(b)
-            assert ra is rb, headers
-            assert identity(a) == identity(b), headers
+        for as_view in (False, True):         # a list of pairs, and the data plane's HeaderView
+            if as_view and any(b"\r" in v for _, v in headers):
+                continue                      # (not a value a head can carry)
+            for _ in range(2):                # the first sight fills the cache, the second hits it
+                a, b = auth_ctx(list(headers)), auth_ctx(list(headers))
+                if as_view:
+                    a.headers = view_of(headers)
+                ra, rb = f.access(a), f.python_access(b)
+                assert ra is rb, headers
+                assert identity(a) == identity(b), headers
     assert len(sec.cache) == 2
+
+
+def view_of(headers: list[tuple[bytes, bytes]], added: list[tuple[bytes, bytes]] | None = None) -> HeaderView:
+    """The HeaderView the data plane gives a request with these fields (and filters' additions)."""
+    head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in headers) + b"\r\n"
+    view = view_of_request_head(head)
+    if added:
+        view.added = list(added)
+    return view
+
+
+def test_compiled_jwt_cache_hit_counts_filters_additions() -> None:
+    """Fields a filter added before the auth filter count like the head's (a second
+    Authorization field: 401), in the compiled path as in the Python one."""
+    sec = SecurityContext(load_settings({"GATEWAY_JWT_SECRET": SECRET, "GATEWAY_AUDIT_LOG": "off"}))
+    f = AuthFilter("r", ("jwt",), (), sec)
+    good = token("read")
+    f.python_access(auth_ctx([(b"authorization", b"Bearer " + good)]))      # cached
+    for added in ([(b"authorization", b"Bearer " + good)], [(b"x-other", b"1")]):
+        a, b = auth_ctx([]), auth_ctx([])
+        a.headers = view_of([(b"authorization", b"Bearer " + good)], added)
+        b.headers = view_of([(b"authorization", b"Bearer " + good)], added)
+        ra, rb = f.access(a), f.python_access(b)
+        assert answer(ra) == answer(rb) and identity(a) == identity(b), added
+
+
+def test_a_scope_granted_on_one_route_is_checked_again_on_another() -> None:
+    """The compiled hit remembers the last route scopes a cached identity satisfied
+    (CachedIdentity.granted): a route asking for other scopes must still refuse."""
+    sec = SecurityContext(load_settings({"GATEWAY_JWT_SECRET": SECRET, "GATEWAY_AUDIT_LOG": "off"}))
+    reader = AuthFilter("r", ("jwt",), ("read",), sec)
+    writer = AuthFilter("w", ("jwt",), ("write",), sec)
+    t = token("read")
+    for f, status in ((reader, None), (reader, None), (writer, 403), (reader, None), (writer, 403)):
+        c = auth_ctx([(b"authorization", b"Bearer " + t)])
+        reply = f.access(c)
+        assert (None if reply is None else reply.status) == status      # type: ignore[attr-defined]
 
 
 def test_an_expired_cached_token_is_checked_again() -> None:
