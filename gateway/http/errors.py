@@ -1,8 +1,8 @@
 """Errors of the data plane that carry the HTTP status they produce (the h11 habit).
 
-They are raised only inside httptools callbacks, to stop `feed_data` at the byte that crossed a
-limit; the protocol catches them right after `feed_data` and renders the reply. They never escape a
-protocol callback.
+They are raised only inside llhttp's callbacks (the protocols' methods, llhooks.pyx), to stop the
+parser at the byte that crossed a limit; the protocol catches them right after the feed and renders
+the reply. They never escape a protocol callback.
 """
 from __future__ import annotations
 

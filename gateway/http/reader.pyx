@@ -150,7 +150,7 @@ cdef class _ReaderBase:
         turn's work bound is reached; the unparsed rest waits in p_rest. So memory per connection
         is bounded by the pipeline queue and the body buffers (not by the size of a read), and no
         connection keeps the loop for more than about a millisecond. The common read (one
-        request, or a Content-Length body) is one slice: one feed_data call, as before."""
+        request, or a Content-Length body) is one slice: one feed, as before."""
         cdef Py_ssize_t n = len(data)
         self.p_work = 0
         self.p_turn = True
