@@ -1,4 +1,4 @@
-"""DownstreamProtocol: one client connection, parsed by llhttp (httptools' parser, driven from C: llhooks.pyx).
+"""DownstreamProtocol: one client connection, parsed by llhttp (driven from C: llhooks.pyx).
 
 Attributes come in three groups (the uvicorn layout):
 - per worker (shared, read-only): worker, loop, settings, ticker;

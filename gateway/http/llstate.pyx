@@ -31,15 +31,10 @@ cdef bint _direct = False
 cdef list _methods = [None] * 256
 
 
-cdef inline llhttp_prefix* _state(object parser) noexcept:
-    """llhttp's state inside httptools' parser (parser_stop.pxd), NULL if it is not where expected."""
-    return _known(parser)
-
-
 cdef bytes request_method(object parser):
     cdef llhttp_prefix* s
     if _direct:
-        s = _state(parser)
+        s = _known(parser)   # (parser_stop.pxd: NULL if not where expected)
         if s != NULL:
             m = _methods[s.method]
             if m is None:
@@ -52,7 +47,7 @@ cdef bytes request_method(object parser):
 cdef bint request_keep_alive(object parser) except -1:
     cdef llhttp_prefix* s
     if _direct:
-        s = _state(parser)
+        s = _known(parser)
         if s != NULL and s.http_major == 1 and s.http_minor == 1:
             # llhttp_should_keep_alive for HTTP/1.1: no `close`, and a request never needs EOF.
             return (s.flags & F_CONNECTION_CLOSE) == 0
@@ -62,7 +57,7 @@ cdef bint request_keep_alive(object parser) except -1:
 cdef bint response_keep_alive(object parser) except -1:
     cdef llhttp_prefix* s
     if _direct:
-        s = _state(parser)
+        s = _known(parser)
         if (s != NULL and s.http_major == 1 and s.http_minor == 1
                 and (s.flags & (F_CONNECTION_CLOSE | F_TRANSFER_ENCODING)) == 0
                 and (s.flags & F_CONTENT_LENGTH) != 0):
@@ -73,7 +68,7 @@ cdef bint response_keep_alive(object parser) except -1:
 cdef int status_code(object parser) except -1:
     cdef llhttp_prefix* s
     if _direct:
-        s = _state(parser)
+        s = _known(parser)
         if s != NULL:
             return s.status_code
     return parser.get_status_code()
@@ -82,7 +77,7 @@ cdef int status_code(object parser) except -1:
 cdef bint should_upgrade(object parser) except -1:
     cdef llhttp_prefix* s
     if _direct:
-        s = _state(parser)
+        s = _known(parser)
         if s != NULL:
             return s.upgrade != 0
     return bool(parser.should_upgrade())

@@ -82,13 +82,3 @@ cdef inline bint skip_body(object parser, Py_ssize_t n, long long left) noexcept
         return False
     st.content_length -= <uint64_t>n
     return True
-
-
-
-cdef inline long long body_left(object parser) noexcept:
-    """llhttp's count of body bytes left (of a Content-Length body, or of the current chunk right
-    after its size line); -1 if unknown."""
-    cdef llhttp_prefix* st = _known(parser)
-    if st == NULL:
-        return -1
-    return <long long>st.content_length

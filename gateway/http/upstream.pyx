@@ -1,7 +1,6 @@
 """UpstreamProtocol: one keep-alive connection to an upstream, driven by parser callbacks.
 
-During an exchange the response is parsed by llhttp (httptools' parser, driven from C:
-llhooks.pyx) and re-framed
+During an exchange the response is parsed by llhttp (driven from C: llhooks.pyx) and re-framed
 straight into the downstream transport: callbacks append to `out`, and `data_received` flushes
 it with one `write` per upstream read (head and first body bytes usually leave in one segment).
 No task or future is involved; `_message_complete` only sets a flag and the exchange is finished

@@ -60,7 +60,6 @@ cdef class CachedIdentity:
 
     def __init__(self, sub, org, scopes, until, jti, method, kid=None):
         self.kid = kid
-        self.token = None
         self.sub = sub
         self.org = org
         self.scopes = scopes
