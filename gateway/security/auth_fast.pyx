@@ -92,7 +92,9 @@ cdef class CachedJwtAccess(CompiledAccess):
         cdef HeaderView view
         authz = None
         headers = ctx.headers
-        if type(headers) is HeaderView and not (<HeaderView>headers).added:
+        pairs = headers
+        cdef bint added = type(headers) is HeaderView
+        if added:
             # The two fields read in place (head.pyx), in one pass over the head's fields: no
             # object for them or for the request's other fields, the token read where it lies.
             view = <HeaderView>headers
@@ -104,22 +106,19 @@ cdef class CachedJwtAccess(CompiledAccess):
                     at = i
                 elif view.c_is(i, b"x-api-key", 9):
                     n_key += 1
-            if n_authz == 1:
+            if at >= 0:
                 p = PyBytes_AS_STRING(view.buf) + view.f[at].value
                 n = view.f[at].vlen
-        elif type(headers) is HeaderView:
-            view = <HeaderView>headers   # (with filters' additions: rare)
-            n_authz = view.c_count_all(b"authorization", 13)
-            n_key = view.c_count_all(b"x-api-key", 9)
-            if n_authz == 1:
-                authz = view.c_get(b"authorization", 13)
-        else:
-            for name, value in headers:
-                if name == AUTHORIZATION:
-                    authz = value
-                    n_authz += 1
-                elif name == X_API_KEY:
-                    n_key += 1
+            pairs = view.added or ()   # filters' additions count as fields too (rare)
+        for name, value in pairs:
+            if added:
+                name = name.lower()   # (a view's additions keep the filter's spelling)
+            if name == AUTHORIZATION:
+                authz = value
+                p = NULL
+                n_authz += 1
+            elif name == X_API_KEY:
+                n_key += 1
         f = self.filter
         if n_authz != 1 or n_key > 1:
             return f.python_access(ctx)
