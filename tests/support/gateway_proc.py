@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,22 +35,47 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-# Ports free_port handed out lately in this process: bind-to-0 may give the port it gave a moment
-# ago (2 calls in 20,000 back to back here), and callers take two at once for a data and an admin
-# listener (a CI run failed on "the admin listener overlaps the data listener"). Bounded.
+# Ports free_port handed out lately in this process: callers take two at once for a data and an
+# admin listener (a CI run failed on "the admin listener overlaps the data listener"). Bounded.
 _GIVEN: collections.deque[int] = collections.deque(maxlen=4096)
+# Its own generator, seeded from the OS: two test runs on one machine do not walk the same ports.
+_PICK = random.Random()
+
+
+def listen_ports() -> range:
+    """Ports the kernel never picks as a connection's source port: below (or above) its ephemeral
+    range. A port from bind-to-0 is an ephemeral one, and between handing it out and the gateway
+    binding it, any connect() on the machine may take it as its source port; its socket (or the
+    TIME_WAIT left for 60 s after it closes) then makes the gateway's bind fail with "address
+    already in use", SO_REUSEADDR or not (a CI run failed so). A port outside the range can only be
+    taken by a program binding it explicitly."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    if low - 10000 >= 2000:
+        return range(10000, low)
+    if 65535 - high >= 2000:
+        return range(high + 1, 65536)
+    raise RuntimeError(f"the ephemeral port range {low}-{high} leaves no room for test listeners")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now and not handed out lately by this process (bind to 0,
-    read it, close: another process may still take it, but two callers here never share one)."""
+    """A port nobody has bound right now, outside the ephemeral range (listen_ports) and not handed
+    out lately by this process: another program may still bind it, but no connection takes it and
+    two callers here never share one."""
+    ports = listen_ports()
     while True:
+        port = _PICK.choice(ports)
+        if port in _GIVEN:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _GIVEN:
-            _GIVEN.append(port)
-            return port
+            try:  # without SO_REUSEADDR: a listener or a TIME_WAIT on it makes this fail too
+                s.bind((host, port))
+            except OSError:
+                continue
+        _GIVEN.append(port)
+        return port
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
