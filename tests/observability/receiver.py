@@ -11,6 +11,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 from typing import Any
 
 
@@ -18,6 +19,9 @@ class Receiver:
     def __init__(self, port: int = 0) -> None:
         self.received: list[dict[str, Any]] = []
         self.status = 200
+        # Seconds between recording a POST and answering it: the window in which the receiver has
+        # the event and the sender does not know yet (a loaded machine opens it by itself).
+        self.answer_delay = 0.0
         self.lock = threading.Lock()
         self.port = port
         self.server: http.server.ThreadingHTTPServer | None = None
@@ -42,6 +46,8 @@ class Receiver:
                     outer.received.append({"headers": dict(self.headers), "body": body, "path": self.path,
                                            "status": outer.status})
                     status = outer.status
+                if outer.answer_delay:
+                    time.sleep(outer.answer_delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

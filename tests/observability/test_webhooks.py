@@ -65,7 +65,12 @@ def test_a_receiver_that_is_down_or_failing_gets_the_event_once_it_is_back() -> 
         receiver.start()                               # up but failing: still retried
         await until(lambda: len(receiver.received) >= 1, timeout=10)
         receiver.status = 200
+        # The receiver holds the event before the sender has read the 200 (made wide on purpose
+        # here: a CI run closed the sender in that window, which cancels the delivery uncounted),
+        # so wait for the sender to count it too.
+        receiver.answer_delay = 0.3
         await until(lambda: len(receiver.events()) == 1, timeout=15)
+        await until(lambda: sender.counts[("target_down", "sent")] == 1, timeout=5)
         await sender.close()
         return sender
 
