@@ -17,7 +17,8 @@ cdef class _Node:
 
 
 cdef class _Table:
-    cdef public dict exact      # path -> tuple of (methods, route)
+    cdef readonly dict exact    # path -> tuple of (methods, route)
+    cdef unsigned long long exact_filter[4]  # 256 bits: exact_bit() of every exact path
     cdef _Node trie             # prefix routes by path segment
     cdef public Py_ssize_t nodes  # trie size (a bound on memory: one node per distinct segment path)
     cdef _Node walk(self, bytes path, bint *more)

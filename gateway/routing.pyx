@@ -173,6 +173,15 @@ cdef inline bint _has_routes(_Node node):
     return len(node.bare) > 0 or len(node.slash) > 0
 
 
+cdef inline unsigned int exact_bit(bytes path) noexcept:
+    """The exact-path filter's bit for a path: its length, last and middle byte, mixed."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(path)
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(path)
+    if n == 0:
+        return 0
+    return <unsigned int>(<size_t>n * 131 + s[n - 1] * 31 + s[n >> 1]) & 255
+
+
 cdef class _Table:
     """The routes of one host tier, indexed for matching: a dict of exact paths and a segment trie
     of prefixes. A match costs one dict lookup for the exact path, then one per path segment while
@@ -190,6 +199,11 @@ cdef class _Table:
             else:
                 bare.setdefault(r.path, []).append(r)
         self.exact = {p: _with_methods(rs) for p, rs in exact.items()}
+        cdef unsigned int bit
+        self.exact_filter[:] = [0, 0, 0, 0]
+        for p in self.exact:
+            bit = exact_bit(p)
+            self.exact_filter[bit >> 6] |= 1ULL << (bit & 63)
         self.trie = _Node()
         cdef _Node node
         for lists, is_slash in ((bare, False), (slash, True)):
@@ -231,8 +245,14 @@ cdef class _Table:
 
     cdef object find(self, bytes method, bytes path):
         """First route matching path and method, in priority order (the hot path)."""
-        cdef PyObject *rs = PyDict_GetItem(self.exact, path)
+        cdef PyObject *rs = NULL
         cdef bint more
+        # The dict lookup hashes the whole path (a new bytes object each request: ~300
+        # instructions), so a 256-bit filter of the exact paths' length and two of their bytes
+        # goes first: most paths that are no exact route's skip it (all do when there is none).
+        cdef unsigned int bit = exact_bit(path)
+        if self.exact_filter[bit >> 6] >> (bit & 63) & 1:
+            rs = PyDict_GetItem(self.exact, path)
         if rs != NULL:
             r = _allowed(<tuple>rs, method)
             if r is not None:

@@ -92,6 +92,23 @@ def test_a_route_added_or_removed_changes_nothing_for_requests_it_does_not_take(
             assert actual(after, *req) == actual(before, *req), (rs, extra, req)
 
 
+def test_exact_paths_of_every_length_through_the_exact_filter() -> None:
+    """find() looks the exact-path dict up only when a 256-bit filter of the exact paths (length,
+    last and middle byte) has the path's bit: exact paths of 1..200 bytes, and requests of every
+    length up to 204 and the same with another last byte, against the reference."""
+    lengths = [1, 2, 7, 62, 63, 64, 65, 127, 200]
+    rs = [Route(f"e{n}", None, "/" + "x" * (n - 1), exact=True) for n in lengths]
+    rs.append(Route("long-prefix", None, "/" + "x" * 70 + "/"))
+    router = Router(rs)
+    for n in range(1, 205):
+        for path in (b"/" + b"x" * (n - 1), b"/" + b"x" * (n - 2) + b"y" if n > 1 else b"/"):
+            req = (b"GET", b"a.example", path)
+            assert actual(router, *req) == reference(rs, *req), req
+    for n in lengths:
+        got = router.match(b"GET", b"a.example", b"/" + b"x" * (n - 1))
+        assert isinstance(got, Route) and got.name == f"e{n}"
+
+
 def _big_table(n: int, seed: int = 14) -> list[Route]:
     """n routes shaped like a large platform's: most under /api/v1, some exact, some per host."""
     rnd = random.Random(seed)
