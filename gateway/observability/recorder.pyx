@@ -12,10 +12,12 @@
 # built as a dict and encoded with orjson per request cost more CPU than the whole proxied exchange
 # (bench/results/observability.md).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItemWithError
+from cpython.ref cimport PyObject
 from libc.stdint cimport uint64_t
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 # CLOCK_MONOTONIC, the clock of ctx.start; uvloop's loop.time() would do too but has millisecond
 # resolution, too coarse for the 100 us buckets.
 from gateway._fast.clock cimport monotonic_now as _now, wall_now
@@ -23,7 +25,6 @@ from gateway._fast.clock cimport monotonic_now as _now, wall_now
 import logging
 import time
 
-from gateway._fast.counters cimport CounterArray, Histogram
 from gateway.pipeline.context cimport RequestContext
 
 cdef extern from "Python.h":
@@ -36,10 +37,6 @@ _log = logging.getLogger("gateway.access")
 cdef class RouteCells:
     """One (route, service)'s cells: counts by (method, code), the request duration histogram,
     and its access-log fragment (`,"route":"..","service":".."`, JSON encoded at config load)."""
-    cdef public CounterArray counts
-    cdef public Histogram duration
-    cdef public bytes frag
-
     def __init__(self, CounterArray counts, Histogram duration, bytes frag=b""):
         self.counts = counts
         self.duration = duration
@@ -50,11 +47,6 @@ cdef class TargetCells:
     """One (service, target)'s cells: upstream duration, upstream errors by kind, when it last
     answered and last failed (CLOCK_MONOTONIC microseconds: the /status page's passive health),
     and its access-log fragment (`,"target":".."`)."""
-    cdef public Histogram duration
-    cdef public CounterArray errors
-    cdef public CounterArray marks
-    cdef public bytes frag
-
     def __init__(self, Histogram duration, CounterArray errors, CounterArray marks, bytes frag=b""):
         self.duration = duration
         self.errors = errors
@@ -68,13 +60,6 @@ cdef char* _HEX = b"0123456789abcdef"
 cdef class LineBuffer:
     """Access-log lines (JSON, one per request) appended into one C buffer; `take()` hands the
     bytes over (the writer thread writes them). Grows as needed; the owner bounds it by taking."""
-    cdef char* buf
-    cdef Py_ssize_t used
-    cdef Py_ssize_t cap
-    cdef readonly Py_ssize_t lines
-    cdef long long _sec
-    cdef bytes _sec_text
-
     def __cinit__(self, Py_ssize_t cap=1 << 17):
         self.buf = <char*>malloc(cap)
         if self.buf == NULL:
@@ -244,26 +229,6 @@ cdef class Recorder:
     access:  the process's AccessLog (gateway/observability/access.py) or None; its `lines`
              (a LineBuffer) get one line per request and `flush()` is called past `flush_bytes`.
     """
-    cdef dict routes
-    cdef dict targets
-    cdef RouteCells unrouted
-    cdef dict methods
-    cdef Py_ssize_t other_method
-    cdef Py_ssize_t ncodes
-    cdef unsigned short codes[1000]
-    cdef dict kinds
-    cdef object late
-    cdef object _access
-    cdef LineBuffer _lines
-    cdef Py_ssize_t _flush_bytes
-    # GATEWAY_TRACING=on: the process's Tracer (gateway/observability/tracing.py), called last.
-    cdef public object tracer
-    # The process's ErrorLog (gateway/observability/errorlog.py), or None. Called only for the
-    # statuses `fails` marks (400, 408, 413, 414, 431, 499 and 5xx) or an upstream error, so a
-    # successful exchange pays one table read for it.
-    cdef public object errors
-    cdef unsigned char fails[1000]
-
     def __init__(self, dict routes, dict targets, RouteCells unrouted, dict methods,
                  Py_ssize_t other_method, list codes, Py_ssize_t ncodes, dict kinds, late=None):
         cdef Py_ssize_t i
@@ -272,8 +237,15 @@ cdef class Recorder:
         self.routes = routes
         self.targets = targets
         self.unrouted = unrouted
-        self.methods = methods
         self.other_method = other_method
+        if len(methods) > 16 or any(type(m) is not bytes or not 0 < len(m) <= 16 for m in methods):
+            raise ValueError("methods: at most 16, each 1-16 bytes")
+        self.nmethods = 0
+        for m, r in methods.items():
+            memcpy(self.mnames[self.nmethods], PyBytes_AS_STRING(m), len(m))
+            self.mlens[self.nmethods] = len(m)
+            self.mrows[self.nmethods] = r
+            self.nmethods += 1
         self.ncodes = ncodes
         for i in range(1000):
             self.codes[i] = codes[i]
@@ -300,34 +272,40 @@ cdef class Recorder:
 
     def observe(self, RequestContext ctx not None):
         """One exchange is over (its last byte sent, or the client gone): count it, log it."""
+        self.c_observe(ctx)
+
+    cdef int c_observe(self, RequestContext ctx) except -1:
         cdef RouteCells cells
         cdef TargetCells tcells = None
         cdef int status = ctx.status
         cdef Py_ssize_t row, col
         cdef double start = ctx.start
+        cdef PyObject* p
         if status == 0:
             status = 499    # nothing was sent (the client left first): nginx's 499
         route = ctx.route
+        # PyDict_GetItemWithError (a borrowed reference) rather than dict.get's call: the keys
+        # are the runtime's Route and Target objects, hashed by identity.
         if route is None:
             cells = self.unrouted
         else:
-            found = self.routes.get(route)
-            if found is None:
+            p = PyDict_GetItemWithError(self.routes, route)
+            if p != NULL:
+                cells = <RouteCells>p
+            else:
                 found = self._late(route, True)
                 if found is None:
-                    return
-            cells = <RouteCells>found
-        m = self.methods.get(ctx.method)
-        row = self.other_method if m is None else <Py_ssize_t>m
+                    return 0
+                cells = <RouteCells>found
+        row = self._method_row(ctx.method)
         col = self.codes[status if status < 1000 else 0]
         cells.counts.add(row * self.ncodes + col, 1)
         if start > 0.0:
             cells.duration.c_observe(_now() - start)
         target = ctx.upstream_target
         if target is not None and ctx.upstream_start != 0.0:
-            found = self.targets.get(target)
-            if found is None:
-                found = self._late(target, False)
+            p = PyDict_GetItemWithError(self.targets, target)
+            found = <object>p if p != NULL else self._late(target, False)
             if found is not None:
                 tcells = <TargetCells>found
                 kind = ctx.upstream_error
@@ -358,6 +336,22 @@ cdef class Recorder:
                 self.errors.report(ctx, status)
             except Exception:   # nor may the error log
                 _log.exception("error log: a line could not be written")
+        return 0
+
+    cdef Py_ssize_t _method_row(self, object method) noexcept:
+        """`methods`' row for the method, or other_method: a scan of the C copy (a length check
+        and a memcmp; GET first). A dict lookup would compare the bytes anyway, the request's
+        method being another object than the dict's key (~135 instructions more)."""
+        cdef Py_ssize_t i, n
+        cdef const char* s
+        if type(method) is not bytes:
+            return self.other_method
+        n = PyBytes_GET_SIZE(method)
+        s = PyBytes_AS_STRING(method)
+        for i in range(self.nmethods):
+            if self.mlens[i] == n and memcmp(self.mnames[i], s, n) == 0:
+                return self.mrows[i]
+        return self.other_method
 
     cdef object _late(self, object key, bint is_route):
         if self.late is None:
