@@ -41,6 +41,7 @@ DATAPLANE_MODULES = {
     "routing": "gateway.routing",             # Router: (method, host, path) -> Route, per request
     "flow": "gateway.http.flow",              # ReadGate, Ticker: deadlines and read pauses
     "pool": "gateway.http.pool",              # UpstreamPool: acquire/release per request
+    "outlet": "gateway.http.outlet",          # Outlet: a connection's writes, to its socket when nothing is queued
     "llstate": "gateway.http.llstate",        # httptools' getters read from llhttp's state in C
     "llhooks": "gateway.http.llhooks",        # llhttp's callbacks and execute called from C
     "head": "gateway.http.head",              # HeaderView, HeadTracker: head fields as spans, scanned in C

@@ -42,6 +42,7 @@ from .reader import MAX_BUFFERED_BODY, MAX_PIPELINE, _TakeOver
 from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.exchange cimport _ExchangeBase
 from gateway.http.flow cimport ReadGate
+from gateway.http.outlet cimport Outlet
 from gateway.http.head cimport HeadTracker, HeaderView
 from gateway._fast.clock cimport monotonic_now
 from gateway.http.llstate cimport request_keep_alive, request_method, should_upgrade
@@ -133,7 +134,7 @@ cdef class _DownstreamBase(_ExchangeBase):
     # ------------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.t_write = transport.write
+        self.t_write = Outlet(transport)
         self.gate = ReadGate(transport)
         self.gate.on_open = self._reopened
         peer = transport.get_extra_info("peername")

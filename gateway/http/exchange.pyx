@@ -256,7 +256,7 @@ cdef class _ExchangeBase(_ReaderBase):
         if ctx is not None:
             ctx.bytes_out += len(data)
         if self.transport is not None:
-            self.transport.write(data)
+            self.t_write.write(data)
 
     def upstream_failed(self, kind: str) -> None:
         self._upstream_failed(kind, False)
@@ -355,7 +355,7 @@ cdef class _ExchangeBase(_ReaderBase):
             headers = headers + ctx.response_headers
         data = replies.render(reply, ctx.request_id, keep, headers, ctx.method == b"HEAD")
         ctx.bytes_out += len(data)
-        self.transport.write(data)
+        self.t_write.write(data)
         self._exchange_done()
         return 0
 

@@ -7,6 +7,7 @@ from gateway.http.chunked cimport ChunkDecoder
 from gateway.http.flow cimport ReadGate, Ticker
 from gateway.http.head cimport HeadTracker
 from gateway.http.llhooks cimport ParserOwner
+from gateway.http.outlet cimport Outlet
 from gateway.http.request cimport RequestBuilder
 from gateway.http.tunnel cimport Tunnel
 from gateway.http.upstream cimport _UpstreamBase
@@ -52,10 +53,10 @@ cdef class _ReaderBase(ParserOwner):
     # per connection
     cdef public object transport
     cdef readonly object parser
-    # The transport's write, bound once (set in connection_made; a method lookup per call
-    # otherwise). The parser is fed from C (llhooks.pyx's feed). (Times are read with
+    # The transport's writes (set in connection_made): outlet.pyx, to the socket when uvloop holds
+    # nothing for it. The parser is fed from C (llhooks.pyx's feed). (Times are read with
     # gateway._fast.clock's monotonic_now, in C.)
-    cdef object t_write
+    cdef Outlet t_write
     cdef public ReadGate gate
     cdef public str peer
     cdef public object queue

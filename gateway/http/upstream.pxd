@@ -4,6 +4,7 @@
 from gateway.http.flow cimport Ticker
 from gateway.http.head cimport HeadTracker, HeaderView
 from gateway.http.llhooks cimport ParserOwner
+from gateway.http.outlet cimport Outlet
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.reader cimport _ReaderBase
 from gateway.http.tunnel cimport Tunnel
@@ -23,7 +24,7 @@ cdef class _UpstreamBase(ParserOwner):
     cdef Py_ssize_t h_raw
     cdef public object transport
     cdef readonly object parser
-    cdef object t_write            # transport.write, bound in connection_made
+    cdef Outlet t_write            # the transport's writes (outlet.pyx), set in connection_made
     cdef public _ReaderBase down
     cdef public RequestContext ctx
     cdef HeadTracker heads         # where the response heads lie in the bytes read (head.pyx)

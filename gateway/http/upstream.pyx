@@ -49,6 +49,7 @@ from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs,
 from gateway.http.llhooks cimport W_BODY, W_CHUNKS, W_MESSAGE_COMPLETE, feed, hooked_parser
 from gateway.http.parser_stop cimport skip_body, stop_offset
 from gateway.http.llstate cimport response_keep_alive, status_code
+from gateway.http.outlet cimport Outlet
 from gateway.http.pool cimport UpstreamPool
 from gateway.http.tunnel cimport Tunnel
 from gateway.pipeline.context cimport RequestContext
@@ -280,7 +281,7 @@ cdef class _UpstreamBase:
         self.deadline = INF if self.sending else self.ticker.now + timeout
         assert self.transport is not None
         if data:   # (empty when the head waits for this read's body bytes: exchange.pyx's _send)
-            self.t_write(data)
+            self.t_write.write(data)
         if self.w_paused:
             # Pooled with its write buffer still full (it answered before draining a body): the
             # new client waits for the drain like the previous one did.
@@ -314,7 +315,7 @@ cdef class _UpstreamBase:
 
     cdef int _send(self, bytes data) except -1:
         assert self.transport is not None
-        self.transport.write(data)
+        self.t_write.write(data)
         return 0
 
     cdef int _abort(self) except -1:
@@ -356,7 +357,7 @@ cdef class _UpstreamBase:
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.t_write = transport.write
+        self.t_write = Outlet(transport)
         self.deadline = self.ticker.now + self.pool.idle_timeout
         self.ticker.add(self)
 
@@ -457,7 +458,7 @@ cdef class _UpstreamBase:
             if ctx is not None:
                 ctx.bytes_out += n
             if t is not None:
-                down.t_write(data)
+                down.t_write.write(data)
         return t
 
     cdef object _new_parser(self):
@@ -553,7 +554,7 @@ cdef class _UpstreamBase:
                 ctx.bytes_out += size
             if down.transport is not None:
                 if chunk is not None:
-                    down.t_write(chunk)
+                    down.t_write.write(chunk)
                 else:
                     down.transport.writelines(out)
         if error is not None:
@@ -801,9 +802,8 @@ cdef class _UpstreamBase:
                 ctx = self.ctx
                 if ctx is not None:
                     ctx.bytes_out += len(data)
-                transport = down.transport
-                if transport is not None:
-                    transport.write(data)
+                if down.transport is not None:
+                    down.t_write.write(data)
         return 0
 
     cdef int _finish(self) except -1:

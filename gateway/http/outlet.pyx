@@ -1,0 +1,63 @@
+"""A connection's writes: straight to its socket when uvloop holds nothing for it.
+
+uvloop's transport.write costs about 1,000 user-space instructions for a write the kernel takes
+whole (bench/live_instructions.py: a Python-level call, the bytes appended to a list and taken off
+it with a Python-level list.clear(), a fileno() lookup, flow-control bookkeeping; the write(2)
+itself is ~14), and a bare proxied request makes two. When the transport is a plain uvloop TCP
+transport (not TLS, not asyncio's, not a test's fake) that is not closing and holds no unsent
+bytes (its buffer and libuv's write queue both empty), write(2) on its socket is exactly what
+uvloop's own fast path does first. What the kernel does not take (EAGAIN, a partial write) or
+refuses (an error) goes to transport.write, which buffers it or reports the error as before.
+So:
+- order is kept: bytes go to the socket directly only when nothing is queued ahead of them;
+- flow control is uvloop's: a full socket buffer sends the rest through transport.write, whose
+  high-water mark pauses the protocol as before (the hostile-peer tests' slow readers);
+- a closing transport is never written around: libuv closes the socket at once while
+  connection_lost comes a loop turn later, and the fd number may by then belong to a connection
+  accepted meanwhile, so is_closing() is asked on every write (after connection_lost too: uvloop
+  keeps it true).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from posix.unistd cimport write as c_write
+
+try:
+    from uvloop.loop import TCPTransport as _UV_TCP
+except ImportError:  # uvloop is a dependency; without it every write is transport.write
+    _UV_TCP = None
+
+
+cdef class Outlet:
+    def __init__(self, transport):
+        self.transport = transport
+        self.fd = -1
+        if _UV_TCP is not None and type(transport) is _UV_TCP:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # (Bound once: a uvloop transport's methods cannot be replaced. Any other
+                # transport's write is looked up per call, as a test's fake may swap it.)
+                self.t_write = transport.write
+                self.is_closing = transport.is_closing
+                self.buffered = transport.get_write_buffer_size
+                self.fd = sock.fileno()
+
+    def __call__(self, data) -> None:
+        """transport.write's signature, for Python callers and tests."""
+        self.write(data)
+
+    cdef int write(self, object data) except -1:
+        cdef Py_ssize_t size, n
+        if self.fd >= 0 and PyBytes_CheckExact(data):
+            size = PyBytes_GET_SIZE(data)
+            if size and not self.is_closing() and not self.buffered():
+                # (The GIL is held, as uvloop holds it for its own write(2): non-blocking.)
+                n = c_write(self.fd, PyBytes_AS_STRING(data), <size_t>size)
+                if n == size:
+                    return 0
+                if n > 0:
+                    data = data[n:]
+                # n < 0 (EAGAIN, EINTR, EPIPE, ECONNRESET...): uvloop writes it again and so
+                # buffers it or meets the error itself, closing the transport as it always did.
+            self.t_write(data)
+        else:
+            self.transport.write(data)
+        return 0
