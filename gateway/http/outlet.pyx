@@ -18,7 +18,15 @@ So:
   keeps it true).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
+from posix.uio cimport iovec, writev
 from posix.unistd cimport write as c_write
+
+from .wire import JOIN_MAX
+
+cdef enum:
+    # Pieces written with one writev: a response head and its body, chunks and their framing.
+    IOV_MAX_PIECES = 16
+cdef Py_ssize_t cJOIN_MAX = JOIN_MAX   # (wire.py: join small pieces, hand large ones over as a vector)
 
 try:
     from uvloop.loop import TCPTransport as _UV_TCP
@@ -44,6 +52,10 @@ cdef class Outlet:
         """transport.write's signature, for Python callers and tests."""
         self.write(data)
 
+    def write_pieces(self, list pieces) -> None:
+        """write_list for Python callers and tests."""
+        self.write_list(pieces, sum([len(p) for p in pieces]))
+
     cdef int write(self, object data) except -1:
         cdef Py_ssize_t size, n
         if self.fd >= 0 and PyBytes_CheckExact(data):
@@ -60,4 +72,40 @@ cdef class Outlet:
             self.t_write(data)
         else:
             self.transport.write(data)
+        return 0
+
+    cdef int write_list(self, list pieces, Py_ssize_t size) except -1:
+        """pieces (bytes, `size` bytes in all), in order: one writev(2) when direct (no copy into
+        a joined string), else joined when small (one write) or handed to uvloop as a vector."""
+        cdef iovec iov[IOV_MAX_PIECES]
+        cdef Py_ssize_t i, n, count = len(pieces)
+        cdef object piece
+        if (self.fd >= 0 and 1 < count <= IOV_MAX_PIECES and not self.is_closing()
+                and not self.buffered()):
+            for i in range(count):
+                piece = pieces[i]
+                if not PyBytes_CheckExact(piece):
+                    break
+                iov[i].iov_base = PyBytes_AS_STRING(piece)
+                iov[i].iov_len = <size_t>PyBytes_GET_SIZE(piece)
+            else:
+                n = writev(self.fd, iov, <int>count)
+                if n == size:
+                    return 0
+                if n > 0:
+                    # What the kernel did not take, from where it stopped, goes to uvloop.
+                    i = 0
+                    while n >= PyBytes_GET_SIZE(pieces[i]):
+                        n -= PyBytes_GET_SIZE(pieces[i])
+                        i += 1
+                    pieces = [pieces[i][n:], *pieces[i + 1:]]
+                    size = 0
+                    for piece in pieces:
+                        size += PyBytes_GET_SIZE(piece)
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        elif size <= cJOIN_MAX:
+            self.transport.write(b"".join(pieces))
+        else:
+            self.transport.writelines(pieces)
         return 0

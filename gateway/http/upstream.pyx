@@ -536,27 +536,25 @@ cdef class _UpstreamBase:
                 error = "protocol"
                 self._too_large("bytes")
         if out:
-            # One write per upstream read (inlined _flush: this runs once per response): joined
-            # when small, else as a vector (head and first body bytes, chunks and their framing)
-            # that uvloop sends with one writev instead of copying the body into a new string.
+            # One write per upstream read (inlined _flush: this runs once per response): the
+            # pieces (head and first body bytes, chunks and their framing) in one writev
+            # (outlet.pyx), or joined when small, or as a vector, when uvloop has to take them.
             self.out = []
             ctx = self.ctx
             down = self.down
             if len(out) == 1:
-                chunk = out[0]
-                size = len(chunk)
+                size = len(<bytes>out[0])
             else:
                 size = 0
                 for i in range(len(out)):
                     size += len(<bytes>out[i])
-                chunk = b"".join(out) if size <= cJOIN_MAX else None
             if ctx is not None:
                 ctx.bytes_out += size
             if down.transport is not None:
-                if chunk is not None:
-                    down.t_write.write(chunk)
+                if len(out) == 1:
+                    down.t_write.write(out[0])
                 else:
-                    down.transport.writelines(out)
+                    down.t_write.write_list(out, size)   # (outlet.pyx: writev, or joined when small)
         if error is not None:
             self._fail(error)
         elif rest is not None:
@@ -793,17 +791,23 @@ cdef class _UpstreamBase:
 
     # --- end of an exchange ---
     cdef int _flush(self) except -1:
+        cdef Py_ssize_t size, i
         out = self.out
         if out:
             self.out = []
             down = self.down
             if down is not None:
-                data = b"".join(out) if len(out) > 1 else out[0]
+                size = 0
+                for i in range(len(out)):
+                    size += len(<bytes>out[i])
                 ctx = self.ctx
                 if ctx is not None:
-                    ctx.bytes_out += len(data)
+                    ctx.bytes_out += size
                 if down.transport is not None:
-                    down.t_write.write(data)
+                    if len(out) == 1:
+                        down.t_write.write(out[0])
+                    else:
+                        down.t_write.write_list(out, size)
         return 0
 
     cdef int _finish(self) except -1:

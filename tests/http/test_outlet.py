@@ -79,7 +79,11 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         # uvloop), and every later one must queue behind it; flow control pauses the protocol.
         for i in range(200):
             data = chunk(i)
-            out(data)
+            if i % 3 == 2:   # head and body pieces, one writev (cut short once the socket fills)
+                pieces = [data[:100], data[100:40_000], data[40_000:]]
+                out.write_pieces(pieces)
+            else:
+                out(data)
             sent.append(data)
             if proto.paused:
                 break
@@ -87,7 +91,10 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         assert t.get_write_buffer_size() > 0
         for i in range(len(sent), len(sent) + 5):   # writes while paused queue too
             data = chunk(i)
-            out(data)
+            if i % 2:
+                out(data)
+            else:
+                out.write_pieces([data[:10], data[10:]])
             sent.append(data)
         # Now the peer reads everything, in a thread, while the loop drains uvloop's buffer.
         expected = b"".join(sent)
@@ -98,6 +105,18 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         assert t.get_write_buffer_size() == 0
         out(b"after")
         assert await asyncio.get_running_loop().run_in_executor(None, read_exactly, peer, 5) == b"after"
+        # Again with every write a writev of three pieces: the one the kernel cuts short is one.
+        sent = []
+        for i in range(200):
+            data = chunk(1000 + i, 30_001)
+            out.write_pieces([data[:7], data[7:20_000], data[20_000:]])
+            sent.append(data)
+            if proto.paused == 2:
+                break
+        assert proto.paused == 2 and t.get_write_buffer_size() > 0
+        expected = b"".join(sent)
+        got = await asyncio.get_running_loop().run_in_executor(None, read_exactly, peer, len(expected))
+        assert got == expected
         t.close()
         await proto.lost
         peer.close()
