@@ -12,8 +12,8 @@ import os
 import socket
 
 import pytest
-from gateway.http.outlet import Outlet
 
+from gateway.http.outlet import Outlet
 from tests.state.helpers import run_on_uvloop
 
 
