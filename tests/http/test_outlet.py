@@ -45,10 +45,17 @@ async def connected() -> tuple[Proto, socket.socket]:
     loop = asyncio.get_running_loop()
     protos: list[Proto] = []
     server = await loop.create_server(lambda: protos.append(Proto()) or protos[-1], "127.0.0.1", 0)
-    peer = await loop.run_in_executor(None, socket.create_connection, server.sockets[0].getsockname()[:2])
+    # Fixed socket buffers on both ends (no autotuning): how much the kernel takes before a write
+    # is cut short stays the same however much earlier tests or this one have sent.
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 18)
+    await loop.run_in_executor(None, peer.connect, server.sockets[0].getsockname()[:2])
     while not protos or protos[0].transport is None:
         await asyncio.sleep(0.001)
     server.close()
+    transport = protos[0].transport
+    assert transport is not None
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 18)
     return protos[0], peer
 
 
@@ -77,7 +84,7 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         sent = []
         # The peer reads nothing: the socket buffers fill, a write is cut short (the rest queued in
         # uvloop), and every later one must queue behind it; flow control pauses the protocol.
-        for i in range(200):
+        for i in range(2000):   # (~2 MB fill the fixed buffers; 100 MB would be a bug)
             data = chunk(i)
             if i % 3 == 2:   # head and body pieces, one writev (cut short once the socket fills)
                 pieces = [data[:100], data[100:40_000], data[40_000:]]
@@ -107,7 +114,7 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         assert await asyncio.get_running_loop().run_in_executor(None, read_exactly, peer, 5) == b"after"
         # Again with every write a writev of three pieces: the one the kernel cuts short is one.
         sent = []
-        for i in range(200):
+        for i in range(3000):
             data = chunk(1000 + i, 30_001)
             out.write_pieces([data[:7], data[7:20_000], data[20_000:]])
             sent.append(data)
