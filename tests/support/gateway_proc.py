@@ -202,10 +202,15 @@ class GatewayProcess:
         return self.returncode
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Send `sig` (SIGTERM: drain), wait for the exit, return the exit code."""
+        """Send `sig` (SIGTERM: drain), wait for the exit, return the exit code. A process that
+        does not exit in time is killed and reported with its log (what the drain waited for)."""
         self.send_signal(sig)
         try:
             return self.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise GatewayError(f"gateway did not exit {timeout:.0f} s after signal {sig}; stderr:\n"
+                               f"{self.stderr[-6000:]}") from None
         finally:
             self._cleanup()
 
