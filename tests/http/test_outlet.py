@@ -38,9 +38,9 @@ class Proto(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-async def connected() -> tuple[Proto, socket.socket]:
-    """A uvloop TCP transport accepted by a uvloop server (as the gateway's are) and the peer's
-    blocking socket. (Not create_connection(sock=...): uvloop then also closes that Python socket
+async def connected() -> tuple[Proto, asyncio.Transport, Outlet, socket.socket]:
+    """A uvloop TCP transport accepted by a uvloop server (as the gateway's are), its Outlet and
+    the peer's blocking socket. (Not create_connection(sock=...): uvloop then also closes that Python socket
     object a loop turn after the fd, which would close whatever took the number meanwhile.)"""
     loop = asyncio.get_running_loop()
     protos: list[Proto] = []
@@ -56,7 +56,7 @@ async def connected() -> tuple[Proto, socket.socket]:
     transport = protos[0].transport
     assert transport is not None
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 18)
-    return protos[0], peer
+    return protos[0], transport, Outlet(transport), peer
 
 
 def chunk(i: int, size: int = 50_000) -> bytes:
@@ -76,10 +76,7 @@ def read_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
 
 def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> None:
     async def main() -> None:
-        proto, peer = await connected()
-        t = proto.transport
-        assert t is not None
-        out = Outlet(t)
+        proto, t, out, peer = await connected()
         assert out.fd == t.get_extra_info("socket").fileno()
         sent = []
         # The peer reads nothing: the socket buffers fill, a write is cut short (the rest queued in
@@ -133,10 +130,7 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
 
 def test_a_closed_transport_is_never_written_around_even_when_its_fd_number_is_reused() -> None:
     async def main() -> None:
-        proto, peer = await connected()
-        t = proto.transport
-        assert t is not None
-        out = Outlet(t)
+        proto, t, out, peer = await connected()
         fd = out.fd
         t.abort()
         out(b"must not go out")   # closing: handed to uvloop, which drops it (the peer sees none)
