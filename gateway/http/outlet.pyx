@@ -12,10 +12,10 @@ So:
 - order is kept: bytes go to the socket directly only when nothing is queued ahead of them;
 - flow control is uvloop's: a full socket buffer sends the rest through transport.write, whose
   high-water mark pauses the protocol as before (the hostile-peer tests' slow readers);
-- a closing transport is never written around: libuv closes the socket at once while
-  connection_lost comes a loop turn later, and the fd number may by then belong to a connection
-  accepted meanwhile, so is_closing() is asked on every write (after connection_lost too: uvloop
-  keeps it true).
+- a closing transport is never written around, so is_closing() is asked on every write: bytes
+  written after close() or abort() must not go out, and once connection_lost has run uvloop
+  closes the socket and the fd number is free for the next connection the worker accepts, while
+  late code may still hold this Outlet (uvloop keeps is_closing() true from then on).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_GET_SIZE
 from posix.uio cimport iovec, writev
@@ -95,7 +95,7 @@ cdef class Outlet:
                 if n > 0:
                     # What the kernel did not take, from where it stopped, goes to uvloop.
                     i = 0
-                    while n >= PyBytes_GET_SIZE(pieces[i]):
+                    while i < count - 1 and n >= PyBytes_GET_SIZE(pieces[i]):
                         n -= PyBytes_GET_SIZE(pieces[i])
                         i += 1
                     pieces = [pieces[i][n:], *pieces[i + 1:]]
