@@ -27,7 +27,6 @@ from gateway._fast.wire import response_head
 
 from .wire import (
     CRLF,
-    JOIN_MAX,
     LAST_CHUNK,
     R_CONNECTION,
     R_CONTENT_LENGTH,
@@ -61,7 +60,6 @@ log = logging.getLogger("gateway.http")
 cdef double INF = float("inf")  # a C double: compared per request without a global lookup
 
 cdef int cPAUSE_UPSTREAM = PAUSE_UPSTREAM
-cdef Py_ssize_t cJOIN_MAX = JOIN_MAX
 
 # Exchange states (C constants: compared without boxing; also exported for tests)
 cdef enum:
