@@ -40,8 +40,7 @@ class Proto(asyncio.Protocol):
 
 async def connected() -> tuple[Proto, asyncio.Transport, Outlet, socket.socket]:
     """A uvloop TCP transport accepted by a uvloop server (as the gateway's are), its Outlet and
-    the peer's blocking socket. (Not create_connection(sock=...): uvloop then also closes that Python socket
-    object a loop turn after the fd, which would close whatever took the number meanwhile.)"""
+    the peer's blocking socket."""
     loop = asyncio.get_running_loop()
     protos: list[Proto] = []
     server = await loop.create_server(lambda: protos.append(Proto()) or protos[-1], "127.0.0.1", 0)
