@@ -93,8 +93,8 @@ cdef class CachedJwtAccess(CompiledAccess):
         authz = None
         headers = ctx.headers
         pairs = headers
-        cdef bint added = type(headers) is HeaderView
-        if added:
+        cdef bint is_view = type(headers) is HeaderView
+        if is_view:
             # The two fields read in place (head.pyx), in one pass over the head's fields: no
             # object for them or for the request's other fields, the token read where it lies.
             view = <HeaderView>headers
@@ -111,7 +111,7 @@ cdef class CachedJwtAccess(CompiledAccess):
                 n = view.f[at].vlen
             pairs = view.added or ()   # filters' additions count as fields too (rare)
         for name, value in pairs:
-            if added:
+            if is_view:
                 name = name.lower()   # (a view's additions keep the filter's spelling)
             if name == AUTHORIZATION:
                 authz = value
