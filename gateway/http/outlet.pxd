@@ -6,4 +6,4 @@ cdef class Outlet:
     cdef object buffered       # transport.get_write_buffer_size, bound (direct writes only)
     cdef readonly int fd       # the socket, for direct writes; -1: every write is transport.write
     cdef int write(self, object data) except -1
-    cdef int write_list(self, list pieces, Py_ssize_t size) except -1
+    cdef Py_ssize_t write_list(self, list pieces) except -1

@@ -52,9 +52,9 @@ cdef class Outlet:
         """transport.write's signature, for Python callers and tests."""
         self.write(data)
 
-    def write_pieces(self, list pieces) -> None:
+    def write_pieces(self, list pieces) -> int:
         """write_list for Python callers and tests."""
-        self.write_list(pieces, sum([len(p) for p in pieces]))
+        return self.write_list(pieces)
 
     cdef int write(self, object data) except -1:
         cdef Py_ssize_t size, n
@@ -74,38 +74,46 @@ cdef class Outlet:
             self.transport.write(data)
         return 0
 
-    cdef int write_list(self, list pieces, Py_ssize_t size) except -1:
-        """pieces (bytes, `size` bytes in all), in order: one writev(2) when direct (no copy into
-        a joined string), else joined when small (one write) or handed to uvloop as a vector."""
+    cdef Py_ssize_t write_list(self, list pieces) except -1:
+        """pieces (bytes-like), in order; returns how many bytes they are. One writev(2) when
+        direct (no copy into a joined string); else joined when small (one write) or handed to
+        uvloop as a vector (writelines). The one place of that policy for both directions."""
         cdef iovec iov[IOV_MAX_PIECES]
-        cdef Py_ssize_t i, n, count = len(pieces)
+        cdef Py_ssize_t i, n, written = 0, size = 0, count = len(pieces)
+        cdef bint direct = self.fd >= 0 and count <= IOV_MAX_PIECES
         cdef object piece
-        if (self.fd >= 0 and 1 < count <= IOV_MAX_PIECES and not self.is_closing()
-                and not self.buffered()):
-            for i in range(count):
-                piece = pieces[i]
-                if not PyBytes_CheckExact(piece):
-                    break
+        if count == 0:
+            return 0
+        if count == 1:
+            piece = pieces[0]
+            self.write(piece)
+            return len(piece)
+        for i in range(count):
+            piece = pieces[i]
+            if direct and PyBytes_CheckExact(piece):
                 iov[i].iov_base = PyBytes_AS_STRING(piece)
                 iov[i].iov_len = <size_t>PyBytes_GET_SIZE(piece)
+                size += PyBytes_GET_SIZE(piece)
             else:
-                n = writev(self.fd, iov, <int>count)
-                if n == size:
-                    return 0
-                if n > 0:
-                    # What the kernel did not take, from where it stopped, goes to uvloop.
-                    i = 0
-                    while i < count - 1 and n >= PyBytes_GET_SIZE(pieces[i]):
-                        n -= PyBytes_GET_SIZE(pieces[i])
-                        i += 1
-                    pieces = [pieces[i][n:], *pieces[i + 1:]]
-                    size = 0
-                    for piece in pieces:
-                        size += PyBytes_GET_SIZE(piece)
-        if len(pieces) == 1:
-            self.transport.write(pieces[0])
-        elif size <= cJOIN_MAX:
-            self.transport.write(b"".join(pieces))
+                direct = False
+                size += len(piece)
+        rest = pieces
+        if direct and size and not self.is_closing() and not self.buffered():
+            n = writev(self.fd, iov, <int>count)
+            if n == size:
+                return size
+            if n > 0:
+                # What the kernel did not take, from where it stopped, goes to uvloop.
+                written = n
+                i = 0
+                while i < count - 1 and n >= PyBytes_GET_SIZE(pieces[i]):
+                    n -= PyBytes_GET_SIZE(pieces[i])
+                    i += 1
+                rest = [pieces[i][n:], *pieces[i + 1:]]
+        if len(rest) == 1:
+            self.transport.write(rest[0])
+        elif size - written <= cJOIN_MAX:
+            self.transport.write(b"".join(rest))
         else:
-            self.transport.writelines(pieces)
-        return 0
+            self.transport.writelines(rest)
+        return size

@@ -24,7 +24,6 @@ from gateway.pipeline.context cimport RequestContext
 from . import replies
 from .errors import RequestRejected
 from .flow import PAUSE_TURN, PAUSE_UPGRADE
-from .wire import JOIN_MAX
 
 from gateway.http.chunked cimport D_END, D_FAILED, D_FIRST, ChunkDecoder
 from gateway.http.flow cimport ReadGate
@@ -116,7 +115,6 @@ cdef Py_ssize_t SLICE = 16384
 # much as 30 one-byte chunks). About 0.5 ms of CPU on the machine of bench/RESULTS.md; another
 # client's request waits for at most a turn or two (bench/hostile_peers.py tiny-chunks).
 cdef Py_ssize_t WORK_PER_TURN = 2048
-cdef Py_ssize_t cJOIN_MAX = JOIN_MAX   # (wire.py: join small pieces, writev large ones)
 
 cdef class _Queued:
     """A pipelined request waiting for the active exchange to finish (uncommon path)."""
@@ -299,14 +297,10 @@ cdef class _ReaderBase:
                     self._keep_sent(data)
         if head is not None:
             out.insert(0, head)
-            size += len(head)
         if not out:
             return 0
-        if size > cJOIN_MAX and len(out) > 1:
-            # Large pieces go out as they are, in one writev, instead of being copied into one.
-            up.transport.writelines(out)
-        else:
-            up._send(b"".join(out) if len(out) > 1 else out[0])
+        assert up.transport is not None
+        up.t_write.write_list(out)   # (outlet.pyx: one writev, or joined when small)
         return 0
 
     cdef int _keep_sent(self, bytes data) except -1:

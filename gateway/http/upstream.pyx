@@ -486,9 +486,6 @@ cdef class _UpstreamBase:
             self._abort()
             return 0
         cdef list out
-        cdef RequestContext ctx
-        cdef _ReaderBase down
-        cdef Py_ssize_t size, i
         if self._pass_body(len(data)):
             self._send_body(data, len(data))   # these very bytes (see buffer_updated)
             return 0
@@ -534,25 +531,7 @@ cdef class _UpstreamBase:
                 error = "protocol"
                 self._too_large("bytes")
         if out:
-            # One write per upstream read (inlined _flush: this runs once per response): the
-            # pieces (head and first body bytes, chunks and their framing) in one writev
-            # (outlet.pyx), or joined when small, or as a vector, when uvloop has to take them.
-            self.out = []
-            ctx = self.ctx
-            down = self.down
-            if len(out) == 1:
-                size = len(<bytes>out[0])
-            else:
-                size = 0
-                for i in range(len(out)):
-                    size += len(<bytes>out[i])
-            if ctx is not None:
-                ctx.bytes_out += size
-            if down.transport is not None:
-                if len(out) == 1:
-                    down.t_write.write(out[0])
-                else:
-                    down.t_write.write_list(out, size)   # (outlet.pyx: writev, or joined when small)
+            self._flush()   # one write per upstream read
         if error is not None:
             self._fail(error)
         elif rest is not None:
@@ -789,23 +768,22 @@ cdef class _UpstreamBase:
 
     # --- end of an exchange ---
     cdef int _flush(self) except -1:
-        cdef Py_ssize_t size, i
-        out = self.out
+        """The response bytes gathered (head and body bytes, chunks and their framing) to the
+        client, in one write: Outlet.write_list (one writev, or joined when small)."""
+        cdef Py_ssize_t size = 0, i
+        cdef list out = self.out
         if out:
             self.out = []
             down = self.down
             if down is not None:
-                size = 0
-                for i in range(len(out)):
-                    size += len(<bytes>out[i])
+                if down.transport is not None:
+                    size = down.t_write.write_list(out)
+                else:
+                    for i in range(len(out)):
+                        size += len(<bytes>out[i])
                 ctx = self.ctx
                 if ctx is not None:
                     ctx.bytes_out += size
-                if down.transport is not None:
-                    if len(out) == 1:
-                        down.t_write.write(out[0])
-                    else:
-                        down.t_write.write_list(out, size)
         return 0
 
     cdef int _finish(self) except -1:

@@ -112,7 +112,7 @@ def test_a_peer_that_stops_reading_gets_every_byte_in_order_once_it_reads() -> N
         sent = []
         for i in range(3000):
             data = chunk(1000 + i, 30_001)
-            out.write_pieces([data[:7], data[7:20_000], data[20_000:]])
+            assert out.write_pieces([data[:7], data[7:20_000], data[20_000:]]) == len(data)
             sent.append(data)
             if proto.paused == 2:
                 break
