@@ -13,7 +13,7 @@ Two clients, two budgets:
   Its pool holds at most `max_connections` sockets; a call finding them all busy waits for one
   within its own budget, so the queue is bounded in time (and empty while down: calls fail before
   reaching the pool). On Cluster the cap is per node and a full node pool fails the call at once.
-- `slow_client`: `slow_timeout = max(timeout, 0.5 s)` for background work that is no caller's
+- `slow_client`: `slow_timeout` (default `max(timeout, 0.5 s)`) for background work that is no caller's
   latency: the health PING, the pub/sub listener's connection, full-state loads, heartbeats. A
   50 ms budget is right for a request path but would declare a healthy Redis down after one
   scheduling hiccup on a loaded box, and a full-state read of a large map may need longer.
@@ -154,15 +154,19 @@ class RedisLink:
 
     def __init__(self, url: str, *, cluster: bool = False, timeout: float = 0.05, prefix: str = "gateway:",
                  on_up: Callable[[], None] | None = None, on_down: Callable[[str], None] | None = None,
-                 max_connections: int = 32, client_name: str | None = None) -> None:
+                 max_connections: int = 32, client_name: str | None = None,
+                 slow_timeout: float | None = None) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if slow_timeout is not None and not slow_timeout >= timeout:
+            raise ValueError(f"slow_timeout must be >= timeout ({timeout!r} s), got {slow_timeout!r}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
         self.url = url
         self.cluster = cluster
         self.timeout = timeout
-        self.slow_timeout = max(timeout, MIN_SLOW_BUDGET)
+        # The budget of background work (health PING included); by default MIN_SLOW_BUDGET.
+        self.slow_timeout = max(timeout, MIN_SLOW_BUDGET) if slow_timeout is None else slow_timeout
         self.prefix = prefix
         self.on_up = on_up
         self.on_down = on_down

@@ -188,10 +188,15 @@ async def _check_replies_match(link: RedisLink, n_keys: int, want: int = 500, gi
 def test_timed_out_connections_are_never_reused(server: RedisProcess) -> None:
     """Requests whose replies arrive after their call gave up must not leave those replies in
     the pool for later calls to read. The server is paused only briefly, so the link stays up
-    and its pool is never reset: this checks redis-py's own discarding of timed-out sockets."""
+    and its pool is never reset: this checks redis-py's own discarding of timed-out sockets.
+
+    The first timed-out call wakes the health PING, which waits out the pause: with the default
+    500 ms budget a loaded CI box (slow to resume Redis, slow to run the loop) let it time out now
+    and then, the link went down, and the check below never ran. The pause is now held 600 ms on
+    purpose, past that default, and the link's PING budget is 5 s."""
     async def main() -> None:
         t = Transitions()
-        link = await _up_link(server.url, t, timeout=0.1, max_connections=16)
+        link = await _up_link(server.url, t, timeout=0.1, max_connections=16, slow_timeout=5.0)
         try:
             for i in range(64):
                 await link.call("set", lambda c, i=i: c.set(f"k{i}", f"v{i}".encode()))
@@ -199,6 +204,7 @@ def test_timed_out_connections_are_never_reused(server: RedisProcess) -> None:
             results = await asyncio.gather(
                 *(link.call("get", lambda c, i=i: c.get(f"k{i}")) for i in range(16)),
                 return_exceptions=True)
+            await asyncio.sleep(0.6)   # past the default PING budget (see above)
             server.resume()   # Redis now answers the 16 abandoned GETs on their old sockets
             assert all(isinstance(r, RedisUnavailable) for r in results), results
             assert await _check_replies_match(link, 64) >= 500
@@ -331,6 +337,16 @@ def test_backoff_delays_are_capped_full_jitter() -> None:
         ds = [backoff_delay(attempt, rng) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in ds)
         assert max(ds) > ceiling * 0.8   # full jitter spans the range
+
+
+def test_slow_budget_defaults_to_the_floor_and_is_never_below_the_call_budget() -> None:
+    async def main() -> None:
+        assert RedisLink("redis://127.0.0.1:1", timeout=0.05).slow_timeout == 0.5
+        assert RedisLink("redis://127.0.0.1:1", timeout=0.8).slow_timeout == 0.8
+        assert RedisLink("redis://127.0.0.1:1", timeout=0.05, slow_timeout=3.0).slow_timeout == 3.0
+        with pytest.raises(ValueError, match="slow_timeout must be >= timeout"):
+            RedisLink("redis://127.0.0.1:1", timeout=0.2, slow_timeout=0.1)
+    run(main())
 
 
 def test_error_counters_per_op(server: RedisProcess) -> None:
