@@ -45,6 +45,7 @@ DATAPLANE_MODULES = {
     "llstate": "gateway.http.llstate",        # httptools' getters read from llhttp's state in C
     "llhooks": "gateway.http.llhooks",        # llhttp's callbacks and execute called from C
     "head": "gateway.http.head",              # HeaderView, HeadTracker: head fields as spans, scanned in C
+    "plain_response": "gateway.http.plain_response",  # a plain upstream response head, read without llhttp
     "request": "gateway.http.request",        # RequestBuilder: head verdicts, the upstream head
     "tunnel": "gateway.http.tunnel",          # Tunnel: bytes both ways after a 101 (WebSocket)
     "upstream": "gateway.http.upstream",      # UpstreamProtocol: response parsing, re-framing
