@@ -47,6 +47,7 @@ from gateway.pipeline.chain cimport FilterChain
 from gateway.http.head cimport F_GONE, HeadTracker, HeaderView, forwarded_pairs, response_head_view
 from gateway.http.llhooks cimport W_BODY, W_CHUNKS, W_MESSAGE_COMPLETE, feed, hooked_parser
 from gateway.http.parser_stop cimport skip_body, stop_offset
+from gateway.http.plain_response cimport PlainResponse, scan_plain_response
 from gateway.http.llstate cimport response_keep_alive, status_code
 from gateway.http.outlet cimport Outlet
 from gateway.http.pool cimport UpstreamPool
@@ -489,9 +490,12 @@ cdef class _UpstreamBase:
         if self._pass_body(len(data)):
             self._send_body(data, len(data))   # these very bytes (see buffer_updated)
             return 0
+        cdef bint in_head = self.state == S_WAIT_HEAD
+        if (in_head and self.h_raw == 0 and not self.head_request and not self.upgrading
+                and self._plain_response(data)):
+            return 0
         error = None
         rest = None
-        cdef bint in_head = self.state == S_WAIT_HEAD
         if in_head:
             self.h_raw += len(data)
             self.heads.feeding(self.parser, data)
@@ -539,6 +543,50 @@ cdef class _UpstreamBase:
         elif self.done:
             self._finish()
         return 0
+
+    cdef bint _plain_response(self, bytes data) except -1:
+        """The whole response in this first read, taken without llhttp when its head is plain
+        (plain_response.pyx: a strict subset of what llhttp accepts, read the same way) and
+        exactly its Content-Length of body follows: what llhttp's callbacks would do with it
+        (_headers_complete, _on_body, _message_complete), in one pass. False, with nothing done,
+        for anything else, which llhttp then reads as before: a 1xx, 204 or 304, a response to
+        HEAD or to an Upgrade, a body cut by the read or followed by more bytes, a head over the
+        limits (refused there, with its log line). llhttp's state is untouched: it waits for the
+        next response at its start, as after a message it read itself."""
+        cdef PlainResponse r
+        cdef HeaderView view
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if self.out:
+            return False
+        view = scan_plain_response(data, &r)
+        if (view is None or r.content_length < 0 or view.end + r.content_length != n
+                or r.status < 200 or r.status > 599 or r.status == 204 or r.status == 304
+                or view.n > self.lim_headers or view.field_bytes > self.lim_hbytes):
+            return False
+        self.h_raw = n
+        self.h_bytes = view.field_bytes
+        self.view = view
+        self.status = r.status
+        self.state = S_BODY
+        self.deadline = self.ticker.now + self.body_timeout
+        try:
+            head = self._response_head(r.status)
+        except Exception:
+            # (as when a callback raises inside llhttp: the exchange fails, 502)
+            self.view = None
+            self._fail("protocol")
+            return True
+        self.view = None   # (its spans point into this read: not kept past it)
+        if r.content_length:
+            self.out += (head, data[view.end:])
+        else:
+            self.out.append(head)
+        if not r.keep_alive:
+            self.broken = True
+        self.done = True
+        self._flush()
+        self._finish()
+        return True
 
     cdef int _head_done(self, bytes data) except -1:
         """The head of a response to HEAD is complete.

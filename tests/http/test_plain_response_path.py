@@ -1,0 +1,150 @@
+"""A plain response that arrives whole in one read is taken without llhttp (upstream.pyx's
+_plain_response); the same bytes in two reads go through llhttp. Both must give the client the
+same bytes and leave the upstream connection in the same state (pooled, or closed). Whether the
+plain path was taken is read from llhttp's own state: a parser that never saw a response still
+has status 0."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from gateway.http.llstate import verdicts
+
+from gateway.pipeline.chain import FilterChain
+from gateway.pipeline.filter import Filter
+from tests.http.harness import Harness, status_of
+
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n"
+GET10 = b"GET /x HTTP/1.0\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n"
+HEAD = b"HEAD /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-1\r\n\r\n"
+
+
+def _plain(body: bytes = b"ok", fields: bytes = b"", line: bytes = b"HTTP/1.1 200 OK") -> bytes:
+    return line + b"\r\n" + fields + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+# (id, request, upstream bytes, taken without llhttp)
+CASES = [
+    ("plain", GET, _plain(), True),
+    ("empty-body", GET, _plain(b""), True),
+    ("json", GET, _plain(b'{"a": 1}', b"Content-Type: application/json\r\nETag: \"x\"\r\nSet-Cookie: a=1\r\n"), True),
+    ("dropped-fields", GET, _plain(b"ok", b"Server: up\r\nX-Powered-By: php\r\nKeep-Alive: timeout=5\r\n"
+                                          b"X-Request-Id: theirs\r\nUpgrade: h2c\r\n"), True),
+    ("leading-zeros", GET, b"HTTP/1.1 200 OK\r\nContent-Length: 0002\r\n\r\nok", True),
+    ("close", GET, _plain(b"ok", b"Connection: close\r\n"), True),
+    ("keep-alive", GET, _plain(b"ok", b"Connection: Keep-Alive\r\n"), True),
+    ("http10-upstream", GET, _plain(b"ok", line=b"HTTP/1.0 200 OK"), True),
+    ("http10-upstream-keep-alive", GET, _plain(b"ok", b"Connection: keep-alive\r\n", b"HTTP/1.0 200 OK"), True),
+    ("http10-client", GET10, _plain(), True),
+    ("404-no-reason", GET, _plain(b"nope", line=b"HTTP/1.1 404"), True),
+    ("503", GET, _plain(b"down", line=b"HTTP/1.1 503 Service Unavailable"), True),
+    ("599", GET, _plain(b"x", line=b"HTTP/1.1 599 Odd"), True),
+    # llhttp's: not plain, or not a whole response in this read
+    ("head-request", HEAD, _plain(), False),
+    ("204", GET, b"HTTP/1.1 204 No Content\r\n\r\n", False),
+    ("304", GET, b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n", False),
+    ("chunked", GET, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False),
+    ("until-close", GET, b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\n", False),
+    ("connection-names-a-field", GET, _plain(b"ok", b"Connection: x-a\r\nX-A: b\r\n"), False),
+    ("obs-text", GET, _plain(b"ok", b"X-A: caf\xc3\xa9\r\n"), False),
+    ("interim-first", GET, b"HTTP/1.1 100 Continue\r\n\r\n" + _plain(), False),
+    ("bytes-after-body", GET, _plain() + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    ("duplicate-content-length", GET, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", False),
+    ("cl-and-te", GET, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", False),
+    ("bare-lf", GET, b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok", False),
+]
+
+
+def _exchange(req: bytes, resp: bytes, split: bool, chain: FilterChain | None = None,
+              **kw: Any) -> tuple[bytes, str, int]:
+    """(client bytes, what became of the upstream connection, llhttp's status code after it).
+    `split`: the response in two reads, its first byte and the rest (the second read is then
+    not a response's first: llhttp reads it, in the same pieces as the whole read)."""
+    h = Harness(chain=chain, **kw) if chain is not None else Harness(**kw)
+    try:
+        h.feed(req)
+        if split:
+            h.respond(resp[:1])
+            if not h.up().transport.closed:  # type: ignore[attr-defined]
+                h.respond(resp[1:])
+        else:
+            h.respond(resp)
+        up = h.up()
+        if not up.transport.closed and up.until_close:  # type: ignore[attr-defined]
+            up.connection_lost(None)   # (the end of a close-delimited body)
+        fate = "pooled" if h.pool.idle == [up] else ("aborted" if up.transport.aborted else  # type: ignore[attr-defined]
+                                                     "closed" if up.transport.closed else "open")  # type: ignore[attr-defined]
+        return bytes(h.down.written), fate, verdicts(up.parser, True)[0]
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("req,resp,plain", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_whole_and_split_give_the_same_bytes_and_connection(req: bytes, resp: bytes, plain: bool) -> None:
+    whole, whole_fate, whole_llhttp = _exchange(req, resp, False)
+    slow, slow_fate, slow_llhttp = _exchange(req, resp, True)
+    assert whole == slow and whole_fate == slow_fate
+    assert slow_llhttp != 0 or slow_fate != "pooled", "the split exchange must have gone through llhttp"
+    assert (whole_llhttp == 0) == plain, "llhttp saw the whole response" if plain else "llhttp was skipped"
+
+
+def test_plain_responses_keep_or_close_the_connection_as_llhttp_says() -> None:
+    assert _exchange(GET, _plain(), False)[1] == "pooled"
+    assert _exchange(GET, _plain(b"ok", b"Connection: close\r\n"), False)[1] == "aborted"
+    assert _exchange(GET, _plain(line=b"HTTP/1.0 200 OK"), False)[1] == "aborted"
+    assert _exchange(GET, _plain(b"ok", b"Connection: keep-alive\r\n", b"HTTP/1.0 200 OK"), False)[1] == "pooled"
+
+
+def test_a_head_over_the_limits_is_refused_as_before() -> None:
+    """The plain path leaves such a head to llhttp's path, which refuses it (502, logged)."""
+    resp = _plain(b"ok", b"".join(b"X-F%d: v\r\n" % i for i in range(5)))
+    out, fate, _ = _exchange(GET, resp, False, max_headers=3)
+    assert status_of(out) == 502 and fate == "aborted"
+    out, fate, _ = _exchange(GET, resp, False, max_header_bytes=40)
+    assert status_of(out) == 502 and fate == "aborted"
+
+
+def test_llhttp_reads_the_next_response_on_a_connection_the_plain_path_used() -> None:
+    h = Harness()
+    try:
+        for i, bytewise in enumerate((False, True, False, True)):
+            h.feed(GET)
+            body = b"r%d" % i
+            resp = _plain(body)
+            if bytewise:
+                for k in range(len(resp)):
+                    h.respond(resp[k:k + 1])
+            else:
+                h.respond(resp)
+            out = h.down.take()
+            assert status_of(out) == 200 and out.endswith(b"\r\n\r\n" + body), out
+            assert len(h.pool.conns) == 1 and h.pool.idle == [h.up()]
+    finally:
+        h.close()
+
+
+class EditsResponse(Filter):
+    def response(self, ctx: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        headers[:] = [(n, v) for n, v in headers if n.lower() != b"x-secret"]
+        headers.append((b"X-Edited", b"%d" % status))
+
+
+class FailsResponse(Filter):
+    def response(self, ctx: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        raise RuntimeError("filter bug")
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_response_filters_run_on_the_plain_path(split: bool) -> None:
+    resp = _plain(b"ok", b"X-Secret: s\r\nX-Kept: k\r\n")
+    out, fate, _ = _exchange(GET, resp, split, FilterChain([EditsResponse()]))
+    assert b"X-Secret" not in out and b"X-Kept: k\r\n" in out and b"X-Edited: 200\r\n" in out
+    assert out.endswith(b"\r\n\r\nok") and fate == "pooled"
+
+
+def test_a_response_filter_that_raises_fails_the_exchange_the_same_way_on_either_path() -> None:
+    # (both close the client's connection without a byte: the status was already recorded when
+    # the filter ran, so the exchange counts as started; see exchange.pyx's _upstream_failed)
+    whole = _exchange(GET, _plain(b"secret-body"), False, FilterChain([FailsResponse()]))
+    slow = _exchange(GET, _plain(b"secret-body"), True, FilterChain([FailsResponse()]))
+    assert whole[:2] == slow[:2] == (b"", "aborted")
