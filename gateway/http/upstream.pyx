@@ -572,7 +572,7 @@ cdef class _UpstreamBase:
         try:
             head = self._response_head(r.status)
         except Exception:
-            # (as when a callback raises inside llhttp: the exchange fails, 502)
+            # (a response filter's error: the exchange fails as when it raises inside llhttp)
             self.view = None
             self._fail("protocol")
             return True
@@ -754,10 +754,17 @@ cdef class _UpstreamBase:
             # common path below, whose bytes are the same when no filter edits them.
             if type(chain) is not FilterChain or (<FilterChain>chain)._response:
                 fwd = forwarded_pairs(view)
-                if type(chain) is FilterChain:
-                    (<FilterChain>chain).c_run_response(ctx, status, fwd)   # a C call
-                else:
-                    chain.run_response(ctx, status, fwd)
+                try:
+                    if type(chain) is FilterChain:
+                        (<FilterChain>chain).c_run_response(ctx, status, fwd)   # a C call
+                    else:
+                        chain.run_response(ctx, status, fwd)
+                except Exception:
+                    # The exchange fails (the caller's `protocol` path); without this line the
+                    # filter's own error would be nowhere an operator can find it.
+                    log.exception("request %s: response filter failed, exchange aborted",
+                                  bytes(ctx.request_id).decode("latin-1"))
+                    raise
                 if ctx.response_headers:
                     fwd += ctx.response_headers
                 return response_head(line, fwd, framing, ctx.request_id, tail)

@@ -142,9 +142,12 @@ def test_response_filters_run_on_the_plain_path(split: bool) -> None:
     assert out.endswith(b"\r\n\r\nok") and fate == "pooled"
 
 
-def test_a_response_filter_that_raises_fails_the_exchange_the_same_way_on_either_path() -> None:
+def test_a_response_filter_that_raises_fails_the_exchange_the_same_way_on_either_path(
+        caplog: pytest.LogCaptureFixture) -> None:
     # (both close the client's connection without a byte: the status was already recorded when
     # the filter ran, so the exchange counts as started; see exchange.pyx's _upstream_failed)
     whole = _exchange(GET, _plain(b"secret-body"), False, FilterChain([FailsResponse()]))
     slow = _exchange(GET, _plain(b"secret-body"), True, FilterChain([FailsResponse()]))
     assert whole[:2] == slow[:2] == (b"", "aborted")
+    failed = [r for r in caplog.records if "response filter failed" in r.getMessage()]
+    assert len(failed) == 2 and all("rid-1" in r.getMessage() and r.exc_info for r in failed)
