@@ -81,6 +81,25 @@ cdef class HeadTracker:
 
 # Writing a head into one preallocated bytes object (head.pyx, request.pyx): a bytes object's
 # bytes at p; (name, value) pairs as `name: value\r\n` lines (None: none), and their size.
+cdef inline int add_field(HeaderView view, Py_ssize_t name, Py_ssize_t nlen, Py_ssize_t value,
+                          Py_ssize_t vlen, int cls) except -1:
+    """One field line of a scan appended to the view (inline in the scan while the view's own 24
+    slots last), and counted as the head limits measure it (name + value + 4)."""
+    cdef Field* f
+    if view.n < view.cap:
+        f = &view.f[view.n]
+        f.name = <int32_t>name
+        f.nlen = <int32_t>nlen
+        f.value = <int32_t>value
+        f.vlen = <int32_t>vlen
+        f.cls = cls
+        view.n += 1
+    else:
+        view._push(name, nlen, value, vlen, cls)
+    view.field_bytes += nlen + vlen + 4
+    return 0
+
+
 cdef inline Py_ssize_t find_crlfcrlf(const char* p, Py_ssize_t i, Py_ssize_t end) noexcept:
     """Offset of the first CR LF CR LF lying wholly in p[i:end], -1 if none (bytes.find's answer):
     memchr from CR to CR, a few calls per field line, where bytes.find compared byte by byte."""

@@ -177,7 +177,6 @@ cdef HeaderView _scan(bytes buf, Py_ssize_t start, int32_t forward_cls, bint req
     cdef const unsigned char* cr
     cdef HeaderView view = HeaderView.__new__(HeaderView)
     cdef int cls
-    cdef Field* f
     view.buf = buf
     view.forward_cls = forward_cls
     view.lower = request
@@ -215,17 +214,7 @@ cdef HeaderView _scan(bytes buf, Py_ssize_t start, int32_t forward_cls, bint req
                 view.connection = True
         else:
             cls = classify_response(p + pos, colon - pos)
-        if view.n < view.cap:
-            f = &view.f[view.n]
-            f.name = <int32_t>pos
-            f.nlen = <int32_t>(colon - pos)
-            f.value = <int32_t>v
-            f.vlen = <int32_t>(eol - v)
-            f.cls = cls
-            view.n += 1
-        else:
-            view._push(pos, colon - pos, v, eol - v, cls)
-        view.field_bytes += (colon - pos) + (eol - v) + 4
+        add_field(view, pos, colon - pos, v, eol - v, cls)
         pos = eol + 2
     return view
 

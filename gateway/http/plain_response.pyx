@@ -22,10 +22,10 @@ What the caller does with the status (1xx, 204, 304, HEAD) and the length is its
 (upstream.pyx). The view's values are llhttp's: leading SP/HTAB dropped, trailing kept.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
-from gateway.http.head cimport Field, HeaderView, classify_response
+from gateway.http.head cimport HeaderView, add_field, classify_response
 
 from .wire import R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_FORWARD, R_TRANSFER_ENCODING
 
@@ -103,7 +103,6 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out):
     cdef long long cl = -1
     cdef int conn = CONN_NONE, cls
     cdef HeaderView view
-    cdef Field* f
     # "HTTP/1.x NNN" and at least CRLF CRLF after it
     if size < 16 or memcmp(p, b"HTTP/1.", 7) != 0 or (p[7] != 48 and p[7] != 49) or p[8] != 32:
         return None
@@ -167,17 +166,7 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out):
                 return None
         elif cls == cR_DROP and _is(p + name, colon - name, b"proxy-connection", 16):
             return None
-        if view.n < view.cap:
-            f = &view.f[view.n]
-            f.name = <int32_t>name
-            f.nlen = <int32_t>(colon - name)
-            f.value = <int32_t>v
-            f.vlen = <int32_t>(pos - v)
-            f.cls = cls
-            view.n += 1
-        else:
-            view._push(name, colon - name, v, pos - v, cls)
-        view.field_bytes += (colon - name) + (pos - v) + 4
+        add_field(view, name, colon - name, v, pos - v, cls)
         pos += 2
     out.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
     out.minor = p[7] - 48
