@@ -8,4 +8,5 @@ cdef struct PlainResponse:
     long long content_length    # -1: no Content-Length field
     bint keep_alive             # the connection carries on after a body framed by Content-Length
 
-cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out)
+cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out, Py_ssize_t max_fields,
+                                    Py_ssize_t max_field_bytes)

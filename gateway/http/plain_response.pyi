@@ -2,5 +2,5 @@
 from __future__ import annotations
 
 def plain_response(
-    data: bytes,
+    data: bytes, max_fields: int = ..., max_field_bytes: int = ...,
 ) -> tuple[int, int, int, bool, list[tuple[bytes, bytes]], int] | None: ...

@@ -94,10 +94,14 @@ cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower, Py
     return True
 
 
-cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out):
+cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out, Py_ssize_t max_fields,
+                                    Py_ssize_t max_field_bytes):
     """The view of the plain response head at the start of buf (module docstring) and its facts in
     `out`, or None when the head is not plain or not complete in buf. Offsets are buf's; `end` is
-    set after the blank line (body bytes may follow in buf)."""
+    set after the blank line (body bytes may follow in buf). A head with more than `max_fields`
+    fields, or more than `max_field_bytes` of them (name + value + 4 each), is None as soon as it
+    is over (the caller's head limits: such a head is left to the path that refuses it, and a
+    read full of tiny fields never grows a view of thousands)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(buf), pos, name, colon, v, k
     cdef long long cl = -1
@@ -167,6 +171,8 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out):
         elif cls == cR_DROP and _is(p + name, colon - name, b"proxy-connection", 16):
             return None
         add_field(view, name, colon - name, v, pos - v, cls)
+        if view.n > max_fields or view.field_bytes > max_field_bytes:
+            return None
         pos += 2
     out.status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
     out.minor = p[7] - 48
@@ -177,11 +183,11 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out):
     return view
 
 
-def plain_response(data: bytes) -> tuple | None:
+def plain_response(data: bytes, Py_ssize_t max_fields=1000, Py_ssize_t max_field_bytes=1 << 20) -> tuple | None:
     """scan_plain_response for tests: None, or (status, minor, content_length, keep_alive,
     [(name, value)...], end)."""
     cdef PlainResponse r
-    cdef HeaderView view = scan_plain_response(bytes(data), &r)
+    cdef HeaderView view = scan_plain_response(bytes(data), &r, max_fields, max_field_bytes)
     cdef Py_ssize_t i
     if view is None:
         return None

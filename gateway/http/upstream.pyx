@@ -558,10 +558,9 @@ cdef class _UpstreamBase:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         if self.out:
             return False
-        view = scan_plain_response(data, &r)
+        view = scan_plain_response(data, &r, self.lim_headers, self.lim_hbytes)
         if (view is None or r.content_length < 0 or view.end + r.content_length != n
-                or r.status < 200 or r.status > 599 or r.status == 204 or r.status == 304
-                or view.n > self.lim_headers or view.field_bytes > self.lim_hbytes):
+                or r.status < 200 or r.status > 599 or r.status == 204 or r.status == 304):
             return False
         self.h_raw = n
         self.h_bytes = view.field_bytes

@@ -6,6 +6,7 @@ one-byte mutation of them, and on generated heads."""
 from __future__ import annotations
 
 import random
+import tracemalloc
 from typing import Any
 
 import httptools
@@ -255,3 +256,23 @@ def test_the_scan_needs_the_whole_head() -> None:
         assert plain_response(OK[:i]) is None, OK[:i]
     got = plain_response(OK + b"{}")
     assert got is not None and got[-1] == len(OK) and got[2] == 2
+
+
+def test_a_head_over_the_limits_is_not_plain_and_the_scan_stops_there() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"a:\r\n" * 5 + b"Content-Length: 0\r\n\r\n"   # 6 fields, 44 bytes of them
+    assert plain_response(head, 6, 44) is not None
+    assert plain_response(head, 5, 44) is None
+    assert plain_response(head, 6, 43) is None
+    # A read full of tiny fields: given up at the limit, before its fields grow the view's table
+    # (20 bytes a field: 1.2 MB for these 60,000 when scanned to the end).
+    flood = b"HTTP/1.1 200 OK\r\n" + b"a:\r\n" * 60_000
+    tracemalloc.start()
+    try:
+        assert plain_response(flood, 100, 1 << 20) is None
+        limited = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert plain_response(flood, 1 << 30, 1 << 30) is None
+        unlimited = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert limited < 64 * 1024 < 1_000_000 < unlimited, (limited, unlimited)
