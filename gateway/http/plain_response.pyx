@@ -7,8 +7,8 @@ sixth of a plain request's instructions (bench/results/headers.md). `scan_plain_
 both at once for a strict subset of what llhttp accepts, and says "not plain" (None) for anything
 else, which then takes the llhttp path exactly as before. It never decides anything llhttp would
 decide differently: tests/http/test_plain_response.py checks every head it accepts against
-llhttp's own reading (status, version, fields, Content-Length, keep-alive), over generated heads
-and over the wire and smuggling tables.
+llhttp's own reading (status, version, fields, Content-Length, keep-alive), over a table of
+framing and smuggling heads, every one-byte mutation of it, and generated heads.
 
 The subset (RFC 9112 §4 and §5, without any of its leniencies):
 - the status line is `HTTP/1.0` or `HTTP/1.1`, SP, three digits, then CRLF or SP and a reason
