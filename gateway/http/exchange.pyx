@@ -347,10 +347,18 @@ cdef class _ExchangeBase(_ReaderBase):
         if route is not None and route.chain.filters:
             headers = list(headers)
             chain = route.chain
-            if type(chain) is FilterChain:
-                (<FilterChain>chain).c_run_response(ctx, reply.status, headers)
-            else:
-                chain.run_response(ctx, reply.status, headers)
+            try:
+                if type(chain) is FilterChain:
+                    (<FilterChain>chain).c_run_response(ctx, reply.status, headers)
+                else:
+                    chain.run_response(ctx, reply.status, headers)
+            except Exception:
+                # Our own reply still goes out, with its own fields: a filter's bug must not
+                # turn a 404 or a 429 into a dropped connection.
+                log.exception("request %s: response filter failed on the local %d reply; sent"
+                              " without its changes", bytes(ctx.request_id).decode("latin-1"),
+                              reply.status)
+                headers = list(reply.headers)
         if ctx.response_headers:
             headers = headers + ctx.response_headers
         data = replies.render(reply, ctx.request_id, keep, headers, ctx.method == b"HEAD")

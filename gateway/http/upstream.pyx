@@ -759,9 +759,14 @@ cdef class _UpstreamBase:
                     else:
                         chain.run_response(ctx, status, fwd)
                 except Exception:
-                    # The exchange fails (the caller's `protocol` path); without this line the
-                    # filter's own error would be nowhere an operator can find it.
-                    log.exception("request %s: response filter failed, exchange aborted",
+                    # The exchange fails (the caller's `protocol` path). Nothing of this response
+                    # has gone out (a 1xx is never forwarded): with the status cleared the client
+                    # is answered 502, and with filters_ran cleared that 502 runs no response
+                    # filter (the one that failed would fail again on it). Without the log line
+                    # the filter's own error would be nowhere an operator can find it.
+                    ctx.status = 0
+                    ctx.filters_ran = 0
+                    log.exception("request %s: response filter failed: 502",
                                   bytes(ctx.request_id).decode("latin-1"))
                     raise
                 if ctx.response_headers:

@@ -143,15 +143,31 @@ def test_response_filters_run_on_the_plain_path(split: bool) -> None:
     assert out.endswith(b"\r\n\r\nok") and fate == "pooled"
 
 
-def test_a_response_filter_that_raises_fails_the_exchange_the_same_way_on_either_path(
-        caplog: pytest.LogCaptureFixture) -> None:
-    # (both close the client's connection without a byte: the status was already recorded when
-    # the filter ran, so the exchange counts as started; see exchange.pyx's _upstream_failed)
+def test_a_response_filter_that_raises_is_a_502_on_either_path(caplog: pytest.LogCaptureFixture) -> None:
     whole = _exchange(GET, _plain(b"secret-body"), False, FilterChain([FailsResponse()]))
-    slow = _exchange(GET, _plain(b"secret-body"), True, FilterChain([FailsResponse()]))
-    assert whole[:2] == slow[:2] == (b"", "aborted")
-    failed = [r for r in caplog.records if "response filter failed" in r.getMessage()]
+    split = _exchange(GET, _plain(b"secret-body"), True, FilterChain([FailsResponse()]))
+    assert whole[:2] == split[:2]
+    out, fate, _ = whole
+    assert status_of(out) == 502 and b"secret-body" not in out and fate == "aborted"
+    assert b"Connection: close" not in out   # (nothing had gone out: the client's connection stays)
+    failed = [r for r in caplog.records if "response filter failed: 502" in r.getMessage()]
     assert len(failed) == 2 and all("rid-1" in r.getMessage() and r.exc_info for r in failed)
+    # (the 502 itself runs no response filter: the failed one would only fail again)
+    assert not [r for r in caplog.records if "on the local" in r.getMessage()]
+
+
+def test_a_response_filter_that_raises_on_a_local_reply_leaves_the_reply_as_it_is(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = Harness(chain=FilterChain([FailsResponse()]), fail="connect")
+    try:
+        h.feed(GET)
+        h.spin()
+        out = bytes(h.down.written)
+        assert status_of(out) in (502, 503) and not h.down.closed, out
+        failed = [r for r in caplog.records if "on the local" in r.getMessage()]
+        assert len(failed) == 1 and "rid-1" in failed[0].getMessage() and failed[0].exc_info
+    finally:
+        h.close()
 
 
 def test_random_responses_whole_and_split_agree() -> None:
