@@ -437,6 +437,18 @@ cdef class _ExchangeBase(_ReaderBase):
     def exchange_done(self) -> None:
         self._exchange_done()
 
+    cdef int _response_complete(self) except -1:
+        """The upstream's response is complete and its last bytes are about to be written to the
+        client: the attempt's outcome is recorded now, before the write, so that a client that
+        has seen a response finds the breaker, passive health and every other observer already
+        past it (a third request after two failures with failure_threshold = 2 is refused, on
+        any worker; the admin API shows what the client saw). _exchange_done, after the write,
+        then has nothing left to record."""
+        cdef RequestContext ctx = self.a_ctx
+        if ctx is not None and ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
+            self._attempt_end(ctx, None)
+        return 0
+
     cdef int _exchange_done(self) except -1:
         """The active exchange sent its last byte: log it, then the next request or idle or close."""
         cdef RequestContext ctx = self.a_ctx

@@ -142,5 +142,6 @@ cdef class _ReaderBase(ParserOwner):
     cdef bint _filtered(self, RequestContext ctx) except -1
     cdef object _chain(self, RequestContext ctx)
     cdef int _upstream_failed(self, str kind, bint stale) except -1
+    cdef int _response_complete(self) except -1
     cdef int _exchange_done(self) except -1
     cdef int _switch(self, _UpstreamBase up, bytes rest) except -1

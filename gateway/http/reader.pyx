@@ -448,6 +448,9 @@ cdef class _ReaderBase:
     cdef int _upstream_failed(self, str kind, bint stale) except -1:
         raise NotImplementedError
 
+    cdef int _response_complete(self) except -1:
+        raise NotImplementedError
+
     cdef int _exchange_done(self) except -1:
         raise NotImplementedError
 

@@ -534,6 +534,8 @@ cdef class _UpstreamBase:
             if self.h_raw > self.lim_raw:
                 error = "protocol"
                 self._too_large("bytes")
+        if self.done and error is None and rest is None and self.down is not None:
+            self.down._response_complete()   # (before the last write: see there)
         if out:
             self._flush()   # one write per upstream read
         if error is not None:
@@ -583,6 +585,7 @@ cdef class _UpstreamBase:
         if not r.keep_alive:
             self.broken = True
         self.done = True
+        self.down._response_complete()   # (before the write: see there)
         self._flush()
         self._finish()
         return True
