@@ -19,6 +19,8 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF
 from libc.string cimport memcpy
 
+from gateway.http.charclass cimport is_tchar
+
 cdef extern from "Python.h":
     # (raw forms: the body is built in place, then shrunk to the bytes it holds)
     PyObject* _new_bytes "PyBytes_FromStringAndSize"(const char* s, Py_ssize_t n) except NULL
@@ -56,18 +58,14 @@ cdef enum:
     C_FAILED = 17       # refused: nothing more is read
 
 cdef signed char _HEX[256]       # hex digit value, -1 for other bytes
-cdef unsigned char _TCHAR[256]   # RFC 9110 token characters
 cdef int _i
 cdef unsigned char _c
 for _i in range(256):
     _HEX[_i] = -1
-    _TCHAR[_i] = 0
 for _i, _c in enumerate(b"0123456789abcdef"):
     _HEX[_c] = _i
 for _i, _c in enumerate(b"ABCDEF"):
     _HEX[_c] = 10 + _i
-for _c in b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ":
-    _TCHAR[_c] = 1
 
 
 cdef inline bint _field_char(unsigned char c) noexcept:
@@ -198,7 +196,7 @@ cdef class ChunkDecoder:
                     st = C_EXT_VALUE
                 elif c == 34 and st == C_EXT_VALUE:
                     st = C_EXT_Q
-                elif _TCHAR[c]:
+                elif is_tchar(c):
                     if st == C_EXT:
                         st = C_EXT_NAME
                 else:
@@ -237,7 +235,7 @@ cdef class ChunkDecoder:
                 if st == C_TRAILER:
                     if c == 13:
                         st = C_END_LF
-                    elif _TCHAR[c]:
+                    elif is_tchar(c):
                         st = C_FIELD
                     else:
                         reply = replies.BAD_REQUEST
@@ -245,7 +243,7 @@ cdef class ChunkDecoder:
                 elif st == C_FIELD:
                     if c == 58:  # ':'
                         st = C_VALUE
-                    elif not _TCHAR[c]:
+                    elif not is_tchar(c):
                         reply = replies.BAD_REQUEST
                         break
                 elif st == C_VALUE:

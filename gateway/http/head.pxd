@@ -52,6 +52,7 @@ cdef bytes response_head_view(bytes status_line, HeaderView view, list extra, by
 cdef list forwarded_pairs(HeaderView view)
 cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept
 cdef int classify_response(const unsigned char* p, Py_ssize_t n) noexcept
+cdef bint same_name(const unsigned char* p, Py_ssize_t n, const char* lname, Py_ssize_t m) noexcept
 
 
 cdef class HeadTracker:

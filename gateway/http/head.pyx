@@ -136,6 +136,11 @@ cdef inline int _lookup(const unsigned char* p, Py_ssize_t n, _Entry* table, Py_
     return -1
 
 
+cdef bint same_name(const unsigned char* p, Py_ssize_t n, const char* lname, Py_ssize_t m) noexcept:
+    """p[:n] equals the lowercase lname (m bytes) in any case: _ieq for other modules."""
+    return n == m and _ieq(p, lname, n, False)
+
+
 cdef int classify_request(const unsigned char* p, Py_ssize_t n) noexcept:
     """wire.py's class of a request field name (REQUEST_CLASSES, then classify_slow), in C."""
     cdef int cls = _lookup(p, n, _req, _req_at, False)

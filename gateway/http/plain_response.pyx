@@ -25,7 +25,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.stdint cimport uint64_t
 from libc.string cimport memchr, memcmp, memcpy
 
-from gateway.http.head cimport HeaderView, add_field, classify_response
+from gateway.http.charclass cimport is_tchar
+from gateway.http.head cimport HeaderView, add_field, classify_response, same_name
 
 from .wire import R_CONNECTION, R_CONTENT_LENGTH, R_DROP, R_FORWARD, R_TRANSFER_ENCODING
 
@@ -40,13 +41,9 @@ cdef enum:
     CONN_CLOSE = 1
     CONN_KEEP_ALIVE = 2
 
-# Byte classes: a token's characters (RFC 9110 §5.6.2), and what a value or a reason phrase may
-# hold here (HTAB, SP, VCHAR: 0x21-0x7e).
-cdef unsigned char _TOKEN[256]
+# What a value or a reason phrase may hold here: HTAB, SP, VCHAR (0x21-0x7e); no obs-text.
 cdef unsigned char _TEXT[256]
 for _c in range(256):
-    _TOKEN[_c] = (48 <= _c <= 57 or 65 <= _c <= 90 or 97 <= _c <= 122
-                  or _c in b"!#$%&'*+-.^_`|~")
     _TEXT[_c] = _c == 9 or 32 <= _c <= 126
 
 
@@ -77,21 +74,6 @@ cdef inline Py_ssize_t _text_to_cr(const unsigned char* p, Py_ssize_t pos, Py_ss
             return -1
         pos += 1
     return end
-
-
-cdef inline bint _is(const unsigned char* p, Py_ssize_t n, const char* lower, Py_ssize_t m) noexcept:
-    """p[:n] equals the lowercase ASCII `lower` (m bytes), in any case."""
-    cdef Py_ssize_t i
-    cdef unsigned char c
-    if n != m:
-        return False
-    for i in range(n):
-        c = p[i]
-        if 65 <= c <= 90:
-            c += 32
-        if c != <unsigned char>lower[i]:
-            return False
-    return True
 
 
 cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out, Py_ssize_t max_fields,
@@ -136,7 +118,7 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out, Py_ssize_t ma
         # (no bound check in these two loops: a bytes object ends with a NUL after its last
         # byte, which is neither a token character nor SP/HTAB, so they stop there at the latest)
         name = pos
-        while _TOKEN[p[pos]]:
+        while is_tchar(p[pos]):
             pos += 1
         if pos == name or p[pos] != 58:   # ':' (never the NUL at size)
             return None
@@ -162,13 +144,13 @@ cdef HeaderView scan_plain_response(bytes buf, PlainResponse* out, Py_ssize_t ma
         elif cls == cR_CONNECTION:
             if conn != CONN_NONE:
                 return None
-            if _is(p + v, pos - v, b"close", 5):
+            if same_name(p + v, pos - v, b"close", 5):
                 conn = CONN_CLOSE
-            elif _is(p + v, pos - v, b"keep-alive", 10):
+            elif same_name(p + v, pos - v, b"keep-alive", 10):
                 conn = CONN_KEEP_ALIVE
             else:
                 return None
-        elif cls == cR_DROP and _is(p + name, colon - name, b"proxy-connection", 16):
+        elif cls == cR_DROP and same_name(p + name, colon - name, b"proxy-connection", 16):
             return None
         add_field(view, name, colon - name, v, pos - v, cls)
         if view.n > max_fields or view.field_bytes > max_field_bytes:

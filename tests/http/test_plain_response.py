@@ -276,3 +276,13 @@ def test_a_head_over_the_limits_is_not_plain_and_the_scan_stops_there() -> None:
     finally:
         tracemalloc.stop()
     assert limited < 64 * 1024 < 1_000_000 < unlimited, (limited, unlimited)
+
+
+def test_a_name_takes_exactly_the_token_characters() -> None:
+    """charclass.pxd's is_tchar, byte by byte, through the scan (the same map decides chunk
+    extensions in chunked.pyx)."""
+    tchar = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    for b in range(256):
+        head = b"HTTP/1.1 200 OK\r\nX" + bytes([b]) + b"Y: v\r\nContent-Length: 0\r\n\r\n"
+        # (a ':' there ends the name "X": the field is X with the value "Y: v", plain too)
+        assert (plain_response(head) is not None) == (b in tchar or b == ord(":")), b
