@@ -442,8 +442,9 @@ cdef class _ExchangeBase(_ReaderBase):
         client: the attempt's outcome is recorded now, before the write, so that a client that
         has seen a response finds the breaker, passive health and every other observer already
         past it (a third request after two failures with failure_threshold = 2 is refused, on
-        any worker; the admin API shows what the client saw). _exchange_done, after the write,
-        then has nothing left to record."""
+        any worker; the admin API shows what the client saw). _exchange_done calls it too, for
+        the exchanges that end otherwise (a tunnel, the client gone); _attempt_end reports each
+        attempt once."""
         cdef RequestContext ctx = self.a_ctx
         if ctx is not None and ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
             self._attempt_end(ctx, None)
@@ -455,14 +456,13 @@ cdef class _ExchangeBase(_ReaderBase):
         cdef _Queued entry
         if ctx is None:
             return 0
+        self._response_complete()   # (when the upstream side has not already)
         self.a_ctx = None
         self.a_up = None
         self.a_sent = None
         self.o_head = None
         if ctx is self.u_ctx:
             self.u_ctx = None
-        if ctx.upstream_end == 0.0 and ctx.upstream_target is not None:
-            self._attempt_end(ctx, None)   # the upstream's response is complete
         self._log(ctx)
         if self.closing:
             return 0
