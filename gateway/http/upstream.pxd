@@ -63,6 +63,7 @@ cdef class _UpstreamBase(ParserOwner):
     cdef bint _pass_body(self, Py_ssize_t n) except -1
     cdef object _send_body(self, object data, Py_ssize_t n)
     cdef bint _plain_response(self, bytes data) except -1
+    cdef int _final_head(self, int status) except -1
     cdef int _head_done(self, bytes data) except -1
     cdef object _new_parser(self)
     # (and llhttp's callbacks: ParserOwner's, llhooks.pxd)

@@ -567,11 +567,8 @@ cdef class _UpstreamBase:
         self.h_raw = n
         self.h_bytes = view.field_bytes
         self.view = view
-        self.status = r.status
-        self.state = S_BODY
-        self.deadline = self.ticker.now + self.body_timeout
         try:
-            head = self._response_head(r.status)
+            self._final_head(r.status)
         except Exception:
             # (a response filter's error: the exchange fails as when it raises inside llhttp)
             self.view = None
@@ -579,9 +576,7 @@ cdef class _UpstreamBase:
             return True
         self.view = None   # (its spans point into this read: not kept past it)
         if r.content_length:
-            self.out += (head, data[view.end:])
-        else:
-            self.out.append(head)
+            self.out.append(data[view.end:])
         if not r.keep_alive:
             self.broken = True
         self.done = True
@@ -652,12 +647,17 @@ cdef class _UpstreamBase:
             # when the request asked for it, and the final response follows on this connection.
             self.view = None
             return 0
+        self._final_head(status)
+        if self.head_request:
+            raise _HeadDone()
+        return 0
+
+    cdef int _final_head(self, int status) except -1:
+        """The final response head (self.view) goes out: the body follows, under its timeout."""
         self.status = status
         self.state = S_BODY
         self.deadline = self.ticker.now + self.body_timeout
         self.out.append(self._response_head(status))
-        if self.head_request:
-            raise _HeadDone()
         return 0
 
     cdef int _on_body(self, bytes body) except -1:
